@@ -1,0 +1,129 @@
+"""The ``tallyray`` command.
+
+Exit codes: 0 success, 2 bad input (the message on stderr says what and where), 1 anything
+else. On bad input nothing is printed on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+
+from tallyray import __version__
+from tallyray.errors import EventError, InvalidInput, Problem, TallyrayError
+from tallyray.pricing.config import PricingConfig, parse_config
+from tallyray.pricing.events import Event, EventShapeError, parse_event
+from tallyray.pricing.plans import rate
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def load_config(path: str | Path) -> PricingConfig:
+    """Read and validate a configuration file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise InvalidInput(f"cannot read configuration {str(path)!r}: {error.strerror}") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidInput(
+            f"{path}: not valid JSON at line {error.lineno}, column {error.colno}: {error.msg}"
+        ) from None
+    return parse_config(raw)
+
+
+def read_events(stream: TextIO) -> tuple[list[Event], list[int]]:
+    """Events from JSON Lines, with the line number of each; every bad line is reported."""
+    events: list[Event] = []
+    line_numbers: list[int] = []
+    problems: list[Problem] = []
+    for number, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = orjson.loads(line)
+            event = parse_event(
+                obj, default_ts=0, default_id=f"line-{number:09d}", default_customer="preview"
+            )
+        except orjson.JSONDecodeError as error:
+            problems.append(Problem(f"line {number}", f"not valid JSON: {error}"))
+            continue
+        except EventShapeError as error:
+            problems.append(Problem(f"line {number}", str(error)))
+            continue
+        events.append(event)
+        line_numbers.append(number)
+    if problems:
+        raise EventError.of(problems)
+    return events, line_numbers
+
+
+def _price(args: argparse.Namespace) -> dict[str, Any]:
+    config = load_config(args.config)
+    plan = config.plan(args.plan)
+    if args.events == "-":
+        events, lines = read_events(sys.stdin)
+    else:
+        try:
+            with open(args.events, encoding="utf-8") as stream:
+                events, lines = read_events(stream)
+        except OSError as error:
+            raise InvalidInput(f"cannot read events {args.events!r}: {error.strerror}") from None
+    usage = config.meters.fold(events, label=lambda i: f"line {lines[i]}")
+    unmetered = sorted({e.type for e in events} - config.meters.event_types())
+    if unmetered:
+        print(f"note: no meter counts events of type {', '.join(unmetered)}", file=sys.stderr)
+    return rate(plan, usage, config.meters.meters, config.rounding).to_json()
+
+
+def _check_config(args: argparse.Namespace) -> dict[str, Any]:
+    config = load_config(args.config)
+    return {"ok": True, "meters": sorted(config.meters.meters), "plans": sorted(config.plans)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tallyray", description="Real-time metering and billing on Ray."
+    )
+    parser.add_argument("--version", action="version", version=f"tallyray {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    price = commands.add_parser(
+        "price", help="rate a file of events under a plan, offline, and print the invoice preview"
+    )
+    price.add_argument("--config", required=True, help="tallyray.json with meters and plans")
+    price.add_argument("--plan", required=True, help="the plan's key")
+    price.add_argument("--events", required=True, help="JSON Lines file of events, or - for stdin")
+    price.set_defaults(run=_price)
+
+    check = commands.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("config", help="tallyray.json")
+    check.set_defaults(run=_check_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.run(args)
+    except InvalidInput as error:
+        print(f"tallyray {args.command}: {error.describe()}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except TallyrayError as error:
+        print(f"tallyray {args.command}: {error.describe()}", file=sys.stderr)
+        return EXIT_FAILED
+    if result is not None:
+        print(json.dumps(result, indent=2))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

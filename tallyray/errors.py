@@ -1,0 +1,123 @@
+"""Every error Tallyray raises on purpose, in one tree.
+
+::
+
+    TallyrayError
+    ├── InvalidInput            the caller's mistake: HTTP 4xx, CLI exit code 2
+    │   ├── ConfigError         meters / plans / settings that do not validate (422)
+    │   ├── EventError          one or more events in a batch are invalid (422)
+    │   ├── CurrencyError       unknown currency code, or two currencies mixed (422)
+    │   ├── NotFound            no such object in this environment (404)
+    │   ├── Conflict            the request contradicts stored state (409)
+    │   ├── PayloadTooLarge     body or batch over the limit (413)
+    │   └── Unauthorized        missing or unknown API key (401)
+    └── StoreUnavailable        the database cannot be reached: 503 + Retry-After
+
+Each error carries a message that tells the caller what to fix and, where there are several
+problems at once, a list of :class:`Problem` naming where each one is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with the input, and where: a JSON path (``plans[0].base_fee``),
+    an event index, or a line number."""
+
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}" if self.where else self.message
+
+    def to_json(self) -> dict[str, str]:
+        return {"where": self.where, "message": self.message}
+
+
+class TallyrayError(Exception):
+    """Base of every error Tallyray raises on purpose."""
+
+    type_name = "error"
+    http_status = 500
+
+    def __init__(self, message: str, problems: Iterable[Problem] = ()) -> None:
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        super().__init__(message)
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+    def to_json(self) -> dict[str, object]:
+        """The one JSON error shape of the HTTP API."""
+        return {
+            "error": {
+                "type": self.type_name,
+                "message": self.message,
+                "details": [p.to_json() for p in self.problems],
+            }
+        }
+
+    def describe(self) -> str:
+        """Human-readable text for the command line: the message, then each problem."""
+        lines = [self.message]
+        lines += [f"  - {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+class InvalidInput(TallyrayError):
+    type_name = "invalid_request"
+    http_status = 422
+
+
+class ConfigError(InvalidInput):
+    type_name = "invalid_config"
+
+    @classmethod
+    def of(cls, problems: Iterable[Problem]) -> ConfigError:
+        problems = tuple(problems)
+        noun = "problem" if len(problems) == 1 else "problems"
+        return cls(f"invalid configuration: {len(problems)} {noun}", problems)
+
+
+class EventError(InvalidInput):
+    type_name = "invalid_events"
+
+    @classmethod
+    def of(cls, problems: Iterable[Problem]) -> EventError:
+        problems = tuple(problems)
+        noun = "event is" if len(problems) == 1 else "events are"
+        return cls(f"{len(problems)} {noun} invalid; nothing was stored", problems)
+
+
+class CurrencyError(InvalidInput):
+    type_name = "invalid_currency"
+
+
+class NotFound(InvalidInput):
+    type_name = "not_found"
+    http_status = 404
+
+
+class Conflict(InvalidInput):
+    type_name = "conflict"
+    http_status = 409
+
+
+class PayloadTooLarge(InvalidInput):
+    type_name = "payload_too_large"
+    http_status = 413
+
+
+class Unauthorized(InvalidInput):
+    type_name = "unauthorized"
+    http_status = 401
+
+
+class StoreUnavailable(TallyrayError):
+    type_name = "store_unavailable"
+    http_status = 503

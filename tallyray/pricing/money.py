@@ -1,0 +1,204 @@
+"""Currencies, amounts and rounding: the one home of money.
+
+- Amounts are :class:`decimal.Decimal`. Floats are refused everywhere they could enter.
+- A currency's minor unit (JPY 0, EUR 2, KWD 3) comes from Babel's copy of the CLDR/ISO 4217
+  data, never from a table typed in here.
+- Charge models price at full precision. Rounding happens once, when an invoice line is built
+  (:func:`round_amount`), and the precise amount is kept beside the rounded one. Totals are
+  sums of rounded lines.
+- Integer minor units (``1234`` cents) exist only for payment-provider adapters
+  (:meth:`Money.minor_units`).
+"""
+
+from __future__ import annotations
+
+import decimal
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import cache, lru_cache
+
+from babel.numbers import get_currency_precision, list_currencies
+
+from tallyray.errors import CurrencyError, InvalidInput
+
+__all__ = [
+    "DEFAULT_ROUNDING",
+    "ROUNDING_MODES",
+    "Currency",
+    "Money",
+    "PRICING_CONTEXT",
+    "currency",
+    "parse_amount",
+    "round_amount",
+]
+
+#: Half away from zero, as most invoicing law and practice expects.
+DEFAULT_ROUNDING = decimal.ROUND_HALF_UP
+
+#: Rounding modes a deployment may choose (``"rounding"`` in the config file).
+ROUNDING_MODES = frozenset(
+    {
+        decimal.ROUND_HALF_UP,
+        decimal.ROUND_HALF_EVEN,
+        decimal.ROUND_HALF_DOWN,
+        decimal.ROUND_UP,
+        decimal.ROUND_DOWN,
+        decimal.ROUND_CEILING,
+        decimal.ROUND_FLOOR,
+    }
+)
+
+#: Arithmetic context for pricing: wide enough that quantity × 12-decimal unit price is exact,
+#: and loud (``Inexact`` is not trapped, but overflow and invalid operations are).
+PRICING_CONTEXT = decimal.Context(
+    prec=60,
+    rounding=DEFAULT_ROUNDING,
+    traps=[decimal.InvalidOperation, decimal.DivisionByZero, decimal.Overflow],
+)
+
+#: Unit prices may carry up to this many decimal places (DESIGN.md).
+MAX_DECIMAL_PLACES = 12
+
+
+@dataclass(frozen=True, slots=True)
+class Currency:
+    """An ISO 4217 currency and the number of digits of its minor unit."""
+
+    code: str
+    minor_units: int
+
+    @property
+    def quantum(self) -> Decimal:
+        """The smallest amount that can be invoiced: ``Decimal('0.01')`` for EUR."""
+        return Decimal(1).scaleb(-self.minor_units)
+
+    def __str__(self) -> str:
+        return self.code
+
+
+@cache
+def _known_codes() -> frozenset[str]:
+    return frozenset(list_currencies())
+
+
+@lru_cache(maxsize=512)
+def currency(code: str) -> Currency:
+    """The currency for an ISO 4217 code; :class:`CurrencyError` for an unknown one."""
+    if not isinstance(code, str) or code not in _known_codes():
+        raise CurrencyError(
+            f"unknown currency code {code!r}: use an ISO 4217 code in capitals, such as 'EUR'"
+        )
+    return Currency(code, get_currency_precision(code))
+
+
+def round_amount(amount: Decimal, cur: Currency, rounding: str = DEFAULT_ROUNDING) -> Decimal:
+    """``amount`` rounded to the currency's minor unit: the single rounding point."""
+    return amount.quantize(cur.quantum, rounding=rounding, context=PRICING_CONTEXT)
+
+
+def parse_amount(value: object, *, places: int = MAX_DECIMAL_PLACES) -> Decimal:
+    """A decimal amount from JSON: a string such as ``"0.000002"`` or a whole number.
+
+    A JSON number with a fraction (``0.1``) is refused: by the time it reaches us it is a
+    binary float and may already differ from what the author wrote.
+    """
+    if isinstance(value, bool):
+        raise InvalidInput(f'must be a decimal string such as "1.50", not {value!r}')
+    if isinstance(value, float):
+        raise InvalidInput(
+            f'amount {value!r} is a JSON number with a fraction; write it as a string: "{value!r}"'
+        )
+    if isinstance(value, int):
+        result = Decimal(value)
+    elif isinstance(value, str):
+        try:
+            result = Decimal(value.strip())
+        except decimal.InvalidOperation:
+            raise InvalidInput(f"{value!r} is not a decimal number") from None
+        if not result.is_finite():
+            raise InvalidInput(f"{value!r} is not a finite decimal number")
+    elif isinstance(value, Decimal):
+        result = value
+    else:
+        raise InvalidInput(f'must be a decimal string such as "1.50", not {value!r}')
+    exponent = result.as_tuple().exponent
+    if isinstance(exponent, int) and -exponent > places:
+        raise InvalidInput(f"{value!r} has more than {places} decimal places")
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class Money:
+    """An amount in one currency. Refuses floats and refuses to mix currencies."""
+
+    amount: Decimal
+    currency: Currency
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.amount, Decimal):
+            raise TypeError(f"Money needs a Decimal amount, not {type(self.amount).__name__}")
+
+    @classmethod
+    def of(cls, amount: Decimal | str | int, code: str | Currency) -> Money:
+        cur = code if isinstance(code, Currency) else currency(code)
+        return cls(parse_amount(amount, places=60), cur)
+
+    @classmethod
+    def zero(cls, code: str | Currency) -> Money:
+        return cls.of(0, code)
+
+    def _same(self, other: object) -> Money:
+        if not isinstance(other, Money):
+            raise TypeError(f"cannot combine Money with {type(other).__name__}")
+        if other.currency != self.currency:
+            raise CurrencyError(
+                f"cannot combine {self.currency.code} with {other.currency.code}: "
+                "convert one of them first"
+            )
+        return other
+
+    def __add__(self, other: object) -> Money:
+        return Money(self.amount + self._same(other).amount, self.currency)
+
+    def __sub__(self, other: object) -> Money:
+        return Money(self.amount - self._same(other).amount, self.currency)
+
+    def __neg__(self) -> Money:
+        return Money(-self.amount, self.currency)
+
+    def __mul__(self, factor: object) -> Money:
+        if isinstance(factor, bool) or not isinstance(factor, Decimal | int):
+            raise TypeError(f"Money can be multiplied by Decimal or int, not {factor!r}")
+        return Money(self.amount * factor, self.currency)
+
+    def __lt__(self, other: object) -> bool:
+        return self.amount < self._same(other).amount
+
+    def __le__(self, other: object) -> bool:
+        return self.amount <= self._same(other).amount
+
+    def __gt__(self, other: object) -> bool:
+        return self.amount > self._same(other).amount
+
+    def __ge__(self, other: object) -> bool:
+        return self.amount >= self._same(other).amount
+
+    def rounded(self, rounding: str = DEFAULT_ROUNDING) -> Money:
+        return Money(round_amount(self.amount, self.currency, rounding), self.currency)
+
+    def minor_units(self) -> int:
+        """The amount as an integer count of minor units, for payment providers only.
+
+        The amount must already be rounded to the currency's minor unit.
+        """
+        scaled = self.amount.scaleb(self.currency.minor_units)
+        if scaled != scaled.to_integral_value():
+            raise ValueError(f"{self} is not rounded to the minor unit of {self.currency}")
+        return int(scaled)
+
+    def to_str(self) -> str:
+        """The amount as a decimal string, e.g. ``"12.30"``."""
+        return format(self.amount, "f")
+
+    def __str__(self) -> str:
+        return f"{self.to_str()} {self.currency.code}"

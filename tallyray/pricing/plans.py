@@ -1,0 +1,207 @@
+"""Plans and rating: usage in, itemized and rounded lines out.
+
+Rating runs as named steps in a fixed order (adjustments are steps, not flags):
+
+1. ``usage lines`` — each charge prices the quantity of its meter (narrowed by its filter),
+   at full precision, itemized per tier;
+2. ``base fee`` — once per period;
+3. ``minimum true-up`` — when base fee + usage charges fall below the plan's minimum;
+
+Credits (:mod:`tallyray.pricing.credits`) and tax (invoicing) come after, in that order.
+Every line is rounded to the currency's minor unit once, when it is built; the precise amount
+stays beside the rounded one, and totals are sums of rounded lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, localcontext
+from typing import Any
+
+from tallyray.pricing.meters import Filter, MeterSpec, Usage
+from tallyray.pricing.models import ChargeModel, TierLine, price
+from tallyray.pricing.models.base import ZERO
+from tallyray.pricing.money import DEFAULT_ROUNDING, PRICING_CONTEXT, Currency, round_amount
+
+__all__ = ["INTERVALS", "Charge", "Line", "Plan", "Preview", "rate", "usage_cost"]
+
+INTERVALS = ("day", "week", "month", "year")
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """A price on one meter's quantity, optionally narrowed to some of its groups."""
+
+    meter: str
+    model: ChargeModel
+    model_name: str
+    filter: Filter = field(default_factory=dict)
+    description: str | None = None
+
+    def describe(self) -> str:
+        if self.description:
+            return self.description
+        if not self.filter:
+            return self.meter
+        narrowed = ", ".join(
+            f"{name}={'|'.join(sorted(map(str, values)))}" for name, values in self.filter.items()
+        )
+        return f"{self.meter} ({narrowed})"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    key: str
+    name: str
+    currency: Currency
+    interval: str
+    base_fee: Decimal = ZERO
+    minimum: Decimal | None = None
+    charges: tuple[Charge, ...] = ()
+
+    def meters_used(self) -> frozenset[str]:
+        return frozenset(c.meter for c in self.charges)
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One invoice line. ``amount`` is rounded; ``precise_amount`` is what it was rounded from."""
+
+    kind: str
+    """``base_fee``, ``usage`` or ``minimum`` (later also ``credit``, ``tax``)."""
+    description: str
+    amount: Decimal
+    precise_amount: Decimal
+    meter: str | None = None
+    quantity: Decimal | None = None
+    unit_amount: Decimal | None = None
+    tiers: tuple[TierLine, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "description": self.description}
+        if self.meter is not None:
+            out["meter"] = self.meter
+        if self.quantity is not None:
+            out["quantity"] = format(self.quantity, "f")
+        if self.unit_amount is not None:
+            out["unit_amount"] = format(self.unit_amount, "f")
+        out["amount"] = format(self.amount, "f")
+        out["precise_amount"] = format(
+            self.precise_amount.normalize() if self.precise_amount else ZERO, "f"
+        )
+        if self.tiers:
+            out["tiers"] = [t.to_json() for t in self.tiers]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """An invoice preview: the lines of one period under one plan, before credits and tax."""
+
+    plan: str
+    currency: Currency
+    lines: tuple[Line, ...]
+    subtotal: Decimal
+    total: Decimal
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "plan": self.plan,
+            "currency": self.currency.code,
+            "lines": [line.to_json() for line in self.lines],
+            "subtotal": format(self.subtotal, "f"),
+            "total": format(self.total, "f"),
+        }
+
+
+def charge_quantity(charge: Charge, usage: Usage, meters: Mapping[str, MeterSpec]) -> Decimal:
+    return usage.quantity(meters[charge.meter], charge.filter)
+
+
+def usage_cost(plan: Plan, usage: Usage, meters: Mapping[str, MeterSpec]) -> Decimal:
+    """Full-precision cost of the plan's usage charges (no base fee, minimum or rounding):
+    what a live balance counts as spend."""
+    with localcontext(PRICING_CONTEXT):
+        return sum(
+            (price(charge_quantity(c, usage, meters), c.model).amount for c in plan.charges),
+            ZERO,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps.
+
+
+def usage_lines(
+    plan: Plan, usage: Usage, meters: Mapping[str, MeterSpec], rounding: str
+) -> list[Line]:
+    lines = []
+    for charge in plan.charges:
+        quantity = charge_quantity(charge, usage, meters)
+        priced = price(quantity, charge.model)
+        lines.append(
+            Line(
+                kind="usage",
+                description=charge.describe(),
+                meter=charge.meter,
+                quantity=quantity,
+                unit_amount=priced.unit_amount,
+                precise_amount=priced.amount,
+                amount=round_amount(priced.amount, plan.currency, rounding),
+                tiers=priced.tiers,
+            )
+        )
+    return lines
+
+
+def base_fee_line(plan: Plan, rounding: str) -> list[Line]:
+    if not plan.base_fee:
+        return []
+    return [
+        Line(
+            kind="base_fee",
+            description=f"{plan.name} base fee",
+            amount=round_amount(plan.base_fee, plan.currency, rounding),
+            precise_amount=plan.base_fee,
+        )
+    ]
+
+
+def minimum_true_up(plan: Plan, lines: Sequence[Line]) -> list[Line]:
+    """A line that lifts the charges so far up to the plan's minimum, if they fall below."""
+    if plan.minimum is None:
+        return []
+    charged = sum((line.amount for line in lines), ZERO)
+    if charged >= plan.minimum:
+        return []
+    gap = plan.minimum - charged
+    return [
+        Line(
+            kind="minimum",
+            description=f"Minimum commitment true-up (minimum {format(plan.minimum, 'f')})",
+            amount=gap,
+            precise_amount=gap,
+        )
+    ]
+
+
+def rate(
+    plan: Plan,
+    usage: Usage,
+    meters: Mapping[str, MeterSpec],
+    rounding: str = DEFAULT_ROUNDING,
+) -> Preview:
+    """Rate one period's usage under ``plan``: base fee, usage lines, minimum true-up."""
+    with localcontext(PRICING_CONTEXT):
+        lines = base_fee_line(plan, rounding)
+        lines += usage_lines(plan, usage, meters, rounding)
+        lines += minimum_true_up(plan, lines)
+        subtotal = sum((line.amount for line in lines), ZERO)
+    return Preview(
+        plan=plan.key,
+        currency=plan.currency,
+        lines=tuple(lines),
+        subtotal=subtotal,
+        total=subtotal,
+    )
