@@ -1,0 +1,145 @@
+"""Rate synthetic LLM events through meters and a 4-charge plan, on one core.
+
+    python bench/bench_pricing.py [--events 1000000] [--batch 1000]
+
+Prints events/s for the meter fold (in batches, as a shard actor folds them) and the time to
+rate the folded usage into an invoice preview. Event generation is not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+from tallyray.pricing import Event, parse_config, rate, usage_cost
+
+CONFIG = {
+    "meters": [
+        {
+            "key": "input_tokens",
+            "event_type": "llm.completion",
+            "aggregation": "sum",
+            "value": "input_tokens",
+            "group_by": ["model"],
+        },
+        {
+            "key": "output_tokens",
+            "event_type": "llm.completion",
+            "aggregation": "sum",
+            "value": "output_tokens",
+            "group_by": ["model"],
+        },
+        {"key": "requests", "event_type": "llm.completion", "aggregation": "count"},
+        {
+            "key": "users",
+            "event_type": "llm.completion",
+            "aggregation": "unique_count",
+            "value": "user",
+        },
+    ],
+    "plans": [
+        {
+            "key": "bench",
+            "currency": "EUR",
+            "interval": "month",
+            "base_fee": "49.00",
+            "charges": [
+                {
+                    "meter": "input_tokens",
+                    "model": "graduated",
+                    "tiers": [
+                        {"up_to": 1000000, "unit_amount": "0"},
+                        {"up_to": 10000000, "unit_amount": "0.000002"},
+                        {"up_to": None, "unit_amount": "0.0000015", "flat_amount": "5.00"},
+                    ],
+                },
+                {
+                    "meter": "output_tokens",
+                    "filter": {"model": "gpt-4o"},
+                    "model": "per_unit",
+                    "unit_amount": "0.00001",
+                },
+                {
+                    "meter": "requests",
+                    "model": "package",
+                    "package_size": 1000,
+                    "package_amount": "2.00",
+                },
+                {
+                    "meter": "users",
+                    "model": "volume",
+                    "tiers": [
+                        {"up_to": 100, "unit_amount": "1.00"},
+                        {"up_to": None, "unit_amount": "0.80"},
+                    ],
+                },
+            ],
+        },
+    ],
+}
+
+MODELS = ["gpt-4o", "gpt-4o-mini", "claude-sonnet", "llama-70b"]
+
+
+def synthetic_events(n: int, seed: int = 1) -> list[Event]:
+    rng = random.Random(seed)
+    return [
+        Event(
+            f"evt_{i}",
+            "acme",
+            "llm.completion",
+            1_764_000_000_000_000 + i,
+            {
+                "model": MODELS[i % 4],
+                "input_tokens": rng.randrange(100, 8000),
+                "output_tokens": rng.randrange(10, 2000),
+                "user": f"user-{rng.randrange(500)}",
+            },
+        )
+        for i in range(n)
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=1_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    config = parse_config(CONFIG)
+    plan = config.plan("bench")
+    events = synthetic_events(args.events)
+    batches = [events[i : i + args.batch] for i in range(0, len(events), args.batch)]
+
+    fold_rates = []
+    for _ in range(args.repeat):
+        usage = config.meters.empty_usage()
+        start = time.perf_counter()
+        for batch in batches:
+            config.meters.fold(batch, into=usage)
+        fold_rates.append(len(events) / (time.perf_counter() - start))
+
+    start = time.perf_counter()
+    for _ in range(1000):
+        usage_cost(plan, usage, config.meters.meters)
+    cost_us = (time.perf_counter() - start) / 1000 * 1e6
+
+    start = time.perf_counter()
+    preview = rate(plan, usage, config.meters.meters, config.rounding)
+    rate_ms = (time.perf_counter() - start) * 1e3
+
+    best = max(fold_rates)
+    print(f"events: {len(events):,} in batches of {args.batch:,}; 4 meters, 4-charge plan")
+    print(
+        "meter fold: "
+        + ", ".join(f"{r:,.0f}" for r in fold_rates)
+        + f" events/s (best {best:,.0f})"
+    )
+    print(f"live usage cost of the plan: {cost_us:,.0f} µs per evaluation")
+    print(f"rate into an invoice preview: {rate_ms:.2f} ms; total {preview.total} EUR")
+
+
+if __name__ == "__main__":
+    main()
