@@ -48,6 +48,10 @@ class TallyrayError(Exception):
         self.problems: tuple[Problem, ...] = tuple(problems)
         super().__init__(message)
 
+    def __reduce__(self) -> tuple[type[TallyrayError], tuple[str, tuple[Problem, ...]]]:
+        # Keep the problems when the error crosses a process boundary (Ray pickles it).
+        return (type(self), (self.message, self.problems))
+
     @property
     def message(self) -> str:
         return str(self.args[0])

@@ -259,13 +259,13 @@ class MeterSet:
         self._by_type: dict[str, list[MeterSpec]] = defaultdict(list)
         for meter in self.meters.values():
             self._by_type[meter.event_type].append(meter)
-        self._aggregations = {key: m.aggregation for key, m in self.meters.items()}
+        self.aggregations: Mapping[str, str] = {k: m.aggregation for k, m in self.meters.items()}
 
     def __contains__(self, key: object) -> bool:
         return key in self.meters
 
     def empty_usage(self) -> Usage:
-        return Usage({key: {} for key in self.meters}, self._aggregations)
+        return Usage({key: {} for key in self.meters}, self.aggregations)
 
     def usage_from_json(self, raw: Mapping[str, Any]) -> Usage:
         """Restore a :meth:`Usage.to_json` snapshot (state of meters now gone is dropped)."""
@@ -376,8 +376,30 @@ class Usage:
                 mine = ours.get(group, _MISSING)
                 if mine is _MISSING:
                     ours[group] = set(state) if aggregation == "unique_count" else state
+                elif aggregation == "unique_count":
+                    mine |= state  # in place: sets can be large; plus() copies before this
                 else:
                     ours[group] = _merge_state(aggregation, mine, state)
+
+    def plus(self, delta: Usage) -> Usage:
+        """A new usage equal to this one merged with ``delta``, leaving this one untouched.
+
+        Only the meters and groups ``delta`` touches are copied, so pricing a would-be event
+        against a large usage costs little.
+        """
+        groups = dict(self.groups)
+        for key, theirs in delta.groups.items():
+            if not theirs:
+                continue
+            ours = dict(groups.get(key, {}))
+            if self.aggregations[key] == "unique_count":
+                for group in theirs:
+                    if group in ours:
+                        ours[group] = set(ours[group])
+            groups[key] = ours
+        result = Usage(groups, self.aggregations)
+        result.merge(delta)
+        return result
 
     def copy(self) -> Usage:
         return Usage(

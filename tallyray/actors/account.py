@@ -1,0 +1,331 @@
+"""CustomerAccount: one customer's live state, as a pure state machine.
+
+No Ray, no database, no clock: the shard actor passes the time in (``now`` and ``at``, in
+microseconds since the epoch) and persists what the account says. Everything here is exact
+``Decimal`` arithmetic on top of :mod:`tallyray.pricing`.
+
+State per account:
+
+- usage per billing period (:class:`~tallyray.pricing.meters.Usage`), and the full-precision
+  cost of each period's usage under the customer's plan (*spend*);
+- the credit :class:`~tallyray.pricing.credits.Ledger`: grants, what is left of each, and spend
+  no grant covered;
+- active holds (reservations);
+- the customer's limits (:class:`Profile`): billing mode, overdraft, spend limit.
+
+What a quota check compares (``available``):
+
+- prepaid (the default): credits remaining + overdraft − uncovered spend − holds;
+- a spend limit per period, for any mode: limit − this period's spend − holds;
+- the smaller of the two when both apply; a postpaid customer without a limit is unlimited.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from tallyray.pricing.credits import CreditGrant, Ledger
+from tallyray.pricing.events import Event
+from tallyray.pricing.meters import MeterSet, Usage
+from tallyray.pricing.money import currency as currency_of
+from tallyray.pricing.money import round_amount
+from tallyray.pricing.periods import period_of
+from tallyray.pricing.plans import Plan, usage_cost
+
+__all__ = ["BILLING_MODES", "CustomerAccount", "Hold", "Profile", "QuotaAnswer"]
+
+ZERO = Decimal(0)
+BILLING_MODES = ("prepaid", "postpaid")
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """What the account needs to know about its customer and subscription."""
+
+    customer_id: str
+    currency: str
+    plan: Plan | None = None
+    billing_mode: str = "prepaid"
+    overdraft: Decimal = ZERO
+    spend_limit: Decimal | None = None
+
+    @property
+    def interval(self) -> str:
+        return self.plan.interval if self.plan else "month"
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    id: str
+    amount: Decimal
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaAnswer:
+    allowed: bool
+    cost: Decimal
+    available: Decimal | None
+    reason: str | None = None
+
+
+@dataclass
+class CustomerAccount:
+    profile: Profile
+    meters: MeterSet
+    periods: dict[int, Usage] = field(default_factory=dict)
+    spend: dict[int, Decimal] = field(default_factory=dict)
+    ledger: Ledger = field(init=False)
+    holds: dict[str, Hold] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.ledger = Ledger(self.profile.currency)
+
+    # -- usage ---------------------------------------------------------------------------
+
+    def _split_by_period(self, events: Sequence[Event]) -> dict[int, list[Event]]:
+        interval = self.profile.interval
+        split: dict[int, list[Event]] = defaultdict(list)
+        bounds: tuple[int, int] | None = None
+        for e in events:
+            ts = e[3]
+            if bounds is None or not bounds[0] <= ts < bounds[1]:
+                bounds = period_of(ts, interval)
+            split[bounds[0]].append(e)
+        return split
+
+    def _cost(self, usage: Usage) -> Decimal:
+        plan = self.profile.plan
+        return usage_cost(plan, usage, self.meters.meters) if plan else ZERO
+
+    def apply(self, events: Sequence[Event], at: int) -> Decimal:
+        """Fold committed events in; burn credits for what they cost. Returns the cost."""
+        total = ZERO
+        for start, batch in self._split_by_period(events).items():
+            usage = self.periods.get(start)
+            if usage is None:
+                usage = self.periods[start] = self.meters.empty_usage()
+            self.meters.fold(batch, into=usage)
+            after = self._cost(usage)
+            delta = after - self.spend.get(start, ZERO)
+            self.spend[start] = after
+            total += delta
+        self.ledger, _ = self.ledger.charge(total, at)
+        return total
+
+    def price(self, events: Sequence[Event]) -> Decimal:
+        """What these events would cost now, without applying them."""
+        total = ZERO
+        for start, batch in self._split_by_period(events).items():
+            delta = self.meters.fold(batch)
+            usage = self.periods.get(start)
+            merged = usage.plus(delta) if usage is not None else delta
+            total += self._cost(merged) - self.spend.get(start, ZERO)
+        return total
+
+    def set_meters(self, meters: MeterSet) -> None:
+        """Meters were added to the environment (they are never changed or removed)."""
+        self.meters = meters
+        for usage in self.periods.values():
+            usage.aggregations = meters.aggregations
+            for key in meters.meters:
+                usage.groups.setdefault(key, {})
+
+    def set_profile(self, profile: Profile) -> Decimal:
+        """A new plan or new limits: re-rate every period under the new plan."""
+        self.profile = profile
+        change = ZERO
+        for start, usage in self.periods.items():
+            after = self._cost(usage)
+            change += after - self.spend.get(start, ZERO)
+            self.spend[start] = after
+        return change
+
+    def rebook(self, change: Decimal, at: int) -> None:
+        """Book a cost change that did not come from events (a plan change)."""
+        self.ledger, _ = self.ledger.charge(change, at)
+
+    # -- credits and holds ---------------------------------------------------------------
+
+    def add_grant(self, grant: CreditGrant) -> None:
+        if any(g.id == grant.id for g in self.ledger.grants):
+            return  # replaying a grant that is already in the checkpoint
+        self.ledger = self.ledger.add_grant(grant)
+
+    def holds_total(self, now: int) -> Decimal:
+        return sum((h.amount for h in self.holds.values() if h.expires_at > now), ZERO)
+
+    def expire_holds(self, now: int) -> list[str]:
+        gone = [h.id for h in self.holds.values() if h.expires_at <= now]
+        for hold_id in gone:
+            del self.holds[hold_id]
+        return gone
+
+    def period_spend(self, now: int) -> Decimal:
+        return self.spend.get(period_of(now, self.profile.interval).start, ZERO)
+
+    def _limits(self, now: int) -> list[tuple[Decimal, str]]:
+        """Each limit that applies: (what may still be spent under it, which limit)."""
+        holds = self.holds_total(now)
+        limits: list[tuple[Decimal, str]] = []
+        if self.profile.billing_mode == "prepaid":
+            credit = self.ledger.remaining(now) + self.profile.overdraft - self.ledger.uncovered
+            limits.append((credit - holds, "credit"))
+        if self.profile.spend_limit is not None:
+            limits.append((self.profile.spend_limit - self.period_spend(now) - holds, "limit"))
+        return limits
+
+    def available(self, now: int) -> Decimal | None:
+        """What may still be spent now; ``None`` when nothing limits it."""
+        limits = self._limits(now)
+        return min(value for value, _ in limits) if limits else None
+
+    def check(self, events: Sequence[Event], now: int) -> QuotaAnswer:
+        """May these events be spent now?"""
+        return self.decide(self.price(events), now)
+
+    def decide(self, cost: Decimal, now: int) -> QuotaAnswer:
+        limits = self._limits(now)
+        if not limits:
+            return QuotaAnswer(True, cost, None)
+        available, binding = min(limits)
+        if cost <= ZERO or cost <= available:
+            return QuotaAnswer(True, cost, available)
+        cur = currency_of(self.profile.currency)
+        left = round_amount(max(available, ZERO), cur)
+        needed = round_amount(cost, cur, "ROUND_CEILING")
+        if binding == "limit":
+            reason = (
+                f"spend limit of {self.profile.spend_limit} {cur.code} for this period "
+                f"reached: {left} left, this costs {needed}"
+            )
+        else:
+            reason = f"insufficient credit: {left} {cur.code} available, this costs {needed}"
+        return QuotaAnswer(False, cost, available, reason)
+
+    def place_hold(self, hold: Hold, now: int) -> QuotaAnswer:
+        """Hold ``hold.amount`` if it fits in what is available (atomically: the caller
+        serializes calls to one account)."""
+        answer = self.decide(hold.amount, now)
+        if answer.allowed:
+            self.holds[hold.id] = hold
+        return answer
+
+    def release(self, hold_id: str) -> Hold | None:
+        return self.holds.pop(hold_id, None)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def balance(self, now: int) -> dict[str, Any]:
+        cur = currency_of(self.profile.currency)
+        start = period_of(now, self.profile.interval).start
+        usage = self.periods.get(start)
+        available = self.available(now)
+        return {
+            "customer_id": self.profile.customer_id,
+            "currency": cur.code,
+            "plan": self.profile.plan.key if self.profile.plan else None,
+            "billing_mode": self.profile.billing_mode,
+            "credits_remaining": _amount(self.ledger.remaining(now), cur),
+            "credits_expired": _amount(self.ledger.expired(now), cur),
+            "uncovered": _amount(self.ledger.uncovered, cur),
+            "period_spend": _amount(self.spend.get(start, ZERO), cur),
+            "period_spend_precise": format(self.spend.get(start, ZERO).normalize(), "f"),
+            "holds": _amount(self.holds_total(now), cur),
+            "overdraft": _amount(self.profile.overdraft, cur),
+            "spend_limit": None
+            if self.profile.spend_limit is None
+            else _amount(self.profile.spend_limit, cur),
+            "available": None if available is None else _amount(available, cur),
+            "usage": _usage_json(usage, self.meters) if usage is not None else {},
+            "grants": [
+                {
+                    "id": g.id,
+                    "amount": _amount(g.amount, cur),
+                    "remaining": _amount(g.remaining, cur),
+                    "priority": g.priority,
+                    "expires_at": g.expires_at,
+                    "expired": not g.active_at(now),
+                }
+                for g in self.ledger.grants
+            ],
+        }
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "periods": {str(start): u.to_json() for start, u in self.periods.items()},
+            "spend": {str(start): str(s) for start, s in self.spend.items()},
+            "uncovered": str(self.ledger.uncovered),
+            "grants": [_grant_json(g) for g in self.ledger.grants],
+        }
+
+    @classmethod
+    def restore(
+        cls, snapshot: Mapping[str, Any], profile: Profile, meters: MeterSet, now: int
+    ) -> CustomerAccount:
+        account = cls(profile, meters)
+        account.periods = {
+            int(start): meters.usage_from_json(raw) for start, raw in snapshot["periods"].items()
+        }
+        account.spend = {int(start): Decimal(s) for start, s in snapshot["spend"].items()}
+        account.ledger = Ledger(
+            profile.currency,
+            tuple(_grant_from_json(g) for g in snapshot["grants"]),
+            Decimal(snapshot["uncovered"]),
+        )
+        # The plan may have changed since the checkpoint: bring spend in line with it.
+        account.rebook(account.set_profile(profile), now)
+        return account
+
+
+def _amount(value: Decimal, cur: Any) -> str:
+    return format(round_amount(value, cur), "f")
+
+
+def _usage_json(usage: Usage, meters: MeterSet) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, spec in meters.meters.items():
+        groups = usage.groups.get(key)
+        if not groups:
+            continue
+        entry: dict[str, Any] = {"quantity": format(usage.quantity(spec), "f")}
+        if spec.group_by:
+            entry["groups"] = [
+                {
+                    "group": dict(zip(spec.group_by, g, strict=True)),
+                    "quantity": format(q, "f"),
+                }
+                for g, q in usage.by_group(spec).items()
+            ]
+        out[key] = entry
+    return out
+
+
+def _grant_json(g: CreditGrant) -> dict[str, Any]:
+    return {
+        "id": g.id,
+        "amount": str(g.amount),
+        "currency": g.currency,
+        "remaining": str(g.remaining),
+        "priority": g.priority,
+        "expires_at": g.expires_at,
+        "created_at": g.created_at,
+    }
+
+
+def _grant_from_json(raw: Mapping[str, Any]) -> CreditGrant:
+    return CreditGrant(
+        raw["id"],
+        Decimal(raw["amount"]),
+        raw["currency"],
+        Decimal(raw["remaining"]),
+        raw["priority"],
+        raw["expires_at"],
+        raw["created_at"],
+    )

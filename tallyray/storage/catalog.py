@@ -1,0 +1,373 @@
+"""The catalog: API keys, meters, plans, customers, subscriptions — everything but the hot
+path's event log. Read by the ingress and the shards, written through the API.
+
+Every call takes the environment (``live`` / ``test``) of the caller's key, and every query is
+scoped by it: a test key can neither read nor write live objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Engine, and_, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from tallyray.errors import Conflict, NotFound
+from tallyray.pricing.config import parse_meter, parse_plan
+from tallyray.pricing.meters import MeterSet, MeterSpec
+from tallyray.pricing.plans import Plan
+from tallyray.storage import tables as t
+
+__all__ = ["ENVIRONMENTS", "Catalog", "CustomerRecord", "EnvCatalog", "hash_key"]
+
+ENVIRONMENTS = ("live", "test")
+
+
+def hash_key(key: str) -> str:
+    """API keys are stored as SHA-256: they are long random secrets, so no salt is needed."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerRecord:
+    env: str
+    id: str
+    currency: str
+    name: str | None = None
+    email: str | None = None
+    country: str | None = None
+    vat_id: str | None = None
+    address: Mapping[str, Any] | None = None
+    billing_mode: str = "prepaid"
+    overdraft: Decimal = Decimal(0)
+    spend_limit: Decimal | None = None
+    plan_key: str | None = None
+    plan_version: int | None = None
+    subscription_id: str | None = None
+    subscription_start: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "email": self.email,
+            "currency": self.currency,
+            "country": self.country,
+            "vat_id": self.vat_id,
+            "address": self.address,
+            "billing_mode": self.billing_mode,
+            "overdraft": format(self.overdraft, "f"),
+            "spend_limit": None if self.spend_limit is None else format(self.spend_limit, "f"),
+            "subscription": None
+            if self.subscription_id is None
+            else {
+                "id": self.subscription_id,
+                "plan": self.plan_key,
+                "plan_version": self.plan_version,
+                "start": self.subscription_start,
+            },
+        }
+
+
+@dataclass(frozen=True)
+class EnvCatalog:
+    """Meters and plans of one environment, parsed and ready to fold and price."""
+
+    env: str
+    meters: MeterSet
+    plans: Mapping[tuple[str, int], Plan]
+    latest: Mapping[str, int]
+    raw_plans: Mapping[tuple[str, int], Mapping[str, Any]]
+
+    def plan(self, key: str, version: int | None = None) -> Plan:
+        version = self.latest.get(key) if version is None else version
+        plan = self.plans.get((key, version)) if version is not None else None
+        if plan is None:
+            raise NotFound(f"no plan {key!r}" + (f" version {version}" if version else ""))
+        return plan
+
+
+class Catalog:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- API keys ------------------------------------------------------------------------
+
+    def create_key(self, env: str, now: int, name: str | None = None) -> tuple[str, str]:
+        """A new key for ``env`` (``live``, ``test`` or ``admin``): (key id, secret key).
+
+        The secret is returned once and stored only as a hash.
+        """
+        secret = f"trk_{env}_{secrets.token_urlsafe(24)}"
+        key_id = new_id("key")
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(t.api_keys).values(
+                    id=key_id,
+                    env=env,
+                    hash=hash_key(secret),
+                    prefix=secret[:16],
+                    name=name,
+                    created_at=now,
+                )
+            )
+        return key_id, secret
+
+    def seed_key(self, secret: str, env: str, now: int) -> None:
+        """Store a key chosen by the operator (``TALLYRAY_ADMIN_KEY``) if it is not there."""
+        digest = hash_key(secret)
+        with self.engine.begin() as conn:
+            found = conn.execute(select(t.api_keys.c.id).where(t.api_keys.c.hash == digest))
+            if found.first() is None:
+                conn.execute(
+                    insert(t.api_keys).values(
+                        id=new_id("key"),
+                        env=env,
+                        hash=digest,
+                        prefix=secret[:16],
+                        name="seeded",
+                        created_at=now,
+                    )
+                )
+
+    def key_env(self, secret: str) -> str | None:
+        """The environment of a key, or ``None`` for an unknown or revoked one."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(t.api_keys.c.env).where(
+                    t.api_keys.c.hash == hash_key(secret), t.api_keys.c.revoked_at.is_(None)
+                )
+            ).first()
+        return None if row is None else str(row.env)
+
+    def revoke_key(self, key_id: str, now: int) -> None:
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(t.api_keys).where(t.api_keys.c.id == key_id).values(revoked_at=now)
+            )
+        if done.rowcount == 0:
+            raise NotFound(f"no API key {key_id!r}")
+
+    # -- meters and plans ----------------------------------------------------------------
+
+    def add_meter(self, env: str, definition: Mapping[str, Any], now: int) -> MeterSpec:
+        """Create a meter. Meters never change once created (their state is folded live);
+        posting the same definition again is a no-op, a different one is a conflict."""
+        meter = parse_meter(definition)
+        with self.engine.begin() as conn:
+            existing = conn.execute(
+                select(t.meters.c.definition).where(
+                    t.meters.c.env == env, t.meters.c.key == meter.key
+                )
+            ).first()
+            if existing is not None:
+                if parse_meter(existing.definition) != meter:
+                    raise Conflict(
+                        f"meter {meter.key!r} exists with another definition; meters cannot "
+                        "change once created: create a meter with a new key"
+                    )
+                return meter
+            conn.execute(
+                insert(t.meters).values(
+                    env=env, key=meter.key, definition=dict(definition), created_at=now
+                )
+            )
+        return meter
+
+    def add_plan(self, env: str, definition: Mapping[str, Any], now: int) -> tuple[Plan, int]:
+        """Store a plan; re-posting a key makes a new version unless nothing changed."""
+        catalog = self.env_catalog(env)
+        plan = parse_plan(definition, catalog.meters.meters)
+        latest = catalog.latest.get(plan.key)
+        if latest is not None and catalog.raw_plans[(plan.key, latest)] == definition:
+            return plan, latest
+        version = (latest or 0) + 1
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(t.plans).values(
+                        env=env,
+                        key=plan.key,
+                        version=version,
+                        definition=dict(definition),
+                        created_at=now,
+                    )
+                )
+        except IntegrityError:
+            raise Conflict(f"plan {plan.key!r} was changed at the same time; retry") from None
+        return plan, version
+
+    def env_catalog(self, env: str) -> EnvCatalog:
+        with self.engine.connect() as conn:
+            meter_rows = conn.execute(
+                select(t.meters.c.definition).where(t.meters.c.env == env)
+            ).all()
+            plan_rows = conn.execute(
+                select(t.plans.c.key, t.plans.c.version, t.plans.c.definition)
+                .where(t.plans.c.env == env)
+                .order_by(t.plans.c.key, t.plans.c.version)
+            ).all()
+        meters = MeterSet(parse_meter(row.definition) for row in meter_rows)
+        plans: dict[tuple[str, int], Plan] = {}
+        raw: dict[tuple[str, int], Mapping[str, Any]] = {}
+        latest: dict[str, int] = {}
+        for row in plan_rows:
+            plans[(row.key, row.version)] = parse_plan(row.definition, meters.meters)
+            raw[(row.key, row.version)] = row.definition
+            latest[row.key] = row.version
+        return EnvCatalog(env, meters, plans, latest, raw)
+
+    # -- customers and subscriptions -----------------------------------------------------
+
+    def upsert_customer(self, record: CustomerRecord, now: int) -> CustomerRecord:
+        """Create a customer, or update its details. The currency cannot change once set."""
+        values = {
+            "name": record.name,
+            "email": record.email,
+            "currency": record.currency,
+            "country": record.country,
+            "vat_id": record.vat_id,
+            "address": record.address,
+            "billing_mode": record.billing_mode,
+            "overdraft": str(record.overdraft),
+            "spend_limit": None if record.spend_limit is None else str(record.spend_limit),
+        }
+        key = and_(t.customers.c.env == record.env, t.customers.c.id == record.id)
+        with self.engine.begin() as conn:
+            existing = conn.execute(select(t.customers.c.currency).where(key)).first()
+            if existing is None:
+                try:
+                    conn.execute(
+                        insert(t.customers).values(
+                            env=record.env, id=record.id, created_at=now, **values
+                        )
+                    )
+                except IntegrityError:
+                    raise Conflict(f"customer {record.id!r} was created at the same time") from None
+            else:
+                if existing.currency != record.currency:
+                    raise Conflict(
+                        f"customer {record.id!r} is billed in {existing.currency}; its currency "
+                        "cannot change"
+                    )
+                conn.execute(update(t.customers).where(key).values(**values))
+        return self.customer(record.env, record.id)
+
+    def customer(self, env: str, customer_id: str) -> CustomerRecord:
+        found = self.customers(env, [customer_id])
+        if customer_id not in found:
+            raise NotFound(f"no customer {customer_id!r}")
+        return found[customer_id]
+
+    def customers(self, env: str, ids: Iterable[str] | None = None) -> dict[str, CustomerRecord]:
+        """Customers of ``env`` (all, or those in ``ids``) with their active subscription."""
+        c, s = t.customers, t.subscriptions
+        query = (
+            select(
+                c,
+                s.c.id.label("sub_id"),
+                s.c.plan_key,
+                s.c.plan_version,
+                s.c.start.label("sub_start"),
+            )
+            .select_from(
+                c.outerjoin(
+                    s,
+                    and_(s.c.env == c.c.env, s.c.customer_id == c.c.id, s.c.end.is_(None)),
+                )
+            )
+            .where(c.c.env == env)
+        )
+        if ids is not None:
+            wanted = list(set(ids))
+            if not wanted:
+                return {}
+            query = query.where(c.c.id.in_(wanted))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return {row.id: _customer(row) for row in rows}
+
+    def subscribe(
+        self, env: str, customer_id: str, plan_key: str, start: int, now: int
+    ) -> tuple[str, int]:
+        """Subscribe a customer to the latest version of a plan, ending any subscription it
+        had. Returns (subscription id, plan version)."""
+        customer = self.customer(env, customer_id)
+        with self.engine.begin() as conn:
+            version = conn.execute(
+                select(func.max(t.plans.c.version)).where(
+                    t.plans.c.env == env, t.plans.c.key == plan_key
+                )
+            ).scalar()
+            if version is None:
+                raise NotFound(f"no plan {plan_key!r}")
+            definition = conn.execute(
+                select(t.plans.c.definition).where(
+                    t.plans.c.env == env, t.plans.c.key == plan_key, t.plans.c.version == version
+                )
+            ).scalar_one()
+            if definition.get("currency") != customer.currency:
+                raise Conflict(
+                    f"plan {plan_key!r} is priced in {definition.get('currency')} but customer "
+                    f"{customer_id!r} is billed in {customer.currency}"
+                )
+            conn.execute(
+                update(t.subscriptions)
+                .where(
+                    t.subscriptions.c.env == env,
+                    t.subscriptions.c.customer_id == customer_id,
+                    t.subscriptions.c.end.is_(None),
+                )
+                .values(end=start)
+            )
+            sub_id = new_id("sub")
+            conn.execute(
+                insert(t.subscriptions).values(
+                    id=sub_id,
+                    env=env,
+                    customer_id=customer_id,
+                    plan_key=plan_key,
+                    plan_version=version,
+                    start=start,
+                    created_at=now,
+                )
+            )
+        return sub_id, int(version)
+
+    def grants(self, env: str, customer_id: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.credit_grants).where(
+                    t.credit_grants.c.env == env, t.credit_grants.c.customer_id == customer_id
+                )
+            ).all()
+        return [dict(row._mapping) for row in rows]
+
+
+def _customer(row: Any) -> CustomerRecord:
+    return CustomerRecord(
+        env=row.env,
+        id=row.id,
+        currency=row.currency,
+        name=row.name,
+        email=row.email,
+        country=row.country,
+        vat_id=row.vat_id,
+        address=row.address,
+        billing_mode=row.billing_mode,
+        overdraft=Decimal(row.overdraft),
+        spend_limit=None if row.spend_limit is None else Decimal(row.spend_limit),
+        plan_key=row.plan_key,
+        plan_version=row.plan_version,
+        subscription_id=row.sub_id,
+        subscription_start=row.sub_start,
+    )

@@ -1,0 +1,234 @@
+"""A shard's durable side: the event log, credit grants and holds it books, its checkpoints.
+
+One :class:`ShardStore` per shard actor. :meth:`ShardStore.commit` is the group commit: every
+request that reached the shard since the last commit is written in one transaction, and
+nothing is acknowledged before that transaction has committed.
+
+Duplicates are found by the database, not by memory: the unique index on
+``(env, customer_id, event_id)`` holds across restarts and shards, and an insert that hits it
+does nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from tallyray.storage import tables as t
+
+__all__ = ["CommitResult", "EventRow", "ShardStore"]
+
+EventRow = tuple[str, str, str, str, int, str, int]
+"""(env, customer_id, event_id, type, ts, properties as JSON text, received_at)."""
+
+_EVENT_COLUMNS = ("env", "customer_id", "event_id", "type", "ts", "properties", "received_at")
+
+
+@dataclass
+class CommitResult:
+    inserted: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    """(env, customer_id, event_id) → seq, for the events that were new."""
+    position: int = 0
+    """The shard's log position after this commit."""
+
+
+def _dialect_insert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"Tallyray supports PostgreSQL and SQLite, not {conn.dialect.name}")
+
+
+class ShardStore:
+    def __init__(self, engine: Engine, shard: int) -> None:
+        self.engine = engine
+        self.shard = shard
+
+    # -- the group commit ----------------------------------------------------------------
+
+    def commit(
+        self,
+        events: Sequence[EventRow],
+        position: int,
+        grants: Sequence[Mapping[str, Any]] = (),
+        new_holds: Sequence[Mapping[str, Any]] = (),
+        finished_holds: Sequence[tuple[str, str]] = (),
+    ) -> CommitResult:
+        """Write one group commit. Events first; grants are booked after them, at the
+        position the events leave the log in (replay adds them at the same point)."""
+        result = CommitResult(position=position)
+        with self.engine.begin() as conn:
+            if events:
+                result.inserted = self._insert_events(conn, events)
+                if result.inserted:
+                    result.position = max(position, max(result.inserted.values()))
+            if grants:
+                conn.execute(
+                    insert(t.credit_grants),
+                    [{**g, "shard": self.shard, "position": result.position} for g in grants],
+                )
+            if new_holds:
+                conn.execute(insert(t.holds), [{**h, "shard": self.shard} for h in new_holds])
+            for hold_id, status in finished_holds:
+                conn.execute(
+                    update(t.holds)
+                    .where(t.holds.c.id == hold_id, t.holds.c.status == "active")
+                    .values(status=status)
+                )
+        return result
+
+    def _insert_events(
+        self, conn: Connection, events: Sequence[EventRow]
+    ) -> dict[tuple[str, str, str], int]:
+        rows = [dict(zip(_EVENT_COLUMNS, e, strict=True)) | {"shard": self.shard} for e in events]
+        stmt = (
+            _dialect_insert(conn, t.events)
+            .on_conflict_do_nothing(index_elements=["env", "customer_id", "event_id"])
+            .returning(t.events.c.seq, t.events.c.env, t.events.c.customer_id, t.events.c.event_id)
+        )
+        return {
+            (row.env, row.customer_id, row.event_id): row.seq for row in conn.execute(stmt, rows)
+        }
+
+    # -- recovery ------------------------------------------------------------------------
+
+    def log_end(self) -> int:
+        """The highest seq this shard has written (0 for an empty log)."""
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                select(func.max(t.events.c.seq)).where(t.events.c.shard == self.shard)
+            ).scalar()
+        return int(found or 0)
+
+    def load_checkpoint(self) -> tuple[int, int | None, dict[tuple[str, str], Any]]:
+        """(position, shard count it was taken with, account states by (env, customer))."""
+        with self.engine.connect() as conn:
+            head = conn.execute(
+                select(t.shard_checkpoints).where(t.shard_checkpoints.c.shard == self.shard)
+            ).first()
+            if head is None:
+                return 0, None, {}
+            rows = conn.execute(
+                select(
+                    t.account_checkpoints.c.env,
+                    t.account_checkpoints.c.customer_id,
+                    t.account_checkpoints.c.state,
+                ).where(t.account_checkpoints.c.shard == self.shard)
+            ).all()
+        return (
+            int(head.position),
+            int(head.shard_count),
+            {(row.env, row.customer_id): row.state for row in rows},
+        )
+
+    def replay(self, after: int, chunk: int = 5000) -> Iterator[list[Any]]:
+        """Events of this shard after ``after``, in log order, in chunks."""
+        last = after
+        cols = t.events.c
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(
+                        cols.seq,
+                        cols.env,
+                        cols.customer_id,
+                        cols.event_id,
+                        cols.type,
+                        cols.ts,
+                        cols.properties,
+                        cols.received_at,
+                    )
+                    .where(cols.shard == self.shard, cols.seq > last)
+                    .order_by(cols.seq)
+                    .limit(chunk)
+                ).all()
+            if not rows:
+                return
+            yield list(rows)
+            last = rows[-1].seq
+
+    def grants_after(self, position: int) -> list[dict[str, Any]]:
+        """Grants booked after ``position``, in the order they were booked."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.credit_grants)
+                .where(t.credit_grants.c.shard == self.shard, t.credit_grants.c.position > position)
+                .order_by(t.credit_grants.c.position, t.credit_grants.c.created_at)
+            ).all()
+        return [dict(row._mapping) for row in rows]
+
+    def grants_at_or_before(self, position: int) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.credit_grants).where(
+                    t.credit_grants.c.shard == self.shard, t.credit_grants.c.position <= position
+                )
+            ).all()
+        return [dict(row._mapping) for row in rows]
+
+    def active_holds(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.holds).where(t.holds.c.shard == self.shard, t.holds.c.status == "active")
+            ).all()
+        return [dict(row._mapping) for row in rows]
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def save_checkpoint(
+        self,
+        position: int,
+        shard_count: int,
+        states: Mapping[tuple[str, str], Any],
+        now: int,
+    ) -> None:
+        """Store the dirty accounts' states and the log position they include, atomically."""
+        with self.engine.begin() as conn:
+            if states:
+                stmt = _dialect_insert(conn, t.account_checkpoints)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["env", "customer_id"],
+                    set_={
+                        "state": stmt.excluded.state,
+                        "position": stmt.excluded.position,
+                        "taken_at": stmt.excluded.taken_at,
+                        "shard": stmt.excluded.shard,
+                    },
+                )
+                conn.execute(
+                    stmt,
+                    [
+                        {
+                            "env": env,
+                            "customer_id": customer,
+                            "shard": self.shard,
+                            "state": state,
+                            "position": position,
+                            "taken_at": now,
+                        }
+                        for (env, customer), state in states.items()
+                    ],
+                )
+            head = _dialect_insert(conn, t.shard_checkpoints)
+            head = head.on_conflict_do_update(
+                index_elements=["shard"],
+                set_={
+                    "position": head.excluded.position,
+                    "taken_at": head.excluded.taken_at,
+                    "shard_count": head.excluded.shard_count,
+                },
+            )
+            conn.execute(
+                head,
+                {
+                    "shard": self.shard,
+                    "shard_count": shard_count,
+                    "position": position,
+                    "taken_at": now,
+                },
+            )

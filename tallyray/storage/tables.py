@@ -1,0 +1,167 @@
+"""The database schema, as SQLAlchemy Core tables. Changes go through an Alembic migration.
+
+Money and decimal quantities are stored as decimal *text*: exact on every backend (SQLite has
+no exact decimal type). Times are integer microseconds since the epoch, UTC. Every business
+table carries ``env`` (``live`` or ``test``): the API key's environment scopes every query.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+Json = JSON().with_variant(JSONB(), "postgresql")
+Micros = BigInteger
+# SQLite only auto-increments an INTEGER PRIMARY KEY; Postgres wants a BIGINT identity.
+Seq = BigInteger().with_variant(Integer(), "sqlite")
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("env", String(8), nullable=False),
+    Column("hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(24), nullable=False),
+    Column("name", String(200)),
+    Column("created_at", Micros, nullable=False),
+    Column("revoked_at", Micros),
+)
+
+meters = Table(
+    "meters",
+    metadata,
+    Column("env", String(8), nullable=False),
+    Column("key", String(64), nullable=False),
+    Column("definition", Json, nullable=False),
+    Column("created_at", Micros, nullable=False),
+    PrimaryKeyConstraint("env", "key"),
+)
+
+plans = Table(
+    "plans",
+    metadata,
+    Column("env", String(8), nullable=False),
+    Column("key", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("definition", Json, nullable=False),
+    Column("created_at", Micros, nullable=False),
+    PrimaryKeyConstraint("env", "key", "version"),
+)
+
+customers = Table(
+    "customers",
+    metadata,
+    Column("env", String(8), nullable=False),
+    Column("id", String(255), nullable=False),
+    Column("name", String(500)),
+    Column("email", String(320)),
+    Column("currency", String(3), nullable=False),
+    Column("country", String(2)),
+    Column("vat_id", String(64)),
+    Column("address", Json),
+    Column("billing_mode", String(16), nullable=False),
+    Column("overdraft", String(50), nullable=False),
+    Column("spend_limit", String(50)),
+    Column("created_at", Micros, nullable=False),
+    PrimaryKeyConstraint("env", "id"),
+)
+
+subscriptions = Table(
+    "subscriptions",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("env", String(8), nullable=False),
+    Column("customer_id", String(255), nullable=False),
+    Column("plan_key", String(64), nullable=False),
+    Column("plan_version", Integer, nullable=False),
+    Column("start", Micros, nullable=False),
+    Column("end", Micros),
+    Column("created_at", Micros, nullable=False),
+    Index("ix_subscriptions_customer", "env", "customer_id"),
+)
+
+credit_grants = Table(
+    "credit_grants",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("env", String(8), nullable=False),
+    Column("customer_id", String(255), nullable=False),
+    Column("amount", String(50), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("expires_at", Micros),
+    Column("created_at", Micros, nullable=False),
+    Column("shard", Integer, nullable=False),
+    # The shard's log position when the grant was booked: replay adds it after that event.
+    Column("position", BigInteger, nullable=False),
+    Index("ix_credit_grants_customer", "env", "customer_id"),
+    Index("ix_credit_grants_shard", "shard", "position"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("env", String(8), nullable=False),
+    Column("shard", Integer, nullable=False),
+    Column("customer_id", String(255), nullable=False),
+    Column("event_id", String(255), nullable=False),
+    Column("type", String(255), nullable=False),
+    Column("ts", Micros, nullable=False),
+    Column("properties", Text, nullable=False),
+    Column("received_at", Micros, nullable=False),
+    # Idempotency: one event per customer and id, for as long as events are kept (≥ 35 days).
+    UniqueConstraint("env", "customer_id", "event_id", name="uq_events_idempotency"),
+    Index("ix_events_shard_seq", "shard", "seq"),
+    Index("ix_events_customer_ts", "env", "customer_id", "ts"),
+)
+
+holds = Table(
+    "holds",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("env", String(8), nullable=False),
+    Column("customer_id", String(255), nullable=False),
+    Column("shard", Integer, nullable=False),
+    Column("amount", String(50), nullable=False),
+    Column("expires_at", Micros, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", Micros, nullable=False),
+    Index("ix_holds_shard_status", "shard", "status"),
+)
+
+shard_checkpoints = Table(
+    "shard_checkpoints",
+    metadata,
+    Column("shard", Integer, primary_key=True),
+    Column("shard_count", Integer, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("taken_at", Micros, nullable=False),
+)
+
+account_checkpoints = Table(
+    "account_checkpoints",
+    metadata,
+    Column("env", String(8), nullable=False),
+    Column("customer_id", String(255), nullable=False),
+    Column("shard", Integer, nullable=False),
+    Column("state", Json, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("taken_at", Micros, nullable=False),
+    PrimaryKeyConstraint("env", "customer_id"),
+    Index("ix_account_checkpoints_shard", "shard"),
+)
