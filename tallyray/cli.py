@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -30,6 +31,10 @@ def load_config(path: str | Path) -> PricingConfig:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
         raise InvalidInput(f"cannot read configuration {str(path)!r}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise InvalidInput(
+            f"{path}: not UTF-8 text (byte {error.start}): save it as UTF-8"
+        ) from None
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as error:
@@ -39,7 +44,7 @@ def load_config(path: str | Path) -> PricingConfig:
     return parse_config(raw)
 
 
-def read_events(stream: TextIO) -> tuple[list[Event], list[int]]:
+def read_events(stream: BinaryIO) -> tuple[list[Event], list[int]]:
     """Events from JSON Lines, with the line number of each; every bad line is reported."""
     events: list[Event] = []
     line_numbers: list[int] = []
@@ -48,7 +53,7 @@ def read_events(stream: TextIO) -> tuple[list[Event], list[int]]:
         if not line.strip():
             continue
         try:
-            obj = orjson.loads(line)
+            obj = orjson.loads(line)  # orjson also refuses bytes that are not UTF-8
             event = parse_event(
                 obj, default_ts=0, default_id=f"line-{number:09d}", default_customer="preview"
             )
@@ -69,10 +74,10 @@ def _price(args: argparse.Namespace) -> dict[str, Any]:
     config = load_config(args.config)
     plan = config.plan(args.plan)
     if args.events == "-":
-        events, lines = read_events(sys.stdin)
+        events, lines = read_events(sys.stdin.buffer)
     else:
         try:
-            with open(args.events, encoding="utf-8") as stream:
+            with open(args.events, "rb") as stream:
                 events, lines = read_events(stream)
         except OSError as error:
             raise InvalidInput(f"cannot read events {args.events!r}: {error.strerror}") from None
@@ -86,6 +91,49 @@ def _price(args: argparse.Namespace) -> dict[str, Any]:
 def _check_config(args: argparse.Namespace) -> dict[str, Any]:
     config = load_config(args.config)
     return {"ok": True, "meters": sorted(config.meters.meters), "plans": sorted(config.plans)}
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from tallyray.cluster import Settings
+
+    return Settings.load(
+        database_url=getattr(args, "database_url", None),
+        shards=getattr(args, "shards", None),
+        port=getattr(args, "port", None),
+        config_path=getattr(args, "config", None),
+        checkpoint_seconds=getattr(args, "checkpoint_seconds", None),
+    )
+
+
+def _migrate(args: argparse.Namespace) -> dict[str, Any]:
+    from tallyray.storage.db import make_engine, migrate
+
+    settings = _settings(args)
+    migrate(make_engine(settings.database_url))
+    return {"ok": True, "database": _redact(settings.database_url)}
+
+
+def _keys_create(args: argparse.Namespace) -> dict[str, Any]:
+    from tallyray.cluster import prepare_store
+
+    catalog = prepare_store(_settings(args))
+    key_id, secret = catalog.create_key(args.env, time.time_ns() // 1000, args.name)
+    print(f"# the key is shown once; store it now ({args.env} environment)", file=sys.stderr)
+    return {"id": key_id, "env": args.env, "key": secret}
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from tallyray.cluster.server import run_server
+
+    run_server(_settings(args), demo=args.demo)
+
+
+def _redact(url: str) -> str:
+    head, at, tail = url.rpartition("@")
+    if not at:
+        return url
+    scheme, _, _credentials = head.partition("://")
+    return f"{scheme}://***@{tail}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,6 +154,43 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("config", help="tallyray.json")
     check.set_defaults(run=_check_config)
+
+    def store_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--database-url",
+            help="SQLAlchemy URL (env TALLYRAY_DATABASE_URL; default: SQLite under ./.tallyray/)",
+        )
+
+    serve = commands.add_parser("serve", help="run the metering server (Ray + Serve)")
+    serve.add_argument("--config", help="tallyray.json to load (env TALLYRAY_CONFIG)")
+    serve.add_argument("--port", type=int, help="HTTP port (env TALLYRAY_PORT; default 8000)")
+    serve.add_argument(
+        "--shards", type=int, help="shard actors (env TALLYRAY_SHARDS; default: CPU count)"
+    )
+    serve.add_argument(
+        "--checkpoint-seconds",
+        type=float,
+        help="checkpoint interval (env TALLYRAY_CHECKPOINT_SECONDS; default 5)",
+    )
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="create a demo customer with credits and print how to try it",
+    )
+    store_flags(serve)
+    serve.set_defaults(run=_serve)
+
+    migrate = commands.add_parser("migrate", help="apply the database migrations")
+    store_flags(migrate)
+    migrate.set_defaults(run=_migrate)
+
+    keys = commands.add_parser("keys", help="manage API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = key_commands.add_parser("create", help="create an API key (shown once)")
+    create.add_argument("--env", required=True, choices=["live", "test"])
+    create.add_argument("--name", help="a label for the key")
+    store_flags(create)
+    create.set_defaults(run=_keys_create)
     return parser
 
 

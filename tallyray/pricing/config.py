@@ -63,7 +63,8 @@ class _Reader:
             self.bad(where, f"must be a JSON object, not {_kind(value)}")
             return None
         for name in sorted(set(value) - allowed):
-            self.bad(f"{where}.{name}", f"unknown field (known: {', '.join(sorted(allowed))})")
+            at = f"{where}.{name}" if where else name
+            self.bad(at, f"unknown field (known: {', '.join(sorted(allowed))})")
         return value
 
     def key(self, obj: Mapping[str, Any], where: str, name: str = "key") -> str | None:
@@ -287,7 +288,7 @@ def _charge(
         r.bad(where, f"must be a JSON object, not {_kind(raw)}")
         return None
     model_name = raw.get("model")
-    if model_name not in MODELS:
+    if not isinstance(model_name, str) or model_name not in MODELS:
         r.bad(f"{where}.model", f"unknown charge model {model_name!r}; known: {', '.join(MODELS)}")
         return None
     assert isinstance(model_name, str)
@@ -297,7 +298,7 @@ def _charge(
     before = len(r.problems)
     meter_key = obj.get("meter")
     meter = meters.get(meter_key) if isinstance(meter_key, str) else None
-    if meter is None and meter_key not in broken:
+    if meter is None and not (isinstance(meter_key, str) and meter_key in broken):
         known = ", ".join(sorted(meters)) or "none defined"
         r.bad(f"{where}.meter", f"unknown meter {meter_key!r} (meters: {known})")
     elif meter is None:  # declared, but invalid: its own problems are reported already
@@ -332,8 +333,11 @@ def _plan(
     key = r.key(obj, where)
     name = r.text(obj, where, "name", required=False) or key or ""
     cur = None
+    code = obj.get("currency")
     try:
-        cur = currency(obj.get("currency"))
+        if not isinstance(code, str):
+            raise CurrencyError(f"must be an ISO 4217 code such as 'EUR', not {code!r}")
+        cur = currency(code)
     except CurrencyError as error:
         r.bad(f"{where}.currency", error.message)
     interval = obj.get("interval")
@@ -373,8 +377,8 @@ def parse_plan(raw: Any, meters: Mapping[str, MeterSpec]) -> Plan:
 def _rounding(r: _Reader, raw: Any) -> str:
     if raw is None:
         return DEFAULT_ROUNDING
-    name = raw.upper() if isinstance(raw, str) else raw
-    if isinstance(name, str) and not name.startswith("ROUND_"):
+    name = raw.upper() if isinstance(raw, str) else None
+    if name is not None and not name.startswith("ROUND_"):
         name = f"ROUND_{name}"
     if name not in ROUNDING_MODES:
         modes = ", ".join(sorted(m.removeprefix("ROUND_").lower() for m in ROUNDING_MODES))
@@ -394,6 +398,12 @@ def _unique(r: _Reader, items: Sequence[Any], where: str, key_of: Callable[[Any]
         seen[key] = i
 
 
+def _key_of(item: Any) -> str | None:
+    """An object's ``key`` if it is a string (anything else is reported by its parser)."""
+    key = item.get("key") if isinstance(item, dict) else None
+    return key if isinstance(key, str) else None
+
+
 def parse_config(raw: Any) -> PricingConfig:
     """A whole configuration document, or :class:`ConfigError` listing every problem."""
     r = _Reader()
@@ -407,19 +417,19 @@ def parse_config(raw: Any) -> PricingConfig:
     if not isinstance(raw_meters, list):
         r.bad("meters", f"must be a list of meters, not {_kind(raw_meters)}")
         raw_meters = []
-    _unique(r, raw_meters, "meters", lambda m: m.get("key") if isinstance(m, dict) else None)
+    _unique(r, raw_meters, "meters", _key_of)
     for i, raw_meter in enumerate(raw_meters):
         meter = _meter(r, raw_meter, f"meters[{i}]")
         if meter is not None:
             meters.setdefault(meter.key, meter)
-    broken = frozenset(m.get("key") for m in raw_meters if isinstance(m, dict)) - set(meters)
+    broken = frozenset(filter(None, map(_key_of, raw_meters))) - set(meters)
 
     raw_plans = doc.get("plans", [])
     plans: dict[str, Plan] = {}
     if not isinstance(raw_plans, list):
         r.bad("plans", f"must be a list of plans, not {_kind(raw_plans)}")
         raw_plans = []
-    _unique(r, raw_plans, "plans", lambda p: p.get("key") if isinstance(p, dict) else None)
+    _unique(r, raw_plans, "plans", _key_of)
     for i, raw_plan in enumerate(raw_plans):
         plan = _plan(r, raw_plan, f"plans[{i}]", meters, broken)
         if plan is not None:

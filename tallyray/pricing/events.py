@@ -8,7 +8,7 @@ meter folds. Timestamps are integer microseconds since the Unix epoch (UTC).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 __all__ = [
@@ -59,8 +59,7 @@ def parse_timestamp(value: object) -> int:
 
 def format_timestamp(ts: int) -> str:
     """Microseconds since the epoch to RFC 3339 text in UTC."""
-    moment = datetime.fromtimestamp(ts / 1_000_000, tz=UTC).replace(microsecond=ts % 1_000_000)
-    text = moment.isoformat()
+    text = (_EPOCH + timedelta(microseconds=ts)).isoformat()
     return text.replace("+00:00", "Z")
 
 

@@ -99,6 +99,8 @@ def _number(value: Any) -> int | Decimal:
     if kind is float:
         if value != value or value in (float("inf"), float("-inf")):
             raise _BadValue(f"{value!r} is not a finite number")
+        if value.is_integer():
+            return int(value)  # 2.0 and 2 are one value: keep states (and JSON) canonical
         return Decimal(repr(value))
     if kind is Decimal:
         return value  # type: ignore[no-any-return]
@@ -179,7 +181,7 @@ def _fold_unique(spec: MeterSpec, events: Sequence[Event], acc: dict[GroupKey, A
     for e in events:
         p = e[4]
         v = value_of(p)
-        if v is _MISSING or v is None or type(v) in (dict, list, float):
+        if v is _MISSING or v is None or type(v) in (dict, list, float, bool):
             raise _BadValue(f"must be a string or integer, got {v!r}")
         g = group_of(p)
         seen = acc.get(g)

@@ -118,6 +118,8 @@ def parse_amount(value: object, *, places: int = MAX_DECIMAL_PLACES) -> Decimal:
         if not result.is_finite():
             raise InvalidInput(f"{value!r} is not a finite decimal number")
     elif isinstance(value, Decimal):
+        if not value.is_finite():
+            raise InvalidInput(f"{value!r} is not a finite decimal number")
         result = value
     else:
         raise InvalidInput(f'must be a decimal string such as "1.50", not {value!r}')
@@ -191,7 +193,7 @@ class Money:
 
         The amount must already be rounded to the currency's minor unit.
         """
-        scaled = self.amount.scaleb(self.currency.minor_units)
+        scaled = self.amount.scaleb(self.currency.minor_units, context=PRICING_CONTEXT)
         if scaled != scaled.to_integral_value():
             raise ValueError(f"{self} is not rounded to the minor unit of {self.currency}")
         return int(scaled)
