@@ -183,6 +183,13 @@ class Catalog:
             )
         return meter
 
+    def meter_definitions(self, env: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.meters.c.definition).where(t.meters.c.env == env).order_by(t.meters.c.key)
+            ).all()
+        return [dict(row.definition) for row in rows]
+
     def add_plan(self, env: str, definition: Mapping[str, Any], now: int) -> tuple[Plan, int]:
         """Store a plan; re-posting a key makes a new version unless nothing changed."""
         catalog = self.env_catalog(env)

@@ -1,0 +1,82 @@
+"""Server settings: flags override environment variables, which override defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+from tallyray.storage.db import DEFAULT_DATABASE_URL, normalize_url
+
+
+def _flag(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    shards: int = os.cpu_count() or 1
+    port: int = 8000
+    host: str = "127.0.0.1"
+    admin_key: str | None = None
+    config_path: str | None = None
+    ray_address: str | None = None
+    checkpoint_seconds: float = 5.0
+    grace_seconds: int = 3 * 86_400
+    replicas: int = 1
+    auto_create_customers: bool = False
+    default_currency: str = "EUR"
+
+    #: environment variable → field
+    ENV: ClassVar[dict[str, str]] = {
+        "TALLYRAY_DATABASE_URL": "database_url",
+        "TALLYRAY_SHARDS": "shards",
+        "TALLYRAY_PORT": "port",
+        "TALLYRAY_HOST": "host",
+        "TALLYRAY_ADMIN_KEY": "admin_key",
+        "TALLYRAY_CONFIG": "config_path",
+        "TALLYRAY_RAY_ADDRESS": "ray_address",
+        "TALLYRAY_CHECKPOINT_SECONDS": "checkpoint_seconds",
+        "TALLYRAY_GRACE_SECONDS": "grace_seconds",
+        "TALLYRAY_REPLICAS": "replicas",
+        "TALLYRAY_AUTO_CREATE_CUSTOMERS": "auto_create_customers",
+        "TALLYRAY_DEFAULT_CURRENCY": "default_currency",
+    }
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        values: dict[str, Any] = {}
+        types = {f.name: f.type for f in fields(cls)}
+        for variable, name in cls.ENV.items():
+            raw = os.environ.get(variable)
+            if raw is None or raw == "":
+                continue
+            kind = types[name]
+            if kind == "int":
+                values[name] = int(raw)
+            elif kind == "float":
+                values[name] = float(raw)
+            elif kind == "bool":
+                values[name] = _flag(raw)
+            else:
+                values[name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        if settings.shards < 1:
+            raise ValueError("TALLYRAY_SHARDS must be at least 1")
+        return cls(**{**asdict(settings), "database_url": _absolute(settings.database_url)})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _absolute(url: str) -> str:
+    """Shard actors run in other processes, maybe in other directories: a relative SQLite
+    path must be made absolute here, where it was meant."""
+    url = normalize_url(url)
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+        return prefix + str(Path(url[len(prefix) :]).resolve())
+    return url

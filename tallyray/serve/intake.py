@@ -1,0 +1,150 @@
+"""Checking a batch of events at the door, before any of it is sent to a shard.
+
+The whole batch is validated first; if any event is bad, the request is refused with every
+bad event named by index and nothing is stored. The work per event is kept small: ``orjson``
+decodes, a few type checks, and the meters' own fold (which validates values as it goes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from tallyray.errors import EventError, InvalidInput, PayloadTooLarge, Problem
+from tallyray.pricing.events import Event, EventShapeError, format_timestamp, parse_event
+from tallyray.pricing.meters import MeterSet
+from tallyray.pricing.periods import period_of
+
+__all__ = ["IntakeRules", "decode_batch", "validate_events"]
+
+CLOUDEVENTS_BATCH = "application/cloudevents-batch+json"
+
+
+@dataclass(frozen=True)
+class IntakeRules:
+    max_events: int = 10_000
+    max_body_bytes: int = 16 * 1024 * 1024
+    future_tolerance_seconds: int = 300
+    grace_seconds: int = 3 * 86_400
+    """How long after a period ends its late events are still accepted."""
+
+
+def decode_batch(body: bytes, content_type: str, rules: IntakeRules) -> list[Any]:
+    """The list of event objects in a body: a JSON array, ``{"events": [...]}``, or a
+    CloudEvents batch."""
+    if len(body) > rules.max_body_bytes:
+        raise PayloadTooLarge(
+            f"the body is {len(body):,} bytes; the limit is {rules.max_body_bytes:,}: "
+            "send fewer events per request"
+        )
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise InvalidInput(f"the body is not valid JSON: {error}") from None
+    if isinstance(doc, dict) and "events" in doc:
+        doc = doc["events"]
+    if not isinstance(doc, list):
+        raise InvalidInput('send a JSON array of events, or {"events": [...]}')
+    if len(doc) > rules.max_events:
+        raise PayloadTooLarge(
+            f"{len(doc):,} events in one request; the limit is {rules.max_events:,}"
+        )
+    if content_type.startswith(CLOUDEVENTS_BATCH):
+        return [_from_cloudevent(item) for item in doc]
+    return doc
+
+
+def _from_cloudevent(item: Any) -> Any:
+    """A CloudEvent (``subject`` = customer, ``data`` = properties) as a Tallyray event."""
+    if not isinstance(item, dict):
+        return item
+    event: dict[str, Any] = {
+        "id": item.get("id"),
+        "customer_id": item.get("subject"),
+        "type": item.get("type"),
+        "properties": item.get("data", {}),
+    }
+    if item.get("time") is not None:
+        event["timestamp"] = item["time"]
+    return event
+
+
+def validate_events(
+    items: list[Any],
+    now: int,
+    meters: MeterSet,
+    interval_of: Callable[[str], str | None],
+    rules: IntakeRules,
+    label: Callable[[int], str] = "[{}]".format,
+) -> list[Event]:
+    """Every event checked, or :class:`EventError` naming each bad one.
+
+    ``interval_of(customer_id)`` is the customer's billing interval, or ``None`` for an
+    unknown customer.
+    """
+    problems: list[Problem] = []
+    events: list[Event] = []
+    positions: list[int] = []
+    latest = now + rules.future_tolerance_seconds * 1_000_000
+    earliest_by_interval: dict[str, int] = {}
+    known: dict[str, str | None] = {}
+    for index, item in enumerate(items):
+        try:
+            event = parse_event(item, default_ts=now)
+        except EventShapeError as error:
+            problems.append(Problem(label(index), str(error)))
+            continue
+        customer = event[1]
+        interval = known.get(customer, "?")
+        if interval == "?":
+            interval = known[customer] = interval_of(customer)
+        if interval is None:
+            problems.append(
+                Problem(label(index), f"unknown customer {customer!r}: create it first")
+            )
+            continue
+        ts = event[3]
+        if ts > latest:
+            problems.append(
+                Problem(
+                    label(index),
+                    f"timestamp {format_timestamp(ts)} is more than "
+                    f"{rules.future_tolerance_seconds} s in the future",
+                )
+            )
+            continue
+        earliest = earliest_by_interval.get(interval)
+        if earliest is None:
+            earliest = earliest_by_interval[interval] = _earliest(now, interval, rules)
+        if ts < earliest:
+            problems.append(
+                Problem(
+                    label(index),
+                    f"timestamp {format_timestamp(ts)} is before {format_timestamp(earliest)}: "
+                    "its billing period is closed and past its grace window",
+                )
+            )
+            continue
+        events.append(event)
+        positions.append(index)
+    try:
+        meters.fold(events, label=lambda i: label(positions[i]))
+    except EventError as error:
+        problems += error.problems
+        order = {label(i): i for i in range(len(items))}
+        problems.sort(key=lambda p: order.get(p.where, 0))
+    if problems:
+        raise EventError.of(problems)
+    return events
+
+
+def _earliest(now: int, interval: str, rules: IntakeRules) -> int:
+    """The oldest timestamp still accepted: the open period's start, or the previous
+    period's while the grace window after it is open."""
+    start = period_of(now, interval).start
+    if now - start < rules.grace_seconds * 1_000_000:
+        return period_of(start - 1, interval).start
+    return start
