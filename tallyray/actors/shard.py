@@ -37,6 +37,7 @@ from tallyray.errors import Conflict, EventError, NotFound, Problem, StoreUnavai
 from tallyray.pricing.credits import CreditGrant
 from tallyray.pricing.events import Event
 from tallyray.pricing.meters import MeterSet
+from tallyray.pricing.money import currency, round_amount
 from tallyray.storage.catalog import Catalog, CustomerRecord, EnvCatalog
 from tallyray.storage.db import make_engine
 from tallyray.storage.eventlog import EventRow, ShardStore
@@ -454,9 +455,14 @@ class ShardCore:
                 self.accounts[key].holds[hold_id] = hold
                 self.hold_owner[hold_id] = key
             raise
-        return {**pending.result, "released": format(hold.amount if hold else 0, "f")}
+        return {**pending.result, "released": self._shown(key, hold)}
 
-    async def release(self, env: str, hold_id: str) -> Decimal:
+    def _shown(self, key: AccountKey, hold: Hold | None) -> str:
+        """A hold's amount as the API shows it: in minor units, rounded up (as reserved)."""
+        cur = currency(self.accounts[key].profile.currency)
+        return format(round_amount(hold.amount if hold else Decimal(0), cur, "ROUND_CEILING"), "f")
+
+    async def release(self, env: str, hold_id: str) -> str:
         key = self._owned_hold(env, hold_id)
         hold = self.accounts[key].release(hold_id)
         self.hold_owner.pop(hold_id, None)
@@ -470,7 +476,7 @@ class ShardCore:
                 self.accounts[key].holds[hold_id] = hold
                 self.hold_owner[hold_id] = key
             raise
-        return hold.amount if hold else Decimal(0)
+        return self._shown(key, hold)
 
     async def add_grant(self, env: str, customer_id: str, grant: dict[str, Any]) -> None:
         account = self.account(env, customer_id)
@@ -582,7 +588,7 @@ class ShardActor:
     ) -> dict[str, Any]:
         return await self.core.settle(env, hold_id, events, received_at)
 
-    async def release(self, env: str, hold_id: str) -> Decimal:
+    async def release(self, env: str, hold_id: str) -> str:
         return await self.core.release(env, hold_id)
 
     async def add_grant(self, env: str, customer_id: str, grant: dict[str, Any]) -> None:

@@ -392,7 +392,7 @@ def build_app(services: Services) -> FastAPI:
         """Free a hold without ingesting anything."""
         env = await authenticate(request)
         released = await router.call(_hold_shard(hold_id), "release", env, hold_id)
-        return _json({"id": hold_id, "status": "released", "released": format(released, "f")})
+        return _json({"id": hold_id, "status": "released", "released": released})
 
     # -- meters and plans ----------------------------------------------------------------
 
