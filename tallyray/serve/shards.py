@@ -7,16 +7,23 @@ itself, problems and all.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from tallyray.actors.routing import shard_of
 from tallyray.errors import StoreUnavailable, TallyrayError
 
 __all__ = ["NAMESPACE", "ShardRouter", "shard_name"]
+
+log = logging.getLogger("tallyray.api")
+
+#: Shard methods that may safely run twice.
+RETRY_SAFE = frozenset({"ready", "balance", "check", "status", "checkpoint", "refresh", "ingest"})
 
 NAMESPACE = "tallyray"
 
@@ -45,20 +52,29 @@ class ShardRouter:
         return found
 
     async def call(self, index: int, method: str, *args: Any) -> Any:
-        try:
-            return await getattr(self.handle(index), method).remote(*args)
-        except RayTaskError as error:
-            cause = error.cause
-            if isinstance(cause, TallyrayError):
-                raise cause from None
-            raise
-        except RayActorError:
-            raise StoreUnavailable(
-                f"shard {index} is restarting; nothing from this request was acknowledged by "
-                "it; retry shortly"
-            ) from None
+        # A call that meets a shard Ray has just restarted fails with "may or may not have
+        # been executed". Methods that are safe to repeat (reads, and ingest: the event log
+        # deduplicates) are tried again a few times; anything else becomes a 503.
+        attempts = 4 if method in RETRY_SAFE else 1
+        for attempt in range(attempts):
+            try:
+                return await getattr(self.handle(index), method).remote(*args)
+            except RayTaskError as error:
+                cause = error.cause
+                if isinstance(cause, TallyrayError):
+                    raise cause from None
+                raise
+            except RayActorError as error:
+                log.warning("shard %d unavailable (%s): %s", index, type(error).__name__, error)
+                self._handles.pop(index, None)  # look it up afresh next time
+                if attempt + 1 < attempts and isinstance(error, ActorUnavailableError):
+                    await asyncio.sleep(0.05 * (attempt + 1))
+                    continue
+                raise StoreUnavailable(
+                    f"shard {index} is restarting; nothing from this request was acknowledged "
+                    "by it; retry shortly"
+                ) from None
+        raise AssertionError("unreachable")
 
     async def call_all(self, method: str, *args: Any) -> list[Any]:
-        import asyncio
-
         return list(await asyncio.gather(*(self.call(i, method, *args) for i in range(self.count))))

@@ -9,7 +9,6 @@ fire thousands of concurrent requests cheaply; ``tests/e2e`` covers the Serve HT
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,7 +16,13 @@ from pathlib import Path
 import httpx
 import pytest
 import ray
-from support import Server, create_postgres_database, drop_postgres_database, kill_shards
+from support import (
+    POSTGRES_URL,
+    Server,
+    create_postgres_database,
+    drop_postgres_database,
+    kill_shards,
+)
 
 from tallyray.cluster import Settings, prepare_store, start_ray, start_shards
 from tallyray.serve.app import Services, build_app
@@ -26,7 +31,6 @@ from tallyray.serve.shards import ShardRouter
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = ROOT / "examples" / "llm-api" / "tallyray.json"
-POSTGRES_URL = os.environ.get("TALLYRAY_TEST_POSTGRES_URL")
 SHARDS = 2
 STORES = ["sqlite", *(["postgres"] if POSTGRES_URL else [])]
 

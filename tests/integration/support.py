@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 import uuid
@@ -16,6 +17,8 @@ from tallyray.cluster import Settings
 from tallyray.serve.app import Services
 from tallyray.serve.shards import NAMESPACE, shard_name
 from tallyray.storage.catalog import Catalog
+
+POSTGRES_URL = os.environ.get("TALLYRAY_TEST_POSTGRES_URL")
 
 
 def _psycopg_url(url: str) -> str:
