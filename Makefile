@@ -20,14 +20,21 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install Tallyray with its dev extras
 
-run: demo ## set up and show Tallyray on the example config
+run: $(STAMP) ## start the server on embedded SQLite with demo data (Ctrl-C stops it)
+	$(BIN)/tallyray serve --config $(CONFIG) --demo
 
-demo: $(STAMP) ## rate the example events under the Pro plan, offline
+demo: $(STAMP) ## rate the example events under the Pro plan, offline (no server)
 	$(BIN)/tallyray check-config $(CONFIG)
 	$(BIN)/tallyray price --config $(CONFIG) --plan pro --events examples/llm-api/events.jsonl
 
-test: $(STAMP) ## unit + integration tests
-	$(BIN)/pytest tests/unit tests/integration -q
+test: $(STAMP) ## the whole suite: unit, integration (SQLite; + Postgres if TALLYRAY_TEST_POSTGRES_URL), e2e
+	$(BIN)/pytest tests/unit tests/integration tests/e2e -q
+
+integration: $(STAMP) ## integration tests only (local Ray, SQLite and maybe Postgres)
+	$(BIN)/pytest tests/integration -q
+
+e2e: $(STAMP) ## end-to-end tests: `tallyray serve` over HTTP
+	$(BIN)/pytest tests/e2e -q
 
 unit: $(STAMP) ## unit tests only (no Ray, no database)
 	$(BIN)/pytest tests/unit -q
@@ -39,8 +46,10 @@ lint: $(STAMP) ## ruff
 typecheck: $(STAMP) ## mypy --strict on the package
 	$(BIN)/mypy
 
-bench: $(STAMP) ## the pricing benchmark (1,000,000 events)
+bench: $(STAMP) ## benchmarks: pricing (offline), HTTP ingest and quota checks (on Postgres)
 	$(BIN)/python bench/bench_pricing.py
+	$(BIN)/python bench/bench_ingest.py
+	$(BIN)/python bench/bench_quota.py
 
 clean: ## remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

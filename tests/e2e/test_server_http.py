@@ -1,0 +1,143 @@
+"""The real thing: `tallyray serve` in a subprocess (Ray + Serve), spoken to over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ADMIN_KEY = "trk_admin_" + uuid.uuid4().hex
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("serve")
+    env = {
+        **os.environ,
+        "TALLYRAY_ADMIN_KEY": ADMIN_KEY,
+        "TALLYRAY_DATABASE_URL": f"sqlite:///{workdir}/tallyray.db",
+        "TALLYRAY_SHARDS": "2",
+        "TALLYRAY_CHECKPOINT_SECONDS": "1",
+    }
+    log = (workdir / "serve.log").open("w")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tallyray.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--config",
+            str(ROOT / "examples/llm-api/tallyray.json"),
+        ],
+        cwd=workdir,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError((workdir / "serve.log").read_text()[-3000:])
+        time.sleep(0.5)
+    yield base
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    log.close()
+    assert process.returncode == 0, (workdir / "serve.log").read_text()[-3000:]
+
+
+def test_a_customer_over_http(base_url: str) -> None:
+    with httpx.Client(base_url=base_url, timeout=30) as http:
+        r = http.post(
+            "/v1/admin/keys", json={"env": "test"}, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+        )
+        assert r.status_code == 201, r.text
+        key = r.json()["key"]
+        http.headers["Authorization"] = f"Bearer {key}"
+
+        assert http.post("/v1/customers", json={"id": "acme", "currency": "EUR"}).status_code == 201
+        r = http.post("/v1/subscriptions", json={"customer_id": "acme", "plan": "pro"})
+        assert r.status_code == 201, r.text
+        assert http.post("/v1/customers/acme/credits", json={"amount": "10.00"}).status_code == 201
+
+        events = [
+            {
+                "id": f"e{i}",
+                "customer_id": "acme",
+                "type": "llm.completion",
+                "properties": {"model": "gpt-4o", "input_tokens": 1000, "output_tokens": 100},
+            }
+            for i in range(10)
+        ]
+        assert http.post("/v1/events", json=events).json() == {"ingested": 10, "duplicates": 0}
+        assert http.post("/v1/events", json=events).json() == {"ingested": 0, "duplicates": 10}
+
+        balance = http.get("/v1/customers/acme/balance").json()
+        # 10 × (1,000 × 0.0000025 + 100 × 0.00001) = 0.035; + 1 package of requests 2.00
+        assert balance["period_spend_precise"] == "2.035"
+        assert balance["credits_remaining"] == "7.97"  # 10 − 2.035 = 7.965 → 7.97 (half up)
+
+        r = http.post(
+            "/v1/quota/check",
+            json={
+                "customer_id": "acme",
+                "event": {
+                    "type": "llm.completion",
+                    "properties": {
+                        "model": "gpt-4o",
+                        "input_tokens": 10_000_000,
+                        "output_tokens": 0,
+                    },
+                },
+            },
+        )
+        assert r.json()["allowed"] is False  # 25.00 > 7.965
+        assert r.json()["reason"].startswith("insufficient credit")
+
+        r = http.post("/v1/events", json=[{"customer_id": "acme", "type": "llm.completion"}])
+        assert r.status_code == 422
+
+
+def test_operations_endpoints(base_url: str) -> None:
+    assert httpx.get(f"{base_url}/healthz").json()["status"] == "ok"
+    metrics = httpx.get(f"{base_url}/metrics").text
+    for name in (
+        "tallyray_events_ingested_total",
+        "tallyray_commit_seconds_bucket",
+        "tallyray_checkpoint_age_seconds",
+        "tallyray_quota_check_seconds_bucket",
+    ):
+        assert name in metrics, name
+    assert "acme" not in metrics  # never a customer label
+    schema = httpx.get(f"{base_url}/openapi.json").json()
+    assert "/v1/events" in schema["paths"] and "/v1/quota/check" in schema["paths"]
