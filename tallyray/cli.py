@@ -18,6 +18,7 @@ import orjson
 
 from tallyray import __version__
 from tallyray.errors import EventError, InvalidInput, Problem, TallyrayError
+from tallyray.logs import redact
 from tallyray.pricing.config import PricingConfig, parse_config
 from tallyray.pricing.events import Event, EventShapeError, parse_event
 from tallyray.pricing.plans import rate
@@ -90,7 +91,15 @@ def _price(args: argparse.Namespace) -> dict[str, Any]:
 
 def _check_config(args: argparse.Namespace) -> dict[str, Any]:
     config = load_config(args.config)
-    return {"ok": True, "meters": sorted(config.meters.meters), "plans": sorted(config.plans)}
+    from tallyray.cluster.wiring import read_config
+
+    _, customers = read_config(args.config)
+    return {
+        "ok": True,
+        "meters": sorted(config.meters.meters),
+        "plans": sorted(config.plans),
+        "customers": sorted(record.id for record, _ in customers),
+    }
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -110,7 +119,7 @@ def _migrate(args: argparse.Namespace) -> dict[str, Any]:
 
     settings = _settings(args)
     migrate(make_engine(settings.database_url))
-    return {"ok": True, "database": _redact(settings.database_url)}
+    return {"ok": True, "database": redact(settings.database_url)}
 
 
 def _keys_create(args: argparse.Namespace) -> dict[str, Any]:
@@ -126,14 +135,6 @@ def _serve(args: argparse.Namespace) -> None:
     from tallyray.cluster.server import run_server
 
     run_server(_settings(args), demo=args.demo)
-
-
-def _redact(url: str) -> str:
-    head, at, tail = url.rpartition("@")
-    if not at:
-        return url
-    scheme, _, _credentials = head.partition("://")
-    return f"{scheme}://***@{tail}"
 
 
 def build_parser() -> argparse.ArgumentParser:

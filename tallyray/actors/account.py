@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from tallyray.pricing.credits import CreditGrant, Ledger
+from tallyray.pricing.credits import BILLING_MODES, CreditGrant, Ledger
 from tallyray.pricing.events import Event
 from tallyray.pricing.meters import MeterSet, Usage
 from tallyray.pricing.money import currency as currency_of
@@ -39,7 +39,6 @@ from tallyray.pricing.plans import Plan, usage_cost
 __all__ = ["BILLING_MODES", "CustomerAccount", "Hold", "Profile", "QuotaAnswer"]
 
 ZERO = Decimal(0)
-BILLING_MODES = ("prepaid", "postpaid")
 
 
 @dataclass(frozen=True, slots=True)

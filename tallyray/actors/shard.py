@@ -34,6 +34,7 @@ import orjson
 
 from tallyray.actors.account import CustomerAccount, Hold, Profile, QuotaAnswer
 from tallyray.errors import Conflict, EventError, NotFound, Problem, StoreUnavailable
+from tallyray.logs import configure_logging
 from tallyray.pricing.credits import CreditGrant
 from tallyray.pricing.events import Event
 from tallyray.pricing.meters import MeterSet
@@ -558,7 +559,7 @@ class ShardActor:
     def __init__(
         self, shard: int, shard_count: int, database_url: str, checkpoint_seconds: float
     ) -> None:
-        logging.basicConfig(level=logging.INFO)
+        configure_logging()
         self.core = ShardCore(shard, shard_count, database_url, checkpoint_seconds)
 
     async def ready(self) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 
 from tallyray.cluster.settings import Settings
 from tallyray.cluster.wiring import prepare_store, start_ingress, start_ray, start_shards, stop
+from tallyray.logs import configure_logging, redact
 
 log = logging.getLogger("tallyray.server")
 
@@ -94,7 +95,7 @@ Press Ctrl-C to stop.""",
 
 
 def run_server(settings: Settings, demo: bool = False) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logging()
     if demo and not settings.admin_key:
         settings = Settings(
             **{**settings.to_dict(), "admin_key": "trk_admin_" + secrets.token_urlsafe(18)}
@@ -114,7 +115,12 @@ def run_server(settings: Settings, demo: bool = False) -> None:
         start_ingress(settings)
         base = f"http://{settings.host}:{settings.port}"
         _wait_until_up(base)
-        log.info("serving on %s with %d shards", base, settings.shards)
+        log.info(
+            "serving on %s with %d shards",
+            base,
+            settings.shards,
+            extra={"database": redact(settings.database_url)},
+        )
         if demo:
             _demo(settings, base)
         else:

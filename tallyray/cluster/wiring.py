@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,10 +16,16 @@ from ray import serve
 
 from tallyray.actors.shard import ShardActor
 from tallyray.cluster.settings import Settings
-from tallyray.errors import InvalidInput
+from tallyray.errors import ConfigError, InvalidInput, Problem
 from tallyray.pricing.config import parse_config
 from tallyray.serve.shards import NAMESPACE, shard_name
-from tallyray.storage.catalog import ENVIRONMENTS, Catalog
+from tallyray.storage.catalog import (
+    CUSTOMER_FIELDS,
+    ENVIRONMENTS,
+    Catalog,
+    CustomerRecord,
+    customer_from_json,
+)
 from tallyray.storage.db import make_engine, migrate
 
 log = logging.getLogger("tallyray.cluster")
@@ -78,17 +85,57 @@ def prepare_store(settings: Settings) -> Catalog:
     return catalog
 
 
-def seed_config(catalog: Catalog, path: str, now: int) -> None:
+def read_config(path: str) -> tuple[dict[str, Any], list[tuple[CustomerRecord, str | None]]]:
+    """A config file, validated whole: pricing, and the customers it lists (each with the
+    plan to subscribe it to). Raises :class:`ConfigError` naming every problem."""
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, ValueError) as error:
         raise InvalidInput(f"cannot read configuration {path!r}: {error}") from None
-    parse_config(raw)  # every problem at once, before anything is written
+    pricing = parse_config(raw)
+    customers: list[tuple[CustomerRecord, str | None]] = []
+    problems: list[Problem] = []
+    entries = raw.get("customers", [])
+    if not isinstance(entries, list):
+        raise ConfigError.of([Problem("customers", "must be a list of customers")])
+    allowed = CUSTOMER_FIELDS | {"plan"}
+    for i, entry in enumerate(entries):
+        where = f"customers[{i}]"
+        if not isinstance(entry, dict):
+            problems.append(Problem(where, "must be a JSON object"))
+            continue
+        problems += [Problem(f"{where}.{k}", "unknown field") for k in sorted(set(entry) - allowed)]
+        plan = entry.get("plan")
+        if plan is not None and plan not in pricing.plans:
+            problems.append(Problem(f"{where}.plan", f"unknown plan {plan!r}"))
+        elif plan is not None and pricing.plans[plan].currency.code != entry.get("currency"):
+            problems.append(
+                Problem(f"{where}.plan", f"plan {plan!r} is priced in another currency")
+            )
+        try:
+            record = customer_from_json("test", {k: v for k, v in entry.items() if k != "plan"})
+        except InvalidInput as error:
+            problems += [Problem(f"{where}.{p.where}", p.message) for p in error.problems]
+            continue
+        customers.append((record, plan))
+    if problems:
+        raise ConfigError.of(problems)
+    return raw, customers
+
+
+def seed_config(catalog: Catalog, path: str, now: int) -> None:
+    """Load the config file's meters, plans and customers into both environments. Meters
+    are immutable, plans get a new version when changed, customers are updated."""
+    raw, customers = read_config(path)
     for env in ENVIRONMENTS:
         for meter in raw.get("meters", []):
             catalog.add_meter(env, meter, now)
         for plan in raw.get("plans", []):
             catalog.add_plan(env, plan, now)
+        for record, plan_key in customers:
+            saved = catalog.upsert_customer(replace(record, env=env), now)
+            if plan_key is not None and saved.plan_key != plan_key:
+                catalog.subscribe(env, saved.id, plan_key, now, now)
 
 
 def start_shards(settings: Settings) -> list[Any]:

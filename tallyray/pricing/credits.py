@@ -18,7 +18,11 @@ from decimal import Decimal
 
 from tallyray.errors import CurrencyError
 
-__all__ = ["Burned", "CreditGrant", "Ledger", "burn_order"]
+__all__ = ["BILLING_MODES", "Burned", "CreditGrant", "Ledger", "burn_order"]
+
+#: ``prepaid``: usage is limited by credit (plus overdraft); ``postpaid``: invoiced after the
+#: period, limited only by a spend limit if one is set.
+BILLING_MODES = ("prepaid", "postpaid")
 
 ZERO = Decimal(0)
 _NEVER = float("inf")

@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tallyray import __version__
-from tallyray.actors.account import BILLING_MODES, QuotaAnswer
+from tallyray.actors.account import QuotaAnswer
 from tallyray.errors import (
     InvalidInput,
     NotFound,
@@ -41,7 +41,14 @@ from tallyray.pricing.events import Event, format_timestamp, parse_timestamp
 from tallyray.pricing.money import currency, parse_amount, round_amount
 from tallyray.serve.intake import IntakeRules, decode_batch, validate_events
 from tallyray.serve.shards import ShardRouter
-from tallyray.storage.catalog import Catalog, CustomerRecord, EnvCatalog, new_id
+from tallyray.storage.catalog import (
+    CUSTOMER_FIELDS,
+    Catalog,
+    CustomerRecord,
+    EnvCatalog,
+    customer_from_json,
+    new_id,
+)
 from tallyray.storage.usage import WINDOWS, usage_series
 
 log = logging.getLogger("tallyray.api")
@@ -456,8 +463,8 @@ def build_app(services: Services) -> FastAPI:
     async def post_customer(request: Request) -> Response:
         """Create a customer, or update one (its currency cannot change)."""
         env = await authenticate(request)
-        doc = _object(await _body(request), _CUSTOMER_FIELDS, frozenset({"id", "currency"}))
-        record = _customer_record(env, doc)
+        doc = _object(await _body(request), CUSTOMER_FIELDS, frozenset({"id", "currency"}))
+        record = customer_from_json(env, doc)
         saved = await run_in_threadpool(services.catalog.upsert_customer, record, services.clock())
         await _refresh_customer(env, saved.id)
         return _json(saved.to_json(), 201)
@@ -641,52 +648,3 @@ def _timestamp(value: Any, name: str) -> int:
     except ValueError as error:
         message = str(error).replace("'timestamp'", f"'{name}'")
         raise InvalidInput(message, [Problem(name, message)]) from None
-
-
-def _customer_record(env: str, doc: dict[str, Any]) -> CustomerRecord:
-    problems: list[Problem] = []
-    customer_id = doc.get("id")
-    if not isinstance(customer_id, str) or not customer_id or len(customer_id) > 255:
-        problems.append(Problem("id", "must be a string of 1 to 255 characters"))
-    code = doc.get("currency")
-    try:
-        currency(code)
-    except InvalidInput as error:
-        problems.append(Problem("currency", error.message))
-    mode = doc.get("billing_mode", "prepaid")
-    if mode not in BILLING_MODES:
-        problems.append(Problem("billing_mode", f"must be one of {', '.join(BILLING_MODES)}"))
-    amounts: dict[str, Decimal | None] = {}
-    for name in ("overdraft", "spend_limit"):
-        if doc.get(name) is None:
-            amounts[name] = None
-            continue
-        try:
-            value = amounts[name] = parse_amount(doc[name])
-            if value < 0:
-                problems.append(Problem(name, "must not be negative"))
-        except InvalidInput as error:
-            problems.append(Problem(name, error.message))
-    country = doc.get("country")
-    if country is not None and (not isinstance(country, str) or len(country) != 2):
-        problems.append(Problem("country", "must be an ISO 3166 two-letter code such as 'DE'"))
-    for name in ("name", "email", "vat_id"):
-        if doc.get(name) is not None and not isinstance(doc[name], str):
-            problems.append(Problem(name, "must be a string"))
-    if doc.get("address") is not None and not isinstance(doc["address"], dict):
-        problems.append(Problem("address", "must be a JSON object"))
-    if problems:
-        raise InvalidInput("the customer has problems", problems)
-    return CustomerRecord(
-        env=env,
-        id=str(customer_id),
-        currency=str(code),
-        name=doc.get("name"),
-        email=doc.get("email"),
-        country=country.upper() if isinstance(country, str) else None,
-        vat_id=doc.get("vat_id"),
-        address=doc.get("address"),
-        billing_mode=str(mode),
-        overdraft=amounts["overdraft"] or Decimal(0),
-        spend_limit=amounts["spend_limit"],
-    )

@@ -10,6 +10,7 @@ from typing import Any
 
 from ray import serve
 
+from tallyray.logs import configure_logging
 from tallyray.serve.app import Services, build_app
 from tallyray.serve.intake import IntakeRules
 from tallyray.serve.shards import ShardRouter
@@ -21,6 +22,7 @@ from tallyray.storage.db import make_engine
 @serve.ingress()
 class Ingress:
     def __init__(self, settings: dict[str, Any]) -> None:
+        configure_logging()
         self.services = Services(
             catalog=Catalog(make_engine(settings["database_url"])),
             router=ShardRouter(settings["shards"]),

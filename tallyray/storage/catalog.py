@@ -17,13 +17,39 @@ from typing import Any
 from sqlalchemy import Engine, and_, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from tallyray.errors import Conflict, NotFound
+from tallyray.errors import Conflict, InvalidInput, NotFound, Problem
 from tallyray.pricing.config import parse_meter, parse_plan
+from tallyray.pricing.credits import BILLING_MODES
 from tallyray.pricing.meters import MeterSet, MeterSpec
+from tallyray.pricing.money import currency, parse_amount
 from tallyray.pricing.plans import Plan
 from tallyray.storage import tables as t
 
-__all__ = ["ENVIRONMENTS", "Catalog", "CustomerRecord", "EnvCatalog", "hash_key"]
+__all__ = [
+    "CUSTOMER_FIELDS",
+    "ENVIRONMENTS",
+    "Catalog",
+    "CustomerRecord",
+    "EnvCatalog",
+    "customer_from_json",
+    "hash_key",
+]
+
+CUSTOMER_FIELDS = frozenset(
+    {
+        "id",
+        "name",
+        "email",
+        "currency",
+        "country",
+        "vat_id",
+        "address",
+        "billing_mode",
+        "overdraft",
+        "spend_limit",
+    }
+)
+
 
 ENVIRONMENTS = ("live", "test")
 
@@ -377,4 +403,55 @@ def _customer(row: Any) -> CustomerRecord:
         plan_version=row.plan_version,
         subscription_id=row.sub_id,
         subscription_start=row.sub_start,
+    )
+
+
+def customer_from_json(env: str, doc: Mapping[str, Any]) -> CustomerRecord:
+    """A customer from its JSON (API body or config file), or :class:`InvalidInput` naming
+    each bad field."""
+    problems: list[Problem] = []
+    customer_id = doc.get("id")
+    if not isinstance(customer_id, str) or not customer_id or len(customer_id) > 255:
+        problems.append(Problem("id", "must be a string of 1 to 255 characters"))
+    code = doc.get("currency")
+    try:
+        currency(code)
+    except InvalidInput as error:
+        problems.append(Problem("currency", error.message))
+    mode = doc.get("billing_mode", "prepaid")
+    if mode not in BILLING_MODES:
+        problems.append(Problem("billing_mode", f"must be one of {', '.join(BILLING_MODES)}"))
+    amounts: dict[str, Decimal | None] = {}
+    for name in ("overdraft", "spend_limit"):
+        if doc.get(name) is None:
+            amounts[name] = None
+            continue
+        try:
+            value = amounts[name] = parse_amount(doc[name])
+            if value < 0:
+                problems.append(Problem(name, "must not be negative"))
+        except InvalidInput as error:
+            problems.append(Problem(name, error.message))
+    country = doc.get("country")
+    if country is not None and (not isinstance(country, str) or len(country) != 2):
+        problems.append(Problem("country", "must be an ISO 3166 two-letter code such as 'DE'"))
+    for name in ("name", "email", "vat_id"):
+        if doc.get(name) is not None and not isinstance(doc[name], str):
+            problems.append(Problem(name, "must be a string"))
+    if doc.get("address") is not None and not isinstance(doc["address"], dict):
+        problems.append(Problem("address", "must be a JSON object"))
+    if problems:
+        raise InvalidInput("the customer has problems", problems)
+    return CustomerRecord(
+        env=env,
+        id=str(customer_id),
+        currency=str(code),
+        name=doc.get("name"),
+        email=doc.get("email"),
+        country=country.upper() if isinstance(country, str) else None,
+        vat_id=doc.get("vat_id"),
+        address=doc.get("address"),
+        billing_mode=str(mode),
+        overdraft=amounts["overdraft"] or Decimal(0),
+        spend_limit=amounts["spend_limit"],
     )

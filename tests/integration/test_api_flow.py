@@ -240,3 +240,23 @@ async def test_usage_series(client: httpx.AsyncClient, server: Server) -> None:
         "gpt-4o": "100",
         "gpt-4o-mini": "75",
     }
+
+
+async def test_unknown_customers_are_created_when_the_deployment_opts_in(server: Server) -> None:
+    from dataclasses import replace
+
+    from tallyray.serve.app import build_app
+
+    services = replace(server.services, auto_create_customers=True, default_currency="EUR")
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=build_app(services)),
+        base_url="http://auto",
+        headers={"Authorization": f"Bearer {server.test_key}"},
+    ) as c:
+        customer = unique("auto")
+        r = await c.post("/v1/events", json=[completion(customer, "gpt-4o", 10, 1)])
+        assert r.json() == {"ingested": 1, "duplicates": 0}
+        record = (await c.get(f"/v1/customers/{customer}")).json()
+        assert record["currency"] == "EUR" and record["subscription"] is None
+        balance = (await c.get(f"/v1/customers/{customer}/balance")).json()
+        assert balance["usage"]["requests"]["quantity"] == "1"

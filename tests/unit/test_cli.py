@@ -191,7 +191,40 @@ def test_check_config_ok(capsys: pytest.CaptureFixture[str], example_config_path
         "ok": True,
         "meters": ["gpu_seconds", "input_tokens", "output_tokens", "requests", "seats"],
         "plans": ["gpu", "pro", "starter"],
+        "customers": ["acme"],
     }
+
+
+@pytest.mark.parametrize(
+    ("customer", "where", "fragment"),
+    [
+        ({"id": "c", "currency": "EUR", "plan": "nope"}, "customers[0].plan", "unknown plan"),
+        ({"id": "c", "currency": "USD", "plan": "pro"}, "customers[0].plan", "another currency"),
+        ({"id": "c", "currency": "EURO"}, "customers[0].currency", "unknown currency"),
+        ({"id": "c", "currency": "EUR", "colour": "red"}, "customers[0].colour", "unknown field"),
+        (
+            {"id": "c", "currency": "EUR", "billing_mode": "free"},
+            "customers[0].billing_mode",
+            "must be one of prepaid, postpaid",
+        ),
+    ],
+)
+def test_check_config_customers(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    example_config_path: Path,
+    customer: dict[str, Any],
+    where: str,
+    fragment: str,
+) -> None:
+    doc = json.loads(example_config_path.read_text())
+    doc["customers"] = [customer]
+    path = tmp_path / "tallyray.json"
+    path.write_text(json.dumps(doc))
+    code, out, err = run(capsys, "check-config", str(path))
+    assert code == EXIT_BAD_INPUT
+    assert out == ""
+    assert where in err and fragment in err
 
 
 # --- bad input: exit 2, nothing on stdout, the place named on stderr -------------------------
