@@ -23,7 +23,7 @@ What a quota check compares (``available``):
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -34,7 +34,7 @@ from tallyray.pricing.meters import MeterSet, Usage
 from tallyray.pricing.money import currency as currency_of
 from tallyray.pricing.money import round_amount
 from tallyray.pricing.periods import period_of
-from tallyray.pricing.plans import Plan, usage_cost
+from tallyray.pricing.plans import Plan, charge_costs
 
 __all__ = ["BILLING_MODES", "CustomerAccount", "Hold", "Profile", "QuotaAnswer"]
 
@@ -80,50 +80,121 @@ class CustomerAccount:
     spend: dict[int, Decimal] = field(default_factory=dict)
     ledger: Ledger = field(init=False)
     holds: dict[str, Hold] = field(default_factory=dict)
+    costs: dict[int, list[Decimal]] = field(default_factory=dict)
+    """Per period, the cost of each of the plan's charges (``spend`` is their sum)."""
+    _bounds: tuple[int, int] = (0, 0)
+    _unpriced: dict[int, set[str]] = field(default_factory=dict)
+    """Usage folded in but not yet priced: period start → meters it touched."""
+    _unpriced_window: tuple[int, int] | None = None
+    """The earliest and latest commit time of the unpriced usage."""
 
     def __post_init__(self) -> None:
         self.ledger = Ledger(self.profile.currency)
 
     # -- usage ---------------------------------------------------------------------------
 
-    def _split_by_period(self, events: Sequence[Event]) -> dict[int, list[Event]]:
+    def _split_by_period(self, events: Sequence[Event]) -> dict[int, list[Event]] | None:
+        """Events by period start; ``None`` when all fall in the last period seen (the
+        common case, answered without a calendar lookup)."""
+        start, end = self._bounds
+        for e in events:
+            if not start <= e[3] < end:
+                break
+        else:
+            return None
         interval = self.profile.interval
         split: dict[int, list[Event]] = defaultdict(list)
-        bounds: tuple[int, int] | None = None
         for e in events:
             ts = e[3]
-            if bounds is None or not bounds[0] <= ts < bounds[1]:
-                bounds = period_of(ts, interval)
-            split[bounds[0]].append(e)
+            if not start <= ts < end:
+                start, end = period_of(ts, interval)
+            split[start].append(e)
+        self._bounds = (start, end)
         return split
 
-    def _cost(self, usage: Usage) -> Decimal:
-        plan = self.profile.plan
-        return usage_cost(plan, usage, self.meters.meters) if plan else ZERO
+    def _batches(self, events: Sequence[Event]) -> Iterable[tuple[int, Sequence[Event]]]:
+        split = self._split_by_period(events)
+        return ((self._bounds[0], events),) if split is None else split.items()
 
-    def apply(self, events: Sequence[Event], at: int) -> Decimal:
-        """Fold committed events in; burn credits for what they cost. Returns the cost."""
-        total = ZERO
-        for start, batch in self._split_by_period(events).items():
+    def _charge_costs(
+        self, start: int, usage: Usage, touched: frozenset[str] | None
+    ) -> list[Decimal]:
+        plan = self.profile.plan
+        if plan is None:
+            return []
+        return charge_costs(plan, usage, self.meters.meters, self.costs.get(start), touched)
+
+    def _reprice(self, start: int, touched: frozenset[str] | None = None) -> Decimal:
+        """Price the period again (only the charges on ``touched`` meters, if given) and
+        return how much its spend moved."""
+        costs = self._charge_costs(start, self.periods[start], touched)
+        self.costs[start] = costs
+        after = sum(costs, ZERO)
+        delta = after - self.spend.get(start, ZERO)
+        self.spend[start] = after
+        return delta
+
+    def record(self, events: Sequence[Event], at: int) -> None:
+        """Fold events committed at ``at`` in, and price them later (the hot path).
+
+        Pricing waits until something reads the account, or until a credit grant's expiry
+        falls between the commits waiting to be priced: burning is then the same as if each
+        batch had been priced at once (the set of active grants is constant over the window,
+        and burning is split-invariant for a constant set), at a fraction of the cost.
+        """
+        window = self._unpriced_window
+        if window is not None:
+            low, high = min(window[0], at), max(window[1], at)
+            if self._expiry_within(low, high):
+                self._catch_up()
+        # Fold every period's events before merging any: a bad event leaves no partial write.
+        deltas = [(start, self.meters.fold(batch)) for start, batch in self._batches(events)]
+        for start, delta in deltas:
             usage = self.periods.get(start)
             if usage is None:
                 usage = self.periods[start] = self.meters.empty_usage()
-            self.meters.fold(batch, into=usage)
-            after = self._cost(usage)
-            delta = after - self.spend.get(start, ZERO)
-            self.spend[start] = after
-            total += delta
-        self.ledger, _ = self.ledger.charge(total, at)
+            usage.merge(delta)
+            self._unpriced.setdefault(start, set()).update(delta.touched())
+        window = self._unpriced_window
+        self._unpriced_window = (
+            (at, at) if window is None else (min(window[0], at), max(window[1], at))
+        )
+
+    def _expiry_within(self, low: int, high: int) -> bool:
+        return any(
+            g.expires_at is not None and low < g.expires_at <= high for g in self.ledger.grants
+        )
+
+    def _catch_up(self) -> Decimal:
+        """Price what :meth:`record` folded in, and burn credits for it."""
+        if self._unpriced_window is None:
+            return ZERO
+        total = ZERO
+        for start, touched in self._unpriced.items():
+            total += self._reprice(start, frozenset(touched) if start in self.costs else None)
+        at = self._unpriced_window[1]
+        self._unpriced.clear()
+        self._unpriced_window = None
+        if total:
+            self.ledger, _ = self.ledger.charge(total, at)
         return total
+
+    def apply(self, events: Sequence[Event], at: int) -> Decimal:
+        """Fold committed events in; burn credits for what they cost. Returns the cost."""
+        self.record(events, at)
+        return self._catch_up()
 
     def price(self, events: Sequence[Event]) -> Decimal:
         """What these events would cost now, without applying them."""
+        self._catch_up()
         total = ZERO
-        for start, batch in self._split_by_period(events).items():
+        for start, batch in self._batches(events):
             delta = self.meters.fold(batch)
             usage = self.periods.get(start)
             merged = usage.plus(delta) if usage is not None else delta
-            total += self._cost(merged) - self.spend.get(start, ZERO)
+            touched = delta.touched() if start in self.costs else None
+            after = sum(self._charge_costs(start, merged, touched), ZERO)
+            total += after - self.spend.get(start, ZERO)
         return total
 
     def set_meters(self, meters: MeterSet) -> None:
@@ -136,16 +207,15 @@ class CustomerAccount:
 
     def set_profile(self, profile: Profile) -> Decimal:
         """A new plan or new limits: re-rate every period under the new plan."""
+        self._catch_up()
         self.profile = profile
-        change = ZERO
-        for start, usage in self.periods.items():
-            after = self._cost(usage)
-            change += after - self.spend.get(start, ZERO)
-            self.spend[start] = after
-        return change
+        self.costs.clear()
+        self._bounds = (0, 0)  # the interval may have changed
+        return sum((self._reprice(start) for start in self.periods), ZERO)
 
     def rebook(self, change: Decimal, at: int) -> None:
         """Book a cost change that did not come from events (a plan change)."""
+        self._catch_up()
         self.ledger, _ = self.ledger.charge(change, at)
 
     # -- credits and holds ---------------------------------------------------------------
@@ -153,6 +223,7 @@ class CustomerAccount:
     def add_grant(self, grant: CreditGrant) -> None:
         if any(g.id == grant.id for g in self.ledger.grants):
             return  # replaying a grant that is already in the checkpoint
+        self._catch_up()  # usage before the grant never burns it
         self.ledger = self.ledger.add_grant(grant)
 
     def holds_total(self, now: int) -> Decimal:
@@ -165,10 +236,12 @@ class CustomerAccount:
         return gone
 
     def period_spend(self, now: int) -> Decimal:
+        self._catch_up()
         return self.spend.get(period_of(now, self.profile.interval).start, ZERO)
 
     def _limits(self, now: int) -> list[tuple[Decimal, str]]:
         """Each limit that applies: (what may still be spent under it, which limit)."""
+        self._catch_up()
         holds = self.holds_total(now)
         limits: list[tuple[Decimal, str]] = []
         if self.profile.billing_mode == "prepaid":
@@ -220,6 +293,7 @@ class CustomerAccount:
     # -- reading -------------------------------------------------------------------------
 
     def balance(self, now: int) -> dict[str, Any]:
+        self._catch_up()
         cur = currency_of(self.profile.currency)
         start = period_of(now, self.profile.interval).start
         usage = self.periods.get(start)
@@ -257,6 +331,7 @@ class CustomerAccount:
     # -- checkpoints ---------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
+        self._catch_up()
         return {
             "periods": {str(start): u.to_json() for start, u in self.periods.items()},
             "spend": {str(start): str(s) for start, s in self.spend.items()},

@@ -238,13 +238,13 @@ class ShardCore:
     def _apply(self, env: str, customer_id: str, events: list[Event], at: int) -> None:
         account = self.account(env, customer_id)
         try:
-            account.apply(events, at)
+            account.record(events, at)
         except EventError as error:
             # Only possible if the ingress validated against older meters than ours; the
             # events are in the log, so skip the bad ones rather than lose the good.
             bad = {int(p.where.strip("[]")) for p in error.problems}
             log.error("shard %d: %d committed events fail their meters", self.shard, len(bad))
-            account.apply([e for i, e in enumerate(events) if i not in bad], at)
+            account.record([e for i, e in enumerate(events) if i not in bad], at)
         self.dirty.add((env, customer_id))
 
     # -- the group commit ----------------------------------------------------------------

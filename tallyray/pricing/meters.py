@@ -415,6 +415,10 @@ class Usage:
     def is_empty(self) -> bool:
         return not any(self.groups.values())
 
+    def touched(self) -> frozenset[str]:
+        """The meters this usage has any state for."""
+        return frozenset(key for key, groups in self.groups.items() if groups)
+
     def to_json(self) -> dict[str, list[list[Any]]]:
         """A JSON-ready snapshot, in a stable order (equal usage gives equal JSON)."""
         return {
@@ -433,10 +437,8 @@ class Usage:
         """
         groups = self.groups.get(meter.key, {})
         if flt:
-            names = meter.group_by
-            groups = {
-                g: s for g, s in groups.items() if matches(dict(zip(names, g, strict=True)), flt)
-            }
+            positions = [(meter.group_by.index(name), allowed) for name, allowed in flt.items()]
+            groups = {g: s for g, s in groups.items() if all(g[i] in ok for i, ok in positions)}
         if not groups:
             return Decimal(0)
         states = groups.values()

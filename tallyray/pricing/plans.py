@@ -119,6 +119,25 @@ def charge_quantity(charge: Charge, usage: Usage, meters: Mapping[str, MeterSpec
     return usage.quantity(meters[charge.meter], charge.filter)
 
 
+def charge_costs(
+    plan: Plan,
+    usage: Usage,
+    meters: Mapping[str, MeterSpec],
+    known: Sequence[Decimal] | None = None,
+    touched: frozenset[str] | None = None,
+) -> list[Decimal]:
+    """Full-precision cost of each usage charge. With ``known`` (the costs before a change)
+    and ``touched`` (the meters the change touched), only the charges on those meters are
+    priced again: a live account re-rates only what a batch can have moved."""
+    with localcontext(PRICING_CONTEXT):
+        return [
+            known[i]
+            if known is not None and touched is not None and c.meter not in touched
+            else price(charge_quantity(c, usage, meters), c.model).amount
+            for i, c in enumerate(plan.charges)
+        ]
+
+
 def usage_cost(plan: Plan, usage: Usage, meters: Mapping[str, MeterSpec]) -> Decimal:
     """Full-precision cost of the plan's usage charges (no base fee, minimum or rounding):
     what a live balance counts as spend."""
