@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +27,11 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        # Extras passed by the caller; underscored attributes are other libraries' (Ray adds
+        # ``_ray_timestamp_ns`` to every record).
+        entry.update(
+            {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+        )
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
@@ -46,7 +51,8 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 
 def redact(url: str) -> str:
-    """A database URL without its password."""
+    """A database URL without its password (in the authority or the query string)."""
+    url = re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)
     head, at, tail = url.rpartition("@")
     if not at:
         return url

@@ -23,11 +23,12 @@ What a quota check compares (``available``):
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from tallyray.errors import EventError, Problem
 from tallyray.pricing.credits import BILLING_MODES, CreditGrant, Ledger
 from tallyray.pricing.events import Event
 from tallyray.pricing.meters import MeterSet, Usage
@@ -93,28 +94,41 @@ class CustomerAccount:
 
     # -- usage ---------------------------------------------------------------------------
 
-    def _split_by_period(self, events: Sequence[Event]) -> dict[int, list[Event]] | None:
-        """Events by period start; ``None`` when all fall in the last period seen (the
-        common case, answered without a calendar lookup)."""
+    def _batches(self, events: Sequence[Event]) -> list[tuple[int, Sequence[Event], list[int]]]:
+        """The events by billing period: (period start, its events, their indices in
+        ``events``). All in the last period seen is the common case, answered without a
+        calendar lookup."""
+        if not events:
+            return []
         start, end = self._bounds
-        for e in events:
-            if not start <= e[3] < end:
-                break
-        else:
-            return None
+        if all(start <= e[3] < end for e in events):
+            return [(start, events, list(range(len(events))))]
         interval = self.profile.interval
-        split: dict[int, list[Event]] = defaultdict(list)
-        for e in events:
+        split: dict[int, tuple[list[Event], list[int]]] = defaultdict(lambda: ([], []))
+        for index, e in enumerate(events):
             ts = e[3]
             if not start <= ts < end:
                 start, end = period_of(ts, interval)
-            split[start].append(e)
+            batch, indices = split[start]
+            batch.append(e)
+            indices.append(index)
         self._bounds = (start, end)
-        return split
+        return [(s, batch, indices) for s, (batch, indices) in split.items()]
 
-    def _batches(self, events: Sequence[Event]) -> Iterable[tuple[int, Sequence[Event]]]:
-        split = self._split_by_period(events)
-        return ((self._bounds[0], events),) if split is None else split.items()
+    def _fold(self, events: Sequence[Event]) -> list[tuple[int, Usage]]:
+        """Each period's events folded, or :class:`EventError` naming bad events by their
+        index in ``events``."""
+        deltas: list[tuple[int, Usage]] = []
+        problems: list[Problem] = []
+        for start, batch, indices in self._batches(events):
+            try:
+                deltas.append((start, self.meters.fold(batch, label=_label_from(indices))))
+            except EventError as error:
+                problems += error.problems
+        if problems:
+            problems.sort(key=lambda p: int(p.where.strip("[]")))
+            raise EventError.of(problems)
+        return deltas
 
     def _charge_costs(
         self, start: int, usage: Usage, touched: frozenset[str] | None
@@ -142,14 +156,15 @@ class CustomerAccount:
         batch had been priced at once (the set of active grants is constant over the window,
         and burning is split-invariant for a constant set), at a fraction of the cost.
         """
+        if not events:
+            return
         window = self._unpriced_window
         if window is not None:
             low, high = min(window[0], at), max(window[1], at)
             if self._expiry_within(low, high):
                 self._catch_up()
         # Fold every period's events before merging any: a bad event leaves no partial write.
-        deltas = [(start, self.meters.fold(batch)) for start, batch in self._batches(events)]
-        for start, delta in deltas:
+        for start, delta in self._fold(events):
             usage = self.periods.get(start)
             if usage is None:
                 usage = self.periods[start] = self.meters.empty_usage()
@@ -188,8 +203,7 @@ class CustomerAccount:
         """What these events would cost now, without applying them."""
         self._catch_up()
         total = ZERO
-        for start, batch in self._batches(events):
-            delta = self.meters.fold(batch)
+        for start, delta in self._fold(events):
             usage = self.periods.get(start)
             merged = usage.plus(delta) if usage is not None else delta
             touched = delta.touched() if start in self.costs else None
@@ -334,8 +348,8 @@ class CustomerAccount:
         self._catch_up()
         return {
             "periods": {str(start): u.to_json() for start, u in self.periods.items()},
-            "spend": {str(start): str(s) for start, s in self.spend.items()},
-            "uncovered": str(self.ledger.uncovered),
+            "spend": {str(start): _dec(s) for start, s in self.spend.items()},
+            "uncovered": _dec(self.ledger.uncovered),
             "grants": [_grant_json(g) for g in self.ledger.grants],
         }
 
@@ -356,6 +370,15 @@ class CustomerAccount:
         # The plan may have changed since the checkpoint: bring spend in line with it.
         account.rebook(account.set_profile(profile), now)
         return account
+
+
+def _label_from(indices: Sequence[int]) -> Callable[[int], str]:
+    return lambda i: f"[{indices[i]}]"
+
+
+def _dec(value: Decimal) -> str:
+    """A decimal as canonical text: equal values give equal text (0.00 and 0 are "0")."""
+    return format(value.normalize(), "f") if value else "0"
 
 
 def _amount(value: Decimal, cur: Any) -> str:
@@ -384,9 +407,9 @@ def _usage_json(usage: Usage, meters: MeterSet) -> dict[str, Any]:
 def _grant_json(g: CreditGrant) -> dict[str, Any]:
     return {
         "id": g.id,
-        "amount": str(g.amount),
+        "amount": _dec(g.amount),
         "currency": g.currency,
-        "remaining": str(g.remaining),
+        "remaining": _dec(g.remaining),
         "priority": g.priority,
         "expires_at": g.expires_at,
         "created_at": g.created_at,

@@ -65,7 +65,7 @@ def _from_cloudevent(item: Any) -> Any:
         "id": item.get("id"),
         "customer_id": item.get("subject"),
         "type": item.get("type"),
-        "properties": item.get("data", {}),
+        "properties": {} if item.get("data") is None else item["data"],
     }
     if item.get("time") is not None:
         event["timestamp"] = item["time"]
@@ -142,9 +142,7 @@ def validate_events(
 
 
 def _earliest(now: int, interval: str, rules: IntakeRules) -> int:
-    """The oldest timestamp still accepted: the open period's start, or the previous
-    period's while the grace window after it is open."""
-    start = period_of(now, interval).start
-    if now - start < rules.grace_seconds * 1_000_000:
-        return period_of(start - 1, interval).start
-    return start
+    """The oldest timestamp still accepted: the start of the period that was open
+    ``grace_seconds`` ago. A period's late events are accepted until ``grace_seconds`` after
+    it ended (on a daily plan with 3 days of grace, the last three days stay open)."""
+    return period_of(now - rules.grace_seconds * 1_000_000, interval).start
