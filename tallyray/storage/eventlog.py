@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, func, insert, select, update
+from sqlalchemy import Connection, Engine, Table, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tallyray.storage import tables as t
@@ -26,6 +26,25 @@ EventRow = tuple[str, str, str, str, int, str, int]
 """(env, customer_id, event_id, type, ts, properties as JSON text, received_at)."""
 
 _EVENT_COLUMNS = ("env", "customer_id", "event_id", "type", "ts", "properties", "received_at")
+
+
+_PG_STAGING = """
+CREATE TEMPORARY TABLE IF NOT EXISTS incoming_events (
+    ordinal integer, env text, shard integer, customer_id text, event_id text, type text,
+    ts bigint, properties text, received_at bigint
+) ON COMMIT DELETE ROWS
+"""
+_PG_COPY = (
+    "COPY incoming_events (ordinal, env, shard, customer_id, event_id, type, ts, properties, "
+    "received_at) FROM STDIN"
+)
+_PG_INSERT = """
+INSERT INTO events (env, shard, customer_id, event_id, type, ts, properties, received_at)
+SELECT env, shard, customer_id, event_id, type, ts, properties, received_at
+FROM incoming_events ORDER BY ordinal
+ON CONFLICT (env, customer_id, event_id) DO NOTHING
+RETURNING seq, env, customer_id, event_id
+"""
 
 
 @dataclass
@@ -85,25 +104,67 @@ class ShardStore:
     def _insert_events(
         self, conn: Connection, events: Sequence[EventRow]
     ) -> dict[tuple[str, str, str], int]:
-        rows = [dict(zip(_EVENT_COLUMNS, e, strict=True)) | {"shard": self.shard} for e in events]
-        stmt = (
-            _dialect_insert(conn, t.events)
-            .on_conflict_do_nothing(index_elements=["env", "customer_id", "event_id"])
-            .returning(t.events.c.seq, t.events.c.env, t.events.c.customer_id, t.events.c.event_id)
+        """Insert events, skipping those already stored; returns the new ones' seqs.
+
+        The row-by-row ``INSERT … ON CONFLICT DO NOTHING RETURNING`` measured ~7k rows/s on
+        PostgreSQL here, so each backend gets its own bulk path.
+        """
+        if conn.dialect.name == "postgresql":
+            return self._insert_events_postgres(conn, events)
+        return self._insert_events_sqlite(conn, events)
+
+    def _insert_events_postgres(
+        self, conn: Connection, events: Sequence[EventRow]
+    ) -> dict[tuple[str, str, str], int]:
+        # COPY into a temporary table, then one INSERT … SELECT that lets the unique index
+        # drop duplicates (also duplicates within the batch) and returns what it kept.
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        with raw.cursor() as cursor:
+            cursor.execute(_PG_STAGING)
+            with cursor.copy(_PG_COPY) as copy:
+                for ordinal, (env, customer, event_id, typ, ts, props, received) in enumerate(
+                    events
+                ):
+                    copy.write_row(
+                        (ordinal, env, self.shard, customer, event_id, typ, ts, props, received)
+                    )
+            cursor.execute(_PG_INSERT)
+            return {(env, customer, event_id): seq for seq, env, customer, event_id in cursor}
+
+    def _insert_events_sqlite(
+        self, conn: Connection, events: Sequence[EventRow]
+    ) -> dict[tuple[str, str, str], int]:
+        # One writer holds SQLite's lock for the whole transaction and a customer's events
+        # are only ever written by its own shard, so "which ids exist" cannot change between
+        # the look-up and the insert; rowids of one executemany are consecutive.
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        fresh: dict[tuple[str, str, str], EventRow] = {}
+        for e in events:
+            fresh.setdefault((e[0], e[1], e[2]), e)
+        keys = list(fresh)
+        for start in range(0, len(keys), 300):
+            chunk = keys[start : start + 300]
+            where = " OR ".join(["(env = ? AND customer_id = ? AND event_id = ?)"] * len(chunk))
+            params = [part for key in chunk for part in key]
+            for found in raw.execute(
+                f"SELECT env, customer_id, event_id FROM events WHERE {where}", params
+            ):
+                fresh.pop(tuple(found), None)
+        if not fresh:
+            return {}
+        cursor = raw.executemany(
+            "INSERT INTO events (env, shard, customer_id, event_id, type, ts, properties, "
+            "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(e[0], self.shard, *e[1:]) for e in fresh.values()],
         )
-        return {
-            (row.env, row.customer_id, row.event_id): row.seq for row in conn.execute(stmt, rows)
-        }
+        last = raw.execute("SELECT last_insert_rowid()").fetchone()[0]
+        first = last - len(fresh) + 1
+        cursor.close()
+        return {key: first + n for n, key in enumerate(fresh)}
 
     # -- recovery ------------------------------------------------------------------------
-
-    def log_end(self) -> int:
-        """The highest seq this shard has written (0 for an empty log)."""
-        with self.engine.connect() as conn:
-            found = conn.execute(
-                select(func.max(t.events.c.seq)).where(t.events.c.shard == self.shard)
-            ).scalar()
-        return int(found or 0)
 
     def load_checkpoint(self) -> tuple[int, int | None, dict[tuple[str, str], Any]]:
         """(position, shard count it was taken with, account states by (env, customer))."""
