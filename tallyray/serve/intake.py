@@ -14,7 +14,14 @@ from typing import Any
 import orjson
 
 from tallyray.errors import EventError, InvalidInput, PayloadTooLarge, Problem
-from tallyray.pricing.events import Event, EventShapeError, format_timestamp, parse_event
+from tallyray.pricing.events import (
+    MAX_ID_LENGTH,
+    Event,
+    EventShapeError,
+    format_timestamp,
+    parse_event,
+    parse_timestamp,
+)
 from tallyray.pricing.meters import MeterSet
 from tallyray.pricing.periods import period_of
 
@@ -93,7 +100,7 @@ def validate_events(
     known: dict[str, str | None] = {}
     for index, item in enumerate(items):
         try:
-            event = parse_event(item, default_ts=now)
+            event = _well_formed(item, now) or parse_event(item, default_ts=now)
         except EventShapeError as error:
             problems.append(Problem(label(index), str(error)))
             continue
@@ -139,6 +146,32 @@ def validate_events(
     if problems:
         raise EventError.of(problems)
     return events
+
+
+_EMPTY: dict[str, Any] = {}
+
+
+def _well_formed(item: Any, now: int) -> Event | None:
+    """The common case, checked inline (about twice as fast as :func:`parse_event`); ``None``
+    sends anything unusual to :func:`parse_event`, which also explains what is wrong."""
+    if type(item) is not dict:
+        return None
+    event_id, customer, kind = item.get("id"), item.get("customer_id"), item.get("type")
+    properties = item.get("properties", _EMPTY)
+    if not (
+        type(event_id) is str
+        and type(customer) is str
+        and type(kind) is str
+        and type(properties) is dict
+        and 0 < len(event_id) <= MAX_ID_LENGTH
+        and 0 < len(customer) <= MAX_ID_LENGTH
+        and 0 < len(kind) <= MAX_ID_LENGTH
+    ):
+        return None
+    raw_ts = item.get("timestamp")
+    return Event(
+        event_id, customer, kind, now if raw_ts is None else parse_timestamp(raw_ts), properties
+    )
 
 
 def _earliest(now: int, interval: str, rules: IntakeRules) -> int:
