@@ -444,21 +444,6 @@ def build_app(services: Services) -> FastAPI:
 
     # -- customers, subscriptions, credits -----------------------------------------------
 
-    _CUSTOMER_FIELDS = frozenset(
-        {
-            "id",
-            "name",
-            "email",
-            "currency",
-            "country",
-            "vat_id",
-            "address",
-            "billing_mode",
-            "overdraft",
-            "spend_limit",
-        }
-    )
-
     @app.post("/v1/customers", tags=["customers"], status_code=201)
     async def post_customer(request: Request) -> Response:
         """Create a customer, or update one (its currency cannot change)."""
