@@ -71,6 +71,7 @@ class QuotaAnswer:
     cost: Decimal
     available: Decimal | None
     reason: str | None = None
+    currency: str = ""
 
 
 @dataclass
@@ -276,11 +277,12 @@ class CustomerAccount:
 
     def decide(self, cost: Decimal, now: int) -> QuotaAnswer:
         limits = self._limits(now)
+        code = self.profile.currency
         if not limits:
-            return QuotaAnswer(True, cost, None)
+            return QuotaAnswer(True, cost, None, currency=code)
         available, binding = min(limits)
         if cost <= ZERO or cost <= available:
-            return QuotaAnswer(True, cost, available)
+            return QuotaAnswer(True, cost, available, currency=code)
         cur = currency_of(self.profile.currency)
         left = round_amount(max(available, ZERO), cur)
         needed = round_amount(cost, cur, "ROUND_CEILING")
@@ -291,7 +293,7 @@ class CustomerAccount:
             )
         else:
             reason = f"insufficient credit: {left} {cur.code} available, this costs {needed}"
-        return QuotaAnswer(False, cost, available, reason)
+        return QuotaAnswer(False, cost, available, reason, code)
 
     def place_hold(self, hold: Hold, now: int) -> QuotaAnswer:
         """Hold ``hold.amount`` if it fits in what is available (atomically: the caller

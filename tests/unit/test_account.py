@@ -210,7 +210,9 @@ def test_negative_cost_gives_credit_back() -> None:
     assert acct.available(NOW) == 0
     third = [seat("c")]
     answer = acct.check(third, NOW)
-    assert answer == QuotaAnswer(True, D(-5), D(0))  # allowed with nothing available
+    assert answer == QuotaAnswer(
+        True, D(-5), D(0), currency="USD"
+    )  # allowed with nothing available
     assert acct.apply(third, NOW) == -5
     assert remaining(acct) == {"g": D(5)}
     assert acct.available(NOW) == 5
@@ -298,7 +300,9 @@ def test_prepaid_decide(cost: str, allowed: bool, reason: str | None) -> None:
     acct = account(grants=[grant("g", "10")])
     acct.apply([tokens(300)], NOW)
     acct.place_hold(hold("h", "2"), NOW)
-    assert acct.decide(D(cost), NOW) == QuotaAnswer(allowed, D(cost), D("5.00"), reason)
+    assert acct.decide(D(cost), NOW) == QuotaAnswer(
+        allowed, D(cost), D("5.00"), reason, currency="USD"
+    )
 
 
 def test_when_over_the_limit_the_reason_shows_nothing_left_not_a_negative() -> None:
@@ -313,7 +317,7 @@ def test_when_over_the_limit_the_reason_shows_nothing_left_not_a_negative() -> N
 def test_check_prices_the_events_then_decides() -> None:
     acct = account(grants=[grant("g", "1")])
     # 100 × 0.01 = 1.00 fits in 1; 101 × 0.01 = 1.01 does not
-    assert acct.check([tokens(100)], NOW) == QuotaAnswer(True, D("1.00"), D(1))
+    assert acct.check([tokens(100)], NOW) == QuotaAnswer(True, D("1.00"), D(1), currency="USD")
     refused = acct.check([tokens(101)], NOW)
     assert (refused.allowed, refused.cost) == (False, D("1.01"))
     assert refused.reason == "insufficient credit: 1.00 USD available, this costs 1.01"
@@ -344,7 +348,9 @@ def test_postpaid_with_a_spend_limit(cost: str, allowed: bool, reason: str | Non
     acct.apply([tokens(400)], NOW)
     acct.place_hold(hold("h", "1"), NOW)
     assert acct.available(NOW) == D("5.00")
-    assert acct.decide(D(cost), NOW) == QuotaAnswer(allowed, D(cost), D("5.00"), reason)
+    assert acct.decide(D(cost), NOW) == QuotaAnswer(
+        allowed, D(cost), D("5.00"), reason, currency="USD"
+    )
 
 
 def test_spend_limit_counts_only_this_periods_spend() -> None:
@@ -360,7 +366,7 @@ def test_postpaid_without_a_limit_is_unlimited() -> None:
     acct = account("postpaid")
     acct.apply([tokens(10**9)], NOW)  # 10,000,000.00 spent
     assert acct.available(NOW) is None
-    assert acct.decide(D("1e12"), NOW) == QuotaAnswer(True, D("1e12"), None)
+    assert acct.decide(D("1e12"), NOW) == QuotaAnswer(True, D("1e12"), None, currency="USD")
     assert acct.check([tokens(10**9)], NOW).allowed
     assert acct.place_hold(hold("h", "1e12"), NOW).allowed
     assert acct.balance(NOW)["available"] is None
@@ -391,7 +397,7 @@ def test_prepaid_with_a_spend_limit_takes_the_smaller(
 def test_holds_are_placed_only_when_they_fit() -> None:
     acct = account(grants=[grant("g", "10")])
     first = acct.place_hold(hold("h1", "6"), NOW)
-    assert first == QuotaAnswer(True, D(6), D(10))  # available before the hold
+    assert first == QuotaAnswer(True, D(6), D(10), currency="USD")  # available before the hold
     assert acct.available(NOW) == 4  # 10 − 6
 
     refused = acct.place_hold(hold("h2", "5"), NOW)  # 5 > 4
