@@ -22,7 +22,6 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -49,6 +48,7 @@ from tallyray.storage.catalog import (
     customer_from_json,
     new_id,
 )
+from tallyray.storage.db import DatabaseUnavailable
 from tallyray.storage.usage import WINDOWS, usage_series
 
 log = logging.getLogger("tallyray.api")
@@ -210,8 +210,8 @@ def build_app(services: Services) -> FastAPI:
             headers["WWW-Authenticate"] = "Bearer"
         return JSONResponse(error.to_json(), status_code=error.http_status, headers=headers)
 
-    @app.exception_handler(OperationalError)
-    async def _store_down(request: Request, error: OperationalError) -> Response:
+    @app.exception_handler(DatabaseUnavailable)
+    async def _store_down(request: Request, error: DatabaseUnavailable) -> Response:
         log.error("database unavailable: %s", error.orig)
         return await _tallyray_error(
             request, StoreUnavailable("the database is unavailable; retry shortly")

@@ -13,11 +13,20 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import OperationalError
 
 from tallyray.errors import StoreUnavailable
 
-__all__ = ["DEFAULT_DATABASE_URL", "is_unavailable", "make_engine", "migrate", "normalize_url"]
+__all__ = [
+    "DEFAULT_DATABASE_URL",
+    "DatabaseUnavailable",
+    "make_engine",
+    "migrate",
+    "normalize_url",
+]
+
+#: What the database driver raises when it cannot be reached (the API answers 503).
+DatabaseUnavailable = OperationalError
 
 DEFAULT_DATABASE_URL = "sqlite:///.tallyray/tallyray.db"
 _MIGRATIONS = str(Path(__file__).with_name("migrations"))
@@ -67,10 +76,3 @@ def migrate(engine: Engine) -> None:
             command.upgrade(config, "head")
     except OperationalError as error:
         raise StoreUnavailable(f"cannot reach the database to migrate it: {error.orig}") from None
-
-
-def is_unavailable(error: BaseException) -> bool:
-    """Is this database error a sign that the store cannot be reached (→ 503)?"""
-    if isinstance(error, OperationalError):
-        return True
-    return isinstance(error, DBAPIError) and error.connection_invalidated
