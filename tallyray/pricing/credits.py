@@ -25,7 +25,6 @@ __all__ = ["BILLING_MODES", "Burned", "CreditGrant", "Ledger", "burn_order"]
 BILLING_MODES = ("prepaid", "postpaid")
 
 ZERO = Decimal(0)
-_NEVER = float("inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +75,8 @@ def burn_order(grants: Iterable[CreditGrant]) -> list[CreditGrant]:
         grants,
         key=lambda g: (
             g.priority,
-            _NEVER if g.expires_at is None else g.expires_at,
+            g.expires_at is None,  # grants that never expire burn after those that do
+            g.expires_at or 0,
             g.created_at,
             g.id,
         ),

@@ -25,6 +25,7 @@ first bad value aborts the fast loop and a slow pass then names every bad event.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -97,7 +98,7 @@ def _number(value: Any) -> int | Decimal:
     if kind is int:
         return value  # type: ignore[no-any-return]
     if kind is float:
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
             raise _BadValue(f"{value!r} is not a finite number")
         if value.is_integer():
             return int(value)  # 2.0 and 2 are one value: keep states (and JSON) canonical
