@@ -10,8 +10,10 @@
     │   ├── NotFound            no such object in this environment (404)
     │   ├── Conflict            the request contradicts stored state (409)
     │   ├── PayloadTooLarge     body or batch over the limit (413)
-    │   └── Unauthorized        missing or unknown API key (401)
-    └── StoreUnavailable        the database cannot be reached: 503 + Retry-After
+    │   ├── Unauthorized        missing or unknown API key (401)
+    │   └── SignatureError      a provider webhook whose signature is missing, wrong or stale (400)
+    ├── StoreUnavailable        the database cannot be reached: 503 + Retry-After
+    └── ProviderUnavailable     a payment provider cannot be reached or failed on its side (502)
 
 Each error carries a message that tells the caller what to fix and, where there are several
 problems at once, a list of :class:`Problem` naming where each one is.
@@ -122,6 +124,19 @@ class Unauthorized(InvalidInput):
     http_status = 401
 
 
+class SignatureError(InvalidInput):
+    type_name = "invalid_signature"
+    http_status = 400
+
+
 class StoreUnavailable(TallyrayError):
     type_name = "store_unavailable"
     http_status = 503
+
+
+class ProviderUnavailable(TallyrayError):
+    """The payment provider could not be reached, or answered with an error on its side:
+    nothing was charged as far as we know, and the attempt may be retried."""
+
+    type_name = "provider_unavailable"
+    http_status = 502
