@@ -6,8 +6,13 @@ microseconds since the epoch) and persists what the account says. Everything her
 
 State per account:
 
-- usage per billing period (:class:`~tallyray.pricing.meters.Usage`), and the full-precision
-  cost of each period's usage under the customer's plan (*spend*);
+- usage per open billing period (:class:`~tallyray.pricing.meters.Usage`), and the
+  full-precision cost of each period's usage under the customer's plan (*spend*, in the
+  customer's currency: converted at the profile's exchange rate when the plan is priced in
+  another one);
+- per period, how much of each credit grant its usage burned (the invoice's credit lines);
+- the end of the last closed period (``closed_through``): a closed period's usage has been
+  written out for invoicing and dropped from memory, and no event may change it any more;
 - the credit :class:`~tallyray.pricing.credits.Ledger`: grants, what is left of each, and spend
   no grant covered;
 - active holds (reservations);
@@ -34,10 +39,10 @@ from tallyray.pricing.events import Event
 from tallyray.pricing.meters import MeterSet, Usage
 from tallyray.pricing.money import currency as currency_of
 from tallyray.pricing.money import round_amount
-from tallyray.pricing.periods import period_of
+from tallyray.pricing.periods import Period, period_of
 from tallyray.pricing.plans import Plan, charge_costs
 
-__all__ = ["BILLING_MODES", "CustomerAccount", "Hold", "Profile", "QuotaAnswer"]
+__all__ = ["BILLING_MODES", "ClosedPeriod", "CustomerAccount", "Hold", "Profile", "QuotaAnswer"]
 
 ZERO = Decimal(0)
 
@@ -52,10 +57,17 @@ class Profile:
     billing_mode: str = "prepaid"
     overdraft: Decimal = ZERO
     spend_limit: Decimal | None = None
+    anchor: int | None = None
+    """Start of an anniversary-billed subscription; ``None``: calendar periods."""
+    fx_rate: Decimal | None = None
+    """Plan currency → customer currency, when they differ (the latest stored rate)."""
 
     @property
     def interval(self) -> str:
         return self.plan.interval if self.plan else "month"
+
+    def period_of(self, ts: int) -> Period:
+        return period_of(ts, self.interval, self.anchor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +86,21 @@ class QuotaAnswer:
     currency: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class ClosedPeriod:
+    """A billing period frozen for invoicing: its usage, what it cost under the plan, and what
+    it burned of each credit grant."""
+
+    start: int
+    end: int
+    usage: Usage
+    spend: Decimal
+    """In the customer's currency."""
+    costs: tuple[Decimal, ...]
+    """Per charge of the plan, in the plan's currency, full precision."""
+    burned: Mapping[str, Decimal]
+
+
 @dataclass
 class CustomerAccount:
     profile: Profile
@@ -83,7 +110,12 @@ class CustomerAccount:
     ledger: Ledger = field(init=False)
     holds: dict[str, Hold] = field(default_factory=dict)
     costs: dict[int, list[Decimal]] = field(default_factory=dict)
-    """Per period, the cost of each of the plan's charges (``spend`` is their sum)."""
+    """Per period, the cost of each of the plan's charges in the plan's currency (``spend``
+    is their sum, converted)."""
+    burned: dict[int, dict[str, Decimal]] = field(default_factory=dict)
+    """Per period, what its usage burned of each grant (negative: credit given back)."""
+    closed_through: int = 0
+    """Events before this moment belong to closed periods."""
     _bounds: tuple[int, int] = (0, 0)
     _unpriced: dict[int, set[str]] = field(default_factory=dict)
     """Usage folded in but not yet priced: period start → meters it touched."""
@@ -104,12 +136,12 @@ class CustomerAccount:
         start, end = self._bounds
         if all(start <= e[3] < end for e in events):
             return [(start, events, list(range(len(events))))]
-        interval = self.profile.interval
+        profile = self.profile
         split: dict[int, tuple[list[Event], list[int]]] = defaultdict(lambda: ([], []))
         for index, e in enumerate(events):
             ts = e[3]
             if not start <= ts < end:
-                start, end = period_of(ts, interval)
+                start, end = profile.period_of(ts)
             batch, indices = split[start]
             batch.append(e)
             indices.append(index)
@@ -144,7 +176,7 @@ class CustomerAccount:
         return how much its spend moved."""
         costs = self._charge_costs(start, self.periods[start], touched)
         self.costs[start] = costs
-        after = sum(costs, ZERO)
+        after = self._converted(sum(costs, ZERO))
         delta = after - self.spend.get(start, ZERO)
         self.spend[start] = after
         return delta
@@ -185,15 +217,19 @@ class CustomerAccount:
         """Price what :meth:`record` folded in, and burn credits for it."""
         if self._unpriced_window is None:
             return ZERO
-        total = ZERO
-        for start, touched in self._unpriced.items():
-            total += self._reprice(start, frozenset(touched) if start in self.costs else None)
         at = self._unpriced_window[1]
+        changes = {
+            start: self._reprice(start, frozenset(touched) if start in self.costs else None)
+            for start, touched in self._unpriced.items()
+        }
         self._unpriced.clear()
         self._unpriced_window = None
-        if total:
-            self.ledger, _ = self.ledger.charge(total, at)
-        return total
+        self.rebook(changes, at)
+        return sum(changes.values(), ZERO)
+
+    def _converted(self, amount: Decimal) -> Decimal:
+        rate = self.profile.fx_rate
+        return amount if rate is None else amount * rate
 
     def apply(self, events: Sequence[Event], at: int) -> Decimal:
         """Fold committed events in; burn credits for what they cost. Returns the cost."""
@@ -208,7 +244,7 @@ class CustomerAccount:
             usage = self.periods.get(start)
             merged = usage.plus(delta) if usage is not None else delta
             touched = delta.touched() if start in self.costs else None
-            after = sum(self._charge_costs(start, merged, touched), ZERO)
+            after = self._converted(sum(self._charge_costs(start, merged, touched), ZERO))
             total += after - self.spend.get(start, ZERO)
         return total
 
@@ -220,18 +256,26 @@ class CustomerAccount:
             for key in meters.meters:
                 usage.groups.setdefault(key, {})
 
-    def set_profile(self, profile: Profile) -> Decimal:
-        """A new plan or new limits: re-rate every period under the new plan."""
+    def set_profile(self, profile: Profile) -> dict[int, Decimal]:
+        """A new plan or new limits: re-rate every open period under the new plan. Returns
+        how much each period's spend moved (book it with :meth:`rebook`)."""
         self._catch_up()
         self.profile = profile
         self.costs.clear()
         self._bounds = (0, 0)  # the interval may have changed
-        return sum((self._reprice(start) for start in self.periods), ZERO)
+        return {start: self._reprice(start) for start in self.periods}
 
-    def rebook(self, change: Decimal, at: int) -> None:
-        """Book a cost change that did not come from events (a plan change)."""
-        self._catch_up()
-        self.ledger, _ = self.ledger.charge(change, at)
+    def rebook(self, changes: Mapping[int, Decimal], at: int) -> None:
+        """Book cost changes per period: burn credit for them (or give it back), and keep
+        what each period burned of each grant."""
+        for start, change in changes.items():
+            if not change:
+                continue
+            self.ledger, burned = self.ledger.charge(change, at)
+            if burned:
+                per_grant = self.burned.setdefault(start, {})
+                for b in burned:
+                    per_grant[b.grant_id] = per_grant.get(b.grant_id, ZERO) + b.amount
 
     # -- credits and holds ---------------------------------------------------------------
 
@@ -252,7 +296,7 @@ class CustomerAccount:
 
     def period_spend(self, now: int) -> Decimal:
         self._catch_up()
-        return self.spend.get(period_of(now, self.profile.interval).start, ZERO)
+        return self.spend.get(self.profile.period_of(now).start, ZERO)
 
     def _limits(self, now: int) -> list[tuple[Decimal, str]]:
         """Each limit that applies: (what may still be spent under it, which limit)."""
@@ -306,12 +350,45 @@ class CustomerAccount:
     def release(self, hold_id: str) -> Hold | None:
         return self.holds.pop(hold_id, None)
 
+    # -- closing periods -----------------------------------------------------------------
+
+    def due_periods(self, cutoff: int) -> list[ClosedPeriod]:
+        """The open periods that ended at or before ``cutoff``, priced, oldest first. They
+        stay in memory until :meth:`drop_periods` (once they are written out)."""
+        self._catch_up()
+        due = []
+        for start in sorted(self.periods):
+            period = self.profile.period_of(start)
+            if period.end > cutoff:
+                continue
+            due.append(
+                ClosedPeriod(
+                    start=start,
+                    end=period.end,
+                    usage=self.periods[start],
+                    spend=self.spend.get(start, ZERO),
+                    costs=tuple(self.costs.get(start, ())),
+                    burned=dict(self.burned.get(start, {})),
+                )
+            )
+        return due
+
+    def drop_periods(self, starts: Sequence[int]) -> None:
+        """Forget closed periods: their usage now lives in the billing-period records."""
+        for start in starts:
+            self.periods.pop(start, None)
+            self.spend.pop(start, None)
+            self.costs.pop(start, None)
+            self.burned.pop(start, None)
+            self._unpriced.pop(start, None)
+        self._bounds = (0, 0)
+
     # -- reading -------------------------------------------------------------------------
 
     def balance(self, now: int) -> dict[str, Any]:
         self._catch_up()
         cur = currency_of(self.profile.currency)
-        start = period_of(now, self.profile.interval).start
+        start = self.profile.period_of(now).start
         usage = self.periods.get(start)
         available = self.available(now)
         return {
@@ -353,6 +430,10 @@ class CustomerAccount:
             "spend": {str(start): _dec(s) for start, s in self.spend.items()},
             "uncovered": _dec(self.ledger.uncovered),
             "grants": [_grant_json(g) for g in self.ledger.grants],
+            "burned": {
+                str(start): {gid: _dec(amount) for gid, amount in per_grant.items()}
+                for start, per_grant in self.burned.items()
+            },
         }
 
     @classmethod
@@ -369,6 +450,10 @@ class CustomerAccount:
             tuple(_grant_from_json(g) for g in snapshot["grants"]),
             Decimal(snapshot["uncovered"]),
         )
+        account.burned = {
+            int(start): {gid: Decimal(amount) for gid, amount in per_grant.items()}
+            for start, per_grant in snapshot.get("burned", {}).items()
+        }
         # The plan may have changed since the checkpoint: bring spend in line with it.
         account.rebook(account.set_profile(profile), now)
         return account

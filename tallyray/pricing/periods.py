@@ -1,15 +1,23 @@
-"""Billing periods: which period a moment falls in, for a plan's interval.
+"""Billing periods: which period a moment falls in, for a plan's interval, and proration.
 
-Periods are calendar-anchored in UTC (a monthly plan's periods run from the 1st, 00:00 UTC, to
-the 1st of the next month; weeks start on Monday). Times are microseconds since the epoch, as
-everywhere in the pricing engine.
+Periods are calendar-anchored in UTC by default (a monthly plan's periods run from the 1st,
+00:00 UTC, to the 1st of the next month; weeks start on Monday). With an *anchor* (a
+subscription billed on its anniversary) they start at the anchor's moment and repeat every
+interval: anchored on 31 January, monthly periods start on 28 (or 29) February, 31 March,
+30 April, ... — always counted from the anchor, so a short month does not shift later ones.
+Times are microseconds since the epoch, as everywhere in the pricing engine.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-__all__ = ["Period", "period_of"]
+__all__ = ["ANCHORS", "Period", "Proration", "period_of", "prorate"]
+
+#: ``calendar``: periods start on the calendar boundary; ``anniversary``: on the subscription's
+#: start, repeating every interval.
+ANCHORS = ("calendar", "anniversary")
+_DAY = 86_400 * 1_000_000
 
 _US = 1_000_000
 
@@ -43,8 +51,11 @@ class Period(tuple[int, int]):
         return isinstance(ts, int) and self[0] <= ts < self[1]
 
 
-def period_of(ts: int, interval: str) -> Period:
-    """The calendar period of ``interval`` (day, week, month, year) that holds ``ts``."""
+def period_of(ts: int, interval: str, anchor: int | None = None) -> Period:
+    """The period of ``interval`` (day, week, month, year) that holds ``ts``: calendar
+    periods, or periods repeating from ``anchor`` when one is given."""
+    if anchor is not None:
+        return _anchored(ts, interval, anchor)
     moment = _from_us(ts)
     day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
     if interval == "day":
@@ -65,3 +76,68 @@ def period_of(ts: int, interval: str) -> Period:
     else:
         raise ValueError(f"unknown interval {interval!r}")
     return Period(_to_us(start), _to_us(end))
+
+
+def _add_months(moment: datetime, months: int) -> datetime:
+    """``moment`` moved by whole months, its day clamped to the month's last day."""
+    index = moment.year * 12 + moment.month - 1 + months
+    year, month = divmod(index, 12)
+    month += 1
+    next_first = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=UTC)
+    last_day = (next_first - timedelta(days=1)).day
+    return moment.replace(year=year, month=month, day=min(moment.day, last_day))
+
+
+def _anchored(ts: int, interval: str, anchor: int) -> Period:
+    if interval in ("day", "week"):
+        length = _DAY * (1 if interval == "day" else 7)
+        start = anchor + (ts - anchor) // length * length
+        return Period(start, start + length)
+    if interval not in ("month", "year"):
+        raise ValueError(f"unknown interval {interval!r}")
+    step = 1 if interval == "month" else 12
+    origin, moment = _from_us(anchor), _from_us(ts)
+    n = ((moment.year - origin.year) * 12 + moment.month - origin.month) // step
+    start = _add_months(origin, n * step)
+    if start > moment:
+        n -= 1
+        start = _add_months(origin, n * step)
+    return Period(_to_us(start), _to_us(_add_months(origin, (n + 1) * step)))
+
+
+class Proration(tuple[int, int]):
+    """The part of a period a subscription covered: ``days`` of ``of_days``, whole days.
+
+    A started day counts as a day (a subscription that starts at 15:00 pays for that day), so
+    a subscription covering the whole period is never prorated."""
+
+    __slots__ = ()
+
+    def __new__(cls, days: int, of_days: int) -> Proration:
+        return super().__new__(cls, (days, of_days))
+
+    @property
+    def days(self) -> int:
+        return self[0]
+
+    @property
+    def of_days(self) -> int:
+        return self[1]
+
+    @property
+    def whole(self) -> bool:
+        return self[0] >= self[1]
+
+    def to_json(self) -> dict[str, int]:
+        return {"days": self[0], "of_days": self[1]}
+
+
+def prorate(period: Period, active_from: int, active_to: int | None) -> Proration:
+    """How much of ``period`` the span ``[active_from, active_to)`` covers, in whole days
+    (``active_to`` ``None``: still active)."""
+    of_days = -(-(period.end - period.start) // _DAY)
+    start = max(period.start, active_from)
+    end = period.end if active_to is None else min(period.end, active_to)
+    if end <= start:
+        return Proration(0, of_days)
+    return Proration(min(-(-(end - start) // _DAY), of_days), of_days)

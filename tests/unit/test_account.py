@@ -488,7 +488,7 @@ def test_set_profile_re_rates_every_period_under_the_new_plan() -> None:
     assert remaining(acct) == {"g": D("8.50")}
     change = acct.set_profile(profile(plan="premium"))
     # Oct: 100 × 0.02 − 1.00 = 1.00; Nov: 50 × 0.02 − 0.50 = 0.50
-    assert change == D("1.50")
+    assert change == {OCT: D("1.00"), NOV: D("0.50")}
     assert acct.spend == {OCT: D("2.00"), NOV: D("1.00")}
     assert remaining(acct) == {"g": D("8.50")}  # set_profile alone books nothing
     acct.rebook(change, NOW)
@@ -501,7 +501,7 @@ def test_set_profile_to_a_cheaper_plan_gives_credit_back() -> None:
     acct = account(plan="premium", grants=[grant("g", "10")])
     acct.apply([tokens(100)], NOW)  # 100 × 0.02 = 2.00
     change = acct.set_profile(profile(plan="basic"))
-    assert change == D("-1.00")  # 100 × 0.01 − 2.00
+    assert sum(change.values()) == D("-1.00")  # 100 × 0.01 − 2.00
     acct.rebook(change, NOW)
     assert remaining(acct) == {"g": D("9.00")}
 
@@ -509,7 +509,8 @@ def test_set_profile_to_a_cheaper_plan_gives_credit_back() -> None:
 def test_set_profile_changes_limits() -> None:
     acct = account(grants=[grant("g", "10")])
     acct.apply([tokens(100)], NOW)
-    assert acct.set_profile(profile("postpaid", limit="3")) == 0  # same plan: no re-rate
+    # same plan: no re-rate
+    assert not any(acct.set_profile(profile("postpaid", limit="3")).values())
     assert acct.available(NOW) == D("2.00")  # 3 − 1.00
     acct.set_profile(profile("postpaid"))
     assert acct.available(NOW) is None
@@ -560,6 +561,7 @@ def test_snapshot_is_plain_json() -> None:
                 "created_at": 0,
             }
         ],
+        "burned": {str(NOV): {"g": "10"}},  # what November's usage took of each grant
     }
 
 
@@ -672,9 +674,17 @@ def fresh(p: Profile) -> CustomerAccount:
 
 
 def by_value(snapshot: dict[str, Any]) -> dict[str, Any]:
-    """A snapshot with its amounts as numbers: ``"0"`` and ``"0.00"`` are the same credit."""
+    """A snapshot with its amounts as numbers: ``"0"`` and ``"0.00"`` are the same credit.
+
+    What each period burned of each grant follows the order batches were committed in (which
+    period's usage came first), so only each grant's total over the periods is compared."""
+    burned: dict[str, D] = {}
+    for per_grant in snapshot["burned"].values():
+        for gid, amount in per_grant.items():
+            burned[gid] = burned.get(gid, D(0)) + D(amount)
     return {
         **snapshot,
+        "burned": {gid: amount for gid, amount in burned.items() if amount},
         "spend": {k: D(v) for k, v in snapshot["spend"].items()},
         "uncovered": D(snapshot["uncovered"]),
         "grants": [
@@ -779,3 +789,28 @@ def test_recording_batches_then_reading_equals_applying_each(
         lazy.record(batch, at)
     assert by_value(lazy.snapshot()) == by_value(eager.snapshot())
     assert lazy.balance(NOW + 3) == eager.balance(NOW + 3)
+
+
+# --- closing periods ------------------------------------------------------------------------
+
+
+def test_due_periods_are_the_ones_ended_by_the_cutoff_with_what_they_burned() -> None:
+    acct = account(grants=[grant("g", "10")])
+    acct.apply([tokens(100, LATE_OCT), tokens(50)], NOW)  # Oct 1.00, Nov 0.50
+    (october,) = acct.due_periods(NOV)  # November has not ended
+    assert (october.start, october.end) == (OCT, NOV)
+    assert october.spend == D("1.00")
+    assert october.burned == {"g": D("1.00")}
+    assert october.usage.quantity(METERS.meters["tokens"]) == 100
+    acct.drop_periods([october.start])
+    assert acct.due_periods(NOV) == []
+    assert list(acct.periods) == [NOV]
+    assert remaining(acct) == {"g": D("8.50")}  # dropping a period refunds nothing
+
+
+def test_a_plan_change_after_closing_does_not_re_rate_the_closed_period() -> None:
+    acct = account(grants=[grant("g", "10")])
+    acct.apply([tokens(100, LATE_OCT), tokens(50)], NOW)
+    acct.drop_periods([p.start for p in acct.due_periods(NOV)])
+    change = acct.set_profile(profile(plan="premium"))
+    assert change == {NOV: D("0.50")}  # only November: 50 × 0.02 − 0.50
