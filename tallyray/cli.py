@@ -137,6 +137,99 @@ def _serve(args: argparse.Namespace) -> None:
     run_server(_settings(args), demo=args.demo)
 
 
+def _api(url: str, key: str, method: str, path: str, body: Any = None) -> Any:
+    """One call to the HTTP API (stdlib only: the CLI needs no HTTP client package)."""
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else orjson.dumps(body)
+    request = urllib.request.Request(
+        url.rstrip("/") + path,
+        data=data,
+        method=method,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return orjson.loads(response.read())
+    except urllib.error.HTTPError as error:
+        try:
+            message = orjson.loads(error.read())["error"]["message"]
+        except Exception:  # noqa: BLE001 — not our JSON error shape
+            message = str(error)
+        cls = InvalidInput if 400 <= error.code < 500 else TallyrayError
+        raise cls(f"{method} {path}: HTTP {error.code}: {message}") from None
+    except urllib.error.URLError as error:
+        raise TallyrayError(f"cannot reach the server at {url}: {error.reason}") from None
+
+
+def _invoice_run(args: argparse.Namespace) -> dict[str, Any]:
+    import os
+
+    from tqdm import tqdm
+
+    url = (
+        args.url
+        or os.environ.get("TALLYRAY_URL")
+        or (f"http://127.0.0.1:{os.environ.get('TALLYRAY_PORT', '8000')}")
+    )
+    key = args.key or os.environ.get("TALLYRAY_API_KEY")
+    if not key:
+        raise InvalidInput("give an API key: --key trk_… or TALLYRAY_API_KEY")
+    if args.resume:
+        run = _api(url, key, "POST", f"/v1/invoice-runs/{args.resume}/resume")
+    else:
+        body: dict[str, Any] = {"force": bool(args.force)}
+        if args.until:
+            body["until"] = args.until
+        if args.draft:
+            body["finalize"] = False
+        run = _api(url, key, "POST", "/v1/invoice-runs", body)
+    with tqdm(total=run["customers"] or None, unit="customer", desc=run["id"]) as bar:
+        while True:
+            bar.total = run["customers"] or bar.total
+            bar.n = run["done"]
+            bar.set_postfix(invoices=run["invoices"], errors=len(run["errors"]))
+            bar.refresh()
+            if run["status"] not in ("pending", "running"):
+                break
+            time.sleep(0.5)
+            run = _api(url, key, "GET", f"/v1/invoice-runs/{run['id']}")
+    if run["status"] == "failed":
+        raise TallyrayError(f"invoice run {run['id']} failed; resume it with --resume {run['id']}")
+    return dict(run)
+
+
+def _reconcile(args: argparse.Namespace) -> dict[str, Any]:
+    from tallyray.invoicing.reconcile import reconcile_env
+    from tallyray.pricing.events import parse_timestamp
+    from tallyray.storage.billing import BillingStore
+    from tallyray.storage.catalog import Catalog
+    from tallyray.storage.db import make_engine
+
+    engine = make_engine(args.database_url)
+    since = 0
+    if args.since:
+        try:
+            since = parse_timestamp(args.since)
+        except ValueError as error:
+            raise InvalidInput(f"--since: {error}") from None
+    try:
+        results = reconcile_env(
+            Catalog(engine), BillingStore(engine), args.env, args.customer, since
+        )
+    finally:
+        engine.dispose()
+    differing = [r.to_json() for r in results if not r.ok]
+    report = {"periods": len(results), "differing": len(differing), "differences": differing}
+    if differing:
+        print(json.dumps(report, indent=2))
+        raise TallyrayError(
+            f"{len(differing)} of {len(results)} closed periods differ from the log"
+        )
+    return report
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tallyray", description="Real-time metering and billing on Ray."
@@ -192,6 +285,35 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", help="a label for the key")
     store_flags(create)
     create.set_defaults(run=_keys_create)
+
+    invoice = commands.add_parser("invoice", help="invoice runs against a running server")
+    invoice_commands = invoice.add_subparsers(
+        dest="invoice_command", required=True, metavar="ACTION"
+    )
+    run = invoice_commands.add_parser(
+        "run", help="close the periods that ended by --until and invoice them, with progress"
+    )
+    run.add_argument("--until", help="ISO date or time (default: now less the grace window)")
+    run.add_argument(
+        "--force", action="store_true", help="close periods still in their grace window"
+    )
+    run.add_argument("--draft", action="store_true", help="leave the invoices as drafts")
+    run.add_argument("--resume", metavar="RUN_ID", help="finish a run that crashed")
+    run.add_argument(
+        "--url", help="the server (env TALLYRAY_URL; default http://127.0.0.1:TALLYRAY_PORT)"
+    )
+    run.add_argument("--key", help="an API key of the environment (env TALLYRAY_API_KEY)")
+    run.set_defaults(run=_invoice_run)
+
+    reconcile = commands.add_parser(
+        "reconcile",
+        help="recompute closed periods from the event log and compare with their checkpoints",
+    )
+    reconcile.add_argument("--env", choices=["live", "test"], default="live")
+    reconcile.add_argument("--customer", help="only this customer")
+    reconcile.add_argument("--since", help="only periods that ended after this ISO date")
+    store_flags(reconcile)
+    reconcile.set_defaults(run=_reconcile)
     return parser
 
 

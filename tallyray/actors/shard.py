@@ -13,7 +13,10 @@ The rules it keeps:
    position they include. A restarted shard (Ray restarts it: ``max_restarts=-1``) loads the
    checkpoint and replays the log after it; grants are re-added at the log position they were
    booked at, so replay reproduces the live state.
-3. **Holds are atomic.** The actor runs one request at a time on its event loop between
+3. **Closed periods stay closed.** Periods that ended by the environment's *cutoff* are
+   written out for invoicing (:meth:`ShardCore.close_periods`) and dropped from memory; an
+   event for one is refused, or booked to the open period, and never changes the invoice.
+4. **Holds are atomic.** The actor runs one request at a time on its event loop between
    awaits, and a hold is placed in memory before its write is awaited, so concurrent
    reservations can never together exceed what is available.
 """
@@ -36,9 +39,10 @@ from tallyray.actors.account import CustomerAccount, Hold, Profile, QuotaAnswer
 from tallyray.errors import Conflict, EventError, NotFound, Problem, StoreUnavailable
 from tallyray.logs import configure_logging
 from tallyray.pricing.credits import CreditGrant
-from tallyray.pricing.events import Event
+from tallyray.pricing.events import Event, format_timestamp
 from tallyray.pricing.meters import MeterSet
 from tallyray.pricing.money import currency, round_amount
+from tallyray.storage.billing import BillingStore
 from tallyray.storage.catalog import Catalog, CustomerRecord, EnvCatalog
 from tallyray.storage.db import make_engine
 from tallyray.storage.eventlog import EventRow, ShardStore
@@ -90,13 +94,19 @@ class ShardCore:
         shard_count: int,
         database_url: str,
         checkpoint_seconds: float = 5.0,
+        grace_seconds: int | None = None,
     ) -> None:
         self.shard = shard
         self.shard_count = shard_count
         self.checkpoint_seconds = checkpoint_seconds
+        self.grace_seconds = grace_seconds
+        """With a grace window, periods close by themselves once it has passed."""
         self.engine = make_engine(database_url)
         self.store = ShardStore(self.engine, shard)
         self.catalog = Catalog(self.engine)
+        self.billing = BillingStore(self.engine)
+        self.cutoffs: dict[str, int] = {}
+        """Per environment: periods that ended by this moment are closed."""
         self.envs: dict[str, EnvCatalog] = {}
         self.accounts: dict[AccountKey, CustomerAccount] = {}
         self.hold_owner: dict[str, AccountKey] = {}
@@ -134,6 +144,15 @@ class ShardCore:
             if plan is None:  # a plan version newer than our copy of the catalog
                 cat = self.envs[record.env] = self.catalog.env_catalog(record.env)
                 plan = cat.plan(record.plan_key, record.plan_version)
+        fx_rate = None
+        if plan is not None and plan.currency.code != record.currency:
+            found = self.billing.rate(record.env, plan.currency.code, record.currency)
+            if found is None:
+                raise Conflict(
+                    f"customer {record.id!r} is billed in {record.currency} on a plan priced "
+                    f"in {plan.currency.code}, and there is no exchange rate between them"
+                )
+            fx_rate = found[0]
         return Profile(
             customer_id=record.id,
             currency=record.currency,
@@ -141,6 +160,8 @@ class ShardCore:
             billing_mode=record.billing_mode,
             overdraft=record.overdraft,
             spend_limit=record.spend_limit,
+            anchor=record.anchor,
+            fx_rate=fx_rate,
         )
 
     def _load_accounts(self, env: str, customer_ids: Iterable[str]) -> None:
@@ -205,6 +226,13 @@ class ShardCore:
         for grant in later:
             self._add_grant_row(grant)
         self.position = max(self.position, position)
+        # Periods closed after the checkpoint came back with the replay: they are written
+        # out, so drop them again.
+        self.cutoffs = self.billing.cutoffs(self.shard)
+        for (env, _), account in self.accounts.items():
+            cutoff = self.cutoffs.get(env)
+            if cutoff is not None:
+                account.drop_periods([p.start for p in account.due_periods(cutoff)])
         for hold in self.store.active_holds():
             key = (hold["env"], hold["customer_id"])
             self._load_accounts(key[0], [key[1]])
@@ -328,6 +356,7 @@ class ShardCore:
         while True:
             await asyncio.sleep(self.checkpoint_seconds)
             try:
+                await self.close_due_periods()
                 await self.checkpoint()
                 await self.expire_holds()
             except Exception as error:  # noqa: BLE001 — try again next round
@@ -363,13 +392,106 @@ class ShardCore:
             await self._submit(_Pending(loop.create_future(), "", finished_holds=finished))
         return len(finished)
 
+    # -- closing periods -----------------------------------------------------------------
+
+    async def close_due_periods(self) -> int:
+        """Close, in every environment, the periods whose grace window has passed."""
+        if self.grace_seconds is None:
+            return 0
+        cutoff = now_us() - self.grace_seconds * 1_000_000
+        closed = 0
+        for env in {key[0] for key in self.accounts}:
+            if any(p for a in self._accounts_of(env) for p in a.periods if p < cutoff):
+                closed += (await self.close_periods(env, cutoff))["closed"]
+        return closed
+
+    def _accounts_of(self, env: str) -> list[CustomerAccount]:
+        return [a for key, a in self.accounts.items() if key[0] == env]
+
+    async def close_periods(self, env: str, cutoff: int) -> dict[str, int]:
+        """Close every period of ``env`` that ended by ``cutoff``: write each one's final
+        usage, spend and burned credit with the log position, then forget it. From the
+        moment this starts, events for those periods are refused (or rebooked)."""
+        self.cutoffs[env] = max(self.cutoffs.get(env, 0), cutoff)
+        cutoff = self.cutoffs[env]
+        # Let every commit queued before the cutoff moved land in memory first.
+        loop = asyncio.get_running_loop()
+        await self._submit(_Pending(loop.create_future(), env))
+        keys = [key for key in self.accounts if key[0] == env]
+        rows: list[dict[str, Any]] = []
+        dropped: dict[AccountKey, list[int]] = {}
+        for key in keys:
+            for period in self.accounts[key].due_periods(cutoff):
+                rows.append(
+                    {
+                        "customer_id": key[1],
+                        "start": period.start,
+                        "end": period.end,
+                        "usage": period.usage.to_json(),
+                        "spend": format(period.spend, "f"),
+                        "costs": [format(c, "f") for c in period.costs],
+                        "burned": {g: format(a, "f") for g, a in period.burned.items()},
+                        "position": self.position,
+                    }
+                )
+                dropped.setdefault(key, []).append(period.start)
+        try:
+            await loop.run_in_executor(
+                self._db, self.billing.close_periods, self.shard, env, cutoff, rows, now_us()
+            )
+        except Exception as error:
+            log.error("shard %d: closing periods failed: %s", self.shard, error)
+            raise StoreUnavailable("the store is unavailable; periods were not closed") from None
+        for key, starts in dropped.items():
+            self.accounts[key].drop_periods(starts)
+            self.dirty.add(key)
+        return {"closed": len(rows), "cutoff": cutoff}
+
+    def _late(self, env: str, events: list[IncomingEvent], rebook: bool) -> list[IncomingEvent]:
+        """Events for closed periods: :class:`EventError` naming them, or (``rebook``) the
+        events with those moved to the first open period, their own time kept as
+        ``$late_timestamp``."""
+        cutoff = self.cutoffs.get(env)
+        if cutoff is None or min(e[3] for e in events) >= cutoff:
+            return events
+        out: list[IncomingEvent] = []
+        problems: list[Problem] = []
+        for index, e in enumerate(events):
+            customer, event_id, kind, ts, props = e
+            if ts < cutoff:
+                profile = self.accounts[(env, customer)].profile
+                period = profile.period_of(ts)
+                if period.end <= cutoff:
+                    if not rebook:
+                        problems.append(
+                            Problem(
+                                f"[{index}]",
+                                f"timestamp {format_timestamp(ts)} falls in a closed billing "
+                                f"period (ended {format_timestamp(period.end)}); it has been "
+                                "invoiced and cannot change",
+                            )
+                        )
+                        continue
+                    opened = profile.period_of(cutoff).start
+                    e = (customer, event_id, kind, opened, {**props, "$late_timestamp": ts})
+            out.append(e)
+        if problems:
+            raise EventError.of(problems)
+        return out
+
     # -- requests ------------------------------------------------------------------------
 
     async def ingest(
-        self, env: str, events: list[IncomingEvent], received_at: int
+        self,
+        env: str,
+        events: list[IncomingEvent],
+        received_at: int,
+        rebook_late: bool = False,
     ) -> dict[str, int]:
-        """Make ``events`` durable, then count them. Events are validated by the ingress."""
+        """Make ``events`` durable, then count them. Events are validated by the ingress;
+        ones for a closed period are refused unless ``rebook_late``."""
         self._load_accounts(env, {e[0] for e in events})
+        events = self._late(env, events, rebook_late)
         rows: list[EventRow] = [
             (env, c, i, typ, ts, orjson.dumps(props).decode(), received_at)
             for c, i, typ, ts, props in events
@@ -438,6 +560,7 @@ class ShardCore:
                     if e[0] != key[1]
                 ]
             )
+        events = self._late(env, events, rebook=True)
         rows: list[EventRow] = [
             (env, c, i, typ, ts, orjson.dumps(props).decode(), received_at)
             for c, i, typ, ts, props in events
@@ -557,19 +680,27 @@ class ShardActor:
     """
 
     def __init__(
-        self, shard: int, shard_count: int, database_url: str, checkpoint_seconds: float
+        self,
+        shard: int,
+        shard_count: int,
+        database_url: str,
+        checkpoint_seconds: float,
+        grace_seconds: int | None = None,
     ) -> None:
         configure_logging()
-        self.core = ShardCore(shard, shard_count, database_url, checkpoint_seconds)
+        self.core = ShardCore(shard, shard_count, database_url, checkpoint_seconds, grace_seconds)
 
     async def ready(self) -> int:
         self.core._ensure_tasks()
         return self.core.position
 
     async def ingest(
-        self, env: str, events: list[IncomingEvent], received_at: int
+        self, env: str, events: list[IncomingEvent], received_at: int, rebook_late: bool = False
     ) -> dict[str, int]:
-        return await self.core.ingest(env, events, received_at)
+        return await self.core.ingest(env, events, received_at, rebook_late)
+
+    async def close_periods(self, env: str, cutoff: int) -> dict[str, int]:
+        return await self.core.close_periods(env, cutoff)
 
     async def check(self, env: str, customer_id: str, events: list[IncomingEvent]) -> QuotaAnswer:
         return self.core.check(env, customer_id, events)

@@ -28,6 +28,15 @@ class Settings:
     replicas: int = 1
     auto_create_customers: bool = False
     default_currency: str = "EUR"
+    stripe_api_key: str | None = None
+    stripe_webhook_secret: str | None = None
+    stripe_api_base: str | None = None
+    adyen_api_key: str | None = None
+    adyen_merchant_account: str | None = None
+    adyen_hmac_key: str | None = None
+    adyen_api_base: str | None = None
+    dunning_seconds: float = 300.0
+    """How often the server collects payments that are due (the dunning schedule)."""
 
     #: environment variable → field
     ENV: ClassVar[dict[str, str]] = {
@@ -43,6 +52,14 @@ class Settings:
         "TALLYRAY_REPLICAS": "replicas",
         "TALLYRAY_AUTO_CREATE_CUSTOMERS": "auto_create_customers",
         "TALLYRAY_DEFAULT_CURRENCY": "default_currency",
+        "TALLYRAY_STRIPE_API_KEY": "stripe_api_key",
+        "TALLYRAY_STRIPE_WEBHOOK_SECRET": "stripe_webhook_secret",
+        "TALLYRAY_STRIPE_API_BASE": "stripe_api_base",
+        "TALLYRAY_ADYEN_API_KEY": "adyen_api_key",
+        "TALLYRAY_ADYEN_MERCHANT_ACCOUNT": "adyen_merchant_account",
+        "TALLYRAY_ADYEN_HMAC_KEY": "adyen_hmac_key",
+        "TALLYRAY_ADYEN_API_BASE": "adyen_api_base",
+        "TALLYRAY_DUNNING_SECONDS": "dunning_seconds",
     }
 
     @classmethod
@@ -66,7 +83,14 @@ class Settings:
         settings = cls(**values)
         if settings.shards < 1:
             raise ValueError("TALLYRAY_SHARDS must be at least 1")
-        return cls(**{**asdict(settings), "database_url": _absolute(settings.database_url)})
+        config = settings.config_path
+        return cls(
+            **{
+                **asdict(settings),
+                "database_url": _absolute(settings.database_url),
+                "config_path": str(Path(config).resolve()) if config else None,
+            }
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

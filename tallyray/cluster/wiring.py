@@ -17,6 +17,14 @@ from ray import serve
 from tallyray.actors.shard import ShardActor
 from tallyray.cluster.settings import Settings
 from tallyray.errors import ConfigError, InvalidInput, Problem
+from tallyray.invoicing.config import parse_invoicing_config
+from tallyray.invoicing.payments import (
+    AdyenProvider,
+    ManualProvider,
+    PaymentProvider,
+    StripeProvider,
+)
+from tallyray.invoicing.tax import parse_tax_config
 from tallyray.pricing.config import parse_config
 from tallyray.serve.shards import NAMESPACE, shard_name
 from tallyray.storage.catalog import (
@@ -120,9 +128,48 @@ def read_config(path: str) -> tuple[dict[str, Any], list[tuple[CustomerRecord, s
             problems += [Problem(f"{where}.{p.where}", p.message) for p in error.problems]
             continue
         customers.append((record, plan))
+    for parse in (parse_invoicing_config, parse_tax_config):
+        try:
+            parse(raw.get("invoicing" if parse is parse_invoicing_config else "tax"))
+        except ConfigError as error:
+            problems += error.problems
     if problems:
         raise ConfigError.of(problems)
     return raw, customers
+
+
+def billing_config(path: str | None) -> dict[str, Any]:
+    """The parts of the config file invoicing needs (raw, validated at start)."""
+    if not path:
+        return {"invoicing": None, "tax": None, "rounding": None}
+    raw, _ = read_config(path)
+    return {
+        "invoicing": raw.get("invoicing"),
+        "tax": raw.get("tax"),
+        "rounding": raw.get("rounding"),
+    }
+
+
+def payment_providers(settings: Settings) -> dict[str, PaymentProvider]:
+    """The providers this deployment has credentials for; the manual one always."""
+    providers: dict[str, PaymentProvider] = {"manual": ManualProvider()}
+    if settings.stripe_api_key:
+        import stripe
+
+        stripe.enable_telemetry = False  # no files written under the operator's home
+        providers["stripe"] = StripeProvider(
+            api_key=settings.stripe_api_key,
+            webhook_secret=settings.stripe_webhook_secret or "",
+            api_base=settings.stripe_api_base,
+        )
+    if settings.adyen_api_key:
+        providers["adyen"] = AdyenProvider(
+            api_key=settings.adyen_api_key,
+            merchant_account=settings.adyen_merchant_account or "",
+            hmac_key=settings.adyen_hmac_key or "",
+            api_base=settings.adyen_api_base,
+        )
+    return providers
 
 
 def seed_config(catalog: Catalog, path: str, now: int) -> None:
@@ -152,7 +199,13 @@ def start_shards(settings: Settings) -> list[Any]:
             max_task_retries=0,
             num_cpus=0,
             get_if_exists=True,
-        ).remote(i, settings.shards, settings.database_url, settings.checkpoint_seconds)
+        ).remote(
+            i,
+            settings.shards,
+            settings.database_url,
+            settings.checkpoint_seconds,
+            settings.grace_seconds,
+        )
         for i in range(settings.shards)
     ]
     ray.get([cast(Any, h).ready.remote() for h in handles])

@@ -31,7 +31,8 @@ __all__ = ["PricingConfig", "parse_config", "parse_meter", "parse_plan"]
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 
-TOP_LEVEL_FIELDS = frozenset({"meters", "plans", "rounding", "customers"})
+#: ``invoicing`` and ``tax`` are read by :mod:`tallyray.invoicing`, which validates them.
+TOP_LEVEL_FIELDS = frozenset({"meters", "plans", "rounding", "customers", "invoicing", "tax"})
 
 
 @dataclass(frozen=True)

@@ -91,8 +91,8 @@ def _add_months(moment: datetime, months: int) -> datetime:
 def _anchored(ts: int, interval: str, anchor: int) -> Period:
     if interval in ("day", "week"):
         length = _DAY * (1 if interval == "day" else 7)
-        start = anchor + (ts - anchor) // length * length
-        return Period(start, start + length)
+        first = anchor + (ts - anchor) // length * length
+        return Period(first, first + length)
     if interval not in ("month", "year"):
         raise ValueError(f"unknown interval {interval!r}")
     step = 1 if interval == "month" else 12

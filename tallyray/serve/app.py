@@ -9,11 +9,12 @@ in DESIGN.md), and make one call per shard per request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -35,11 +36,15 @@ from tallyray.errors import (
     TallyrayError,
     Unauthorized,
 )
+from tallyray.invoicing.service import Billing
 from tallyray.metrics import Metrics
 from tallyray.pricing.events import Event, format_timestamp, parse_timestamp
 from tallyray.pricing.money import currency, parse_amount, round_amount
-from tallyray.serve.intake import IntakeRules, decode_batch, validate_events
+from tallyray.pricing.periods import ANCHORS
+from tallyray.serve.intake import IntakeRules, PeriodKey, decode_batch, validate_events
+from tallyray.serve.invoicing_routes import add_invoicing_routes
 from tallyray.serve.shards import ShardRouter
+from tallyray.storage.billing import BillingStore
 from tallyray.storage.catalog import (
     CUSTOMER_FIELDS,
     Catalog,
@@ -76,6 +81,11 @@ class Services:
     only a subscription changed through another replica is seen this late (and only the
     late-event window of ingest depends on it)."""
     clock: Callable[[], int] = now_us
+    billing: Billing | None = None
+    """Invoicing; built from the catalog's database with the default config when not
+    given."""
+    dunning_seconds: float | None = None
+    """Collect due payments every so often while the app runs (``None``: only on request)."""
 
 
 class _Caches:
@@ -187,16 +197,38 @@ def _quota_json(answer: QuotaAnswer) -> dict[str, Any]:
 
 
 def build_app(services: Services) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = None
+        if services.dunning_seconds and services.billing is not None:
+            task = asyncio.create_task(_collect_forever(services.billing, services.dunning_seconds))
+        yield
+        if task is not None:
+            task.cancel()
+
     app = FastAPI(
         title="Tallyray",
         version=__version__,
         description="Real-time metering and billing. Authenticate with `Authorization: Bearer "
         "trk_live_…` or `trk_test_…`; the key's environment scopes every object.",
+        lifespan=lifespan,
     )
     caches = _Caches(services)
     router = services.router
     metrics = services.metrics
     rules = services.rules
+    billing = services.billing
+    if billing is None:
+        engine = services.catalog.engine
+        billing = services.billing = Billing(
+            catalog=services.catalog,
+            store=BillingStore(engine),
+            database_url=engine.url.render_as_string(hide_password=False),
+            router=router,
+            grace_seconds=rules.grace_seconds,
+            clock=services.clock,
+        )
+    rebook_late = billing.config.late_events == "book_to_open_period"
 
     # -- errors: one JSON shape ----------------------------------------------------------
 
@@ -251,7 +283,7 @@ def build_app(services: Services) -> FastAPI:
 
     # -- events --------------------------------------------------------------------------
 
-    async def _interval_lookup(env: str, ids: set[str]) -> Callable[[str], str | None]:
+    async def _interval_lookup(env: str, ids: set[str]) -> Callable[[str], PeriodKey | None]:
         catalog = await caches.env(env)
         records = await caches.customers(env, ids)
         missing = ids - set(records)
@@ -262,14 +294,14 @@ def build_app(services: Services) -> FastAPI:
                     services.catalog.upsert_customer, record, services.clock()
                 )
 
-        def interval_of(customer_id: str) -> str | None:
+        def interval_of(customer_id: str) -> PeriodKey | None:
             record = records.get(customer_id)
             if record is None:
                 return None
             if record.plan_key is None:
-                return "month"
+                return ("month", None)
             plan = catalog.plans.get((record.plan_key, record.plan_version or 0))
-            return plan.interval if plan else "month"
+            return (plan.interval if plan else "month", record.anchor)
 
         return interval_of
 
@@ -287,8 +319,12 @@ def build_app(services: Services) -> FastAPI:
         by_shard: dict[int, list[tuple[str, str, str, int, Any]]] = defaultdict(list)
         for e in events:
             by_shard[router.index(env, e[1])].append((e[1], e[0], e[2], e[3], e[4]))
+        # A request that spans shards must never be half written: should a shard find an
+        # event for a period that closed after the ingress checked it, it books that event to
+        # the open period rather than refusing it while other shards commit theirs.
+        rebook = rebook_late or len(by_shard) > 1
         results = await asyncio.gather(
-            *(router.call(i, "ingest", env, batch, now) for i, batch in by_shard.items())
+            *(router.call(i, "ingest", env, batch, now, rebook) for i, batch in by_shard.items())
         )
         ingested = sum(r["ingested"] for r in results)
         duplicates = sum(r["duplicates"] for r in results)
@@ -479,15 +515,28 @@ def build_app(services: Services) -> FastAPI:
         env = await authenticate(request)
         doc = _object(
             await _body(request),
-            frozenset({"customer_id", "plan", "start"}),
+            frozenset({"customer_id", "plan", "start", "anchor", "discount"}),
             frozenset({"customer_id", "plan"}),
         )
         customer_id, plan_key = _text(doc, "customer_id"), _text(doc, "plan")
         assert customer_id is not None and plan_key is not None
         now = services.clock()
         start = now if doc.get("start") is None else _timestamp(doc["start"], "start")
+        anchor = doc.get("anchor", "calendar")
+        if anchor not in ANCHORS:
+            raise InvalidInput(
+                f"'anchor' must be one of {', '.join(ANCHORS)}", [Problem("anchor", str(anchor))]
+            )
+        discount = _discount(doc.get("discount"))
         sub_id, version = await run_in_threadpool(
-            services.catalog.subscribe, env, customer_id, plan_key, start, now
+            services.catalog.subscribe,
+            env,
+            customer_id,
+            plan_key,
+            start,
+            now,
+            anchor,
+            discount,
         )
         await _refresh_customer(env, customer_id)
         return _json(
@@ -497,6 +546,8 @@ def build_app(services: Services) -> FastAPI:
                 "plan": plan_key,
                 "plan_version": version,
                 "start": format_timestamp(start),
+                "anchor": anchor,
+                "discount": discount,
             },
             201,
         )
@@ -620,6 +671,8 @@ def build_app(services: Services) -> FastAPI:
         )
         return _json({"id": key_id, "env": doc["env"], "key": secret}, 201)
 
+    add_invoicing_routes(app, billing, authenticate)
+
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> Response:
         return _json({"status": "ok", "version": __version__, "shards": router.count})
@@ -634,6 +687,51 @@ def build_app(services: Services) -> FastAPI:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     return app
+
+
+async def _collect_forever(billing: Billing, seconds: float) -> None:
+    """The dunning clock: collect what is due, in both environments, every so often."""
+    while True:
+        await asyncio.sleep(seconds)
+        for env in ("live", "test"):
+            try:
+                await billing.collect_due(env)
+            except Exception as error:  # noqa: BLE001 — try again next round
+                log.warning("collecting due payments (%s): %s", env, error)
+
+
+def _discount(raw: Any) -> dict[str, Any] | None:
+    """A subscription's discount: ``{"percent": "10"}`` or ``{"amount": "5.00"}``, with an
+    optional ``description``."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) - {"percent", "amount", "description"}:
+        raise InvalidInput(
+            '\'discount\' must be {"percent": "10"} or {"amount": "5.00"}, with an '
+            'optional "description"',
+            [Problem("discount", "unexpected shape")],
+        )
+    if ("percent" in raw) == ("amount" in raw):
+        raise InvalidInput(
+            "a discount is either a percent or an amount", [Problem("discount", "give one")]
+        )
+    out: dict[str, Any] = {}
+    for name in ("percent", "amount"):
+        if name in raw:
+            value = parse_amount(raw[name])
+            if value <= 0 or (name == "percent" and value > 100):
+                raise InvalidInput(
+                    f"discount {name} must be more than 0"
+                    + (" and at most 100" if name == "percent" else ""),
+                    [Problem(f"discount.{name}", str(raw[name]))],
+                )
+            out[name] = format(value, "f")
+    description = raw.get("description")
+    if description is not None and not isinstance(description, str):
+        raise InvalidInput("discount description must be a string")
+    pct = out.get("percent")
+    out["description"] = description or (f"Discount {pct}%" if pct else "Discount")
+    return out
 
 
 def _timestamp(value: Any, name: str) -> int:

@@ -25,7 +25,10 @@ from tallyray.pricing.events import (
 from tallyray.pricing.meters import MeterSet
 from tallyray.pricing.periods import period_of
 
-__all__ = ["IntakeRules", "decode_batch", "validate_events"]
+__all__ = ["IntakeRules", "PeriodKey", "decode_batch", "validate_events"]
+
+PeriodKey = tuple[str, int | None]
+"""How a customer's periods run: (interval, anniversary anchor or ``None`` for calendar)."""
 
 CLOUDEVENTS_BATCH = "application/cloudevents-batch+json"
 
@@ -83,21 +86,21 @@ def validate_events(
     items: list[Any],
     now: int,
     meters: MeterSet,
-    interval_of: Callable[[str], str | None],
+    interval_of: Callable[[str], str | PeriodKey | None],
     rules: IntakeRules,
     label: Callable[[int], str] = "[{}]".format,
 ) -> list[Event]:
     """Every event checked, or :class:`EventError` naming each bad one.
 
-    ``interval_of(customer_id)`` is the customer's billing interval, or ``None`` for an
-    unknown customer.
+    ``interval_of(customer_id)`` is the customer's billing interval (with its anniversary
+    anchor, if any), or ``None`` for an unknown customer.
     """
     problems: list[Problem] = []
     events: list[Event] = []
     positions: list[int] = []
     latest = now + rules.future_tolerance_seconds * 1_000_000
-    earliest_by_interval: dict[str, int] = {}
-    known: dict[str, str | None] = {}
+    earliest_by_interval: dict[str | PeriodKey, int] = {}
+    known: dict[str, str | PeriodKey | None] = {}
     for index, item in enumerate(items):
         try:
             event = _well_formed(item, now) or parse_event(item, default_ts=now)
@@ -174,8 +177,9 @@ def _well_formed(item: Any, now: int) -> Event | None:
     )
 
 
-def _earliest(now: int, interval: str, rules: IntakeRules) -> int:
+def _earliest(now: int, interval: str | PeriodKey, rules: IntakeRules) -> int:
     """The oldest timestamp still accepted: the start of the period that was open
     ``grace_seconds`` ago. A period's late events are accepted until ``grace_seconds`` after
     it ended (on a daily plan with 3 days of grace, the last three days stay open)."""
-    return period_of(now - rules.grace_seconds * 1_000_000, interval).start
+    name, anchor = (interval, None) if isinstance(interval, str) else interval
+    return period_of(now - rules.grace_seconds * 1_000_000, name, anchor).start

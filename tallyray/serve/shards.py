@@ -23,7 +23,9 @@ __all__ = ["NAMESPACE", "ShardRouter", "shard_name"]
 log = logging.getLogger("tallyray.api")
 
 #: Shard methods that may safely run twice.
-RETRY_SAFE = frozenset({"ready", "balance", "check", "status", "checkpoint", "refresh", "ingest"})
+RETRY_SAFE = frozenset(
+    {"ready", "balance", "check", "status", "checkpoint", "refresh", "ingest", "close_periods"}
+)
 
 NAMESPACE = "tallyray"
 

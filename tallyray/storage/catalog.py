@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from babel import Locale, UnknownLocaleError
 from sqlalchemy import Engine, and_, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -47,8 +48,29 @@ CUSTOMER_FIELDS = frozenset(
         "billing_mode",
         "overdraft",
         "spend_limit",
+        *(
+            "locale",
+            "region",
+            "tax_exempt",
+            "exempt_reason",
+            "payment_provider",
+            "payment_method",
+            "provider_customer_id",
+        ),
     }
 )
+
+#: Invoicing details kept in the customers table's ``billing`` JSON column.
+BILLING_FIELDS = (
+    "locale",
+    "region",
+    "tax_exempt",
+    "exempt_reason",
+    "payment_provider",
+    "payment_method",
+    "provider_customer_id",
+)
+PAYMENT_PROVIDERS = ("stripe", "adyen", "manual")
 
 
 ENVIRONMENTS = ("live", "test")
@@ -80,6 +102,10 @@ class CustomerRecord:
     plan_version: int | None = None
     subscription_id: str | None = None
     subscription_start: int | None = None
+    billing: Mapping[str, Any] = field(default_factory=dict)
+    """Invoicing details: locale, region, tax_exempt, payment provider and method."""
+    anchor: int | None = None
+    """The active subscription's anniversary anchor; ``None``: calendar periods."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -93,6 +119,7 @@ class CustomerRecord:
             "billing_mode": self.billing_mode,
             "overdraft": format(self.overdraft, "f"),
             "spend_limit": None if self.spend_limit is None else format(self.spend_limit, "f"),
+            **{name: self.billing.get(name) for name in BILLING_FIELDS if name in self.billing},
             "subscription": None
             if self.subscription_id is None
             else {
@@ -100,6 +127,7 @@ class CustomerRecord:
                 "plan": self.plan_key,
                 "plan_version": self.plan_version,
                 "start": self.subscription_start,
+                "anchor": "calendar" if self.anchor is None else "anniversary",
             },
         }
 
@@ -273,6 +301,7 @@ class Catalog:
             "billing_mode": record.billing_mode,
             "overdraft": str(record.overdraft),
             "spend_limit": None if record.spend_limit is None else str(record.spend_limit),
+            "billing": dict(record.billing) or None,
         }
         key = and_(t.customers.c.env == record.env, t.customers.c.id == record.id)
         with self.engine.begin() as conn:
@@ -295,6 +324,15 @@ class Catalog:
                 conn.execute(update(t.customers).where(key).values(**values))
         return self.customer(record.env, record.id)
 
+    def set_billing(self, env: str, customer_id: str, values: Mapping[str, Any]) -> None:
+        """Merge invoicing details (a provider's customer id, say) into a customer's."""
+        key = and_(t.customers.c.env == env, t.customers.c.id == customer_id)
+        with self.engine.begin() as conn:
+            current = conn.execute(select(t.customers.c.billing).where(key)).scalar()
+            conn.execute(
+                update(t.customers).where(key).values(billing={**(current or {}), **values})
+            )
+
     def customer(self, env: str, customer_id: str) -> CustomerRecord:
         found = self.customers(env, [customer_id])
         if customer_id not in found:
@@ -311,6 +349,7 @@ class Catalog:
                 s.c.plan_key,
                 s.c.plan_version,
                 s.c.start.label("sub_start"),
+                s.c.anchor,
             )
             .select_from(
                 c.outerjoin(
@@ -330,10 +369,20 @@ class Catalog:
         return {row.id: _customer(row) for row in rows}
 
     def subscribe(
-        self, env: str, customer_id: str, plan_key: str, start: int, now: int
+        self,
+        env: str,
+        customer_id: str,
+        plan_key: str,
+        start: int,
+        now: int,
+        anchor: str = "calendar",
+        discount: Mapping[str, Any] | None = None,
     ) -> tuple[str, int]:
         """Subscribe a customer to the latest version of a plan, ending any subscription it
-        had. Returns (subscription id, plan version)."""
+        had. Returns (subscription id, plan version).
+
+        ``anchor`` ``anniversary`` bills periods from the subscription's start; a plan change
+        keeps the billing cycle of the subscription it replaces."""
         customer = self.customer(env, customer_id)
         with self.engine.begin() as conn:
             version = conn.execute(
@@ -348,11 +397,18 @@ class Catalog:
                     t.plans.c.env == env, t.plans.c.key == plan_key, t.plans.c.version == version
                 )
             ).scalar_one()
-            if definition.get("currency") != customer.currency:
+            plan_currency = definition.get("currency")
+            if plan_currency != customer.currency and not _has_rate(
+                conn, env, plan_currency, customer.currency
+            ):
                 raise Conflict(
-                    f"plan {plan_key!r} is priced in {definition.get('currency')} but customer "
-                    f"{customer_id!r} is billed in {customer.currency}"
+                    f"plan {plan_key!r} is priced in {plan_currency} but customer "
+                    f"{customer_id!r} is billed in {customer.currency}: store an exchange rate "
+                    f"{plan_currency}→{customer.currency} first (POST /v1/exchange-rates)"
                 )
+            stored_anchor = "calendar"
+            if anchor == "anniversary":
+                stored_anchor = str(customer.anchor if customer.anchor is not None else start)
             conn.execute(
                 update(t.subscriptions)
                 .where(
@@ -372,9 +428,28 @@ class Catalog:
                     plan_version=version,
                     start=start,
                     created_at=now,
+                    anchor=stored_anchor,
+                    discount=dict(discount) if discount else None,
                 )
             )
         return sub_id, int(version)
+
+    def subscriptions(
+        self, env: str, customer_ids: Iterable[str] | None = None, before: int | None = None
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Every subscription (ended ones too) per customer, oldest first; with ``before``,
+        only those that started before it."""
+        s = t.subscriptions
+        query = select(s).where(s.c.env == env).order_by(s.c.customer_id, s.c.start, s.c.created_at)
+        if customer_ids is not None:
+            query = query.where(s.c.customer_id.in_(list(customer_ids)))
+        if before is not None:
+            query = query.where(s.c.start < before)
+        out: dict[str, list[dict[str, Any]]] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(query):
+                out.setdefault(row.customer_id, []).append(dict(row._mapping))
+        return out
 
     def grants(self, env: str, customer_id: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
@@ -403,6 +478,8 @@ def _customer(row: Any) -> CustomerRecord:
         plan_version=row.plan_version,
         subscription_id=row.sub_id,
         subscription_start=row.sub_start,
+        billing=row.billing or {},
+        anchor=None if row.anchor in (None, "calendar") else int(row.anchor),
     )
 
 
@@ -440,6 +517,7 @@ def customer_from_json(env: str, doc: Mapping[str, Any]) -> CustomerRecord:
             problems.append(Problem(name, "must be a string"))
     if doc.get("address") is not None and not isinstance(doc["address"], dict):
         problems.append(Problem("address", "must be a JSON object"))
+    billing = _billing_from_json(doc, problems)
     if problems:
         raise InvalidInput("the customer has problems", problems)
     return CustomerRecord(
@@ -454,4 +532,49 @@ def customer_from_json(env: str, doc: Mapping[str, Any]) -> CustomerRecord:
         billing_mode=str(mode),
         overdraft=amounts["overdraft"] or Decimal(0),
         spend_limit=amounts["spend_limit"],
+        billing=billing,
     )
+
+
+def _billing_from_json(doc: Mapping[str, Any], problems: list[Problem]) -> dict[str, Any]:
+    billing: dict[str, Any] = {}
+    for name in ("locale", "region", "exempt_reason", "payment_method", "provider_customer_id"):
+        value = doc.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value or len(value) > 255:
+            problems.append(Problem(name, "must be a string of 1 to 255 characters"))
+            continue
+        billing[name] = value
+    locale = billing.get("locale")
+    if locale is not None:
+        try:
+            Locale.parse(locale)
+        except (ValueError, UnknownLocaleError):
+            problems.append(
+                Problem("locale", f"unknown locale {locale!r}; use e.g. 'en' or 'de_DE'")
+            )
+    if doc.get("tax_exempt") is not None:
+        if not isinstance(doc["tax_exempt"], bool):
+            problems.append(Problem("tax_exempt", "must be true or false"))
+        elif doc["tax_exempt"]:
+            billing["tax_exempt"] = True
+    provider = doc.get("payment_provider")
+    if provider is not None:
+        if provider not in PAYMENT_PROVIDERS:
+            problems.append(
+                Problem("payment_provider", f"must be one of {', '.join(PAYMENT_PROVIDERS)}")
+            )
+        else:
+            billing["payment_provider"] = provider
+    return billing
+
+
+def _has_rate(conn: Any, env: str, base: object, quote: str) -> bool:
+    rates = t.exchange_rates
+    found = conn.execute(
+        select(rates.c.rate)
+        .where(rates.c.env == env, rates.c.base == base, rates.c.quote == quote)
+        .limit(1)
+    ).first()
+    return found is not None

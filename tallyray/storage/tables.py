@@ -77,6 +77,9 @@ customers = Table(
     Column("overdraft", String(50), nullable=False),
     Column("spend_limit", String(50)),
     Column("created_at", Micros, nullable=False),
+    # Invoicing details: locale, region, tax_exempt, exempt_reason, payment_provider,
+    # payment_method, provider_customer_id (JSON, so adding one needs no migration).
+    Column("billing", Json),
     PrimaryKeyConstraint("env", "id"),
 )
 
@@ -91,6 +94,8 @@ subscriptions = Table(
     Column("start", Micros, nullable=False),
     Column("end", Micros),
     Column("created_at", Micros, nullable=False),
+    Column("anchor", String(16), nullable=False, server_default="calendar"),
+    Column("discount", Json),
     Index("ix_subscriptions_customer", "env", "customer_id"),
 )
 
@@ -165,4 +170,150 @@ account_checkpoints = Table(
     Column("taken_at", Micros, nullable=False),
     PrimaryKeyConstraint("env", "customer_id"),
     Index("ix_account_checkpoints_shard", "shard"),
+)
+
+# -- invoicing ---------------------------------------------------------------------------------
+
+period_closes = Table(
+    "period_closes",
+    metadata,
+    # Periods of ``env`` that ended at or before ``cutoff`` are closed on this shard.
+    Column("shard", Integer, nullable=False),
+    Column("env", String(8), nullable=False),
+    Column("cutoff", Micros, nullable=False),
+    Column("closed_at", Micros, nullable=False),
+    PrimaryKeyConstraint("shard", "env"),
+)
+
+billing_periods = Table(
+    "billing_periods",
+    metadata,
+    # A closed period's final checkpoint: what the invoice prices. A period without a row had
+    # no usage.
+    Column("env", String(8), nullable=False),
+    Column("customer_id", String(255), nullable=False),
+    Column("start", Micros, nullable=False),
+    Column("end", Micros, nullable=False),
+    Column("shard", Integer, nullable=False),
+    Column("usage", Json, nullable=False),
+    Column("spend", String(50), nullable=False),
+    Column("costs", Json, nullable=False),
+    Column("burned", Json, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("closed_at", Micros, nullable=False),
+    PrimaryKeyConstraint("env", "customer_id", "start"),
+)
+
+exchange_rates = Table(
+    "exchange_rates",
+    metadata,
+    Column("env", String(8), nullable=False),
+    Column("base", String(3), nullable=False),
+    Column("quote", String(3), nullable=False),
+    Column("as_of", Micros, nullable=False),
+    Column("rate", String(50), nullable=False),
+    Column("source", String(200), nullable=False),
+    Column("created_at", Micros, nullable=False),
+    PrimaryKeyConstraint("env", "base", "quote", "as_of"),
+)
+
+invoice_runs = Table(
+    "invoice_runs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("env", String(8), nullable=False),
+    Column("until", Micros, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("options", Json, nullable=False),
+    Column("customers", Integer, nullable=False),
+    Column("done", Integer, nullable=False),
+    Column("invoices", Integer, nullable=False),
+    Column("errors", Json, nullable=False),
+    Column("created_at", Micros, nullable=False),
+    Column("finished_at", Micros),
+    Index("ix_invoice_runs_env", "env", "created_at"),
+)
+
+invoices = Table(
+    "invoices",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("env", String(8), nullable=False),
+    Column("customer_id", String(255), nullable=False),
+    Column("period_start", Micros, nullable=False),
+    Column("period_end", Micros, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("number", String(64)),
+    Column("currency", String(3), nullable=False),
+    Column("total", String(50), nullable=False),
+    Column("amount_due", String(50), nullable=False),
+    Column("document", Json, nullable=False),
+    Column("run_id", String(40)),
+    Column("payment_provider", String(16)),
+    Column("payment_reference", String(255)),
+    Column("payment_attempts", Integer, nullable=False),
+    Column("next_attempt_at", Micros),
+    Column("created_at", Micros, nullable=False),
+    Column("finalized_at", Micros),
+    Column("paid_at", Micros),
+    Column("closed_at", Micros),
+    # Idempotency of invoice runs: one invoice per customer and period, ever.
+    UniqueConstraint("env", "customer_id", "period_start", name="uq_invoices_period"),
+    UniqueConstraint("env", "number", name="uq_invoices_number"),
+    Index("ix_invoices_status", "env", "status", "next_attempt_at"),
+)
+
+credit_notes = Table(
+    "credit_notes",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("env", String(8), nullable=False),
+    Column("invoice_id", String(40), nullable=False),
+    Column("number", String(64), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("total", String(50), nullable=False),
+    Column("document", Json, nullable=False),
+    Column("created_at", Micros, nullable=False),
+    UniqueConstraint("env", "number", name="uq_credit_notes_number"),
+    Index("ix_credit_notes_invoice", "env", "invoice_id"),
+)
+
+document_numbers = Table(
+    "document_numbers",
+    metadata,
+    # The next number of each sequence, taken in the transaction that issues the document:
+    # a rolled-back issue rolls the number back too, so numbers have no gaps.
+    Column("env", String(8), nullable=False),
+    Column("entity", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("next", BigInteger, nullable=False),
+    PrimaryKeyConstraint("env", "entity", "kind"),
+)
+
+payments = Table(
+    "payments",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("env", String(8), nullable=False),
+    Column("invoice_id", String(40), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("provider", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("reference", String(255)),
+    Column("detail", Json, nullable=False),
+    Column("created_at", Micros, nullable=False),
+    Index("ix_payments_invoice", "env", "invoice_id"),
+)
+
+provider_events = Table(
+    "provider_events",
+    metadata,
+    # Each provider webhook event is processed once.
+    Column("provider", String(16), nullable=False),
+    Column("event_id", String(255), nullable=False),
+    Column("env", String(8), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("invoice_id", String(40)),
+    Column("received_at", Micros, nullable=False),
+    PrimaryKeyConstraint("provider", "event_id"),
 )

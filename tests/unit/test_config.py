@@ -397,7 +397,7 @@ def test_unknown_top_level_field_names_the_field() -> None:
     doc["meter"] = doc.pop("meters")  # typo
     problems = problems_of(doc)
     assert "meter" in problems
-    assert problems["meter"].startswith("unknown field (known: customers, meters, plans")
+    assert problems["meter"].startswith("unknown field (known: customers, invoicing, meters, plans")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,294 @@
+"""Adyen: a Checkout ``POST /payments`` per attempt with a stored card, and HMAC-signed
+standard notifications.
+
+:meth:`AdyenProvider.collect` sends the stored payment method as a merchant-initiated
+(``ContAuth``, ``UnscheduledCardOnFile``) payment whose ``reference`` is our invoice id, with the
+idempotency key ``"<invoice id>:<attempt>"``. How Adyen's answers map:
+
+====================================  ===============================================
+Adyen says                            Tallyray
+====================================  ===============================================
+``Authorised``                        ``succeeded``
+``Refused``, ``Error``, ``Cancelled``  ``failed``, code ``refused:<refusalReasonCode>``
+``Pending``, ``Received``, others     ``pending`` (a notification settles it)
+401 / 403, 400 / 422                  ProviderUnavailable: a configuration problem
+404, 5xx, network errors              ProviderUnavailable: retry the same attempt
+====================================  ===============================================
+
+The SDK builds its URLs from fixed hosts; :func:`_checkout_payments` is the one place that
+points it at ``api_base`` instead (a live endpoint prefix, or a local fake in tests).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import Adyen
+from Adyen.services.checkout import PaymentsApi
+
+from tallyray.errors import ConfigError, Problem, ProviderUnavailable, SignatureError
+from tallyray.invoicing.payments.base import (
+    AmountRules,
+    PaymentRequest,
+    PaymentResult,
+    ProviderEvent,
+)
+
+__all__ = ["ADYEN_AMOUNTS", "AdyenProvider"]
+
+# fmt: off
+_ZERO_DECIMAL = (
+    "BYR", "CVE", "DJF", "GHC", "GNF", "IDR", "JPY", "KMF", "KRW",
+    "PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF",
+)
+_THREE_DECIMAL = ("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND")
+# fmt: on
+
+#: Adyen's table of decimals (https://docs.adyen.com/development-resources/currency-codes):
+#: it differs from ISO 4217 for CLP (2) and CVE (0), and from CLDR for IDR, IQD, COP, HUF.
+#: Adyen's sources disagree on ISK (0 or 2): a 100× error is worse than no payment.
+ADYEN_AMOUNTS = AmountRules(
+    provider="Adyen",
+    default_digits=2,
+    digits={
+        **dict.fromkeys(_ZERO_DECIMAL, 0),
+        **dict.fromkeys(_THREE_DECIMAL, 3),
+        "MRO": 1,
+    },
+    refused={"ISK": "Adyen's documented decimals for ISK are ambiguous (0 or 2)"},
+)
+
+_SUCCEEDED = frozenset({"Authorised"})
+_FAILED = frozenset({"Refused", "Error", "Cancelled"})
+
+
+class AdyenProvider:
+    """Collects invoices through Adyen Checkout and reads Adyen standard notifications.
+
+    ``api_base`` replaces the Checkout host (a local fake in tests); the SDK's own API version
+    path is appended to it. ``None`` uses Adyen's test host, or, when ``live``, the live host
+    named by ``live_endpoint_prefix`` (required when ``live``).
+    """
+
+    name = "adyen"
+
+    def __init__(
+        self,
+        api_key: str,
+        merchant_account: str,
+        hmac_key: str,
+        api_base: str | None = None,
+        live: bool = False,
+        *,
+        live_endpoint_prefix: str | None = None,
+        timeout_seconds: int = 30,
+    ) -> None:
+        problems = []
+        if not api_key or not api_key.strip():
+            problems.append(Problem("api_key", "is empty: use an API key of a web service user"))
+        if not merchant_account or not merchant_account.strip():
+            problems.append(Problem("merchant_account", "is empty"))
+        try:
+            if not bytes.fromhex(hmac_key):
+                raise ValueError
+        except (TypeError, ValueError):
+            problems.append(
+                Problem(
+                    "hmac_key", "must be the webhook's HMAC key, in hexadecimal as Adyen shows it"
+                )
+            )
+        if live and not live_endpoint_prefix:
+            problems.append(
+                Problem(
+                    "live_endpoint_prefix",
+                    "is needed for live payments: Customer Area > Developers > API URLs",
+                )
+            )
+        if problems:
+            raise ConfigError.of(problems)
+        self._merchant_account = merchant_account
+        self._hmac_key = hmac_key
+        client = Adyen.AdyenClient(
+            xapikey=api_key,
+            platform="live" if live else "test",
+            merchant_account=merchant_account,
+            live_endpoint_prefix=live_endpoint_prefix,
+            http_timeout=timeout_seconds,
+        )
+        self._payments = _checkout_payments(client, api_base)
+
+    def close(self) -> None:
+        """Nothing to release: the SDK opens and closes a session per request."""
+
+    def __enter__(self) -> AdyenProvider:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- collecting ----------------------------------------------------------------------
+
+    def collect(self, request: PaymentRequest) -> PaymentResult:
+        value = ADYEN_AMOUNTS.provider_units(request.amount, request.currency)
+        shopper = request.provider_customer_id or request.customer_id
+        if not request.payment_method:
+            return PaymentResult(
+                provider=self.name,
+                status="failed",
+                reference=None,
+                provider_customer_id=shopper,
+                amount_minor=value,
+                failure_code="payment_method_missing",
+                failure_message="the customer has no stored payment method",
+            )
+        body: dict[str, Any] = {
+            "amount": {"value": value, "currency": request.currency},
+            "reference": request.invoice_id,
+            "merchantAccount": self._merchant_account,
+            "shopperReference": shopper,
+            "paymentMethod": {"type": "scheme", "storedPaymentMethodId": request.payment_method},
+            "shopperInteraction": "ContAuth",
+            "recurringProcessingModel": "UnscheduledCardOnFile",
+            "metadata": {
+                "tallyray_invoice_id": request.invoice_id,
+                "invoice_number": request.invoice_number,
+            },
+        }
+        if request.customer_email:
+            body["shopperEmail"] = request.customer_email
+        try:
+            result = self._payments.payments(body, idempotency_key=request.idempotency_key)
+        except Adyen.AdyenError as e:
+            raise _unavailable(e) from e
+        except OSError as e:  # requests' errors are OSErrors; the SDK does not wrap them
+            raise ProviderUnavailable(f"cannot reach Adyen: {e}") from e
+        answer = result.message if isinstance(result.message, dict) else {}
+        return self._result(answer, shopper, value)
+
+    def _result(self, answer: dict[str, Any], shopper: str, value: int) -> PaymentResult:
+        code = str(answer.get("resultCode", ""))
+        reference = answer.get("pspReference")
+        if code in _FAILED:
+            reason_code = answer.get("refusalReasonCode")
+            return PaymentResult(
+                provider=self.name,
+                status="failed",
+                reference=str(reference) if reference else None,
+                provider_customer_id=shopper,
+                amount_minor=value,
+                failure_code=code.lower() + (f":{reason_code}" if reason_code else ""),
+                failure_message=str(answer.get("refusalReason") or code),
+            )
+        return PaymentResult(
+            provider=self.name,
+            status="succeeded" if code in _SUCCEEDED else "pending",
+            reference=str(reference) if reference else None,
+            provider_customer_id=shopper,
+            amount_minor=value,
+        )
+
+    # -- webhooks ------------------------------------------------------------------------
+
+    def parse_webhook(
+        self, headers: Mapping[str, str], body: bytes, now: int
+    ) -> list[ProviderEvent]:
+        """Every item is checked with its ``additionalData.hmacSignature``; one bad item
+        rejects the whole delivery (Adyen then retries it). Adyen signs no timestamp, so
+        ``now`` is unused: replays are caught by processing each ``event_id`` once."""
+        try:
+            notification = json.loads(body)
+            items = [
+                entry["NotificationRequestItem"] for entry in notification["notificationItems"]
+            ]
+        except (ValueError, KeyError, TypeError):
+            raise SignatureError(
+                "not an Adyen notification (JSON with notificationItems): cannot check it"
+            ) from None
+        live = notification.get("live")
+        livemode = (
+            {"true": True, "false": False}.get(str(live).lower()) if live is not None else None
+        )
+        events = []
+        for index, item in enumerate(items):
+            self._verify(item, index)
+            events.append(_event(item, livemode))
+        return events
+
+    def _verify(self, item: Any, index: int) -> None:
+        where = f"notificationItems[{index}]"
+        if not isinstance(item, dict):
+            raise SignatureError(f"{where} is not an object")
+        additional = item.get("additionalData")
+        if not isinstance(additional, dict) or not additional.get("hmacSignature"):
+            raise SignatureError(f"{where} has no additionalData.hmacSignature")
+        try:
+            valid = Adyen.util.is_valid_hmac_notification(item, self._hmac_key)
+        except (KeyError, TypeError, ValueError):
+            raise SignatureError(f"{where} lacks the fields its signature covers") from None
+        if not valid:
+            raise SignatureError(f"{where}: the HMAC signature does not match")
+
+
+def _event(item: dict[str, Any], livemode: bool | None) -> ProviderEvent:
+    psp = str(item.get("pspReference", ""))
+    code = str(item.get("eventCode", ""))
+    success = str(item.get("success", "")).lower()
+    if code == "AUTHORISATION" and success == "true":
+        kind = "payment.succeeded"
+    elif code == "AUTHORISATION" and success == "false":
+        kind = "payment.failed"
+    else:
+        kind = "ignored"
+    reference = item.get("merchantReference")
+    return ProviderEvent(
+        provider="adyen",
+        event_id=f"{psp}:{code}:{success}",
+        kind=kind,
+        livemode=livemode,
+        invoice_id=str(reference) if reference else None,
+        reference=psp or None,
+        failure_message=str(item.get("reason") or "refused") if kind == "payment.failed" else None,
+    )
+
+
+def _checkout_payments(client: Adyen.AdyenClient, api_base: str | None) -> PaymentsApi:
+    """The SDK's Checkout payments service, sent to ``api_base`` when one is given.
+
+    The SDK keeps each service's versioned URL in ``baseUrl``
+    (``https://checkout-test.adyen.com/v72``); we keep its version path and swap the origin.
+    """
+    payments = PaymentsApi(client=client)
+    if api_base:
+        version = urlsplit(payments.baseUrl).path  # "/v72"
+        payments.baseUrl = api_base.rstrip("/") + version
+    return payments
+
+
+def _unavailable(error: Adyen.AdyenError) -> ProviderUnavailable:
+    message = error.message
+    if isinstance(message, dict):
+        text = str(message.get("message") or message)
+        code = message.get("errorCode")
+        detail = f"{text} (errorCode {code})" if code else text
+    else:
+        detail = str(message)
+    status = getattr(error, "status_code", "")
+    if isinstance(error, Adyen.AdyenAPIAuthenticationError | Adyen.AdyenAPIInvalidPermission):
+        return ProviderUnavailable(
+            f"Adyen rejected the API key (HTTP {status}): {detail}. This is a configuration "
+            "problem: check TALLYRAY_ADYEN_API_KEY and TALLYRAY_ADYEN_MERCHANT_ACCOUNT"
+        )
+    if isinstance(
+        error,
+        Adyen.AdyenAPIValidationError
+        | Adyen.AdyenAPIUnprocessableEntity
+        | Adyen.AdyenInvalidRequestError,
+    ):
+        return ProviderUnavailable(
+            f"Adyen rejected the request as invalid (HTTP {status}): {detail}. This is a "
+            "configuration or data problem; retrying will not help"
+        )
+    return ProviderUnavailable(f"Adyen failed on its side (HTTP {status}): {detail}")

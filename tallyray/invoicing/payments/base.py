@@ -1,0 +1,239 @@
+"""What every payment provider looks like from the invoicing side, and amounts in minor units.
+
+A provider does two things: it *collects* an invoice's amount due (:meth:`PaymentProvider.collect`)
+and it *reads its webhooks* (:meth:`PaymentProvider.parse_webhook`). Everything provider-specific
+(SDK calls, wire formats, error types) stays inside its adapter module; invoicing sees only the
+frozen types below.
+
+Amounts cross this boundary as :class:`~decimal.Decimal` in the invoice's currency. Integer
+minor units (``1234`` cents) exist only inside adapters, made by :func:`to_minor_units` or by a
+provider's :class:`AmountRules` when its table of decimals departs from ISO 4217 / CLDR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol
+
+from tallyray.errors import CurrencyError, InvalidInput, ProviderUnavailable
+from tallyray.pricing.money import PRICING_CONTEXT, currency
+
+__all__ = [
+    "EVENT_KINDS",
+    "PAYMENT_STATUSES",
+    "AmountRules",
+    "PaymentProvider",
+    "PaymentRequest",
+    "PaymentResult",
+    "ProviderEvent",
+    "to_minor_units",
+]
+
+#: What :meth:`PaymentProvider.collect` can report.
+PAYMENT_STATUSES = frozenset({"succeeded", "pending", "failed"})
+
+#: What a webhook event can mean to invoicing.
+EVENT_KINDS = frozenset({"payment.succeeded", "payment.failed", "ignored"})
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentRequest:
+    """One attempt to collect one invoice's amount due."""
+
+    invoice_id: str
+    invoice_number: str
+    #: Amount due in ``currency``, already rounded to its minor unit.
+    amount: Decimal
+    currency: str
+    customer_id: str
+    customer_email: str | None
+    customer_name: str | None
+    #: The provider's customer reference stored from an earlier :class:`PaymentResult`.
+    provider_customer_id: str | None
+    #: A stored payment method: ``"pm_..."`` (Stripe), a ``storedPaymentMethodId`` (Adyen).
+    payment_method: str | None
+    #: 1, 2, ...: with ``invoice_id`` it makes the idempotency key. Retry a
+    #: :class:`~tallyray.errors.ProviderUnavailable` with the *same* attempt.
+    attempt: int
+    description: str
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.invoice_id}:{self.attempt}"
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentResult:
+    """What a provider said about one attempt. Declines are results, not exceptions."""
+
+    provider: str
+    #: ``"succeeded"``, ``"pending"`` (a webhook settles it later) or ``"failed"``.
+    status: str
+    #: The provider's payment reference: a PaymentIntent id, a pspReference, an invoice number.
+    reference: str | None
+    #: To store on the customer and pass back next time.
+    provider_customer_id: str | None
+    #: The amount sent, in the provider's own minor units (see :class:`AmountRules`).
+    amount_minor: int | None
+    failure_code: str | None = None
+    failure_message: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in PAYMENT_STATUSES:
+            raise ValueError(f"unknown payment status {self.status!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "status": self.status,
+            "reference": self.reference,
+            "provider_customer_id": self.provider_customer_id,
+            "amount_minor": self.amount_minor,
+            "failure_code": self.failure_code,
+            "failure_message": self.failure_message,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderEvent:
+    """One verified webhook event, reduced to what invoicing needs."""
+
+    provider: str
+    #: Unique per provider: process each event once.
+    event_id: str
+    #: ``"payment.succeeded"``, ``"payment.failed"`` or ``"ignored"``.
+    kind: str
+    #: Stripe ``livemode`` / Adyen ``live``: which environment sent it.
+    livemode: bool | None
+    #: Our invoice id, from the payment's metadata (Stripe) or merchantReference (Adyen).
+    invoice_id: str | None
+    reference: str | None
+    failure_message: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in EVENT_KINDS:
+            raise ValueError(f"unknown event kind {self.kind!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "event_id": self.event_id,
+            "kind": self.kind,
+            "livemode": self.livemode,
+            "invoice_id": self.invoice_id,
+            "reference": self.reference,
+            "failure_message": self.failure_message,
+        }
+
+
+class PaymentProvider(Protocol):
+    """A payment service provider behind one adapter."""
+
+    name: str
+
+    def collect(self, request: PaymentRequest) -> PaymentResult:
+        """Charge the stored payment method, once per ``request.idempotency_key``.
+
+        Raises :class:`~tallyray.errors.ProviderUnavailable` when the provider cannot be
+        reached or fails on its side (retry with the same attempt), or rejects our
+        credentials or request (the message says it is a configuration problem).
+        """
+        ...
+
+    def parse_webhook(
+        self, headers: Mapping[str, str], body: bytes, now: int
+    ) -> list[ProviderEvent]:
+        """The events in one webhook delivery, after checking its signature.
+
+        ``headers`` have lower-case names, ``body`` is the raw request body and ``now`` is
+        the time in unix microseconds. Raises :class:`~tallyray.errors.SignatureError` saying
+        what is wrong when the signature is missing, wrong or stale.
+        """
+        ...
+
+
+def to_minor_units(amount: Decimal, currency_code: str, *, digits: int | None = None) -> int:
+    """``amount`` as an integer count of minor units, exactly.
+
+    EUR 12.34 → 1234, JPY 1234 → 1234, KWD 1.235 → 1235. ``digits`` defaults to the
+    currency's minor unit (:func:`tallyray.pricing.money.currency`); an adapter passes its
+    provider's own number where that differs. :class:`ValueError` when the amount has more
+    decimal places than ``digits`` allows: nothing is ever rounded here.
+    """
+    if isinstance(amount, bool) or not isinstance(amount, Decimal):
+        raise TypeError(f"amount must be a Decimal, not {type(amount).__name__}")
+    if not amount.is_finite():
+        raise ValueError(f"amount {amount} is not a finite number")
+    places = currency(currency_code).minor_units if digits is None else digits
+    scaled = amount.scaleb(places, context=PRICING_CONTEXT)
+    if scaled != scaled.to_integral_value(context=PRICING_CONTEXT):
+        raise ValueError(
+            f"{amount} {currency_code} has more decimal places than the {places} "
+            f"that {currency_code} allows here"
+        )
+    return int(scaled)
+
+
+@dataclass(frozen=True, slots=True)
+class AmountRules:
+    """How one provider writes amounts as integers.
+
+    Providers publish their own table of decimals per currency, and it is not always ISO 4217
+    or CLDR: Stripe reads ``ISK 100`` as one króna, Adyen reads ``CLP 100`` as one peso. Each
+    adapter states its table once, here, so a 100× mistake cannot hide in a multiplication.
+    """
+
+    provider: str
+    #: Decimals of every currency not listed in ``digits``.
+    default_digits: int = 2
+    digits: Mapping[str, int] = field(default_factory=dict)
+    #: Integer amounts that must be a multiple of this (Stripe: KWD in tens of fils).
+    multiple_of: Mapping[str, int] = field(default_factory=dict)
+    #: Currencies this adapter will not charge, and why.
+    refused: Mapping[str, str] = field(default_factory=dict)
+
+    def digits_for(self, currency_code: str) -> int:
+        return self.digits.get(currency_code, self.default_digits)
+
+    def minor_units(self, amount: Decimal, currency_code: str) -> int:
+        """The integer the provider expects for ``amount``; :class:`CurrencyError` when the
+        provider cannot take that exact amount, :class:`InvalidInput` when it is not positive."""
+        currency(currency_code)  # unknown codes fail here, with the usual message
+        if currency_code in self.refused:
+            raise CurrencyError(
+                f"{self.provider} payments in {currency_code} are not supported by Tallyray: "
+                f"{self.refused[currency_code]}"
+            )
+        if not amount > 0:
+            raise InvalidInput(f"nothing to collect: the amount due is {amount} {currency_code}")
+        places = self.digits_for(currency_code)
+        try:
+            minor = to_minor_units(amount, currency_code, digits=places)
+        except ValueError:
+            raise CurrencyError(
+                f"{self.provider} takes {currency_code} amounts with {places} decimal places; "
+                f"{amount} {currency_code} has more and cannot be charged exactly"
+            ) from None
+        step = self.multiple_of.get(currency_code, 1)
+        if minor % step:
+            quantum = Decimal(step).scaleb(-places)
+            raise CurrencyError(
+                f"{self.provider} takes {currency_code} only in multiples of "
+                f"{quantum:f} {currency_code}; {amount} {currency_code} is not one. Round the "
+                f"invoice total to {quantum:f} or collect it another way (see docs/payments.md)"
+            )
+        return minor
+
+    def provider_units(self, amount: Decimal, currency_code: str) -> int:
+        """:meth:`minor_units` for ``collect``: an amount the provider cannot take is, like any
+        request it would reject, a :class:`ProviderUnavailable` that names the configuration
+        problem. Nothing is sent to the provider. An unknown code stays a CurrencyError."""
+        currency(currency_code)
+        try:
+            return self.minor_units(amount, currency_code)
+        except CurrencyError as e:
+            raise ProviderUnavailable(
+                f"{e.message}. This is a configuration problem: retrying will not help"
+            ) from e

@@ -1,0 +1,320 @@
+"""Stripe: an off-session PaymentIntent per attempt, and signed webhooks.
+
+:meth:`StripeProvider.collect` creates a Stripe customer the first time (its id comes back in
+:attr:`PaymentResult.provider_customer_id` to be stored), then creates and confirms a
+PaymentIntent with the idempotency key ``"<invoice id>:<attempt>"``: a retried attempt can never
+charge twice. How Stripe's answers map to results and errors:
+
+================================================  =============================================
+Stripe says                                       Tallyray
+================================================  =============================================
+PaymentIntent ``succeeded``                       ``succeeded``
+``requires_action``, ``processing``, ...          ``pending`` (a webhook settles it)
+402 ``card_error`` (decline, authentication)      ``failed`` with Stripe's code and message
+400 about the payment method, amount too small    ``failed``
+401 / 403 / other 400                             ProviderUnavailable: a configuration problem
+429, 5xx, network errors                          ProviderUnavailable: retry the same attempt
+================================================  =============================================
+
+The SDK's own HTTP client is ``requests``, with a small, pinned number of network retries (the
+idempotency key makes them safe). :meth:`StripeProvider.close` releases its connections.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import stripe
+
+from tallyray.errors import ConfigError, Problem, ProviderUnavailable, SignatureError
+from tallyray.invoicing.payments.base import (
+    AmountRules,
+    PaymentRequest,
+    PaymentResult,
+    ProviderEvent,
+)
+
+__all__ = ["STRIPE_AMOUNTS", "StripeProvider"]
+
+# fmt: off
+_ZERO_DECIMAL = (
+    "BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA",
+    "PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF",
+)
+_THREE_DECIMAL = ("BHD", "JOD", "KWD", "OMR", "TND")
+# fmt: on
+
+#: Stripe's table of decimals (https://docs.stripe.com/currencies). Three-decimal amounts
+#: must end in 0 ("round to the nearest ten"): we refuse rather than round, see
+#: docs/payments.md. ISK stays two-decimal in Stripe's API but must be whole krónur.
+STRIPE_AMOUNTS = AmountRules(
+    provider="Stripe",
+    default_digits=2,
+    digits={**dict.fromkeys(_ZERO_DECIMAL, 0), **dict.fromkeys(_THREE_DECIMAL, 3)},
+    multiple_of={**dict.fromkeys(_THREE_DECIMAL, 10), "ISK": 100},
+)
+
+#: PaymentIntent statuses that a later webhook will settle.
+_PENDING = frozenset({"requires_action", "processing", "requires_confirmation", "requires_capture"})
+
+#: Stripe event type → our event kind; every other type is ``"ignored"``.
+_EVENT_KINDS = {
+    "payment_intent.succeeded": "payment.succeeded",
+    "payment_intent.payment_failed": "payment.failed",
+}
+
+#: Invalid-request codes that mean "this payment cannot be made", not "we are misconfigured".
+_FAILED_REQUEST_CODES = frozenset({"amount_too_small", "amount_too_large"})
+
+
+class StripeProvider:
+    """Collects invoices through Stripe PaymentIntents and reads Stripe webhooks.
+
+    ``api_base`` points the SDK at another host (a local fake in tests); ``None`` is
+    ``https://api.stripe.com``. ``tolerance_seconds`` bounds how far a webhook's signed
+    timestamp may be from ``now``, either way.
+    """
+
+    name = "stripe"
+
+    def __init__(
+        self,
+        api_key: str,
+        webhook_secret: str,
+        api_base: str | None = None,
+        tolerance_seconds: int = 300,
+        *,
+        max_network_retries: int = 1,
+        timeout_seconds: float = 30.0,
+    ) -> None:
+        problems = []
+        if not api_key or not api_key.strip():
+            problems.append(
+                Problem("api_key", "is empty: use a secret key, sk_live_... or sk_test_...")
+            )
+        if not webhook_secret or not webhook_secret.strip():
+            problems.append(
+                Problem("webhook_secret", "is empty: use the endpoint's signing secret, whsec_...")
+            )
+        if tolerance_seconds <= 0:
+            problems.append(Problem("tolerance_seconds", "must be a positive number of seconds"))
+        if max_network_retries < 0:
+            problems.append(Problem("max_network_retries", "must be 0 or more"))
+        if problems:
+            raise ConfigError.of(problems)
+        self._webhook_secret = webhook_secret
+        self._tolerance_seconds = tolerance_seconds
+        self._http = stripe.RequestsClient(timeout=timeout_seconds)
+        self._client = stripe.StripeClient(
+            api_key,
+            base_addresses={"api": api_base.rstrip("/")} if api_base else None,
+            max_network_retries=max_network_retries,
+            http_client=self._http,
+        )
+
+    def close(self) -> None:
+        """Close the HTTP connections this thread opened."""
+        self._http.close()  # type: ignore[no-untyped-call]  # the SDK leaves it unannotated
+
+    def __enter__(self) -> StripeProvider:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- collecting ----------------------------------------------------------------------
+
+    def collect(self, request: PaymentRequest) -> PaymentResult:
+        amount_minor = STRIPE_AMOUNTS.provider_units(request.amount, request.currency)
+        try:
+            customer_id = request.provider_customer_id or self._create_customer(request)
+        except stripe.StripeError as e:
+            raise _unavailable(e) from e
+        if not request.payment_method:
+            return PaymentResult(
+                provider=self.name,
+                status="failed",
+                reference=None,
+                provider_customer_id=customer_id,
+                amount_minor=amount_minor,
+                failure_code="payment_method_missing",
+                failure_message="the customer has no stored payment method",
+            )
+        try:
+            intent = self._client.v1.payment_intents.create(
+                params={
+                    "amount": amount_minor,
+                    "currency": request.currency.lower(),
+                    "customer": customer_id,
+                    "payment_method": request.payment_method,
+                    "off_session": True,
+                    "confirm": True,
+                    # Server-side confirmation cannot follow a redirect.
+                    "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
+                    "description": request.description,
+                    "metadata": {
+                        "tallyray_invoice_id": request.invoice_id,
+                        "invoice_number": request.invoice_number,
+                    },
+                },
+                options={"idempotency_key": request.idempotency_key},
+            )
+        except stripe.CardError as e:
+            return self._declined(e, customer_id, amount_minor)
+        except stripe.InvalidRequestError as e:
+            if e.code in _FAILED_REQUEST_CODES or getattr(e, "param", None) == "payment_method":
+                return self._declined(e, customer_id, amount_minor)
+            raise _unavailable(e) from e
+        except stripe.StripeError as e:
+            raise _unavailable(e) from e
+        return self._result(intent, amount_minor)
+
+    def _create_customer(self, request: PaymentRequest) -> str:
+        params: dict[str, Any] = {"metadata": {"tallyray_customer_id": request.customer_id}}
+        if request.customer_email:
+            params["email"] = request.customer_email
+        if request.customer_name:
+            params["name"] = request.customer_name
+        customer = self._client.v1.customers.create(
+            params=params,  # type: ignore[arg-type]  # a plain dict of the documented keys
+            # Tied to the attempt, so retrying it after an outage reuses the customer.
+            options={"idempotency_key": f"{request.idempotency_key}:customer"},
+        )
+        return str(customer.id)
+
+    def _result(self, intent: stripe.PaymentIntent, amount_minor: int) -> PaymentResult:
+        status = intent.status
+        customer = intent.customer
+        customer_id = customer if isinstance(customer, str) or customer is None else customer.id
+        if status == "succeeded":
+            outcome = "succeeded"
+        elif status in _PENDING:
+            outcome = "pending"
+        else:  # requires_payment_method after a failed confirmation, canceled
+            error = intent.last_payment_error
+            return PaymentResult(
+                provider=self.name,
+                status="failed",
+                reference=intent.id,
+                provider_customer_id=customer_id,
+                amount_minor=amount_minor,
+                failure_code=(error.code if error else None) or status,
+                failure_message=(error.message if error else None)
+                or f"the PaymentIntent is {status}",
+            )
+        return PaymentResult(
+            provider=self.name,
+            status=outcome,
+            reference=intent.id,
+            provider_customer_id=customer_id,
+            amount_minor=amount_minor,
+        )
+
+    def _declined(
+        self, error: stripe.StripeError, customer_id: str, amount_minor: int
+    ) -> PaymentResult:
+        """A failed result from a 402 card error or a 400 about this payment."""
+        body = error.json_body if isinstance(error.json_body, dict) else {}
+        details = body.get("error")
+        details = details if isinstance(details, dict) else {}
+        intent = details.get("payment_intent")
+        message = error.user_message or "the payment was declined"
+        if details.get("decline_code"):
+            message = f"{message} (decline code: {details['decline_code']})"
+        return PaymentResult(
+            provider=self.name,
+            status="failed",
+            reference=str(intent["id"]) if isinstance(intent, dict) and "id" in intent else None,
+            provider_customer_id=customer_id,
+            amount_minor=amount_minor,
+            failure_code=error.code or "card_error",
+            failure_message=message,
+        )
+
+    # -- webhooks ------------------------------------------------------------------------
+
+    def parse_webhook(
+        self, headers: Mapping[str, str], body: bytes, now: int
+    ) -> list[ProviderEvent]:
+        header = headers.get("stripe-signature")
+        if not header:
+            raise SignatureError("missing Stripe-Signature header")
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SignatureError("the webhook body is not UTF-8 text") from None
+        # The SDK checks the HMAC; the timestamp check is ours, against the ``now`` passed
+        # in (the SDK would read time.time(), and only reject timestamps in the past).
+        try:
+            stripe.WebhookSignature.verify_header(text, header, self._webhook_secret, None)
+        except stripe.SignatureVerificationError as e:
+            raise SignatureError(f"Stripe-Signature does not verify: {e.user_message}") from None
+        signed_at = _signed_timestamp(header)
+        age = now // 1_000_000 - signed_at
+        if abs(age) > self._tolerance_seconds:
+            raise SignatureError(
+                f"Stripe-Signature timestamp {signed_at} is {abs(age)} s "
+                f"{'old' if age > 0 else 'in the future'}, outside the tolerance of "
+                f"{self._tolerance_seconds} s"
+            )
+        try:
+            event = json.loads(text)
+            event_id, event_type = str(event["id"]), str(event["type"])
+            obj = event.get("data", {}).get("object", {})
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise SignatureError("a signed body that is not a Stripe event") from None
+        kind = _EVENT_KINDS.get(event_type, "ignored")
+        metadata = obj.get("metadata") if isinstance(obj, dict) else None
+        invoice_id = metadata.get("tallyray_invoice_id") if isinstance(metadata, dict) else None
+        if not invoice_id:
+            kind = "ignored"  # a payment Tallyray did not start
+        failure = None
+        if kind == "payment.failed":
+            error = obj.get("last_payment_error")
+            failure = str(error.get("message")) if isinstance(error, dict) else None
+        livemode = event.get("livemode")
+        return [
+            ProviderEvent(
+                provider=self.name,
+                event_id=event_id,
+                kind=kind,
+                livemode=livemode if isinstance(livemode, bool) else None,
+                invoice_id=str(invoice_id) if invoice_id else None,
+                reference=str(obj["id"]) if isinstance(obj, dict) and "id" in obj else None,
+                failure_message=failure,
+            )
+        ]
+
+
+def _signed_timestamp(header: str) -> int:
+    """The ``t=`` of a Stripe-Signature header the SDK has already accepted."""
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t":
+            return int(value)
+    raise SignatureError("Stripe-Signature has no timestamp")  # pragma: no cover
+
+
+def _unavailable(error: stripe.StripeError) -> ProviderUnavailable:
+    """The error to raise for a Stripe failure that is not about this payment."""
+    detail = error.user_message or type(error).__name__
+    if isinstance(error, stripe.AuthenticationError | stripe.PermissionError):
+        return ProviderUnavailable(
+            f"Stripe rejected the API key: {detail}. This is a configuration problem: "
+            "check TALLYRAY_STRIPE_API_KEY"
+        )
+    if isinstance(error, stripe.InvalidRequestError | stripe.IdempotencyError):
+        param = getattr(error, "param", None)
+        where = f" (parameter {param})" if param else ""
+        return ProviderUnavailable(
+            f"Stripe rejected the request as invalid{where}: {detail}. This is a configuration "
+            "or data problem; retrying will not help"
+        )
+    if isinstance(error, stripe.RateLimitError):
+        return ProviderUnavailable(f"Stripe is rate-limiting requests: {detail}")
+    if isinstance(error, stripe.APIConnectionError):
+        return ProviderUnavailable(f"cannot reach Stripe: {detail}")
+    status = f" (HTTP {error.http_status})" if error.http_status else ""
+    return ProviderUnavailable(f"Stripe failed on its side{status}: {detail}")

@@ -1,0 +1,425 @@
+"""Invoicing as the API uses it: runs, invoice states, documents, payments, dunning.
+
+The thin shell around the pure builder and the store: it owns the clock, drives invoice runs
+(Ray tasks, a few at a time) from the process that started them, and talks to the payment
+providers. Everything it decides is kept in the store, so a run or a payment schedule
+survives the process: a crashed run is resumed (``POST /v1/invoice-runs/{id}/resume``) and
+finishes what is missing without billing anything twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from tallyray.errors import Conflict, InvalidInput, ProviderUnavailable, TallyrayError
+from tallyray.invoicing.config import InvoicingConfig, parse_invoicing_config
+from tallyray.invoicing.dunning import next_attempt
+from tallyray.invoicing.payments import (
+    ManualProvider,
+    PaymentProvider,
+    PaymentRequest,
+    ProviderEvent,
+)
+from tallyray.invoicing.runs import RunSpec, invoice_chunk_task
+from tallyray.pricing.events import format_timestamp
+from tallyray.pricing.money import currency, parse_amount, round_amount
+from tallyray.storage.billing import BillingStore
+from tallyray.storage.catalog import Catalog
+
+__all__ = ["Billing"]
+
+log = logging.getLogger("tallyray.invoicing")
+
+_US = 1_000_000
+
+
+@dataclass
+class Billing:
+    catalog: Catalog
+    store: BillingStore
+    database_url: str
+    router: Any
+    """The shard router (closes periods on every shard before a run)."""
+    invoicing_raw: Mapping[str, Any] | None = None
+    tax_raw: Mapping[str, Any] | None = None
+    rounding: str | None = None
+    grace_seconds: int = 3 * 86_400
+    providers: Mapping[str, PaymentProvider] = field(default_factory=dict)
+    clock: Callable[[], int] = lambda: 0
+    parallelism: int = 2
+    config: InvoicingConfig = field(init=False)
+    _runs: dict[str, asyncio.Task[None]] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self.config = parse_invoicing_config(self.invoicing_raw)
+        if "manual" not in self.providers:
+            self.providers = {**self.providers, "manual": ManualProvider()}
+
+    # -- invoice runs --------------------------------------------------------------------
+
+    async def start_run(
+        self, env: str, until: int | None, force: bool, finalize: bool | None
+    ) -> dict[str, Any]:
+        now = self.clock()
+        settled = now - self.grace_seconds * _US
+        until = settled if until is None else until
+        if until > now:
+            raise InvalidInput(f"until {format_timestamp(until)} is in the future")
+        if until > settled and not force:
+            raise Conflict(
+                f"periods ending after {format_timestamp(settled)} are still in their grace "
+                'window for late events; wait, or send "force": true to close them now'
+            )
+        finalize = self.config.auto_finalize if finalize is None else finalize
+        run_id = await run_in_threadpool(
+            self.store.create_run, env, until, {"force": force, "finalize": finalize}, now
+        )
+        await self._close(env, until)
+        await self._launch(env, run_id, until, finalize)
+        return await run_in_threadpool(self.store.run, env, run_id)
+
+    async def resume_run(self, env: str, run_id: str) -> dict[str, Any]:
+        run = await run_in_threadpool(self.store.run, env, run_id)
+        task = self._runs.get(run_id)
+        if task is not None and not task.done():
+            raise Conflict(f"invoice run {run_id} is still running")
+        if run["status"] == "succeeded":
+            return run
+        until = _micros(run["until"])
+        await run_in_threadpool(self.store.update_run, run_id, done=0, finished_at=None)
+        await self._close(env, until)
+        await self._launch(env, run_id, until, bool(run["options"].get("finalize", True)))
+        return await run_in_threadpool(self.store.run, env, run_id)
+
+    async def _close(self, env: str, until: int) -> None:
+        await self.router.call_all("close_periods", env, until)
+
+    async def _launch(self, env: str, run_id: str, until: int, finalize: bool) -> None:
+        customers = sorted(
+            (await run_in_threadpool(self.catalog.subscriptions, env, None, until)).keys()
+        )
+        await run_in_threadpool(
+            self.store.update_run, run_id, status="running", customers=len(customers)
+        )
+        spec = RunSpec(
+            database_url=self.database_url,
+            env=env,
+            run_id=run_id,
+            until=until,
+            finalize=finalize,
+            invoicing=dict(self.invoicing_raw or {}),
+            tax=None if self.tax_raw is None else dict(self.tax_raw),
+            rounding=self.rounding,
+        )
+        size = self.config.chunk_size
+        chunks = [customers[i : i + size] for i in range(0, len(customers), size)]
+        self._runs[run_id] = asyncio.get_running_loop().create_task(
+            self._drive(spec, chunks), name=f"invoice-run-{run_id}"
+        )
+
+    async def _drive(self, spec: RunSpec, chunks: Sequence[list[str]]) -> None:
+        """Run the chunks as Ray tasks, ``parallelism`` at a time, then collect payment for
+        what was finalized."""
+        assert spec.run_id is not None
+        remote = invoice_chunk_task()
+        gate = asyncio.Semaphore(self.parallelism)
+
+        async def one(chunk: list[str]) -> dict[str, Any]:
+            async with gate:
+                result: dict[str, Any] = await remote.remote(spec, chunk, self.clock())
+                return result
+
+        try:
+            results = await asyncio.gather(*(one(c) for c in chunks))
+            errors = sum(len(r["errors"]) for r in results)
+            status = "succeeded" if not errors else "completed_with_errors"
+            await run_in_threadpool(
+                self.store.update_run, spec.run_id, status=status, finished_at=self.clock()
+            )
+        except Exception as error:  # noqa: BLE001 — the run's status must say it failed
+            log.error("invoice run %s failed: %s", spec.run_id, error)
+            await run_in_threadpool(
+                self.store.run_progress,
+                spec.run_id,
+                0,
+                0,
+                [{"customer_id": None, "message": f"run failed: {error}; resume it"}],
+            )
+            await run_in_threadpool(
+                self.store.update_run, spec.run_id, status="failed", finished_at=self.clock()
+            )
+            return
+        if spec.finalize:
+            try:
+                await self.collect_due(spec.env)
+            except Exception as error:  # noqa: BLE001 — the dunning clock tries again
+                log.warning("collecting after run %s: %s", spec.run_id, error)
+
+    async def wait(self, run_id: str) -> None:
+        """Wait for a run this process drives (tests and the CLI's --wait)."""
+        task = self._runs.get(run_id)
+        if task is not None:
+            await asyncio.shield(task)
+
+    # -- invoice states ------------------------------------------------------------------
+
+    async def finalize(self, env: str, invoice_id: str) -> dict[str, Any]:
+        cfg = self.config
+        await run_in_threadpool(
+            self.store.finalize,
+            env,
+            invoice_id,
+            cfg.number_prefix,
+            cfg.entity,
+            cfg.payment_terms_days,
+            self.clock(),
+        )
+        await self.collect_due(env)
+        return await run_in_threadpool(self.store.invoice, env, invoice_id)
+
+    async def move(self, env: str, invoice_id: str, status: str) -> dict[str, Any]:
+        allowed = {
+            "void": ("draft", "finalized", "uncollectible"),
+            "paid": ("finalized", "uncollectible"),
+            "uncollectible": ("finalized",),
+        }[status]
+        await run_in_threadpool(
+            self.store.set_status, env, invoice_id, status, allowed, self.clock()
+        )
+        return await run_in_threadpool(self.store.invoice, env, invoice_id)
+
+    async def credit_note(self, env: str, invoice_id: str, body: Mapping[str, Any]) -> Any:
+        reason = body.get("reason")
+        if not isinstance(reason, str) or not reason.strip():
+            raise InvalidInput("say why the invoice is credited: 'reason' is required")
+        raw_amount = body.get("amount")
+        cfg = self.config
+
+        def build(invoice: dict[str, Any], credited: Decimal) -> dict[str, Any]:
+            cur = currency(invoice["currency"])
+            total = Decimal(invoice["total"])
+            left = total - credited
+            amount = left if raw_amount is None else parse_amount(raw_amount)
+            if amount != round_amount(amount, cur):
+                raise InvalidInput(f"amount has more decimals than {cur.code} allows")
+            if amount <= 0 or amount > left:
+                raise InvalidInput(
+                    f"a credit note for invoice {invoice['number']} must be more than 0 and at "
+                    f"most {left} {cur.code} (its total less what was credited before)"
+                )
+            return {
+                "object": "credit_note",
+                "credit_note_for": {"id": invoice["id"], "number": invoice["number"]},
+                "reason": reason,
+                "customer": invoice["customer"],
+                "seller": invoice["seller"],
+                "locale": invoice["locale"],
+                "currency": cur.code,
+                "period": invoice["period"],
+                "lines": [
+                    {
+                        "kind": "credit",
+                        "description": f"Credit for invoice {invoice['number']}: {reason}",
+                        "amount": format(amount, "f"),
+                        "precise_amount": format(amount, "f"),
+                    }
+                ],
+                "subtotal": format(amount, "f"),
+                "taxes": [],
+                "tax": "0",
+                "total": format(amount, "f"),
+                "credits": [],
+                "credits_applied": "0",
+                "amount_due": "0",
+                "notes": list(invoice.get("notes", [])),
+            }
+
+        return await run_in_threadpool(
+            self.store.add_credit_note,
+            env,
+            invoice_id,
+            build,
+            cfg.credit_note_prefix,
+            cfg.entity,
+            self.clock(),
+        )
+
+    # -- payments ------------------------------------------------------------------------
+
+    def provider(self, name: str) -> PaymentProvider:
+        found = self.providers.get(name)
+        if found is None:
+            raise Conflict(
+                f"payment provider {name!r} is not configured on this server "
+                f"(configured: {', '.join(sorted(self.providers)) or 'none'})"
+            )
+        return found
+
+    async def collect_due(self, env: str) -> int:
+        """Try to collect every finalized invoice whose next attempt is due."""
+        due = await run_in_threadpool(self.store.due_for_payment, env, self.clock())
+        for invoice in due:
+            try:
+                await self.collect(env, invoice)
+            except TallyrayError as error:  # one invoice must not stop the others
+                log.warning("collecting %s: %s", invoice["id"], error)
+        return len(due)
+
+    async def collect(self, env: str, invoice: Mapping[str, Any]) -> dict[str, Any]:
+        customer = await run_in_threadpool(self.catalog.customer, env, invoice["customer_id"])
+        name = (
+            invoice["payment"]["provider"] or customer.billing.get("payment_provider") or "manual"
+        )
+        provider = self.provider(name)
+        attempt = await run_in_threadpool(self.store.claim_attempt, env, invoice["id"])
+        if attempt is None:
+            return dict(invoice)  # another process took this attempt
+        request = PaymentRequest(
+            invoice_id=invoice["id"],
+            invoice_number=invoice["number"],
+            amount=Decimal(invoice["amount_due"]),
+            currency=invoice["currency"],
+            customer_id=customer.id,
+            customer_email=customer.email,
+            customer_name=customer.name,
+            provider_customer_id=customer.billing.get("provider_customer_id"),
+            payment_method=customer.billing.get("payment_method"),
+            attempt=attempt,
+            description=f"Invoice {invoice['number']}",
+        )
+        now = self.clock()
+        try:
+            result = await run_in_threadpool(provider.collect, request)
+        except TallyrayError as error:
+            # Nothing was charged as far as we know. An outage is tried again in an hour (the
+            # same attempt); anything else (an amount the provider cannot take) waits for an
+            # operator, who can retry with POST /v1/invoices/{id}/pay.
+            retry = now + 3600 * _US if isinstance(error, ProviderUnavailable) else None
+            await run_in_threadpool(
+                self.store.record_payment,
+                env,
+                invoice["id"],
+                attempt - 1,
+                name,
+                "error",
+                None,
+                {"message": error.message},
+                retry,
+                now,
+            )
+            raise
+        if result.provider_customer_id and result.provider_customer_id != customer.billing.get(
+            "provider_customer_id"
+        ):
+            await run_in_threadpool(
+                self.catalog.set_billing,
+                env,
+                customer.id,
+                {"provider_customer_id": result.provider_customer_id},
+            )
+        await self._settle(
+            env,
+            invoice["id"],
+            attempt,
+            name,
+            result.status,
+            result.reference,
+            result.to_json(),
+            now,
+        )
+        return await run_in_threadpool(self.store.invoice, env, invoice["id"])
+
+    async def _settle(
+        self,
+        env: str,
+        invoice_id: str,
+        attempt: int,
+        provider: str,
+        status: str,
+        reference: str | None,
+        detail: Mapping[str, Any],
+        now: int,
+    ) -> None:
+        """Book the outcome of a payment attempt: paid, a retry by the dunning schedule, or
+        uncollectible once the schedule is spent."""
+        retry = None
+        if status == "failed":
+            retry = next_attempt(attempt, now, self.config.retry_days)
+        await run_in_threadpool(
+            self.store.record_payment,
+            env,
+            invoice_id,
+            attempt,
+            provider,
+            status,
+            reference,
+            detail,
+            retry,
+            now,
+        )
+        if status == "succeeded":
+            await run_in_threadpool(
+                self.store.set_status, env, invoice_id, "paid", ("finalized", "uncollectible"), now
+            )
+        elif status == "failed" and retry is None:
+            await run_in_threadpool(
+                self.store.set_status, env, invoice_id, "uncollectible", ("finalized",), now
+            )
+
+    async def webhook(self, name: str, headers: Mapping[str, str], body: bytes) -> int:
+        """Process a provider's webhook: each event once. Returns how many were new."""
+        provider = self.provider(name)
+        events: list[ProviderEvent] = await run_in_threadpool(
+            provider.parse_webhook, headers, body, self.clock()
+        )
+        fresh = 0
+        for event in events:
+            if event.kind == "ignored" or event.invoice_id is None:
+                continue
+            env = await run_in_threadpool(self.store.invoice_env, event.invoice_id)
+            if env is None:
+                log.warning("%s webhook for unknown invoice %s", name, event.invoice_id)
+                continue
+            if event.livemode is not None and (env == "live") != event.livemode:
+                log.warning("%s webhook %s: livemode does not match", name, event.event_id)
+                continue
+            first = await run_in_threadpool(
+                self.store.first_time,
+                name,
+                event.event_id,
+                env,
+                event.kind,
+                event.invoice_id,
+                self.clock(),
+            )
+            if not first:
+                continue
+            fresh += 1
+            invoice = await run_in_threadpool(self.store.invoice, env, event.invoice_id)
+            if invoice["status"] in ("paid", "void"):
+                continue
+            status = "succeeded" if event.kind == "payment.succeeded" else "failed"
+            await self._settle(
+                env,
+                event.invoice_id,
+                max(invoice["payment"]["attempts"], 1),
+                name,
+                status,
+                event.reference,
+                {"webhook": event.event_id, "failure_message": event.failure_message},
+                self.clock(),
+            )
+        return fresh
+
+
+def _micros(text: str) -> int:
+    from tallyray.pricing.events import parse_timestamp
+
+    return parse_timestamp(text)

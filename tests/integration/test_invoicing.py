@@ -1,0 +1,399 @@
+"""Invoicing end to end, on each store: events → close → run → invoice → documents.
+
+Each test gets its own store and shard, accepts events up to 120 days late (so October can be
+filled in at the end of November), and bills from a seller in Germany under EU VAT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pypdf
+import pytest
+import ray
+from support import (
+    POSTGRES_URL,
+    Server,
+    create_postgres_database,
+    drop_postgres_database,
+    unique,
+)
+
+from tallyray.actors.shard import ShardActor
+from tallyray.cluster import Settings, prepare_store
+from tallyray.invoicing.service import Billing
+from tallyray.serve.app import Services, build_app, now_us
+from tallyray.serve.intake import IntakeRules
+from tallyray.serve.shards import NAMESPACE, ShardRouter
+from tallyray.storage.billing import BillingStore
+from tallyray.storage.catalog import Catalog
+
+pytestmark = pytest.mark.anyio
+
+GRACE = 120 * 86_400  # October can still be filled in at the end of November
+OCT_1 = "2026-10-01T00:00:00Z"
+NOV_1 = "2026-11-01T00:00:00Z"
+SELLER = {
+    "name": "Tallyray Demo GmbH",
+    "email": "billing@tallyray.example",
+    "vat_id": "DE136695976",
+    "country": "DE",
+    "address": {"line1": "Hauptstraße 1", "postal_code": "10115", "city": "Berlin"},
+}
+TAX = {
+    "engine": "eu_vat",
+    "seller_country": "DE",
+    "seller_vat_id": "DE136695976",
+    "vat_id_checks": {"FR40303265045": True},
+}
+
+
+@dataclass
+class Invoicing:
+    client: httpx.AsyncClient
+    billing: Billing
+    prefix: str
+
+    async def run(self, **body: Any) -> dict[str, Any]:
+        r = await self.client.post("/v1/invoice-runs", json={"until": NOV_1, "force": True, **body})
+        assert r.status_code == 202, r.text
+        await self.billing.wait(r.json()["id"])
+        r = await self.client.get(f"/v1/invoice-runs/{r.json()['id']}")
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    async def invoices(self, customer: str) -> list[dict[str, Any]]:
+        r = await self.client.get("/v1/invoices", params={"customer_id": customer})
+        assert r.status_code == 200, r.text
+        return list(r.json()["invoices"])
+
+
+def make_billing(catalog: Catalog, router: ShardRouter, url: str, **invoicing: Any) -> Billing:
+    return Billing(
+        catalog=catalog,
+        store=BillingStore(catalog.engine),
+        database_url=url,
+        router=router,
+        invoicing_raw={"seller": SELLER, "number_prefix": "INV-", **invoicing},
+        tax_raw=TAX,
+        rounding="half_up",
+        grace_seconds=GRACE,
+        clock=now_us,
+    )
+
+
+@pytest.fixture
+async def inv(server: Server, tmp_path: Path) -> AsyncIterator[Invoicing]:
+    """A fresh store and shard per test: closing a period is for good, so tests that close
+    October must not share an environment."""
+    if server.store == "postgres":
+        assert POSTGRES_URL is not None
+        url = create_postgres_database(POSTGRES_URL)
+    else:
+        url = f"sqlite:///{tmp_path}/billing.db"
+    settings = Settings.load(database_url=url, shards=1, config_path=server.settings.config_path)
+    catalog = prepare_store(settings)
+    shard = (
+        ray.remote(ShardActor)
+        .options(name=unique("billing-shard"), namespace=NAMESPACE, max_restarts=-1)
+        .remote(0, 1, url, 0.5, GRACE)
+    )
+    await shard.ready.remote()
+    router = ShardRouter(1, lambda i: shard)
+    billing = make_billing(catalog, router, url)
+    services = Services(
+        catalog=catalog,
+        router=router,
+        rules=IntakeRules(grace_seconds=GRACE),
+        cache_seconds=0.2,
+        billing=billing,
+    )
+    _, key = catalog.create_key("test", now_us())
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=build_app(services)),
+            base_url="http://tallyray.test",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=120,
+        ) as client:
+            yield Invoicing(client, billing, "INV-")
+    finally:
+        ray.kill(shard, no_restart=True)
+        catalog.engine.dispose()
+        if server.store == "postgres" and POSTGRES_URL is not None:
+            drop_postgres_database(POSTGRES_URL, url)
+
+
+async def october_customer(inv: Invoicing, *, credits: str | None = None, **fields: Any) -> str:
+    customer = unique("cust")
+    doc = {
+        "id": customer,
+        "currency": "EUR",
+        "name": "Müller & Söhne",
+        "country": "DE",
+        "locale": "de_DE",
+        **fields,
+    }
+    r = await inv.client.post("/v1/customers", json=doc)
+    assert r.status_code == 201, r.text
+    r = await inv.client.post(
+        "/v1/subscriptions", json={"customer_id": customer, "plan": "pro", "start": OCT_1}
+    )
+    assert r.status_code == 201, r.text
+    if credits is not None:
+        r = await inv.client.post(f"/v1/customers/{customer}/credits", json={"amount": credits})
+        assert r.status_code == 201, r.text
+    return customer
+
+
+def october_events(customer: str) -> list[dict[str, Any]]:
+    calls = [
+        {
+            "id": unique("evt"),
+            "customer_id": customer,
+            "type": "llm.completion",
+            "timestamp": f"2026-10-{10 + i}T12:00:00Z",
+            "properties": {"model": "gpt-4o", "input_tokens": 1000, "output_tokens": 500},
+        }
+        for i in range(3)
+    ]
+    seats = [
+        {
+            "id": unique("evt"),
+            "customer_id": customer,
+            "type": "seat.active",
+            "timestamp": "2026-10-20T09:00:00Z",
+            "properties": {"user_id": user},
+        }
+        for user in ("ana", "ben")
+    ]
+    return calls + seats
+
+
+def amounts(invoice: dict[str, Any]) -> dict[str, str]:
+    return {line["description"]: line["amount"] for line in invoice["lines"]}
+
+
+async def test_a_month_from_events_to_a_finalized_invoice_and_its_pdf(inv: Invoicing) -> None:
+    customer = await october_customer(inv, credits="20.00")
+    r = await inv.client.post("/v1/events", json=october_events(customer))
+    assert r.status_code == 200, r.text
+
+    run = await inv.run()
+    assert run["status"] == "succeeded", run
+    (invoice,) = await inv.invoices(customer)
+
+    assert invoice["status"] == "finalized"
+    assert invoice["number"] == "INV-000001"
+    assert invoice["period"] == {"start": OCT_1, "end": NOV_1}
+    assert amounts(invoice) == {
+        "Pro base fee": "49.00",
+        "gpt-4o input tokens": "0.01",  # 3,000 × 0.0000025 = 0.0075
+        "gpt-4o output tokens": "0.02",  # 1,500 × 0.00001 = 0.015, half up
+        "gpt-4o-mini input tokens": "0.00",
+        "gpt-4o-mini output tokens": "0.00",
+        "API requests (per 1,000)": "2.00",  # 3 requests: one started package
+        "Seats": "30.00",  # 2 seats × 15.00
+        "Minimum commitment true-up (minimum 100.00)": "18.97",  # 100 − 81.03
+    }
+    assert invoice["subtotal"] == "100.00"
+    assert invoice["taxes"][0] | {"kind": "domestic"} == {
+        "name": "VAT",
+        "jurisdiction": "DE",
+        "rate": "19",
+        "kind": "domestic",
+        "taxable_amount": "100.00",
+        "amount": "19.00",
+    }
+    assert invoice["total"] == "119.00"
+    # usage spend 32.0225 burned all 20.00 of the grant during October
+    assert invoice["credits_applied"] == "20.00"
+    assert invoice["amount_due"] == "99.00"
+
+    r = await inv.client.get(f"/v1/invoices/{invoice['id']}.pdf")
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/pdf"
+    text = "\n".join(page.extract_text() for page in pypdf.PdfReader(io.BytesIO(r.content)).pages)
+    for expected in ("INV-000001", "Müller & Söhne", "DE136695976", "119,00", "99,00"):
+        assert expected in text, expected
+
+    r = await inv.client.get(f"/v1/invoices/{invoice['id']}.html")
+    assert r.status_code == 200 and "INV-000001" in r.text
+
+
+async def test_a_closed_period_refuses_late_events_and_is_never_billed_twice(
+    inv: Invoicing,
+) -> None:
+    customer = await october_customer(inv)
+    r = await inv.client.post("/v1/events", json=october_events(customer))
+    assert r.status_code == 200, r.text
+    first = await inv.run()
+    late = october_events(customer)[:1]
+    r = await inv.client.post("/v1/events", json=late)
+    assert r.status_code == 422, r.text
+    assert "closed billing period" in r.json()["error"]["details"][0]["message"]
+
+    second = await inv.run()
+    assert second["invoices"] == 0
+    assert first["invoices"] >= 1
+    (invoice,) = await inv.invoices(customer)
+    assert invoice["number"] == "INV-000001"
+
+
+async def test_concurrent_runs_make_one_invoice_per_customer_with_gapless_numbers(
+    inv: Invoicing,
+) -> None:
+    customers = [await october_customer(inv) for _ in range(6)]
+    runs = await asyncio.gather(inv.run(), inv.run(), inv.run())
+    assert {run["status"] for run in runs} == {"succeeded"}
+    numbers = []
+    for customer in customers:
+        (invoice,) = await inv.invoices(customer)
+        numbers.append(invoice["number"])
+    # Only base fee + minimum (no usage): 49.00 + true-up 51.00, 19% VAT.
+    assert sorted(numbers) == [f"INV-{n:06d}" for n in range(1, 7)]
+
+
+async def test_a_crashed_run_resumes_without_billing_twice(inv: Invoicing, server: Server) -> None:
+    customers = [await october_customer(inv) for _ in range(4)]
+    # A crash half way: the run was recorded and one chunk of customers invoiced, then the
+    # process driving it died.
+    from tallyray.invoicing.runs import RunSpec, invoice_chunk
+    from tallyray.pricing.events import parse_timestamp
+
+    until = parse_timestamp(NOV_1)
+    del server
+    store = inv.billing.store
+    run_id = store.create_run("test", until, {"force": True, "finalize": True}, 0)
+    store.update_run(run_id, status="running", customers=len(customers))
+    await inv.billing._close("test", until)
+    spec = RunSpec(
+        database_url=inv.billing.database_url,
+        env="test",
+        run_id=run_id,
+        until=until,
+        finalize=True,
+        invoicing=dict(inv.billing.invoicing_raw or {}),
+        tax=TAX,
+    )
+    invoice_chunk(spec, customers[:2], now_us())
+
+    r = await inv.client.post(f"/v1/invoice-runs/{run_id}/resume")
+    assert r.status_code == 202, r.text
+    await inv.billing.wait(run_id)
+    run = (await inv.client.get(f"/v1/invoice-runs/{run_id}")).json()
+    assert run["status"] == "succeeded"
+    numbers = sorted([(await inv.invoices(c))[0]["number"] for c in customers])
+    assert numbers == [f"INV-{n:06d}" for n in range(1, 5)]
+
+
+@pytest.mark.parametrize(
+    ("fields", "kind", "rate", "note"),
+    [
+        # a German consumer: domestic, 19%
+        ({"country": "DE"}, "domestic", "19", None),
+        # a French consumer: destination VAT through OSS, 20%
+        ({"country": "FR"}, "oss", "20", None),
+        # a French business whose VAT id is verified: reverse charge
+        (
+            {"country": "FR", "vat_id": "FR40303265045"},
+            "intra_eu_reverse_charge",
+            "0",
+            "Article 196",
+        ),
+        # a US customer: outside the EU
+        ({"country": "US"}, "export", "0", "outside the EU"),
+    ],
+    ids=["domestic", "oss", "reverse-charge", "export"],
+)
+async def test_tax_follows_the_buyer(
+    inv: Invoicing, fields: dict[str, str], kind: str, rate: str, note: str | None
+) -> None:
+    customer = await october_customer(inv, **fields)
+    await inv.run()
+    (invoice,) = await inv.invoices(customer)
+    (tax,) = invoice["taxes"]
+    assert (tax["kind"], tax["rate"]) == (kind, rate)
+    expected = Decimal(100) * Decimal(rate) / 100  # base fee + true-up = the 100.00 minimum
+    assert Decimal(invoice["tax"]) == expected
+    if note is None:
+        assert invoice["notes"] == []
+    else:
+        assert note in invoice["notes"][0]
+
+
+async def test_void_paid_and_credit_notes(inv: Invoicing) -> None:
+    customer = await october_customer(inv, payment_provider="manual")
+    await inv.run()
+    (invoice,) = await inv.invoices(customer)
+    iid = invoice["id"]
+
+    r = await inv.client.post(
+        f"/v1/invoices/{iid}/credit-notes", json={"reason": "goodwill", "amount": "10.00"}
+    )
+    assert r.status_code == 201, r.text
+    note = r.json()
+    assert note["number"] == "CN-000001"
+    assert note["credit_note_for"]["number"] == invoice["number"]
+    r = await inv.client.post(
+        f"/v1/invoices/{iid}/credit-notes", json={"reason": "too much", "amount": "1000.00"}
+    )
+    assert r.status_code == 422
+
+    r = await inv.client.post(f"/v1/invoices/{iid}/mark-paid")
+    assert r.status_code == 200 and r.json()["status"] == "paid"
+    r = await inv.client.post(f"/v1/invoices/{iid}/void")
+    assert r.status_code == 409
+    assert "paid" in r.json()["error"]["message"]
+    # the document of a finalized invoice never changes
+    after = (await inv.client.get(f"/v1/invoices/{iid}")).json()
+    assert after["lines"] == invoice["lines"] and after["total"] == invoice["total"]
+
+
+async def test_reconcile_recomputes_a_closed_period_from_the_event_log(
+    inv: Invoicing, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sqlalchemy import delete, select
+
+    from tallyray.cli import main
+    from tallyray.invoicing.reconcile import reconcile_env
+    from tallyray.storage import tables as t
+
+    customer = await october_customer(inv)
+    r = await inv.client.post("/v1/events", json=october_events(customer))
+    assert r.status_code == 200, r.text
+    await inv.run()
+    (result,) = reconcile_env(inv.billing.catalog, inv.billing.store, "test", customer)
+    assert result.ok
+    assert result.events == 5
+    assert result.quantities["requests"] == "3"
+    assert result.quantities["seats"] == "2"
+    args = ["reconcile", "--env", "test", "--customer", customer]
+    assert main([*args, "--database-url", inv.billing.database_url]) == 0
+
+    # Lose one event from the log: the checkpoint no longer matches it, and it is reported.
+    with inv.billing.catalog.engine.begin() as conn:
+        seq = (
+            conn.execute(
+                select(t.events.c.seq).where(
+                    t.events.c.customer_id == customer, t.events.c.type == "seat.active"
+                )
+            )
+            .scalars()
+            .first()
+        )
+        conn.execute(delete(t.events).where(t.events.c.seq == seq))
+    (result,) = reconcile_env(inv.billing.catalog, inv.billing.store, "test", customer)
+    assert [d.to_json() for d in result.differences] == [
+        {"meter": "seats", "group": {}, "checkpoint": "2", "events": "1"}
+    ]
+    capsys.readouterr()
+    assert main([*args, "--database-url", inv.billing.database_url]) == 1
+    assert "1 of 1 closed periods differ" in capsys.readouterr().err
