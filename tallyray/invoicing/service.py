@@ -405,6 +405,12 @@ class Billing:
             invoice = await run_in_threadpool(self.store.invoice, env, event.invoice_id)
             if invoice["status"] in ("paid", "void"):
                 continue
+            known = await run_in_threadpool(self.store.payments, env, event.invoice_id)
+            if any(
+                p["reference"] == event.reference and p["status"] in ("succeeded", "failed")
+                for p in known
+            ):
+                continue  # the provider confirms an outcome we booked when we asked
             status = "succeeded" if event.kind == "payment.succeeded" else "failed"
             await self._settle(
                 env,

@@ -18,6 +18,9 @@ import httpx
 import pypdf
 import pytest
 import ray
+from fakes import WebhookInbox
+from fakes.adyen_server import FakeAdyen, notification_item, signed_notification
+from fakes.stripe_server import FakeStripe
 from support import (
     POSTGRES_URL,
     Server,
@@ -28,6 +31,7 @@ from support import (
 
 from tallyray.actors.shard import ShardActor
 from tallyray.cluster import Settings, prepare_store
+from tallyray.invoicing.payments import AdyenProvider, StripeProvider
 from tallyray.invoicing.service import Billing
 from tallyray.serve.app import Services, build_app, now_us
 from tallyray.serve.intake import IntakeRules
@@ -76,6 +80,8 @@ class Invoicing:
 
 
 def make_billing(catalog: Catalog, router: ShardRouter, url: str, **invoicing: Any) -> Billing:
+    # Three payment attempts a day apart, then uncollectible.
+    invoicing.setdefault("dunning", {"retry_days": [1, 1]})
     return Billing(
         catalog=catalog,
         store=BillingStore(catalog.engine),
@@ -397,3 +403,124 @@ async def test_reconcile_recomputes_a_closed_period_from_the_event_log(
     capsys.readouterr()
     assert main([*args, "--database-url", inv.billing.database_url]) == 1
     assert "1 of 1 closed periods differ" in capsys.readouterr().err
+
+
+# -- payments -------------------------------------------------------------------------------
+
+STRIPE_KEY, STRIPE_SECRET = "sk_test_tallyray", "whsec_tallyray_test"
+ADYEN_HMAC = "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056"
+
+
+async def test_a_month_paid_through_stripe_and_confirmed_by_its_webhook(inv: Invoicing) -> None:
+    with (
+        WebhookInbox() as inbox,
+        FakeStripe(STRIPE_KEY, webhook_url=inbox.url, webhook_secret=STRIPE_SECRET) as stripe_api,
+    ):
+        inv.billing.providers = {
+            **inv.billing.providers,
+            "stripe": StripeProvider(STRIPE_KEY, STRIPE_SECRET, api_base=stripe_api.url),
+        }
+        customer = await october_customer(
+            inv, credits="20.00", payment_provider="stripe", payment_method="pm_card_visa"
+        )
+        r = await inv.client.post("/v1/events", json=october_events(customer))
+        assert r.status_code == 200, r.text
+        await inv.run()
+
+        (invoice,) = await inv.invoices(customer)
+        assert invoice["status"] == "paid"  # the PaymentIntent succeeded on confirmation
+        (intent,) = stripe_api.payment_intents.values()
+        assert intent["amount"] == 9900  # 99.00 EUR due, in cents
+        assert intent["currency"] == "eur"
+        assert intent["metadata"]["tallyray_invoice_id"] == invoice["id"]
+        payments = (await inv.client.get(f"/v1/invoices/{invoice['id']}/payments")).json()
+        assert [(p["attempt"], p["status"]) for p in payments["payments"]] == [(1, "succeeded")]
+        # the Stripe customer is remembered for next time
+        assert (
+            (await inv.client.get(f"/v1/customers/{customer}"))
+            .json()["provider_customer_id"]
+            .startswith("cus_")
+        )
+
+        # Stripe's webhook, signed on the raw body, is processed once.
+        (delivery,) = stripe_api.wait_for_webhooks(1)
+        headers = {"Stripe-Signature": delivery.headers["Stripe-Signature"]}
+        for processed in (1, 0):
+            r = await inv.client.post(
+                "/v1/providers/stripe/webhook", content=delivery.body, headers=headers
+            )
+            assert r.status_code == 200, r.text
+            assert r.json() == {"received": True, "processed": processed}
+        r = await inv.client.post(
+            "/v1/providers/stripe/webhook", content=delivery.body + b" ", headers=headers
+        )
+        assert r.status_code == 400
+        assert r.json()["error"]["type"] == "invalid_signature"
+
+
+async def test_a_declined_card_follows_the_dunning_schedule_to_uncollectible(
+    inv: Invoicing,
+) -> None:
+    with FakeStripe(STRIPE_KEY) as stripe_api:
+        inv.billing.providers = {
+            **inv.billing.providers,
+            "stripe": StripeProvider(STRIPE_KEY, STRIPE_SECRET, api_base=stripe_api.url),
+        }
+        customer = await october_customer(
+            inv, payment_provider="stripe", payment_method="pm_card_chargeDeclined"
+        )
+        await inv.run()
+        (invoice,) = await inv.invoices(customer)
+        assert invoice["status"] == "finalized"
+        assert invoice["payment"]["attempts"] == 1
+        assert invoice["payment"]["next_attempt_at"] is not None
+
+        # Nothing is due until a day has passed.
+        r = await inv.client.post("/v1/payments/collect")
+        assert r.json() == {"attempted": 0}
+        start = inv.billing.clock()
+        for day, status in ((1, "finalized"), (2, "uncollectible")):
+            inv.billing.clock = lambda day=day: start + day * 86_400_000_001
+            r = await inv.client.post("/v1/payments/collect")
+            assert r.json() == {"attempted": 1}
+            (invoice,) = await inv.invoices(customer)
+            assert invoice["status"] == status
+        payments = (await inv.client.get(f"/v1/invoices/{invoice['id']}/payments")).json()
+        assert [(p["attempt"], p["status"]) for p in payments["payments"]] == [
+            (1, "failed"),
+            (2, "failed"),
+            (3, "failed"),
+        ]
+        assert payments["payments"][0]["detail"]["failure_code"] == "card_declined"
+
+
+async def test_an_adyen_payment_pending_until_its_notification(inv: Invoicing) -> None:
+    with FakeAdyen() as adyen_api:
+        inv.billing.providers = {
+            **inv.billing.providers,
+            "adyen": AdyenProvider(
+                "AQE_test_tallyray", "TallyrayTest", ADYEN_HMAC, api_base=adyen_api.url
+            ),
+        }
+        customer = await october_customer(inv, payment_provider="adyen", payment_method="pending")
+        await inv.run()
+        (invoice,) = await inv.invoices(customer)
+        assert invoice["status"] == "finalized"
+        reference = invoice["payment"]["reference"]
+        assert reference
+
+        item = notification_item(
+            psp_reference=reference,
+            merchant_reference=invoice["id"],
+            value=int(Decimal(invoice["amount_due"]) * 100),
+            currency="EUR",
+        )
+        body = signed_notification([item], ADYEN_HMAC)
+        r = await inv.client.post("/v1/providers/adyen/webhook", content=body)
+        assert r.status_code == 200 and r.text == "[accepted]"
+        (invoice,) = await inv.invoices(customer)
+        assert invoice["status"] == "paid"
+
+        tampered = body.replace(b'"value": ', b'"value": 1')
+        r = await inv.client.post("/v1/providers/adyen/webhook", content=tampered)
+        assert r.status_code == 400
