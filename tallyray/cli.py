@@ -163,6 +163,11 @@ def _api(url: str, key: str, method: str, path: str, body: Any = None) -> Any:
         raise TallyrayError(f"cannot reach the server at {url}: {error.reason}") from None
 
 
+def _utc(day_or_time: str) -> str:
+    """A plain date on the command line means its start, in UTC."""
+    return f"{day_or_time}T00:00:00Z" if len(day_or_time) == 10 else day_or_time
+
+
 def _invoice_run(args: argparse.Namespace) -> dict[str, Any]:
     import os
 
@@ -181,7 +186,7 @@ def _invoice_run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         body: dict[str, Any] = {"force": bool(args.force)}
         if args.until:
-            body["until"] = args.until
+            body["until"] = _utc(args.until)
         if args.draft:
             body["finalize"] = False
         run = _api(url, key, "POST", "/v1/invoice-runs", body)
@@ -211,7 +216,7 @@ def _reconcile(args: argparse.Namespace) -> dict[str, Any]:
     since = 0
     if args.since:
         try:
-            since = parse_timestamp(args.since)
+            since = parse_timestamp(_utc(args.since))
         except ValueError as error:
             raise InvalidInput(f"--since: {error}") from None
     try:

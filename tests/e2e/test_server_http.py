@@ -141,3 +141,60 @@ def test_operations_endpoints(base_url: str) -> None:
     assert "acme" not in metrics  # never a customer label
     schema = httpx.get(f"{base_url}/openapi.json").json()
     assert "/v1/events" in schema["paths"] and "/v1/quota/check" in schema["paths"]
+
+
+def test_an_invoice_run_from_the_command_line_and_its_pdf(base_url: str) -> None:
+    """`tallyray invoice run` drives a run on the server (Ray tasks in the replica) with a
+    progress bar; the invoice comes back as JSON and as a PDF."""
+    with httpx.Client(base_url=base_url, timeout=30) as http:
+        r = http.post("/v1/admin/keys", json={"env": "test"}, headers=_auth(ADMIN_KEY))
+        key = r.json()["key"]
+        http.headers.update(_auth(key))
+        customer = f"e2e-{uuid.uuid4().hex[:8]}"
+        r = http.post(
+            "/v1/customers",
+            json={"id": customer, "currency": "EUR", "name": "Beispiel AG", "country": "DE"},
+        )
+        assert r.status_code == 201, r.text
+        r = http.post(
+            "/v1/subscriptions",
+            json={"customer_id": customer, "plan": "pro", "start": "2026-10-01T00:00:00Z"},
+        )
+        assert r.status_code == 201, r.text
+
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tallyray.cli",
+                "invoice",
+                "run",
+                "--until",
+                "2026-11-01",
+                "--force",
+                "--url",
+                base_url,
+                "--key",
+                key,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert done.returncode == 0, done.stderr
+        assert '"status": "succeeded"' in done.stdout
+        assert "customer" in done.stderr  # tqdm's progress bar
+
+        (invoice,) = http.get("/v1/invoices", params={"customer_id": customer}).json()["invoices"]
+        # no usage: base fee 49.00 + minimum true-up 51.00, 19% German VAT
+        assert (invoice["subtotal"], invoice["tax"], invoice["total"]) == (
+            "100.00",
+            "19.00",
+            "119.00",
+        )
+        r = http.get(f"/v1/invoices/{invoice['id']}.pdf")
+        assert r.status_code == 200 and r.content.startswith(b"%PDF")
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
