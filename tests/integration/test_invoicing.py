@@ -7,6 +7,7 @@ filled in at the end of November), and bills from a seller in Germany under EU V
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -524,3 +525,127 @@ async def test_an_adyen_payment_pending_until_its_notification(inv: Invoicing) -
         tampered = body.replace(b'"value": ', b'"value": 1')
         r = await inv.client.post("/v1/providers/adyen/webhook", content=tampered)
         assert r.status_code == 400
+
+
+# -- currencies, discounts, late events, anniversaries ---------------------------------------
+
+
+async def test_a_plan_in_another_currency_is_converted_at_the_stored_rate(inv: Invoicing) -> None:
+    customer = unique("cust")
+    r = await inv.client.post("/v1/customers", json={"id": customer, "currency": "EUR"})
+    assert r.status_code == 201
+    sub = {"customer_id": customer, "plan": "starter", "start": OCT_1}  # priced in USD
+    r = await inv.client.post("/v1/subscriptions", json=sub)
+    assert r.status_code == 409
+    assert "POST /v1/exchange-rates" in r.json()["error"]["message"]
+
+    rate = {"from": "USD", "to": "EUR", "rate": "0.9", "source": "ECB", "as_of": OCT_1}
+    assert (await inv.client.post("/v1/exchange-rates", json=rate)).status_code == 201
+    assert (await inv.client.post("/v1/subscriptions", json=sub)).status_code == 201
+    event = {
+        "id": unique("evt"),
+        "customer_id": customer,
+        "type": "llm.completion",
+        "timestamp": "2026-10-05T10:00:00Z",
+        "properties": {"model": "gpt-4o", "input_tokens": 1_000_000, "output_tokens": 0},
+    }
+    assert (await inv.client.post("/v1/events", json=[event])).status_code == 200
+    # the live balance converts too: 1,000,000 × 0.000002 USD = 2.00 USD = 1.80 EUR
+    balance = (await inv.client.get(f"/v1/customers/{customer}/balance")).json()
+    assert balance["uncovered"] == "1.80"
+
+    await inv.run()
+    (invoice,) = await inv.invoices(customer)
+    assert invoice["currency"] == "EUR"
+    assert invoice["exchange_rate"] == {
+        "from": "USD",
+        "to": "EUR",
+        "rate": "0.9",
+        "source": "ECB",
+        "as_of": OCT_1,
+    }
+    assert amounts(invoice) == {"Input tokens": "1.80", "Output tokens": "0.00"}
+    assert invoice["total"] == "2.14"  # 1.80 + 19% VAT 0.342 → 0.34
+
+
+async def test_a_discount_lowers_the_taxable_amount(inv: Invoicing) -> None:
+    customer = unique("cust")
+    r = await inv.client.post("/v1/customers", json={"id": customer, "currency": "EUR"})
+    assert r.status_code == 201
+    r = await inv.client.post(
+        "/v1/subscriptions",
+        json={
+            "customer_id": customer,
+            "plan": "pro",
+            "start": OCT_1,
+            "discount": {"percent": "10", "description": "Launch discount 10%"},
+        },
+    )
+    assert r.status_code == 201, r.text
+    await inv.run()
+    (invoice,) = await inv.invoices(customer)
+    # 49.00 base + 51.00 true-up = 100.00; −10% = 90.00; 19% VAT = 17.10
+    assert amounts(invoice)["Launch discount 10%"] == "-10.00"
+    assert (invoice["subtotal"], invoice["tax"], invoice["total"]) == ("90.00", "17.10", "107.10")
+
+
+async def test_an_anniversary_subscription_is_billed_from_its_start(
+    inv: Invoicing,
+) -> None:
+    customer = unique("cust")
+    r = await inv.client.post("/v1/customers", json={"id": customer, "currency": "EUR"})
+    assert r.status_code == 201
+    first = {
+        "customer_id": customer,
+        "plan": "pro",
+        "start": "2026-09-15T00:00:00Z",
+        "anchor": "anniversary",
+    }
+    assert (await inv.client.post("/v1/subscriptions", json=first)).status_code == 201
+    await inv.run()  # until 1 Nov: the period 15 Sep – 15 Oct has ended
+    (invoice,) = await inv.invoices(customer)
+    assert invoice["period"] == {"start": "2026-09-15T00:00:00Z", "end": "2026-10-15T00:00:00Z"}
+    base = next(line for line in invoice["lines"] if line["kind"] == "base_fee")
+    assert base["amount"] == "49.00" and "proration" not in base
+
+
+async def test_late_events_can_be_booked_to_the_open_period(inv: Invoicing, server: Server) -> None:
+    inv.billing.config = dataclasses.replace(inv.billing.config, late_events="book_to_open_period")
+    customer = await october_customer(inv)
+    await inv.run()  # October closes
+    # a new app picks the policy up at build time
+    services = Services(
+        catalog=inv.billing.catalog,
+        router=inv.billing.router,
+        rules=IntakeRules(grace_seconds=GRACE),
+        billing=inv.billing,
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=build_app(services)),
+        base_url="http://tallyray.test",
+        headers=inv.client.headers,
+    ) as client:
+        late = october_events(customer)[:1]
+        r = await client.post("/v1/events", json=late)
+        assert r.status_code == 200, r.text
+        balance = (await client.get(f"/v1/customers/{customer}/balance")).json()
+    # counted in November, the open period: one request
+    assert balance["usage"]["requests"]["quantity"] == "1"
+    (invoice,) = await inv.invoices(customer)  # October's invoice did not change
+    assert amounts(invoice)["API requests (per 1,000)"] == "0.00"
+    del server
+
+
+async def test_a_plan_change_mid_period_prorates_both_base_fees(inv: Invoicing) -> None:
+    customer = await october_customer(inv)  # pro (49.00) from 1 October
+    change = {"customer_id": customer, "plan": "pro", "start": "2026-10-18T00:00:00Z"}
+    # re-subscribing (here to the same plan's latest version) ends the first subscription
+    assert (await inv.client.post("/v1/subscriptions", json=change)).status_code == 201
+    await inv.run()
+    (invoice,) = await inv.invoices(customer)
+    fees = [line for line in invoice["lines"] if line["kind"] == "base_fee"]
+    # 49 × 17/31 = 26.870… and 49 × 14/31 = 22.129…
+    assert [(f["amount"], f["proration"]) for f in fees] == [
+        ("26.87", {"days": 17, "of_days": 31}),
+        ("22.13", {"days": 14, "of_days": 31}),
+    ]
