@@ -209,8 +209,20 @@ def parse_meter(raw: Any) -> MeterSpec:
 
 
 _PLAN_FIELDS = frozenset(
-    {"key", "name", "description", "currency", "interval", "base_fee", "minimum", "charges"}
+    {
+        "key",
+        "name",
+        "description",
+        "currency",
+        "interval",
+        "base_fee",
+        "minimum",
+        "charges",
+        "alerts",
+    }
 )
+#: A plan's default alert rules (evaluated by the shards; see tallyray.actors.alerting).
+ALERT_KINDS = ("balance_below", "spend_above", "usage_above", "credits_used_percent")
 _CHARGE_COMMON = frozenset({"meter", "model", "filter", "description"})
 _MODEL_FIELDS: Mapping[str, frozenset[str]] = {
     "per_unit": frozenset({"unit_amount"}),
@@ -356,10 +368,28 @@ def _plan(
             charge = _charge(r, raw_charge, f"{where}.charges[{i}]", meters, broken)
             if charge is not None:
                 charges.append(charge)
+    _alerts(r, obj.get("alerts", []), f"{where}.alerts", meters)
     if len(r.problems) > before:
         return None
     assert key is not None and cur is not None and base_fee is not None
     return Plan(key, name, cur, str(interval), base_fee, minimum, tuple(charges))
+
+
+def _alerts(r: _Reader, raw: Any, where: str, meters: Mapping[str, MeterSpec]) -> None:
+    """A plan's default alert rules: ``[{"kind", "threshold", "meter"?, "name"?}]``."""
+    if not isinstance(raw, list):
+        r.bad(where, f"must be a list of alert rules, not {_kind(raw)}")
+        return
+    for i, rule in enumerate(raw):
+        here = f"{where}[{i}]"
+        obj = r.obj(rule, here, frozenset({"kind", "threshold", "meter", "name"}))
+        if obj is None:
+            continue
+        if obj.get("kind") not in ALERT_KINDS:
+            r.bad(f"{here}.kind", f"must be one of {', '.join(ALERT_KINDS)}")
+        r.amount(obj, here, "threshold", required=True)
+        if obj.get("kind") == "usage_above" and obj.get("meter") not in meters:
+            r.bad(f"{here}.meter", f"must name a meter ({', '.join(sorted(meters))})")
 
 
 def parse_plan(raw: Any, meters: Mapping[str, MeterSpec]) -> Plan:

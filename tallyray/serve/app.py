@@ -41,9 +41,11 @@ from tallyray.metrics import Metrics
 from tallyray.pricing.events import Event, format_timestamp, parse_timestamp
 from tallyray.pricing.money import currency, parse_amount, round_amount
 from tallyray.pricing.periods import ANCHORS
+from tallyray.serve.alert_routes import AlertRules, add_alert_routes
 from tallyray.serve.intake import IntakeRules, PeriodKey, decode_batch, validate_events
 from tallyray.serve.invoicing_routes import add_invoicing_routes
 from tallyray.serve.shards import ShardRouter
+from tallyray.storage.alerts import AlertStore
 from tallyray.storage.billing import BillingStore
 from tallyray.storage.catalog import (
     CUSTOMER_FIELDS,
@@ -84,6 +86,8 @@ class Services:
     billing: Billing | None = None
     """Invoicing; built from the catalog's database with the default config when not
     given."""
+    alerts: AlertRules | None = None
+    """Alert rules (built by :func:`build_app` when not given)."""
     dunning_seconds: float | None = None
     """Collect due payments every so often while the app runs (``None``: only on request)."""
 
@@ -229,6 +233,11 @@ def build_app(services: Services) -> FastAPI:
             clock=services.clock,
         )
     rebook_late = billing.config.late_events == "book_to_open_period"
+    alert_rules = services.alerts
+    if alert_rules is None:
+        alert_rules = services.alerts = AlertRules(
+            services.catalog, AlertStore(services.catalog.engine), router, services.clock
+        )
 
     # -- errors: one JSON shape ----------------------------------------------------------
 
@@ -672,6 +681,7 @@ def build_app(services: Services) -> FastAPI:
         return _json({"id": key_id, "env": doc["env"], "key": secret}, 201)
 
     add_invoicing_routes(app, billing, authenticate)
+    add_alert_routes(app, alert_rules, authenticate)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> Response:

@@ -317,3 +317,86 @@ provider_events = Table(
     Column("received_at", Micros, nullable=False),
     PrimaryKeyConstraint("provider", "event_id"),
 )
+
+# -- alerts and webhooks -----------------------------------------------------------------------
+
+alert_rules = Table(
+    "alert_rules",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("env", String(8), nullable=False),
+    Column("customer_id", String(255), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("threshold", String(50), nullable=False),
+    Column("meter", String(64)),
+    Column("name", String(200)),
+    Column("created_at", Micros, nullable=False),
+    Index("ix_alert_rules_customer", "env", "customer_id"),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    # Messages for webhook endpoints, written in the transaction of what they announce. The
+    # id is deterministic (an alert crossing, an invoice's state change), so writing one twice
+    # (a shard replaying its log) stores it once.
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("id", String(200), nullable=False, unique=True),
+    Column("env", String(8), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("payload", Json, nullable=False),
+    Column("created_at", Micros, nullable=False),
+)
+
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("env", String(8), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("secret", String(200), nullable=False),
+    Column("event_types", Json, nullable=False),
+    Column("description", String(500)),
+    Column("status", String(16), nullable=False),
+    Column("disabled_reason", String(500)),
+    Column("created_at", Micros, nullable=False),
+    Index("ix_webhook_endpoints_env", "env"),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("env", String(8), nullable=False),
+    Column("endpoint_id", String(40), nullable=False),
+    Column("message_id", String(200), nullable=False),
+    Column("event_type", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", Micros),
+    Column("last_status_code", Integer),
+    Column("last_error", String(500)),
+    Column("created_at", Micros, nullable=False),
+    Column("updated_at", Micros, nullable=False),
+    UniqueConstraint("endpoint_id", "message_id", name="uq_webhook_deliveries_message"),
+    Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    Index("ix_webhook_deliveries_endpoint", "env", "endpoint_id", "created_at"),
+)
+
+outbox_cursors = Table(
+    "outbox_cursors",
+    metadata,
+    # How far the webhook deliverer has fanned the outbox out into deliveries.
+    Column("name", String(40), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+)
+
+server_secrets = Table(
+    "server_secrets",
+    metadata,
+    # Secrets the server makes for itself and every replica must share (the portal's token
+    # signing key), created on first use.
+    Column("name", String(64), primary_key=True),
+    Column("value", String(200), nullable=False),
+    Column("created_at", Micros, nullable=False),
+)

@@ -1,0 +1,103 @@
+"""Alert rules over the API (``/v1/customers/{id}/alert-rules``), and the service the portal
+uses for the same: a customer's own rules plus its plan's default rules.
+
+A change is stored, then the shard that owns the customer reloads the customer's rules, so
+the next batch is evaluated against them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from tallyray.actors.alerting import AlertRule, parse_rule
+from tallyray.errors import InvalidInput
+from tallyray.storage.alerts import AlertStore
+from tallyray.storage.catalog import Catalog, new_id
+
+__all__ = ["AlertRules", "add_alert_routes"]
+
+Authenticate = Callable[[Request], Awaitable[str]]
+
+
+@dataclass
+class AlertRules:
+    catalog: Catalog
+    store: AlertStore
+    router: Any
+    clock: Callable[[], int]
+
+    async def list(self, env: str, customer_id: str) -> list[dict[str, Any]]:
+        """The customer's own rules, then its plan's defaults."""
+        record = await run_in_threadpool(self.catalog.customer, env, customer_id)
+        own = (await run_in_threadpool(self.store.rules, env, [customer_id])).get(customer_id, [])
+        defaults: list[AlertRule] = []
+        if record.plan_key is not None:
+            catalog = await run_in_threadpool(self.catalog.env_catalog, env)
+            raw = catalog.raw_plans.get((record.plan_key, record.plan_version or 0), {})
+            defaults = plan_rules(record.plan_key, raw.get("alerts", []))
+        return [r.to_json() for r in [*own, *defaults]]
+
+    async def add(self, env: str, customer_id: str, doc: Any) -> dict[str, Any]:
+        await run_in_threadpool(self.catalog.customer, env, customer_id)  # 404 if unknown
+        catalog = await run_in_threadpool(self.catalog.env_catalog, env)
+        rule = parse_rule(doc, list(catalog.meters.meters), new_id("alr"))
+        await run_in_threadpool(self.store.add_rule, env, customer_id, rule, self.clock())
+        await self._refresh(env, customer_id)
+        return rule.to_json()
+
+    async def delete(self, env: str, customer_id: str, rule_id: str) -> None:
+        await run_in_threadpool(self.store.delete_rule, env, customer_id, rule_id)
+        await self._refresh(env, customer_id)
+
+    async def _refresh(self, env: str, customer_id: str) -> None:
+        await self.router.call(self.router.index(env, customer_id), "refresh", env, [customer_id])
+
+
+def plan_rules(plan_key: str, raw: Any) -> list[AlertRule]:
+    """A plan's default rules (its ``"alerts"``), with ids stable across restarts."""
+    if not isinstance(raw, list):
+        return []
+    rules = []
+    for index, doc in enumerate(raw):
+        try:
+            rules.append(parse_rule(doc, [], f"plan-{plan_key}-{index}", source="plan"))
+        except InvalidInput:
+            continue  # validated when the plan was stored; a usage rule needs its meters
+    return rules
+
+
+def _json(content: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
+
+
+def add_alert_routes(app: FastAPI, rules: AlertRules, authenticate: Authenticate) -> None:
+    @app.get("/v1/customers/{customer_id}/alert-rules", tags=["alerts"])
+    async def get_alert_rules(customer_id: str, request: Request) -> Response:
+        env = await authenticate(request)
+        return _json({"rules": await rules.list(env, customer_id)})
+
+    @app.post("/v1/customers/{customer_id}/alert-rules", tags=["alerts"], status_code=201)
+    async def post_alert_rule(customer_id: str, request: Request) -> Response:
+        """`{"kind": "balance_below" | "spend_above" | "usage_above" |
+        "credits_used_percent", "threshold": "10.00", "meter"?, "name"?}`: evaluated by the
+        customer's shard on every batch; fires `alert.triggered` / `alert.recovered`."""
+        env = await authenticate(request)
+        raw = await request.body()
+        try:
+            doc = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError as error:
+            raise InvalidInput(f"the body is not valid JSON: {error}") from None
+        return _json(await rules.add(env, customer_id, doc), 201)
+
+    @app.delete("/v1/customers/{customer_id}/alert-rules/{rule_id}", tags=["alerts"])
+    async def delete_alert_rule(customer_id: str, rule_id: str, request: Request) -> Response:
+        env = await authenticate(request)
+        await rules.delete(env, customer_id, rule_id)
+        return _json({"deleted": rule_id})

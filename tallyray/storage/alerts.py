@@ -1,0 +1,109 @@
+"""Alert rules per customer, and the outbox that carries what happened to webhook endpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Engine, delete, insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from tallyray.actors.alerting import AlertRule
+from tallyray.errors import NotFound
+from tallyray.pricing.events import format_timestamp
+from tallyray.storage import tables as t
+
+__all__ = ["AlertStore", "write_messages"]
+
+
+class AlertStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def add_rule(self, env: str, customer_id: str, rule: AlertRule, now: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(t.alert_rules).values(
+                    id=rule.id,
+                    env=env,
+                    customer_id=customer_id,
+                    kind=rule.kind,
+                    threshold=format(rule.threshold, "f"),
+                    meter=rule.meter,
+                    name=rule.name,
+                    created_at=now,
+                )
+            )
+
+    def delete_rule(self, env: str, customer_id: str, rule_id: str) -> None:
+        a = t.alert_rules
+        with self.engine.begin() as conn:
+            gone = conn.execute(
+                delete(a).where(a.c.env == env, a.c.customer_id == customer_id, a.c.id == rule_id)
+            )
+        if gone.rowcount == 0:
+            raise NotFound(f"customer {customer_id!r} has no alert rule {rule_id!r}")
+
+    def rules(self, env: str, customer_ids: Iterable[str]) -> dict[str, list[AlertRule]]:
+        """The customers' own rules (a plan's default rules come with the plan)."""
+        a = t.alert_rules
+        wanted = list(set(customer_ids))
+        if not wanted:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(a)
+                .where(a.c.env == env, a.c.customer_id.in_(wanted))
+                .order_by(a.c.created_at, a.c.id)
+            ).all()
+        out: dict[str, list[AlertRule]] = {}
+        for row in rows:
+            out.setdefault(row.customer_id, []).append(_rule(row))
+        return out
+
+    def messages(self, env: str, type_prefix: str = "", limit: int = 100) -> list[dict[str, Any]]:
+        """The newest outbox messages of an environment (for the API and tests)."""
+        o = t.outbox
+        query = select(o).where(o.c.env == env)
+        if type_prefix:
+            query = query.where(o.c.type.startswith(type_prefix))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(o.c.seq.desc()).limit(limit)).all()
+        return [
+            {
+                "id": row.id,
+                "type": row.type,
+                "data": row.payload,
+                "created_at": format_timestamp(row.created_at),
+            }
+            for row in rows
+        ]
+
+
+def _rule(row: Any) -> AlertRule:
+    from decimal import Decimal
+
+    return AlertRule(row.id, row.kind, Decimal(row.threshold), row.meter, row.name, "customer")
+
+
+def write_messages(conn: Connection, messages: Sequence[Mapping[str, Any]]) -> None:
+    """Store outbox messages (``id``, ``env``, ``type``, ``payload``, ``created_at``) in the
+    caller's transaction; a message whose id is stored already is left as it was."""
+    if not messages:
+        return
+    rows = [dict(m) for m in messages]
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        conn.execute(pg_insert(t.outbox).on_conflict_do_nothing(index_elements=["id"]), rows)
+    elif dialect == "sqlite":
+        conn.execute(sqlite_insert(t.outbox).on_conflict_do_nothing(index_elements=["id"]), rows)
+    else:  # pragma: no cover — the two supported stores are above
+        existing = set(
+            conn.execute(select(t.outbox.c.id).where(t.outbox.c.id.in_([r["id"] for r in rows])))
+            .scalars()
+            .all()
+        )
+        fresh = [r for r in rows if r["id"] not in existing]
+        if fresh:
+            conn.execute(insert(t.outbox), fresh)
