@@ -11,8 +11,7 @@ State per account:
   customer's currency: converted at the profile's exchange rate when the plan is priced in
   another one);
 - per period, how much of each credit grant its usage burned (the invoice's credit lines);
-- the end of the last closed period (``closed_through``): a closed period's usage has been
-  written out for invoicing and dropped from memory, and no event may change it any more;
+- where each alert rule stands (triggered or not, how many crossings this period);
 - the credit :class:`~tallyray.pricing.credits.Ledger`: grants, what is left of each, and spend
   no grant covered;
 - active holds (reservations);
@@ -27,12 +26,14 @@ What a quota check compares (``available``):
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from tallyray.actors.alerting import DEPLETED, AlertRule, Firing, crossings
 from tallyray.errors import EventError, Problem
 from tallyray.pricing.credits import BILLING_MODES, CreditGrant, Ledger
 from tallyray.pricing.events import Event
@@ -114,8 +115,10 @@ class CustomerAccount:
     is their sum, converted)."""
     burned: dict[int, dict[str, Decimal]] = field(default_factory=dict)
     """Per period, what its usage burned of each grant (negative: credit given back)."""
-    closed_through: int = 0
-    """Events before this moment belong to closed periods."""
+    rules: tuple[AlertRule, ...] = ()
+    """Alert rules: the customer's own and its plan's defaults."""
+    alert_state: dict[str, Any] = field(default_factory=dict)
+    """Where each rule stands (see :mod:`tallyray.actors.alerting`); part of the snapshot."""
     _bounds: tuple[int, int] = (0, 0)
     _unpriced: dict[int, set[str]] = field(default_factory=dict)
     """Usage folded in but not yet priced: period start → meters it touched."""
@@ -350,6 +353,45 @@ class CustomerAccount:
     def release(self, hold_id: str) -> Hold | None:
         return self.holds.pop(hold_id, None)
 
+    # -- alerts --------------------------------------------------------------------------
+
+    def alert_values(self, now: int) -> dict[str, Decimal | None]:
+        """What each rule watches, now (and the credit left, for ``credits.depleted``)."""
+        self._catch_up()
+        start = self.profile.period_of(now).start
+        values: dict[str, Decimal | None] = {}
+        for rule in self.rules:
+            if rule.kind == "balance_below":
+                values[rule.id] = self.available(now)
+            elif rule.kind == "spend_above":
+                values[rule.id] = self.spend.get(start, ZERO)
+            elif rule.kind == "usage_above":
+                usage = self.periods.get(start)
+                spec = self.meters.meters.get(rule.meter or "")
+                values[rule.id] = None if spec is None else usage.quantity(spec) if usage else ZERO
+            else:  # credits_used_percent
+                granted = sum((g.amount for g in self.ledger.grants if g.active_at(now)), ZERO)
+                used = granted - self.ledger.remaining(now)
+                values[rule.id] = None if not granted else used * 100 / granted
+        if self.ledger.grants:
+            values[DEPLETED] = self.ledger.remaining(now)
+        return values
+
+    def evaluate_alerts(self, now: int, key: str) -> list[Firing]:
+        """The alerts this account's state crosses now, moving the alert state along."""
+        if not self.rules and not self.ledger.grants:
+            return []
+        cur = currency_of(self.profile.currency)
+        describe = {"customer_id": self.profile.customer_id, "currency": cur.code}
+        return crossings(
+            self.rules,
+            self.alert_values(now),
+            self.alert_state,
+            self.profile.period_of(now).start,
+            key,
+            describe,
+        )
+
     # -- closing periods -----------------------------------------------------------------
 
     def due_periods(self, cutoff: int) -> list[ClosedPeriod]:
@@ -434,6 +476,7 @@ class CustomerAccount:
                 str(start): {gid: _dec(amount) for gid, amount in per_grant.items()}
                 for start, per_grant in self.burned.items()
             },
+            "alerts": copy.deepcopy(self.alert_state),
         }
 
     @classmethod
@@ -450,6 +493,7 @@ class CustomerAccount:
             tuple(_grant_from_json(g) for g in snapshot["grants"]),
             Decimal(snapshot["uncovered"]),
         )
+        account.alert_state = dict(snapshot.get("alerts", {}))
         account.burned = {
             int(start): {gid: Decimal(amount) for gid, amount in per_grant.items()}
             for start, per_grant in snapshot.get("burned", {}).items()

@@ -30,7 +30,7 @@ from typing import Any
 
 from tallyray.errors import InvalidInput, Problem
 
-__all__ = ["RULE_KINDS", "AlertRule", "Firing", "crossings", "parse_rule"]
+__all__ = ["RULE_KINDS", "AlertRule", "Firing", "crossings", "parse_rule", "plan_rules"]
 
 RULE_KINDS = ("balance_below", "spend_above", "usage_above", "credits_used_percent")
 HYSTERESIS = Decimal("0.05")
@@ -126,6 +126,21 @@ def parse_rule(
     if problems:
         raise InvalidInput("the alert rule has problems", problems)
     return AlertRule(rule_id, str(kind), threshold, meter, name, source)
+
+
+def plan_rules(plan_key: str, raw: Any) -> list[AlertRule]:
+    """A plan's default rules (its ``"alerts"``), with ids stable across restarts. A rule on
+    a meter is checked against the meters when the plan is stored."""
+    if not isinstance(raw, list):
+        return []
+    rules = []
+    for index, doc in enumerate(raw):
+        meters = [doc["meter"]] if isinstance(doc, dict) and "meter" in doc else []
+        try:
+            rules.append(parse_rule(doc, meters, f"plan-{plan_key}-{index}", source="plan"))
+        except InvalidInput:
+            continue
+    return rules
 
 
 @dataclass(frozen=True, slots=True)

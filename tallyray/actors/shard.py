@@ -36,12 +36,14 @@ from typing import Any
 import orjson
 
 from tallyray.actors.account import CustomerAccount, Hold, Profile, QuotaAnswer
+from tallyray.actors.alerting import AlertRule, plan_rules
 from tallyray.errors import Conflict, EventError, NotFound, Problem, StoreUnavailable
 from tallyray.logs import configure_logging
 from tallyray.pricing.credits import CreditGrant
 from tallyray.pricing.events import Event, format_timestamp
 from tallyray.pricing.meters import MeterSet
 from tallyray.pricing.money import currency, round_amount
+from tallyray.storage.alerts import AlertStore
 from tallyray.storage.billing import BillingStore
 from tallyray.storage.catalog import Catalog, CustomerRecord, EnvCatalog
 from tallyray.storage.db import make_engine
@@ -105,6 +107,9 @@ class ShardCore:
         self.store = ShardStore(self.engine, shard)
         self.catalog = Catalog(self.engine)
         self.billing = BillingStore(self.engine)
+        self.alert_store = AlertStore(self.engine)
+        self.outbox: list[dict[str, Any]] = []
+        """Alerts fired since the last commit: the next commit writes them."""
         self.cutoffs: dict[str, int] = {}
         """Per environment: periods that ended by this moment are closed."""
         self.envs: dict[str, EnvCatalog] = {}
@@ -170,12 +175,22 @@ class ShardCore:
         if not missing:
             return
         records = self.catalog.customers(env, missing)
+        rules = self.alert_store.rules(env, missing)
         meters = self.env(env).meters
         for customer_id in missing:
             record = records.get(customer_id)
             if record is None:
                 raise NotFound(f"no customer {customer_id!r}")
-            self.accounts[(env, customer_id)] = CustomerAccount(self._profile(record), meters)
+            account = CustomerAccount(self._profile(record), meters)
+            account.rules = self._rules(record, rules.get(customer_id, []))
+            self.accounts[(env, customer_id)] = account
+
+    def _rules(self, record: CustomerRecord, own: list[AlertRule]) -> tuple[AlertRule, ...]:
+        """The customer's own alert rules and its plan's defaults."""
+        if record.plan_key is None:
+            return tuple(own)
+        raw = self.env(record.env).raw_plans.get((record.plan_key, record.plan_version or 0), {})
+        return (*own, *plan_rules(record.plan_key, raw.get("alerts", [])))
 
     def account(self, env: str, customer_id: str) -> CustomerAccount:
         self._load_accounts(env, [customer_id])
@@ -197,13 +212,16 @@ class ShardCore:
             by_env[env].append(customer)
         for env, customers in by_env.items():
             records = self.catalog.customers(env, customers)
+            rules = self.alert_store.rules(env, customers)
             for customer in customers:
                 record = records.get(customer)
                 if record is None:
                     continue
-                self.accounts[(env, customer)] = CustomerAccount.restore(
+                account = CustomerAccount.restore(
                     states[(env, customer)], self._profile(record), self.env(env).meters, now
                 )
+                account.rules = self._rules(record, rules.get(customer, []))
+                self.accounts[(env, customer)] = account
         # Grants booked at or before the checkpoint are in it, unless their commit raced
         # the snapshot; add those (idempotently) before replaying what came after.
         for grant in self.store.grants_at_or_before(position):
@@ -251,7 +269,9 @@ class ShardCore:
         )
 
     def _add_grant_row(self, row: dict[str, Any]) -> None:
-        self.account(row["env"], row["customer_id"]).add_grant(_grant(row))
+        account = self.account(row["env"], row["customer_id"])
+        account.add_grant(_grant(row))
+        self._alerts(row["env"], account, row["created_at"])  # a top-up may recover alerts
 
     def _apply_rows(self, rows: Sequence[Any]) -> None:
         """Apply replayed log rows: per commit (same ``received_at``) and per customer."""
@@ -274,6 +294,24 @@ class ShardCore:
             log.error("shard %d: %d committed events fail their meters", self.shard, len(bad))
             account.record([e for i, e in enumerate(events) if i not in bad], at)
         self.dirty.add((env, customer_id))
+        self._alerts(env, account, at)
+
+    def _alerts(self, env: str, account: CustomerAccount, at: int) -> None:
+        """Evaluate the account's alerts on what was just applied; what fires is written by
+        the next commit (and by any checkpoint before it)."""
+        firings = account.evaluate_alerts(at, f"{env}:{account.profile.customer_id}")
+        for firing in firings:
+            self.outbox.append(
+                {
+                    "id": firing.id,
+                    "env": env,
+                    "type": firing.type,
+                    "payload": dict(firing.payload),
+                    "created_at": at,
+                }
+            )
+        if firings and self._wake is not None:
+            self._wake.set()
 
     # -- the group commit ----------------------------------------------------------------
 
@@ -291,7 +329,8 @@ class ShardCore:
             await self._wake.wait()
             self._wake.clear()
             batch, self._queue = self._queue, []
-            if not batch:
+            messages, self.outbox = self.outbox, []
+            if not batch and not messages:
                 continue
             events = [e for p in batch for e in p.events]
             grants = [g for p in batch for g in p.grants]
@@ -307,9 +346,11 @@ class ShardCore:
                     grants,
                     new_holds,
                     finished,
+                    messages,
                 )
             except Exception as error:  # noqa: BLE001 — every waiter must hear about it
                 log.error("shard %d: commit failed: %s", self.shard, error)
+                self.outbox = messages + self.outbox  # written by the next commit
                 for p in batch:
                     if p.placed_hold is not None:
                         key, hold_id = p.placed_hold
@@ -370,9 +411,16 @@ class ShardCore:
         keys, self.dirty = self.dirty, set()
         states = {k: self.accounts[k].snapshot() for k in keys if k in self.accounts}
         position, now = self.position, now_us()
+        pending = list(self.outbox)
         try:
             await asyncio.get_running_loop().run_in_executor(
-                self._db, self.store.save_checkpoint, position, self.shard_count, states, now
+                self._db,
+                self.store.save_checkpoint,
+                position,
+                self.shard_count,
+                states,
+                now,
+                pending,
             )
         except Exception:
             self.dirty |= keys
@@ -624,6 +672,7 @@ class ShardCore:
         if customer_ids is not None:
             keys = [(env, c) for c in customer_ids if (env, c) in self.accounts]
         records = self.catalog.customers(env, [k[1] for k in keys])
+        rules = self.alert_store.rules(env, [k[1] for k in keys])
         now = now_us()
         for key, account in self.accounts.items():
             if key[0] == env:
@@ -633,7 +682,9 @@ class ShardCore:
             if record is not None:
                 account = self.accounts[key]
                 account.rebook(account.set_profile(self._profile(record)), now)
+                account.rules = self._rules(record, rules.get(key[1], []))
                 self.dirty.add(key)
+                self._alerts(env, account, now)
 
     def status(self) -> dict[str, Any]:
         stats = self.stats

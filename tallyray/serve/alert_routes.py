@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from tallyray.actors.alerting import AlertRule, parse_rule
+from tallyray.actors.alerting import AlertRule, parse_rule, plan_rules
 from tallyray.errors import InvalidInput
 from tallyray.storage.alerts import AlertStore
 from tallyray.storage.catalog import Catalog, new_id
@@ -58,19 +58,6 @@ class AlertRules:
 
     async def _refresh(self, env: str, customer_id: str) -> None:
         await self.router.call(self.router.index(env, customer_id), "refresh", env, [customer_id])
-
-
-def plan_rules(plan_key: str, raw: Any) -> list[AlertRule]:
-    """A plan's default rules (its ``"alerts"``), with ids stable across restarts."""
-    if not isinstance(raw, list):
-        return []
-    rules = []
-    for index, doc in enumerate(raw):
-        try:
-            rules.append(parse_rule(doc, [], f"plan-{plan_key}-{index}", source="plan"))
-        except InvalidInput:
-            continue  # validated when the plan was stored; a usage rule needs its meters
-    return rules
 
 
 def _json(content: Any, status: int = 200) -> Response:

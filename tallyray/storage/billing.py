@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from tallyray.errors import Conflict, NotFound
 from tallyray.pricing.events import Event, format_timestamp
 from tallyray.storage import tables as t
+from tallyray.storage.alerts import write_messages
 from tallyray.storage.catalog import new_id
 
 __all__ = ["INVOICE_STATES", "BillingStore", "Rate"]
@@ -347,6 +348,10 @@ class BillingStore:
                 }
             )
         conn.execute(insert(i), rows)
+        if finalize:
+            write_messages(
+                conn, [_message("invoice.finalized", r["id"], r["document"], now) for r in rows]
+            )
         return len(rows)
 
     def invoice(self, env: str, invoice_id: str) -> dict[str, Any]:
@@ -401,6 +406,7 @@ class BillingStore:
                     next_attempt_at=now if _due(document) else None,
                 )
             )
+            write_messages(conn, [_message("invoice.finalized", invoice_id, document, now)])
 
     def set_status(
         self, env: str, invoice_id: str, status: str, allowed_from: Sequence[str], now: int
@@ -426,6 +432,7 @@ class BillingStore:
             if status == "paid":
                 values["paid_at"] = now
                 document["paid_at"] = format_timestamp(now)
+                write_messages(conn, [_message("invoice.paid", invoice_id, document, now)])
             else:
                 values["closed_at"] = now
             conn.execute(update(i).where(i.c.id == invoice_id).values(values))
@@ -529,6 +536,19 @@ class BillingStore:
                     next_attempt_at=next_attempt_at,
                 )
             )
+            if status == "failed":
+                document = conn.execute(select(i.c.document).where(i.c.id == invoice_id)).scalar()
+                message = _message("payment.failed", invoice_id, document or {}, now)
+                message["id"] = f"payment.failed:{invoice_id}:{attempt}"
+                message["payload"].update(
+                    attempt=attempt,
+                    provider=provider,
+                    failure=detail.get("failure_message") or detail.get("failure_code"),
+                    next_attempt_at=None
+                    if next_attempt_at is None
+                    else format_timestamp(next_attempt_at),
+                )
+                write_messages(conn, [message])
 
     def payments(self, env: str, invoice_id: str) -> list[dict[str, Any]]:
         p = t.payments
@@ -675,6 +695,26 @@ def _identity(
 
 
 _DAY = 86_400 * 1_000_000
+
+
+def _message(kind: str, invoice_id: str, document: Mapping[str, Any], now: int) -> dict[str, Any]:
+    """An outbox message announcing an invoice's change (one per invoice and kind)."""
+    customer = document.get("customer") or {}
+    return {
+        "id": f"{kind}:{invoice_id}",
+        "env": document.get("env", ""),
+        "type": kind,
+        "payload": {
+            "invoice_id": invoice_id,
+            "number": document.get("number"),
+            "customer_id": customer.get("id"),
+            "currency": document.get("currency"),
+            "total": document.get("total"),
+            "amount_due": document.get("amount_due"),
+            "period": document.get("period"),
+        },
+        "created_at": now,
+    }
 
 
 def _due(document: Mapping[str, Any]) -> bool:

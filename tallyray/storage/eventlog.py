@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine, Table, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tallyray.storage import tables as t
+from tallyray.storage.alerts import write_messages
 
 __all__ = ["CommitResult", "EventRow", "ShardStore"]
 
@@ -77,11 +78,14 @@ class ShardStore:
         grants: Sequence[Mapping[str, Any]] = (),
         new_holds: Sequence[Mapping[str, Any]] = (),
         finished_holds: Sequence[tuple[str, str]] = (),
+        messages: Sequence[Mapping[str, Any]] = (),
     ) -> CommitResult:
         """Write one group commit. Events first; grants are booked after them, at the
-        position the events leave the log in (replay adds them at the same point)."""
+        position the events leave the log in (replay adds them at the same point). Outbox
+        ``messages`` (alerts the previous commits crossed) go in the same transaction."""
         result = CommitResult(position=position)
         with self.engine.begin() as conn:
+            write_messages(conn, messages)
             if events:
                 result.inserted = self._insert_events(conn, events)
                 if result.inserted:
@@ -247,9 +251,13 @@ class ShardStore:
         shard_count: int,
         states: Mapping[tuple[str, str], Any],
         now: int,
+        messages: Sequence[Mapping[str, Any]] = (),
     ) -> None:
-        """Store the dirty accounts' states and the log position they include, atomically."""
+        """Store the dirty accounts' states and the log position they include, atomically,
+        with the outbox messages those states have fired (so a state that says an alert fired
+        is never stored without the alert)."""
         with self.engine.begin() as conn:
+            write_messages(conn, messages)
             if states:
                 stmt = _dialect_insert(conn, t.account_checkpoints)
                 stmt = stmt.on_conflict_do_update(

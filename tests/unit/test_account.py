@@ -562,6 +562,7 @@ def test_snapshot_is_plain_json() -> None:
             }
         ],
         "burned": {str(NOV): {"g": "10"}},  # what November's usage took of each grant
+        "alerts": {},
     }
 
 
