@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from decimal import Decimal, localcontext
 from typing import Any
 
+from tallyray.errors import CurrencyError
 from tallyray.invoicing.tax import TaxDecision
 from tallyray.pricing.events import format_timestamp
 from tallyray.pricing.meters import MeterSpec, Usage
@@ -105,6 +106,9 @@ class InvoiceInput:
     """Credit the period's usage burned, per grant, in the customer's currency."""
     tax: TaxDecision
     exchange_rate: ExchangeRate | None = None
+    """Plan currency → customer currency (of the period's last plan)."""
+    exchange_rates: Sequence[ExchangeRate] = ()
+    """More rates, when the plans of the period are priced in different currencies."""
     rounding: str = DEFAULT_ROUNDING
 
 
@@ -118,9 +122,40 @@ def build_invoice(given: InvoiceInput) -> dict[str, Any]:
 class _Builder:
     def __init__(self, given: InvoiceInput) -> None:
         self.given = given
-        self.rate = given.exchange_rate.rate if given.exchange_rate else None
+        code = given.currency.code
+        rates = [*([given.exchange_rate] if given.exchange_rate else []), *given.exchange_rates]
+        for r in rates:
+            if r.quote != code:
+                raise CurrencyError(
+                    f"an exchange rate {r.base}→{r.quote} cannot convert to the invoice's {code}"
+                )
+        self.rates = {r.base: r for r in rates}
+        used = {s.plan.currency.code for s in given.segments} - {code}
+        unused = set(self.rates) - used
+        if unused:
+            raise CurrencyError(
+                f"exchange rate {sorted(unused)[0]}→{code} given, but no plan of the period is "
+                f"priced in {sorted(unused)[0]}"
+            )
+        self.rate: Decimal | None = None
+        self.use(given.segments[-1])
 
     # -- conversion and rounding ---------------------------------------------------------
+
+    def use(self, segment: Segment) -> ExchangeRate | None:
+        """Convert from ``segment``'s plan currency from now on; returns the rate used."""
+        plan_code, code = segment.plan.currency.code, self.given.currency.code
+        if plan_code == code:
+            self.rate = None
+            return None
+        found = self.rates.get(plan_code)
+        if found is None:
+            raise CurrencyError(
+                f"no exchange rate {plan_code}→{code} to convert plan "
+                f"{segment.plan.key!r} to the invoice's currency"
+            )
+        self.rate = found.rate
+        return found
 
     def convert(self, amount: Decimal) -> Decimal:
         return amount if self.rate is None else amount * self.rate
@@ -143,15 +178,20 @@ class _Builder:
 
     def base_fees(self) -> list[dict[str, Any]]:
         lines = []
+        last = self.given.segments[-1]
         for segment in self.given.segments:
             plan, part = segment.plan, segment.proration
             if not plan.base_fee or not part.days:
                 continue
+            rate = self.use(segment)
             fee = plan.base_fee if part.whole else plan.base_fee * part.days / part.of_days
             extra: dict[str, Any] = {"plan": plan.key}
             if not part.whole:
                 extra["proration"] = part.to_json()
+            if rate is not None and segment is not last:
+                extra["exchange_rate"] = rate.to_json()
             lines.append(self.line("base_fee", f"{plan.name} base fee", fee, **extra))
+        self.use(last)
         return lines
 
     def usage(self) -> list[dict[str, Any]]:
@@ -181,8 +221,10 @@ class _Builder:
             plan, part = segment.plan, segment.proration
             if plan.minimum is None or not part.days:
                 continue
+            self.use(segment)
             share = plan.minimum if part.whole else plan.minimum * part.days / part.of_days
             commitment += self.round(self.convert(share))
+        self.use(self.given.segments[-1])
         if charged >= commitment:
             return []
         gap = commitment - charged
@@ -255,7 +297,8 @@ class _Builder:
         tax = sum((Decimal(t["amount"]) for t in taxes), ZERO)
         total = subtotal + tax
         credits = self.credits(total)
-        applied = -sum((Decimal(c["amount"]) for c in credits), ZERO)
+        applied = self.round(-sum((Decimal(c["amount"]) for c in credits), ZERO))
+        subtotal, tax, total = self.round(subtotal), self.round(tax), self.round(total)
         notes = [given.tax.note] if given.tax.note else []
         return {
             "object": "invoice",
@@ -273,7 +316,7 @@ class _Builder:
                 "name": last.plan.name,
                 "currency": last.plan.currency.code,
             },
-            "exchange_rate": given.exchange_rate.to_json() if given.exchange_rate else None,
+            "exchange_rate": None if (rate := self.use(last)) is None else rate.to_json(),
             "lines": lines,
             "subtotal": _text(subtotal),
             "taxes": taxes,

@@ -23,6 +23,7 @@ from typing import Any
 from babel import Locale, UnknownLocaleError
 
 from tallyray.errors import ConfigError, Problem
+from tallyray.invoicing.tax.config import country_problem
 
 __all__ = ["LATE_EVENT_POLICIES", "InvoicingConfig", "parse_invoicing_config"]
 
@@ -103,8 +104,8 @@ def parse_invoicing_config(raw: Any, where: str = "invoicing") -> InvoicingConfi
             if key in seller and not isinstance(seller[key], str):
                 bad(f"seller.{key}", "must be a string")
         country = seller.get("country")
-        if country is not None and not _iso_country(country):
-            bad("seller.country", "must be an ISO 3166 two-letter code such as 'DE'")
+        if country is not None and (problem := country_problem(country)) is not None:
+            bad("seller.country", problem)
         address = seller.get("address")
         if address is not None:
             if not isinstance(address, dict):
@@ -112,6 +113,12 @@ def parse_invoicing_config(raw: Any, where: str = "invoicing") -> InvoicingConfi
             else:
                 for key in sorted(set(address) - _ADDRESS_FIELDS):
                     bad(f"seller.address.{key}", "unknown field")
+                for key in sorted(set(address) & _ADDRESS_FIELDS):
+                    value = address[key]
+                    if not isinstance(value, str) or not value.strip():
+                        bad(f"seller.address.{key}", "must be a non-empty string")
+                    elif key == "country" and (problem := country_problem(value)) is not None:
+                        bad("seller.address.country", problem)
         values["seller"] = seller
     for key in ("number_prefix", "credit_note_prefix", "entity"):
         if key in raw:
@@ -145,15 +152,16 @@ def parse_invoicing_config(raw: Any, where: str = "invoicing") -> InvoicingConfi
             values["late_events"] = raw["late_events"]
     dunning = raw.get("dunning")
     if dunning is not None:
-        days = dunning.get("retry_days") if isinstance(dunning, dict) else None
-        if not isinstance(days, list) or not all(type(d) is int and 0 < d <= 365 for d in days):
-            bad("dunning.retry_days", "must be a list of whole numbers of days (1 to 365)")
+        if not isinstance(dunning, dict):
+            bad("dunning", 'must be a JSON object such as {"retry_days": [3, 5, 7]}')
         else:
-            values["retry_days"] = tuple(days)
+            for key in sorted(set(dunning) - {"retry_days"}):
+                bad(f"dunning.{key}", "unknown field (known: retry_days)")
+            days = dunning.get("retry_days", list(InvoicingConfig.retry_days))
+            if not isinstance(days, list) or not all(type(d) is int and 0 < d <= 365 for d in days):
+                bad("dunning.retry_days", "must be a list of whole numbers of days (1 to 365)")
+            else:
+                values["retry_days"] = tuple(days)
     if problems:
         raise ConfigError.of(problems)
     return InvoicingConfig(**values)
-
-
-def _iso_country(value: object) -> bool:
-    return isinstance(value, str) and len(value) == 2 and value.isalpha() and value.isupper()

@@ -167,16 +167,15 @@ def _customer_invoices(
             continue
         row = closed.get((record.id, period.start))
         last = covered[-1]
-        plan = last.plan
-        rate = None
-        if plan.currency.code != cur.code:
-            found = ctx.billing.rate(spec.env, plan.currency.code, cur.code, period.end)
+        rates = []
+        for code in sorted({c.plan.currency.code for c in covered} - {cur.code}):
+            found = ctx.billing.rate(spec.env, code, cur.code, period.end)
             if found is None:
                 raise LookupError(
-                    f"no exchange rate {plan.currency.code}→{cur.code} on or before the end "
-                    "of the period; add one with POST /v1/exchange-rates"
+                    f"no exchange rate {code}→{cur.code} on or before the end of the period; "
+                    "add one with POST /v1/exchange-rates"
                 )
-            rate = ExchangeRate(plan.currency.code, cur.code, found[0], found[1], found[2])
+            rates.append(ExchangeRate(code, cur.code, found[0], found[1], found[2]))
         segments = [
             Segment(
                 c.plan,
@@ -201,7 +200,7 @@ def _customer_invoices(
                 if row is None
                 else {gid: Decimal(amount) for gid, amount in row["burned"].items()},
                 tax=decision,
-                exchange_rate=rate,
+                exchange_rates=rates,
                 rounding=ctx.rounding,
             )
         )

@@ -46,8 +46,9 @@ def due_periods(
         anchor = subscription_anchor(sub)
         end = sub.get("end")
         period = period_of(sub["start"], plan.interval, anchor)
+        continued = end is not None and any(s["start"] == end for s in subscriptions)
         while period.end <= until and (end is None or period.start < end):
-            part = prorate(period, sub["start"], end)
+            part = prorate(period, sub["start"], end, continued)
             if part.days and period.end > after:
                 found.setdefault((period.start, period.end), []).append(Covered(sub, plan, part))
             period = period_of(period.end, plan.interval, anchor)

@@ -132,12 +132,22 @@ class Proration(tuple[int, int]):
         return {"days": self[0], "of_days": self[1]}
 
 
-def prorate(period: Period, active_from: int, active_to: int | None) -> Proration:
+def prorate(
+    period: Period, active_from: int, active_to: int | None, continued: bool = False
+) -> Proration:
     """How much of ``period`` the span ``[active_from, active_to)`` covers, in whole days
-    (``active_to`` ``None``: still active)."""
+    (``active_to`` ``None``: still active).
+
+    Days are counted from the period's start: the span covers every day it touches, so a
+    subscription that starts or ends during a day pays for that day. When another
+    subscription *continues* from ``active_to`` (a plan change), the day of the change
+    belongs to the new one only, so no day is billed twice."""
     of_days = -(-(period.end - period.start) // _DAY)
     start = max(period.start, active_from)
     end = period.end if active_to is None else min(period.end, active_to)
     if end <= start:
         return Proration(0, of_days)
-    return Proration(min(-(-(end - start) // _DAY), of_days), of_days)
+    first = (start - period.start) // _DAY
+    offset = end - period.start
+    last = offset // _DAY if continued and end < period.end else -(-offset // _DAY)
+    return Proration(max(0, min(last, of_days) - first), of_days)

@@ -38,7 +38,7 @@ from tallyray.invoicing.tax.vat_ids import (
     vat_prefix,
 )
 
-__all__ = ["ENGINES", "TaxConfig", "build_engine", "parse_tax_config"]
+__all__ = ["ENGINES", "TaxConfig", "build_engine", "country_problem", "parse_tax_config"]
 
 #: The values of ``"engine"``.
 ENGINES = ("eu_vat", "none")
@@ -84,7 +84,7 @@ def _countries() -> frozenset[str]:
     )
 
 
-def _country_problem(value: Any) -> str | None:
+def country_problem(value: Any) -> str | None:
     """What is wrong with ``value`` as an ISO 3166-1 alpha-2 country code, if anything."""
     if value == "EL":
         return "write Greece as GR (ISO 3166-1); EL is only its VAT-id prefix"
@@ -119,7 +119,7 @@ def parse_tax_config(raw: Mapping[str, Any] | None, where: str = "tax") -> TaxCo
     if country is None:
         if engine == "eu_vat":
             bad("seller_country", "is required with engine 'eu_vat': where the seller is")
-    elif (problem := _country_problem(country)) is not None:
+    elif (problem := country_problem(country)) is not None:
         bad("seller_country", problem)
         country = None
 
@@ -219,7 +219,7 @@ def _jurisdictions(
                 Problem(here, "a key is a country ('GB') or a country and region ('US-CA')")
             )
             continue
-        if (problem := _country_problem(match.group(1))) is not None:
+        if (problem := country_problem(match.group(1))) is not None:
             problems.append(Problem(here, problem))
             continue
         if match.group(1) in EU_MEMBER_STATES and seller_country in EU_MEMBER_STATES:
