@@ -44,6 +44,7 @@ from tallyray.pricing.periods import ANCHORS
 from tallyray.serve.alert_routes import AlertRules, add_alert_routes
 from tallyray.serve.intake import IntakeRules, PeriodKey, decode_batch, validate_events
 from tallyray.serve.invoicing_routes import add_invoicing_routes
+from tallyray.serve.portal_routes import add_portal_routes
 from tallyray.serve.shards import ShardRouter
 from tallyray.storage.alerts import AlertStore
 from tallyray.storage.billing import BillingStore
@@ -682,6 +683,7 @@ def build_app(services: Services) -> FastAPI:
 
     add_invoicing_routes(app, billing, authenticate)
     add_alert_routes(app, alert_rules, authenticate)
+    add_portal_routes(app, services, authenticate)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> Response:

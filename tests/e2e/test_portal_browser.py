@@ -1,0 +1,233 @@
+"""The customer portal in a real headless browser: Debian's Chromium driven by Playwright,
+against a real `tallyray serve` subprocess (Ray + Serve, SQLite in a temporary directory).
+
+JavaScript is switched off in the browser: the portal must work without it. Screenshots are
+saved to ``tests/e2e/artifacts/portal-<page>.png`` (a test artifact, not committed).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+ADMIN_KEY = "trk_admin_" + uuid.uuid4().hex
+
+pytestmark = [
+    pytest.mark.e2e,
+    # CI installs Chromium and sets TALLYRAY_REQUIRE_BROWSER, so there the test never skips.
+    pytest.mark.skipif(
+        not CHROMIUM.exists() and not os.environ.get("TALLYRAY_REQUIRE_BROWSER"),
+        reason="Debian's Chromium is not installed at /usr/bin/chromium "
+        "(apt-get install -y chromium)",
+    ),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("portal-serve")
+    env = {
+        **os.environ,
+        "TALLYRAY_ADMIN_KEY": ADMIN_KEY,
+        "TALLYRAY_DATABASE_URL": f"sqlite:///{workdir}/tallyray.db",
+        "TALLYRAY_SHARDS": "2",
+        "TALLYRAY_CHECKPOINT_SECONDS": "1",
+    }
+    log = (workdir / "serve.log").open("w")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tallyray.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--config",
+            str(ROOT / "examples/llm-api/tallyray.json"),
+        ],
+        cwd=workdir,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            log.close()
+            raise AssertionError((workdir / "serve.log").read_text()[-3000:])
+        time.sleep(0.5)
+    yield base
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    log.close()
+    assert process.returncode == 0, (workdir / "serve.log").read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def portal_url(base_url: str) -> str:
+    """A customer with 10.00 of credits and ten calls, and a portal link for it."""
+    with httpx.Client(base_url=base_url, timeout=30) as http:
+        r = http.post(
+            "/v1/admin/keys", json={"env": "test"}, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+        )
+        assert r.status_code == 201, r.text
+        http.headers["Authorization"] = f"Bearer {r.json()['key']}"
+        customer = {"id": "acme", "name": "Acme AI", "currency": "EUR", "locale": "en"}
+        assert http.post("/v1/customers", json=customer).status_code == 201
+        r = http.post("/v1/subscriptions", json={"customer_id": "acme", "plan": "pro"})
+        assert r.status_code == 201, r.text
+        r = http.post("/v1/customers/acme/credits", json={"amount": "10.00"})
+        assert r.status_code == 201, r.text
+        events = [
+            {
+                "id": f"e{i}",
+                "customer_id": "acme",
+                "type": "llm.completion",
+                "properties": {
+                    "model": "gpt-4o" if i % 3 else "gpt-4o-mini",
+                    "input_tokens": 1000,
+                    "output_tokens": 100,
+                },
+            }
+            for i in range(10)
+        ]
+        assert http.post("/v1/events", json=events).json() == {"ingested": 10, "duplicates": 0}
+        r = http.post("/v1/portal-sessions", json={"customer_id": "acme"})
+        assert r.status_code == 201, (
+            f"POST /v1/portal-sessions answered {r.status_code}: are the portal routes wired "
+            f"into build_app? {r.text}"
+        )
+        return f"{base_url}{r.json()['url']}"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A page with JavaScript off; console errors (a CSP violation, say) fail the test, but
+    for Chromium's note on a page answered with an error status the test asked for."""
+    context = browser.new_context(
+        java_script_enabled=False, viewport={"width": 1024, "height": 800}, locale="en-US"
+    )
+    page = context.new_page()
+    errors: list[str] = []
+    expected = "Failed to load resource: the server responded with a status of"
+
+    def on_console(message: Any) -> None:
+        if message.type == "error" and not message.text.startswith(expected):
+            errors.append(message.text)
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    yield page
+    context.close()
+    assert errors == []
+
+
+def shot(page: Any, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"portal-{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 1000
+    return path
+
+
+def test_the_overview_shows_the_balance(page: Any, portal_url: str) -> None:
+    response = page.goto(portal_url)
+    assert response.status == 200
+    # gpt-4o: 6 × (1,000 × 0.0000025 + 100 × 0.00001) = 0.021; gpt-4o-mini: 4,000 input
+    # tokens in the free tier + 4 × 100 × 0.0000006 = 0.00024; 10 requests: one package of
+    # 1,000 at 2.00 → spend 2.02124 → 2.02; credits 10 − 2.02124 = 7.97876 → 7.98
+    assert page.locator("#credits-remaining").inner_text() == "€7.98"
+    assert page.locator("#period-spend").inner_text() == "€2.02"
+    assert page.get_by_role("heading", name="Overview").is_visible()
+    assert page.title().startswith("Overview · Acme AI")
+    shot(page, "overview")
+
+
+def test_create_an_alert_and_see_it_listed(page: Any, portal_url: str) -> None:
+    page.goto(portal_url)
+    page.get_by_role("link", name="Alerts").click()
+    page.wait_for_url(f"{portal_url}/alerts")
+    assert page.get_by_text("You have no alerts.").is_visible()
+    # Every control is found by its label: the form is labelled for assistive technology.
+    page.get_by_label("When").select_option("balance_below")
+    page.get_by_label("Threshold").fill("5")
+    page.get_by_label("Name (optional)").fill("Running low")
+    page.get_by_role("button", name="Add alert").click()
+    page.wait_for_url(f"{portal_url}/alerts?done=alert-added")
+    assert page.get_by_role("status").inner_text() == "Alert added."
+    row = page.locator("#alert-rules tbody tr", has_text="Running low")
+    assert row.count() == 1
+    assert "Available balance below €5.00" in row.inner_text()
+    shot(page, "alerts")
+
+
+def test_a_bad_threshold_is_reported_next_to_its_field(page: Any, portal_url: str) -> None:
+    page.goto(f"{portal_url}/alerts")
+    page.get_by_label("When").select_option("spend_above")
+    page.get_by_label("Threshold").fill("a lot")
+    page.get_by_role("button", name="Add alert").click()
+    assert " ".join(page.locator("#threshold-error").inner_text().split()) == (
+        "Error: Enter a number such as 100.00."
+    )
+    assert page.get_by_label("Threshold").get_attribute("aria-invalid") == "true"
+    shot(page, "alerts-error")
+
+
+def test_usage_charts_and_invoices_render(page: Any, portal_url: str) -> None:
+    page.goto(f"{portal_url}/usage")
+    charts = page.locator("figure.chart svg[role=img]")
+    assert charts.count() == 3  # input_tokens, output_tokens (by model), requests
+    assert page.locator("ul.legend li", has_text="gpt-4o-mini").count() == 2
+    shot(page, "usage")
+    page.get_by_role("link", name="Invoices").click()
+    assert page.get_by_text("You have no invoices yet.").is_visible()
+
+
+def test_a_tampered_link_gets_a_401_page(page: Any, portal_url: str) -> None:
+    response = page.goto(portal_url[:-2] + ("AA" if not portal_url.endswith("AA") else "BB"))
+    assert response.status == 401
+    assert page.get_by_role("heading", name="This link is not valid").is_visible()
