@@ -14,7 +14,14 @@ import urllib.request
 from typing import Any
 
 from tallyray.cluster.settings import Settings
-from tallyray.cluster.wiring import prepare_store, start_ingress, start_ray, start_shards, stop
+from tallyray.cluster.wiring import (
+    prepare_store,
+    start_ingress,
+    start_ray,
+    start_shards,
+    start_webhook_deliverer,
+    stop,
+)
 from tallyray.logs import configure_logging, redact
 
 log = logging.getLogger("tallyray.server")
@@ -112,6 +119,7 @@ def run_server(settings: Settings, demo: bool = False) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         start_shards(settings)
+        start_webhook_deliverer(settings)
         start_ingress(settings)
         base = f"http://{settings.host}:{settings.port}"
         _wait_until_up(base)

@@ -35,6 +35,8 @@ class Settings:
     adyen_merchant_account: str | None = None
     adyen_hmac_key: str | None = None
     adyen_api_base: str | None = None
+    webhook_retry_delays: str | None = None
+    """Waits between webhook delivery attempts, e.g. ``"5s,5m,30m,2h,5h,10h,14h"``."""
     dunning_seconds: float = 300.0
     """How often the server collects payments that are due (the dunning schedule)."""
 
@@ -60,6 +62,7 @@ class Settings:
         "TALLYRAY_ADYEN_HMAC_KEY": "adyen_hmac_key",
         "TALLYRAY_ADYEN_API_BASE": "adyen_api_base",
         "TALLYRAY_DUNNING_SECONDS": "dunning_seconds",
+        "TALLYRAY_WEBHOOK_RETRY_DELAYS": "webhook_retry_delays",
     }
 
     @classmethod

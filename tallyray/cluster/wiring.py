@@ -15,6 +15,7 @@ import ray
 from ray import serve
 
 from tallyray.actors.shard import ShardActor
+from tallyray.alerts.deliverer import start_webhooks
 from tallyray.cluster.settings import Settings
 from tallyray.errors import ConfigError, InvalidInput, Problem
 from tallyray.invoicing.config import parse_invoicing_config
@@ -212,6 +213,13 @@ def start_shards(settings: Settings) -> list[Any]:
     return handles
 
 
+def start_webhook_deliverer(settings: Settings) -> Any:
+    """The one actor that fans the outbox out to webhook endpoints and delivers, retried."""
+    return start_webhooks(
+        settings.database_url, interval=1.0, delays=settings.webhook_retry_delays or None
+    )
+
+
 def start_ingress(settings: Settings) -> None:
     from tallyray.serve.deployment import Ingress
 
@@ -234,6 +242,6 @@ def stop(settings: Settings) -> None:
         serve.delete(APP_NAME)
     except Exception as error:  # noqa: BLE001 — removing the shards matters more
         log.warning("serve delete: %s", error)
-    for i in range(settings.shards):
+    for name in [shard_name(i) for i in range(settings.shards)] + ["webhooks"]:
         with contextlib.suppress(ValueError):
-            ray.kill(ray.get_actor(shard_name(i), namespace=NAMESPACE), no_restart=True)
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)

@@ -46,6 +46,7 @@ from tallyray.serve.intake import IntakeRules, PeriodKey, decode_batch, validate
 from tallyray.serve.invoicing_routes import add_invoicing_routes
 from tallyray.serve.portal_routes import add_portal_routes
 from tallyray.serve.shards import ShardRouter
+from tallyray.serve.webhook_routes import add_webhook_routes
 from tallyray.storage.alerts import AlertStore
 from tallyray.storage.billing import BillingStore
 from tallyray.storage.catalog import (
@@ -58,6 +59,7 @@ from tallyray.storage.catalog import (
 )
 from tallyray.storage.db import DatabaseUnavailable
 from tallyray.storage.usage import WINDOWS, usage_series
+from tallyray.storage.webhooks import WebhookStore
 
 log = logging.getLogger("tallyray.api")
 
@@ -684,6 +686,7 @@ def build_app(services: Services) -> FastAPI:
     add_invoicing_routes(app, billing, authenticate)
     add_alert_routes(app, alert_rules, authenticate)
     add_portal_routes(app, services, authenticate)
+    add_webhook_routes(app, WebhookStore(services.catalog.engine), authenticate, services.clock)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> Response:

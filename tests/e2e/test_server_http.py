@@ -198,3 +198,69 @@ def test_an_invoice_run_from_the_command_line_and_its_pdf(base_url: str) -> None
 
 def _auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+def test_an_alert_reaches_a_webhook_endpoint_signed(base_url: str) -> None:
+    """Crossing a threshold on ingest → the shard's outbox → the deliverer actor → a signed
+    POST to the endpoint, verified with the independent `standardwebhooks` package."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from standardwebhooks.webhooks import Webhook
+
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 — http.server's naming
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        with httpx.Client(base_url=base_url, timeout=30) as http:
+            key = http.post("/v1/admin/keys", json={"env": "test"}, headers=_auth(ADMIN_KEY))
+            http.headers.update(_auth(key.json()["key"]))
+            r = http.post(
+                "/v1/webhook-endpoints",
+                json={
+                    "url": f"http://127.0.0.1:{receiver.server_address[1]}/hooks",
+                    "event_types": ["alert.triggered"],
+                },
+            )
+            assert r.status_code == 201, r.text
+            secret = r.json()["secret"]
+            customer = f"e2e-{uuid.uuid4().hex[:8]}"
+            assert http.post("/v1/customers", json={"id": customer, "currency": "EUR"}).is_success
+            r = http.post("/v1/subscriptions", json={"customer_id": customer, "plan": "pro"})
+            assert r.status_code == 201, r.text
+            rule = {"kind": "spend_above", "threshold": "1.00"}
+            r = http.post(f"/v1/customers/{customer}/alert-rules", json=rule)
+            assert r.status_code == 201, r.text
+            event = {
+                "id": "e-alert",
+                "customer_id": customer,
+                "type": "llm.completion",
+                "properties": {"model": "gpt-4o", "input_tokens": 10, "output_tokens": 0},
+            }
+            assert http.post("/v1/events", json=[event]).status_code == 200  # 2.00 > 1.00
+
+            deadline = time.monotonic() + 30
+            while not received and time.monotonic() < deadline:
+                time.sleep(0.2)
+        assert received, "no webhook arrived within 30 s"
+        headers, body = received[0]
+        Webhook(secret).verify(body, headers)  # raises if the signature is wrong
+        message = json.loads(body)
+        assert message["type"] == "alert.triggered"
+        assert message["data"]["customer_id"] == customer
+        assert message["data"]["rule"]["description"] == "period spend above 1.00"
+    finally:
+        receiver.shutdown()
+        receiver.server_close()

@@ -1,0 +1,207 @@
+"""Webhook endpoints over the API (``/v1/webhook-endpoints``): create one (its signing secret
+is shown once), list, read, disable, enable, delete, read its delivery log, send it a test
+event. Every endpoint belongs to the environment of the key that created it.
+
+Sending is the deliverer's job (:mod:`tallyray.alerts.deliverer`); these routes only write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from tallyray.alerts.deliverer import Deliverer
+from tallyray.alerts.schedule import SUBSCRIBABLE_TYPES, TEST_EVENT
+from tallyray.alerts.signing import new_secret
+from tallyray.errors import InvalidInput, Problem
+from tallyray.storage.webhooks import DELIVERY_STATUSES, WebhookStore
+
+__all__ = ["add_webhook_routes", "parse_endpoint"]
+
+Authenticate = Callable[[Request], Awaitable[str]]
+
+ENDPOINT_FIELDS = frozenset({"url", "event_types", "description"})
+MAX_URL = 2000
+MAX_DESCRIPTION = 500
+
+
+def parse_endpoint(doc: Any) -> tuple[str, list[str], str | None]:
+    """(url, event types, description) from ``POST /v1/webhook-endpoints``, or
+    :class:`InvalidInput` naming every bad field."""
+    if not isinstance(doc, dict):
+        raise InvalidInput("the body must be a JSON object")
+    problems = [Problem(name, "unknown field") for name in sorted(set(doc) - ENDPOINT_FIELDS)]
+    url = doc.get("url")
+    if url is None:
+        problems.append(Problem("url", "is required"))
+    else:
+        why = _url_problem(url)
+        if why:
+            problems.append(Problem("url", why))
+    types: list[str] = []
+    raw = doc.get("event_types")
+    if raw is None:
+        problems.append(Problem("event_types", "is required"))
+    elif not isinstance(raw, list) or not raw:
+        problems.append(Problem("event_types", "must be a non-empty list of event types"))
+    else:
+        for index, kind in enumerate(raw):
+            if kind not in SUBSCRIBABLE_TYPES:
+                problems.append(
+                    Problem(
+                        f"event_types[{index}]",
+                        f"{kind!r} is not an event type; one of {', '.join(SUBSCRIBABLE_TYPES)}",
+                    )
+                )
+            elif kind not in types:
+                types.append(kind)
+    description = doc.get("description")
+    if description is not None and (
+        not isinstance(description, str) or len(description) > MAX_DESCRIPTION
+    ):
+        problems.append(
+            Problem("description", f"must be a string of at most {MAX_DESCRIPTION} characters")
+        )
+    if problems:
+        raise InvalidInput("the webhook endpoint has problems", problems)
+    return str(url), types, description
+
+
+def _url_problem(url: Any) -> str | None:
+    if not isinstance(url, str) or not url:
+        return "must be an http:// or https:// URL"
+    if len(url) > MAX_URL:
+        return f"must be at most {MAX_URL} characters"
+    try:
+        parts = urlsplit(url)
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL):
+        return "is not a valid URL"
+    if parts.scheme not in ("http", "https"):
+        return "must be an http:// or https:// URL"
+    if not parts.hostname:
+        return "must name a host"
+    if parts.fragment:
+        return "must not have a #fragment"
+    return None
+
+
+def _json(content: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
+
+
+async def _optional_body(request: Request) -> Any:
+    raw = await request.body()
+    if not raw.strip():
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise InvalidInput(f"the body is not valid JSON: {error}") from None
+
+
+def add_webhook_routes(
+    app: FastAPI,
+    store: WebhookStore,
+    authenticate: Authenticate,
+    clock: Callable[[], int],
+    deliverer: Deliverer | None = None,
+) -> None:
+    """Add the ``/v1/webhook-endpoints`` routes. With a ``deliverer``, a test event is sent
+    at once (in the background) rather than on the deliverer actor's next round."""
+    background: set[asyncio.Task[Any]] = set()
+
+    @app.post("/v1/webhook-endpoints", tags=["webhooks"], status_code=201)
+    async def post_endpoint(request: Request) -> Response:
+        """`{"url", "event_types": [...], "description"?}` → the endpoint, with its signing
+        `secret` (`whsec_...`): shown here only, keep it."""
+        env = await authenticate(request)
+        url, types, description = parse_endpoint(await _optional_body(request))
+        secret = new_secret()
+        endpoint = await run_in_threadpool(
+            store.create_endpoint, env, url, types, description, secret, clock()
+        )
+        return _json({**endpoint.to_json(), "secret": secret}, 201)
+
+    @app.get("/v1/webhook-endpoints", tags=["webhooks"])
+    async def get_endpoints(request: Request) -> Response:
+        env = await authenticate(request)
+        endpoints = await run_in_threadpool(store.endpoints, env)
+        return _json({"endpoints": [e.to_json() for e in endpoints]})
+
+    @app.get("/v1/webhook-endpoints/{endpoint_id}", tags=["webhooks"])
+    async def get_endpoint(endpoint_id: str, request: Request) -> Response:
+        env = await authenticate(request)
+        return _json((await run_in_threadpool(store.endpoint, env, endpoint_id)).to_json())
+
+    @app.delete("/v1/webhook-endpoints/{endpoint_id}", tags=["webhooks"])
+    async def delete_endpoint(endpoint_id: str, request: Request) -> Response:
+        """Remove the endpoint and its delivery log."""
+        env = await authenticate(request)
+        await run_in_threadpool(store.delete_endpoint, env, endpoint_id)
+        return _json({"deleted": endpoint_id})
+
+    @app.post("/v1/webhook-endpoints/{endpoint_id}/disable", tags=["webhooks"])
+    async def disable_endpoint(endpoint_id: str, request: Request) -> Response:
+        """Optional body `{"reason"}`. Open deliveries are stopped; nothing is sent to the
+        endpoint until it is enabled."""
+        env = await authenticate(request)
+        doc = await _optional_body(request) or {}
+        if not isinstance(doc, dict) or set(doc) - {"reason"}:
+            raise InvalidInput('the body is optional: {"reason": "..."}')
+        reason = doc.get("reason") or "disabled over the API"
+        if not isinstance(reason, str):
+            raise InvalidInput("'reason' must be a string", [Problem("reason", "not a string")])
+        endpoint = await run_in_threadpool(store.disable, env, endpoint_id, reason, clock())
+        return _json(endpoint.to_json())
+
+    @app.post("/v1/webhook-endpoints/{endpoint_id}/enable", tags=["webhooks"])
+    async def enable_endpoint(endpoint_id: str, request: Request) -> Response:
+        """Send to the endpoint again, from the next message on."""
+        env = await authenticate(request)
+        endpoint = await run_in_threadpool(store.enable, env, endpoint_id)
+        return _json(endpoint.to_json())
+
+    @app.get("/v1/webhook-endpoints/{endpoint_id}/deliveries", tags=["webhooks"])
+    async def get_deliveries(
+        endpoint_id: str, request: Request, status: str | None = None, limit: int = 100
+    ) -> Response:
+        """The delivery log, newest first: message id, type, status (`pending`, `sending`,
+        `succeeded`, `failed`, `stopped`), attempts, the last status code or error, and the
+        next attempt. `?status=&limit=` (at most 1,000)."""
+        env = await authenticate(request)
+        if status is not None and status not in DELIVERY_STATUSES:
+            raise InvalidInput(
+                f"'status' must be one of {', '.join(DELIVERY_STATUSES)}",
+                [Problem("status", status)],
+            )
+        if not 1 <= limit <= 1000:
+            raise InvalidInput("'limit' must be from 1 to 1000", [Problem("limit", str(limit))])
+        rows = await run_in_threadpool(store.deliveries, env, endpoint_id, status, limit)
+        return _json({"deliveries": rows})
+
+    @app.post("/v1/webhook-endpoints/{endpoint_id}/test", tags=["webhooks"], status_code=202)
+    async def send_test(endpoint_id: str, request: Request) -> Response:
+        """Send a `webhook.test` event to this endpoint only; follow it in the delivery
+        log."""
+        env = await authenticate(request)
+        now = clock()
+        payload = {"endpoint_id": endpoint_id, "message": "A test event, sent on request."}
+        message_id, delivery_id = await run_in_threadpool(
+            store.send_to_one, env, endpoint_id, TEST_EVENT, payload, now
+        )
+        if deliverer is not None:
+            task = asyncio.create_task(deliverer.deliver_now(delivery_id, endpoint_id, now))
+            background.add(task)
+            task.add_done_callback(background.discard)
+        return _json(
+            {"message_id": message_id, "delivery_id": delivery_id, "type": TEST_EVENT}, 202
+        )
