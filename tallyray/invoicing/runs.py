@@ -79,6 +79,8 @@ def _context(spec: RunSpec) -> _Context:
     key = (spec.database_url, spec.env)
     hit = _contexts.get(key)
     if hit is None or time.monotonic() - hit[1] > 30:
+        if hit is not None:
+            hit[0].catalog.engine.dispose()  # a fresh catalog next: let the old pool go
         hit = _contexts[key] = (_Context(spec), time.monotonic())
     return hit[0]
 

@@ -31,7 +31,7 @@ from tallyray.invoicing.runs import RunSpec, invoice_chunk_task
 from tallyray.pricing.events import format_timestamp
 from tallyray.pricing.money import currency, parse_amount, round_amount
 from tallyray.storage.billing import BillingStore
-from tallyray.storage.catalog import Catalog
+from tallyray.storage.catalog import Catalog, CustomerRecord
 
 __all__ = ["Billing"]
 
@@ -262,18 +262,41 @@ class Billing:
             )
         return found
 
-    async def collect_due(self, env: str) -> int:
-        """Try to collect every finalized invoice whose next attempt is due."""
-        due = await run_in_threadpool(self.store.due_for_payment, env, self.clock())
-        for invoice in due:
-            try:
-                await self.collect(env, invoice)
-            except TallyrayError as error:  # one invoice must not stop the others
-                log.warning("collecting %s: %s", invoice["id"], error)
-        return len(due)
+    async def collect_due(self, env: str, page: int = 200, concurrency: int = 8) -> int:
+        """Try to collect every finalized invoice whose next attempt is due, a page at a
+        time, ``concurrency`` at once (a provider call is a network round trip)."""
+        gate = asyncio.Semaphore(concurrency)
+        seen: set[str] = set()
 
-    async def collect(self, env: str, invoice: Mapping[str, Any]) -> dict[str, Any]:
-        customer = await run_in_threadpool(self.catalog.customer, env, invoice["customer_id"])
+        async def one(invoice: Mapping[str, Any], customer: CustomerRecord | None) -> None:
+            async with gate:
+                try:
+                    await self.collect(env, invoice, customer, reread=False)
+                except TallyrayError as error:  # one invoice must not stop the others
+                    log.warning("collecting %s: %s", invoice["id"], error)
+
+        while True:
+            due = await run_in_threadpool(self.store.due_for_payment, env, self.clock(), page)
+            fresh = [i for i in due if i["id"] not in seen]
+            if not fresh:
+                return len(seen)
+            seen.update(i["id"] for i in fresh)
+            customers = await run_in_threadpool(
+                self.catalog.customers, env, {i["customer_id"] for i in fresh}
+            )
+            await asyncio.gather(*(one(i, customers.get(i["customer_id"])) for i in fresh))
+
+    async def collect(
+        self,
+        env: str,
+        invoice: Mapping[str, Any],
+        customer: CustomerRecord | None = None,
+        reread: bool = True,
+    ) -> dict[str, Any]:
+        """One payment attempt for a finalized invoice; returns the invoice afterwards
+        (as given, with ``reread`` false)."""
+        if customer is None:
+            customer = await run_in_threadpool(self.catalog.customer, env, invoice["customer_id"])
         name = (
             invoice["payment"]["provider"] or customer.billing.get("payment_provider") or "manual"
         )
@@ -334,6 +357,8 @@ class Billing:
             result.to_json(),
             now,
         )
+        if not reread:
+            return dict(invoice)
         return await run_in_threadpool(self.store.invoice, env, invoice["id"])
 
     async def _settle(

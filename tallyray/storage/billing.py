@@ -270,13 +270,18 @@ class BillingStore:
         invoice is skipped. Returns how many were written."""
         if not docs:
             return 0
+        if finalize:
+            self._ensure_sequence(env, entity, "invoice")
         try:
             with self.engine.begin() as conn:
                 return self._add_invoices(
                     conn, env, docs, run_id, finalize, prefix, entity, due_days, now
                 )
-        except IntegrityError:
-            # Another run wrote one of these periods meanwhile: go one by one, skipping it.
+        except IntegrityError as error:
+            if not _period_taken(error):
+                raise
+            # A draft of one of these periods was written meanwhile (drafts take no lock):
+            # go one by one, skipping only the periods that have an invoice now.
             written = 0
             for doc in docs:
                 try:
@@ -284,9 +289,23 @@ class BillingStore:
                         written += self._add_invoices(
                             conn, env, [doc], run_id, finalize, prefix, entity, due_days, now
                         )
-                except IntegrityError:
-                    continue
+                except IntegrityError as error:
+                    if not _period_taken(error):
+                        raise
             return written
+
+    def _ensure_sequence(self, env: str, entity: str, kind: str) -> None:
+        """Create a number sequence's counter row if it is missing (once, ever)."""
+        dn = t.document_numbers
+        key = and_(dn.c.env == env, dn.c.entity == entity, dn.c.kind == kind)
+        with self.engine.connect() as conn:
+            if conn.execute(select(dn.c.next).where(key)).first() is not None:
+                return
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(dn).values(env=env, entity=entity, kind=kind, next=1))
+        except IntegrityError:
+            pass  # another process made it first
 
     def _add_invoices(
         self,
@@ -301,6 +320,11 @@ class BillingStore:
         now: int,
     ) -> int:
         i = t.invoices
+        if finalize:
+            # Lock the number sequence first: finalizing writers then run one at a time, so
+            # what this transaction reads as already invoiced stays true until it commits,
+            # and the numbers it takes are the next ones (SQLite takes its write lock here).
+            _lock_sequence(conn, env, entity, "invoice")
         taken = {
             (row.customer_id, row.period_start)
             for row in conn.execute(
@@ -386,7 +410,9 @@ class BillingStore:
         self, env: str, invoice_id: str, prefix: str, entity: str, due_days: int, now: int
     ) -> None:
         i = t.invoices
+        self._ensure_sequence(env, entity, "invoice")
         with self.engine.begin() as conn:
+            _lock_sequence(conn, env, entity, "invoice")
             row = self._locked(conn, env, invoice_id)
             if row.status != "draft":
                 raise Conflict(f"invoice {invoice_id} is {row.status}; only a draft is finalized")
@@ -612,7 +638,9 @@ class BillingStore:
         already_credited)`` returns the note's document; the number is taken in the same
         transaction."""
         cn = t.credit_notes
+        self._ensure_sequence(env, entity, "credit_note")
         with self.engine.begin() as conn:
+            _lock_sequence(conn, env, entity, "credit_note")
             row = self._locked(conn, env, invoice_id)
             if row.status not in ("finalized", "paid"):
                 raise Conflict(
@@ -721,20 +749,36 @@ def _due(document: Mapping[str, Any]) -> bool:
     return Decimal(document["amount_due"]) > 0
 
 
+def _lock_sequence(conn: Connection, env: str, entity: str, kind: str) -> None:
+    """Take the sequence's counter row for this transaction: a write that changes nothing
+    locks the row on PostgreSQL and takes the database's write lock on SQLite."""
+    dn = t.document_numbers
+    key = and_(dn.c.env == env, dn.c.entity == entity, dn.c.kind == kind)
+    conn.execute(update(dn).where(key).values(next=dn.c.next))
+
+
 def _take_numbers(
     conn: Connection, env: str, entity: str, kind: str, count: int, prefix: str
 ) -> list[str]:
-    """``count`` consecutive numbers of a sequence, in the caller's transaction."""
+    """``count`` consecutive numbers of a sequence, in the caller's transaction. The update
+    is atomic (``next = next + count``), so two transactions never take the same number."""
     dn = t.document_numbers
     key = and_(dn.c.env == env, dn.c.entity == entity, dn.c.kind == kind)
-    row = conn.execute(select(dn.c.next).where(key).with_for_update()).first()
+    row = conn.execute(
+        update(dn).where(key).values(next=dn.c.next + count).returning(dn.c.next)
+    ).first()
     if row is None:
-        first = 1
         conn.execute(insert(dn).values(env=env, entity=entity, kind=kind, next=1 + count))
+        first = 1
     else:
-        first = row.next
-        conn.execute(update(dn).where(key).values(next=first + count))
+        first = row.next - count
     return [f"{prefix}{n:06d}" for n in range(first, first + count)]
+
+
+def _period_taken(error: IntegrityError) -> bool:
+    """Whether an insert failed because the customer's period already has an invoice."""
+    text = str(error.orig)
+    return "uq_invoices_period" in text or "invoices.period_start" in text
 
 
 def _invoice_json(row: Any) -> dict[str, Any]:

@@ -342,28 +342,24 @@ class Catalog:
     def customers(self, env: str, ids: Iterable[str] | None = None) -> dict[str, CustomerRecord]:
         """Customers of ``env`` (all, or those in ``ids``) with their active subscription."""
         c, s = t.customers, t.subscriptions
-        query = (
-            select(
-                c,
-                s.c.id.label("sub_id"),
-                s.c.plan_key,
-                s.c.plan_version,
-                s.c.start.label("sub_start"),
-                s.c.anchor,
-            )
-            .select_from(
-                c.outerjoin(
-                    s,
-                    and_(s.c.env == c.c.env, s.c.customer_id == c.c.id, s.c.end.is_(None)),
-                )
-            )
-            .where(c.c.env == env)
-        )
+        query = select(
+            c,
+            s.c.id.label("sub_id"),
+            s.c.plan_key,
+            s.c.plan_version,
+            s.c.start.label("sub_start"),
+            s.c.anchor,
+        ).where(c.c.env == env)
+        joined = and_(s.c.env == c.c.env, s.c.customer_id == c.c.id, s.c.end.is_(None))
         if ids is not None:
             wanted = list(set(ids))
             if not wanted:
                 return {}
             query = query.where(c.c.id.in_(wanted))
+            # Narrow the subscriptions too, so the join uses their customer index whatever
+            # the planner's statistics say.
+            joined = and_(joined, s.c.customer_id.in_(wanted))
+        query = query.select_from(c.outerjoin(s, joined))
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         return {row.id: _customer(row) for row in rows}

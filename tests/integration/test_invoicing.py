@@ -649,3 +649,14 @@ async def test_a_plan_change_mid_period_prorates_both_base_fees(inv: Invoicing) 
         ("26.87", {"days": 17, "of_days": 31}),
         ("22.13", {"days": 14, "of_days": 31}),
     ]
+
+
+async def test_parallel_chunks_number_every_invoice_once(inv: Invoicing) -> None:
+    """Chunks of two customers, two at a time: their transactions take numbers from the
+    same sequence concurrently, and none may clash or be skipped."""
+    inv.billing.config = dataclasses.replace(inv.billing.config, chunk_size=2)
+    customers = [await october_customer(inv) for _ in range(12)]
+    run = await inv.run()
+    assert (run["status"], run["invoices"], run["errors"]) == ("succeeded", 12, [])
+    numbers = sorted([(await inv.invoices(c))[0]["number"] for c in customers])
+    assert numbers == [f"INV-{n:06d}" for n in range(1, 13)]
