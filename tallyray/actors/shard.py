@@ -109,6 +109,8 @@ class ShardCore:
         self.billing = BillingStore(self.engine)
         self.alert_store = AlertStore(self.engine)
         self.outbox: list[dict[str, Any]] = []
+        self._booking: set[str] = set()
+        """Ids of grants waiting for their commit (a retry must not book one twice)."""
         """Alerts fired since the last commit: the next commit writes them."""
         self.cutoffs: dict[str, int] = {}
         """Per environment: periods that ended by this moment are closed."""
@@ -650,15 +652,36 @@ class ShardCore:
             raise
         return self._shown(key, hold)
 
-    async def add_grant(self, env: str, customer_id: str, grant: dict[str, Any]) -> None:
+    async def add_grant(
+        self, env: str, customer_id: str, grant: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Book a credit grant. A grant whose id the account already has (a retried request
+        with the same idempotency key) is not booked again: its stored terms are returned
+        (``None`` when it was booked now)."""
         account = self.account(env, customer_id)
         if grant["currency"] != account.profile.currency:
             raise Conflict(
                 f"customer {customer_id!r} is billed in {account.profile.currency}; "
                 f"a grant in {grant['currency']} cannot pay for its usage"
             )
-        loop = asyncio.get_running_loop()
-        await self._submit(_Pending(loop.create_future(), env, grants=[grant]))
+        for known in account.ledger.grants:
+            if known.id == grant["id"]:
+                return {
+                    "amount": format(known.amount, "f"),
+                    "currency": known.currency,
+                    "priority": known.priority,
+                    "expires_at": known.expires_at,
+                    "created_at": known.created_at,
+                }
+        if grant["id"] in self._booking:
+            raise Conflict("a grant with this Idempotency-Key is being booked; retry shortly")
+        self._booking.add(grant["id"])
+        try:
+            loop = asyncio.get_running_loop()
+            await self._submit(_Pending(loop.create_future(), env, grants=[grant]))
+        finally:
+            self._booking.discard(grant["id"])
+        return None
 
     def balance(self, env: str, customer_id: str) -> dict[str, Any]:
         return self.account(env, customer_id).balance(now_us())
@@ -774,8 +797,10 @@ class ShardActor:
     async def release(self, env: str, hold_id: str) -> str:
         return await self.core.release(env, hold_id)
 
-    async def add_grant(self, env: str, customer_id: str, grant: dict[str, Any]) -> None:
-        await self.core.add_grant(env, customer_id, grant)
+    async def add_grant(
+        self, env: str, customer_id: str, grant: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        return await self.core.add_grant(env, customer_id, grant)
 
     async def balance(self, env: str, customer_id: str) -> dict[str, Any]:
         return self.core.balance(env, customer_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import secrets
 import time
@@ -29,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tallyray import __version__
 from tallyray.actors.account import QuotaAnswer
 from tallyray.errors import (
+    Conflict,
     InvalidInput,
     NotFound,
     Problem,
@@ -591,8 +593,11 @@ def build_app(services: Services) -> FastAPI:
             expires_at = _timestamp(doc["expires_at"], "expires_at")
             if expires_at <= now:
                 raise InvalidInput("'expires_at' is in the past", [Problem("expires_at", "past")])
-        grant = {
-            "id": new_id("grant"),
+        key = request.headers.get("idempotency-key")
+        if key is not None and not 0 < len(key) <= 255:
+            raise InvalidInput("the Idempotency-Key header must have 1 to 255 characters")
+        grant: dict[str, Any] = {
+            "id": new_id("grant") if key is None else _grant_id(env, customer_id, key),
             "env": env,
             "customer_id": customer_id,
             "amount": str(amount),
@@ -601,14 +606,37 @@ def build_app(services: Services) -> FastAPI:
             "expires_at": expires_at,
             "created_at": now,
         }
-        await router.call(router.index(env, customer_id), "add_grant", env, customer_id, grant)
+        booked = await router.call(
+            router.index(env, customer_id),
+            "add_grant",
+            env,
+            customer_id,
+            grant,
+            idempotent=key is not None,
+        )
+        status = 201
+        if booked is not None:  # a retry: the grant was booked by the first request
+            same = (Decimal(booked["amount"]), booked["currency"], booked["priority"]) == (
+                amount,
+                grant["currency"],
+                grant["priority"],
+            )
+            if not same or booked["expires_at"] != expires_at:
+                raise Conflict(
+                    "this Idempotency-Key was used for a grant with other terms "
+                    f"({booked['amount']} {booked['currency']}); use a new key"
+                )
+            grant.update(booked)
+            status = 200
         return _json(
             {
                 **grant,
-                "expires_at": None if expires_at is None else format_timestamp(expires_at),
-                "created_at": format_timestamp(now),
+                "expires_at": None
+                if grant["expires_at"] is None
+                else format_timestamp(grant["expires_at"]),
+                "created_at": format_timestamp(grant["created_at"]),
             },
-            201,
+            status,
         )
 
     @app.get("/v1/customers/{customer_id}/balance", tags=["customers"])
@@ -713,6 +741,12 @@ async def _collect_forever(billing: Billing, seconds: float) -> None:
                 await billing.collect_due(env)
             except Exception as error:  # noqa: BLE001 — try again next round
                 log.warning("collecting due payments (%s): %s", env, error)
+
+
+def _grant_id(env: str, customer_id: str, key: str) -> str:
+    """A grant's id from the client's idempotency key: the same key books one grant."""
+    digest = hashlib.sha256(f"{env}\x00{customer_id}\x00{key}".encode()).hexdigest()
+    return f"grant_{digest[:24]}"
 
 
 def _discount(raw: Any) -> dict[str, Any] | None:

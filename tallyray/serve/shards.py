@@ -53,11 +53,12 @@ class ShardRouter:
             found = self._handles[index] = self._lookup(index)
         return found
 
-    async def call(self, index: int, method: str, *args: Any) -> Any:
+    async def call(self, index: int, method: str, *args: Any, idempotent: bool = False) -> Any:
         # A call that meets a shard Ray has just restarted fails with "may or may not have
         # been executed". Methods that are safe to repeat (reads, and ingest: the event log
-        # deduplicates) are tried again a few times; anything else becomes a 503.
-        attempts = 4 if method in RETRY_SAFE else 1
+        # deduplicates), and calls the caller knows to be (``idempotent``: a grant with an
+        # idempotency key), are tried again a few times; anything else becomes a 503.
+        attempts = 4 if idempotent or method in RETRY_SAFE else 1
         for attempt in range(attempts):
             try:
                 return await getattr(self.handle(index), method).remote(*args)

@@ -260,3 +260,35 @@ async def test_unknown_customers_are_created_when_the_deployment_opts_in(server:
         assert record["currency"] == "EUR" and record["subscription"] is None
         balance = (await c.get(f"/v1/customers/{customer}/balance")).json()
         assert balance["usage"]["requests"]["quantity"] == "1"
+
+
+async def test_a_retried_credit_grant_with_an_idempotency_key_is_booked_once(
+    client: httpx.AsyncClient, server: Server
+) -> None:
+    from test_api_durability import restart_shard
+
+    customer = await make_customer(client, plan="pro")
+    key = {"Idempotency-Key": unique("topup")}
+    first = await client.post(
+        f"/v1/customers/{customer}/credits", json={"amount": "25.00"}, headers=key
+    )
+    assert first.status_code == 201, first.text
+    # the client did not hear back and sends the same request again, even after a restart
+    again = await client.post(
+        f"/v1/customers/{customer}/credits", json={"amount": "25"}, headers=key
+    )
+    assert again.status_code == 200, again.text
+    assert again.json()["id"] == first.json()["id"]
+    await restart_shard(server.services.router.index("test", customer))
+    again = await client.post(
+        f"/v1/customers/{customer}/credits", json={"amount": "25.00"}, headers=key
+    )
+    assert again.status_code == 200, again.text
+    balance = (await client.get(f"/v1/customers/{customer}/balance")).json()
+    assert balance["credits_remaining"] == "25.00"
+    # the same key for other terms is a mistake, not a retry
+    other = await client.post(
+        f"/v1/customers/{customer}/credits", json={"amount": "30.00"}, headers=key
+    )
+    assert other.status_code == 409
+    assert "Idempotency-Key" in other.json()["error"]["message"]
