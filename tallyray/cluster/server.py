@@ -67,6 +67,7 @@ def _demo(settings: Settings, base: str) -> None:
     if plan is not None:
         _request(base, key, "POST", "/v1/subscriptions", {"customer_id": "acme", "plan": plan})
     _request(base, key, "POST", "/v1/customers/acme/credits", {"amount": "100.00"})
+    portal = _request(base, key, "POST", "/v1/portal-sessions", {"customer_id": "acme"})
     auth = f'-H "Authorization: Bearer {key}"'
     event = json.dumps(
         {
@@ -95,6 +96,9 @@ Try it:
   curl -s {auth} -H 'Content-Type: application/json' -X POST {base}/v1/events -d '[{event}]'
   curl -s {auth} -H 'Content-Type: application/json' -X POST {base}/v1/quota/check -d '{check}'
   curl -s {auth} {base}/v1/customers/acme/balance
+
+Acme's customer portal (for an hour): {base}{portal["url"]}
+Invoices for the periods that have ended:  tallyray invoice run --key {key}
 
 Press Ctrl-C to stop.""",
         flush=True,
