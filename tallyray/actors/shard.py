@@ -37,7 +37,14 @@ import orjson
 
 from tallyray.actors.account import CustomerAccount, Hold, Profile, QuotaAnswer
 from tallyray.actors.alerting import AlertRule, plan_rules
-from tallyray.errors import Conflict, EventError, NotFound, Problem, StoreUnavailable
+from tallyray.errors import (
+    Conflict,
+    EventError,
+    NotFound,
+    Problem,
+    StoreUnavailable,
+    TallyrayError,
+)
 from tallyray.logs import configure_logging
 from tallyray.pricing.credits import CreditGrant
 from tallyray.pricing.events import Event, format_timestamp
@@ -778,6 +785,19 @@ class ShardActor:
 
     async def check(self, env: str, customer_id: str, events: list[IncomingEvent]) -> QuotaAnswer:
         return self.core.check(env, customer_id, events)
+
+    async def check_many(
+        self, checks: list[tuple[str, str, list[IncomingEvent]]]
+    ) -> list[QuotaAnswer | TallyrayError]:
+        """Several quota checks in one call; each answers for itself (an unknown customer is
+        that check's error, not the batch's)."""
+        answers: list[QuotaAnswer | TallyrayError] = []
+        for env, customer_id, events in checks:
+            try:
+                answers.append(self.core.check(env, customer_id, events))
+            except TallyrayError as error:
+                answers.append(error)
+        return answers
 
     async def reserve(
         self,

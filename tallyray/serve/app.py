@@ -390,8 +390,7 @@ def build_app(services: Services) -> FastAPI:
             frozenset({"customer_id"}),
         )
         customer_id, events = await _would_be(env, doc, services.clock())
-        index = router.index(env, customer_id)
-        answer = await router.call(index, "check", env, customer_id, events)
+        answer = await router.check(router.index(env, customer_id), env, customer_id, events)
         metrics.quota_check_seconds.observe(time.perf_counter() - started)
         return _json(_quota_json(answer))
 

@@ -292,3 +292,31 @@ async def test_a_retried_credit_grant_with_an_idempotency_key_is_booked_once(
     )
     assert other.status_code == 409
     assert "Idempotency-Key" in other.json()["error"]["message"]
+
+
+async def test_concurrent_quota_checks_share_shard_calls_and_answer_each_its_own(
+    client: httpx.AsyncClient,
+) -> None:
+    """Checks waiting for the same shard go together in one call; each still gets its own
+    answer, and an unknown customer's 404 is its own, not the batch's."""
+    rich = await make_customer(client, plan="pro", credits="100.00")
+    poor = await make_customer(client, plan="pro", credits="0.01")
+    would_be = {
+        "type": "llm.completion",
+        "properties": {"model": "gpt-4o", "input_tokens": 100_000, "output_tokens": 0},
+    }  # 0.25 + a first package of requests, 2.00
+
+    async def check(customer: str) -> httpx.Response:
+        return await client.post(
+            "/v1/quota/check", json={"customer_id": customer, "event": would_be}
+        )
+
+    who = [rich, poor, "nobody-" + unique("x")] * 100
+    answers = await asyncio.gather(*(check(c) for c in who))
+    for customer, r in zip(who, answers, strict=True):
+        if customer == rich:
+            assert (r.status_code, r.json()["allowed"]) == (200, True)
+        elif customer == poor:
+            assert (r.status_code, r.json()["allowed"]) == (200, False)
+        else:
+            assert r.status_code == 404, r.text
