@@ -660,3 +660,61 @@ async def test_parallel_chunks_number_every_invoice_once(inv: Invoicing) -> None
     assert (run["status"], run["invoices"], run["errors"]) == ("succeeded", 12, [])
     numbers = sorted([(await inv.invoices(c))[0]["number"] for c in customers])
     assert numbers == [f"INV-{n:06d}" for n in range(1, 13)]
+
+
+async def test_the_full_month_events_close_run_invoice_pdf_stripe_webhook_paid(
+    inv: Invoicing,
+) -> None:
+    """The whole path in one: October's events → the period closes → the run invoices it →
+    the PDF → Stripe asks the customer to authenticate (the payment is pending) → Stripe's
+    `payment_intent.succeeded` webhook → paid, announced through the outbox."""
+    import json
+    import time
+
+    from fakes.stripe_server import sign_stripe_payload
+
+    from tallyray.storage.alerts import AlertStore
+
+    with FakeStripe(STRIPE_KEY) as stripe_api:
+        inv.billing.providers = {
+            **inv.billing.providers,
+            "stripe": StripeProvider(STRIPE_KEY, STRIPE_SECRET, api_base=stripe_api.url),
+        }
+        customer = await october_customer(
+            inv,
+            credits="20.00",
+            payment_provider="stripe",
+            payment_method="pm_card_authenticationRequired",
+        )
+        r = await inv.client.post("/v1/events", json=october_events(customer))
+        assert r.status_code == 200, r.text
+        run = await inv.run()
+        assert run["status"] == "succeeded"
+
+        (invoice,) = await inv.invoices(customer)
+        assert (invoice["status"], invoice["amount_due"]) == ("finalized", "99.00")
+        pdf = (await inv.client.get(f"/v1/invoices/{invoice['id']}.pdf")).content
+        text = "".join(p.extract_text() for p in pypdf.PdfReader(io.BytesIO(pdf)).pages)
+        assert invoice["number"] in text and "99,00" in text
+        (intent,) = stripe_api.payment_intents.values()
+        assert intent["status"] == "requires_action"
+        assert invoice["payment"]["reference"] == intent["id"]
+
+        # The customer authenticates; Stripe tells us with a signed event.
+        now = int(time.time())
+        event = {
+            "id": "evt_" + unique("ok"),
+            "object": "event",
+            "type": "payment_intent.succeeded",
+            "livemode": False,
+            "created": now,
+            "data": {"object": {**intent, "status": "succeeded"}},
+        }
+        body = json.dumps(event).encode()
+        headers = {"Stripe-Signature": sign_stripe_payload(body, STRIPE_SECRET, now)}
+        r = await inv.client.post("/v1/providers/stripe/webhook", content=body, headers=headers)
+        assert r.json() == {"received": True, "processed": 1}
+        (invoice,) = await inv.invoices(customer)
+        assert invoice["status"] == "paid"
+        announced = {m["type"] for m in AlertStore(inv.billing.catalog.engine).messages("test")}
+        assert {"invoice.finalized", "invoice.paid"} <= announced
