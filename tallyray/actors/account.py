@@ -299,7 +299,7 @@ class CustomerAccount:
 
     def period_spend(self, now: int) -> Decimal:
         self._catch_up()
-        return self.spend.get(self.profile.period_of(now).start, ZERO)
+        return self.spend.get(self._current_period(now), ZERO)
 
     def _limits(self, now: int) -> list[tuple[Decimal, str]]:
         """Each limit that applies: (what may still be spent under it, which limit)."""
@@ -355,10 +355,19 @@ class CustomerAccount:
 
     # -- alerts --------------------------------------------------------------------------
 
+    def _current_period(self, now: int) -> int:
+        """The start of the period holding ``now`` (the last one looked up, usually)."""
+        start, end = self._bounds
+        if start <= now < end:
+            return start
+        start, end = self.profile.period_of(now)
+        self._bounds = (start, end)
+        return start
+
     def alert_values(self, now: int) -> dict[str, Decimal | None]:
         """What each rule watches, now (and the credit left, for ``credits.depleted``)."""
         self._catch_up()
-        start = self.profile.period_of(now).start
+        start = self._current_period(now)
         values: dict[str, Decimal | None] = {}
         for rule in self.rules:
             if rule.kind == "balance_below":
@@ -387,7 +396,7 @@ class CustomerAccount:
             self.rules,
             self.alert_values(now),
             self.alert_state,
-            self.profile.period_of(now).start,
+            self._current_period(now),
             key,
             describe,
         )

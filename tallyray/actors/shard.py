@@ -292,7 +292,9 @@ class ShardCore:
         for (received_at, env, customer), events in groups.items():
             self._apply(env, customer, events, received_at)
 
-    def _apply(self, env: str, customer_id: str, events: list[Event], at: int) -> None:
+    def _apply(
+        self, env: str, customer_id: str, events: list[Event], at: int, alerts: bool = True
+    ) -> None:
         account = self.account(env, customer_id)
         try:
             account.record(events, at)
@@ -303,7 +305,8 @@ class ShardCore:
             log.error("shard %d: %d committed events fail their meters", self.shard, len(bad))
             account.record([e for i, e in enumerate(events) if i not in bad], at)
         self.dirty.add((env, customer_id))
-        self._alerts(env, account, at)
+        if alerts:
+            self._alerts(env, account, at)
 
     def _alerts(self, env: str, account: CustomerAccount, at: int) -> None:
         """Evaluate the account's alerts on what was just applied; what fires is written by
@@ -382,6 +385,10 @@ class ShardCore:
     def _apply_commit(
         self, batch: list[_Pending], inserted: dict[tuple[str, str, str], int]
     ) -> None:
+        # Alerts are evaluated once per account per group commit, after all of it is
+        # applied: the batch that crosses a threshold is the commit. (Replay evaluates per
+        # request, which finds at least the same crossings.)
+        touched: dict[AccountKey, int] = {}
         for p in batch:
             fresh: dict[str, list[Event]] = defaultdict(list)
             at = p.events[0][6] if p.events else 0
@@ -393,12 +400,15 @@ class ShardCore:
                     fresh[customer].append(Event(event_id, customer, etype, ts, props))
                     new += 1
             for customer, events in fresh.items():
-                self._apply(p.env, customer, events, at)
+                self._apply(p.env, customer, events, at, alerts=False)
+                touched[(p.env, customer)] = at
             for grant in p.grants:
                 self._add_grant_row(grant)
             p.result = {"ingested": new, "duplicates": len(p.parsed) - new}
             self.stats.ingested += new
             self.stats.duplicates += len(p.parsed) - new
+        for (env, customer), at in touched.items():
+            self._alerts(env, self.accounts[(env, customer)], at)
 
     # -- checkpoints and hold expiry -----------------------------------------------------
 
