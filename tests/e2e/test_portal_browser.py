@@ -8,11 +8,6 @@ saved to ``tests/e2e/artifacts/portal-<page>.png`` (a test artifact, not committ
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
+from served import tallyray_serve
 
-ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
 ADMIN_KEY = "trk_admin_" + uuid.uuid4().hex
@@ -37,63 +32,10 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("portal-serve")
-    env = {
-        **os.environ,
-        "TALLYRAY_ADMIN_KEY": ADMIN_KEY,
-        "TALLYRAY_DATABASE_URL": f"sqlite:///{workdir}/tallyray.db",
-        "TALLYRAY_SHARDS": "2",
-        "TALLYRAY_CHECKPOINT_SECONDS": "1",
-    }
-    log = (workdir / "serve.log").open("w")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tallyray.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--config",
-            str(ROOT / "examples/llm-api/tallyray.json"),
-        ],
-        cwd=workdir,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            process.wait()
-            log.close()
-            raise AssertionError((workdir / "serve.log").read_text()[-3000:])
-        time.sleep(0.5)
-    yield base
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    log.close()
-    assert process.returncode == 0, (workdir / "serve.log").read_text()[-3000:]
+    with tallyray_serve(tmp_path_factory.mktemp("portal-serve"), ADMIN_KEY) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")

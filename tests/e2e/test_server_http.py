@@ -2,78 +2,23 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
+from served import tallyray_serve
 
-ROOT = Path(__file__).resolve().parents[2]
 ADMIN_KEY = "trk_admin_" + uuid.uuid4().hex
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("serve")
-    env = {
-        **os.environ,
-        "TALLYRAY_ADMIN_KEY": ADMIN_KEY,
-        "TALLYRAY_DATABASE_URL": f"sqlite:///{workdir}/tallyray.db",
-        "TALLYRAY_SHARDS": "2",
-        "TALLYRAY_CHECKPOINT_SECONDS": "1",
-    }
-    log = (workdir / "serve.log").open("w")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tallyray.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--config",
-            str(ROOT / "examples/llm-api/tallyray.json"),
-        ],
-        cwd=workdir,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError((workdir / "serve.log").read_text()[-3000:])
-        time.sleep(0.5)
-    yield base
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    log.close()
-    assert process.returncode == 0, (workdir / "serve.log").read_text()[-3000:]
+    with tallyray_serve(tmp_path_factory.mktemp("serve"), ADMIN_KEY) as base:
+        yield base
 
 
 def test_a_customer_over_http(base_url: str) -> None:
