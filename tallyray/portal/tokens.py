@@ -29,12 +29,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine
 
 from tallyray.errors import Unauthorized
-from tallyray.storage import tables as t
 from tallyray.storage.catalog import ENVIRONMENTS
+from tallyray.storage.secrets import shared_secret
 
 __all__ = [
     "ExpiredToken",
@@ -133,25 +132,9 @@ class PortalKeys:
     def load(cls, engine: Engine, now: int | None = None) -> PortalKeys:
         """The stored key, made (32 random bytes) and stored on first use. Two replicas
         racing to make it both end up with the one that was inserted first."""
-        secrets_table = t.server_secrets
-        query = select(secrets_table.c.value).where(secrets_table.c.name == SECRET_NAME)
-        with engine.connect() as conn:
-            value = conn.execute(query).scalar()
-        if value is None:
-            fresh = _b64(secrets.token_bytes(32))
-            stamp = time.time_ns() // 1000 if now is None else now
-            try:
-                with engine.begin() as conn:
-                    conn.execute(
-                        insert(secrets_table).values(
-                            name=SECRET_NAME, value=fresh, created_at=stamp
-                        )
-                    )
-                value = fresh
-            except IntegrityError:  # another replica stored one first: use that
-                with engine.connect() as conn:
-                    value = conn.execute(query).scalar_one()
-        return cls(base64.urlsafe_b64decode(str(value) + "=" * (-len(str(value)) % 4)))
+        stamp = time.time_ns() // 1000 if now is None else now
+        value = shared_secret(engine, SECRET_NAME, lambda: _b64(secrets.token_bytes(32)), stamp)
+        return cls(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
 
     def issue(self, env: str, customer_id: str, expires_at: int) -> str:
         return issue_token(self.key, env, customer_id, expires_at)
