@@ -35,6 +35,7 @@ from typing import Any
 
 from tallyray.actors.alerting import DEPLETED, AlertRule, Firing, crossings
 from tallyray.errors import EventError, Problem
+from tallyray.pricing.bounds import SpendBound, spend_bound
 from tallyray.pricing.credits import BILLING_MODES, CreditGrant, Ledger
 from tallyray.pricing.events import Event
 from tallyray.pricing.meters import MeterSet, Usage
@@ -102,6 +103,16 @@ class ClosedPeriod:
     burned: Mapping[str, Decimal]
 
 
+@dataclass(frozen=True, slots=True)
+class _Quiet:
+    """After an alert evaluation: how much more spend no alert can notice, and until when."""
+
+    headroom: Decimal
+    until: int
+    """The end of the period, or the next grant expiry, whichever is first."""
+    rules: tuple[AlertRule, ...]
+
+
 @dataclass
 class CustomerAccount:
     profile: Profile
@@ -124,9 +135,19 @@ class CustomerAccount:
     """Usage folded in but not yet priced: period start → meters it touched."""
     _unpriced_window: tuple[int, int] | None = None
     """The earliest and latest commit time of the unpriced usage."""
+    _quiet: _Quiet | None = None
+    """Set by an alert evaluation that left every rule quiet; ``None``: evaluate."""
+    _spent_since: Decimal = ZERO
+    """An upper bound on the spend folded in since the last alert evaluation."""
+    _cost_bound: SpendBound = SpendBound({})
 
     def __post_init__(self) -> None:
         self.ledger = Ledger(self.profile.currency)
+        self._cost_bound = self._spend_bound()
+
+    def _spend_bound(self) -> SpendBound:
+        plan = self.profile.plan
+        return SpendBound({}) if plan is None else spend_bound(plan, self.meters.meters)
 
     # -- usage ---------------------------------------------------------------------------
 
@@ -206,6 +227,12 @@ class CustomerAccount:
                 usage = self.periods[start] = self.meters.empty_usage()
             usage.merge(delta)
             self._unpriced.setdefault(start, set()).update(delta.touched())
+            if self._quiet is not None:
+                bound = self._cost_bound.of(delta)
+                if bound is None:
+                    self._quiet = None  # not bounded: the next evaluation prices
+                else:
+                    self._spent_since += self._converted(bound)
         window = self._unpriced_window
         self._unpriced_window = (
             (at, at) if window is None else (min(window[0], at), max(window[1], at))
@@ -254,6 +281,7 @@ class CustomerAccount:
     def set_meters(self, meters: MeterSet) -> None:
         """Meters were added to the environment (they are never changed or removed)."""
         self.meters = meters
+        self._cost_bound, self._quiet = self._spend_bound(), None
         for usage in self.periods.values():
             usage.aggregations = meters.aggregations
             for key in meters.meters:
@@ -264,6 +292,7 @@ class CustomerAccount:
         how much each period's spend moved (book it with :meth:`rebook`)."""
         self._catch_up()
         self.profile = profile
+        self._cost_bound, self._quiet = self._spend_bound(), None
         self.costs.clear()
         self._bounds = (0, 0)  # the interval may have changed
         return {start: self._reprice(start) for start in self.periods}
@@ -274,6 +303,8 @@ class CustomerAccount:
         for start, change in changes.items():
             if not change:
                 continue
+            if change < ZERO:
+                self._quiet = None  # credit given back: a rule may recover
             self.ledger, burned = self.ledger.charge(change, at)
             if burned:
                 per_grant = self.burned.setdefault(start, {})
@@ -287,6 +318,7 @@ class CustomerAccount:
             return  # replaying a grant that is already in the checkpoint
         self._catch_up()  # usage before the grant never burns it
         self.ledger = self.ledger.add_grant(grant)
+        self._quiet = None
 
     def holds_total(self, now: int) -> Decimal:
         return sum((h.amount for h in self.holds.values() if h.expires_at > now), ZERO)
@@ -295,6 +327,8 @@ class CustomerAccount:
         gone = [h.id for h in self.holds.values() if h.expires_at <= now]
         for hold_id in gone:
             del self.holds[hold_id]
+        if gone:
+            self._quiet = None
         return gone
 
     def period_spend(self, now: int) -> Decimal:
@@ -348,9 +382,11 @@ class CustomerAccount:
         answer = self.decide(hold.amount, now)
         if answer.allowed:
             self.holds[hold.id] = hold
+            self._quiet = None  # less is available: a balance alert may be due
         return answer
 
     def release(self, hold_id: str) -> Hold | None:
+        self._quiet = None
         return self.holds.pop(hold_id, None)
 
     # -- alerts --------------------------------------------------------------------------
@@ -387,19 +423,63 @@ class CustomerAccount:
         return values
 
     def evaluate_alerts(self, now: int, key: str) -> list[Firing]:
-        """The alerts this account's state crosses now, moving the alert state along."""
+        """The alerts this account's state crosses now, moving the alert state along.
+
+        Pricing every touched account on every commit only to find that nothing crossed was
+        the shard's largest cost, so an evaluation that leaves every rule quiet also notes
+        how much more spend it would take to cross any of them (the *headroom*). Until the
+        period ends or a grant expires, later commits skip evaluating while an upper bound
+        on the spend folded in since (:mod:`tallyray.pricing.bounds`) stays below it: what
+        fires, and when, is the same as evaluating every time.
+        """
         if not self.rules and not self.ledger.grants:
+            return []
+        quiet = self._quiet
+        if (
+            quiet is not None
+            and now < quiet.until
+            and quiet.rules is self.rules
+            and self._spent_since < quiet.headroom
+        ):
             return []
         cur = currency_of(self.profile.currency)
         describe = {"customer_id": self.profile.customer_id, "currency": cur.code}
-        return crossings(
-            self.rules,
-            self.alert_values(now),
-            self.alert_state,
-            self._current_period(now),
-            key,
-            describe,
-        )
+        values = self.alert_values(now)
+        start = self._current_period(now)
+        fired = crossings(self.rules, values, self.alert_state, start, key, describe)
+        self._quiet = self._quiet_after(values, now) if not fired else None
+        self._spent_since = ZERO
+        return fired
+
+    def _quiet_after(self, values: Mapping[str, Decimal | None], now: int) -> _Quiet | None:
+        """How much more spend every rule (all quiet now) can take without crossing, or
+        ``None`` when that is not a question of spend alone."""
+        state = self.alert_state
+        if state.get("depleted", {}).get("on"):
+            return None
+        rules_state = state.get("rules", {})
+        headroom: list[Decimal] = []
+        left = values.get(DEPLETED)
+        if left is not None:
+            headroom.append(left)
+        for rule in self.rules:
+            value = values.get(rule.id)
+            if value is None:
+                continue
+            if rules_state.get(rule.id, {}).get("on") or rule.kind == "usage_above":
+                return None
+            if rule.kind == "balance_below" or rule.kind == "spend_above":
+                headroom.append(abs(value - rule.threshold))
+            else:  # credits_used_percent: used grows by at most the spend
+                granted = sum((g.amount for g in self.ledger.grants if g.active_at(now)), ZERO)
+                headroom.append(self.ledger.remaining(now) - granted * (1 - rule.threshold / 100))
+        if not headroom or min(headroom) <= ZERO:
+            return None
+        until = self.profile.period_of(now).end
+        for grant in self.ledger.grants:
+            if grant.expires_at is not None and now < grant.expires_at < until:
+                until = grant.expires_at
+        return _Quiet(min(headroom), until, self.rules)
 
     # -- closing periods -----------------------------------------------------------------
 
@@ -433,6 +513,7 @@ class CustomerAccount:
             self.burned.pop(start, None)
             self._unpriced.pop(start, None)
         self._bounds = (0, 0)
+        self._quiet = None
 
     # -- reading -------------------------------------------------------------------------
 

@@ -192,7 +192,7 @@ def crossings(
                 Firing(
                     f"{DEPLETED}:{key}:{period}:{mine['n']}",
                     DEPLETED,
-                    {**describe, "credits_remaining": format(left, "f")},
+                    {**describe, "credits_remaining": _canonical(left)},
                 )
             )
         elif mine["on"] and left > ZERO:
@@ -216,6 +216,11 @@ def _firing(
         {
             **describe,
             "rule": rule.to_json(),
-            "value": format(value.normalize() if value else ZERO, "f"),
+            "value": _canonical(value),
         },
     )
+
+
+def _canonical(value: Decimal) -> str:
+    """Equal values as equal text, however they were computed (0.000 and 0 are "0")."""
+    return format(value.normalize() if value else ZERO, "f")

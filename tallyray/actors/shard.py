@@ -349,12 +349,14 @@ class ShardCore:
             new_holds = [h for p in batch for h in p.new_holds]
             finished = [h for p in batch for h in p.finished_holds]
             started = time.perf_counter()
+            at = now_us()
             try:
                 result = await loop.run_in_executor(
                     self._db,
                     self.store.commit,
                     events,
                     self.position,
+                    at,
                     grants,
                     new_holds,
                     finished,
@@ -376,38 +378,42 @@ class ShardCore:
             self.stats.commits += 1
             self.stats.commit_seconds.append(time.perf_counter() - started)
             self.stats.batch_sizes.append(len(events))
-            self._apply_commit(batch, result.inserted)
+            self._apply_commit(batch, result.inserted, at)
             self.position = result.position
             for p in batch:
                 if not p.future.done():
                     p.future.set_result(p)
 
     def _apply_commit(
-        self, batch: list[_Pending], inserted: dict[tuple[str, str, str], int]
+        self, batch: list[_Pending], inserted: dict[tuple[str, str, str], int], at: int
     ) -> None:
-        # Alerts are evaluated once per account per group commit, after all of it is
-        # applied: the batch that crosses a threshold is the commit. (Replay evaluates per
-        # request, which finds at least the same crossings.)
-        touched: dict[AccountKey, int] = {}
+        """Apply a commit in memory: each account's new events in one go, then the grants
+        (the order replay applies them in: grants are booked after the commit's events),
+        then each touched account's alerts once. The batch that crosses a threshold is the
+        commit."""
+        fresh: dict[AccountKey, list[Event]] = {}
+        everything_new = len(inserted) == sum(len(p.parsed) for p in batch)
         for p in batch:
-            fresh: dict[str, list[Event]] = defaultdict(list)
-            at = p.events[0][6] if p.events else 0
-            new = 0
+            env, new = p.env, 0
             for customer, event_id, etype, ts, props in p.parsed:
                 # pop: an id sent twice in one commit (two requests, or one request
                 # repeating it) is new for the first sender only.
-                if inserted.pop((p.env, customer, event_id), None) is not None:
-                    fresh[customer].append(Event(event_id, customer, etype, ts, props))
+                if everything_new or inserted.pop((env, customer, event_id), None) is not None:
+                    key = (env, customer)
+                    found = fresh.get(key)
+                    if found is None:
+                        found = fresh[key] = []
+                    found.append(Event(event_id, customer, etype, ts, props))
                     new += 1
-            for customer, events in fresh.items():
-                self._apply(p.env, customer, events, at, alerts=False)
-                touched[(p.env, customer)] = at
-            for grant in p.grants:
-                self._add_grant_row(grant)
             p.result = {"ingested": new, "duplicates": len(p.parsed) - new}
             self.stats.ingested += new
             self.stats.duplicates += len(p.parsed) - new
-        for (env, customer), at in touched.items():
+        for (env, customer), events in fresh.items():
+            self._apply(env, customer, events, at, alerts=False)
+        for p in batch:
+            for grant in p.grants:
+                self._add_grant_row(grant)
+        for env, customer in fresh:
             self._alerts(env, self.accounts[(env, customer)], at)
 
     # -- checkpoints and hold expiry -----------------------------------------------------
@@ -552,7 +558,6 @@ class ShardCore:
         self,
         env: str,
         events: list[IncomingEvent],
-        received_at: int,
         rebook_late: bool = False,
     ) -> dict[str, int]:
         """Make ``events`` durable, then count them. Events are validated by the ingress;
@@ -560,8 +565,7 @@ class ShardCore:
         self._load_accounts(env, {e[0] for e in events})
         events = self._late(env, events, rebook_late)
         rows: list[EventRow] = [
-            (env, c, i, typ, ts, orjson.dumps(props).decode(), received_at)
-            for c, i, typ, ts, props in events
+            (env, c, i, typ, ts, orjson.dumps(props).decode()) for c, i, typ, ts, props in events
         ]
         loop = asyncio.get_running_loop()
         pending = await self._submit(_Pending(loop.create_future(), env, rows, events))
@@ -613,9 +617,7 @@ class ShardCore:
             raise NotFound(f"no active reservation {hold_id!r} (expired, released or settled)")
         return key
 
-    async def settle(
-        self, env: str, hold_id: str, events: list[IncomingEvent], received_at: int
-    ) -> dict[str, Any]:
+    async def settle(self, env: str, hold_id: str, events: list[IncomingEvent]) -> dict[str, Any]:
         """Ingest the actual events and free the hold, in one commit."""
         key = self._owned_hold(env, hold_id)
         wrong = [e[1] for e in events if e[0] != key[1]]
@@ -629,8 +631,7 @@ class ShardCore:
             )
         events = self._late(env, events, rebook=True)
         rows: list[EventRow] = [
-            (env, c, i, typ, ts, orjson.dumps(props).decode(), received_at)
-            for c, i, typ, ts, props in events
+            (env, c, i, typ, ts, orjson.dumps(props).decode()) for c, i, typ, ts, props in events
         ]
         hold = self.accounts[key].release(hold_id)
         self.hold_owner.pop(hold_id, None)
@@ -786,9 +787,9 @@ class ShardActor:
         return self.core.position
 
     async def ingest(
-        self, env: str, events: list[IncomingEvent], received_at: int, rebook_late: bool = False
+        self, env: str, events: list[IncomingEvent], rebook_late: bool = False
     ) -> dict[str, int]:
-        return await self.core.ingest(env, events, received_at, rebook_late)
+        return await self.core.ingest(env, events, rebook_late)
 
     async def close_periods(self, env: str, cutoff: int) -> dict[str, int]:
         return await self.core.close_periods(env, cutoff)
@@ -819,10 +820,8 @@ class ShardActor:
     ) -> tuple[QuotaAnswer, int]:
         return await self.core.reserve(env, customer_id, hold_id, events, ttl_seconds)
 
-    async def settle(
-        self, env: str, hold_id: str, events: list[IncomingEvent], received_at: int
-    ) -> dict[str, Any]:
-        return await self.core.settle(env, hold_id, events, received_at)
+    async def settle(self, env: str, hold_id: str, events: list[IncomingEvent]) -> dict[str, Any]:
+        return await self.core.settle(env, hold_id, events)
 
     async def release(self, env: str, hold_id: str) -> str:
         return await self.core.release(env, hold_id)

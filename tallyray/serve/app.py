@@ -329,7 +329,7 @@ def build_app(services: Services) -> FastAPI:
             metrics.events_rejected.labels(env).inc(len(items))
             raise
 
-    async def _ingest(env: str, events: list[Event], now: int) -> dict[str, int]:
+    async def _ingest(env: str, events: list[Event]) -> dict[str, int]:
         by_shard: dict[int, list[tuple[str, str, str, int, Any]]] = defaultdict(list)
         for e in events:
             by_shard[router.index(env, e[1])].append((e[1], e[0], e[2], e[3], e[4]))
@@ -338,7 +338,7 @@ def build_app(services: Services) -> FastAPI:
         # the open period rather than refusing it while other shards commit theirs.
         rebook = rebook_late or len(by_shard) > 1
         results = await asyncio.gather(
-            *(router.call(i, "ingest", env, batch, now, rebook) for i, batch in by_shard.items())
+            *(router.call(i, "ingest", env, batch, rebook) for i, batch in by_shard.items())
         )
         ingested = sum(r["ingested"] for r in results)
         duplicates = sum(r["duplicates"] for r in results)
@@ -358,7 +358,7 @@ def build_app(services: Services) -> FastAPI:
         events = await _validated(env, items, now)
         if not events:
             return _json({"ingested": 0, "duplicates": 0})
-        return _json(await _ingest(env, events, now))
+        return _json(await _ingest(env, events))
 
     # -- quota checks and reservations ---------------------------------------------------
 
@@ -448,7 +448,7 @@ def build_app(services: Services) -> FastAPI:
         now = services.clock()
         events = await _validated(env, items, now)
         result = await router.call(
-            index, "settle", env, hold_id, [(e[1], e[0], e[2], e[3], e[4]) for e in events], now
+            index, "settle", env, hold_id, [(e[1], e[0], e[2], e[3], e[4]) for e in events]
         )
         return _json({"id": hold_id, "status": "settled", **result})
 

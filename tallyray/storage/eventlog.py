@@ -23,10 +23,8 @@ from tallyray.storage.alerts import write_messages
 
 __all__ = ["CommitResult", "EventRow", "ShardStore"]
 
-EventRow = tuple[str, str, str, str, int, str, int]
-"""(env, customer_id, event_id, type, ts, properties as JSON text, received_at)."""
-
-_EVENT_COLUMNS = ("env", "customer_id", "event_id", "type", "ts", "properties", "received_at")
+EventRow = tuple[str, str, str, str, int, str]
+"""(env, customer_id, event_id, type, ts, properties as JSON text)."""
 
 
 _PG_STAGING = """
@@ -75,19 +73,22 @@ class ShardStore:
         self,
         events: Sequence[EventRow],
         position: int,
+        at: int = 0,
         grants: Sequence[Mapping[str, Any]] = (),
         new_holds: Sequence[Mapping[str, Any]] = (),
         finished_holds: Sequence[tuple[str, str]] = (),
         messages: Sequence[Mapping[str, Any]] = (),
     ) -> CommitResult:
-        """Write one group commit. Events first; grants are booked after them, at the
-        position the events leave the log in (replay adds them at the same point). Outbox
-        ``messages`` (alerts the previous commits crossed) go in the same transaction."""
+        """Write one group commit. Events first, all received ``at`` the commit's time (so
+        replay applies a commit's events together, as it was applied live); grants are booked
+        after them, at the position the events leave the log in (replay adds them at the same
+        point). Outbox ``messages`` (alerts the previous commits crossed) go in the same
+        transaction."""
         result = CommitResult(position=position)
         with self.engine.begin() as conn:
             write_messages(conn, messages)
             if events:
-                result.inserted = self._insert_events(conn, events)
+                result.inserted = self._insert_events(conn, events, at)
                 if result.inserted:
                     result.position = max(position, max(result.inserted.values()))
             if grants:
@@ -106,7 +107,7 @@ class ShardStore:
         return result
 
     def _insert_events(
-        self, conn: Connection, events: Sequence[EventRow]
+        self, conn: Connection, events: Sequence[EventRow], at: int
     ) -> dict[tuple[str, str, str], int]:
         """Insert events, skipping those already stored; returns the new ones' seqs.
 
@@ -114,11 +115,11 @@ class ShardStore:
         PostgreSQL here, so each backend gets its own bulk path.
         """
         if conn.dialect.name == "postgresql":
-            return self._insert_events_postgres(conn, events)
-        return self._insert_events_sqlite(conn, events)
+            return self._insert_events_postgres(conn, events, at)
+        return self._insert_events_sqlite(conn, events, at)
 
     def _insert_events_postgres(
-        self, conn: Connection, events: Sequence[EventRow]
+        self, conn: Connection, events: Sequence[EventRow], at: int
     ) -> dict[tuple[str, str, str], int]:
         # COPY into a temporary table, then one INSERT … SELECT that lets the unique index
         # drop duplicates (also duplicates within the batch) and returns what it kept.
@@ -127,17 +128,14 @@ class ShardStore:
         with raw.cursor() as cursor:
             cursor.execute(_PG_STAGING)
             with cursor.copy(_PG_COPY) as copy:
-                for ordinal, (env, customer, event_id, typ, ts, props, received) in enumerate(
-                    events
-                ):
-                    copy.write_row(
-                        (ordinal, env, self.shard, customer, event_id, typ, ts, props, received)
-                    )
+                shard = self.shard
+                for ordinal, (env, customer, event_id, typ, ts, props) in enumerate(events):
+                    copy.write_row((ordinal, env, shard, customer, event_id, typ, ts, props, at))
             cursor.execute(_PG_INSERT)
             return {(env, customer, event_id): seq for seq, env, customer, event_id in cursor}
 
     def _insert_events_sqlite(
-        self, conn: Connection, events: Sequence[EventRow]
+        self, conn: Connection, events: Sequence[EventRow], at: int
     ) -> dict[tuple[str, str, str], int]:
         # One writer holds SQLite's lock for the whole transaction and a customer's events
         # are only ever written by its own shard, so "which ids exist" cannot change between
@@ -161,7 +159,7 @@ class ShardStore:
         cursor = raw.executemany(
             "INSERT INTO events (env, shard, customer_id, event_id, type, ts, properties, "
             "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(e[0], self.shard, *e[1:]) for e in fresh.values()],
+            [(e[0], self.shard, *e[1:], at) for e in fresh.values()],
         )
         last = raw.execute("SELECT last_insert_rowid()").fetchone()[0]
         first = last - len(fresh) + 1

@@ -1,0 +1,93 @@
+"""An upper bound on what new usage can cost, without pricing it.
+
+The live account prices lazily, but alerts need to know whether a commit *could* have
+crossed a threshold. When a plan's cost grows at most linearly in each meter's quantity, the
+cost of a usage delta is bounded by ``Σ rate × (positive part of the quantity added)`` plus a
+constant per fold, which is a handful of multiplications instead of re-rating the plan:
+
+==============  ===============================================  ==========================
+model           bound on cost(q + Δ) − cost(q), for Δ ≥ 0         condition
+==============  ===============================================  ==========================
+``per_unit``    ``unit_amount × Δ``                               ``unit_amount ≥ 0``
+``graduated``   ``max(unit_amount) × Δ + Σ flat_amount``          amounts ≥ 0
+``package``     ``package_amount × (Δ / package_size + 1)``       ``package_amount ≥ 0``
+``volume``      none: crossing a tier re-prices every unit
+==============  ===============================================  ==========================
+
+Only ``sum`` and ``count`` meters add their quantities up. A meter with a charge that has no
+bound (on another aggregation, or a model above without one) makes the bound of any usage
+that touches it unknown (``None``: the caller prices); usage of the other meters is still
+bounded, so a plan with a seats charge on ``volume`` bounds its token usage. A negative value
+lowers a quantity and, under these models, never raises the cost, so only positive states
+count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, Decimal, localcontext
+
+from tallyray.pricing.meters import MeterSpec, Usage
+from tallyray.pricing.models import Graduated, Package, PerUnit
+from tallyray.pricing.models.base import ZERO
+from tallyray.pricing.plans import Plan
+
+__all__ = ["SpendBound", "spend_bound"]
+
+
+@dataclass(frozen=True, slots=True)
+class SpendBound:
+    """Per charged meter: (cost per unit of quantity at most, constant per fold that touches
+    it), or ``None`` when its cost has no such bound."""
+
+    rates: Mapping[str, tuple[Decimal, Decimal] | None]
+
+    def of(self, delta: Usage) -> Decimal | None:
+        """The most that folding ``delta`` into any usage can add to the plan's cost
+        (``None``: unknown)."""
+        total = ZERO
+        for key, bound in self.rates.items():
+            states = delta.groups.get(key)
+            if not states:
+                continue
+            if bound is None:
+                return None
+            rate, constant = bound
+            added = sum(s for s in states.values() if s > 0)
+            if added:
+                total += rate * added + constant
+        return total
+
+
+def spend_bound(plan: Plan, meters: Mapping[str, MeterSpec]) -> SpendBound:
+    """The plan's bound, meter by meter."""
+    rates: dict[str, tuple[Decimal, Decimal] | None] = {}
+    for charge in plan.charges:
+        spec = meters.get(charge.meter)
+        found = _model_bound(charge.model)
+        so_far = rates.get(charge.meter, (ZERO, ZERO))
+        if spec is None or spec.aggregation not in ("sum", "count") or found is None:
+            rates[charge.meter] = None
+        elif so_far is not None:
+            rates[charge.meter] = (so_far[0] + found[0], so_far[1] + found[1])
+    return SpendBound(rates)
+
+
+def _model_bound(model: object) -> tuple[Decimal, Decimal] | None:
+    if isinstance(model, PerUnit):
+        return (model.unit_amount, ZERO) if model.unit_amount >= 0 else None
+    if isinstance(model, Graduated):
+        if any(t.flat_amount < 0 or t.unit_amount < 0 for t in model.tiers):
+            return None
+        # Entering tiers adds their flat amounts: at most all of them between two quantities.
+        return max(t.unit_amount for t in model.tiers), sum(
+            (t.flat_amount for t in model.tiers), ZERO
+        )
+    if isinstance(model, Package):
+        if model.package_amount < 0 or model.package_size <= 0:
+            return None
+        with localcontext() as ctx:
+            ctx.rounding = ROUND_CEILING  # a bound rounds up
+            return model.package_amount / model.package_size, model.package_amount
+    return None
