@@ -109,25 +109,41 @@ class _Caches:
         self.keys: dict[str, tuple[str | None, float]] = {}
         self.envs: dict[str, tuple[EnvCatalog, float]] = {}
         self._customers: dict[tuple[str, str], tuple[CustomerRecord, float]] = {}
+        self._loading: dict[tuple[str, str], asyncio.Future[Any]] = {}
+        self._writes: dict[str, int] = {}
+        """Per environment: catalog writes seen, so a load that overlapped one is not kept."""
 
     def _fresh(self, stamp: float) -> bool:
         return time.monotonic() - stamp < self.s.cache_seconds
+
+    async def _load(self, what: tuple[str, str], load: Callable[[], Any]) -> Any:
+        """One load per key at a time: requests that miss together share it (at 1,000
+        requests/s an expired entry would otherwise be read by dozens of them at once)."""
+        running = self._loading.get(what)
+        if running is None:
+            running = self._loading[what] = asyncio.ensure_future(run_in_threadpool(load))
+            running.add_done_callback(
+                lambda done: self._loading.pop(what) if self._loading.get(what) is done else None
+            )
+        return await asyncio.shield(running)
 
     async def key_env(self, secret: str) -> str | None:
         hit = self.keys.get(secret)
         if hit is not None and self._fresh(hit[1]):
             return hit[0]
-        env = await run_in_threadpool(self.s.catalog.key_env, secret)
+        env = await self._load(("key", secret), lambda: self.s.catalog.key_env(secret))
         self.keys[secret] = (env, time.monotonic())
-        return env
+        return env  # type: ignore[no-any-return]
 
     async def env(self, env: str) -> EnvCatalog:
         hit = self.envs.get(env)
         if hit is not None and self._fresh(hit[1]):
             return hit[0]
-        found = await run_in_threadpool(self.s.catalog.env_catalog, env)
-        self.envs[env] = (found, time.monotonic())
-        return found
+        writes = self._writes.get(env, 0)
+        found = await self._load(("env", env), lambda: self.s.catalog.env_catalog(env))
+        if self._writes.get(env, 0) == writes:
+            self.envs[env] = (found, time.monotonic())
+        return found  # type: ignore[no-any-return]
 
     async def customers(self, env: str, ids: set[str]) -> dict[str, CustomerRecord]:
         found: dict[str, CustomerRecord] = {}
@@ -148,6 +164,8 @@ class _Caches:
 
     def forget_env(self, env: str) -> None:
         self.envs.pop(env, None)
+        self._loading.pop(("env", env), None)  # a load already running may predate the write
+        self._writes[env] = self._writes.get(env, 0) + 1
 
     def forget_customer(self, env: str, customer_id: str) -> None:
         self._customers.pop((env, customer_id), None)
