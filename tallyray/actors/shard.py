@@ -202,8 +202,11 @@ class ShardCore:
         return (*own, *plan_rules(record.plan_key, raw.get("alerts", [])))
 
     def account(self, env: str, customer_id: str) -> CustomerAccount:
-        self._load_accounts(env, [customer_id])
-        return self.accounts[(env, customer_id)]
+        found = self.accounts.get((env, customer_id))
+        if found is None:
+            self._load_accounts(env, [customer_id])
+            found = self.accounts[(env, customer_id)]
+        return found
 
     # -- recovery ------------------------------------------------------------------------
 

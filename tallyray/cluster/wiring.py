@@ -224,7 +224,14 @@ def start_ingress(settings: Settings) -> None:
     from tallyray.serve.deployment import Ingress
 
     serve.start(http_options={"host": settings.host, "port": settings.port})
-    app = cast(Any, Ingress).options(num_replicas=settings.replicas).bind(settings.to_dict())
+    app = (
+        cast(Any, Ingress)
+        .options(
+            num_replicas=settings.replicas,
+            logging_config={"enable_access_log": settings.access_log},
+        )
+        .bind(settings.to_dict())
+    )
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
 
 

@@ -1,0 +1,39 @@
+"""Server settings from the environment: each variable to its typed field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tallyray.cluster.settings import Settings
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "field", "value"),
+    [
+        ("TALLYRAY_SHARDS", "3", "shards", 3),  # int
+        ("TALLYRAY_CHECKPOINT_SECONDS", "0.5", "checkpoint_seconds", 0.5),  # float
+        ("TALLYRAY_ACCESS_LOG", "1", "access_log", True),  # bool
+        ("TALLYRAY_ACCESS_LOG", "false", "access_log", False),
+        ("TALLYRAY_AUTO_CREATE_CUSTOMERS", "yes", "auto_create_customers", True),
+        ("TALLYRAY_DEFAULT_CURRENCY", "USD", "default_currency", "USD"),  # text
+        ("TALLYRAY_ACCESS_LOG", "", "access_log", False),  # empty: the default
+    ],
+)
+def test_environment_variables_become_typed_settings(
+    monkeypatch: pytest.MonkeyPatch, variable: str, raw: str, field: str, value: Any
+) -> None:
+    monkeypatch.setenv(variable, raw)
+    assert getattr(Settings.load(), field) == value
+
+
+def test_the_access_log_is_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TALLYRAY_ACCESS_LOG", raising=False)
+    assert Settings.load().access_log is False
+
+
+def test_shards_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TALLYRAY_SHARDS", "0")
+    with pytest.raises(ValueError, match="TALLYRAY_SHARDS must be at least 1"):
+        Settings.load()
