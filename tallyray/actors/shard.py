@@ -37,6 +37,7 @@ import orjson
 
 from tallyray.actors.account import CustomerAccount, Hold, Profile, QuotaAnswer
 from tallyray.actors.alerting import AlertRule, plan_rules
+from tallyray.actors.check_line import CheckLineServer, Endpoint
 from tallyray.errors import (
     Conflict,
     EventError,
@@ -578,6 +579,19 @@ class ShardCore:
         account = self.account(env, customer_id)
         return account.check([_event(e) for e in events], now_us())
 
+    def check_many(
+        self, checks: Sequence[tuple[str, str, list[IncomingEvent]]]
+    ) -> list[QuotaAnswer | TallyrayError]:
+        """Several quota checks at once; each answers for itself (an unknown customer is
+        that check's error, not the batch's)."""
+        answers: list[QuotaAnswer | TallyrayError] = []
+        for env, customer_id, events in checks:
+            try:
+                answers.append(self.check(env, customer_id, events))
+            except TallyrayError as error:
+                answers.append(error)
+        return answers
+
     async def reserve(
         self,
         env: str,
@@ -784,6 +798,7 @@ class ShardActor:
     ) -> None:
         configure_logging()
         self.core = ShardCore(shard, shard_count, database_url, checkpoint_seconds, grace_seconds)
+        self._line: CheckLineServer | None = None
 
     async def ready(self) -> int:
         self.core._ensure_tasks()
@@ -803,15 +818,16 @@ class ShardActor:
     async def check_many(
         self, checks: list[tuple[str, str, list[IncomingEvent]]]
     ) -> list[QuotaAnswer | TallyrayError]:
-        """Several quota checks in one call; each answers for itself (an unknown customer is
-        that check's error, not the batch's)."""
-        answers: list[QuotaAnswer | TallyrayError] = []
-        for env, customer_id, events in checks:
-            try:
-                answers.append(self.core.check(env, customer_id, events))
-            except TallyrayError as error:
-                answers.append(error)
-        return answers
+        return self.core.check_many(checks)
+
+    async def check_endpoint(self) -> Endpoint:
+        """Where this shard's check line listens (see :mod:`tallyray.actors.check_line`)."""
+        if self._line is None:
+            import ray  # the actor runs under Ray; the module stays importable without it
+
+            node = ray.get_runtime_context().get_node_id()
+            self._line = CheckLineServer(node, self.core.check_many)
+        return await self._line.endpoint()
 
     async def reserve(
         self,
