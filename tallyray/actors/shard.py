@@ -37,7 +37,7 @@ import orjson
 
 from tallyray.actors.account import CustomerAccount, Hold, Profile, QuotaAnswer
 from tallyray.actors.alerting import AlertRule, plan_rules
-from tallyray.actors.check_line import CheckLineServer, Endpoint
+from tallyray.actors.shard_line import Endpoint, ShardLineServer
 from tallyray.errors import (
     Conflict,
     EventError,
@@ -798,7 +798,7 @@ class ShardActor:
     ) -> None:
         configure_logging()
         self.core = ShardCore(shard, shard_count, database_url, checkpoint_seconds, grace_seconds)
-        self._line: CheckLineServer | None = None
+        self._line: ShardLineServer | None = None
 
     async def ready(self) -> int:
         self.core._ensure_tasks()
@@ -820,13 +820,16 @@ class ShardActor:
     ) -> list[QuotaAnswer | TallyrayError]:
         return self.core.check_many(checks)
 
-    async def check_endpoint(self) -> Endpoint:
-        """Where this shard's check line listens (see :mod:`tallyray.actors.check_line`)."""
+    async def line_endpoint(self) -> Endpoint:
+        """Where this shard's line listens (see :mod:`tallyray.actors.shard_line`): quota
+        checks and ingest, the calls that are safe to repeat."""
         if self._line is None:
             import ray  # the actor runs under Ray; the module stays importable without it
 
             node = ray.get_runtime_context().get_node_id()
-            self._line = CheckLineServer(node, self.core.check_many)
+            self._line = ShardLineServer(
+                node, {"check_many": self.core.check_many, "ingest": self.core.ingest}
+            )
         return await self._line.endpoint()
 
     async def reserve(

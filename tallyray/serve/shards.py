@@ -16,8 +16,8 @@ from typing import Any
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
-from tallyray.actors.check_line import CheckLine, LineDown
 from tallyray.actors.routing import shard_of
+from tallyray.actors.shard_line import LineDown, ShardLine
 from tallyray.errors import StoreUnavailable, TallyrayError
 
 __all__ = ["NAMESPACE", "ShardRouter", "shard_name"]
@@ -31,7 +31,7 @@ RETRY_SAFE = frozenset(
         "balance",
         "check",
         "check_many",
-        "check_endpoint",
+        "line_endpoint",
         "status",
         "checkpoint",
         "refresh",
@@ -45,8 +45,11 @@ NAMESPACE = "tallyray"
 #: Calls of quota checks in flight to one shard at a time (see :meth:`ShardRouter.check`).
 CHECK_SENDERS = 2
 
-#: After a check line could not be opened, wait this long before trying again.
+#: After a shard line could not be opened, wait this long before trying again.
 LINE_RETRY_SECONDS = 1.0
+
+#: Calls that go over a shard's line when there is one (see :mod:`tallyray.actors.shard_line`).
+LINE_METHODS = frozenset({"check_many", "ingest"})
 
 
 def shard_name(index: int) -> str:
@@ -67,7 +70,7 @@ class ShardRouter:
         count: int,
         lookup: Callable[[int], Any] = _lookup,
         node: Callable[[], str] = _this_node,
-        check_lines: bool = True,
+        lines: bool = True,
     ) -> None:
         self.count = count
         self._lookup = lookup
@@ -75,13 +78,13 @@ class ShardRouter:
         self._handles: dict[int, Any] = {}
         self._checks: dict[int, list[tuple[str, str, list[Any], asyncio.Future[Any]]]] = {}
         self._sending: dict[int, int] = {}
-        self.check_lines = check_lines
-        """Send quota checks over each shard's check line when it is on this node."""
-        self._lines: dict[int, CheckLine] = {}
+        self.lines = lines
+        """Make the hot calls over each shard's line when it is on this node."""
+        self._lines: dict[int, ShardLine] = {}
         self._line_tried: dict[int, float] = {}
         self._line_locks: dict[int, asyncio.Lock] = {}
-        self.line_checks = 0
-        """Batches of checks answered over a check line (the rest went over Ray)."""
+        self.line_calls = 0
+        """Calls answered over a shard line (the rest went over Ray)."""
 
     def index(self, env: str, customer_id: str) -> int:
         return shard_of(env, customer_id, self.count)
@@ -93,6 +96,19 @@ class ShardRouter:
         return found
 
     async def call(self, index: int, method: str, *args: Any, idempotent: bool = False) -> Any:
+        if method in LINE_METHODS and self.lines:
+            line = await self._line(index)
+            if line is not None:
+                try:
+                    answer = await line.call(method, *args)
+                    self.line_calls += 1
+                    return answer
+                except LineDown as error:
+                    log.info("shard %d line down, calling over Ray: %s", index, error)
+                    self._lines.pop(index, None)
+        return await self._ray_call(index, method, *args, idempotent=idempotent)
+
+    async def _ray_call(self, index: int, method: str, *args: Any, idempotent: bool = False) -> Any:
         # A call that meets a shard Ray has just restarted fails with "may or may not have
         # been executed". Methods that are safe to repeat (reads, and ingest: the event log
         # deduplicates), and calls the caller knows to be (``idempotent``: a grant with an
@@ -138,7 +154,9 @@ class ShardRouter:
             while self._checks.get(index):
                 batch = self._checks.pop(index)
                 try:
-                    answers = await self._check_many(index, [(e, c, ev) for e, c, ev, _ in batch])
+                    answers = await self.call(
+                        index, "check_many", [(e, c, ev) for e, c, ev, _ in batch]
+                    )
                 except Exception as error:  # noqa: BLE001 — every waiter hears about it
                     for *_, future in batch:
                         if not future.done():
@@ -154,20 +172,7 @@ class ShardRouter:
         finally:
             self._sending[index] -= 1
 
-    async def _check_many(self, index: int, checks: list[tuple[str, str, list[Any]]]) -> Any:
-        """Over the shard's check line if there is one, else (or if it breaks) over Ray."""
-        line = await self._line(index) if self.check_lines else None
-        if line is not None:
-            try:
-                answers = await line.check_many(checks)
-                self.line_checks += 1
-                return answers
-            except LineDown as error:
-                log.info("shard %d check line down, checking over Ray: %s", index, error)
-                self._lines.pop(index, None)
-        return await self.call(index, "check_many", checks)
-
-    async def _line(self, index: int) -> CheckLine | None:
+    async def _line(self, index: int) -> ShardLine | None:
         line = self._lines.get(index)
         if line is not None and line.up:
             return line
@@ -182,12 +187,12 @@ class ShardRouter:
                 return None
             self._line_tried[index] = time.monotonic()
             try:
-                endpoint = await self.call(index, "check_endpoint")
+                endpoint = await self._ray_call(index, "line_endpoint")
                 if endpoint.node != self._node():
                     return None  # a shard on another node: its loopback is not ours
-                line = self._lines[index] = await CheckLine.open(endpoint)
-            except Exception as error:  # noqa: BLE001 — no line is no loss: checks go over Ray
-                log.info("shard %d has no check line now: %s", index, error)
+                line = self._lines[index] = await ShardLine.open(endpoint)
+            except Exception as error:  # noqa: BLE001 — no line is no loss: calls go over Ray
+                log.info("shard %d has no line now: %s", index, error)
                 return None
             return line
 
