@@ -82,7 +82,7 @@ class ShardRouter:
         """Make the hot calls over each shard's line when it is on this node."""
         self._lines: dict[int, ShardLine] = {}
         self._line_tried: dict[int, float] = {}
-        self._line_locks: dict[int, asyncio.Lock] = {}
+        self._line_locks: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Lock]] = {}
         self.line_calls = 0
         """Calls answered over a shard line (the rest went over Ray)."""
 
@@ -176,8 +176,11 @@ class ShardRouter:
         line = self._lines.get(index)
         if line is not None and line.up:
             return line
-        lock = self._line_locks.setdefault(index, asyncio.Lock())
-        async with lock:
+        loop = asyncio.get_running_loop()
+        found = self._line_locks.get(index)
+        if found is None or found[0] is not loop:  # a lock belongs to one event loop
+            found = self._line_locks[index] = (loop, asyncio.Lock())
+        async with found[1]:
             line = self._lines.get(index)
             if line is not None and line.up:
                 return line
