@@ -48,6 +48,9 @@ CHECK_SENDERS = 2
 #: After a shard line could not be opened, wait this long before trying again.
 LINE_RETRY_SECONDS = 1.0
 
+#: A shard on another node has no line for us; ask again this often (it may move).
+OTHER_NODE_SECONDS = 60.0
+
 #: Calls that go over a shard's line when there is one (see :mod:`tallyray.actors.shard_line`).
 LINE_METHODS = frozenset({"check_many", "ingest"})
 
@@ -81,7 +84,8 @@ class ShardRouter:
         self.lines = lines
         """Make the hot calls over each shard's line when it is on this node."""
         self._lines: dict[int, ShardLine] = {}
-        self._line_tried: dict[int, float] = {}
+        self._line_next_try: dict[int, float] = {}
+        """After a failed try to open a shard's line, when to try again (monotonic)."""
         self._line_locks: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Lock]] = {}
         self.line_calls = 0
         """Calls answered over a shard line (the rest went over Ray)."""
@@ -184,18 +188,17 @@ class ShardRouter:
             line = self._lines.get(index)
             if line is not None and line.up:
                 return line
-            if time.monotonic() - self._line_tried.get(index, -LINE_RETRY_SECONDS) < (
-                LINE_RETRY_SECONDS
-            ):
+            if time.monotonic() < self._line_next_try.get(index, 0.0):
                 return None
-            self._line_tried[index] = time.monotonic()
             try:
                 endpoint = await self._ray_call(index, "line_endpoint")
-                if endpoint.node != self._node():
-                    return None  # a shard on another node: its loopback is not ours
+                if endpoint.node != self._node():  # its loopback is not ours: ask again later
+                    self._line_next_try[index] = time.monotonic() + OTHER_NODE_SECONDS
+                    return None
                 line = self._lines[index] = await ShardLine.open(endpoint)
             except Exception as error:  # noqa: BLE001 — no line is no loss: calls go over Ray
                 log.info("shard %d has no line now: %s", index, error)
+                self._line_next_try[index] = time.monotonic() + LINE_RETRY_SECONDS
                 return None
             return line
 
