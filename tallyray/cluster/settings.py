@@ -39,6 +39,8 @@ class Settings:
     """Waits between webhook delivery attempts, e.g. ``"5s,5m,30m,2h,5h,10h,14h"``."""
     dunning_seconds: float = 300.0
     """How often the server collects payments that are due (the dunning schedule)."""
+    commit_gather_ms: float = 50.0
+    """Under load, how long a shard's commit of events may wait for more (0: never)."""
     access_log: bool = False
     """Serve's per-request access log lines (~3 % of the ingress's CPU on quota checks)."""
 
@@ -66,6 +68,7 @@ class Settings:
         "TALLYRAY_DUNNING_SECONDS": "dunning_seconds",
         "TALLYRAY_WEBHOOK_RETRY_DELAYS": "webhook_retry_delays",
         "TALLYRAY_ACCESS_LOG": "access_log",
+        "TALLYRAY_COMMIT_GATHER_MS": "commit_gather_ms",
     }
 
     @classmethod

@@ -206,6 +206,7 @@ def start_shards(settings: Settings) -> list[Any]:
             settings.database_url,
             settings.checkpoint_seconds,
             settings.grace_seconds,
+            settings.commit_gather_ms / 1000,
         )
         for i in range(settings.shards)
     ]
