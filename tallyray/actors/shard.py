@@ -120,6 +120,7 @@ class ShardCore:
         self.gather_seconds = gather_seconds
         """How long a commit of events may wait for more under load (0: never)."""
         self._last_commit = float("-inf")
+        self._last_requests = 0
         self.engine = make_engine(database_url)
         self.store = ShardStore(self.engine, shard)
         self.catalog = Catalog(self.engine)
@@ -355,8 +356,8 @@ class ShardCore:
         bounded once — so fuller commits cost less per event: at 8 requests of 1,000 events
         in flight, waiting up to 50 ms took ingest from ~15k to ~26k events/s and *lowered*
         the acknowledgement latency (docs/benchmarks.md). Only a shard that committed a
-        moment ago waits (an idle shard commits a lone request at once), and anything but
-        events (a hold, a grant, a release, a settlement) commits at once."""
+        moment ago with several requests waits (see :meth:`_busy`), and anything but events
+        (a hold, a grant, a release, a settlement) commits at once."""
         assert self._wake is not None
         deadline = time.perf_counter() + self.gather_seconds
         while True:
@@ -372,12 +373,21 @@ class ShardCore:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), left)
 
+    def _busy(self) -> bool:
+        """Do several producers look to be sending at once? The last commit was a moment
+        ago and carried more than one request, or more than one is waiting now. A lone
+        producer, which waits for each answer before it sends again, is never kept waiting."""
+        if not self.gather_seconds:
+            return False
+        recent = time.perf_counter() - self._last_commit < 2 * self.gather_seconds
+        return recent and (self._last_requests > 1 or len(self._queue) > 1)
+
     async def _committer(self) -> None:
         assert self._wake is not None
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
-            if time.perf_counter() - self._last_commit < self.gather_seconds:
+            if self._busy():
                 await self._gather()
             self._wake.clear()
             batch, self._queue = self._queue, []
@@ -416,6 +426,7 @@ class ShardCore:
                         )
                 continue
             self._last_commit = time.perf_counter()
+            self._last_requests = sum(1 for p in batch if p.events)
             self.stats.commits += 1
             self.stats.commit_seconds.append(self._last_commit - started)
             self.stats.batch_sizes.append(len(events))

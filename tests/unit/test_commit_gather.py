@@ -4,8 +4,11 @@ anything but events commits at once. Driven on a stand-in: no Ray, no database."
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 from typing import Any
+
+import pytest
 
 from tallyray.actors.shard import GATHER_EVENTS, ShardCore
 
@@ -65,3 +68,22 @@ def test_anything_but_events_commits_at_once() -> None:
             await gathered(shard(60.0, pending(10), other))
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("gather", "since_last_commit", "last_requests", "queued", "busy"),
+    [
+        (0.05, 0.01, 3, 1, True),  # commits back to back, several requests each: gather
+        (0.05, 0.01, 1, 2, True),  # two requests waiting now
+        (0.05, 0.01, 1, 1, False),  # a lone producer: never kept waiting
+        (0.05, 5.00, 3, 1, False),  # idle for a while: commit at once
+        (0.0, 0.01, 3, 3, False),  # gathering turned off
+    ],
+)
+def test_when_a_shard_gathers(
+    gather: float, since_last_commit: float, last_requests: int, queued: int, busy: bool
+) -> None:
+    core = shard(gather, *(pending(10) for _ in range(queued)))
+    core._last_commit = time.perf_counter() - since_last_commit
+    core._last_requests = last_requests
+    assert ShardCore._busy(core) is busy  # type: ignore[arg-type]
