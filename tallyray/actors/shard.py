@@ -47,6 +47,7 @@ from tallyray.errors import (
     StoreUnavailable,
     TallyrayError,
 )
+from tallyray.heap import freeze_startup_heap
 from tallyray.logs import configure_logging
 from tallyray.pricing.credits import CreditGrant
 from tallyray.pricing.events import Event, format_timestamp
@@ -850,6 +851,7 @@ class ShardActor:
             shard, shard_count, database_url, checkpoint_seconds, grace_seconds, gather_seconds
         )
         self._line: ShardLineServer | None = None
+        freeze_startup_heap()
 
     async def ready(self) -> int:
         self.core._ensure_tasks()
