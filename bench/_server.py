@@ -42,9 +42,6 @@ LOG_DIR = Path(tempfile.gettempdir()) / "tallyray-bench"
 PG = {"host": "127.0.0.1", "port": "5432", "user": "postgres"}
 PG_ADMIN_URL = f"postgresql://{PG['user']}@{PG['host']}:{PG['port']}"
 
-# Serve's direct-ingress ports (RAY_SERVE_DIRECT_INGRESS_MIN/MAX_HTTP_PORT defaults).
-DIRECT_PORTS = range(30000, 31000)
-
 
 def log(message: str) -> None:
     print(f"[setup] {message}", file=sys.stderr, flush=True)
@@ -311,38 +308,6 @@ def _listener_sid(port: int) -> int | None:
     return None
 
 
-def direct_ingress_url(base_url: str, server_sid: int | None = None) -> str | None:
-    """The replica's own HTTP listener (Serve direct ingress, RAY_SERVE_THROUGHPUT_OPTIMIZED),
-    found with ``ss -ltnp`` on 127.0.0.1:30000-30999 (only our server's, when its session is
-    known); None if there is none that answers ``/healthz``."""
-    try:
-        listing = subprocess.run(
-            ["ss", "-Hltnp"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    found = set()
-    for line in listing.splitlines():
-        match = re.search(r"127\.0\.0\.1:(\d+)\s", line)
-        if not match or int(match.group(1)) not in DIRECT_PORTS:
-            continue
-        pids = [int(p) for p in re.findall(r"pid=(\d+)", line)]
-        if server_sid is None or any(_sid(p) == server_sid for p in pids):
-            found.add(int(match.group(1)))
-    ports = sorted(found)
-    for port in ports:
-        url = f"http://127.0.0.1:{port}"
-        if url == base_url:
-            continue
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=5) as response:
-                if response.status == 200:
-                    return url
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            continue
-    return None
-
-
 def code_version() -> str:
     """The commit the server's code comes from, and any uncommitted change to it (the code a
     server runs is read when it starts)."""
@@ -418,7 +383,6 @@ class Target:
     key: str
     customers: list[str]
     database_url: str | None = None
-    direct_url: str | None = None
     server_pid: int | None = None
     """The server's session id (its pid when we started it): tells its processes apart."""
     log_path: Path | None = None
@@ -469,21 +433,6 @@ class Target:
                 note += " — WARNING: the server is still busy (backlog of the previous phase?)"
         return note
 
-    def urls(self, via: list[str]) -> list[tuple[str, str]]:
-        """(label, base URL) for each of ``via`` ("proxy", "direct") that is available."""
-        chosen = []
-        for name in via:
-            if name == "proxy":
-                chosen.append(("proxy", self.base_url))
-            elif name == "direct":
-                if self.direct_url is None:
-                    print("note: no direct-ingress listener found; skipping 'direct'")
-                else:
-                    chosen.append(("direct", self.direct_url))
-            else:
-                raise ValueError(f"unknown --via {name!r} (use proxy, direct)")
-        return chosen
-
 
 @contextlib.contextmanager
 def bench_target(args: argparse.Namespace, script: str) -> Iterator[Target]:
@@ -501,15 +450,8 @@ def bench_target(args: argparse.Namespace, script: str) -> Iterator[Target]:
             if args.setup
             else customer_ids(args.customers)
         )
-        direct = direct_ingress_url(base, server_sid)
         yield Target(
-            base,
-            args.key,
-            ids,
-            args.database_url,
-            direct,
-            server_sid,
-            code="unknown (started elsewhere)",
+            base, args.key, ids, args.database_url, server_sid, code="unknown (started elsewhere)"
         )
         return
 
@@ -523,9 +465,7 @@ def bench_target(args: argparse.Namespace, script: str) -> Iterator[Target]:
         base = f"http://127.0.0.1:{args.port}"
         key = create_key(url)
         ids = setup_customers(base, key, args.customers)
-        direct = direct_ingress_url(base, proc.pid)
-        log(f"direct ingress: {direct or 'none found'}")
-        yield Target(base, key, ids, url, direct, proc.pid, log_path, code)
+        yield Target(base, key, ids, url, proc.pid, log_path, code)
     finally:
         if proc is not None:
             stop_server(proc)

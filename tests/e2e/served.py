@@ -28,6 +28,15 @@ def free_port() -> int:
 def tallyray_serve(workdir: Path, admin_key: str) -> Iterator[str]:
     """Start the server, wait until it answers, yield its base URL; then stop it and
     require a clean exit."""
+    with tallyray_serve_process(workdir, admin_key) as (base, _):
+        yield base
+
+
+@contextlib.contextmanager
+def tallyray_serve_process(
+    workdir: Path, admin_key: str, extra_env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """:func:`tallyray_serve`, also yielding the server's process."""
     port = free_port()
     env = {
         **os.environ,
@@ -35,6 +44,7 @@ def tallyray_serve(workdir: Path, admin_key: str) -> Iterator[str]:
         "TALLYRAY_DATABASE_URL": f"sqlite:///{workdir}/tallyray.db",
         "TALLYRAY_SHARDS": "2",
         "TALLYRAY_CHECKPOINT_SECONDS": "1",
+        **(extra_env or {}),
     }
     log = (workdir / "serve.log").open("w")
     process = subprocess.Popen(
@@ -68,7 +78,7 @@ def tallyray_serve(workdir: Path, admin_key: str) -> Iterator[str]:
             raise AssertionError((workdir / "serve.log").read_text()[-3000:])
         time.sleep(0.5)
     try:
-        yield base
+        yield base, process
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -78,3 +88,28 @@ def tallyray_serve(workdir: Path, admin_key: str) -> Iterator[str]:
             process.wait()
         log.close()
     assert process.returncode == 0, (workdir / "serve.log").read_text()[-3000:]
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every process below ``pid`` (Ray's raylet, its workers, …): pid → command line."""
+    children: dict[int, list[int]] = {}
+    commands: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            commands[int(entry.name)] = (
+                (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            )
+        except OSError:
+            continue
+        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found: dict[int, str] = {}
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found[child] = commands.get(child, "")
+            todo.append(child)
+    return found
