@@ -28,6 +28,7 @@ from tallyray.pricing.events import Event, format_timestamp
 from tallyray.storage import tables as t
 from tallyray.storage.alerts import write_messages
 from tallyray.storage.catalog import new_id
+from tallyray.storage.eventlog import customer_events
 
 __all__ = ["INVOICE_STATES", "BillingStore", "Rate"]
 
@@ -109,13 +110,8 @@ class BillingStore:
 
     def period_events(self, env: str, customer_id: str, start: int, end: int) -> list[Event]:
         """The logged events of one customer in ``[start, end)``, in log order."""
-        e = t.events.c
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(e.event_id, e.type, e.ts, e.properties)
-                .where(e.env == env, e.customer_id == customer_id, e.ts >= start, e.ts < end)
-                .order_by(e.seq)
-            ).all()
+            rows = customer_events(conn, env, customer_id, start, end)
         return [
             Event(row.event_id, customer_id, row.type, row.ts, orjson.loads(row.properties))
             for row in rows

@@ -66,13 +66,13 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
     return create_engine(url, connect_args={"connect_timeout": 5}, **kwargs)
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema up to the newest Alembic revision."""
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema up to the newest Alembic revision (or to ``revision``)."""
     config = Config()
     config.set_main_option("script_location", _MIGRATIONS)
     try:
         with engine.begin() as connection:
             config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+            command.upgrade(config, revision)
     except OperationalError as error:
         raise StoreUnavailable(f"cannot reach the database to migrate it: {error.orig}") from None

@@ -15,13 +15,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, insert, select, update
+from sqlalchemy import Connection, Engine, Row, Table, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tallyray.storage import tables as t
 from tallyray.storage.alerts import write_messages
 
-__all__ = ["CommitResult", "EventRow", "ShardStore"]
+__all__ = ["CommitResult", "EventRow", "ShardStore", "customer_events"]
 
 EventRow = tuple[str, str, str, str, int, str]
 """(env, customer_id, event_id, type, ts, properties as JSON text)."""
@@ -38,11 +38,18 @@ _PG_COPY = (
     "received_at) FROM STDIN"
 )
 _PG_INSERT = """
-INSERT INTO events (env, shard, customer_id, event_id, type, ts, properties, received_at)
-SELECT env, shard, customer_id, event_id, type, ts, properties, received_at
-FROM incoming_events ORDER BY ordinal
-ON CONFLICT (env, customer_id, event_id) DO NOTHING
-RETURNING seq, env, customer_id, event_id
+WITH fresh AS (
+    INSERT INTO events (env, shard, customer_id, event_id, type, ts, properties, received_at)
+    SELECT env, shard, customer_id, event_id, type, ts, properties, received_at
+    FROM incoming_events ORDER BY env, customer_id, ordinal
+    ON CONFLICT (env, customer_id, event_id) DO NOTHING
+    RETURNING seq, env, shard, customer_id, event_id, ts
+), chunks AS (
+    INSERT INTO event_chunks (env, customer_id, shard, first_seq, last_seq, ts_min, ts_max, events)
+    SELECT env, customer_id, min(shard), min(seq), max(seq), min(ts), max(ts), count(*)
+    FROM fresh GROUP BY env, customer_id
+)
+SELECT seq, env, customer_id, event_id FROM fresh
 """
 
 
@@ -52,6 +59,61 @@ class CommitResult:
     """(env, customer_id, event_id) → seq, for the events that were new."""
     position: int = 0
     """The shard's log position after this commit."""
+
+
+# One customer's events through its chunks. PostgreSQL's planner, left to itself, reads the
+# customer's entire history through the idempotency index (its prefix is the customer) or
+# scans the log; the LATERAL subquery with ORDER BY seq and LIMIT makes each chunk a range
+# scan of the primary key, and the customer filter is applied to what those ranges hold.
+_PG_CUSTOMER_EVENTS = """
+SELECT e.seq, e.env, e.customer_id, e.event_id, e.type, e.ts, e.properties
+FROM event_chunks c CROSS JOIN LATERAL (
+    SELECT * FROM events x
+    WHERE x.seq >= c.first_seq AND x.seq <= c.last_seq
+    ORDER BY x.seq LIMIT c.last_seq - c.first_seq + 1
+) e
+WHERE c.env = :env AND c.customer_id = :customer AND c.ts_max >= :start AND c.ts_min < :end
+  AND e.ts >= :start AND e.ts < :end
+ORDER BY e.seq
+"""
+# SQLite walks the chunks and looks each range up by rowid.
+_SQLITE_CUSTOMER_EVENTS = """
+SELECT e.seq, e.env, e.customer_id, e.event_id, e.type, e.ts, e.properties
+FROM event_chunks c JOIN events e ON e.seq BETWEEN c.first_seq AND c.last_seq
+WHERE c.env = :env AND c.customer_id = :customer AND c.ts_max >= :start AND c.ts_min < :end
+  AND e.ts >= :start AND e.ts < :end
+ORDER BY e.seq
+"""
+
+
+def customer_events(
+    conn: Connection,
+    env: str,
+    customer_id: str,
+    start: int,
+    end: int,
+    event_type: str | None = None,
+) -> list[Row[Any]]:
+    """One customer's logged events with ``start <= ts < end`` (of one type, if given), in
+    log order, with at least ``seq, event_id, type, ts, properties``.
+
+    Found through ``event_chunks``: the customer's chunks whose time span meets the range,
+    then the log rows in each chunk's seq range, of which only the customer's are kept.
+    """
+    sql = _PG_CUSTOMER_EVENTS if conn.dialect.name == "postgresql" else _SQLITE_CUSTOMER_EVENTS
+    found = conn.execute(
+        text(sql), {"env": env, "customer": customer_id, "start": start, "end": end}
+    )
+    rows: list[Row[Any]] = []
+    for row in found:
+        if row.env != env or row.customer_id != customer_id:
+            continue  # another customer's row inside the range
+        if event_type is not None and row.type != event_type:
+            continue
+        # Chunks written before commits were stamped alike may overlap (see migration 0005).
+        if not rows or rows[-1].seq != row.seq:
+            rows.append(row)
+    return rows
 
 
 def _dialect_insert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
@@ -121,8 +183,10 @@ class ShardStore:
     def _insert_events_postgres(
         self, conn: Connection, events: Sequence[EventRow], at: int
     ) -> dict[tuple[str, str, str], int]:
-        # COPY into a temporary table, then one INSERT … SELECT that lets the unique index
-        # drop duplicates (also duplicates within the batch) and returns what it kept.
+        # COPY into a temporary table, then one statement that inserts them grouped by
+        # customer (so each customer's seqs are close together), lets the unique index drop
+        # duplicates (also duplicates within the batch), writes a chunk per customer of what
+        # it kept, and returns what it kept.
         raw = conn.connection.driver_connection
         assert raw is not None
         with raw.cursor() as cursor:
@@ -156,15 +220,41 @@ class ShardStore:
                 fresh.pop(tuple(found), None)
         if not fresh:
             return {}
+        # Grouped by customer, in arrival order within each: each customer's seqs adjoin.
+        order: dict[tuple[str, str], list[tuple[str, str, str]]] = {}
+        for key in fresh:
+            order.setdefault((key[0], key[1]), []).append(key)
+        keys = [key for group in order.values() for key in group]
         cursor = raw.executemany(
             "INSERT INTO events (env, shard, customer_id, event_id, type, ts, properties, "
             "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(e[0], self.shard, *e[1:], at) for e in fresh.values()],
+            [(e[0], self.shard, *e[1:], at) for e in (fresh[key] for key in keys)],
         )
         last = raw.execute("SELECT last_insert_rowid()").fetchone()[0]
-        first = last - len(fresh) + 1
+        first = last - len(keys) + 1
         cursor.close()
-        return {key: first + n for n, key in enumerate(fresh)}
+        seqs = {key: first + n for n, key in enumerate(keys)}
+        chunks = []
+        for (env, customer), group in order.items():
+            stamps = [fresh[key][4] for key in group]
+            chunks.append(
+                (
+                    env,
+                    customer,
+                    self.shard,
+                    seqs[group[0]],
+                    seqs[group[-1]],
+                    min(stamps),
+                    max(stamps),
+                    len(group),
+                )
+            )
+        raw.executemany(
+            "INSERT INTO event_chunks (env, customer_id, shard, first_seq, last_seq, ts_min, "
+            "ts_max, events) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            chunks,
+        )
+        return seqs
 
     # -- recovery ------------------------------------------------------------------------
 

@@ -132,8 +132,26 @@ events = Table(
     # Idempotency: one event per customer and id, for as long as events are kept (≥ 35 days).
     UniqueConstraint("env", "customer_id", "event_id", name="uq_events_idempotency"),
     # No (shard, seq) index: replay walks the primary key from the checkpoint's position
-    # and skips other shards' rows, and every index costs ingest throughput.
-    Index("ix_events_customer_ts", "env", "customer_id", "ts"),
+    # and skips other shards' rows. No (customer, ts) index either: reading one customer's
+    # events goes through event_chunks. Every index costs ingest throughput.
+)
+
+event_chunks = Table(
+    "event_chunks",
+    metadata,
+    # Where one customer's events of one group commit lie in the log: every one of them has
+    # first_seq <= seq <= last_seq (rows of other customers may lie in between), and
+    # ts_min <= ts <= ts_max. One row per customer per commit instead of an index entry per
+    # event: a (customer, ts) index on events cost ~35% of the log's insert time.
+    Column("env", String(8), nullable=False),
+    Column("customer_id", String(255), nullable=False),
+    Column("shard", Integer, nullable=False),
+    Column("first_seq", Seq, nullable=False),
+    Column("last_seq", Seq, nullable=False),
+    Column("ts_min", Micros, nullable=False),
+    Column("ts_max", Micros, nullable=False),
+    Column("events", Integer, nullable=False),
+    Index("ix_event_chunks_customer", "env", "customer_id", "ts_max"),
 )
 
 holds = Table(

@@ -7,11 +7,11 @@ from dataclasses import replace
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from tallyray.pricing.events import Event, format_timestamp
 from tallyray.pricing.meters import MeterSet, MeterSpec
-from tallyray.storage import tables as t
+from tallyray.storage.eventlog import customer_events
 
 __all__ = ["WINDOWS", "usage_series"]
 
@@ -31,19 +31,8 @@ def usage_series(
     """The meter's quantity per window (UTC-aligned hours or days) in ``[start, end)``,
     optionally per group of any event properties."""
     width = WINDOWS[window]
-    cols = t.events.c
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(cols.event_id, cols.ts, cols.properties)
-            .where(
-                cols.env == env,
-                cols.customer_id == customer_id,
-                cols.type == meter.event_type,
-                cols.ts >= start,
-                cols.ts < end,
-            )
-            .order_by(cols.ts)
-        ).all()
+        rows = customer_events(conn, env, customer_id, start, end, meter.event_type)
     spec = replace(meter, group_by=group_by)
     meters = MeterSet([spec])
     buckets: dict[int, list[Event]] = defaultdict(list)
