@@ -23,6 +23,7 @@ from tallyray.cluster.wiring import (
     stop,
 )
 from tallyray.logs import configure_logging, redact
+from tallyray.serve.listener import ensure_port_free
 
 log = logging.getLogger("tallyray.server")
 
@@ -111,6 +112,7 @@ def run_server(settings: Settings, demo: bool = False) -> None:
         settings = Settings(
             **{**settings.to_dict(), "admin_key": "trk_admin_" + secrets.token_urlsafe(18)}
         )
+    ensure_port_free(settings.host, settings.port)
     prepare_store(settings)
     start_ray(settings)
     stopping = threading.Event()

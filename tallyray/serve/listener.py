@@ -22,9 +22,27 @@ from typing import Any
 
 import uvicorn
 
-__all__ = ["ApiListener", "bind_api_socket"]
+from tallyray.errors import InvalidInput
+
+__all__ = ["ApiListener", "bind_api_socket", "ensure_port_free"]
 
 log = logging.getLogger("tallyray.listener")
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """Refuse to start on a port something already listens on — another Tallyray included,
+    whose replicas would otherwise share it with ours (``SO_REUSEPORT`` lets the same user's
+    sockets in together)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise InvalidInput(
+                f"cannot listen on {host}:{port} ({error.strerror}): stop what listens there, "
+                "or choose another port with --port or TALLYRAY_PORT"
+            ) from None
 
 
 def bind_api_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:

@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tallyray.serve.listener import ApiListener, bind_api_socket
+from tallyray.errors import InvalidInput
+from tallyray.serve.listener import ApiListener, bind_api_socket, ensure_port_free
 
 
 def _free_port() -> int:
@@ -98,3 +99,15 @@ def test_a_port_held_by_another_program_is_an_error_at_start(port: int) -> None:
         with pytest.raises(OSError) as raised:
             bind_api_socket("127.0.0.1", port)
         assert raised.value.errno == errno.EADDRINUSE
+
+
+def test_the_server_refuses_a_port_in_use_even_by_another_tallyray(
+    two_listeners: list[ApiListener], port: int
+) -> None:
+    with pytest.raises(InvalidInput, match=f"cannot listen on 127.0.0.1:{port}.*--port"):
+        ensure_port_free("127.0.0.1", port)
+
+
+def test_a_free_port_passes(port: int) -> None:
+    ensure_port_free("127.0.0.1", port)
+    bind_api_socket("127.0.0.1", port).close()  # and is still free afterwards
