@@ -44,6 +44,7 @@ from tallyray.pricing.events import Event, format_timestamp, parse_timestamp
 from tallyray.pricing.money import currency, parse_amount, round_amount
 from tallyray.pricing.periods import ANCHORS
 from tallyray.serve.alert_routes import AlertRules, add_alert_routes
+from tallyray.serve.body_limit import BodyLimit
 from tallyray.serve.intake import IntakeRules, PeriodKey, decode_batch, validate_events
 from tallyray.serve.invoicing_routes import add_invoicing_routes
 from tallyray.serve.portal_routes import add_portal_routes
@@ -240,6 +241,7 @@ def build_app(services: Services) -> FastAPI:
         "trk_live_…` or `trk_test_…`; the key's environment scopes every object.",
         lifespan=lifespan,
     )
+    app.add_middleware(BodyLimit, limit=services.rules.max_body_bytes)
     caches = _Caches(services)
     router = services.router
     metrics = services.metrics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -252,7 +253,24 @@ async def test_too_many_events_is_413(client: httpx.AsyncClient) -> None:
 async def test_body_too_large_is_413(client: httpx.AsyncClient) -> None:
     r = await client.post("/v1/events", content=b"[" + b" " * (17 * 1024 * 1024) + b"]")
     assert r.status_code == 413
-    assert "bytes" in r.json()["error"]["message"]
+    assert "17,825,794 bytes; the limit is 16,777,216" in r.json()["error"]["message"]
+
+
+async def test_a_chunked_body_too_large_is_413_before_it_is_all_read(
+    client: httpx.AsyncClient,
+) -> None:
+    sent = 0
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: sent chunked
+        nonlocal sent
+        for _ in range(64):
+            sent += 1
+            yield b" " * (1024 * 1024)
+
+    r = await client.post("/v1/events", content=chunks())
+    assert r.status_code == 413
+    assert "the limit is 16,777,216" in r.json()["error"]["message"]
+    assert sent <= 18  # stopped reading just past 16 MiB, not at 64
 
 
 @pytest.mark.parametrize(
