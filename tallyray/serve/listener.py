@@ -1,9 +1,9 @@
 """Each ingress replica serves HTTP itself: uvicorn on the API port, in a thread of its own.
 
 Serve's HTTP front (its Python proxy, or HAProxy in front of the replicas) costs more CPU per
-request than a quota check does: measured at 1,000 checks/s, the replica's Serve request
-machinery, HAProxy and Serve's HAProxy manager took ~0.8 ms of CPU per check between them, on
-a 2-core machine where the whole check should cost well under a millisecond. So Serve keeps
+request than a quota check does: measured at 1,000 checks/s, the replica (with Serve's request
+machinery), HAProxy and Serve's HAProxy manager took ~0.7 ms of CPU per check between them,
+against ~0.35 ms for the replica serving the port itself (docs/benchmarks.md). So Serve keeps
 what it is good at — placing, health-checking and restarting the replicas — and each replica
 binds the API port with ``SO_REUSEPORT``: the kernel spreads connections over the replicas of
 a node, and a restarted replica takes its place without anyone reconfiguring a proxy.
