@@ -14,7 +14,13 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["JsonFormatter", "configure_logging", "redact"]
+__all__ = [
+    "JsonFormatter",
+    "RedactPortalTokens",
+    "configure_logging",
+    "redact",
+    "route_uvicorn_logs",
+]
 
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -37,17 +43,52 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging(level: int = logging.INFO) -> None:
-    """Send Tallyray's logs to stderr, as JSON unless ``TALLYRAY_LOG_FORMAT=text``."""
+def _handler() -> logging.Handler:
     handler = logging.StreamHandler(sys.stderr)
     if os.environ.get("TALLYRAY_LOG_FORMAT", "json") == "text":
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     else:
         handler.setFormatter(JsonFormatter())
+    return handler
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Send Tallyray's logs to stderr, as JSON unless ``TALLYRAY_LOG_FORMAT=text``."""
     logger = logging.getLogger("tallyray")
-    logger.handlers[:] = [handler]
+    logger.handlers[:] = [_handler()]
     logger.setLevel(level)
     logger.propagate = False
+
+
+_PORTAL_TOKEN = re.compile(r"/portal/(?!static/)[^/?#\s]+")
+
+
+class RedactPortalTokens(logging.Filter):
+    """A portal link is its own credential (``/portal/{token}``): an access-log line keeps
+    the path with the token replaced."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _PORTAL_TOKEN.sub("/portal/***", a) if isinstance(a, str) else a
+                for a in record.args
+            )
+        return True
+
+
+def route_uvicorn_logs(access_log: bool) -> None:
+    """uvicorn's own logs (listener errors; with ``access_log``, a line per request) through
+    the same handler and format as Tallyray's."""
+    errors = logging.getLogger("uvicorn.error")
+    errors.handlers[:] = [_handler()]
+    errors.setLevel(logging.WARNING)
+    errors.propagate = False
+    access = logging.getLogger("uvicorn.access")
+    handler = _handler()
+    handler.addFilter(RedactPortalTokens())
+    access.handlers[:] = [handler]
+    access.setLevel(logging.INFO if access_log else logging.WARNING)
+    access.propagate = False
 
 
 def redact(url: str) -> str:

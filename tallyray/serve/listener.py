@@ -23,6 +23,7 @@ from typing import Any
 import uvicorn
 
 from tallyray.errors import InvalidInput
+from tallyray.logs import route_uvicorn_logs
 
 __all__ = ["ApiListener", "bind_api_socket", "ensure_port_free"]
 
@@ -67,6 +68,7 @@ class ApiListener:
     def __init__(self, app: Any, host: str, port: int, access_log: bool = False) -> None:
         self.host = host
         self.port = port
+        route_uvicorn_logs(access_log)
         self._socket = bind_api_socket(host, port)
         self._server = uvicorn.Server(
             uvicorn.Config(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -111,3 +112,23 @@ def test_the_server_refuses_a_port_in_use_even_by_another_tallyray(
 def test_a_free_port_passes(port: int) -> None:
     ensure_port_free("127.0.0.1", port)
     bind_api_socket("127.0.0.1", port).close()  # and is still free afterwards
+
+
+@pytest.mark.parametrize("access_log", [True, False])
+def test_the_access_log_is_a_json_line_per_request_when_asked_for(
+    port: int, lifecycle: list[str], capsys: pytest.CaptureFixture[str], access_log: bool
+) -> None:
+    listener = ApiListener(_app("a", lifecycle), "127.0.0.1", port, access_log=access_log)
+    listener.start()
+    listener.wait_started()
+    try:
+        _answers(port, 1)
+    finally:
+        listener.stop()
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    access = [line for line in lines if line["logger"] == "uvicorn.access"]
+    if access_log:
+        assert len(access) == 1
+        assert '"GET / HTTP/1.1" 200' in access[0]["message"]
+    else:
+        assert access == []

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tallyray.logs import JsonFormatter, redact
+from tallyray.logs import JsonFormatter, RedactPortalTokens, redact
 
 
 def record(
@@ -161,3 +161,18 @@ def test_redact_leaves_urls_without_credentials_alone(url: str) -> None:
 
 def test_redact_hides_a_password_in_the_query_string() -> None:
     assert "s3cr3t" not in redact("postgresql://db.internal/tallyray?user=billing&password=s3cr3t")
+
+
+@pytest.mark.parametrize(
+    ("path", "logged"),
+    [
+        ("/portal/eyJhbGciOi.secret", "/portal/***"),
+        ("/portal/eyJhbGciOi.secret/invoices?page=2", "/portal/***/invoices?page=2"),
+        ("/portal/static/portal.css", "/portal/static/portal.css"),
+        ("/v1/events", "/v1/events"),
+    ],
+)
+def test_access_log_lines_never_carry_a_portal_token(path: str, logged: str) -> None:
+    rec = record('%s - "%s %s HTTP/%s" %d', ("127.0.0.1:5000", "GET", path, "1.1", 200))
+    assert RedactPortalTokens().filter(rec)
+    assert formatted(rec)["message"] == f'127.0.0.1:5000 - "GET {logged} HTTP/1.1" 200'
