@@ -47,7 +47,10 @@ def ensure_port_free(host: str, port: int) -> None:
 
 
 def bind_api_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
-    """A listening socket on ``host:port`` that other replicas on this machine may bind too."""
+    """A listening socket on ``host:port`` that other replicas on this machine may bind too.
+
+    Not inherited by child processes: one would keep the port open, accepting connections
+    nobody answers, after the replica that made it has died."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -55,7 +58,6 @@ def bind_api_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(backlog)
-        sock.set_inheritable(True)
     except OSError:
         sock.close()
         raise
