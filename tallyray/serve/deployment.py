@@ -54,10 +54,10 @@ class Ingress:
             billing=billing,
             dunning_seconds=settings["dunning_seconds"],
         )
-        self.listener = ApiListener(
-            build_app(self.services), settings["host"], settings["port"], settings["access_log"]
-        )
+        app = build_app(self.services)
         freeze_startup_heap()
+        # Bound only now: from the moment the socket listens, the kernel hands it connections.
+        self.listener = ApiListener(app, settings["host"], settings["port"], settings["access_log"])
         self.listener.start()
         self.listener.wait_started()
 

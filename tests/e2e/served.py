@@ -66,11 +66,14 @@ def tallyray_serve_process(
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
+        # Up means the server says so: the first replica answers /healthz while the others
+        # may still be starting, and Serve is still deploying the app.
+        if f"Tallyray is serving on {base}" in (workdir / "serve.log").read_text(errors="replace"):
+            try:
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             process.wait()
