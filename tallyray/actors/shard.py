@@ -39,6 +39,7 @@ import orjson
 from tallyray.actors.account import CustomerAccount, Hold, Profile, QuotaAnswer
 from tallyray.actors.alerting import AlertRule, plan_rules
 from tallyray.actors.shard_line import Endpoint, ShardLineServer
+from tallyray.clock import Clock, clock_for, system_clock
 from tallyray.errors import (
     Conflict,
     EventError,
@@ -70,10 +71,6 @@ AccountKey = tuple[str, str]
 
 GATHER_EVENTS = 4000
 """A commit of events stops waiting for more once it holds this many."""
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass
@@ -112,8 +109,10 @@ class ShardCore:
         checkpoint_seconds: float = 5.0,
         grace_seconds: int | None = None,
         gather_seconds: float = 0.0,
+        clock: Clock = system_clock,
     ) -> None:
         self.shard = shard
+        self.clock = clock
         self.shard_count = shard_count
         self.checkpoint_seconds = checkpoint_seconds
         self.grace_seconds = grace_seconds
@@ -230,7 +229,7 @@ class ShardCore:
                 f"shard {self.shard}: the checkpoint was taken with {count} shards, not "
                 f"{self.shard_count}; start Tallyray with TALLYRAY_SHARDS={count}"
             )
-        now = now_us()
+        now = self.clock()
         by_env: dict[str, list[str]] = defaultdict(list)
         for env, customer in states:
             by_env[env].append(customer)
@@ -400,7 +399,7 @@ class ShardCore:
             new_holds = [h for p in batch for h in p.new_holds]
             finished = [h for p in batch for h in p.finished_holds]
             started = time.perf_counter()
-            at = now_us()
+            at = self.clock()
             try:
                 result = await loop.run_in_executor(
                     self._db,
@@ -484,11 +483,11 @@ class ShardCore:
     async def checkpoint(self) -> int:
         """Write the dirty accounts and the position they include. Returns how many."""
         if not self.dirty:
-            self.stats.checkpoint_at = now_us()
+            self.stats.checkpoint_at = self.clock()
             return 0
         keys, self.dirty = self.dirty, set()
         states = {k: self.accounts[k].snapshot() for k in keys if k in self.accounts}
-        position, now = self.position, now_us()
+        position, now = self.position, self.clock()
         pending = list(self.outbox)
         try:
             await asyncio.get_running_loop().run_in_executor(
@@ -507,7 +506,7 @@ class ShardCore:
         return len(states)
 
     async def expire_holds(self) -> int:
-        now = now_us()
+        now = self.clock()
         finished: list[tuple[str, str]] = []
         for account in self.accounts.values():
             for hold_id in account.expire_holds(now):
@@ -524,7 +523,7 @@ class ShardCore:
         """Close, in every environment, the periods whose grace window has passed."""
         if self.grace_seconds is None:
             return 0
-        cutoff = now_us() - self.grace_seconds * 1_000_000
+        cutoff = self.clock() - self.grace_seconds * 1_000_000
         closed = 0
         for env in {key[0] for key in self.accounts}:
             if any(p for a in self._accounts_of(env) for p in a.periods if p < cutoff):
@@ -563,7 +562,7 @@ class ShardCore:
                 dropped.setdefault(key, []).append(period.start)
         try:
             await loop.run_in_executor(
-                self._db, self.billing.close_periods, self.shard, env, cutoff, rows, now_us()
+                self._db, self.billing.close_periods, self.shard, env, cutoff, rows, self.clock()
             )
         except Exception as error:
             log.error("shard %d: closing periods failed: %s", self.shard, error)
@@ -626,7 +625,7 @@ class ShardCore:
 
     def check(self, env: str, customer_id: str, events: list[IncomingEvent]) -> QuotaAnswer:
         account = self.account(env, customer_id)
-        return account.check([_event(e) for e in events], now_us())
+        return account.check([_event(e) for e in events], self.clock())
 
     def check_many(
         self, checks: Sequence[tuple[str, str, list[IncomingEvent]]]
@@ -650,7 +649,7 @@ class ShardCore:
         ttl_seconds: float,
     ) -> tuple[QuotaAnswer, int]:
         account = self.account(env, customer_id)
-        now = now_us()
+        now = self.clock()
         cost = account.price([_event(e) for e in events])
         expires_at = now + int(ttl_seconds * 1_000_000)
         answer = account.place_hold(Hold(hold_id, max(cost, Decimal(0)), expires_at), now)
@@ -768,7 +767,7 @@ class ShardCore:
         return None
 
     def balance(self, env: str, customer_id: str) -> dict[str, Any]:
-        return self.account(env, customer_id).balance(now_us())
+        return self.account(env, customer_id).balance(self.clock())
 
     def refresh(self, env: str, customer_ids: Sequence[str] | None = None) -> None:
         """The catalog changed: reload the environment's meters and plans, and the named
@@ -780,7 +779,7 @@ class ShardCore:
             keys = [(env, c) for c in customer_ids if (env, c) in self.accounts]
         records = self.catalog.customers(env, [k[1] for k in keys])
         rules = self.alert_store.rules(env, [k[1] for k in keys])
-        now = now_us()
+        now = self.clock()
         for key, account in self.accounts.items():
             if key[0] == env:
                 account.set_meters(meters)
@@ -806,7 +805,7 @@ class ShardCore:
             "duplicates": stats.duplicates,
             "commit_seconds": seconds,
             "batch_sizes": sizes,
-            "checkpoint_age_seconds": (now_us() - stats.checkpoint_at) / 1e6
+            "checkpoint_age_seconds": (self.clock() - stats.checkpoint_at) / 1e6
             if stats.checkpoint_at
             else None,
         }
@@ -845,10 +844,17 @@ class ShardActor:
         checkpoint_seconds: float,
         grace_seconds: int | None = None,
         gather_seconds: float = 0.0,
+        clock_offset_us: int = 0,
     ) -> None:
         configure_logging()
         self.core = ShardCore(
-            shard, shard_count, database_url, checkpoint_seconds, grace_seconds, gather_seconds
+            shard,
+            shard_count,
+            database_url,
+            checkpoint_seconds,
+            grace_seconds,
+            gather_seconds,
+            clock_for(clock_offset_us),
         )
         self._line: ShardLineServer | None = None
         freeze_startup_heap()

@@ -38,6 +38,7 @@ import orjson
 from tallyray import __version__
 from tallyray.alerts import signing
 from tallyray.alerts.schedule import RetrySchedule
+from tallyray.clock import clock_for
 from tallyray.logs import configure_logging
 from tallyray.pricing.events import format_timestamp
 from tallyray.storage.db import make_engine
@@ -59,10 +60,6 @@ ACTOR_NAME = "webhooks"
 CURSOR = "webhooks"
 """The ``outbox_cursors`` row the deliverer keeps its place in."""
 _SNIPPET = 200  # characters of an error response kept in the delivery log
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,9 +344,11 @@ class WebhookActor:
         delays: Sequence[float] | None = None,
         timeout: float = 10.0,
         per_endpoint: int = 4,
+        clock_offset_us: int = 0,
     ) -> None:
         configure_logging()
         self.interval = interval
+        self.clock = clock_for(clock_offset_us)
         self.engine = make_engine(database_url)
         schedule = RetrySchedule.parse(delays) if delays is not None else RetrySchedule()
         self.deliverer = Deliverer(
@@ -379,7 +378,7 @@ class WebhookActor:
 
     async def tick(self) -> None:
         """One round: fan out, then start sending what is due (in the background)."""
-        now = now_us()
+        now = self.clock()
         self.counts["rounds"] += 1
         try:
             await self.deliverer.fan_out(now)
@@ -421,11 +420,13 @@ def start_webhooks(
     delays: Sequence[float] | str | None = None,
     timeout: float = 10.0,
     per_endpoint: int = 4,
+    clock_offset_us: int = 0,
 ) -> Any:
     """Create (or find) the detached ``webhooks`` actor in namespace ``tallyray`` and wait
     until it runs; returns its handle. ``delays`` overrides the retry schedule (seconds, or
     text such as ``"5s,5m,30m,2h,5h,10h,14h"``). The options apply when the actor is created;
-    an actor that exists already keeps its own."""
+    an actor that exists already keeps its own. ``clock_offset_us`` shifts its clock
+    (:mod:`tallyray.clock`)."""
     import ray
 
     from tallyray.serve.shards import NAMESPACE
@@ -439,6 +440,6 @@ def start_webhooks(
         max_restarts=-1,
         num_cpus=0,
         get_if_exists=True,
-    ).remote(database_url, interval, waits, timeout, per_endpoint)
+    ).remote(database_url, interval, waits, timeout, per_endpoint, clock_offset_us)
     ray.get(handle.ready.remote())
     return handle

@@ -55,7 +55,7 @@ def _wait_until_up(base: str, seconds: float = 60) -> None:
 def _demo(settings: Settings, base: str) -> None:
     """A test-environment customer with a plan and credits, and how to poke at it."""
     catalog = prepare_store(settings)
-    _, key = catalog.create_key("test", time.time_ns() // 1000, "demo")
+    _, key = catalog.create_key("test", settings.clock(), "demo")
     plans = catalog.env_catalog("test").latest
     plan = "pro" if "pro" in plans else next(iter(plans), None)
     _request(

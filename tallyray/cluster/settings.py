@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+from tallyray.clock import Clock, clock_for, offset_to
+from tallyray.pricing.events import parse_timestamp
 from tallyray.storage.db import DEFAULT_DATABASE_URL, normalize_url
 
 
@@ -43,6 +45,9 @@ class Settings:
     """Under load, how long a shard's commit of events may wait for more (0: never)."""
     access_log: bool = False
     """Serve's per-request access log lines (~3 % of the ingress's CPU on quota checks)."""
+    clock_offset_us: int = 0
+    """Every process's clock runs this far from the machine's (``TALLYRAY_CLOCK_START``
+    sets it so that the server's clock starts at a given instant; tests and demos only)."""
 
     #: environment variable → field
     ENV: ClassVar[dict[str, str]] = {
@@ -88,6 +93,9 @@ class Settings:
                 values[name] = _flag(raw)
             else:
                 values[name] = raw
+        start = overrides.pop("clock_start", None) or os.environ.get("TALLYRAY_CLOCK_START")
+        if start:
+            values["clock_offset_us"] = offset_to(_instant(start))
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
         if settings.shards < 1:
@@ -103,6 +111,18 @@ class Settings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def clock(self) -> Clock:
+        """This deployment's clock (:mod:`tallyray.clock`)."""
+        return clock_for(self.clock_offset_us)
+
+
+def _instant(text: str) -> int:
+    try:
+        return parse_timestamp(text)
+    except ValueError as error:
+        raise ValueError(f"TALLYRAY_CLOCK_START: {error}") from None
 
 
 def _absolute(url: str) -> str:

@@ -6,7 +6,6 @@ import contextlib
 import json
 import logging
 import os
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -40,10 +39,6 @@ from tallyray.storage.db import make_engine, migrate
 log = logging.getLogger("tallyray.cluster")
 
 APP_NAME = "tallyray"
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def start_ray(settings: Settings, num_cpus: int | None = None) -> None:
@@ -83,7 +78,7 @@ def prepare_store(settings: Settings) -> Catalog:
     engine = make_engine(settings.database_url)
     migrate(engine)
     catalog = Catalog(engine)
-    now = now_us()
+    now = settings.clock()
     if settings.admin_key:
         catalog.seed_key(settings.admin_key, "admin", now)
     if settings.config_path:
@@ -202,6 +197,7 @@ def start_shards(settings: Settings) -> list[Any]:
             settings.checkpoint_seconds,
             settings.grace_seconds,
             settings.commit_gather_ms / 1000,
+            settings.clock_offset_us,
         )
         for i in range(settings.shards)
     ]
@@ -212,7 +208,10 @@ def start_shards(settings: Settings) -> list[Any]:
 def start_webhook_deliverer(settings: Settings) -> Any:
     """The one actor that fans the outbox out to webhook endpoints and delivers, retried."""
     return start_webhooks(
-        settings.database_url, interval=1.0, delays=settings.webhook_retry_delays or None
+        settings.database_url,
+        interval=1.0,
+        delays=settings.webhook_retry_delays or None,
+        clock_offset_us=settings.clock_offset_us,
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from tallyray.clock import system_clock
 from tallyray.errors import Conflict, InvalidInput, ProviderUnavailable, TallyrayError
 from tallyray.invoicing.config import InvoicingConfig, parse_invoicing_config
 from tallyray.invoicing.dunning import next_attempt
@@ -402,7 +403,7 @@ class Billing:
         """Process a provider's webhook: each event once. Returns how many were new."""
         provider = self.provider(name)
         events: list[ProviderEvent] = await run_in_threadpool(
-            provider.parse_webhook, headers, body, self.clock()
+            provider.parse_webhook, headers, body, system_clock()
         )
         fresh = 0
         for event in events:

@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tallyray import __version__
 from tallyray.actors.account import QuotaAnswer
+from tallyray.clock import Clock, system_clock
 from tallyray.errors import (
     Conflict,
     InvalidInput,
@@ -69,10 +70,6 @@ log = logging.getLogger("tallyray.api")
 __all__ = ["Services", "build_app"]
 
 
-def now_us() -> int:
-    return time.time_ns() // 1000
-
-
 @dataclass
 class Services:
     """Everything the routes need, wired by :mod:`tallyray.cluster`."""
@@ -88,7 +85,7 @@ class Services:
     """Customers are never deleted and writes through this replica refresh its cache at once;
     only a subscription changed through another replica is seen this late (and only the
     late-event window of ingest depends on it)."""
-    clock: Callable[[], int] = now_us
+    clock: Clock = system_clock
     billing: Billing | None = None
     """Invoicing; built from the catalog's database with the default config when not
     given."""

@@ -16,7 +16,7 @@ from tallyray.cluster.wiring import billing_config, payment_providers
 from tallyray.heap import freeze_startup_heap
 from tallyray.invoicing.service import Billing
 from tallyray.logs import configure_logging
-from tallyray.serve.app import Services, build_app, now_us
+from tallyray.serve.app import Services, build_app
 from tallyray.serve.intake import IntakeRules
 from tallyray.serve.listener import ApiListener
 from tallyray.serve.shards import ShardRouter
@@ -29,6 +29,7 @@ from tallyray.storage.db import make_engine
 class Ingress:
     def __init__(self, settings: dict[str, Any]) -> None:
         configure_logging()
+        clock = Settings(**settings).clock
         engine = make_engine(settings["database_url"])
         catalog = Catalog(engine)
         router = ShardRouter(settings["shards"])
@@ -43,7 +44,7 @@ class Ingress:
             rounding=config["rounding"],
             grace_seconds=settings["grace_seconds"],
             providers=payment_providers(Settings(**settings)),
-            clock=now_us,
+            clock=clock,
         )
         self.services = Services(
             catalog=catalog,
@@ -53,6 +54,7 @@ class Ingress:
             default_currency=settings["default_currency"],
             billing=billing,
             dunning_seconds=settings["dunning_seconds"],
+            clock=clock,
         )
         app = build_app(self.services)
         freeze_startup_heap()

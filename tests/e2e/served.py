@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+from suite_clock import TEST_NOW
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,6 +45,7 @@ def tallyray_serve_process(
         "TALLYRAY_DATABASE_URL": f"sqlite:///{workdir}/tallyray.db",
         "TALLYRAY_SHARDS": "2",
         "TALLYRAY_CHECKPOINT_SECONDS": "1",
+        "TALLYRAY_CLOCK_START": TEST_NOW,
         **(extra_env or {}),
     }
     log = (workdir / "serve.log").open("w")

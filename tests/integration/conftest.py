@@ -9,13 +9,13 @@ fire thousands of concurrent requests cheaply; ``tests/e2e`` covers the Serve HT
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import ray
+from suite_clock import CLOCK
 from support import (
     POSTGRES_URL,
     Server,
@@ -58,15 +58,23 @@ def server(
     else:
         url = f"sqlite:///{tmp_path_factory.mktemp('store')}/tallyray.db"
     settings = Settings.load(
-        database_url=url, shards=SHARDS, checkpoint_seconds=0.5, config_path=str(EXAMPLE_CONFIG)
+        database_url=url,
+        shards=SHARDS,
+        checkpoint_seconds=0.5,
+        config_path=str(EXAMPLE_CONFIG),
+        clock_offset_us=CLOCK.offset_us,
     )
     kill_shards(SHARDS)  # a previous store's shards must not answer for this one
     catalog = prepare_store(settings)
     start_shards(settings)
     services = Services(
-        catalog=catalog, router=ShardRouter(SHARDS), rules=IntakeRules(), cache_seconds=0.2
+        catalog=catalog,
+        router=ShardRouter(SHARDS),
+        rules=IntakeRules(),
+        cache_seconds=0.2,
+        clock=settings.clock,
     )
-    now = time.time_ns() // 1000
+    now = settings.clock()
     _, test_key = catalog.create_key("test", now)
     _, live_key = catalog.create_key("live", now)
     yield Server(store, settings, catalog, services, build_app(services), test_key, live_key)

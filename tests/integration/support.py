@@ -13,6 +13,7 @@ import httpx
 import psycopg
 import ray
 
+from tallyray.clock import Clock
 from tallyray.cluster import Settings
 from tallyray.serve.app import Services
 from tallyray.serve.shards import NAMESPACE, shard_name
@@ -49,6 +50,11 @@ class Server:
     app: Any
     test_key: str
     live_key: str
+
+    @property
+    def clock(self) -> Clock:
+        """The server's clock: what it takes as now."""
+        return self.settings.clock
 
     def client(self, key: str | None = None) -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {key or self.test_key}"}

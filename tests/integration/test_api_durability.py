@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
-import time
 from collections import defaultdict
 from typing import Any
 
@@ -290,7 +289,7 @@ async def test_unreachable_store_is_503_and_nothing_is_acknowledged(server: Serv
     try:
         await handle.ready.remote()
         services = Services(catalog=catalog, router=ShardRouter(1, lambda i: handle))
-        _, key = catalog.create_key("test", time.time_ns() // 1000)
+        _, key = catalog.create_key("test", server.clock())
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=build_app(services)),
             base_url="http://probe",

@@ -22,6 +22,7 @@ import ray
 from fakes import WebhookInbox
 from fakes.adyen_server import FakeAdyen, notification_item, signed_notification
 from fakes.stripe_server import FakeStripe
+from suite_clock import CLOCK
 from support import (
     POSTGRES_URL,
     Server,
@@ -31,10 +32,12 @@ from support import (
 )
 
 from tallyray.actors.shard import ShardActor
+from tallyray.clock import Clock, ShiftedClock, offset_to
 from tallyray.cluster import Settings, prepare_store
 from tallyray.invoicing.payments import AdyenProvider, StripeProvider
 from tallyray.invoicing.service import Billing
-from tallyray.serve.app import Services, build_app, now_us
+from tallyray.pricing.events import parse_timestamp
+from tallyray.serve.app import Services, build_app
 from tallyray.serve.intake import IntakeRules
 from tallyray.serve.shards import NAMESPACE, ShardRouter
 from tallyray.storage.billing import BillingStore
@@ -80,7 +83,9 @@ class Invoicing:
         return list(r.json()["invoices"])
 
 
-def make_billing(catalog: Catalog, router: ShardRouter, url: str, **invoicing: Any) -> Billing:
+def make_billing(
+    catalog: Catalog, router: ShardRouter, url: str, clock: Clock = CLOCK, **invoicing: Any
+) -> Billing:
     # Three payment attempts a day apart, then uncollectible.
     invoicing.setdefault("dunning", {"retry_days": [1, 1]})
     return Billing(
@@ -92,14 +97,27 @@ def make_billing(catalog: Catalog, router: ShardRouter, url: str, **invoicing: A
         tax_raw=TAX,
         rounding="half_up",
         grace_seconds=GRACE,
-        clock=now_us,
+        clock=clock,
     )
 
 
+#: Moments to run date-sensitive tests at: each clock starts there and runs on during the
+#: test, across the end of November, and across the end of the year.
+AROUND_MONTH_AND_YEAR_END = [
+    pytest.param("2026-11-30T23:59:57Z", id="month-end"),
+    pytest.param("2026-12-31T23:59:57Z", id="year-end"),
+]
+
+
 @pytest.fixture
-async def inv(server: Server, tmp_path: Path) -> AsyncIterator[Invoicing]:
+async def inv(
+    server: Server, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Invoicing]:
     """A fresh store and shard per test: closing a period is for good, so tests that close
-    October must not share an environment."""
+    October must not share an environment. The clock is the suite's, or starts where the
+    test's ``inv`` parameter says (``indirect=True``)."""
+    start = getattr(request, "param", None)
+    clock = CLOCK if start is None else ShiftedClock(offset_to(parse_timestamp(start)))
     if server.store == "postgres":
         assert POSTGRES_URL is not None
         url = create_postgres_database(POSTGRES_URL)
@@ -110,19 +128,20 @@ async def inv(server: Server, tmp_path: Path) -> AsyncIterator[Invoicing]:
     shard = (
         ray.remote(ShardActor)
         .options(name=unique("billing-shard"), namespace=NAMESPACE, max_restarts=-1)
-        .remote(0, 1, url, 0.5, GRACE)
+        .remote(0, 1, url, 0.5, GRACE, 0.0, clock.offset_us)
     )
     await shard.ready.remote()
     router = ShardRouter(1, lambda i: shard)
-    billing = make_billing(catalog, router, url)
+    billing = make_billing(catalog, router, url, clock)
     services = Services(
         catalog=catalog,
         router=router,
         rules=IntakeRules(grace_seconds=GRACE),
         cache_seconds=0.2,
         billing=billing,
+        clock=clock,
     )
-    _, key = catalog.create_key("test", now_us())
+    _, key = catalog.create_key("test", clock())
     try:
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=build_app(services)),
@@ -290,7 +309,7 @@ async def test_a_crashed_run_resumes_without_billing_twice(inv: Invoicing, serve
         invoicing=dict(inv.billing.invoicing_raw or {}),
         tax=TAX,
     )
-    invoice_chunk(spec, customers[:2], now_us())
+    invoice_chunk(spec, customers[:2], inv.billing.clock())
 
     r = await inv.client.post(f"/v1/invoice-runs/{run_id}/resume")
     assert r.status_code == 202, r.text
@@ -609,7 +628,14 @@ async def test_an_anniversary_subscription_is_billed_from_its_start(
     assert base["amount"] == "49.00" and "proration" not in base
 
 
+@pytest.mark.parametrize(
+    "inv",
+    [pytest.param(None, id="suite-clock"), *AROUND_MONTH_AND_YEAR_END],
+    indirect=True,
+)
 async def test_late_events_can_be_booked_to_the_open_period(inv: Invoicing, server: Server) -> None:
+    """An event for closed October goes to the first open period, November, whatever the
+    day: in November, or on a clock that runs into December, or into 2027."""
     inv.billing.config = dataclasses.replace(inv.billing.config, late_events="book_to_open_period")
     customer = await october_customer(inv)
     await inv.run()  # October closes
@@ -619,6 +645,7 @@ async def test_late_events_can_be_booked_to_the_open_period(inv: Invoicing, serv
         router=inv.billing.router,
         rules=IntakeRules(grace_seconds=GRACE),
         billing=inv.billing,
+        clock=inv.billing.clock,
     )
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=build_app(services)),
@@ -628,9 +655,29 @@ async def test_late_events_can_be_booked_to_the_open_period(inv: Invoicing, serv
         late = october_events(customer)[:1]
         r = await client.post("/v1/events", json=late)
         assert r.status_code == 200, r.text
+        usage = await client.get(
+            "/v1/usage",
+            params={
+                "customer_id": customer,
+                "meter": "requests",
+                "from": NOV_1,
+                "to": "2026-12-01T00:00:00Z",
+            },
+        )
+        assert usage.status_code == 200, usage.text
+        before = inv.billing.clock()
         balance = (await client.get(f"/v1/customers/{customer}/balance")).json()
-    # counted in November, the open period: one request
-    assert balance["usage"]["requests"]["quantity"] == "1"
+        after = inv.billing.clock()
+    # counted on the first day of November, the open period: one request
+    days = {p["start"]: p["quantity"] for p in usage.json()["data"] if p["quantity"] != "0"}
+    assert days == {NOV_1: "1"}
+    # the live balance shows the current period: November's request while it lasts
+    december = parse_timestamp("2026-12-01T00:00:00Z")
+    shown = balance["usage"].get("requests", {}).get("quantity")
+    if after < december:
+        assert shown == "1"
+    elif before >= december:
+        assert shown is None
     (invoice,) = await inv.invoices(customer)  # October's invoice did not change
     assert amounts(invoice)["API requests (per 1,000)"] == "0.00"
     del server

@@ -149,7 +149,7 @@ async def test_a_session_opens_an_overview_with_the_right_balance(portal: Portal
     events = [completion(customer, "gpt-4o", 1000, 500) for _ in range(3)]
     assert (await portal.api.post("/v1/events", json=events)).status_code == 200
 
-    before = time.time()
+    before = portal.server.clock() / 1e6
     r = await portal.web.post("/v1/portal-sessions", json={"customer_id": customer})
     assert r.status_code == 201, r.text
     body = r.json()
@@ -219,7 +219,7 @@ async def test_a_session_lasts_its_ttl(portal: Portal) -> None:
     r = await portal.web.post(
         "/v1/portal-sessions", json={"customer_id": customer, "ttl_seconds": 86_400}
     )
-    assert 86_390 < _epoch(r.json()["expires_at"]) - time.time() < 86_410
+    assert 86_390 < _epoch(r.json()["expires_at"]) - portal.server.clock() / 1e6 < 86_410
     r = await portal.web.post(
         "/v1/portal-sessions", json={"customer_id": customer, "ttl_seconds": 1}
     )
@@ -240,7 +240,7 @@ async def test_tampered_and_expired_tokens_get_a_401_page(portal: Portal) -> Non
     payload, signature = token.split(".")
     flipped = signature[:5] + ("A" if signature[5] != "A" else "B") + signature[6:]
     keys = await run_in_threadpool(PortalKeys.load, portal.server.catalog.engine)
-    now = time.time_ns() // 1000
+    now = portal.server.clock()
     cases = {
         "tampered": f"/portal/{payload}.{flipped}",
         "truncated": f"/portal/{token[:-3]}",
@@ -324,7 +324,7 @@ async def test_only_the_customers_own_invoices(portal: Portal) -> None:
     mine, theirs = await make_customer(portal.api), await make_customer(portal.api)
     store = portal.server.services.billing.store  # type: ignore[union-attr]
     oct_, nov, dec = "2026-10-01T00:00:00Z", "2026-11-01T00:00:00Z", "2026-12-01T00:00:00Z"
-    now = time.time_ns() // 1000
+    now = portal.server.clock()
 
     def add(docs: list[dict[str, Any]], finalize: bool) -> None:
         store.add_invoices(
@@ -568,7 +568,9 @@ async def test_usage_charts_per_meter_and_model(portal: Portal) -> None:
     ]
     assert "input_tokens per day by model" in html
     assert '<ul class="legend">' in html and ">gpt-4o-mini</li>" in html
-    day = time.gmtime().tm_mday  # calendar month: one bar group per day so far
+    day = time.gmtime(
+        portal.server.clock() / 1e6
+    ).tm_mday  # calendar month: one bar group per day so far
     assert html.count('<g class="day"') == 3 * day
     assert 'Total this period: <strong lang="en">7,000</strong>' in html  # 2,000 + 5,000
     assert "<table" in html and "data table" in html

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import delete, insert, select
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from starlette.concurrency import run_in_threadpool
+from suite_clock import CLOCK
 from support import Server, unique
 
 from tallyray.alerts.deliverer import ACTOR_NAME, CURSOR, Attempt, Deliverer, start_webhooks
@@ -51,7 +52,7 @@ INVOICE = {"invoice_id": "inv_1", "number": "INV-0001", "customer_id": "acme", "
 
 
 def now_us() -> int:
-    return time.time_ns() // 1000
+    return CLOCK()
 
 
 # -- a real receiver on loopback -------------------------------------------------------------
@@ -690,7 +691,9 @@ async def test_with_a_deliverer_the_test_event_is_sent_at_once(hooks: Hooks) -> 
 
 async def test_the_webhook_actor_delivers(hooks: Hooks) -> None:
     await hooks.endpoint("/actor", ["alert.recovered"])
-    handle = start_webhooks(hooks.server.settings.database_url, interval=0.2)
+    handle = start_webhooks(
+        hooks.server.settings.database_url, interval=0.2, clock_offset_us=CLOCK.offset_us
+    )
     try:
         assert ray.get_actor(ACTOR_NAME, namespace=NAMESPACE) is not None
         message_id = hooks.announce("alert.recovered", ALERT)
