@@ -6,6 +6,7 @@ Nothing secret goes in: API keys are never logged, and database URLs are logged 
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
@@ -19,8 +20,15 @@ __all__ = [
     "RedactPortalTokens",
     "configure_logging",
     "redact",
+    "request_id",
     "route_uvicorn_logs",
 ]
+
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "tallyray_request_id", default=None
+)
+"""The id of the HTTP request being served (set by
+:class:`~tallyray.serve.request_context.RequestContext`); every log line carries it."""
 
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -33,6 +41,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        rid = request_id.get()
+        if rid is not None:
+            entry["request_id"] = rid
         # Extras passed by the caller; underscored attributes are other libraries' (Ray adds
         # ``_ray_timestamp_ns`` to every record).
         entry.update(

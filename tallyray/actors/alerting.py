@@ -29,6 +29,7 @@ from decimal import Decimal
 from typing import Any
 
 from tallyray.errors import InvalidInput, Problem
+from tallyray.pricing.money import parse_amount
 
 __all__ = ["RULE_KINDS", "AlertRule", "Firing", "crossings", "parse_rule", "plan_rules"]
 
@@ -100,16 +101,10 @@ def parse_rule(
     if kind not in RULE_KINDS:
         problems.append(Problem("kind", f"must be one of {', '.join(RULE_KINDS)}"))
     threshold = ZERO
-    raw = doc.get("threshold")
-    if not isinstance(raw, str | int) or isinstance(raw, bool):
-        problems.append(Problem("threshold", 'must be a decimal string such as "10.00"'))
-    else:
-        try:
-            threshold = Decimal(str(raw))
-            if not threshold.is_finite():
-                raise ValueError
-        except (ArithmeticError, ValueError):
-            problems.append(Problem("threshold", f"{raw!r} is not a decimal number"))
+    try:
+        threshold = parse_amount(doc.get("threshold"), field="threshold")
+    except InvalidInput as error:
+        problems += error.problems
     if kind == "credits_used_percent" and not ZERO < threshold <= 100:
         problems.append(Problem("threshold", "a percentage of credits used is from 0 to 100"))
     if kind in ("spend_above", "usage_above") and threshold < 0:

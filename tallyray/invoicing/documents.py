@@ -57,15 +57,12 @@ from reportlab.platypus import KeepTogether, Paragraph, SimpleDocTemplate, Space
 
 from tallyray.errors import InvalidInput
 from tallyray.pricing import money
-from tallyray.pricing.money import parse_amount, round_amount
+from tallyray.pricing.money import decimal_text, round_amount
 
 __all__ = ["format_day", "format_money", "format_quantity", "render_html", "render_pdf"]
 
 #: Locale used when the document names none, or one Babel does not know.
 DEFAULT_LOCALE = "en"
-
-#: Amounts in the JSON are decimal strings; precise ones may carry many places.
-_MAX_PLACES = 60
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -88,7 +85,10 @@ def _locale(code: object) -> Locale:
 
 
 def _decimal(value: object) -> Decimal:
-    result = parse_amount(value, places=_MAX_PLACES)
+    try:
+        result = decimal_text(value)
+    except ValueError as error:
+        raise InvalidInput(f"an amount in the document is not a decimal: {error}") from None
     return result.copy_abs() if result.is_zero() else result  # never show "-0,00 €"
 
 

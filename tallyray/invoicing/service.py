@@ -207,7 +207,7 @@ class Billing:
             cur = currency(invoice["currency"])
             total = Decimal(invoice["total"])
             left = total - credited
-            amount = left if raw_amount is None else parse_amount(raw_amount)
+            amount = left if raw_amount is None else parse_amount(raw_amount, field="amount")
             if amount != round_amount(amount, cur):
                 raise InvalidInput(f"amount has more decimals than {cur.code} allows")
             if amount <= 0 or amount > left:

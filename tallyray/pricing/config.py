@@ -137,7 +137,17 @@ def _kind(value: Any) -> str:
 
 
 _METER_FIELDS = frozenset(
-    {"key", "name", "description", "event_type", "aggregation", "value", "filter", "group_by"}
+    {
+        "key",
+        "name",
+        "description",
+        "event_type",
+        "aggregation",
+        "value",
+        "filter",
+        "group_by",
+        "allow_negative",
+    }
 )
 
 
@@ -189,10 +199,17 @@ def _meter(r: _Reader, raw: Any, where: str) -> MeterSpec | None:
     elif len(set(group_by)) != len(group_by):
         r.bad(f"{where}.group_by", "names a property twice")
     flt = _filter(r, obj.get("filter"), f"{where}.filter")
+    allow_negative = obj.get("allow_negative", False)
+    if not isinstance(allow_negative, bool):
+        r.bad(f"{where}.allow_negative", "must be true or false")
+    elif allow_negative and aggregation in ("count", "unique_count"):
+        r.bad(f"{where}.allow_negative", f"a {aggregation} meter has no values to be negative")
     if len(r.problems) > before:
         return None
     assert key is not None and event_type is not None
-    return MeterSpec(key, event_type, str(aggregation), path, flt, tuple(group_by))
+    return MeterSpec(
+        key, event_type, str(aggregation), path, flt, tuple(group_by), allow_negative is True
+    )
 
 
 def parse_meter(raw: Any) -> MeterSpec:

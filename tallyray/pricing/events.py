@@ -11,11 +11,14 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
+from tallyray.pricing.money import shown
+
 __all__ = [
     "MAX_ID_LENGTH",
     "Event",
     "EventShapeError",
     "format_timestamp",
+    "is_identifier",
     "parse_event",
     "parse_timestamp",
 ]
@@ -44,15 +47,17 @@ def parse_timestamp(value: object) -> int:
     An offset is required: a timestamp without one is ambiguous for billing.
     """
     if not isinstance(value, str):
-        raise EventShapeError(f"'timestamp' must be an RFC 3339 string, not {value!r}")
+        raise EventShapeError(f"'timestamp' must be an RFC 3339 string, not {shown(value)}")
     try:
+        if len(value) > 40:
+            raise ValueError(value)
         moment = datetime.fromisoformat(value)
     except ValueError:
         raise EventShapeError(
-            f"'timestamp' {value!r} is not RFC 3339, e.g. '2026-11-28T10:00:00Z'"
+            f"'timestamp' {shown(value)} is not RFC 3339, e.g. '2026-11-28T10:00:00Z'"
         ) from None
     if moment.tzinfo is None:
-        raise EventShapeError(f"'timestamp' {value!r} has no UTC offset; add 'Z' or '+01:00'")
+        raise EventShapeError(f"'timestamp' {shown(value)} has no UTC offset; add 'Z' or '+01:00'")
     delta = moment - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
@@ -66,10 +71,21 @@ def format_timestamp(ts: int) -> str:
 def _text_field(obj: Mapping[str, Any], name: str) -> str:
     value = obj.get(name)
     if not isinstance(value, str) or not value:
-        raise EventShapeError(f"'{name}' must be a non-empty string, not {value!r}")
+        raise EventShapeError(f"'{name}' must be a non-empty string, not {shown(value)}")
     if len(value) > MAX_ID_LENGTH:
         raise EventShapeError(f"'{name}' is longer than {MAX_ID_LENGTH} characters")
+    if not value.isprintable():
+        raise EventShapeError(
+            f"'{name}' {shown(value)} holds a control or other unprintable character"
+        )
     return value
+
+
+def is_identifier(value: object) -> bool:
+    """Is ``value`` fit to be an id (an event's, a customer's, an event type)? A string of 1 to
+    :data:`MAX_ID_LENGTH` printable characters: no control characters (NUL, newlines, …),
+    which the store or a log line could not hold or would misread."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH and value.isprintable()
 
 
 def parse_event(
@@ -96,5 +112,5 @@ def parse_event(
     ts = default_ts if raw_ts is None else parse_timestamp(raw_ts)
     properties = obj.get("properties", {})
     if not isinstance(properties, dict):
-        raise EventShapeError(f"'properties' must be a JSON object, not {properties!r}")
+        raise EventShapeError(f"'properties' must be a JSON object, not {shown(properties)}")
     return Event(event_id, customer, event_type, ts, properties)

@@ -33,7 +33,8 @@ from decimal import Decimal
 from typing import Any
 
 from tallyray.errors import EventError, Problem
-from tallyray.pricing.events import Event
+from tallyray.pricing.events import MAX_ID_LENGTH, Event
+from tallyray.pricing.money import MAX_MAGNITUDE, shown
 
 __all__ = [
     "AGGREGATIONS",
@@ -64,6 +65,8 @@ class MeterSpec:
     """Property path to the value (``("usage", "tokens")`` for ``"usage.tokens"``)."""
     filter: Filter = field(default_factory=dict)
     group_by: tuple[str, ...] = ()
+    allow_negative: bool = False
+    """Negative values count (a correction, a gauge below zero); refused otherwise."""
 
 
 class _BadValue(Exception):
@@ -92,20 +95,51 @@ def matches(properties: Mapping[str, Any], flt: Filter) -> bool:
     return True
 
 
-def _number(value: Any) -> int | Decimal:
-    """A meter value as an exact number. JSON floats become the decimal they were written as."""
+_LIMIT = int(MAX_MAGNITUDE)
+"""Meter values are smaller than this in magnitude, like every number from outside."""
+
+_LONGEST_TEXT = MAX_ID_LENGTH
+"""The longest string a group value or a ``unique_count`` member may be."""
+
+
+def _number(value: Any, allow_negative: bool = False) -> int | Decimal:
+    """A meter value as an exact number within the bounds, or :class:`_BadValue` saying what
+    is wrong. JSON floats become the decimal they were written as.
+
+    The fold loops call it only for values that are not already a whole number from 0 to the
+    limit, the common case they check inline."""
     kind = type(value)
+    number: int | Decimal
     if kind is int:
-        return value  # type: ignore[no-any-return]
-    if kind is float:
+        number = value
+    elif kind is float:
         if not math.isfinite(value):
             raise _BadValue(f"{value!r} is not a finite number")
-        if value.is_integer():
-            return int(value)  # 2.0 and 2 are one value: keep states (and JSON) canonical
-        return Decimal(repr(value))
-    if kind is Decimal:
-        return value  # type: ignore[no-any-return]
-    raise _BadValue(f"must be a number, got {value!r}")
+        # 2.0 and 2 are one value: keep states (and JSON) canonical
+        number = int(value) if value.is_integer() else Decimal(repr(value))
+    elif kind is Decimal:
+        if not value.is_finite():
+            raise _BadValue(f"{value!r} is not a finite number")
+        number = value
+    else:
+        raise _BadValue(f"must be a number, got {shown(value)}")
+    if not -_LIMIT < number < _LIMIT:
+        raise _BadValue("is too large: a meter value's magnitude must be below 10^15")
+    if number < 0 and not allow_negative:
+        raise _BadValue(
+            f"is negative ({number}); this meter counts only values ≥ 0 "
+            '(a meter may set "allow_negative": true)'
+        )
+    return number
+
+
+def _check_groups(acc: Mapping[GroupKey, Any]) -> None:
+    """Group values must be short: a group key is kept per period, shown and stored. Checked
+    once per group of a batch, not per event."""
+    for key in acc:
+        for part in key:
+            if type(part) is str and len(part) > _LONGEST_TEXT:
+                raise _BadValue("a group value is too long")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,22 +170,27 @@ def _fold_sum(spec: MeterSpec, events: Sequence[Event], acc: dict[GroupKey, Any]
         (name,) = spec.value
         gname = spec.group_by[0] if spec.group_by else None
         get = acc.get
+        negative = spec.allow_negative
         for e in events:
             p = e[4]
             v = p[name]
-            if type(v) is not int:
-                v = _number(v)
+            if type(v) is not int or not 0 <= v < _LIMIT:
+                v = _number(v, negative)
             g = (p.get(gname),) if gname is not None else ()
             acc[g] = get(g, 0) + v
+        if gname is not None:
+            _check_groups(acc)
         return
     value_of, group_of = _value_fn(spec.value), _group_fn(spec.group_by)
+    negative = spec.allow_negative
     for e in events:
         p = e[4]
         v = value_of(p)
-        if type(v) is not int:
-            v = _number(v)
+        if type(v) is not int or not 0 <= v < _LIMIT:
+            v = _number(v, negative)
         g = group_of(p)
         acc[g] = acc.get(g, 0) + v
+    _check_groups(acc)
 
 
 def _fold_count(spec: MeterSpec, events: Sequence[Event], acc: dict[GroupKey, Any]) -> None:
@@ -162,6 +201,7 @@ def _fold_count(spec: MeterSpec, events: Sequence[Event], acc: dict[GroupKey, An
     for e in events:
         g = group_of(e[4])
         acc[g] = acc.get(g, 0) + 1
+    _check_groups(acc)
 
 
 def _fold_max(spec: MeterSpec, events: Sequence[Event], acc: dict[GroupKey, Any]) -> None:
@@ -169,11 +209,12 @@ def _fold_max(spec: MeterSpec, events: Sequence[Event], acc: dict[GroupKey, Any]
     value_of, group_of = _value_fn(spec.value), _group_fn(spec.group_by)
     for e in events:
         p = e[4]
-        v = _number(value_of(p))
+        v = _number(value_of(p), spec.allow_negative)
         g = group_of(p)
         current = acc.get(g)
         if current is None or v > current:
             acc[g] = v
+    _check_groups(acc)
 
 
 def _fold_unique(spec: MeterSpec, events: Sequence[Event], acc: dict[GroupKey, Any]) -> None:
@@ -183,12 +224,15 @@ def _fold_unique(spec: MeterSpec, events: Sequence[Event], acc: dict[GroupKey, A
         p = e[4]
         v = value_of(p)
         if v is _MISSING or v is None or type(v) in (dict, list, float, bool):
-            raise _BadValue(f"must be a string or integer, got {v!r}")
+            raise _BadValue(f"must be a string or integer, got {shown(v)}")
+        if type(v) is str and len(v) > _LONGEST_TEXT:
+            raise _BadValue(f"is longer than {_LONGEST_TEXT} characters")
         g = group_of(p)
         seen = acc.get(g)
         if seen is None:
             acc[g] = seen = set()
         seen.add(v)
+    _check_groups(acc)
 
 
 def _fold_latest(spec: MeterSpec, events: Sequence[Event], acc: dict[GroupKey, Any]) -> None:
@@ -196,11 +240,12 @@ def _fold_latest(spec: MeterSpec, events: Sequence[Event], acc: dict[GroupKey, A
     value_of, group_of = _value_fn(spec.value), _group_fn(spec.group_by)
     for e in events:
         p = e[4]
-        v = _number(value_of(p))
+        v = _number(value_of(p), spec.allow_negative)
         g = group_of(p)
         current = acc.get(g)
         if current is None or (e[3], e[0]) > (current[0], current[1]):
             acc[g] = (e[3], e[0], v)
+    _check_groups(acc)
 
 
 _FOLDS: Mapping[str, Callable[[MeterSpec, Sequence[Event], dict[GroupKey, Any]], None]] = {
@@ -248,6 +293,16 @@ def _num_to_json(value: int | Decimal) -> int | str:
 
 def _num_from_json(raw: int | str) -> int | Decimal:
     return raw if isinstance(raw, int) else Decimal(raw)
+
+
+_GROUP_QUANTITY: Mapping[str, Callable[[Any], Decimal]] = {
+    "sum": Decimal,
+    "count": Decimal,
+    "max": Decimal,
+    "unique_count": lambda members: Decimal(len(members)),
+    "latest": lambda newest: Decimal(newest[2]),
+}
+"""One group's quantity from its aggregation state."""
 
 
 def _hashable_group(key: GroupKey) -> bool:
@@ -340,6 +395,13 @@ class MeterSet:
                 f"meter {meter.key!r} groups by {list(meter.group_by)}: "
                 "those properties must be strings, numbers or booleans"
             )
+        try:
+            _check_groups({group: None})
+        except _BadValue:
+            return (
+                f"meter {meter.key!r} groups by {list(meter.group_by)}: a value of those "
+                f"properties is longer than {_LONGEST_TEXT} characters"
+            )
         if meter.value is None:
             return None
         path = ".".join(meter.value)
@@ -350,7 +412,7 @@ class MeterSet:
             if meter.aggregation == "unique_count":
                 _fold_unique(meter, [event], {})
             else:
-                _number(value)
+                _number(value, meter.allow_negative)
         except _BadValue as bad:
             return f"meter {meter.key!r}: property {path!r} {bad}"
         return None
@@ -454,10 +516,7 @@ class Usage:
         return Decimal(newest[2])
 
     def by_group(self, meter: MeterSpec) -> dict[GroupKey, Decimal]:
-        """Quantity per group, for usage breakdowns (per model, per region, ...)."""
-        return {
-            g: self.quantity(
-                meter, {n: frozenset([v]) for n, v in zip(meter.group_by, g, strict=True)}
-            )
-            for g in self.groups.get(meter.key, {})
-        }
+        """Quantity per group, for usage breakdowns (per model, per region, ...): one pass
+        over the groups (each group's state is its quantity)."""
+        quantity = _GROUP_QUANTITY[meter.aggregation]
+        return {g: quantity(state) for g, state in self.groups.get(meter.key, {}).items()}

@@ -13,23 +13,29 @@
 from __future__ import annotations
 
 import decimal
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import cache, lru_cache
+from typing import Literal, NoReturn
 
 from babel.numbers import get_currency_precision, list_currencies
 
-from tallyray.errors import CurrencyError, InvalidInput
+from tallyray.errors import CurrencyError, InvalidInput, Problem
 
 __all__ = [
     "DEFAULT_ROUNDING",
+    "MAX_DECIMAL_PLACES",
+    "MAX_MAGNITUDE",
     "ROUNDING_MODES",
     "Currency",
     "Money",
     "PRICING_CONTEXT",
     "currency",
+    "decimal_text",
     "parse_amount",
     "round_amount",
+    "shown",
 ]
 
 #: Half away from zero, as most invoicing law and practice expects.
@@ -96,37 +102,103 @@ def round_amount(amount: Decimal, cur: Currency, rounding: str = DEFAULT_ROUNDIN
     return amount.quantize(cur.quantum, rounding=rounding, context=PRICING_CONTEXT)
 
 
-def parse_amount(value: object, *, places: int = MAX_DECIMAL_PLACES) -> Decimal:
-    """A decimal amount from JSON: a string such as ``"0.000002"`` or a whole number.
+MAX_MAGNITUDE = Decimal(10) ** 15
+"""Every number that enters from outside — an amount, rate, threshold or limit through the
+API, the config or the portal, and every meter value of an event — is smaller than this in
+magnitude (|x| < 10^15). Sums of them may grow larger; nothing a caller sends can make the
+arithmetic overflow or a string of it huge."""
 
-    A JSON number with a fraction (``0.1``) is refused: by the time it reaches us it is a
-    binary float and may already differ from what the author wrote.
+Sign = Literal["any", "non_negative", "positive"]
+
+_PLAIN_DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+_LONGEST_TEXT = 64
+"""No decimal within the bounds needs more characters than this (16 digits, a point, the
+places and a sign), so longer text is refused before it is looked at."""
+
+
+def shown(value: object, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error messages: a message must never
+    repeat megabytes of what it refuses."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def parse_amount(
+    value: object,
+    *,
+    places: int = MAX_DECIMAL_PLACES,
+    field: str | None = None,
+    sign: Sign = "any",
+) -> Decimal:
+    """The one parser of decimal numbers from outside: a JSON string in plain decimal
+    notation such as ``"0.000002"`` or ``"-12.5"``, or a whole JSON number.
+
+    Refused, with :class:`InvalidInput` naming ``field`` (when given) and saying what to
+    write instead: a JSON number with a fraction (``0.1``: it reached us as a binary float and
+    may differ from what was written), exponents (``"1e3"``), ``NaN`` and infinities, spaces,
+    more than ``places`` decimal places, a magnitude of :data:`MAX_MAGNITUDE` or more, and a
+    negative (or zero) value where ``sign`` rules it out.
     """
-    if isinstance(value, bool):
-        raise InvalidInput(f'must be a decimal string such as "1.50", not {value!r}')
+    result = _decimal_from_outside(value, places, field)
+    if sign != "any" and (result < 0 or (sign == "positive" and result == 0)):
+        _refuse(
+            field, "must be greater than zero" if sign == "positive" else "must not be negative"
+        )
+    return result
+
+
+def _decimal_from_outside(value: object, places: int, field: str | None) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
+        _refuse(field, f'must be a decimal string such as "1.50", not {shown(value)}')
     if isinstance(value, float):
-        raise InvalidInput(
-            f'amount {value!r} is a JSON number with a fraction; write it as a string: "{value!r}"'
+        _refuse(
+            field,
+            f'{shown(value)} is a JSON number with a fraction; write it as a string: "{value!r}"',
         )
     if isinstance(value, int):
         result = Decimal(value)
     elif isinstance(value, str):
-        try:
-            result = Decimal(value.strip())
-        except decimal.InvalidOperation:
-            raise InvalidInput(f"{value!r} is not a decimal number") from None
-        if not result.is_finite():
-            raise InvalidInput(f"{value!r} is not a finite decimal number")
-    elif isinstance(value, Decimal):
-        if not value.is_finite():
-            raise InvalidInput(f"{value!r} is not a finite decimal number")
-        result = value
+        if len(value) > _LONGEST_TEXT or not _PLAIN_DECIMAL.fullmatch(value):
+            _refuse(
+                field,
+                f"{shown(value)} is not a decimal in plain notation: digits, an optional "
+                'minus sign and decimal point, no exponent or spaces (e.g. "1250.75")',
+            )
+        result = Decimal(value)
     else:
-        raise InvalidInput(f'must be a decimal string such as "1.50", not {value!r}')
+        assert isinstance(value, Decimal)
+        if not value.is_finite():
+            _refuse(field, f"{shown(value)} is not a finite decimal number")
+        result = value
+    if abs(result) >= MAX_MAGNITUDE:
+        _refuse(field, "is too large: its magnitude must be below 10^15 (1,000,000,000,000,000)")
     exponent = result.as_tuple().exponent
     if isinstance(exponent, int) and -exponent > places:
-        raise InvalidInput(f"{value!r} has more than {places} decimal places")
+        _refuse(field, f"{shown(value)} has more than {places} decimal places")
     return result
+
+
+def _refuse(field: str | None, message: str) -> NoReturn:
+    if field is None:
+        raise InvalidInput(message)
+    raise InvalidInput(f"'{field}' {message}", [Problem(field, message)])
+
+
+def decimal_text(value: object) -> Decimal:
+    """A decimal that Tallyray itself stored as text (a balance, an invoice total): exact,
+    with no bounds. Never for input from outside: that goes through :func:`parse_amount`."""
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Decimal(value)
+    if isinstance(value, str):
+        try:
+            result = Decimal(value)
+        except decimal.InvalidOperation:
+            raise ValueError(f"{shown(value)} is not a stored decimal") from None
+        if result.is_finite():
+            return result
+    raise ValueError(f"{shown(value)} is not a stored decimal")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +215,8 @@ class Money:
     @classmethod
     def of(cls, amount: Decimal | str | int, code: str | Currency) -> Money:
         cur = code if isinstance(code, Currency) else currency(code)
+        if isinstance(amount, Decimal):
+            return cls(decimal_text(amount), cur)
         return cls(parse_amount(amount, places=60), cur)
 
     @classmethod

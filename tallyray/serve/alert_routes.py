@@ -11,13 +11,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from tallyray.actors.alerting import AlertRule, parse_rule, plan_rules
-from tallyray.errors import InvalidInput
+from tallyray.serve.http import json_body, json_response
 from tallyray.storage.alerts import AlertStore
 from tallyray.storage.catalog import Catalog, new_id
 
@@ -60,15 +59,11 @@ class AlertRules:
         await self.router.call(self.router.index(env, customer_id), "refresh", env, [customer_id])
 
 
-def _json(content: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
-
-
 def add_alert_routes(app: FastAPI, rules: AlertRules, authenticate: Authenticate) -> None:
     @app.get("/v1/customers/{customer_id}/alert-rules", tags=["alerts"])
     async def get_alert_rules(customer_id: str, request: Request) -> Response:
         env = await authenticate(request)
-        return _json({"rules": await rules.list(env, customer_id)})
+        return json_response({"rules": await rules.list(env, customer_id)})
 
     @app.post("/v1/customers/{customer_id}/alert-rules", tags=["alerts"], status_code=201)
     async def post_alert_rule(customer_id: str, request: Request) -> Response:
@@ -76,15 +71,11 @@ def add_alert_routes(app: FastAPI, rules: AlertRules, authenticate: Authenticate
         "credits_used_percent", "threshold": "10.00", "meter"?, "name"?}`: evaluated by the
         customer's shard on every batch; fires `alert.triggered` / `alert.recovered`."""
         env = await authenticate(request)
-        raw = await request.body()
-        try:
-            doc = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError as error:
-            raise InvalidInput(f"the body is not valid JSON: {error}") from None
-        return _json(await rules.add(env, customer_id, doc), 201)
+        doc = await json_body(request)
+        return json_response(await rules.add(env, customer_id, doc), 201)
 
     @app.delete("/v1/customers/{customer_id}/alert-rules/{rule_id}", tags=["alerts"])
     async def delete_alert_rule(customer_id: str, rule_id: str, request: Request) -> Response:
         env = await authenticate(request)
         await rules.delete(env, customer_id, rule_id)
-        return _json({"deleted": rule_id})
+        return json_response({"deleted": rule_id})

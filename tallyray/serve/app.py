@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -41,14 +40,16 @@ from tallyray.errors import (
 )
 from tallyray.invoicing.service import Billing
 from tallyray.metrics import Metrics
-from tallyray.pricing.events import Event, format_timestamp, parse_timestamp
+from tallyray.pricing.events import Event, format_timestamp
 from tallyray.pricing.money import currency, parse_amount, round_amount
 from tallyray.pricing.periods import ANCHORS
 from tallyray.serve.alert_routes import AlertRules, add_alert_routes
 from tallyray.serve.body_limit import BodyLimit
+from tallyray.serve.http import json_body, json_object, json_response, text_field, timestamp_field
 from tallyray.serve.intake import IntakeRules, PeriodKey, decode_batch, validate_events
 from tallyray.serve.invoicing_routes import add_invoicing_routes
 from tallyray.serve.portal_routes import add_portal_routes
+from tallyray.serve.request_context import RequestContext
 from tallyray.serve.shards import ShardRouter
 from tallyray.serve.webhook_routes import add_webhook_routes
 from tallyray.storage.alerts import AlertStore
@@ -169,41 +170,6 @@ class _Caches:
         self._customers.pop((env, customer_id), None)
 
 
-def _json(content: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
-
-
-async def _body(request: Request) -> Any:
-    raw = await request.body()
-    if not raw:
-        raise InvalidInput("the request needs a JSON body")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
-        raise InvalidInput(f"the body is not valid JSON: {error}") from None
-
-
-def _object(
-    doc: Any, allowed: frozenset[str], required: frozenset[str] = frozenset()
-) -> dict[str, Any]:
-    if not isinstance(doc, dict):
-        raise InvalidInput("the body must be a JSON object")
-    problems = [Problem(name, "unknown field") for name in sorted(set(doc) - allowed)]
-    problems += [Problem(name, "is required") for name in sorted(required - set(doc))]
-    if problems:
-        raise InvalidInput("the request body has problems", problems)
-    return doc
-
-
-def _text(doc: dict[str, Any], name: str, required: bool = True) -> str | None:
-    value = doc.get(name)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or not value:
-        raise InvalidInput(f"'{name}' must be a non-empty string", [Problem(name, "not a string")])
-    return value
-
-
 def _monthly(_customer_id: str) -> str:
     return "month"
 
@@ -239,6 +205,7 @@ def build_app(services: Services) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimit, limit=services.rules.max_body_bytes)
+    app.add_middleware(RequestContext)  # outermost: every answer carries the request's id
     caches = _Caches(services)
     router = services.router
     metrics = services.metrics
@@ -374,13 +341,13 @@ def build_app(services: Services) -> FastAPI:
         now = services.clock()
         events = await _validated(env, items, now)
         if not events:
-            return _json({"ingested": 0, "duplicates": 0})
-        return _json(await _ingest(env, events))
+            return json_response({"ingested": 0, "duplicates": 0})
+        return json_response(await _ingest(env, events))
 
     # -- quota checks and reservations ---------------------------------------------------
 
     async def _would_be(env: str, doc: dict[str, Any], now: int) -> tuple[str, list[Any]]:
-        customer_id = _text(doc, "customer_id")
+        customer_id = text_field(doc, "customer_id")
         assert customer_id is not None
         raw = doc.get("events", [doc["event"]] if "event" in doc else None)
         if not isinstance(raw, list) or not raw:
@@ -401,23 +368,23 @@ def build_app(services: Services) -> FastAPI:
         """May this customer spend this? Prices the would-be event against the live balance."""
         started = time.perf_counter()
         env = await authenticate(request)
-        doc = _object(
-            await _body(request),
+        doc = json_object(
+            await json_body(request),
             frozenset({"customer_id", "event", "events"}),
             frozenset({"customer_id"}),
         )
         customer_id, events = await _would_be(env, doc, services.clock())
         answer = await router.check(router.index(env, customer_id), env, customer_id, events)
         metrics.quota_check_seconds.observe(time.perf_counter() - started)
-        return _json(_quota_json(answer))
+        return json_response(_quota_json(answer))
 
     @app.post("/v1/reservations", tags=["quota"])
     async def reserve(request: Request) -> Response:
         """Atomically hold the estimated cost of a would-be event until settled, released or
         expired (`ttl_seconds`, default 300)."""
         env = await authenticate(request)
-        doc = _object(
-            await _body(request),
+        doc = json_object(
+            await json_body(request),
             frozenset({"customer_id", "event", "events", "ttl_seconds"}),
             frozenset({"customer_id"}),
         )
@@ -442,7 +409,7 @@ def build_app(services: Services) -> FastAPI:
             ),
             expires_at=format_timestamp(expires_at) if answer.allowed else None,
         )
-        return _json(body, 201 if answer.allowed else 200)
+        return json_response(body, 201 if answer.allowed else 200)
 
     def _hold_shard(hold_id: str) -> int:
         parts = hold_id.split("_")
@@ -458,7 +425,7 @@ def build_app(services: Services) -> FastAPI:
         """Ingest the actual events of a reserved call and free its hold, in one commit."""
         env = await authenticate(request)
         index = _hold_shard(hold_id)
-        doc = _object(await _body(request), frozenset({"events"}), frozenset({"events"}))
+        doc = json_object(await json_body(request), frozenset({"events"}), frozenset({"events"}))
         items = doc["events"]
         if not isinstance(items, list) or len(items) > rules.max_events:
             raise InvalidInput(f"'events' must be a list of at most {rules.max_events} events")
@@ -467,14 +434,14 @@ def build_app(services: Services) -> FastAPI:
         result = await router.call(
             index, "settle", env, hold_id, [(e[1], e[0], e[2], e[3], e[4]) for e in events]
         )
-        return _json({"id": hold_id, "status": "settled", **result})
+        return json_response({"id": hold_id, "status": "settled", **result})
 
     @app.post("/v1/reservations/{hold_id}/release", tags=["quota"])
     async def release(hold_id: str, request: Request) -> Response:
         """Free a hold without ingesting anything."""
         env = await authenticate(request)
         released = await router.call(_hold_shard(hold_id), "release", env, hold_id)
-        return _json({"id": hold_id, "status": "released", "released": released})
+        return json_response({"id": hold_id, "status": "released", "released": released})
 
     # -- meters and plans ----------------------------------------------------------------
 
@@ -487,27 +454,27 @@ def build_app(services: Services) -> FastAPI:
     @app.post("/v1/meters", tags=["catalog"], status_code=201)
     async def post_meter(request: Request) -> Response:
         env = await authenticate(request)
-        doc = await _body(request)
+        doc = await json_body(request)
         meter = await run_in_threadpool(services.catalog.add_meter, env, doc, services.clock())
         await _refresh(env, [])
-        return _json({"key": meter.key, **doc}, 201)
+        return json_response({"key": meter.key, **doc}, 201)
 
     @app.get("/v1/meters", tags=["catalog"])
     async def get_meters(request: Request) -> Response:
         env = await authenticate(request)
         rows = await run_in_threadpool(services.catalog.meter_definitions, env)
-        return _json({"meters": rows})
+        return json_response({"meters": rows})
 
     @app.post("/v1/plans", tags=["catalog"], status_code=201)
     async def post_plan(request: Request) -> Response:
         """Create a plan; posting an existing key with changes makes a new version."""
         env = await authenticate(request)
-        doc = await _body(request)
+        doc = await json_body(request)
         plan, version = await run_in_threadpool(
             services.catalog.add_plan, env, doc, services.clock()
         )
         await _refresh(env, [])
-        return _json({**doc, "version": version}, 201)
+        return json_response({**doc, "version": version}, 201)
 
     @app.get("/v1/plans/{key}", tags=["catalog"])
     async def get_plan(key: str, request: Request, version: int | None = None) -> Response:
@@ -515,7 +482,7 @@ def build_app(services: Services) -> FastAPI:
         catalog = await run_in_threadpool(services.catalog.env_catalog, env)
         catalog.plan(key, version)  # 404 when missing
         chosen = version or catalog.latest[key]
-        return _json({**catalog.raw_plans[(key, chosen)], "version": chosen})
+        return json_response({**catalog.raw_plans[(key, chosen)], "version": chosen})
 
     # -- customers, subscriptions, credits -----------------------------------------------
 
@@ -523,11 +490,11 @@ def build_app(services: Services) -> FastAPI:
     async def post_customer(request: Request) -> Response:
         """Create a customer, or update one (its currency cannot change)."""
         env = await authenticate(request)
-        doc = _object(await _body(request), CUSTOMER_FIELDS, frozenset({"id", "currency"}))
+        doc = json_object(await json_body(request), CUSTOMER_FIELDS, frozenset({"id", "currency"}))
         record = customer_from_json(env, doc)
         saved = await run_in_threadpool(services.catalog.upsert_customer, record, services.clock())
         await _refresh_customer(env, saved.id)
-        return _json(saved.to_json(), 201)
+        return json_response(saved.to_json(), 201)
 
     async def _refresh_customer(env: str, customer_id: str) -> None:
         caches.forget_customer(env, customer_id)
@@ -538,20 +505,20 @@ def build_app(services: Services) -> FastAPI:
     async def get_customer(customer_id: str, request: Request) -> Response:
         env = await authenticate(request)
         record = await run_in_threadpool(services.catalog.customer, env, customer_id)
-        return _json(record.to_json())
+        return json_response(record.to_json())
 
     @app.post("/v1/subscriptions", tags=["customers"], status_code=201)
     async def post_subscription(request: Request) -> Response:
         env = await authenticate(request)
-        doc = _object(
-            await _body(request),
+        doc = json_object(
+            await json_body(request),
             frozenset({"customer_id", "plan", "start", "anchor", "discount"}),
             frozenset({"customer_id", "plan"}),
         )
-        customer_id, plan_key = _text(doc, "customer_id"), _text(doc, "plan")
+        customer_id, plan_key = text_field(doc, "customer_id"), text_field(doc, "plan")
         assert customer_id is not None and plan_key is not None
         now = services.clock()
-        start = now if doc.get("start") is None else _timestamp(doc["start"], "start")
+        start = now if doc.get("start") is None else timestamp_field(doc["start"], "start")
         anchor = doc.get("anchor", "calendar")
         if anchor not in ANCHORS:
             raise InvalidInput(
@@ -569,7 +536,7 @@ def build_app(services: Services) -> FastAPI:
             discount,
         )
         await _refresh_customer(env, customer_id)
-        return _json(
+        return json_response(
             {
                 "id": sub_id,
                 "customer_id": customer_id,
@@ -586,27 +553,24 @@ def build_app(services: Services) -> FastAPI:
     async def post_credits(customer_id: str, request: Request) -> Response:
         """Grant prepaid credit. Burns by priority (lower first), then earliest expiry."""
         env = await authenticate(request)
-        doc = _object(
-            await _body(request),
+        doc = json_object(
+            await json_body(request),
             frozenset({"amount", "currency", "expires_at", "priority"}),
             frozenset({"amount"}),
         )
         record = await run_in_threadpool(services.catalog.customer, env, customer_id)
         code = doc.get("currency", record.currency)
         cur = currency(code)
-        try:
-            amount = parse_amount(doc["amount"], places=cur.minor_units)
-        except InvalidInput as error:
-            raise InvalidInput(error.message, [Problem("amount", error.message)]) from None
-        if amount <= 0:
-            raise InvalidInput("'amount' must be greater than zero", [Problem("amount", "≤ 0")])
+        amount = parse_amount(
+            doc["amount"], places=cur.minor_units, field="amount", sign="positive"
+        )
         priority = doc.get("priority", 1)
         if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
             raise InvalidInput("'priority' must be a whole number ≥ 0 (lower burns first)")
         now = services.clock()
         expires_at = None
         if doc.get("expires_at") is not None:
-            expires_at = _timestamp(doc["expires_at"], "expires_at")
+            expires_at = timestamp_field(doc["expires_at"], "expires_at")
             if expires_at <= now:
                 raise InvalidInput("'expires_at' is in the past", [Problem("expires_at", "past")])
         key = request.headers.get("idempotency-key")
@@ -644,7 +608,7 @@ def build_app(services: Services) -> FastAPI:
                 )
             grant.update(booked)
             status = 200
-        return _json(
+        return json_response(
             {
                 **grant,
                 "expires_at": None
@@ -660,7 +624,7 @@ def build_app(services: Services) -> FastAPI:
         """The live balance, answered from the shard's memory."""
         env = await authenticate(request)
         index = router.index(env, customer_id)
-        return _json(await router.call(index, "balance", env, customer_id))
+        return json_response(await router.call(index, "balance", env, customer_id))
 
     # -- usage ---------------------------------------------------------------------------
 
@@ -683,8 +647,8 @@ def build_app(services: Services) -> FastAPI:
         await run_in_threadpool(services.catalog.customer, env, customer_id)
         now = services.clock()
         raw_from, raw_to = request.query_params.get("from"), request.query_params.get("to")
-        end = now if raw_to is None else _timestamp(raw_to, "to")
-        start = end - 7 * 86_400_000_000 if raw_from is None else _timestamp(raw_from, "from")
+        end = now if raw_to is None else timestamp_field(raw_to, "to")
+        start = end - 7 * 86_400_000_000 if raw_from is None else timestamp_field(raw_from, "from")
         if start >= end:
             raise InvalidInput("'from' must be before 'to'")
         if (end - start) // WINDOWS[window] > 2000:
@@ -701,7 +665,7 @@ def build_app(services: Services) -> FastAPI:
             window,
             groups,
         )
-        return _json(
+        return json_response(
             {
                 "customer_id": customer_id,
                 "meter": meter,
@@ -719,13 +683,13 @@ def build_app(services: Services) -> FastAPI:
     async def create_key(request: Request) -> Response:
         """Create an API key for an environment. The key is shown once."""
         await authenticate(request, admin=True)
-        doc = _object(await _body(request), frozenset({"env", "name"}), frozenset({"env"}))
+        doc = json_object(await json_body(request), frozenset({"env", "name"}), frozenset({"env"}))
         if doc["env"] not in ("live", "test"):
             raise InvalidInput("'env' must be 'live' or 'test'", [Problem("env", str(doc["env"]))])
         key_id, secret = await run_in_threadpool(
             services.catalog.create_key, doc["env"], services.clock(), doc.get("name")
         )
-        return _json({"id": key_id, "env": doc["env"], "key": secret}, 201)
+        return json_response({"id": key_id, "env": doc["env"], "key": secret}, 201)
 
     add_invoicing_routes(app, billing, authenticate)
     add_alert_routes(app, alert_rules, authenticate)
@@ -734,7 +698,7 @@ def build_app(services: Services) -> FastAPI:
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> Response:
-        return _json({"status": "ok", "version": __version__, "shards": router.count})
+        return json_response({"status": "ok", "version": __version__, "shards": router.count})
 
     @app.get("/metrics", tags=["operations"])
     async def get_metrics() -> Response:
@@ -783,7 +747,7 @@ def _discount(raw: Any) -> dict[str, Any] | None:
     out: dict[str, Any] = {}
     for name in ("percent", "amount"):
         if name in raw:
-            value = parse_amount(raw[name])
+            value = parse_amount(raw[name], field=f"discount.{name}")
             if value <= 0 or (name == "percent" and value > 100):
                 raise InvalidInput(
                     f"discount {name} must be more than 0"
@@ -797,11 +761,3 @@ def _discount(raw: Any) -> dict[str, Any] | None:
     pct = out.get("percent")
     out["description"] = description or (f"Discount {pct}%" if pct else "Discount")
     return out
-
-
-def _timestamp(value: Any, name: str) -> int:
-    try:
-        return parse_timestamp(value)
-    except ValueError as error:
-        message = str(error).replace("'timestamp'", f"'{name}'")
-        raise InvalidInput(message, [Problem(name, message)]) from None

@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import orjson
-
 from tallyray.errors import PayloadTooLarge
+from tallyray.serve.http import send_error
 
 __all__ = ["BodyLimit"]
 
@@ -40,7 +39,7 @@ class BodyLimit:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.limit:
-            await _answer(send, _too_large(self.limit, declared))
+            await send_error(send, _too_large(self.limit, declared), close=True)
             return
         received = 0
 
@@ -64,19 +63,3 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
-
-
-async def _answer(send: Send, error: PayloadTooLarge) -> None:
-    body = orjson.dumps(error.to_json())
-    await send(
-        {
-            "type": "http.response.start",
-            "status": error.http_status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

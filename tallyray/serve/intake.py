@@ -169,6 +169,9 @@ def _well_formed(item: Any, now: int) -> Event | None:
         and 0 < len(event_id) <= MAX_ID_LENGTH
         and 0 < len(customer) <= MAX_ID_LENGTH
         and 0 < len(kind) <= MAX_ID_LENGTH
+        and event_id.isprintable()
+        and customer.isprintable()
+        and kind.isprintable()
     ):
         return None
     raw_ts = item.get("timestamp")

@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -19,47 +18,17 @@ from starlette.concurrency import run_in_threadpool
 from tallyray.errors import CurrencyError, InvalidInput, Problem
 from tallyray.invoicing.documents import render_html, render_pdf
 from tallyray.invoicing.service import Billing
-from tallyray.pricing.events import parse_timestamp
 from tallyray.pricing.money import currency, parse_amount
+from tallyray.serve.http import json_response, object_body, timestamp_field
 
 __all__ = ["add_invoicing_routes"]
 
 Authenticate = Callable[[Request], Awaitable[str]]
 
 
-def _json(content: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
-
-
-async def _body(request: Request, allowed: frozenset[str], empty_ok: bool = True) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw:
-        if empty_ok:
-            return {}
-        raise InvalidInput("the request needs a JSON body")
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
-        raise InvalidInput(f"the body is not valid JSON: {error}") from None
-    if not isinstance(doc, dict):
-        raise InvalidInput("the body must be a JSON object")
-    unknown = sorted(set(doc) - allowed)
-    if unknown:
-        raise InvalidInput(
-            "the request body has problems", [Problem(name, "unknown field") for name in unknown]
-        )
-    return doc
-
-
 def _moment(doc: dict[str, Any], name: str) -> int | None:
     value = doc.get(name)
-    if value is None:
-        return None
-    try:
-        return parse_timestamp(value)
-    except ValueError as error:
-        message = str(error).replace("'timestamp'", f"'{name}'")
-        raise InvalidInput(message, [Problem(name, message)]) from None
+    return None if value is None else timestamp_field(value, name)
 
 
 def _flag(doc: dict[str, Any], name: str) -> bool | None:
@@ -89,27 +58,27 @@ def add_invoicing_routes(app: FastAPI, billing: Billing, authenticate: Authentic
         every shard, and invoice them in Ray tasks. Idempotent: a period is never invoiced
         twice. `force: true` closes periods still in their grace window."""
         env = await authenticate(request)
-        doc = await _body(request, frozenset({"until", "force", "finalize"}))
+        doc = await object_body(request, frozenset({"until", "force", "finalize"}), empty_ok=True)
         run = await billing.start_run(
             env, _moment(doc, "until"), bool(_flag(doc, "force")), _flag(doc, "finalize")
         )
-        return _json(run, 202)
+        return json_response(run, 202)
 
     @app.get("/v1/invoice-runs", tags=["invoicing"])
     async def get_invoice_runs(request: Request) -> Response:
         env = await authenticate(request)
-        return _json({"runs": await run_in_threadpool(store.runs, env)})
+        return json_response({"runs": await run_in_threadpool(store.runs, env)})
 
     @app.get("/v1/invoice-runs/{run_id}", tags=["invoicing"])
     async def get_invoice_run(run_id: str, request: Request) -> Response:
         env = await authenticate(request)
-        return _json(await run_in_threadpool(store.run, env, run_id))
+        return json_response(await run_in_threadpool(store.run, env, run_id))
 
     @app.post("/v1/invoice-runs/{run_id}/resume", tags=["invoicing"], status_code=202)
     async def resume_invoice_run(run_id: str, request: Request) -> Response:
         """Finish a run that crashed or failed: only what is missing is invoiced."""
         env = await authenticate(request)
-        return _json(await billing.resume_run(env, run_id), 202)
+        return json_response(await billing.resume_run(env, run_id), 202)
 
     # -- invoices ------------------------------------------------------------------------
 
@@ -125,7 +94,7 @@ def add_invoicing_routes(app: FastAPI, billing: Billing, authenticate: Authentic
         if not 1 <= limit <= 1000:
             raise InvalidInput("'limit' must be from 1 to 1000", [Problem("limit", str(limit))])
         found = await run_in_threadpool(store.invoices, env, customer_id, status, run_id, limit)
-        return _json({"invoices": found})
+        return json_response({"invoices": found})
 
     @app.get("/v1/invoices/{invoice_id}.pdf", tags=["invoicing"])
     async def get_invoice_pdf(invoice_id: str, request: Request) -> Response:
@@ -144,35 +113,35 @@ def add_invoicing_routes(app: FastAPI, billing: Billing, authenticate: Authentic
         env = await authenticate(request)
         document = await run_in_threadpool(store.invoice, env, invoice_id)
         document["credit_notes"] = await run_in_threadpool(store.credit_notes, env, invoice_id)
-        return _json(document)
+        return json_response(document)
 
     @app.get("/v1/invoices/{invoice_id}/payments", tags=["invoicing"])
     async def get_invoice_payments(invoice_id: str, request: Request) -> Response:
         env = await authenticate(request)
         await run_in_threadpool(store.invoice, env, invoice_id)  # 404 if not ours
-        return _json({"payments": await run_in_threadpool(store.payments, env, invoice_id)})
+        return json_response({"payments": await run_in_threadpool(store.payments, env, invoice_id)})
 
     @app.post("/v1/invoices/{invoice_id}/finalize", tags=["invoicing"])
     async def finalize_invoice(invoice_id: str, request: Request) -> Response:
         """Give a draft its number and make it immutable; payment collection starts."""
         env = await authenticate(request)
-        return _json(await billing.finalize(env, invoice_id))
+        return json_response(await billing.finalize(env, invoice_id))
 
     @app.post("/v1/invoices/{invoice_id}/void", tags=["invoicing"])
     async def void_invoice(invoice_id: str, request: Request) -> Response:
         env = await authenticate(request)
-        return _json(await billing.move(env, invoice_id, "void"))
+        return json_response(await billing.move(env, invoice_id, "void"))
 
     @app.post("/v1/invoices/{invoice_id}/mark-paid", tags=["invoicing"])
     async def mark_invoice_paid(invoice_id: str, request: Request) -> Response:
         """For payments outside a provider (a bank transfer, with the manual provider)."""
         env = await authenticate(request)
-        return _json(await billing.move(env, invoice_id, "paid"))
+        return json_response(await billing.move(env, invoice_id, "paid"))
 
     @app.post("/v1/invoices/{invoice_id}/mark-uncollectible", tags=["invoicing"])
     async def mark_invoice_uncollectible(invoice_id: str, request: Request) -> Response:
         env = await authenticate(request)
-        return _json(await billing.move(env, invoice_id, "uncollectible"))
+        return json_response(await billing.move(env, invoice_id, "uncollectible"))
 
     @app.post("/v1/invoices/{invoice_id}/pay", tags=["invoicing"])
     async def pay_invoice(invoice_id: str, request: Request) -> Response:
@@ -186,14 +155,14 @@ def add_invoicing_routes(app: FastAPI, billing: Billing, authenticate: Authentic
             )
         await run_in_threadpool(store.make_due, env, invoice_id, billing.clock())
         invoice = await run_in_threadpool(store.invoice, env, invoice_id)
-        return _json(await billing.collect(env, invoice))
+        return json_response(await billing.collect(env, invoice))
 
     @app.post("/v1/payments/collect", tags=["invoicing"])
     async def collect_payments(request: Request) -> Response:
         """Collect every invoice whose next payment attempt is due (the dunning schedule);
         the server also does this on its own every few minutes."""
         env = await authenticate(request)
-        return _json({"attempted": await billing.collect_due(env)})
+        return json_response({"attempted": await billing.collect_due(env)})
 
     # -- credit notes --------------------------------------------------------------------
 
@@ -202,8 +171,8 @@ def add_invoicing_routes(app: FastAPI, billing: Billing, authenticate: Authentic
         """Correct a finalized invoice: `{"reason", "amount"?}` (default: all not yet
         credited)."""
         env = await authenticate(request)
-        doc = await _body(request, frozenset({"reason", "amount"}), empty_ok=False)
-        return _json(await billing.credit_note(env, invoice_id, doc), 201)
+        doc = await object_body(request, frozenset({"reason", "amount"}))
+        return json_response(await billing.credit_note(env, invoice_id, doc), 201)
 
     @app.get("/v1/credit-notes/{note_id}.pdf", tags=["invoicing"])
     async def get_credit_note_pdf(note_id: str, request: Request) -> Response:
@@ -214,7 +183,7 @@ def add_invoicing_routes(app: FastAPI, billing: Billing, authenticate: Authentic
     @app.get("/v1/credit-notes/{note_id}", tags=["invoicing"])
     async def get_credit_note(note_id: str, request: Request) -> Response:
         env = await authenticate(request)
-        return _json(await run_in_threadpool(store.credit_note, env, note_id))
+        return json_response(await run_in_threadpool(store.credit_note, env, note_id))
 
     # -- exchange rates ------------------------------------------------------------------
 
@@ -223,9 +192,7 @@ def add_invoicing_routes(app: FastAPI, billing: Billing, authenticate: Authentic
         """`{"from": "USD", "to": "EUR", "rate": "0.9213", "source"?, "as_of"?}`: 1 USD =
         0.9213 EUR from `as_of` on. Invoices use the latest rate at their period's end."""
         env = await authenticate(request)
-        doc = await _body(
-            request, frozenset({"from", "to", "rate", "source", "as_of"}), empty_ok=False
-        )
+        doc = await object_body(request, frozenset({"from", "to", "rate", "source", "as_of"}))
         problems = []
         codes = {}
         for name in ("from", "to"):
@@ -234,11 +201,9 @@ def add_invoicing_routes(app: FastAPI, billing: Billing, authenticate: Authentic
             except CurrencyError as error:
                 problems.append(Problem(name, error.message))
         try:
-            rate = parse_amount(doc.get("rate"))
-            if rate <= 0:
-                problems.append(Problem("rate", "must be more than 0"))
+            rate = parse_amount(doc.get("rate"), field="rate", sign="positive")
         except InvalidInput as error:
-            problems.append(Problem("rate", error.message))
+            problems += error.problems
         source = doc.get("source", "manual")
         if not isinstance(source, str) or not 0 < len(source) <= 200:
             problems.append(Problem("source", "must be a string of 1 to 200 characters"))
@@ -251,7 +216,7 @@ def add_invoicing_routes(app: FastAPI, billing: Billing, authenticate: Authentic
         await run_in_threadpool(
             store.add_rate, env, codes["from"], codes["to"], rate, source, as_of, now
         )
-        return _json(
+        return json_response(
             {
                 "from": codes["from"],
                 "to": codes["to"],
@@ -265,7 +230,7 @@ def add_invoicing_routes(app: FastAPI, billing: Billing, authenticate: Authentic
     @app.get("/v1/exchange-rates", tags=["invoicing"])
     async def get_exchange_rates(request: Request) -> Response:
         env = await authenticate(request)
-        return _json({"rates": await run_in_threadpool(store.rates, env)})
+        return json_response({"rates": await run_in_threadpool(store.rates, env)})
 
     # -- provider webhooks ---------------------------------------------------------------
 
@@ -278,4 +243,4 @@ def add_invoicing_routes(app: FastAPI, billing: Billing, authenticate: Authentic
         fresh = await billing.webhook(provider, headers, body)
         if provider == "adyen":
             return Response("[accepted]", media_type="text/plain")
-        return _json({"received": True, "processed": fresh})
+        return json_response({"received": True, "processed": fresh})

@@ -55,7 +55,7 @@ from tallyray.portal.charts import bar_chart, chart_data
 from tallyray.portal.forecast import period_forecast
 from tallyray.portal.tokens import ExpiredToken, InvalidToken, PortalKeys, PortalSession
 from tallyray.pricing.events import format_timestamp
-from tallyray.pricing.money import currency
+from tallyray.pricing.money import currency, parse_amount
 from tallyray.pricing.periods import Period, period_of
 from tallyray.serve.alert_routes import AlertRules
 from tallyray.storage.alerts import AlertStore
@@ -111,8 +111,6 @@ NOTICES = {
     "cap-removed": "Spend cap removed.",
 }
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
-#: No amount or quantity typed into a portal form is this large.
-_LARGEST = Decimal(10) ** 18
 
 
 # --------------------------------------------------------------------------- rendering
@@ -216,9 +214,10 @@ def _number(text: str, locale: Locale) -> Decimal:
         if not re.fullmatch(r"-?\d+(\.\d+)?", text):
             raise ValueError(text) from None
         value = Decimal(text)
-    if not value.is_finite() or abs(value) >= _LARGEST:
-        raise ValueError(text)
-    return value
+    try:  # the same bounds as every number from outside (tallyray.pricing.money)
+        return parse_amount(value)
+    except InvalidInput:
+        raise ValueError(text) from None
 
 
 # --------------------------------------------------------------------------- a visit

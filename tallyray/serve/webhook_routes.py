@@ -13,7 +13,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
@@ -22,6 +21,7 @@ from tallyray.alerts.deliverer import Deliverer
 from tallyray.alerts.schedule import SUBSCRIBABLE_TYPES, TEST_EVENT
 from tallyray.alerts.signing import new_secret
 from tallyray.errors import InvalidInput, Problem
+from tallyray.serve.http import json_body, json_response
 from tallyray.storage.webhooks import DELIVERY_STATUSES, WebhookStore
 
 __all__ = ["add_webhook_routes", "parse_endpoint"]
@@ -94,20 +94,6 @@ def _url_problem(url: Any) -> str | None:
     return None
 
 
-def _json(content: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
-
-
-async def _optional_body(request: Request) -> Any:
-    raw = await request.body()
-    if not raw.strip():
-        return None
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
-        raise InvalidInput(f"the body is not valid JSON: {error}") from None
-
-
 def add_webhook_routes(
     app: FastAPI,
     store: WebhookStore,
@@ -124,51 +110,51 @@ def add_webhook_routes(
         """`{"url", "event_types": [...], "description"?}` → the endpoint, with its signing
         `secret` (`whsec_...`): shown here only, keep it."""
         env = await authenticate(request)
-        url, types, description = parse_endpoint(await _optional_body(request))
+        url, types, description = parse_endpoint(await json_body(request, required=False))
         secret = new_secret()
         endpoint = await run_in_threadpool(
             store.create_endpoint, env, url, types, description, secret, clock()
         )
-        return _json({**endpoint.to_json(), "secret": secret}, 201)
+        return json_response({**endpoint.to_json(), "secret": secret}, 201)
 
     @app.get("/v1/webhook-endpoints", tags=["webhooks"])
     async def get_endpoints(request: Request) -> Response:
         env = await authenticate(request)
         endpoints = await run_in_threadpool(store.endpoints, env)
-        return _json({"endpoints": [e.to_json() for e in endpoints]})
+        return json_response({"endpoints": [e.to_json() for e in endpoints]})
 
     @app.get("/v1/webhook-endpoints/{endpoint_id}", tags=["webhooks"])
     async def get_endpoint(endpoint_id: str, request: Request) -> Response:
         env = await authenticate(request)
-        return _json((await run_in_threadpool(store.endpoint, env, endpoint_id)).to_json())
+        return json_response((await run_in_threadpool(store.endpoint, env, endpoint_id)).to_json())
 
     @app.delete("/v1/webhook-endpoints/{endpoint_id}", tags=["webhooks"])
     async def delete_endpoint(endpoint_id: str, request: Request) -> Response:
         """Remove the endpoint and its delivery log."""
         env = await authenticate(request)
         await run_in_threadpool(store.delete_endpoint, env, endpoint_id)
-        return _json({"deleted": endpoint_id})
+        return json_response({"deleted": endpoint_id})
 
     @app.post("/v1/webhook-endpoints/{endpoint_id}/disable", tags=["webhooks"])
     async def disable_endpoint(endpoint_id: str, request: Request) -> Response:
         """Optional body `{"reason"}`. Open deliveries are stopped; nothing is sent to the
         endpoint until it is enabled."""
         env = await authenticate(request)
-        doc = await _optional_body(request) or {}
+        doc = await json_body(request, required=False) or {}
         if not isinstance(doc, dict) or set(doc) - {"reason"}:
             raise InvalidInput('the body is optional: {"reason": "..."}')
         reason = doc.get("reason") or "disabled over the API"
         if not isinstance(reason, str):
             raise InvalidInput("'reason' must be a string", [Problem("reason", "not a string")])
         endpoint = await run_in_threadpool(store.disable, env, endpoint_id, reason, clock())
-        return _json(endpoint.to_json())
+        return json_response(endpoint.to_json())
 
     @app.post("/v1/webhook-endpoints/{endpoint_id}/enable", tags=["webhooks"])
     async def enable_endpoint(endpoint_id: str, request: Request) -> Response:
         """Send to the endpoint again, from the next message on."""
         env = await authenticate(request)
         endpoint = await run_in_threadpool(store.enable, env, endpoint_id)
-        return _json(endpoint.to_json())
+        return json_response(endpoint.to_json())
 
     @app.get("/v1/webhook-endpoints/{endpoint_id}/deliveries", tags=["webhooks"])
     async def get_deliveries(
@@ -186,7 +172,7 @@ def add_webhook_routes(
         if not 1 <= limit <= 1000:
             raise InvalidInput("'limit' must be from 1 to 1000", [Problem("limit", str(limit))])
         rows = await run_in_threadpool(store.deliveries, env, endpoint_id, status, limit)
-        return _json({"deliveries": rows})
+        return json_response({"deliveries": rows})
 
     @app.post("/v1/webhook-endpoints/{endpoint_id}/test", tags=["webhooks"], status_code=202)
     async def send_test(endpoint_id: str, request: Request) -> Response:
@@ -202,6 +188,6 @@ def add_webhook_routes(
             task = asyncio.create_task(deliverer.deliver_now(delivery_id, endpoint_id, now))
             background.add(task)
             task.add_done_callback(background.discard)
-        return _json(
+        return json_response(
             {"message_id": message_id, "delivery_id": delivery_id, "type": TEST_EVENT}, 202
         )

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from tallyray.errors import Conflict, InvalidInput, NotFound, Problem
 from tallyray.pricing.config import parse_meter, parse_plan
 from tallyray.pricing.credits import BILLING_MODES
+from tallyray.pricing.events import is_identifier
 from tallyray.pricing.meters import MeterSet, MeterSpec
 from tallyray.pricing.money import currency, parse_amount
 from tallyray.pricing.plans import Plan
@@ -59,6 +60,10 @@ CUSTOMER_FIELDS = frozenset(
         ),
     }
 )
+
+#: Free-text fields of a customer and the longest each may be.
+TEXT_FIELDS = {"name": 500, "email": 320, "vat_id": 64}
+MAX_ADDRESS_FIELDS = 20
 
 #: Invoicing details kept in the customers table's ``billing`` JSON column.
 BILLING_FIELDS = (
@@ -484,8 +489,8 @@ def customer_from_json(env: str, doc: Mapping[str, Any]) -> CustomerRecord:
     each bad field."""
     problems: list[Problem] = []
     customer_id = doc.get("id")
-    if not isinstance(customer_id, str) or not customer_id or len(customer_id) > 255:
-        problems.append(Problem("id", "must be a string of 1 to 255 characters"))
+    if not is_identifier(customer_id):
+        problems.append(Problem("id", "must be a string of 1 to 255 printable characters"))
     code = doc.get("currency")
     try:
         currency(code)
@@ -500,19 +505,30 @@ def customer_from_json(env: str, doc: Mapping[str, Any]) -> CustomerRecord:
             amounts[name] = None
             continue
         try:
-            value = amounts[name] = parse_amount(doc[name])
-            if value < 0:
-                problems.append(Problem(name, "must not be negative"))
+            amounts[name] = parse_amount(doc[name], field=name, sign="non_negative")
         except InvalidInput as error:
-            problems.append(Problem(name, error.message))
+            problems += error.problems
     country = doc.get("country")
     if country is not None and (not isinstance(country, str) or len(country) != 2):
         problems.append(Problem("country", "must be an ISO 3166 two-letter code such as 'DE'"))
-    for name in ("name", "email", "vat_id"):
-        if doc.get(name) is not None and not isinstance(doc[name], str):
-            problems.append(Problem(name, "must be a string"))
-    if doc.get("address") is not None and not isinstance(doc["address"], dict):
-        problems.append(Problem("address", "must be a JSON object"))
+    for name, longest in TEXT_FIELDS.items():
+        value = doc.get(name)
+        if value is not None and (not isinstance(value, str) or len(value) > longest):
+            problems.append(Problem(name, f"must be a string of at most {longest} characters"))
+    address = doc.get("address")
+    if address is not None and (
+        not isinstance(address, dict)
+        or len(address) > MAX_ADDRESS_FIELDS
+        or any(len(k) > 64 for k in address)
+        or any(not isinstance(v, str) or len(v) > 500 for v in address.values())
+    ):
+        problems.append(
+            Problem(
+                "address",
+                f"must be a JSON object of at most {MAX_ADDRESS_FIELDS} text fields "
+                '(such as "line1", "postal_code", "city"), each at most 500 characters',
+            )
+        )
     billing = _billing_from_json(doc, problems)
     if problems:
         raise InvalidInput("the customer has problems", problems)

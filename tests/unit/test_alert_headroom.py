@@ -25,9 +25,22 @@ D = Decimal
 NOW = parse_timestamp("2026-11-10T12:00:00Z")
 HOUR = 3600 * 1_000_000
 
-TOKENS = {"key": "tokens", "event_type": "llm", "aggregation": "sum", "value": "tokens"}
+# negative token counts (corrections) give credit back: a case the headroom must handle
+TOKENS = {
+    "key": "tokens",
+    "event_type": "llm",
+    "aggregation": "sum",
+    "value": "tokens",
+    "allow_negative": True,
+}
 CALLS = {"key": "calls", "event_type": "llm", "aggregation": "count"}
-PEAK = {"key": "peak", "event_type": "llm", "aggregation": "max", "value": "tokens"}
+PEAK = {
+    "key": "peak",
+    "event_type": "llm",
+    "aggregation": "max",
+    "value": "tokens",
+    "allow_negative": True,
+}
 SEATS = {"key": "seats", "event_type": "seat", "aggregation": "unique_count", "value": "user"}
 GRADUATED = [
     {"up_to": 1000, "unit_amount": "0.002"},

@@ -223,8 +223,8 @@ BAD_CASES: list[tuple[str, Callable[[Doc], object], str, str]] = [
         "unknown-meter-field",
         lambda d: d["meters"][1].update(groupby=["model"]),
         "meters[1].groupby",
-        "unknown field (known: aggregation, description, event_type, filter, group_by, key, "
-        "name, value)",
+        "unknown field (known: aggregation, allow_negative, description, event_type, filter, "
+        "group_by, key, name, value)",
     ),
     (
         "unknown-tier-field",
@@ -282,7 +282,7 @@ BAD_CASES: list[tuple[str, Callable[[Doc], object], str, str]] = [
         "amount-not-a-number",
         lambda d: tier(d, 1).update(unit_amount="two cents"),
         "plans[0].charges[1].tiers[1].unit_amount",
-        "'two cents' is not a decimal number",
+        "'two cents' is not a decimal in plain notation",
     ),
     (
         "fractional-package-size",

@@ -78,6 +78,8 @@ COUNT = MeterSpec("requests", "llm", "count")
 MAX = MeterSpec("peak", "llm", "max", ("tokens",))
 UNIQUE = MeterSpec("users", "llm", "unique_count", ("user",))
 LATEST = MeterSpec("last", "llm", "latest", ("tokens",))
+SUM_NEGATIVE = MeterSpec("credit", "llm", "sum", ("tokens",), allow_negative=True)
+MAX_NEGATIVE = MeterSpec("low", "llm", "max", ("tokens",), allow_negative=True)
 
 
 @pytest.mark.parametrize(
@@ -86,11 +88,11 @@ LATEST = MeterSpec("last", "llm", "latest", ("tokens",))
         (SUM, [3, 4, 5], "12"),  # 3 + 4 + 5 = 12
         (SUM, [1.5, 2], "3.5"),  # a JSON 1.5 is the decimal 1.5
         (SUM, [0.1, 0.2], "0.3"),  # exactly 0.3, not the float 0.30000000000000004
-        (SUM, [-2, 5], "3"),  # corrections may be negative
+        (SUM_NEGATIVE, [-2, 5], "3"),  # corrections, where the meter allows negatives
         (SUM, [], "0"),
         (COUNT, [3, 4, 5], "3"),  # three events
         (MAX, [3, 7.5, 5], "7.5"),
-        (MAX, [-3, -1], "-1"),
+        (MAX_NEGATIVE, [-3, -1], "-1"),
         (UNIQUE, ["u1", "u2", "u1", 7], "3"),  # {u1, u2, 7}
         (UNIQUE, [7, "7"], "2"),  # the number 7 and the string "7" are different
     ],
@@ -313,6 +315,28 @@ def test_a_bad_batch_names_every_bad_event_and_writes_nothing() -> None:
         (UNIQUE, {"user": ["u1"]}, "must be a string or integer"),
         (COUNT, {"x": 1}, None),  # a count meter reads no value: always fine
         (MeterSpec("t", "llm", "sum", ("usage", "t")), {"usage": 5}, "which is missing"),
+        # every meter value is within |x| < 10^15, and not negative unless the meter says so
+        (
+            SUM,
+            {"tokens": -1},
+            'is negative (-1); this meter counts only values ≥ 0 (a meter may set "allow_negative"'
+            ": true)",
+        ),
+        (SUM, {"tokens": -0.5}, "is negative (-0.5)"),
+        (SUM, {"tokens": 10**15}, "magnitude must be below 10^15"),
+        (SUM, {"tokens": 1e300}, "magnitude must be below 10^15"),
+        (SUM, {"tokens": 2**63}, "magnitude must be below 10^15"),
+        (SUM, {"tokens": "12"}, "must be a number, got '12'"),
+        (SUM, {"tokens": "9" * 100_000}, "must be a number, got '99999"),
+        (SUM_NEGATIVE, {"tokens": -(10**15)}, "magnitude must be below 10^15"),
+        (SUM_NEGATIVE, {"tokens": -(10**15) + 1}, None),
+        (SUM_NEGATIVE, {"tokens": -3.25}, None),
+        (SUM, {"tokens": 10**15 - 1}, None),
+        (MAX, {"tokens": -2}, "is negative"),
+        (LATEST, {"tokens": -2}, "is negative"),
+        (UNIQUE, {"user": "u" * 256}, "longer than 255 characters"),
+        (BY_MODEL, {"tokens": 1, "model": "m" * 256}, "longer than 255 characters"),
+        (BY_MODEL, {"tokens": 1, "model": "m" * 255}, None),
     ],
 )
 def test_bad_values_per_aggregation(
@@ -328,6 +352,46 @@ def test_bad_values_per_aggregation(
     ((where, message),) = [(p.where, p.message) for p in caught.value.problems]
     assert where == "line 2"
     assert fragment in message
+
+
+def test_a_bad_value_message_is_short_however_long_the_value() -> None:
+    with pytest.raises(EventError) as caught:
+        MeterSet([SUM]).fold([ev({"tokens": "9" * 10_000_000})])
+    assert len(caught.value.problems[0].message) < 200
+
+
+def test_by_group_is_each_groups_own_quantity_in_one_pass() -> None:
+    # 4,000 groups: each group's quantity is read off its state, not by filtering all others
+    meter = BY_MODEL
+    batch = [ev({"tokens": i + 1, "model": f"m{i}"}, id=f"e{i}") for i in range(4000)]
+    usage = MeterSet([meter]).fold(batch)
+    groups = usage.by_group(meter)
+    assert len(groups) == 4000
+    assert groups[("m0",)] == 1 and groups[("m3999",)] == 4000
+    # the same as asking for each group through a filter
+    for g in [("m0",), ("m17",), ("m3999",)]:
+        assert groups[g] == usage.quantity(meter, {"model": frozenset(g)})
+
+
+@pytest.mark.parametrize("aggregation", ["sum", "count", "max", "unique_count", "latest"])
+def test_by_group_agrees_with_quantity_per_group(aggregation: str) -> None:
+    value = (
+        None
+        if aggregation == "count"
+        else ("user",)
+        if aggregation == "unique_count"
+        else ("tokens",)
+    )
+    meter = MeterSpec("m", "llm", aggregation, value, group_by=("model",))
+    batch = [
+        ev({"tokens": t, "user": u, "model": m}, ts=i, id=f"e{i}")
+        for i, (t, u, m) in enumerate(
+            [(3, "a", "x"), (5, "b", "x"), (2, "a", "y"), (7, "c", "x"), (1, "d", "y")]
+        )
+    ]
+    usage = MeterSet([meter]).fold(batch)
+    for group, amount in usage.by_group(meter).items():
+        assert amount == usage.quantity(meter, {"model": frozenset(group)})
 
 
 def test_a_bad_event_that_a_meter_filters_out_is_not_a_problem() -> None:
@@ -363,15 +427,16 @@ def test_max_state_does_not_depend_on_merge_order_for_equal_values() -> None:
 
 PROPERTY_METERS = MeterSet(
     [
-        MeterSpec("tokens", "llm", "sum", ("n",), {}, ("model",)),
-        MeterSpec("nested", "llm", "sum", ("usage", "n"), {}, ("model", "region")),
+        # negative values allowed: the algebra must hold for them too
+        MeterSpec("tokens", "llm", "sum", ("n",), {}, ("model",), allow_negative=True),
+        MeterSpec("nested", "llm", "sum", ("usage", "n"), {}, ("model", "region"), True),
         MeterSpec("requests", "llm", "count"),
         MeterSpec("eu_requests", "llm", "count", None, {"region": frozenset({"eu"})}),
         MeterSpec("per_model", "llm", "count", None, {}, ("model",)),
-        MeterSpec("peak", "llm", "max", ("x",), {}, ("region",)),
+        MeterSpec("peak", "llm", "max", ("x",), {}, ("region",), allow_negative=True),
         MeterSpec("users", "llm", "unique_count", ("user",), {}, ("model",)),
-        MeterSpec("last", "llm", "latest", ("x",), {}, ("model",)),
-        MeterSpec("gpu", "gpu", "sum", ("seconds",)),
+        MeterSpec("last", "llm", "latest", ("x",), {}, ("model",), allow_negative=True),
+        MeterSpec("gpu", "gpu", "sum", ("seconds",), allow_negative=True),
     ]
 )
 

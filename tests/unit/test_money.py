@@ -12,6 +12,7 @@ from tallyray.pricing.money import (
     DEFAULT_ROUNDING,
     Money,
     currency,
+    decimal_text,
     parse_amount,
     round_amount,
 )
@@ -164,7 +165,7 @@ def test_money_zero_rounded_and_text() -> None:
     assert Money.of("0.125", "EUR").rounded(ROUND_HALF_EVEN) == Money.of("0.12", "EUR")
     assert Money.of("12.30", "EUR").to_str() == "12.30"
     assert str(Money.of("12.30", "EUR")) == "12.30 EUR"
-    assert str(Money.of("1E+3", "JPY")) == "1000 JPY"  # never scientific notation
+    assert str(Money.of(D("1E+3"), "JPY")) == "1000 JPY"  # never scientific notation
 
 
 @pytest.mark.parametrize(
@@ -198,7 +199,7 @@ def test_minor_units_is_exact_for_a_very_large_amount() -> None:
     assert Money(amount, EUR).minor_units() == 1234567890123456789012345678901
 
 
-# --- parse_amount ----------------------------------------------------------------------------
+# --- parse_amount: the one parser of numbers from outside -----------------------------------
 
 
 @pytest.mark.parametrize(
@@ -206,13 +207,15 @@ def test_minor_units_is_exact_for_a_very_large_amount() -> None:
     [
         ("0.1", "0.1"),
         ("0.000002", "0.000002"),
-        (" 1.50 ", "1.50"),  # surrounding blanks are ignored, trailing zero kept
+        ("1.50", "1.50"),  # trailing zero kept
         ("0.000000000001", "0.000000000001"),  # exactly 12 decimal places
-        ("-3", "-3"),  # the sign is the config's business (it rejects negatives)
-        ("1E+3", "1E+3"),  # = 1000
+        ("-3", "-3"),  # the sign is each field's business (sign=...)
+        ("007", "7"),
+        ("999999999999999", "999999999999999"),  # the largest whole number: 10^15 − 1
+        ("-999999999999999.999999999999", "-999999999999999.999999999999"),
         (5, "5"),
         (0, "0"),
-        (10**20, "100000000000000000000"),
+        (-(10**15) + 1, "-999999999999999"),
         (D("2.5"), "2.5"),
     ],
 )
@@ -228,29 +231,76 @@ def test_parse_amount_refuses_a_json_float_and_says_to_write_a_string() -> None:
     assert '"0.1"' in caught.value.message  # shows the fix: write "0.1"
 
 
+PLAIN = "not a decimal in plain notation"
+TOO_LARGE = "magnitude must be below 10\\^15"
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [
         (True, "decimal string"),
         (False, "decimal string"),
-        ("abc", "not a decimal number"),
-        ("", "not a decimal number"),
-        ("1,5", "not a decimal number"),
-        ("NaN", "not a finite decimal number"),
-        ("sNaN", "not a finite decimal number"),
-        ("Infinity", "not a finite decimal number"),
-        ("-Infinity", "not a finite decimal number"),
+        ("abc", PLAIN),
+        ("", PLAIN),
+        ("1,5", PLAIN),
+        (" 1.50 ", PLAIN),  # no blanks
+        ("+1", PLAIN),
+        (".5", PLAIN),
+        ("5.", PLAIN),
+        ("1E+3", PLAIN),  # no exponents, however small
+        ("1e9999999", PLAIN),  # made a shard's arithmetic overflow
+        ("1e-5", PLAIN),
+        ("NaN", PLAIN),
+        ("sNaN", PLAIN),
+        ("Infinity", PLAIN),
+        ("-Infinity", PLAIN),
+        ("0x10", PLAIN),
+        ("１２", PLAIN),  # full-width digits are digits to Decimal, not to us
+        ("1\x002", PLAIN),
+        ("9" * 10_000_000, PLAIN),  # refused by its length before anything else
+        ("1000000000000000", TOO_LARGE),  # 10^15
+        ("-1000000000000000", TOO_LARGE),
+        (10**15, TOO_LARGE),
+        (10**400, TOO_LARGE),
+        (D("1E+20"), TOO_LARGE),
         ("0.0000000000001", "more than 12 decimal places"),  # 13 places
-        ("1E-13", "more than 12 decimal places"),
         (None, "decimal string"),
         ([1], "decimal string"),
         ({"amount": "1"}, "decimal string"),
         (1.0, "write it as a string"),  # still a float, even if whole
+        (float("nan"), "write it as a string"),
     ],
 )
 def test_parse_amount_rejects(value: object, message: str) -> None:
-    with pytest.raises(InvalidInput, match=message):
+    with pytest.raises(InvalidInput, match=message) as caught:
         parse_amount(value)
+    assert len(caught.value.message) < 300  # never repeats a huge input
+
+
+def test_a_named_field_is_named_in_the_message_and_the_problem() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_amount("1e9999999", field="amount")
+    assert caught.value.message.startswith("'amount' ")
+    (problem,) = caught.value.problems
+    assert problem.where == "amount" and "plain notation" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("value", "sign", "message"),
+    [
+        ("-1", "non_negative", "must not be negative"),
+        ("-0.01", "positive", "must be greater than zero"),
+        ("0", "positive", "must be greater than zero"),
+        ("0", "non_negative", None),
+        ("-1", "any", None),
+    ],
+)
+def test_parse_amount_sign(value: str, sign: str, message: str | None) -> None:
+    if message is None:
+        assert parse_amount(value, sign=sign) == D(value)  # type: ignore[arg-type]
+    else:
+        with pytest.raises(InvalidInput, match=message):
+            parse_amount(value, sign=sign)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -265,7 +315,14 @@ def test_parse_amount_places_limit(value: str, places: int, ok: bool) -> None:
             parse_amount(value, places=places)
 
 
-@pytest.mark.parametrize("value", [D("NaN"), D("Infinity")])
+@pytest.mark.parametrize("value", [D("NaN"), D("Infinity"), D("-Infinity")])
 def test_parse_amount_rejects_a_non_finite_decimal(value: Decimal) -> None:
     with pytest.raises(InvalidInput):
         parse_amount(value)
+
+
+def test_stored_decimals_are_read_without_bounds() -> None:
+    # what Tallyray summed itself may exceed what any one input may be
+    assert decimal_text("12345678901234567890.5") == D("12345678901234567890.5")
+    with pytest.raises(ValueError):
+        decimal_text("NaN")
