@@ -2,15 +2,86 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import bisect
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 
-__all__ = ["Metrics"]
+__all__ = ["BATCH_BUCKETS", "LATENCY_BUCKETS", "BucketCounts", "Metrics"]
 
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
-_BATCH_BUCKETS = (1, 10, 100, 500, 1000, 2500, 5000, 10000, 25000, 50000)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+BATCH_BUCKETS = (1, 10, 100, 500, 1000, 2500, 5000, 10000, 25000, 50000)
+
+
+@dataclass
+class BucketCounts:
+    """A histogram a shard keeps for itself: cumulative, never reset by a read, so any
+    replica (and any number of scrapers) reads the same growing counts."""
+
+    bounds: Sequence[float]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.bounds) + 1)  # the last: above every bound
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def to_json(self) -> dict[str, Any]:
+        return {"counts": list(self.counts), "sum": self.total}
+
+
+_SHARD_HISTOGRAMS = (
+    (
+        "tallyray_commit_seconds",
+        "commit_seconds",
+        LATENCY_BUCKETS,
+        "Group commit latency per shard",
+    ),
+    ("tallyray_commit_batch_events", "batch_sizes", BATCH_BUCKETS, "Events per group commit"),
+)
+"""(metric, the shard status's key, bucket bounds, help text)."""
+
+
+class _ShardHistograms(Collector):
+    """The shards' own cumulative histograms, as Prometheus histograms labelled by shard."""
+
+    def __init__(self) -> None:
+        self.latest: dict[str, Mapping[str, Any]] = {}
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        for name, key, bounds, text in (
+            (
+                "tallyray_commit_seconds",
+                "commit_seconds",
+                LATENCY_BUCKETS,
+                "Group commit latency per shard",
+            ),
+            (
+                "tallyray_commit_batch_events",
+                "batch_sizes",
+                BATCH_BUCKETS,
+                "Events per group commit",
+            ),
+        ):
+            family = HistogramMetricFamily(name, text, labels=["shard"])
+            for shard, status in sorted(self.latest.items()):
+                data = status.get(key)
+                if not isinstance(data, Mapping):
+                    continue
+                running, buckets = 0, []
+                for bound, count in zip([*bounds, float("inf")], data["counts"], strict=True):
+                    running += count
+                    buckets.append(("+Inf" if bound == float("inf") else str(bound), running))
+                family.add_metric([shard], buckets, data["sum"])
+            yield family
 
 
 class Metrics:
@@ -37,29 +108,17 @@ class Metrics:
         self.request_batch_size = Histogram(
             "tallyray_request_batch_events",
             "Events per ingest request",
-            buckets=_BATCH_BUCKETS,
+            buckets=BATCH_BUCKETS,
             registry=r,
         )
         self.quota_check_seconds = Histogram(
             "tallyray_quota_check_seconds",
             "Quota check latency inside the server",
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.commit_seconds = Histogram(
-            "tallyray_commit_seconds",
-            "Group commit latency per shard",
-            ["shard"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.commit_batch_size = Histogram(
-            "tallyray_commit_batch_events",
-            "Events per group commit",
-            ["shard"],
-            buckets=_BATCH_BUCKETS,
-            registry=r,
-        )
+        self._shard_histograms = _ShardHistograms()
+        r.register(self._shard_histograms)
         self.checkpoint_age = Gauge(
             "tallyray_checkpoint_age_seconds",
             "Seconds since the shard's last checkpoint",
@@ -84,10 +143,7 @@ class Metrics:
     def absorb_shards(self, statuses: Iterable[Mapping[str, Any]]) -> None:
         for status in statuses:
             shard = str(status["shard"])
-            for seconds in status["commit_seconds"]:
-                self.commit_seconds.labels(shard).observe(seconds)
-            for size in status["batch_sizes"]:
-                self.commit_batch_size.labels(shard).observe(size)
+            self._shard_histograms.latest[shard] = status
             if status["checkpoint_age_seconds"] is not None:
                 self.checkpoint_age.labels(shard).set(status["checkpoint_age_seconds"])
             self.shard_accounts.labels(shard).set(status["accounts"])

@@ -50,6 +50,7 @@ from tallyray.errors import (
 )
 from tallyray.heap import freeze_startup_heap
 from tallyray.logs import configure_logging
+from tallyray.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, BucketCounts
 from tallyray.pricing.credits import CreditGrant
 from tallyray.pricing.events import Event, format_timestamp
 from tallyray.pricing.meters import MeterSet
@@ -91,8 +92,8 @@ class _Pending:
 @dataclass
 class ShardStats:
     commits: int = 0
-    commit_seconds: list[float] = field(default_factory=list)
-    batch_sizes: list[int] = field(default_factory=list)
+    commit_seconds: BucketCounts = field(default_factory=lambda: BucketCounts(LATENCY_BUCKETS))
+    batch_sizes: BucketCounts = field(default_factory=lambda: BucketCounts(BATCH_BUCKETS))
     checkpoint_at: int = 0
     ingested: int = 0
     duplicates: int = 0
@@ -428,8 +429,8 @@ class ShardCore:
             self._last_commit = time.perf_counter()
             self._last_requests = sum(1 for p in batch if p.events)
             self.stats.commits += 1
-            self.stats.commit_seconds.append(self._last_commit - started)
-            self.stats.batch_sizes.append(len(events))
+            self.stats.commit_seconds.observe(self._last_commit - started)
+            self.stats.batch_sizes.observe(len(events))
             self._apply_commit(batch, result.inserted, at)
             self.position = result.position
             for p in batch:
@@ -794,8 +795,6 @@ class ShardCore:
 
     def status(self) -> dict[str, Any]:
         stats = self.stats
-        seconds, sizes = stats.commit_seconds, stats.batch_sizes
-        stats.commit_seconds, stats.batch_sizes = [], []
         return {
             "shard": self.shard,
             "position": self.position,
@@ -803,8 +802,8 @@ class ShardCore:
             "commits": stats.commits,
             "ingested": stats.ingested,
             "duplicates": stats.duplicates,
-            "commit_seconds": seconds,
-            "batch_sizes": sizes,
+            "commit_seconds": stats.commit_seconds.to_json(),
+            "batch_sizes": stats.batch_sizes.to_json(),
             "checkpoint_age_seconds": (self.clock() - stats.checkpoint_at) / 1e6
             if stats.checkpoint_at
             else None,
