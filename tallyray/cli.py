@@ -122,13 +122,78 @@ def _migrate(args: argparse.Namespace) -> dict[str, Any]:
     return {"ok": True, "database": redact(settings.database_url)}
 
 
-def _keys_create(args: argparse.Namespace) -> dict[str, Any]:
+def _key_store(args: argparse.Namespace) -> Any:
     from tallyray.cluster import prepare_store
+    from tallyray.storage.keys import KeyStore
 
-    catalog = prepare_store(_settings(args))
-    key_id, secret = catalog.create_key(args.env, time.time_ns() // 1000, args.name)
+    settings = _settings(args)
+    return KeyStore(prepare_store(settings).engine), settings.clock
+
+
+def _cli_audit(env: str, action: str, key_id: str, at: int, summary: dict[str, Any]) -> Any:
+    """The audit entry of a change made with the command line, on the database directly."""
+    import getpass
+
+    from tallyray.storage.audit import Actor, AuditEntry
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return AuditEntry(
+        env, Actor("server", f"cli:{user}"), action, "api_key", key_id, at, None, summary
+    )
+
+
+def _keys_create(args: argparse.Namespace) -> dict[str, Any]:
+    from tallyray.access import ALL_SCOPES, parse_scopes
+    from tallyray.pricing.events import parse_timestamp
+
+    keys, clock = _key_store(args)
+    now = clock()
+    scopes = ALL_SCOPES
+    if args.scopes:
+        try:
+            scopes = parse_scopes([s.strip() for s in args.scopes.split(",")])
+        except ValueError as error:
+            raise InvalidInput(f"--scopes {error}") from None
+    expires_at = None
+    if args.expires_at:
+        try:
+            expires_at = parse_timestamp(_utc(args.expires_at))
+        except ValueError as error:
+            raise InvalidInput(f"--expires-at: {error}") from None
+        if expires_at <= now:
+            raise InvalidInput("--expires-at is not in the future")
+    summary = {"name": args.name, "scopes": sorted(scopes), "expires_at": args.expires_at}
+    audit = _cli_audit(args.env, "api_key.created", "", now, summary)
+    key, secret = keys.create(args.env, now, args.name, scopes, expires_at, audit)
     print(f"# the key is shown once; store it now ({args.env} environment)", file=sys.stderr)
-    return {"id": key_id, "env": args.env, "key": secret}
+    return {**key.to_json(), "key": secret}
+
+
+def _keys_list(args: argparse.Namespace) -> dict[str, Any]:
+    keys, _ = _key_store(args)
+    return {"keys": [k.to_json() for k in keys.list(args.env)]}
+
+
+def _keys_revoke(args: argparse.Namespace) -> dict[str, Any]:
+    keys, clock = _key_store(args)
+    now = clock()
+    known = keys.get(args.key_id)
+    audit = _cli_audit(known.env, "api_key.revoked", known.id, now, {"name": known.name})
+    return dict(keys.revoke(args.key_id, now, audit).to_json())
+
+
+def _keys_new_admin_key(_: argparse.Namespace) -> dict[str, Any]:
+    from tallyray.access import ADMIN, generate_key
+
+    print(
+        "# a new admin key: set it as TALLYRAY_ADMIN_KEY and restart the server; the key "
+        "seeded before it stops working",
+        file=sys.stderr,
+    )
+    return {"admin_key": generate_key(ADMIN)}
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -288,8 +353,24 @@ def build_parser() -> argparse.ArgumentParser:
     create = key_commands.add_parser("create", help="create an API key (shown once)")
     create.add_argument("--env", required=True, choices=["live", "test"])
     create.add_argument("--name", help="a label for the key")
+    create.add_argument(
+        "--scopes", help="comma-separated: ingest, read, manage (default: all three)"
+    )
+    create.add_argument("--expires-at", help="ISO date or time after which the key is refused")
     store_flags(create)
     create.set_defaults(run=_keys_create)
+    listing = key_commands.add_parser("list", help="list the keys (never their secrets)")
+    listing.add_argument("--env", choices=["live", "test", "admin"])
+    store_flags(listing)
+    listing.set_defaults(run=_keys_list)
+    revoke = key_commands.add_parser("revoke", help="revoke a key for good")
+    revoke.add_argument("key_id", help="the key's id (key_…), as `tallyray keys list` shows")
+    store_flags(revoke)
+    revoke.set_defaults(run=_keys_revoke)
+    admin = key_commands.add_parser(
+        "new-admin-key", help="print a fresh admin key to set as TALLYRAY_ADMIN_KEY"
+    )
+    admin.set_defaults(run=_keys_new_admin_key)
 
     invoice = commands.add_parser("invoice", help="invoice runs against a running server")
     invoice_commands = invoice.add_subparsers(

@@ -10,7 +10,9 @@
     │   ├── NotFound            no such object in this environment (404)
     │   ├── Conflict            the request contradicts stored state (409)
     │   ├── PayloadTooLarge     body or batch over the limit (413)
-    │   ├── Unauthorized        missing or unknown API key (401)
+    │   ├── Unauthorized        missing, unknown, revoked or expired API key (401)
+    │   ├── Forbidden           a key without the scope the call needs (403)
+    │   ├── RateLimited         a key (or portal link) over its rate limit: 429 + Retry-After
     │   └── SignatureError      a provider webhook whose signature is missing, wrong or stale (400)
     ├── StoreUnavailable        the database cannot be reached: 503 + Retry-After
     └── ProviderUnavailable     a payment provider cannot be reached or failed on its side (502)
@@ -21,6 +23,7 @@ problems at once, a list of :class:`Problem` naming where each one is.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -122,6 +125,32 @@ class PayloadTooLarge(InvalidInput):
 class Unauthorized(InvalidInput):
     type_name = "unauthorized"
     http_status = 401
+
+
+class Forbidden(InvalidInput):
+    type_name = "forbidden"
+    http_status = 403
+
+    @classmethod
+    def needs(cls, scope: str, message: str) -> Forbidden:
+        """A call that needs ``scope``, which the key does not hold."""
+        return cls(message, [Problem("scope", f"needs '{scope}'")])
+
+
+class RateLimited(InvalidInput):
+    type_name = "rate_limited"
+    http_status = 429
+
+    def __init__(
+        self, message: str, problems: Iterable[Problem] = (), retry_after: float = 1.0
+    ) -> None:
+        super().__init__(message, problems)
+        self.retry_after = retry_after
+
+    @property
+    def retry_after_header(self) -> str:
+        """Whole seconds, at least one (``Retry-After`` takes no fractions)."""
+        return str(max(1, math.ceil(self.retry_after)))
 
 
 class SignatureError(InvalidInput):

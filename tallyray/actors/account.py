@@ -15,13 +15,16 @@ State per account:
 - the credit :class:`~tallyray.pricing.credits.Ledger`: grants, what is left of each, and spend
   no grant covered;
 - active holds (reservations);
-- the customer's limits (:class:`Profile`): billing mode, overdraft, spend limit.
+- the customer's limits (:class:`Profile`): billing mode, overdraft, and two limits on a
+  period's spend: the operator's *credit limit* and the customer's own *spend cap*.
 
 What a quota check compares (``available``):
 
 - prepaid (the default): credits remaining + overdraft − uncovered spend − holds;
-- a spend limit per period, for any mode: limit − this period's spend − holds;
-- the smaller of the two when both apply; a postpaid customer without a limit is unlimited.
+- the credit limit and the spend cap, per period, for any mode: limit − this period's
+  spend − holds;
+- the smallest of those that apply; a postpaid customer without a limit is unlimited. The
+  customer can lower what it may spend with its cap, never raise the operator's limit.
 """
 
 from __future__ import annotations
@@ -58,7 +61,10 @@ class Profile:
     plan: Plan | None = None
     billing_mode: str = "prepaid"
     overdraft: Decimal = ZERO
-    spend_limit: Decimal | None = None
+    credit_limit: Decimal | None = None
+    """The operator's limit on a period's spend."""
+    spend_cap: Decimal | None = None
+    """The customer's own limit on a period's spend (set in the portal)."""
     anchor: int | None = None
     """Start of an anniversary-billed subscription; ``None``: calendar periods."""
     fx_rate: Decimal | None = None
@@ -67,6 +73,11 @@ class Profile:
     @property
     def interval(self) -> str:
         return self.plan.interval if self.plan else "month"
+
+    @property
+    def spend_limit(self) -> Decimal | None:
+        """The limit that applies: the smaller of the credit limit and the spend cap."""
+        return _smallest(self.credit_limit, self.spend_cap)
 
     def period_of(self, ts: int) -> Period:
         return period_of(ts, self.interval, self.anchor)
@@ -343,8 +354,12 @@ class CustomerAccount:
         if self.profile.billing_mode == "prepaid":
             credit = self.ledger.remaining(now) + self.profile.overdraft - self.ledger.uncovered
             limits.append((credit - holds, "credit"))
-        if self.profile.spend_limit is not None:
-            limits.append((self.profile.spend_limit - self.period_spend(now) - holds, "limit"))
+        for limit, name in (
+            (self.profile.credit_limit, "credit_limit"),
+            (self.profile.spend_cap, "spend_cap"),
+        ):
+            if limit is not None:
+                limits.append((limit - self.period_spend(now) - holds, name))
         return limits
 
     def available(self, now: int) -> Decimal | None:
@@ -367,10 +382,15 @@ class CustomerAccount:
         cur = currency_of(self.profile.currency)
         left = round_amount(max(available, ZERO), cur)
         needed = round_amount(cost, cur, "ROUND_CEILING")
-        if binding == "limit":
+        if binding == "credit_limit":
             reason = (
-                f"spend limit of {self.profile.spend_limit} {cur.code} for this period "
+                f"credit limit of {self.profile.credit_limit} {cur.code} for this period "
                 f"reached: {left} left, this costs {needed}"
+            )
+        elif binding == "spend_cap":
+            reason = (
+                f"the customer's spend cap of {self.profile.spend_cap} {cur.code} for this "
+                f"period reached: {left} left, this costs {needed}"
             )
         else:
             reason = f"insufficient credit: {left} {cur.code} available, this costs {needed}"
@@ -535,9 +555,9 @@ class CustomerAccount:
             "period_spend_precise": format(self.spend.get(start, ZERO).normalize(), "f"),
             "holds": _amount(self.holds_total(now), cur),
             "overdraft": _amount(self.profile.overdraft, cur),
-            "spend_limit": None
-            if self.profile.spend_limit is None
-            else _amount(self.profile.spend_limit, cur),
+            "credit_limit": _optional_amount(self.profile.credit_limit, cur),
+            "spend_cap": _optional_amount(self.profile.spend_cap, cur),
+            "spend_limit": _optional_amount(self.profile.spend_limit, cur),
             "available": None if available is None else _amount(available, cur),
             "usage": _usage_json(usage, self.meters) if usage is not None else {},
             "grants": [
@@ -604,6 +624,15 @@ def _dec(value: Decimal) -> str:
 
 def _amount(value: Decimal, cur: Any) -> str:
     return format(round_amount(value, cur), "f")
+
+
+def _optional_amount(value: Decimal | None, cur: Any) -> str | None:
+    return None if value is None else _amount(value, cur)
+
+
+def _smallest(*limits: Decimal | None) -> Decimal | None:
+    given = [limit for limit in limits if limit is not None]
+    return min(given) if given else None
 
 
 def _usage_json(usage: Usage, meters: MeterSet) -> dict[str, Any]:

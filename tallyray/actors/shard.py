@@ -185,7 +185,8 @@ class ShardCore:
             plan=plan,
             billing_mode=record.billing_mode,
             overdraft=record.overdraft,
-            spend_limit=record.spend_limit,
+            credit_limit=record.credit_limit,
+            spend_cap=record.spend_cap,
             anchor=record.anchor,
             fx_rate=fx_rate,
         )

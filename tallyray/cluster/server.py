@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import signal
 import sys
 import threading
@@ -13,6 +12,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from tallyray.access import ADMIN, generate_key
 from tallyray.cluster.settings import Settings
 from tallyray.cluster.wiring import (
     prepare_store,
@@ -24,6 +24,7 @@ from tallyray.cluster.wiring import (
 )
 from tallyray.logs import configure_logging, redact
 from tallyray.serve.listener import ensure_port_free
+from tallyray.storage.keys import KeyStore
 
 log = logging.getLogger("tallyray.server")
 
@@ -55,7 +56,7 @@ def _wait_until_up(base: str, seconds: float = 60) -> None:
 def _demo(settings: Settings, base: str) -> None:
     """A test-environment customer with a plan and credits, and how to poke at it."""
     catalog = prepare_store(settings)
-    _, key = catalog.create_key("test", settings.clock(), "demo")
+    _, key = KeyStore(catalog.engine).create("test", settings.clock(), "demo")
     plans = catalog.env_catalog("test").latest
     plan = "pro" if "pro" in plans else next(iter(plans), None)
     _request(
@@ -109,9 +110,7 @@ Press Ctrl-C to stop.""",
 def run_server(settings: Settings, demo: bool = False) -> None:
     configure_logging()
     if demo and not settings.admin_key:
-        settings = Settings(
-            **{**settings.to_dict(), "admin_key": "trk_admin_" + secrets.token_urlsafe(18)}
-        )
+        settings = Settings(**{**settings.to_dict(), "admin_key": generate_key(ADMIN)})
     ensure_port_free(settings.host, settings.port)
     prepare_store(settings)
     start_ray(settings)

@@ -7,7 +7,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+from tallyray.access import ADMIN, looks_like_key
 from tallyray.clock import Clock, clock_for, offset_to
+from tallyray.errors import InvalidInput
 from tallyray.pricing.events import parse_timestamp
 from tallyray.storage.db import DEFAULT_DATABASE_URL, normalize_url
 
@@ -45,6 +47,19 @@ class Settings:
     """Under load, how long a shard's commit of events may wait for more (0: never)."""
     access_log: bool = False
     """Serve's per-request access log lines (~3 % of the ingress's CPU on quota checks)."""
+    rate_limit_per_second: float = 2000.0
+    """Requests a second per API key on each replica (0: no limit)."""
+    rate_limit_burst: float = 4000.0
+    """Requests a key may send at once before the per-second rate applies."""
+    portal_rate_limit_per_second: float = 5.0
+    """Requests a second per portal link on each replica (0: no limit)."""
+    portal_rate_limit_burst: float = 30.0
+    key_cache_seconds: float = 2.0
+    """How long a replica trusts what it knows of a key: a revoked key is refused everywhere
+    within this."""
+    public_docs: bool = True
+    """``/docs`` and ``/openapi.json`` answer without a key (``TALLYRAY_PUBLIC_DOCS=0``: not
+    at all)."""
     clock_offset_us: int = 0
     """Every process's clock runs this far from the machine's (``TALLYRAY_CLOCK_START``
     sets it so that the server's clock starts at a given instant; tests and demos only)."""
@@ -74,6 +89,12 @@ class Settings:
         "TALLYRAY_WEBHOOK_RETRY_DELAYS": "webhook_retry_delays",
         "TALLYRAY_ACCESS_LOG": "access_log",
         "TALLYRAY_COMMIT_GATHER_MS": "commit_gather_ms",
+        "TALLYRAY_RATE_LIMIT": "rate_limit_per_second",
+        "TALLYRAY_RATE_LIMIT_BURST": "rate_limit_burst",
+        "TALLYRAY_PORTAL_RATE_LIMIT": "portal_rate_limit_per_second",
+        "TALLYRAY_PORTAL_RATE_LIMIT_BURST": "portal_rate_limit_burst",
+        "TALLYRAY_KEY_CACHE_SECONDS": "key_cache_seconds",
+        "TALLYRAY_PUBLIC_DOCS": "public_docs",
     }
 
     @classmethod
@@ -100,6 +121,12 @@ class Settings:
         settings = cls(**values)
         if settings.shards < 1:
             raise ValueError("TALLYRAY_SHARDS must be at least 1")
+        if settings.admin_key is not None and not _admin_key_shaped(settings.admin_key):
+            raise InvalidInput(
+                "TALLYRAY_ADMIN_KEY must look like a generated admin key: trk_admin_ followed "
+                "by at least 32 letters, digits, '-' or '_'. Make one with "
+                "`tallyray keys new-admin-key`."
+            )
         config = settings.config_path
         return cls(
             **{
@@ -116,6 +143,10 @@ class Settings:
     def clock(self) -> Clock:
         """This deployment's clock (:mod:`tallyray.clock`)."""
         return clock_for(self.clock_offset_us)
+
+
+def _admin_key_shaped(key: str) -> bool:
+    return key.startswith(f"trk_{ADMIN}_") and looks_like_key(key)
 
 
 def _instant(text: str) -> int:

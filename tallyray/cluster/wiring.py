@@ -13,6 +13,7 @@ from typing import Any, cast
 import ray
 from ray import serve
 
+from tallyray.access import ENVIRONMENTS
 from tallyray.actors.shard import ShardActor
 from tallyray.alerts.deliverer import start_webhooks
 from tallyray.cluster.settings import Settings
@@ -29,12 +30,12 @@ from tallyray.pricing.config import parse_config
 from tallyray.serve.shards import NAMESPACE, shard_name
 from tallyray.storage.catalog import (
     CUSTOMER_FIELDS,
-    ENVIRONMENTS,
     Catalog,
     CustomerRecord,
     customer_from_json,
 )
 from tallyray.storage.db import make_engine, migrate
+from tallyray.storage.keys import KeyStore
 
 log = logging.getLogger("tallyray.cluster")
 
@@ -80,7 +81,7 @@ def prepare_store(settings: Settings) -> Catalog:
     catalog = Catalog(engine)
     now = settings.clock()
     if settings.admin_key:
-        catalog.seed_key(settings.admin_key, "admin", now)
+        KeyStore(engine).seed_admin(settings.admin_key, now)
     if settings.config_path:
         seed_config(catalog, settings.config_path, now)
     return catalog

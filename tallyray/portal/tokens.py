@@ -31,8 +31,8 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine
 
+from tallyray.access import ENVIRONMENTS
 from tallyray.errors import Unauthorized
-from tallyray.storage.catalog import ENVIRONMENTS
 from tallyray.storage.secrets import shared_secret
 
 __all__ = [

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 from tallyray.pricing.money import shown
 
@@ -81,7 +81,7 @@ def _text_field(obj: Mapping[str, Any], name: str) -> str:
     return value
 
 
-def is_identifier(value: object) -> bool:
+def is_identifier(value: object) -> TypeGuard[str]:
     """Is ``value`` fit to be an id (an event's, a customer's, an event type)? A string of 1 to
     :data:`MAX_ID_LENGTH` printable characters: no control characters (NUL, newlines, …),
     which the store or a log line could not hold or would misread."""

@@ -153,7 +153,8 @@ def _decimal_from_outside(value: object, places: int, field: str | None) -> Deci
     if isinstance(value, float):
         _refuse(
             field,
-            f'{shown(value)} is a JSON number with a fraction; write it as a string: "{value!r}"',
+            f"{shown(value)} is a JSON number with a fraction (or too large to be an exact "
+            f'integer); write it as a string: "{value!r}"',
         )
     if isinstance(value, int):
         result = Decimal(value)

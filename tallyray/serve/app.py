@@ -34,16 +34,25 @@ from tallyray.errors import (
     InvalidInput,
     NotFound,
     Problem,
+    RateLimited,
     StoreUnavailable,
     TallyrayError,
     Unauthorized,
 )
 from tallyray.invoicing.service import Billing
 from tallyray.metrics import Metrics
-from tallyray.pricing.events import Event, format_timestamp
+from tallyray.pricing.events import Event, format_timestamp, is_identifier
 from tallyray.pricing.money import currency, parse_amount, round_amount
 from tallyray.pricing.periods import ANCHORS
+from tallyray.serve.admin_routes import admin_router
 from tallyray.serve.alert_routes import AlertRules, add_alert_routes
+from tallyray.serve.auth import (
+    Authenticator,
+    KeyCache,
+    RateLimit,
+    RateLimiter,
+    audit_entry,
+)
 from tallyray.serve.body_limit import BodyLimit
 from tallyray.serve.http import json_body, json_object, json_response, text_field, timestamp_field
 from tallyray.serve.intake import IntakeRules, PeriodKey, decode_batch, validate_events
@@ -53,6 +62,7 @@ from tallyray.serve.request_context import RequestContext
 from tallyray.serve.shards import ShardRouter
 from tallyray.serve.webhook_routes import add_webhook_routes
 from tallyray.storage.alerts import AlertStore
+from tallyray.storage.audit import AuditLog
 from tallyray.storage.billing import BillingStore
 from tallyray.storage.catalog import (
     CUSTOMER_FIELDS,
@@ -63,6 +73,7 @@ from tallyray.storage.catalog import (
     new_id,
 )
 from tallyray.storage.db import DatabaseUnavailable
+from tallyray.storage.keys import KeyStore
 from tallyray.storage.usage import WINDOWS, usage_series
 from tallyray.storage.webhooks import WebhookStore
 
@@ -94,6 +105,19 @@ class Services:
     """Alert rules (built by :func:`build_app` when not given)."""
     dunning_seconds: float | None = None
     """Collect due payments every so often while the app runs (``None``: only on request)."""
+    rate_limit: RateLimit = RateLimit(2000, 4000)
+    """Requests a second per API key, and the burst it may send at once (per replica)."""
+    portal_rate_limit: RateLimit = RateLimit(5, 30)
+    """Requests a second per portal link (per replica)."""
+    key_lookups: RateLimit = RateLimit(100, 200)
+    """Store look-ups of keys not in the cache, a second (per replica)."""
+    key_cache_seconds: float = 2.0
+    """How long a replica trusts what it knows of a key: a revoked key is refused on every
+    replica within this."""
+    key_use_seconds: float = 60.0
+    """How often a replica writes when its keys were last used."""
+    public_docs: bool = True
+    """``/docs`` and ``/openapi.json`` answer without a key."""
 
 
 class _Caches:
@@ -105,7 +129,6 @@ class _Caches:
 
     def __init__(self, services: Services) -> None:
         self.s = services
-        self.keys: dict[str, tuple[str | None, float]] = {}
         self.envs: dict[str, tuple[EnvCatalog, float]] = {}
         self._customers: dict[tuple[str, str], tuple[CustomerRecord, float]] = {}
         self._loading: dict[tuple[str, str], asyncio.Future[Any]] = {}
@@ -125,14 +148,6 @@ class _Caches:
                 lambda done: self._loading.pop(what) if self._loading.get(what) is done else None
             )
         return await asyncio.shield(running)
-
-    async def key_env(self, secret: str) -> str | None:
-        hit = self.keys.get(secret)
-        if hit is not None and self._fresh(hit[1]):
-            return hit[0]
-        env = await self._load(("key", secret), lambda: self.s.catalog.key_env(secret))
-        self.keys[secret] = (env, time.monotonic())
-        return env  # type: ignore[no-any-return]
 
     async def env(self, env: str) -> EnvCatalog:
         hit = self.envs.get(env)
@@ -188,21 +203,32 @@ def _quota_json(answer: QuotaAnswer) -> dict[str, Any]:
 
 
 def build_app(services: Services) -> FastAPI:
+    engine = services.catalog.engine
+    keys = KeyStore(engine)
+    key_cache = KeyCache(keys.find, ttl=services.key_cache_seconds, lookups=services.key_lookups)
+    authenticate = Authenticator(key_cache, RateLimiter(services.rate_limit), services.clock)
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        task = None
+        tasks = [asyncio.create_task(_note_key_use(keys, key_cache, services.key_use_seconds))]
         if services.dunning_seconds and services.billing is not None:
-            task = asyncio.create_task(_collect_forever(services.billing, services.dunning_seconds))
+            tasks.append(
+                asyncio.create_task(_collect_forever(services.billing, services.dunning_seconds))
+            )
         yield
-        if task is not None:
+        for task in tasks:
             task.cancel()
 
+    docs = services.public_docs
     app = FastAPI(
         title="Tallyray",
         version=__version__,
         description="Real-time metering and billing. Authenticate with `Authorization: Bearer "
         "trk_live_…` or `trk_test_…`; the key's environment scopes every object.",
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.add_middleware(BodyLimit, limit=services.rules.max_body_bytes)
     app.add_middleware(RequestContext)  # outermost: every answer carries the request's id
@@ -212,7 +238,6 @@ def build_app(services: Services) -> FastAPI:
     rules = services.rules
     billing = services.billing
     if billing is None:
-        engine = services.catalog.engine
         billing = services.billing = Billing(
             catalog=services.catalog,
             store=BillingStore(engine),
@@ -238,6 +263,8 @@ def build_app(services: Services) -> FastAPI:
             headers["Retry-After"] = "1"
         if isinstance(error, Unauthorized):
             headers["WWW-Authenticate"] = "Bearer"
+        if isinstance(error, RateLimited):
+            headers["Retry-After"] = error.retry_after_header
         return JSONResponse(error.to_json(), status_code=error.http_status, headers=headers)
 
     @app.exception_handler(DatabaseUnavailable)
@@ -262,22 +289,6 @@ def build_app(services: Services) -> FastAPI:
             {"error": {"type": kind, "message": str(error.detail), "details": []}},
             status_code=error.status_code,
         )
-
-    # -- auth ----------------------------------------------------------------------------
-
-    async def authenticate(request: Request, admin: bool = False) -> str:
-        header = request.headers.get("authorization", "")
-        scheme, _, secret = header.partition(" ")
-        if scheme.lower() != "bearer" or not secret:
-            raise Unauthorized("send your API key as 'Authorization: Bearer trk_…'")
-        env = await caches.key_env(secret.strip())
-        if env is None:
-            raise Unauthorized("unknown or revoked API key")
-        if admin and env != "admin":
-            raise Unauthorized("this call needs the admin key")
-        if not admin and env == "admin":
-            raise Unauthorized("the admin key only manages keys; use a trk_live_ or trk_test_ key")
-        return env
 
     # -- events --------------------------------------------------------------------------
 
@@ -305,7 +316,9 @@ def build_app(services: Services) -> FastAPI:
 
     async def _validated(env: str, items: list[Any], now: int) -> list[Event]:
         ids = {i.get("customer_id") for i in items if isinstance(i, dict)}
-        interval_of = await _interval_lookup(env, {c for c in ids if isinstance(c, str)})
+        # Only ids that could be ids reach the store (a NUL there is a 500 on PostgreSQL);
+        # the others are refused, with every other problem, by validate_events.
+        interval_of = await _interval_lookup(env, {c for c in ids if is_identifier(c)})
         catalog = await caches.env(env)
         try:
             return validate_events(items, now, catalog.meters, interval_of, rules)
@@ -455,7 +468,9 @@ def build_app(services: Services) -> FastAPI:
     async def post_meter(request: Request) -> Response:
         env = await authenticate(request)
         doc = await json_body(request)
-        meter = await run_in_threadpool(services.catalog.add_meter, env, doc, services.clock())
+        now = services.clock()
+        entry = audit_entry(request, env, "meter.created", "meter", _key_of(doc), now, doc)
+        meter = await run_in_threadpool(services.catalog.add_meter, env, doc, now, entry)
         await _refresh(env, [])
         return json_response({"key": meter.key, **doc}, 201)
 
@@ -470,9 +485,9 @@ def build_app(services: Services) -> FastAPI:
         """Create a plan; posting an existing key with changes makes a new version."""
         env = await authenticate(request)
         doc = await json_body(request)
-        plan, version = await run_in_threadpool(
-            services.catalog.add_plan, env, doc, services.clock()
-        )
+        now = services.clock()
+        entry = audit_entry(request, env, "plan.created", "plan", _key_of(doc), now, doc)
+        plan, version = await run_in_threadpool(services.catalog.add_plan, env, doc, now, entry)
         await _refresh(env, [])
         return json_response({**doc, "version": version}, 201)
 
@@ -492,7 +507,11 @@ def build_app(services: Services) -> FastAPI:
         env = await authenticate(request)
         doc = json_object(await json_body(request), CUSTOMER_FIELDS, frozenset({"id", "currency"}))
         record = customer_from_json(env, doc)
-        saved = await run_in_threadpool(services.catalog.upsert_customer, record, services.clock())
+        now = services.clock()
+        entry = audit_entry(request, env, "customer.saved", "customer", record.id, now, doc)
+        saved = await run_in_threadpool(
+            services.catalog.upsert_customer, record, now, frozenset(doc), entry
+        )
         await _refresh_customer(env, saved.id)
         return json_response(saved.to_json(), 201)
 
@@ -525,6 +544,7 @@ def build_app(services: Services) -> FastAPI:
                 f"'anchor' must be one of {', '.join(ANCHORS)}", [Problem("anchor", str(anchor))]
             )
         discount = _discount(doc.get("discount"))
+        entry = audit_entry(request, env, "subscription.created", "subscription", "", now, doc)
         sub_id, version = await run_in_threadpool(
             services.catalog.subscribe,
             env,
@@ -534,6 +554,7 @@ def build_app(services: Services) -> FastAPI:
             now,
             anchor,
             discount,
+            entry,
         )
         await _refresh_customer(env, customer_id)
         return json_response(
@@ -586,12 +607,21 @@ def build_app(services: Services) -> FastAPI:
             "expires_at": expires_at,
             "created_at": now,
         }
+        entry = audit_entry(
+            request,
+            env,
+            "credit_grant.created",
+            "credit_grant",
+            grant["id"],
+            now,
+            {"customer_id": customer_id, **doc},
+        )
         booked = await router.call(
             router.index(env, customer_id),
             "add_grant",
             env,
             customer_id,
-            grant,
+            {**grant, "audit": entry},  # written in the commit that books the grant
             idempotent=key is not None,
         )
         status = 201
@@ -679,18 +709,9 @@ def build_app(services: Services) -> FastAPI:
 
     # -- admin and operations ------------------------------------------------------------
 
-    @app.post("/v1/admin/keys", tags=["admin"], status_code=201)
-    async def create_key(request: Request) -> Response:
-        """Create an API key for an environment. The key is shown once."""
-        await authenticate(request, admin=True)
-        doc = json_object(await json_body(request), frozenset({"env", "name"}), frozenset({"env"}))
-        if doc["env"] not in ("live", "test"):
-            raise InvalidInput("'env' must be 'live' or 'test'", [Problem("env", str(doc["env"]))])
-        key_id, secret = await run_in_threadpool(
-            services.catalog.create_key, doc["env"], services.clock(), doc.get("name")
-        )
-        return json_response({"id": key_id, "env": doc["env"], "key": secret}, 201)
-
+    app.include_router(
+        admin_router(keys, key_cache, AuditLog(engine), authenticate, services.clock)
+    )
     add_invoicing_routes(app, billing, authenticate)
     add_alert_routes(app, alert_rules, authenticate)
     add_portal_routes(app, services, authenticate)
@@ -712,6 +733,20 @@ def build_app(services: Services) -> FastAPI:
     return app
 
 
+async def _note_key_use(keys: KeyStore, cache: KeyCache, seconds: float) -> None:
+    """Write when keys were last used, every so often (coarse on purpose: never on the
+    request path)."""
+    while True:
+        await asyncio.sleep(seconds)
+        used = cache.take_used()
+        if not used:
+            continue
+        try:
+            await run_in_threadpool(keys.touch, used)
+        except Exception as error:  # noqa: BLE001 — a later round writes newer moments
+            log.warning("noting when keys were last used: %s", error)
+
+
 async def _collect_forever(billing: Billing, seconds: float) -> None:
     """The dunning clock: collect what is due, in both environments, every so often."""
     while True:
@@ -721,6 +756,12 @@ async def _collect_forever(billing: Billing, seconds: float) -> None:
                 await billing.collect_due(env)
             except Exception as error:  # noqa: BLE001 — try again next round
                 log.warning("collecting due payments (%s): %s", env, error)
+
+
+def _key_of(doc: Any) -> str:
+    """The ``key`` of a meter or plan body, for its audit entry (the store checks it)."""
+    key = doc.get("key") if isinstance(doc, dict) else None
+    return key if isinstance(key, str) else ""
 
 
 def _grant_id(env: str, customer_id: str, key: str) -> str:

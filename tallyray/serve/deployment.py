@@ -17,6 +17,7 @@ from tallyray.heap import freeze_startup_heap
 from tallyray.invoicing.service import Billing
 from tallyray.logs import configure_logging
 from tallyray.serve.app import Services, build_app
+from tallyray.serve.auth import RateLimit
 from tallyray.serve.intake import IntakeRules
 from tallyray.serve.listener import ApiListener
 from tallyray.serve.shards import ShardRouter
@@ -55,6 +56,12 @@ class Ingress:
             billing=billing,
             dunning_seconds=settings["dunning_seconds"],
             clock=clock,
+            rate_limit=RateLimit(settings["rate_limit_per_second"], settings["rate_limit_burst"]),
+            portal_rate_limit=RateLimit(
+                settings["portal_rate_limit_per_second"], settings["portal_rate_limit_burst"]
+            ),
+            key_cache_seconds=settings["key_cache_seconds"],
+            public_docs=settings["public_docs"],
         )
         app = build_app(self.services)
         freeze_startup_heap()

@@ -17,7 +17,6 @@ from fastapi.responses import Response
 
 from tallyray.errors import InvalidInput, Problem, TallyrayError
 from tallyray.pricing.events import MAX_ID_LENGTH, is_identifier, parse_timestamp
-from tallyray.pricing.money import shown
 
 __all__ = [
     "json_body",
@@ -78,11 +77,16 @@ def json_object(
     :class:`InvalidInput` naming each unknown and each missing field."""
     if not isinstance(doc, dict):
         raise InvalidInput("the body must be a JSON object")
-    problems = [Problem(shown(name), "unknown field") for name in sorted(set(doc) - allowed)]
+    problems = [Problem(_cut(name), "unknown field") for name in sorted(set(doc) - allowed)]
     problems += [Problem(name, "is required") for name in sorted(required - set(doc))]
     if problems:
         raise InvalidInput("the request body has problems", problems)
     return doc
+
+
+def _cut(name: str, limit: int = 64) -> str:
+    """A field name as an error names it: a huge one is cut."""
+    return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
 async def object_body(

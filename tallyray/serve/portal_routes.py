@@ -46,6 +46,7 @@ from tallyray.errors import (
     NotFound,
     PayloadTooLarge,
     Problem,
+    RateLimited,
     StoreUnavailable,
     TallyrayError,
     Unauthorized,
@@ -58,7 +59,9 @@ from tallyray.pricing.events import format_timestamp
 from tallyray.pricing.money import currency, parse_amount
 from tallyray.pricing.periods import Period, period_of
 from tallyray.serve.alert_routes import AlertRules
+from tallyray.serve.auth import RateLimiter, audit_entry
 from tallyray.storage.alerts import AlertStore
+from tallyray.storage.audit import Actor, AuditEntry, AuditLog
 from tallyray.storage.billing import BillingStore
 from tallyray.storage.catalog import CustomerRecord, EnvCatalog
 from tallyray.storage.db import DatabaseUnavailable
@@ -245,6 +248,21 @@ class _Visit:
     def base(self) -> str:
         return f"{self.root}/portal/{self.token}"
 
+    def audit(
+        self, request: Request, action: str, at: int, summary: dict[str, object]
+    ) -> AuditEntry:
+        """The audit entry of a change the customer makes through its portal link."""
+        return AuditEntry(
+            env=self.env,
+            actor=Actor("portal", f"portal:{self.customer_id}", self.record.name),
+            action=action,
+            object_type="customer",
+            object_id=self.customer_id,
+            at=at,
+            request_id=getattr(request.state, "request_id", None),
+            summary=summary,
+        )
+
     def context(self, page: str, request: Request, **values: Any) -> dict[str, Any]:
         notice = NOTICES.get(request.query_params.get("done", ""))
         return {
@@ -313,6 +331,12 @@ async def _guarded(request: Request, make: Callable[[], Awaitable[Response]]) ->
         )
     except NotFound:
         return _error_page(request, 404, "Not found", "There is nothing at this address.")
+    except RateLimited as error:
+        response = _error_page(
+            request, 429, "Too many requests", "Please wait a moment, then try again."
+        )
+        response.headers["Retry-After"] = error.retry_after_header
+        return response
     except PayloadTooLarge as error:
         return _error_page(request, 413, "Too much data", error.message)
     except (StoreUnavailable, DatabaseUnavailable) as error:
@@ -357,6 +381,8 @@ def add_portal_routes(app: FastAPI, services: Services, authenticate: Authentica
     rules = services.alerts or AlertRules(catalog, AlertStore(engine), router, clock)
     store = services.billing.store if services.billing is not None else BillingStore(engine)
     loaded: list[PortalKeys] = []
+    limiter = RateLimiter(services.portal_rate_limit)
+    audit_log = AuditLog(engine)
 
     async def portal_keys() -> PortalKeys:
         if not loaded:
@@ -365,6 +391,9 @@ def add_portal_routes(app: FastAPI, services: Services, authenticate: Authentica
 
     async def visit(request: Request, token: str) -> _Visit:
         session = (await portal_keys()).read(token, clock())
+        wait = limiter.take(token)
+        if wait is not None:
+            raise RateLimited("too many requests from this portal link", retry_after=wait)
         try:
             record = await run_in_threadpool(catalog.customer, session.env, session.customer_id)
         except NotFound:
@@ -399,8 +428,19 @@ def add_portal_routes(app: FastAPI, services: Services, authenticate: Authentica
             if isinstance(error, StoreUnavailable):
                 headers["Retry-After"] = "1"
             return JSONResponse(error.to_json(), status_code=error.http_status, headers=headers)
-        expires_at = clock() + ttl * _US
+        now = clock()
+        expires_at = now + ttl * _US
         token = keys.issue(env, customer_id, expires_at)
+        entry = audit_entry(
+            request,
+            env,
+            "portal_session.created",
+            "customer",
+            customer_id,
+            now,
+            {"expires_at": format_timestamp(expires_at)},
+        )
+        await run_in_threadpool(audit_log.write, entry)
         root = str(request.scope.get("root_path", ""))
         return Response(
             orjson.dumps(
@@ -455,7 +495,7 @@ def add_portal_routes(app: FastAPI, services: Services, authenticate: Authentica
         if v.record.plan_key is not None:
             known = found.plans.get((v.record.plan_key, v.record.plan_version or 0))
             plan = known.name if known is not None else v.record.plan_key
-        cap = v.record.spend_limit
+        cap, limit = v.record.spend_cap, v.record.credit_limit
         context = v.context(
             "overview",
             request,
@@ -485,8 +525,10 @@ def add_portal_routes(app: FastAPI, services: Services, authenticate: Authentica
                 for g in grants
             ],
             spend_cap=None if cap is None else fmt.money(cap),
+            credit_limit=None if limit is None else fmt.money(limit),
+            cap_above_limit=cap is not None and limit is not None and cap > limit,
             cap_value=(entered or {}).get(
-                "spend_limit",
+                "spend_cap",
                 "" if cap is None else fmt.number(cap),
             ),
             example_amount=fmt.example_amount(),
@@ -507,18 +549,25 @@ def add_portal_routes(app: FastAPI, services: Services, authenticate: Authentica
             v = await visit(request, token)
             form = await _form(request)
             if form.get("action") == "remove":
-                limit = None
+                cap = None
             else:
                 try:
-                    limit = _spend_limit(form.get("spend_limit", ""), v.fmt)
+                    cap = _spend_cap(form.get("spend_cap", ""), v.fmt)
                 except InvalidInput as error:
                     errors = {p.where: p.message for p in error.problems}
                     return await overview(request, v, 422, errors, form)
-            record = dataclasses.replace(v.record, spend_limit=limit)
-            await run_in_threadpool(catalog.upsert_customer, record, clock())
+            now = clock()
+            entry = v.audit(
+                request,
+                "customer.spend_cap_set" if cap is not None else "customer.spend_cap_removed",
+                now,
+                {"spend_cap": None if cap is None else format(cap, "f")},
+            )
+            # The customer's own cap only: the operator's credit limit is not the portal's.
+            await run_in_threadpool(catalog.set_spend_cap, v.env, v.customer_id, cap, entry)
             index = router.index(v.env, v.customer_id)
             await router.call(index, "refresh", v.env, [v.customer_id])
-            return _see(f"{v.base}?done={'cap-removed' if limit is None else 'cap-set'}")
+            return _see(f"{v.base}?done={'cap-removed' if cap is None else 'cap-set'}")
 
         return await _guarded(request, make)
 
@@ -707,25 +756,25 @@ def _session_request(raw: bytes) -> tuple[str, int]:
     return str(customer_id), int(ttl)
 
 
-def _spend_limit(text: str, fmt: _Format) -> Decimal:
+def _spend_cap(text: str, fmt: _Format) -> Decimal:
     if not text.strip():
         raise InvalidInput(
-            "enter an amount", [Problem("spend_limit", "Enter an amount, or remove the cap.")]
+            "enter an amount", [Problem("spend_cap", "Enter an amount, or remove the cap.")]
         )
     try:
         value = _number(text, fmt.babel)
     except ValueError:
         raise InvalidInput(
             "not an amount",
-            [Problem("spend_limit", f"Enter an amount such as {fmt.example_amount()}.")],
+            [Problem("spend_cap", f"Enter an amount such as {fmt.example_amount()}.")],
         ) from None
     if value < 0:
-        raise InvalidInput("negative", [Problem("spend_limit", "The cap cannot be negative.")])
+        raise InvalidInput("negative", [Problem("spend_cap", "The cap cannot be negative.")])
     places = currency(fmt.currency).minor_units
     if value != value.quantize(Decimal(1).scaleb(-places)):
         raise InvalidInput(
             "too precise",
-            [Problem("spend_limit", f"Use at most {places} decimal places for {fmt.currency}.")],
+            [Problem("spend_cap", f"Use at most {places} decimal places for {fmt.currency}.")],
         )
     return value
 

@@ -7,10 +7,9 @@ scoped by it: a test key can neither read nor write live objects.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -26,15 +25,14 @@ from tallyray.pricing.meters import MeterSet, MeterSpec
 from tallyray.pricing.money import currency, parse_amount
 from tallyray.pricing.plans import Plan
 from tallyray.storage import tables as t
+from tallyray.storage.audit import AuditEntry, write_audit
 
 __all__ = [
     "CUSTOMER_FIELDS",
-    "ENVIRONMENTS",
     "Catalog",
     "CustomerRecord",
     "EnvCatalog",
     "customer_from_json",
-    "hash_key",
 ]
 
 CUSTOMER_FIELDS = frozenset(
@@ -48,6 +46,8 @@ CUSTOMER_FIELDS = frozenset(
         "address",
         "billing_mode",
         "overdraft",
+        "credit_limit",
+        "spend_cap",
         "spend_limit",
         *(
             "locale",
@@ -78,14 +78,6 @@ BILLING_FIELDS = (
 PAYMENT_PROVIDERS = ("stripe", "adyen", "manual")
 
 
-ENVIRONMENTS = ("live", "test")
-
-
-def hash_key(key: str) -> str:
-    """API keys are stored as SHA-256: they are long random secrets, so no salt is needed."""
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
 
@@ -102,7 +94,10 @@ class CustomerRecord:
     address: Mapping[str, Any] | None = None
     billing_mode: str = "prepaid"
     overdraft: Decimal = Decimal(0)
-    spend_limit: Decimal | None = None
+    credit_limit: Decimal | None = None
+    """The operator's limit on a period's spend (``manage`` scope)."""
+    spend_cap: Decimal | None = None
+    """The customer's own limit on a period's spend (portal or API)."""
     plan_key: str | None = None
     plan_version: int | None = None
     subscription_id: str | None = None
@@ -111,6 +106,12 @@ class CustomerRecord:
     """Invoicing details: locale, region, tax_exempt, payment provider and method."""
     anchor: int | None = None
     """The active subscription's anniversary anchor; ``None``: calendar periods."""
+
+    @property
+    def spend_limit(self) -> Decimal | None:
+        """The limit that applies: the smaller of the credit limit and the spend cap."""
+        limits = [x for x in (self.credit_limit, self.spend_cap) if x is not None]
+        return min(limits) if limits else None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -123,7 +124,9 @@ class CustomerRecord:
             "address": self.address,
             "billing_mode": self.billing_mode,
             "overdraft": format(self.overdraft, "f"),
-            "spend_limit": None if self.spend_limit is None else format(self.spend_limit, "f"),
+            "credit_limit": _text(self.credit_limit),
+            "spend_cap": _text(self.spend_cap),
+            "spend_limit": _text(self.spend_limit),
             **{name: self.billing.get(name) for name in BILLING_FIELDS if name in self.billing},
             "subscription": None
             if self.subscription_id is None
@@ -159,66 +162,15 @@ class Catalog:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    # -- API keys ------------------------------------------------------------------------
-
-    def create_key(self, env: str, now: int, name: str | None = None) -> tuple[str, str]:
-        """A new key for ``env`` (``live``, ``test`` or ``admin``): (key id, secret key).
-
-        The secret is returned once and stored only as a hash.
-        """
-        secret = f"trk_{env}_{secrets.token_urlsafe(24)}"
-        key_id = new_id("key")
-        with self.engine.begin() as conn:
-            conn.execute(
-                insert(t.api_keys).values(
-                    id=key_id,
-                    env=env,
-                    hash=hash_key(secret),
-                    prefix=secret[:16],
-                    name=name,
-                    created_at=now,
-                )
-            )
-        return key_id, secret
-
-    def seed_key(self, secret: str, env: str, now: int) -> None:
-        """Store a key chosen by the operator (``TALLYRAY_ADMIN_KEY``) if it is not there."""
-        digest = hash_key(secret)
-        with self.engine.begin() as conn:
-            found = conn.execute(select(t.api_keys.c.id).where(t.api_keys.c.hash == digest))
-            if found.first() is None:
-                conn.execute(
-                    insert(t.api_keys).values(
-                        id=new_id("key"),
-                        env=env,
-                        hash=digest,
-                        prefix=secret[:16],
-                        name="seeded",
-                        created_at=now,
-                    )
-                )
-
-    def key_env(self, secret: str) -> str | None:
-        """The environment of a key, or ``None`` for an unknown or revoked one."""
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(t.api_keys.c.env).where(
-                    t.api_keys.c.hash == hash_key(secret), t.api_keys.c.revoked_at.is_(None)
-                )
-            ).first()
-        return None if row is None else str(row.env)
-
-    def revoke_key(self, key_id: str, now: int) -> None:
-        with self.engine.begin() as conn:
-            done = conn.execute(
-                update(t.api_keys).where(t.api_keys.c.id == key_id).values(revoked_at=now)
-            )
-        if done.rowcount == 0:
-            raise NotFound(f"no API key {key_id!r}")
-
     # -- meters and plans ----------------------------------------------------------------
 
-    def add_meter(self, env: str, definition: Mapping[str, Any], now: int) -> MeterSpec:
+    def add_meter(
+        self,
+        env: str,
+        definition: Mapping[str, Any],
+        now: int,
+        audit: AuditEntry | None = None,
+    ) -> MeterSpec:
         """Create a meter. Meters never change once created (their state is folded live);
         posting the same definition again is a no-op, a different one is a conflict."""
         meter = parse_meter(definition)
@@ -240,6 +192,7 @@ class Catalog:
                     env=env, key=meter.key, definition=dict(definition), created_at=now
                 )
             )
+            write_audit(conn, audit)
         return meter
 
     def meter_definitions(self, env: str) -> list[dict[str, Any]]:
@@ -249,7 +202,13 @@ class Catalog:
             ).all()
         return [dict(row.definition) for row in rows]
 
-    def add_plan(self, env: str, definition: Mapping[str, Any], now: int) -> tuple[Plan, int]:
+    def add_plan(
+        self,
+        env: str,
+        definition: Mapping[str, Any],
+        now: int,
+        audit: AuditEntry | None = None,
+    ) -> tuple[Plan, int]:
         """Store a plan; re-posting a key makes a new version unless nothing changed."""
         catalog = self.env_catalog(env)
         plan = parse_plan(definition, catalog.meters.meters)
@@ -267,6 +226,9 @@ class Catalog:
                         definition=dict(definition),
                         created_at=now,
                     )
+                )
+                write_audit(
+                    conn, audit and replace(audit, summary={**audit.summary, "version": version})
                 )
         except IntegrityError:
             raise Conflict(f"plan {plan.key!r} was changed at the same time; retry") from None
@@ -294,8 +256,19 @@ class Catalog:
 
     # -- customers and subscriptions -----------------------------------------------------
 
-    def upsert_customer(self, record: CustomerRecord, now: int) -> CustomerRecord:
-        """Create a customer, or update its details. The currency cannot change once set."""
+    def upsert_customer(
+        self,
+        record: CustomerRecord,
+        now: int,
+        fields: Iterable[str] | None = None,
+        audit: AuditEntry | None = None,
+    ) -> CustomerRecord:
+        """Create a customer, or update its details. The currency cannot change once set.
+
+        An update changes only ``fields`` (the names the request gave; all when ``None``):
+        a field left out keeps its value, so an update by the operator never clears the
+        customer's own spend cap, and one from the portal never the operator's limit.
+        """
         values = {
             "name": record.name,
             "email": record.email,
@@ -305,12 +278,18 @@ class Catalog:
             "address": record.address,
             "billing_mode": record.billing_mode,
             "overdraft": str(record.overdraft),
-            "spend_limit": None if record.spend_limit is None else str(record.spend_limit),
+            "credit_limit": _text(record.credit_limit),
+            "spend_cap": _text(record.spend_cap),
             "billing": dict(record.billing) or None,
         }
         key = and_(t.customers.c.env == record.env, t.customers.c.id == record.id)
         with self.engine.begin() as conn:
-            existing = conn.execute(select(t.customers.c.currency).where(key)).first()
+            existing = conn.execute(
+                select(t.customers.c.currency, t.customers.c.billing).where(key)
+            ).first()
+            if audit is not None:
+                verb = "created" if existing is None else "updated"
+                write_audit(conn, replace(audit, action=f"customer.{verb}"))
             if existing is None:
                 try:
                     conn.execute(
@@ -326,8 +305,22 @@ class Catalog:
                         f"customer {record.id!r} is billed in {existing.currency}; its currency "
                         "cannot change"
                     )
+                if fields is not None:
+                    values = _changed(values, frozenset(fields), existing.billing, record)
                 conn.execute(update(t.customers).where(key).values(**values))
         return self.customer(record.env, record.id)
+
+    def set_spend_cap(
+        self, env: str, customer_id: str, cap: Decimal | None, audit: AuditEntry | None = None
+    ) -> CustomerRecord:
+        """Set (or, with ``None``, remove) the customer's own spend cap; nothing else."""
+        key = and_(t.customers.c.env == env, t.customers.c.id == customer_id)
+        with self.engine.begin() as conn:
+            done = conn.execute(update(t.customers).where(key).values(spend_cap=_text(cap)))
+            if done.rowcount == 0:
+                raise NotFound(f"no customer {customer_id!r}")
+            write_audit(conn, audit)
+        return self.customer(env, customer_id)
 
     def set_billing(self, env: str, customer_id: str, values: Mapping[str, Any]) -> None:
         """Merge invoicing details (a provider's customer id, say) into a customer's."""
@@ -378,6 +371,7 @@ class Catalog:
         now: int,
         anchor: str = "calendar",
         discount: Mapping[str, Any] | None = None,
+        audit: AuditEntry | None = None,
     ) -> tuple[str, int]:
         """Subscribe a customer to the latest version of a plan, ending any subscription it
         had. Returns (subscription id, plan version).
@@ -433,6 +427,9 @@ class Catalog:
                     discount=dict(discount) if discount else None,
                 )
             )
+            if audit is not None:
+                summary = {**audit.summary, "plan_version": int(version)}
+                write_audit(conn, replace(audit, object_id=sub_id, summary=summary))
         return sub_id, int(version)
 
     def subscriptions(
@@ -474,7 +471,8 @@ def _customer(row: Any) -> CustomerRecord:
         address=row.address,
         billing_mode=row.billing_mode,
         overdraft=Decimal(row.overdraft),
-        spend_limit=None if row.spend_limit is None else Decimal(row.spend_limit),
+        credit_limit=None if row.credit_limit is None else Decimal(row.credit_limit),
+        spend_cap=None if row.spend_cap is None else Decimal(row.spend_cap),
         plan_key=row.plan_key,
         plan_version=row.plan_version,
         subscription_id=row.sub_id,
@@ -492,22 +490,29 @@ def customer_from_json(env: str, doc: Mapping[str, Any]) -> CustomerRecord:
     if not is_identifier(customer_id):
         problems.append(Problem("id", "must be a string of 1 to 255 printable characters"))
     code = doc.get("currency")
+    places = 12
     try:
-        currency(code)
+        places = currency(code).minor_units  # a limit is money: the currency's decimals
     except InvalidInput as error:
         problems.append(Problem("currency", error.message))
     mode = doc.get("billing_mode", "prepaid")
     if mode not in BILLING_MODES:
         problems.append(Problem("billing_mode", f"must be one of {', '.join(BILLING_MODES)}"))
     amounts: dict[str, Decimal | None] = {}
-    for name in ("overdraft", "spend_limit"):
+    for name in ("overdraft", "credit_limit", "spend_cap", "spend_limit"):
         if doc.get(name) is None:
             amounts[name] = None
             continue
         try:
-            amounts[name] = parse_amount(doc[name], field=name, sign="non_negative")
+            amounts[name] = parse_amount(doc[name], places=places, field=name, sign="non_negative")
         except InvalidInput as error:
             problems += error.problems
+    if "spend_limit" in doc:  # the name of the credit limit before there were two limits
+        if "credit_limit" in doc:
+            problems.append(
+                Problem("spend_limit", "give 'credit_limit' only ('spend_limit' is its old name)")
+            )
+        amounts["credit_limit"] = amounts["spend_limit"]
     country = doc.get("country")
     if country is not None and (not isinstance(country, str) or len(country) != 2):
         problems.append(Problem("country", "must be an ISO 3166 two-letter code such as 'DE'"))
@@ -543,9 +548,32 @@ def customer_from_json(env: str, doc: Mapping[str, Any]) -> CustomerRecord:
         address=doc.get("address"),
         billing_mode=str(mode),
         overdraft=amounts["overdraft"] or Decimal(0),
-        spend_limit=amounts["spend_limit"],
+        credit_limit=amounts["credit_limit"],
+        spend_cap=amounts["spend_cap"],
         billing=billing,
     )
+
+
+def _text(amount: Decimal | None) -> str | None:
+    return None if amount is None else format(amount, "f")
+
+
+def _changed(
+    values: dict[str, Any],
+    fields: frozenset[str],
+    stored_billing: Mapping[str, Any] | None,
+    record: CustomerRecord,
+) -> dict[str, Any]:
+    """The columns an update writes: those of the fields the request gave. The invoicing
+    details merge into the stored ones (a detail given as null is removed)."""
+    fields = fields | ({"credit_limit"} if "spend_limit" in fields else set())
+    changed = {name: value for name, value in values.items() if name in fields}
+    given = fields & set(BILLING_FIELDS)
+    if given:
+        billing = {k: v for k, v in (stored_billing or {}).items() if k not in given}
+        billing.update({k: v for k, v in record.billing.items() if k in given})
+        changed["billing"] = billing or None
+    return changed
 
 
 def _billing_from_json(doc: Mapping[str, Any], problems: list[Problem]) -> dict[str, Any]:

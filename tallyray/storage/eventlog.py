@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from tallyray.storage import tables as t
 from tallyray.storage.alerts import write_messages
+from tallyray.storage.audit import write_audit
 
 __all__ = ["CommitResult", "EventRow", "ShardStore", "customer_events"]
 
@@ -156,8 +157,13 @@ class ShardStore:
             if grants:
                 conn.execute(
                     insert(t.credit_grants),
-                    [{**g, "shard": self.shard, "position": result.position} for g in grants],
+                    [
+                        {**_columns(g), "shard": self.shard, "position": result.position}
+                        for g in grants
+                    ],
                 )
+                for g in grants:  # the audit entry of a grant made through the API
+                    write_audit(conn, g.get("audit"))
             if new_holds:
                 conn.execute(insert(t.holds), [{**h, "shard": self.shard} for h in new_holds])
             for hold_id, status in finished_holds:
@@ -389,3 +395,8 @@ class ShardStore:
                     "taken_at": now,
                 },
             )
+
+
+def _columns(grant: Mapping[str, Any]) -> dict[str, Any]:
+    """A grant's row: the grant without what travels beside it (its audit entry)."""
+    return {k: v for k, v in grant.items() if k != "audit"}

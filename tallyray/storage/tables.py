@@ -10,6 +10,7 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Index,
     Integer,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -39,6 +41,13 @@ api_keys = Table(
     Column("name", String(200)),
     Column("created_at", Micros, nullable=False),
     Column("revoked_at", Micros),
+    # What the key may do: ``ingest``, ``read``, ``manage`` (comma-separated), or ``admin``.
+    Column("scopes", String(64), nullable=False, server_default="ingest,read,manage"),
+    Column("expires_at", Micros),
+    # When the key was last used, to the minute or so (written in the background).
+    Column("last_used_at", Micros),
+    # Seeded from TALLYRAY_ADMIN_KEY: a new seeded key retires the one before.
+    Column("seeded", Boolean, nullable=False, server_default=false()),
 )
 
 meters = Table(
@@ -75,7 +84,10 @@ customers = Table(
     Column("address", Json),
     Column("billing_mode", String(16), nullable=False),
     Column("overdraft", String(50), nullable=False),
-    Column("spend_limit", String(50)),
+    # Two limits on a period's spend: the operator's, and the customer's own (set in the
+    # portal); the smaller applies.
+    Column("credit_limit", String(50)),
+    Column("spend_cap", String(50)),
     Column("created_at", Micros, nullable=False),
     # Invoicing details: locale, region, tax_exempt, exempt_reason, payment_provider,
     # payment_method, provider_customer_id (JSON, so adding one needs no migration).
@@ -407,6 +419,26 @@ outbox_cursors = Table(
     # How far the webhook deliverer has fanned the outbox out into deliveries.
     Column("name", String(40), primary_key=True),
     Column("seq", BigInteger, nullable=False),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    # Every change made through the API or the portal, written in the change's transaction.
+    # Append-only: no API updates or deletes a row.
+    Column("id", String(40), primary_key=True),
+    Column("env", String(8), nullable=False),
+    Column("created_at", Micros, nullable=False),
+    Column("actor_type", String(16), nullable=False),  # key | admin | portal | provider
+    Column("actor_id", String(255), nullable=False),
+    Column("actor_name", String(200)),
+    Column("action", String(64), nullable=False),
+    Column("object_type", String(32), nullable=False),
+    Column("object_id", String(255), nullable=False),
+    Column("request_id", String(128)),
+    Column("summary", Json, nullable=False),
+    Index("ix_audit_events_object", "env", "object_type", "object_id", "created_at"),
+    Index("ix_audit_events_env", "env", "created_at"),
 )
 
 server_secrets = Table(

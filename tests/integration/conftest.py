@@ -28,6 +28,7 @@ from tallyray.cluster import Settings, prepare_store, start_ray, start_shards
 from tallyray.serve.app import Services, build_app
 from tallyray.serve.intake import IntakeRules
 from tallyray.serve.shards import ShardRouter
+from tallyray.storage.keys import KeyStore
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = ROOT / "examples" / "llm-api" / "tallyray.json"
@@ -75,8 +76,9 @@ def server(
         clock=settings.clock,
     )
     now = settings.clock()
-    _, test_key = catalog.create_key("test", now)
-    _, live_key = catalog.create_key("live", now)
+    keys = KeyStore(catalog.engine)
+    _, test_key = keys.create("test", now)
+    _, live_key = keys.create("live", now)
     yield Server(store, settings, catalog, services, build_app(services), test_key, live_key)
     kill_shards(SHARDS)
     if store == "postgres" and POSTGRES_URL is not None:

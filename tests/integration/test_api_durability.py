@@ -24,6 +24,7 @@ from tallyray.actors.shard import ShardActor
 from tallyray.cluster import Settings, prepare_store
 from tallyray.serve.app import Services, build_app
 from tallyray.serve.shards import NAMESPACE, ShardRouter, shard_name
+from tallyray.storage.keys import KeyStore
 
 pytestmark = pytest.mark.anyio
 
@@ -289,7 +290,7 @@ async def test_unreachable_store_is_503_and_nothing_is_acknowledged(server: Serv
     try:
         await handle.ready.remote()
         services = Services(catalog=catalog, router=ShardRouter(1, lambda i: handle))
-        _, key = catalog.create_key("test", server.clock())
+        _, key = KeyStore(catalog.engine).create("test", server.clock())
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=build_app(services)),
             base_url="http://probe",

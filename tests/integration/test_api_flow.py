@@ -124,8 +124,9 @@ async def test_quota_denied_with_a_reason(client: httpx.AsyncClient) -> None:
     assert r.status_code == 200 and r.json()["allowed"] is False and r.json()["id"] is None
 
 
-async def test_postpaid_spend_limit(client: httpx.AsyncClient) -> None:
-    customer = await make_customer(client, billing_mode="postpaid", spend_limit="2.10")
+@pytest.mark.parametrize("field", ["credit_limit", "spend_limit"])  # spend_limit: its old name
+async def test_postpaid_credit_limit(client: httpx.AsyncClient, field: str) -> None:
+    customer = await make_customer(client, billing_mode="postpaid", **{field: "2.10"})
     await client.post("/v1/events", json=[completion(customer, "gpt-4o", 1000, 0)])
     # spend: 2.00 package + 0.0025 = 2.0025; limit 2.10 leaves 0.0975
     would_be = {
@@ -135,7 +136,7 @@ async def test_postpaid_spend_limit(client: httpx.AsyncClient) -> None:
     r = await client.post("/v1/quota/check", json={"customer_id": customer, "event": would_be})
     body = r.json()
     assert body["allowed"] is False
-    assert body["reason"].startswith("spend limit of 2.10 EUR for this period reached")
+    assert body["reason"].startswith("credit limit of 2.10 EUR for this period reached")
     small = {
         "type": "llm.completion",
         "properties": {"model": "gpt-4o", "input_tokens": 1000, "output_tokens": 0},

@@ -42,6 +42,7 @@ from tallyray.serve.intake import IntakeRules
 from tallyray.serve.shards import NAMESPACE, ShardRouter
 from tallyray.storage.billing import BillingStore
 from tallyray.storage.catalog import Catalog
+from tallyray.storage.keys import KeyStore
 
 pytestmark = pytest.mark.anyio
 
@@ -141,7 +142,7 @@ async def inv(
         billing=billing,
         clock=clock,
     )
-    _, key = catalog.create_key("test", clock())
+    _, key = KeyStore(catalog.engine).create("test", clock())
     try:
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=build_app(services)),

@@ -36,6 +36,7 @@ from tallyray.portal.tokens import PortalKeys
 from tallyray.pricing.events import parse_timestamp
 from tallyray.serve.portal_routes import add_portal_routes
 from tallyray.storage import tables as t
+from tallyray.storage.keys import KeyStore
 
 pytestmark = pytest.mark.anyio
 
@@ -67,7 +68,8 @@ async def portal(server: Server) -> AsyncIterator[Portal]:
 
     async def authenticate(request: Request) -> str:
         scheme, _, secret = request.headers.get("authorization", "").partition(" ")
-        env = await run_in_threadpool(server.catalog.key_env, secret.strip())
+        found = await run_in_threadpool(KeyStore(server.catalog.engine).find, secret.strip())
+        env = None if found is None else found.env
         if scheme.lower() != "bearer" or env not in ("live", "test"):
             raise Unauthorized("send your API key as 'Authorization: Bearer trk_…'")
         return env
@@ -502,13 +504,13 @@ async def test_the_spend_cap_is_set_then_seen_by_the_shard_then_removed(portal: 
         locale="fr_FR",
     )
     url = await portal.session(customer)
-    r = await portal.web.post(f"{url}/spend-cap", data={"action": "set", "spend_limit": "1 250,5"})
+    r = await portal.web.post(f"{url}/spend-cap", data={"action": "set", "spend_cap": "1 250,5"})
     assert r.status_code == 303 and r.headers["location"] == f"{url}?done=cap-set"
 
     balance = (await portal.api.get(f"/v1/customers/{customer}/balance")).json()
-    assert balance["spend_limit"] == "1250.50"
+    assert (balance["spend_cap"], balance["spend_limit"]) == ("1250.50", "1250.50")
     record = (await portal.api.get(f"/v1/customers/{customer}")).json()
-    assert record["spend_limit"] == "1250.5"
+    assert (record["spend_cap"], record["credit_limit"]) == ("1250.5", None)
     assert (record["name"], record["email"], record["country"], record["locale"]) == (
         "Capped Ltd",
         "ap@capped.example",
@@ -526,6 +528,54 @@ async def test_the_spend_cap_is_set_then_seen_by_the_shard_then_removed(portal: 
     balance = (await portal.api.get(f"/v1/customers/{customer}/balance")).json()
     assert balance["spend_limit"] is None
     assert "No spend cap is set." in await portal.page(url)
+    # the customer's changes are in the audit log, as the portal's
+    r = await portal.api.get(
+        "/v1/audit-events", params={"object_type": "customer", "object_id": customer}
+    )
+    trail = [(e["action"], e["actor"]["type"], e["actor"]["id"]) for e in r.json()["events"]]
+    assert trail[-2:] == [
+        ("customer.spend_cap_set", "portal", f"portal:{customer}"),
+        ("customer.spend_cap_removed", "portal", f"portal:{customer}"),
+    ]
+
+
+async def test_the_portal_never_raises_or_removes_the_operators_credit_limit(
+    portal: Portal,
+) -> None:
+    customer = await make_customer(portal.api, billing_mode="postpaid", credit_limit="100.00")
+    url = await portal.session(customer)
+    html = await portal.page(url)
+    assert "Your provider's credit limit is" in html and "100.00" in html
+    # a cap above the operator's limit does not raise it: the smaller applies
+    r = await portal.web.post(f"{url}/spend-cap", data={"action": "set", "spend_cap": "500"})
+    assert r.status_code == 303
+    balance = (await portal.api.get(f"/v1/customers/{customer}/balance")).json()
+    assert (balance["credit_limit"], balance["spend_cap"], balance["spend_limit"]) == (
+        "100.00",
+        "500.00",
+        "100.00",
+    )
+    assert "it applies before your cap" in await portal.page(url)
+    # removing the cap removes only the cap
+    await portal.web.post(f"{url}/spend-cap", data={"action": "remove"})
+    # a form that names the operator's limit changes nothing of it
+    r = await portal.web.post(
+        f"{url}/spend-cap", data={"action": "set", "spend_cap": "50", "credit_limit": ""}
+    )
+    assert r.status_code == 303
+    record = (await portal.api.get(f"/v1/customers/{customer}")).json()
+    assert (record["credit_limit"], record["spend_cap"], record["spend_limit"]) == (
+        "100.00",
+        "50",
+        "50",
+    )
+    # and an operator's update leaves the customer's cap alone
+    r = await portal.api.post(
+        "/v1/customers", json={"id": customer, "currency": "EUR", "credit_limit": "80.00"}
+    )
+    assert r.status_code == 201, r.text
+    record = r.json()
+    assert (record["credit_limit"], record["spend_cap"]) == ("80.00", "50")
 
 
 @pytest.mark.parametrize(
@@ -541,12 +591,12 @@ async def test_the_spend_cap_is_set_then_seen_by_the_shard_then_removed(portal: 
 async def test_a_bad_spend_cap_is_shown_again(portal: Portal, value: str, message: str) -> None:
     customer = await make_customer(portal.api)
     url = await portal.session(customer)
-    r = await portal.web.post(f"{url}/spend-cap", data={"action": "set", "spend_limit": value})
+    r = await portal.web.post(f"{url}/spend-cap", data={"action": "set", "spend_cap": value})
     assert r.status_code == 422
     check_page(r.text)
-    error = re.search(r'id="spend_limit-error">(.*?)</p>', r.text, re.S)
+    error = re.search(r'id="spend_cap-error">(.*?)</p>', r.text, re.S)
     assert error is not None and message in error.group(1)
-    assert (await portal.api.get(f"/v1/customers/{customer}")).json()["spend_limit"] is None
+    assert (await portal.api.get(f"/v1/customers/{customer}")).json()["spend_cap"] is None
 
 
 # -- usage -------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from tallyray.serve.shards import NAMESPACE
 from tallyray.serve.webhook_routes import add_webhook_routes
 from tallyray.storage import tables as t
 from tallyray.storage.alerts import write_messages
+from tallyray.storage.keys import KeyStore
 from tallyray.storage.webhooks import WebhookStore
 
 pytestmark = pytest.mark.anyio
@@ -207,10 +208,10 @@ def webhook_app(server: Server, store: WebhookStore, deliverer: Deliverer | None
 
     async def authenticate(request: Request) -> str:
         key = request.headers.get("authorization", "").removeprefix("Bearer ")
-        env = await run_in_threadpool(server.catalog.key_env, key)
-        if env is None:
+        found = await run_in_threadpool(KeyStore(server.catalog.engine).find, key)
+        if found is None:
             raise Unauthorized("unknown API key")
-        return env
+        return found.env
 
     add_webhook_routes(app, store, authenticate, now_us, deliverer)
     return app

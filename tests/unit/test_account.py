@@ -78,6 +78,7 @@ def profile(
     plan: str | None = "basic",
     overdraft: str = "0",
     limit: str | None = None,
+    cap: str | None = None,
 ) -> Profile:
     return Profile(
         "cust",
@@ -85,7 +86,8 @@ def profile(
         CONFIG.plan(plan) if plan else None,
         mode,
         D(overdraft),
-        None if limit is None else D(limit),
+        credit_limit=None if limit is None else D(limit),
+        spend_cap=None if cap is None else D(cap),
     )
 
 
@@ -339,7 +341,7 @@ def test_an_expired_grant_is_not_available() -> None:
         (
             "5.01",
             False,
-            "spend limit of 10 USD for this period reached: 5.00 left, this costs 5.01",
+            "credit limit of 10 USD for this period reached: 5.00 left, this costs 5.01",
         ),
     ],
 )
@@ -377,7 +379,7 @@ def test_postpaid_without_a_limit_is_unlimited() -> None:
     ("grant_amount", "limit", "available", "binding"),
     [
         # prepaid with a spend limit too: the smaller one applies
-        ("100", "10", "10", "spend limit of 10 USD"),  # min(100, 10)
+        ("100", "10", "10", "credit limit of 10 USD"),  # min(100, 10)
         ("3", "10", "3", "insufficient credit"),  # min(3, 10)
     ],
 )
@@ -389,6 +391,38 @@ def test_prepaid_with_a_spend_limit_takes_the_smaller(
     answer = acct.decide(D(available) + 1, NOW)
     assert not answer.allowed
     assert answer.reason is not None and answer.reason.startswith(binding)
+
+
+@pytest.mark.parametrize(
+    ("grant_amount", "limit", "cap", "available", "binding"),
+    [
+        # two limits on a period's spend: the operator's credit limit and the customer's
+        # own spend cap; the smallest of everything that applies binds
+        (None, "10", "5", "5", "the customer's spend cap of 5 USD"),  # min(10, 5)
+        (None, "5", "10", "5", "credit limit of 5 USD"),  # a cap above the limit: no raise
+        (None, None, "7", "7", "the customer's spend cap of 7 USD"),
+        ("3", "10", "4", "3", "insufficient credit"),  # prepaid: min(3, 10, 4)
+        ("100", "10", "4", "4", "the customer's spend cap of 4 USD"),
+    ],
+)
+def test_the_credit_limit_and_the_spend_cap(
+    grant_amount: str | None, limit: str | None, cap: str, available: str, binding: str
+) -> None:
+    mode = "postpaid" if grant_amount is None else "prepaid"
+    grants = [] if grant_amount is None else [grant("g", grant_amount)]
+    acct = CustomerAccount(profile(mode, limit=limit, cap=cap), METERS)
+    for g in grants:
+        acct.add_grant(g)
+    assert acct.available(NOW) == D(available)
+    answer = acct.decide(D(available) + 1, NOW)
+    assert not answer.allowed
+    assert answer.reason is not None and answer.reason.startswith(binding)
+    shown = acct.balance(NOW)
+    assert (shown["credit_limit"], shown["spend_cap"]) == (
+        None if limit is None else f"{D(limit):.2f}",
+        f"{D(cap):.2f}",
+    )
+    assert shown["spend_limit"] == f"{min(D(x) for x in (limit, cap) if x is not None):.2f}"
 
 
 # --- holds ---------------------------------------------------------------------------------
