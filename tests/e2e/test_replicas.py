@@ -84,3 +84,39 @@ def test_a_killed_replica_is_replaced_and_the_port_stays_up(served: tuple[str, i
         time.sleep(0.2)
     assert _healthy(base)
     _wait_for_replicas(server_pid, 2)
+
+
+def _status_on_fresh_connections(base: str, key: str, count: int) -> list[int]:
+    """``GET /v1/meters`` with ``key`` over ``count`` new connections: the kernel spreads
+    them over the replicas that share the port."""
+    codes = []
+    for _ in range(count):
+        with httpx.Client(base_url=base, timeout=10) as client:
+            r = client.get("/v1/meters", headers={"Authorization": f"Bearer {key}"})
+            codes.append(r.status_code)
+    return codes
+
+
+def test_a_revoked_key_is_refused_by_every_replica_within_five_seconds(
+    served: tuple[str, int],
+) -> None:
+    base, server_pid = served
+    _wait_for_replicas(server_pid, 2)
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    made = httpx.post(
+        f"{base}/v1/admin/keys", json={"env": "test", "name": "leaked"}, headers=admin
+    )
+    assert made.status_code == 201, made.text
+    key = made.json()
+    # Many connections: both replicas now have the key in their caches.
+    assert set(_status_on_fresh_connections(base, key["key"], 40)) == {200}
+
+    revoked = httpx.post(f"{base}/v1/admin/keys/{key['id']}/revoke", headers=admin)
+    assert revoked.status_code == 200
+    # A replica trusts what it knows of a key for TALLYRAY_KEY_CACHE_SECONDS (2 s): by then
+    # every replica has looked the key up again and found it revoked — inside the 5 s the
+    # operator is promised. The replica that revoked it forgets it at once.
+    time.sleep(2.5)
+    assert set(_status_on_fresh_connections(base, key["key"], 40)) == {401}
+    listed = httpx.get(f"{base}/v1/admin/keys", headers=admin).json()["keys"]
+    assert next(k for k in listed if k["id"] == key["id"])["revoked_at"] is not None
