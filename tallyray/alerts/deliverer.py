@@ -12,6 +12,10 @@ at once:
   error status, a timeout, a refused connection) is tried again on the
   :class:`~tallyray.alerts.schedule.RetrySchedule` until the attempts are spent.
 
+Redirects are not followed (a 3xx is a failed attempt), the answer's body is never read, and
+the delivery log keeps the status code and a short reason in fixed words
+(:mod:`tallyray.alerts.reasons`).
+
 Nothing here touches ingestion: the shards only write outbox rows in their own commits. One
 endpoint can hold at most ``per_endpoint`` sends in flight, and a send takes at most
 ``timeout`` seconds, so a slow or dead endpoint costs its own retries and nothing else.
@@ -37,6 +41,7 @@ import orjson
 
 from tallyray import __version__
 from tallyray.alerts import signing
+from tallyray.alerts.reasons import error_reason, status_reason, timed_out
 from tallyray.alerts.schedule import RetrySchedule
 from tallyray.clock import clock_for
 from tallyray.logs import configure_logging
@@ -59,7 +64,6 @@ log = logging.getLogger("tallyray.webhooks")
 ACTOR_NAME = "webhooks"
 CURSOR = "webhooks"
 """The ``outbox_cursors`` row the deliverer keeps its place in."""
-_SNIPPET = 200  # characters of an error response kept in the delivery log
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,19 +283,18 @@ class Deliverer:
             async with asyncio.timeout(self.timeout):
                 async with self._http().stream(
                     "POST", claimed.url, content=body, headers=headers
-                ) as response:
+                ) as response:  # its body is never read: leaving the block closes it
                     code = response.status_code
-                    snippet = "" if response.is_success else await _snippet(response)
         except (TimeoutError, httpx.TimeoutException):
-            return ended("retry", None, f"timed out after {self.timeout:g} s")
+            return ended("retry", None, timed_out(self.timeout))
         except Exception as error:  # noqa: BLE001 — refused, reset, bad URL...: an attempt
-            return ended("retry", None, f"{type(error).__name__}: {error}".rstrip(": "))
+            return ended("retry", None, error_reason(error))
         if 200 <= code < 300:
             return ended("succeeded", code, None)
         if code == 410:
             reason = f"the endpoint answered 410 Gone at {format_timestamp(now)}"
             return ended("gone", code, reason)
-        return ended("retry", code, f"HTTP {code}" + (f": {snippet}" if snippet else ""))
+        return ended("retry", code, status_reason(code))
 
     async def _record(self, claimed: Claimed, attempt: Attempt, now: int) -> bool:
         if attempt.outcome == "gone":
@@ -319,16 +322,6 @@ class Deliverer:
                 limits=httpx.Limits(max_connections=self.max_in_flight),
             )
         return self._client
-
-
-async def _snippet(response: httpx.Response) -> str:
-    """The start of an error response's body, for the delivery log (never all of it)."""
-    data = b""
-    async for chunk in response.aiter_bytes():
-        data += chunk
-        if len(data) >= _SNIPPET:
-            break
-    return " ".join(data[:_SNIPPET].decode("utf-8", "replace").split())
 
 
 class WebhookActor:

@@ -1,11 +1,13 @@
-"""Where webhooks may go (tallyray.alerts.egress): tables of addresses and hosts, each with
-its verdict."""
+"""Where webhooks may go (tallyray.alerts.egress) and what the delivery log says when a send
+fails (tallyray.alerts.reasons): tables of addresses, hosts and errors, each with its verdict."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import socket
+import ssl
 from collections.abc import Sequence
 
 import httpx
@@ -19,6 +21,7 @@ from tallyray.alerts.egress import (
     name_refusal,
     pinned,
 )
+from tallyray.alerts.reasons import MAX_REASON, clip, error_reason, status_reason
 
 # -- the destination policy, address by address ----------------------------------------------
 
@@ -314,3 +317,78 @@ def test_a_send_goes_to_the_checked_address_under_the_real_host_name(
     assert str(target) == sent_to
     assert headers == {"host": host}
     assert extensions == ({} if sni is None else {"sni_hostname": sni})
+
+
+# -- what the delivery log keeps -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (500, "HTTP 500 Internal Server Error"),
+        (503, "HTTP 503 Service Unavailable"),
+        (429, "HTTP 429 Too Many Requests"),
+        (301, "HTTP 301 Moved Permanently"),  # redirects are not followed
+        (404, "HTTP 404 Not Found"),
+        (599, "HTTP 599"),  # no standard phrase
+    ],
+)
+def test_a_status_is_named_by_its_standard_phrase(code: int, reason: str) -> None:
+    assert status_reason(code) == reason
+
+
+def wrapped(error: BaseException, outer: type[Exception] = httpx.ConnectError) -> Exception:
+    """``error`` as httpx raises it: an httpx error caused by (httpcore's, caused by) it."""
+    try:
+        try:
+            raise error
+        except BaseException as inner:
+            raise outer("whatever the far end said: SSH-2.0-OpenSSH_9.6") from inner
+    except Exception as raised:
+        return raised
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (wrapped(ConnectionRefusedError(errno.ECONNREFUSED, "refused")), "connection refused"),
+        (wrapped(OSError(errno.ENETUNREACH, "unreachable")), "network unreachable"),
+        (wrapped(OSError(errno.EHOSTUNREACH, "no route")), "host unreachable"),
+        (
+            wrapped(ConnectionResetError(errno.ECONNRESET, "reset"), httpx.ReadError),
+            "connection reset",
+        ),
+        (
+            wrapped(ssl.SSLCertVerificationError(1, "hostname mismatch for evil.example")),
+            "TLS certificate did not verify",
+        ),
+        (wrapped(ssl.SSLError(1, "wrong version number")), "TLS handshake failed"),
+        (wrapped(OSError(errno.EPERM, "?")), "could not connect"),
+        # A banner where an HTTP status line should be: the words are ours, never the banner.
+        (
+            httpx.RemoteProtocolError("illegal status line: b'SSH-2.0-OpenSSH'"),
+            "no valid HTTP answer",
+        ),
+        (httpx.ReadError("read failed"), "the connection failed while reading the answer"),
+        (httpx.WriteError("write failed"), "the connection failed while sending"),
+        (httpx.UnsupportedProtocol("ftp"), "not an http:// or https:// URL"),
+        (ValueError("some text from somewhere"), "failed (ValueError)"),
+    ],
+)
+def test_an_error_is_named_by_its_kind_never_by_its_message(
+    error: BaseException, reason: str
+) -> None:
+    assert error_reason(error) == reason
+    assert "SSH" not in error_reason(error)
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("timed out after 10 s", "timed out after 10 s"),
+        ("a\nb\x00c\x1b[31m", "a?b?c?[31m"),  # printable only
+        ("x" * 500, "x" * (MAX_REASON - 1) + "…"),
+    ],
+)
+def test_a_reason_is_printable_and_short(text: str, kept: str) -> None:
+    assert clip(text) == kept
