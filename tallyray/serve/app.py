@@ -94,6 +94,8 @@ class Services:
     """Alert rules (built by :func:`build_app` when not given)."""
     dunning_seconds: float | None = None
     """Collect due payments every so often while the app runs (``None``: only on request)."""
+    webhook_allow_private: bool = False
+    """Accept webhook URLs whose host is not public (:mod:`tallyray.alerts.egress`)."""
 
 
 class _Caches:
@@ -694,7 +696,13 @@ def build_app(services: Services) -> FastAPI:
     add_invoicing_routes(app, billing, authenticate)
     add_alert_routes(app, alert_rules, authenticate)
     add_portal_routes(app, services, authenticate)
-    add_webhook_routes(app, WebhookStore(services.catalog.engine), authenticate, services.clock)
+    add_webhook_routes(
+        app,
+        WebhookStore(services.catalog.engine),
+        authenticate,
+        services.clock,
+        allow_private=services.webhook_allow_private,
+    )
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> Response:
