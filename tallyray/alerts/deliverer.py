@@ -12,6 +12,12 @@ at once:
   error status, a timeout, a refused connection) is tried again on the
   :class:`~tallyray.alerts.schedule.RetrySchedule` until the attempts are spent.
 
+Every attempt first resolves the endpoint's host and checks each address against the
+destination policy (:mod:`tallyray.alerts.egress`), then connects to a checked address only;
+a refused destination is a failed attempt, retried like the others. Redirects are not
+followed (a 3xx is a failed attempt), the answer's body is never read, and the delivery log
+keeps the status code and a short reason in fixed words (:mod:`tallyray.alerts.reasons`).
+
 Nothing here touches ingestion: the shards only write outbox rows in their own commits. One
 endpoint can hold at most ``per_endpoint`` sends in flight, and a send takes at most
 ``timeout`` seconds, so a slow or dead endpoint costs its own retries and nothing else.
@@ -37,6 +43,17 @@ import orjson
 
 from tallyray import __version__
 from tallyray.alerts import signing
+from tallyray.alerts.egress import (
+    IPAddress,
+    RefusedDestination,
+    Resolve,
+    Unresolvable,
+    checked_addresses,
+    host_and_port,
+    pinned,
+    system_resolve,
+)
+from tallyray.alerts.reasons import clip, error_reason, status_reason, timed_out
 from tallyray.alerts.schedule import RetrySchedule
 from tallyray.clock import clock_for
 from tallyray.logs import configure_logging
@@ -59,7 +76,6 @@ log = logging.getLogger("tallyray.webhooks")
 ACTOR_NAME = "webhooks"
 CURSOR = "webhooks"
 """The ``outbox_cursors`` row the deliverer keeps its place in."""
-_SNIPPET = 200  # characters of an error response kept in the delivery log
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +104,10 @@ def message_body(event_type: str, created_at: int, payload: dict[str, Any]) -> b
 class Deliverer:
     """Fans the outbox out to endpoints and sends what is due. Times (``now``) are integer
     microseconds, passed in; the ``webhook-timestamp`` of a send is read from ``wall_clock``
-    (seconds), because receivers check it against their own clock."""
+    (seconds), because receivers check it against their own clock.
+
+    ``allow_private`` turns the destination policy off (tests, on-premise receivers);
+    ``resolve`` looks host names up (the system resolver unless a test injects one)."""
 
     def __init__(
         self,
@@ -105,6 +124,8 @@ class Deliverer:
         random: Callable[[], float] = _random.random,
         wall_clock: Callable[[], float] = time.time,
         transport: httpx.AsyncBaseTransport | None = None,
+        allow_private: bool = False,
+        resolve: Resolve = system_resolve,
     ) -> None:
         if per_endpoint < 1 or max_in_flight < 1:
             raise ValueError("per_endpoint and max_in_flight must be at least 1")
@@ -123,6 +144,8 @@ class Deliverer:
         self.random = random
         self.wall_clock = wall_clock
         self._transport = transport
+        self.allow_private = allow_private
+        self.resolve = resolve
         self._client: httpx.AsyncClient | None = None
         self._in_flight: Counter[str] = Counter()
         self._gaps: dict[int, int] = {}
@@ -277,21 +300,49 @@ class Deliverer:
                 "user-agent": f"Tallyray-Webhooks/{__version__}",
             }
             async with asyncio.timeout(self.timeout):
-                async with self._http().stream(
-                    "POST", claimed.url, content=body, headers=headers
-                ) as response:
-                    code = response.status_code
-                    snippet = "" if response.is_success else await _snippet(response)
+                code = await self._post(httpx.URL(claimed.url), body, headers)
         except (TimeoutError, httpx.TimeoutException):
-            return ended("retry", None, f"timed out after {self.timeout:g} s")
+            return ended("retry", None, timed_out(self.timeout))
+        except Unresolvable as error:  # DNS may answer again: an attempt like any other
+            return ended("retry", None, clip(str(error)))
+        except RefusedDestination as error:  # ... and a name may point elsewhere later
+            return ended("retry", None, clip(f"refused destination: {error}"))
         except Exception as error:  # noqa: BLE001 — refused, reset, bad URL...: an attempt
-            return ended("retry", None, f"{type(error).__name__}: {error}".rstrip(": "))
+            return ended("retry", None, error_reason(error))
         if 200 <= code < 300:
             return ended("succeeded", code, None)
         if code == 410:
             reason = f"the endpoint answered 410 Gone at {format_timestamp(now)}"
             return ended("gone", code, reason)
-        return ended("retry", code, f"HTTP {code}" + (f": {snippet}" if snippet else ""))
+        return ended("retry", code, status_reason(code))
+
+    async def _post(self, url: httpx.URL, body: bytes, headers: dict[str, str]) -> int:
+        """POST to the first checked address of ``url``'s host that takes the connection
+        (the next one only when connecting failed); returns the status code. The body of the
+        answer is never read: leaving the ``stream`` block closes the connection."""
+        host, port = host_and_port(url)
+        addresses = await checked_addresses(
+            host, port, self.resolve, allow_private=self.allow_private
+        )
+        for address in addresses[:-1]:
+            try:
+                return await self._post_to(url, address, body, headers)
+            except httpx.ConnectError as error:
+                log.debug("webhook to %s: %s unreachable: %s", host, address, error)
+        return await self._post_to(url, addresses[-1], body, headers)
+
+    async def _post_to(
+        self, url: httpx.URL, address: IPAddress, body: bytes, headers: dict[str, str]
+    ) -> int:
+        target, host_header, extensions = pinned(url, address)
+        async with self._http().stream(
+            "POST",
+            target,
+            content=body,
+            headers={**headers, **host_header},
+            extensions=extensions,
+        ) as response:
+            return response.status_code
 
     async def _record(self, claimed: Claimed, attempt: Attempt, now: int) -> bool:
         if attempt.outcome == "gone":
@@ -311,24 +362,32 @@ class Deliverer:
         )
 
     def _http(self) -> httpx.AsyncClient:
+        """The client every send goes through.
+
+        - ``follow_redirects=False``: a redirect would lead to an unchecked address.
+        - Connections are not kept alive. The pool keys a connection by scheme, IP and port,
+          so a kept one could carry a request for another host name that resolves to the
+          same IP, over a TLS session whose certificate was checked for the first name.
+          (Leaving an answer's body unread closes its connection anyway; this says so
+          outright, should the body ever be read.)
+        - Its own transport, and ``trust_env=False``: no proxy from ``HTTP(S)_PROXY`` (a
+          proxy would connect to a name of its own choosing, and an https tunnel would not
+          carry the pinned host's SNI) and no ``.netrc`` credentials. The transport still
+          reads ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``, for receivers behind a private CA.
+        """
         if self._client is None:
+            transport = self._transport or httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(
+                    max_connections=self.max_in_flight, max_keepalive_connections=0
+                ),
+            )
             self._client = httpx.AsyncClient(
                 timeout=self.timeout,
                 follow_redirects=False,
-                transport=self._transport,
-                limits=httpx.Limits(max_connections=self.max_in_flight),
+                transport=transport,
+                trust_env=False,
             )
         return self._client
-
-
-async def _snippet(response: httpx.Response) -> str:
-    """The start of an error response's body, for the delivery log (never all of it)."""
-    data = b""
-    async for chunk in response.aiter_bytes():
-        data += chunk
-        if len(data) >= _SNIPPET:
-            break
-    return " ".join(data[:_SNIPPET].decode("utf-8", "replace").split())
 
 
 class WebhookActor:
@@ -345,6 +404,7 @@ class WebhookActor:
         timeout: float = 10.0,
         per_endpoint: int = 4,
         clock_offset_us: int = 0,
+        allow_private: bool = False,
     ) -> None:
         configure_logging()
         self.interval = interval
@@ -352,7 +412,11 @@ class WebhookActor:
         self.engine = make_engine(database_url)
         schedule = RetrySchedule.parse(delays) if delays is not None else RetrySchedule()
         self.deliverer = Deliverer(
-            WebhookStore(self.engine), schedule, timeout=timeout, per_endpoint=per_endpoint
+            WebhookStore(self.engine),
+            schedule,
+            timeout=timeout,
+            per_endpoint=per_endpoint,
+            allow_private=allow_private,
         )
         self.counts: Counter[str] = Counter()
         self.last_error: str | None = None
@@ -421,12 +485,14 @@ def start_webhooks(
     timeout: float = 10.0,
     per_endpoint: int = 4,
     clock_offset_us: int = 0,
+    allow_private: bool = False,
 ) -> Any:
     """Create (or find) the detached ``webhooks`` actor in namespace ``tallyray`` and wait
     until it runs; returns its handle. ``delays`` overrides the retry schedule (seconds, or
     text such as ``"5s,5m,30m,2h,5h,10h,14h"``). The options apply when the actor is created;
     an actor that exists already keeps its own. ``clock_offset_us`` shifts its clock
-    (:mod:`tallyray.clock`)."""
+    (:mod:`tallyray.clock`); ``allow_private`` turns the destination policy off
+    (:mod:`tallyray.alerts.egress`)."""
     import ray
 
     from tallyray.serve.shards import NAMESPACE
@@ -440,6 +506,6 @@ def start_webhooks(
         max_restarts=-1,
         num_cpus=0,
         get_if_exists=True,
-    ).remote(database_url, interval, waits, timeout, per_endpoint, clock_offset_us)
+    ).remote(database_url, interval, waits, timeout, per_endpoint, clock_offset_us, allow_private)
     ray.get(handle.ready.remote())
     return handle

@@ -41,6 +41,9 @@ class Settings:
     adyen_api_base: str | None = None
     webhook_retry_delays: str | None = None
     """Waits between webhook delivery attempts, e.g. ``"5s,5m,30m,2h,5h,10h,14h"``."""
+    webhook_allow_private: bool = False
+    """Let webhooks go to loopback, private, link-local and other non-public addresses
+    (tests, on-premise receivers); off, they are refused (:mod:`tallyray.alerts.egress`)."""
     dunning_seconds: float = 300.0
     """How often the server collects payments that are due (the dunning schedule)."""
     commit_gather_ms: float = 50.0
@@ -87,6 +90,7 @@ class Settings:
         "TALLYRAY_ADYEN_API_BASE": "adyen_api_base",
         "TALLYRAY_DUNNING_SECONDS": "dunning_seconds",
         "TALLYRAY_WEBHOOK_RETRY_DELAYS": "webhook_retry_delays",
+        "TALLYRAY_WEBHOOK_ALLOW_PRIVATE": "webhook_allow_private",
         "TALLYRAY_ACCESS_LOG": "access_log",
         "TALLYRAY_COMMIT_GATHER_MS": "commit_gather_ms",
         "TALLYRAY_RATE_LIMIT": "rate_limit_per_second",

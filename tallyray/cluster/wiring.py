@@ -213,6 +213,7 @@ def start_webhook_deliverer(settings: Settings) -> Any:
         interval=1.0,
         delays=settings.webhook_retry_delays or None,
         clock_offset_us=settings.clock_offset_us,
+        allow_private=settings.webhook_allow_private,
     )
 
 

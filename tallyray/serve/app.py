@@ -118,6 +118,8 @@ class Services:
     """How often a replica writes when its keys were last used."""
     public_docs: bool = True
     """``/docs`` and ``/openapi.json`` answer without a key."""
+    webhook_allow_private: bool = False
+    """Accept webhook URLs whose host is not public (:mod:`tallyray.alerts.egress`)."""
 
 
 class _Caches:
@@ -715,7 +717,13 @@ def build_app(services: Services) -> FastAPI:
     add_invoicing_routes(app, billing, authenticate)
     add_alert_routes(app, alert_rules, authenticate)
     add_portal_routes(app, services, authenticate)
-    add_webhook_routes(app, WebhookStore(services.catalog.engine), authenticate, services.clock)
+    add_webhook_routes(
+        app,
+        WebhookStore(services.catalog.engine),
+        authenticate,
+        services.clock,
+        allow_private=services.webhook_allow_private,
+    )
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> Response:

@@ -3,6 +3,9 @@ is shown once), list, read, disable, enable, delete, read its delivery log, send
 event. Every endpoint belongs to the environment of the key that created it.
 
 Sending is the deliverer's job (:mod:`tallyray.alerts.deliverer`); these routes only write.
+A new endpoint's URL must name a permitted destination (:mod:`tallyray.alerts.egress`): its
+host is resolved when the endpoint is created, and a host that resolves to a loopback,
+private, link-local or other non-public address, or to nothing, is a 422 naming ``url``.
 """
 
 from __future__ import annotations
@@ -18,19 +21,28 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from tallyray.alerts.deliverer import Deliverer
+from tallyray.alerts.egress import (
+    RefusedDestination,
+    Resolve,
+    checked_addresses,
+    host_and_port,
+    system_resolve,
+)
 from tallyray.alerts.schedule import SUBSCRIBABLE_TYPES, TEST_EVENT
 from tallyray.alerts.signing import new_secret
 from tallyray.errors import InvalidInput, Problem
 from tallyray.serve.http import json_body, json_response
 from tallyray.storage.webhooks import DELIVERY_STATUSES, WebhookStore
 
-__all__ = ["add_webhook_routes", "parse_endpoint"]
+__all__ = ["add_webhook_routes", "check_destination", "parse_endpoint"]
 
 Authenticate = Callable[[Request], Awaitable[str]]
 
 ENDPOINT_FIELDS = frozenset({"url", "event_types", "description"})
 MAX_URL = 2000
 MAX_DESCRIPTION = 500
+RESOLVE_SECONDS = 5.0
+"""How long creating an endpoint waits for its host name to resolve."""
 
 
 def parse_endpoint(doc: Any) -> tuple[str, list[str], str | None]:
@@ -94,23 +106,47 @@ def _url_problem(url: Any) -> str | None:
     return None
 
 
+async def check_destination(
+    url: str, resolve: Resolve = system_resolve, *, allow_private: bool = False
+) -> None:
+    """:class:`InvalidInput` naming ``url`` unless its host resolves, and only to permitted
+    addresses (``allow_private``: to any address). ``url`` has passed
+    :func:`parse_endpoint`. The deliverer checks again on every attempt."""
+    host, port = host_and_port(httpx.URL(url))
+    try:
+        await checked_addresses(
+            host, port, resolve, allow_private=allow_private, timeout=RESOLVE_SECONDS
+        )
+    except RefusedDestination as error:
+        raise InvalidInput(
+            "the webhook endpoint has problems", [Problem("url", str(error))]
+        ) from None
+
+
 def add_webhook_routes(
     app: FastAPI,
     store: WebhookStore,
     authenticate: Authenticate,
     clock: Callable[[], int],
     deliverer: Deliverer | None = None,
+    *,
+    allow_private: bool = False,
+    resolve: Resolve = system_resolve,
 ) -> None:
     """Add the ``/v1/webhook-endpoints`` routes. With a ``deliverer``, a test event is sent
-    at once (in the background) rather than on the deliverer actor's next round."""
+    at once (in the background) rather than on the deliverer actor's next round.
+    ``allow_private`` accepts URLs whose host is not public (``TALLYRAY_WEBHOOK_ALLOW_PRIVATE``);
+    ``resolve`` looks host names up (tests inject their own)."""
     background: set[asyncio.Task[Any]] = set()
 
     @app.post("/v1/webhook-endpoints", tags=["webhooks"], status_code=201)
     async def post_endpoint(request: Request) -> Response:
         """`{"url", "event_types": [...], "description"?}` → the endpoint, with its signing
-        `secret` (`whsec_...`): shown here only, keep it."""
+        `secret` (`whsec_...`): shown here only, keep it. The URL's host must resolve, and
+        only to public addresses (not loopback, private, link-local, ...)."""
         env = await authenticate(request)
         url, types, description = parse_endpoint(await json_body(request, required=False))
+        await check_destination(url, resolve, allow_private=allow_private)
         secret = new_secret()
         endpoint = await run_in_threadpool(
             store.create_endpoint, env, url, types, description, secret, clock()

@@ -26,10 +26,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def tallyray_serve(workdir: Path, admin_key: str) -> Iterator[str]:
+def tallyray_serve(
+    workdir: Path, admin_key: str, extra_env: dict[str, str] | None = None
+) -> Iterator[str]:
     """Start the server, wait until it answers, yield its base URL; then stop it and
     require a clean exit."""
-    with tallyray_serve_process(workdir, admin_key) as (base, _):
+    with tallyray_serve_process(workdir, admin_key, extra_env) as (base, _):
         yield base
 
 

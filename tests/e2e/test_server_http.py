@@ -17,7 +17,9 @@ ADMIN_KEY = "trk_admin_" + uuid.uuid4().hex
 
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with tallyray_serve(tmp_path_factory.mktemp("serve"), ADMIN_KEY) as base:
+    # The webhook test's receiver is on loopback, which only this setting lets webhooks reach.
+    allow = {"TALLYRAY_WEBHOOK_ALLOW_PRIVATE": "1"}
+    with tallyray_serve(tmp_path_factory.mktemp("serve"), ADMIN_KEY, allow) as base:
         yield base
 
 

@@ -4,20 +4,25 @@ retries on the schedule with a stable ``webhook-id``, 410 disabling the endpoint
 endpoint that delays no one else, claiming, the delivery log, the test event, and the Ray
 actor that runs it all.
 
-The receiver is a real HTTP server on 127.0.0.1. The deliverer is driven with an injected
-``now``: no test sleeps through a backoff.
+The receiver is a real HTTP server on 127.0.0.1, which the destination policy refuses: the
+tests of delivery allow private destinations explicitly (``allow_private=True``), and the
+tests of the policy (the last sections) resolve made-up names with a fake DNS. The deliverer
+is driven with an injected ``now``: no test sleeps through a backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import socket
+import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,7 +37,9 @@ from suite_clock import CLOCK
 from support import Server, unique
 
 from tallyray.alerts.deliverer import ACTOR_NAME, CURSOR, Attempt, Deliverer, start_webhooks
+from tallyray.alerts.egress import Resolve, system_resolve
 from tallyray.errors import TallyrayError, Unauthorized
+from tallyray.serve.app import build_app
 from tallyray.serve.shards import NAMESPACE
 from tallyray.serve.webhook_routes import add_webhook_routes
 from tallyray.storage import tables as t
@@ -50,6 +57,8 @@ ALERT = {
     "value": "1.50",
 }
 INVOICE = {"invoice_id": "inv_1", "number": "INV-0001", "customer_id": "acme", "total": "9.00"}
+BODY_OF_AN_ERROR = b"boom: redis_version:7.2.4 (what an internal service might answer)"
+"""The receiver's body for every status of 300 and up: it must never reach the delivery log."""
 
 
 def now_us() -> int:
@@ -76,7 +85,8 @@ class Received:
 @dataclass
 class Receiver:
     """Answers each path with its scripted statuses (the last one repeats), after an optional
-    delay, and verifies every request with the path's endpoint secret."""
+    delay, and verifies every request with the path's endpoint secret. With ``tls`` (a server
+    context) it speaks https."""
 
     answers: dict[str, list[int]] = field(default_factory=dict)
     delays: dict[str, float] = field(default_factory=dict)
@@ -85,13 +95,22 @@ class Receiver:
     release: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    tls: ssl.SSLContext | None = None
+
     def __post_init__(self) -> None:
         self.server = _Server(("127.0.0.1", 0), _handler(self))
+        if self.tls is not None:
+            self.server.socket = self.tls.wrap_socket(self.server.socket, server_side=True)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://{host}:{self.port}{path}"
 
     def got(self, path: str) -> list[Received]:
         with self.lock:
@@ -116,6 +135,10 @@ class _Server(ThreadingHTTPServer):
 
 def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        # Keep-alive, as most receivers: a client that reused a connection would be seen.
+        protocol_version = "HTTP/1.1"
+        timeout = 10  # an idle kept connection does not hold close() for longer
+
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
             headers = {k.lower(): v for k, v in self.headers.items()}
@@ -131,9 +154,13 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             status = receiver.answer(self.path)
             try:
                 self.send_response(status)
-                self.send_header("content-length", "4")
+                self.send_header(
+                    "content-length", str(4 if status < 300 else len(BODY_OF_AN_ERROR))
+                )
+                if 300 <= status < 400:
+                    self.send_header("location", "/redirected")
                 self.end_headers()
-                self.wfile.write(b"ok\n\n" if status < 300 else b"boom")
+                self.wfile.write(b"ok\n\n" if status < 300 else BODY_OF_AN_ERROR)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the deliverer gave up waiting
 
@@ -188,7 +215,9 @@ class Hooks:
         return message_id
 
     def deliverer(self, **options: Any) -> Deliverer:
-        made = Deliverer(self.store, **options)
+        """A deliverer that may send to the loopback receiver, unless ``options`` say
+        otherwise."""
+        made = Deliverer(self.store, **{"allow_private": True, **options})
         self.deliverers.append(made)
         return made
 
@@ -198,8 +227,16 @@ class Hooks:
         return list(r.json()["deliveries"])
 
 
-def webhook_app(server: Server, store: WebhookStore, deliverer: Deliverer | None = None) -> Any:
-    """The webhook routes alone, with a small key check in place of the server's."""
+def webhook_app(
+    server: Server,
+    store: WebhookStore,
+    deliverer: Deliverer | None = None,
+    *,
+    allow_private: bool = True,
+    resolve: Resolve = system_resolve,
+) -> Any:
+    """The webhook routes alone, with a small key check in place of the server's; by
+    default they accept the loopback receiver's URLs."""
     app = FastAPI()
 
     @app.exception_handler(TallyrayError)
@@ -213,7 +250,9 @@ def webhook_app(server: Server, store: WebhookStore, deliverer: Deliverer | None
             raise Unauthorized("unknown API key")
         return found.env
 
-    add_webhook_routes(app, store, authenticate, now_us, deliverer)
+    add_webhook_routes(
+        app, store, authenticate, now_us, deliverer, allow_private=allow_private, resolve=resolve
+    )
     return app
 
 
@@ -406,11 +445,11 @@ async def test_a_message_goes_to_the_subscribed_endpoints_of_its_environment_onl
     [
         (200, "succeeded", None),
         (204, "succeeded", None),
-        (301, "retry", "HTTP 301: boom"),  # redirects are not followed
-        (429, "retry", "HTTP 429: boom"),
-        (500, "retry", "HTTP 500: boom"),
+        (301, "retry", "HTTP 301 Moved Permanently"),  # redirects are not followed
+        (429, "retry", "HTTP 429 Too Many Requests"),
+        (500, "retry", "HTTP 500 Internal Server Error"),  # its phrase, never the body
         (410, "gone", "the endpoint answered 410 Gone at "),
-        (None, "retry", "ConnectError"),  # nothing listens there
+        (None, "retry", "connection refused"),  # nothing listens there
     ],
 )
 async def test_what_an_answer_comes_to(
@@ -437,6 +476,9 @@ async def test_what_an_answer_comes_to(
     [entry] = await hooks.log(endpoint["id"])
     status = {"succeeded": "succeeded", "retry": "pending", "gone": "failed"}[outcome]
     assert (entry["status"], entry["attempts"], entry["last_status_code"]) == (status, 1, answer)
+    assert entry["last_error"] == attempt.error
+    assert BODY_OF_AN_ERROR.decode() not in str(entry)
+    assert hooks.receiver.got("/redirected") == []
 
 
 @contextlib.contextmanager
@@ -500,7 +542,7 @@ async def test_a_failed_delivery_is_retried_with_the_same_webhook_id(hooks: Hook
     assert (entry["status"], entry["attempts"], entry["last_error"]) == (
         "pending",
         1,
-        "HTTP 500: boom",
+        "HTTP 500 Internal Server Error",
     )
     assert entry["next_attempt_at"] is not None
 
@@ -693,7 +735,10 @@ async def test_with_a_deliverer_the_test_event_is_sent_at_once(hooks: Hooks) -> 
 async def test_the_webhook_actor_delivers(hooks: Hooks) -> None:
     await hooks.endpoint("/actor", ["alert.recovered"])
     handle = start_webhooks(
-        hooks.server.settings.database_url, interval=0.2, clock_offset_us=CLOCK.offset_us
+        hooks.server.settings.database_url,
+        interval=0.2,
+        clock_offset_us=CLOCK.offset_us,
+        allow_private=True,  # the receiver is on loopback
     )
     try:
         assert ray.get_actor(ACTOR_NAME, namespace=NAMESPACE) is not None
@@ -709,3 +754,314 @@ async def test_the_webhook_actor_delivers(hooks: Hooks) -> None:
         assert status["rounds"] >= 1 and status["last_error"] is None
     finally:
         ray.kill(handle, no_restart=True)
+
+
+# -- egress: where webhooks may go -----------------------------------------------------------
+
+
+class FakeDNS:
+    """Made-up names for the egress tests, each resolving to what ``answers`` says (a list can
+    be changed between lookups); numeric spellings (``2130706433``) go to the system
+    resolver, which reads them without asking anyone; any other name does not resolve."""
+
+    def __init__(self, answers: dict[str, Sequence[str]]) -> None:
+        self.answers = answers
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        if host in self.answers:
+            return list(self.answers[host])
+        if host[:1].isdigit():
+            return await system_resolve(host, port)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+
+PUBLIC = "93.184.215.14"  # never connected to: each test refuses or pins before that
+DNS = {
+    "hooks.example.test": [PUBLIC],
+    "internal.example.test": ["10.0.0.5"],
+    "mixed.example.test": [PUBLIC, "192.168.1.20"],
+    "metadata.example.test": ["::ffff:169.254.169.254"],
+    "localhost": ["127.0.0.1"],  # asked only when the policy is off
+}
+
+
+async def create_endpoint(
+    hooks: Hooks, url: str, resolve: Resolve, *, allow_private: bool, key: str | None = None
+) -> httpx.Response:
+    """``POST /v1/webhook-endpoints`` through routes with the given policy and resolver."""
+    app = webhook_app(hooks.server, hooks.store, allow_private=allow_private, resolve=resolve)
+    async with webhook_client(httpx.ASGITransport(app=app), key or hooks.server.test_key) as c:
+        return await c.post(
+            "/v1/webhook-endpoints", json={"url": url, "event_types": ["invoice.paid"]}
+        )
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://127.0.0.1:{port}/hook", "127.0.0.1 is a loopback address"),
+        ("http://[::1]:{port}/hook", "::1 is a loopback address"),
+        ("http://localhost:{port}/hook", "localhost is a loopback name"),
+        ("https://api.localhost/hook", "api.localhost is a loopback name"),
+        ("http://2130706433:{port}/hook", "2130706433 resolves to 127.0.0.1, a loopback address"),
+        ("http://0x7f.1:{port}/hook", "0x7f.1 resolves to 127.0.0.1, a loopback address"),
+        (
+            "http://[::ffff:127.0.0.1]:{port}/hook",
+            "::ffff:7f00:1 is an IPv4-mapped form of 127.0.0.1, a loopback address",
+        ),
+        (
+            "http://169.254.169.254/latest/meta-data/",
+            "169.254.169.254 is a link-local address (the cloud metadata service)",
+        ),
+        ("http://10.0.0.5:6379/", "10.0.0.5 is a private address"),
+        ("https://100.64.0.1/hook", "100.64.0.1 is a shared (CGNAT) address"),
+        ("https://0.0.0.0/hook", "0.0.0.0 is an unspecified address"),
+        (
+            "https://internal.example.test/hook",
+            "internal.example.test resolves to 10.0.0.5, a private address",
+        ),
+        (  # one private address among public ones refuses the name
+            "https://mixed.example.test/hook",
+            "mixed.example.test resolves to 192.168.1.20, a private address",
+        ),
+        (
+            "https://metadata.example.test/hook",
+            "metadata.example.test resolves to ::ffff:a9fe:a9fe, an IPv4-mapped form of "
+            "169.254.169.254, a link-local address (the cloud metadata service)",
+        ),
+        ("https://nowhere.example.test/hook", "nowhere.example.test does not resolve"),
+    ],
+)
+async def test_a_url_that_is_not_public_is_refused_at_creation(
+    hooks: Hooks, url: str, problem: str
+) -> None:
+    r = await create_endpoint(
+        hooks, url.format(port=hooks.receiver.port), FakeDNS(DNS), allow_private=False
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["details"] == [{"where": "url", "message": problem}]
+    assert hooks.store.endpoints("test") == []
+
+
+@pytest.mark.parametrize(
+    ("url", "allow_private", "problem"),
+    [
+        ("https://hooks.example.test/hook", False, None),  # public: always
+        ("http://127.0.0.1:{port}/hook", True, None),
+        ("http://localhost:{port}/hook", True, None),  # resolved, like any name
+        ("https://internal.example.test/hook", True, None),
+        ("https://nowhere.example.test/hook", True, "nowhere.example.test does not resolve"),
+    ],
+)
+async def test_allow_private_accepts_any_address_but_not_a_name_that_does_not_resolve(
+    hooks: Hooks, url: str, allow_private: bool, problem: str | None
+) -> None:
+    r = await create_endpoint(
+        hooks, url.format(port=hooks.receiver.port), FakeDNS(DNS), allow_private=allow_private
+    )
+    if problem is None:
+        assert r.status_code == 201, r.text
+    else:
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["details"] == [{"where": "url", "message": problem}]
+
+
+async def test_the_server_refuses_private_urls_unless_the_setting_allows_them(
+    hooks: Hooks,
+) -> None:
+    """The real app: ``Services.webhook_allow_private`` (``TALLYRAY_WEBHOOK_ALLOW_PRIVATE``)
+    reaches the routes."""
+    url = hooks.receiver.url("/served")
+    body = {"url": url, "event_types": ["invoice.paid"]}
+    async with hooks.server.client() as client:
+        r = await client.post("/v1/webhook-endpoints", json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["details"] == [
+        {"where": "url", "message": "127.0.0.1 is a loopback address"}
+    ]
+    allowing = build_app(replace(hooks.server.services, webhook_allow_private=True))
+    async with webhook_client(httpx.ASGITransport(app=allowing), hooks.server.test_key) as client:
+        r = await client.post("/v1/webhook-endpoints", json=body)
+    assert r.status_code == 201, r.text
+
+
+@pytest.mark.parametrize(
+    ("answers", "error"),
+    [
+        (
+            ["127.0.0.1"],
+            "refused destination: hooks.example.test resolves to 127.0.0.1, a loopback address",
+        ),
+        (
+            [PUBLIC, "10.0.0.5"],
+            "refused destination: hooks.example.test resolves to 10.0.0.5, a private address",
+        ),
+        (
+            ["::ffff:169.254.169.254"],
+            "refused destination: hooks.example.test resolves to ::ffff:a9fe:a9fe, an "
+            "IPv4-mapped form of 169.254.169.254, a link-local address (the cloud metadata "
+            "service)",
+        ),
+        ([], "hooks.example.test does not resolve"),
+    ],
+)
+async def test_a_name_checked_at_creation_is_checked_again_at_every_attempt(
+    hooks: Hooks, answers: list[str], error: str
+) -> None:
+    """DNS rebinding: the name was public when the endpoint was created and points inside
+    when the deliverer sends. The attempt fails without a connection, and is retried."""
+    dns = FakeDNS({"hooks.example.test": [PUBLIC]})
+    url = hooks.receiver.url("/rebind", host="hooks.example.test")
+    r = await create_endpoint(hooks, url, dns, allow_private=False)
+    assert r.status_code == 201, r.text
+    endpoint = r.json()
+    hooks.receiver.secrets["/rebind"] = endpoint["secret"]
+    dns.answers["hooks.example.test"] = answers
+    deliverer = hooks.deliverer(allow_private=False, resolve=dns)
+    now = now_us()
+    hooks.announce("invoice.paid", INVOICE)
+    await deliverer.fan_out(now)
+
+    [attempt] = await deliverer.deliver_due(now)
+    assert (attempt.outcome, attempt.status_code, attempt.error) == ("retry", None, error)
+    assert attempt.next_attempt_at is not None
+    assert hooks.receiver.got("/rebind") == []
+    [entry] = await hooks.log(endpoint["id"])
+    assert (entry["status"], entry["attempts"], entry["last_status_code"], entry["last_error"]) == (
+        "pending",
+        1,
+        None,
+        error,
+    )
+
+    # Once allowed (and resolving), the same delivery goes to the address the deliverer
+    # checked, under the name of the URL: the HTTP client never looked the name up itself.
+    dns.answers["hooks.example.test"] = ["127.0.0.1"]
+    allowed = hooks.deliverer(resolve=dns)
+    [retried] = await allowed.deliver_due(attempt.next_attempt_at)
+    assert retried.outcome == "succeeded", retried
+    [got] = hooks.receiver.got("/rebind")
+    assert got.headers["host"] == f"hooks.example.test:{hooks.receiver.port}"
+    assert isinstance(got.verified, dict), got.verified
+
+
+async def test_a_send_tries_the_next_checked_address_when_one_does_not_connect(
+    hooks: Hooks,
+) -> None:
+    """Nothing listens on 127.0.0.2 (the receiver is bound to 127.0.0.1 only)."""
+    dns = FakeDNS({"two.example.test": ["127.0.0.2", "127.0.0.1"]})
+    r = await create_endpoint(
+        hooks, hooks.receiver.url("/two", host="two.example.test"), dns, allow_private=True
+    )
+    hooks.receiver.secrets["/two"] = r.json()["secret"]
+    deliverer = hooks.deliverer(resolve=dns)
+    now = now_us()
+    hooks.announce("invoice.paid", INVOICE)
+    await deliverer.fan_out(now)
+    assert outcomes(await deliverer.deliver_due(now)) == ["succeeded"]
+    assert len(hooks.receiver.got("/two")) == 1
+
+    dns.answers["two.example.test"] = ["127.0.0.2", "127.0.0.3"]
+    hooks.announce("invoice.paid", INVOICE)
+    await deliverer.fan_out(now)
+    [attempt] = await deliverer.deliver_due(now)
+    assert (attempt.outcome, attempt.error) == ("retry", "connection refused")
+
+
+def tls_files(directory: Path, name: str) -> tuple[Path, ssl.SSLContext]:
+    """A throwaway CA (its certificate written to a file, for ``SSL_CERT_FILE``) and a server
+    context whose certificate, signed by that CA, is valid for ``name`` only."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    # TLS checks validity against the machine's real clock, not the suite's.
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Tallyray test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    ca_file, cert_file, key_file = (directory / n for n in ("ca.pem", "cert.pem", "key.pem"))
+    ca_file.write_bytes(ca.public_bytes(pem))
+    cert_file.write_bytes(leaf.public_bytes(pem))
+    key_file.write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    return ca_file, context
+
+
+async def test_https_to_a_pinned_address_checks_the_certificate_for_the_real_name(
+    hooks: Hooks, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request goes to 127.0.0.1, but the TLS handshake names ``hooks.example.test``
+    (SNI) and the certificate is checked against it. A second name on the same address gets
+    a connection of its own, so a certificate checked for one name never vouches for
+    another."""
+    pytest.importorskip("cryptography")
+    ca_file, context = tls_files(tmp_path, "hooks.example.test")
+    names: list[str | None] = []
+    context.sni_callback = lambda sock, name, ctx: names.append(name)  # type: ignore[assignment,misc,return-value]
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # the deliverer's own client trusts the CA
+    receiver = Receiver(tls=context)
+    try:
+        dns = FakeDNS({"hooks.example.test": ["127.0.0.1"], "other.example.test": ["127.0.0.1"]})
+        good = await create_endpoint(
+            hooks, receiver.url("/tls", host="hooks.example.test"), dns, allow_private=True
+        )
+        receiver.secrets["/tls"] = good.json()["secret"]
+        deliverer = hooks.deliverer(resolve=dns)
+        now = now_us()
+        hooks.announce("invoice.paid", INVOICE)
+        await deliverer.fan_out(now)
+        assert outcomes(await deliverer.deliver_due(now)) == ["succeeded"]
+        [got] = receiver.got("/tls")
+        assert got.headers["host"] == f"hooks.example.test:{receiver.port}"
+        assert isinstance(got.verified, dict), got.verified
+
+        other = await create_endpoint(
+            hooks, receiver.url("/other", host="other.example.test"), dns, allow_private=True
+        )
+        await hooks.client.post(f"/v1/webhook-endpoints/{good.json()['id']}/disable")
+        hooks.announce("invoice.paid", INVOICE)
+        await deliverer.fan_out(now)
+        [attempt] = await deliverer.deliver_due(now)
+        assert (attempt.outcome, attempt.error) == ("retry", "TLS certificate did not verify")
+        assert receiver.got("/other") == []
+        assert names == ["hooks.example.test", "other.example.test"]
+        [entry] = await hooks.log(other.json()["id"])
+        assert entry["last_error"] == "TLS certificate did not verify"
+    finally:
+        receiver.close()

@@ -19,6 +19,8 @@ from tallyray.cluster.settings import Settings
         ("TALLYRAY_AUTO_CREATE_CUSTOMERS", "yes", "auto_create_customers", True),
         ("TALLYRAY_DEFAULT_CURRENCY", "USD", "default_currency", "USD"),  # text
         ("TALLYRAY_ACCESS_LOG", "", "access_log", False),  # empty: the default
+        ("TALLYRAY_WEBHOOK_ALLOW_PRIVATE", "1", "webhook_allow_private", True),
+        ("TALLYRAY_WEBHOOK_ALLOW_PRIVATE", "0", "webhook_allow_private", False),
     ],
 )
 def test_environment_variables_become_typed_settings(
@@ -31,6 +33,11 @@ def test_environment_variables_become_typed_settings(
 def test_the_access_log_is_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TALLYRAY_ACCESS_LOG", raising=False)
     assert Settings.load().access_log is False
+
+
+def test_webhooks_go_to_public_addresses_only_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TALLYRAY_WEBHOOK_ALLOW_PRIVATE", raising=False)
+    assert Settings.load().webhook_allow_private is False
 
 
 def test_shards_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> None:
