@@ -21,7 +21,7 @@ import asyncio
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,7 +200,7 @@ def audit_entry(
     object_type: str,
     object_id: str,
     at: int,
-    summary: dict[str, object] | None = None,
+    summary: Mapping[str, Any] | None = None,
 ) -> AuditEntry:
     """The audit entry of a change this request makes."""
     return AuditEntry(

@@ -11,7 +11,7 @@ private, link-local or other non-public address, or to nothing, is a 422 naming 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,7 +31,9 @@ from tallyray.alerts.egress import (
 from tallyray.alerts.schedule import SUBSCRIBABLE_TYPES, TEST_EVENT
 from tallyray.alerts.signing import new_secret
 from tallyray.errors import InvalidInput, Problem
+from tallyray.serve.auth import audit_entry
 from tallyray.serve.http import json_body, json_response
+from tallyray.storage.audit import AuditEntry
 from tallyray.storage.webhooks import DELIVERY_STATUSES, WebhookStore
 
 __all__ = ["add_webhook_routes", "check_destination", "parse_endpoint"]
@@ -123,6 +125,19 @@ async def check_destination(
         ) from None
 
 
+def _audit(
+    request: Request,
+    env: str,
+    verb: str,
+    endpoint_id: str,
+    at: int,
+    summary: Mapping[str, Any] | None = None,
+) -> AuditEntry:
+    return audit_entry(
+        request, env, f"webhook_endpoint.{verb}", "webhook_endpoint", endpoint_id, at, summary
+    )
+
+
 def add_webhook_routes(
     app: FastAPI,
     store: WebhookStore,
@@ -148,8 +163,11 @@ def add_webhook_routes(
         url, types, description = parse_endpoint(await json_body(request, required=False))
         await check_destination(url, resolve, allow_private=allow_private)
         secret = new_secret()
+        now = clock()
+        summary = {"url": url, "event_types": types, "description": description}
+        entry = _audit(request, env, "created", "", now, summary)
         endpoint = await run_in_threadpool(
-            store.create_endpoint, env, url, types, description, secret, clock()
+            store.create_endpoint, env, url, types, description, secret, now, entry
         )
         return json_response({**endpoint.to_json(), "secret": secret}, 201)
 
@@ -168,7 +186,8 @@ def add_webhook_routes(
     async def delete_endpoint(endpoint_id: str, request: Request) -> Response:
         """Remove the endpoint and its delivery log."""
         env = await authenticate(request)
-        await run_in_threadpool(store.delete_endpoint, env, endpoint_id)
+        entry = _audit(request, env, "deleted", endpoint_id, clock())
+        await run_in_threadpool(store.delete_endpoint, env, endpoint_id, entry)
         return json_response({"deleted": endpoint_id})
 
     @app.post("/v1/webhook-endpoints/{endpoint_id}/disable", tags=["webhooks"])
@@ -180,16 +199,20 @@ def add_webhook_routes(
         if not isinstance(doc, dict) or set(doc) - {"reason"}:
             raise InvalidInput('the body is optional: {"reason": "..."}')
         reason = doc.get("reason") or "disabled over the API"
-        if not isinstance(reason, str):
-            raise InvalidInput("'reason' must be a string", [Problem("reason", "not a string")])
-        endpoint = await run_in_threadpool(store.disable, env, endpoint_id, reason, clock())
+        if not isinstance(reason, str) or len(reason) > MAX_DESCRIPTION:
+            message = f"must be a string of at most {MAX_DESCRIPTION} characters"
+            raise InvalidInput(f"'reason' {message}", [Problem("reason", message)])
+        now = clock()
+        entry = _audit(request, env, "disabled", endpoint_id, now, {"reason": reason})
+        endpoint = await run_in_threadpool(store.disable, env, endpoint_id, reason, now, entry)
         return json_response(endpoint.to_json())
 
     @app.post("/v1/webhook-endpoints/{endpoint_id}/enable", tags=["webhooks"])
     async def enable_endpoint(endpoint_id: str, request: Request) -> Response:
         """Send to the endpoint again, from the next message on."""
         env = await authenticate(request)
-        endpoint = await run_in_threadpool(store.enable, env, endpoint_id)
+        entry = _audit(request, env, "enabled", endpoint_id, clock())
+        endpoint = await run_in_threadpool(store.enable, env, endpoint_id, entry)
         return json_response(endpoint.to_json())
 
     @app.get("/v1/webhook-endpoints/{endpoint_id}/deliveries", tags=["webhooks"])

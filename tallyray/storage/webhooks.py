@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
@@ -32,6 +32,7 @@ from tallyray.errors import Conflict, NotFound
 from tallyray.pricing.events import format_timestamp
 from tallyray.storage import tables as t
 from tallyray.storage.alerts import write_messages
+from tallyray.storage.audit import AuditEntry, write_audit
 from tallyray.storage.catalog import new_id
 
 __all__ = [
@@ -123,6 +124,7 @@ class WebhookStore:
         description: str | None,
         secret: str,
         now: int,
+        audit: AuditEntry | None = None,
     ) -> Endpoint:
         endpoint = Endpoint(
             id=new_id("we"),
@@ -148,6 +150,7 @@ class WebhookStore:
                     created_at=now,
                 )
             )
+            write_audit(conn, audit and replace(audit, object_id=endpoint.id))
         return endpoint
 
     def endpoints(self, env: str) -> list[Endpoint]:
@@ -162,15 +165,23 @@ class WebhookStore:
         with self.engine.connect() as conn:
             return self._endpoint(conn, env, endpoint_id)
 
-    def disable(self, env: str, endpoint_id: str, reason: str, now: int) -> Endpoint:
+    def disable(
+        self,
+        env: str,
+        endpoint_id: str,
+        reason: str,
+        now: int,
+        audit: AuditEntry | None = None,
+    ) -> Endpoint:
         """Stop sending to the endpoint: its open deliveries are stopped, and messages that
         arrive while it is disabled are not fanned out to it."""
         with self.engine.begin() as conn:
             self._endpoint(conn, env, endpoint_id)
             _disable(conn, endpoint_id, reason, now)
+            write_audit(conn, audit)
             return self._endpoint(conn, env, endpoint_id)
 
-    def enable(self, env: str, endpoint_id: str) -> Endpoint:
+    def enable(self, env: str, endpoint_id: str, audit: AuditEntry | None = None) -> Endpoint:
         """Send to the endpoint again, from the next message on (stopped deliveries stay
         stopped)."""
         e = t.webhook_endpoints
@@ -179,15 +190,17 @@ class WebhookStore:
             conn.execute(
                 update(e).where(e.c.id == endpoint_id).values(status=ENABLED, disabled_reason=None)
             )
+            write_audit(conn, audit)
             return self._endpoint(conn, env, endpoint_id)
 
-    def delete_endpoint(self, env: str, endpoint_id: str) -> None:
+    def delete_endpoint(self, env: str, endpoint_id: str, audit: AuditEntry | None = None) -> None:
         """Remove the endpoint and its delivery log."""
         e, d = t.webhook_endpoints, t.webhook_deliveries
         with self.engine.begin() as conn:
             self._endpoint(conn, env, endpoint_id)
             conn.execute(delete(d).where(d.c.endpoint_id == endpoint_id))
             conn.execute(delete(e).where(e.c.id == endpoint_id))
+            write_audit(conn, audit)
 
     def _endpoint(self, conn: Connection, env: str, endpoint_id: str) -> Endpoint:
         e = t.webhook_endpoints
