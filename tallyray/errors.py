@@ -11,7 +11,8 @@
     │   ├── Conflict            the request contradicts stored state (409)
     │   ├── PayloadTooLarge     body or batch over the limit (413)
     │   ├── Unauthorized        missing or unknown API key (401)
-    │   └── SignatureError      a provider webhook whose signature is missing, wrong or stale (400)
+    │   ├── SignatureError      a provider webhook whose signature is missing, wrong or stale (400)
+    │   └── WebhookRefused      a signed provider webhook for the other environment (400)
     ├── StoreUnavailable        the database cannot be reached: 503 + Retry-After
     └── ProviderUnavailable     a payment provider cannot be reached or failed on its side (502)
 
@@ -126,6 +127,14 @@ class Unauthorized(InvalidInput):
 
 class SignatureError(InvalidInput):
     type_name = "invalid_signature"
+    http_status = 400
+
+
+class WebhookRefused(InvalidInput):
+    """A provider webhook whose signature verifies, but with the secret of one environment
+    while it speaks of the other (its mode, or the invoice it names)."""
+
+    type_name = "webhook_refused"
     http_status = 400
 
 

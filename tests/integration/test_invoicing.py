@@ -34,7 +34,7 @@ from support import (
 from tallyray.actors.shard import ShardActor
 from tallyray.clock import Clock, ShiftedClock, offset_to
 from tallyray.cluster import Settings, prepare_store
-from tallyray.invoicing.payments import AdyenProvider, StripeProvider
+from tallyray.invoicing.payments import AdyenProvider, PaymentProviders, StripeProvider
 from tallyray.invoicing.service import Billing
 from tallyray.pricing.events import parse_timestamp
 from tallyray.serve.app import Services, build_app
@@ -68,6 +68,8 @@ class Invoicing:
     client: httpx.AsyncClient
     billing: Billing
     prefix: str
+    live: httpx.AsyncClient
+    """A client with a live key: ``dataclasses.replace(inv, client=inv.live)`` works live."""
 
     async def run(self, **body: Any) -> dict[str, Any]:
         r = await self.client.post("/v1/invoice-runs", json={"until": NOV_1, "force": True, **body})
@@ -141,15 +143,20 @@ async def inv(
         billing=billing,
         clock=clock,
     )
-    _, key = catalog.create_key("test", clock())
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=build_app(services)),
+    app = build_app(services)
+
+    def client_for(env: str) -> httpx.AsyncClient:
+        _, key = catalog.create_key(env, clock())
+        return httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
             base_url="http://tallyray.test",
             headers={"Authorization": f"Bearer {key}"},
             timeout=120,
-        ) as client:
-            yield Invoicing(client, billing, "INV-")
+        )
+
+    try:
+        async with client_for("test") as client, client_for("live") as live:
+            yield Invoicing(client, billing, "INV-", live)
     finally:
         ray.kill(shard, no_restart=True)
         catalog.engine.dispose()
@@ -436,10 +443,9 @@ async def test_a_month_paid_through_stripe_and_confirmed_by_its_webhook(inv: Inv
         WebhookInbox() as inbox,
         FakeStripe(STRIPE_KEY, webhook_url=inbox.url, webhook_secret=STRIPE_SECRET) as stripe_api,
     ):
-        inv.billing.providers = {
-            **inv.billing.providers,
-            "stripe": StripeProvider(STRIPE_KEY, STRIPE_SECRET, api_base=stripe_api.url),
-        }
+        inv.billing.providers = inv.billing.providers.with_provider(
+            "test", StripeProvider(STRIPE_KEY, STRIPE_SECRET, api_base=stripe_api.url)
+        )
         customer = await october_customer(
             inv, credits="20.00", payment_provider="stripe", payment_method="pm_card_visa"
         )
@@ -482,10 +488,9 @@ async def test_a_declined_card_follows_the_dunning_schedule_to_uncollectible(
     inv: Invoicing,
 ) -> None:
     with FakeStripe(STRIPE_KEY) as stripe_api:
-        inv.billing.providers = {
-            **inv.billing.providers,
-            "stripe": StripeProvider(STRIPE_KEY, STRIPE_SECRET, api_base=stripe_api.url),
-        }
+        inv.billing.providers = inv.billing.providers.with_provider(
+            "test", StripeProvider(STRIPE_KEY, STRIPE_SECRET, api_base=stripe_api.url)
+        )
         customer = await october_customer(
             inv, payment_provider="stripe", payment_method="pm_card_chargeDeclined"
         )
@@ -516,12 +521,10 @@ async def test_a_declined_card_follows_the_dunning_schedule_to_uncollectible(
 
 async def test_an_adyen_payment_pending_until_its_notification(inv: Invoicing) -> None:
     with FakeAdyen() as adyen_api:
-        inv.billing.providers = {
-            **inv.billing.providers,
-            "adyen": AdyenProvider(
-                "AQE_test_tallyray", "TallyrayTest", ADYEN_HMAC, api_base=adyen_api.url
-            ),
-        }
+        inv.billing.providers = inv.billing.providers.with_provider(
+            "test",
+            AdyenProvider("AQE_test_tallyray", "TallyrayTest", ADYEN_HMAC, api_base=adyen_api.url),
+        )
         customer = await october_customer(inv, payment_provider="adyen", payment_method="pending")
         await inv.run()
         (invoice,) = await inv.invoices(customer)
@@ -529,10 +532,11 @@ async def test_an_adyen_payment_pending_until_its_notification(inv: Invoicing) -
         reference = invoice["payment"]["reference"]
         assert reference
 
+        cents = int(Decimal(invoice["amount_due"]) * 100)
         item = notification_item(
             psp_reference=reference,
             merchant_reference=invoice["id"],
-            value=int(Decimal(invoice["amount_due"]) * 100),
+            value=cents,
             currency="EUR",
         )
         body = signed_notification([item], ADYEN_HMAC)
@@ -544,6 +548,158 @@ async def test_an_adyen_payment_pending_until_its_notification(inv: Invoicing) -
         tampered = body.replace(b'"value": ', b'"value": 1')
         r = await inv.client.post("/v1/providers/adyen/webhook", content=tampered)
         assert r.status_code == 400
+
+
+# -- payments: each environment with its own credentials ------------------------------------
+
+LIVE_KEY, LIVE_SECRET = "sk_live_tallyray", "whsec_tallyray_live"
+
+
+def live_and_test_stripe(live_api: FakeStripe, test_api: FakeStripe) -> PaymentProviders:
+    """Stripe in both environments, each on a fake of its own account."""
+    return PaymentProviders(
+        live={"stripe": StripeProvider(LIVE_KEY, LIVE_SECRET, api_base=live_api.url, live=True)},
+        test={"stripe": StripeProvider(STRIPE_KEY, STRIPE_SECRET, api_base=test_api.url)},
+    )
+
+
+def keys_seen(fake: FakeStripe) -> set[str]:
+    return {r.headers["authorization"].removeprefix("Bearer ") for r in fake.received}
+
+
+def stripe_delivery(intent: dict[str, Any], livemode: bool, secret: str, **changes: Any) -> Any:
+    """A signed ``payment_intent.succeeded`` for ``intent``, as Stripe would post it."""
+    import json
+    import time
+
+    from fakes.stripe_server import sign_stripe_payload
+
+    now = int(time.time())  # signatures are checked against the wall clock, not the suite's
+    paid = {**intent, "status": "succeeded", "amount_received": intent["amount"], **changes}
+    event = {
+        "id": unique("evt"),
+        "object": "event",
+        "type": "payment_intent.succeeded",
+        "livemode": livemode,
+        "created": now,
+        "data": {"object": paid},
+    }
+    body = json.dumps(event).encode()
+    return {
+        "content": body,
+        "headers": {"Stripe-Signature": sign_stripe_payload(body, secret, now)},
+    }
+
+
+async def test_each_environment_collects_with_its_own_credentials_only(inv: Invoicing) -> None:
+    live = dataclasses.replace(inv, client=inv.live)
+    with FakeStripe(STRIPE_KEY) as test_api, FakeStripe(LIVE_KEY) as live_api:
+        inv.billing.providers = live_and_test_stripe(live_api, test_api)
+        card = {"payment_provider": "stripe", "payment_method": "pm_card_visa"}
+        test_customer = await october_customer(inv, **card)
+        live_customer = await october_customer(live, **card)
+
+        await inv.run()  # finalizing collects what is due: collect_due("test")
+        assert live_api.received == []
+        await live.run()
+
+        (test_invoice,) = await inv.invoices(test_customer)
+        (live_invoice,) = await live.invoices(live_customer)
+        assert (test_invoice["status"], live_invoice["status"]) == ("paid", "paid")
+        # each account saw its own key only, and only its own environment's invoice
+        assert (keys_seen(test_api), keys_seen(live_api)) == ({STRIPE_KEY}, {LIVE_KEY})
+        charged = {
+            name: [(i["metadata"]["tallyray_invoice_id"], i["livemode"]) for i in intents]
+            for name, intents in (
+                ("test", test_api.payment_intents.values()),
+                ("live", live_api.payment_intents.values()),
+            )
+        }
+        assert charged == {
+            "test": [(test_invoice["id"], False)],
+            "live": [(live_invoice["id"], True)],
+        }
+
+
+async def test_a_test_environment_without_test_credentials_never_uses_live_ones(
+    inv: Invoicing,
+) -> None:
+    with FakeStripe(LIVE_KEY) as live_api, FakeStripe(STRIPE_KEY) as test_api:
+        inv.billing.providers = PaymentProviders(
+            live={"stripe": StripeProvider(LIVE_KEY, LIVE_SECRET, api_base=live_api.url, live=True)}
+        )
+        customer = await october_customer(
+            inv, payment_provider="stripe", payment_method="pm_card_visa"
+        )
+        await inv.run()  # finalized, and collect_due("test") tried it
+
+        (invoice,) = await inv.invoices(customer)
+        assert (invoice["status"], invoice["payment"]["attempts"]) == ("finalized", 0)
+        r = await inv.client.post(f"/v1/invoices/{invoice['id']}/pay")
+        assert r.status_code == 409, r.text
+        assert r.json()["error"]["message"].startswith(
+            "stripe is not configured for the test environment (its payment providers: manual)"
+        )
+        r = await inv.client.post("/v1/payments/collect")  # the dunning pass
+        assert r.status_code == 200, r.text
+        assert live_api.received == []
+
+        # With test credentials, the same dunning pass collects it, on the test account.
+        inv.billing.providers = live_and_test_stripe(live_api, test_api)
+        r = await inv.client.post("/v1/payments/collect")
+        assert r.json() == {"attempted": 1}
+        (invoice,) = await inv.invoices(customer)
+        assert invoice["status"] == "paid"
+        assert (keys_seen(test_api), live_api.received) == ({STRIPE_KEY}, [])
+
+
+async def test_a_webhook_acts_only_in_the_environment_whose_secret_signed_it(
+    inv: Invoicing,
+) -> None:
+    live = dataclasses.replace(inv, client=inv.live)
+    with FakeStripe(STRIPE_KEY) as test_api, FakeStripe(LIVE_KEY) as live_api:
+        inv.billing.providers = live_and_test_stripe(live_api, test_api)
+        pending = {"payment_provider": "stripe", "payment_method": "pm_card_authenticationRequired"}
+        test_customer = await october_customer(inv, **pending)
+        live_customer = await october_customer(live, **pending)
+        await inv.run()
+        await live.run()
+        (test_intent,) = test_api.payment_intents.values()
+        (live_intent,) = live_api.payment_intents.values()
+        test_id = test_intent["metadata"]["tallyray_invoice_id"]
+
+        refused = [
+            # signed with the test secret, but claims to be live
+            (test_intent, True, STRIPE_SECRET, "is a live-mode event but is signed with the test"),
+            # signed with the live secret, but claims to be test
+            (test_intent, False, LIVE_SECRET, "is a test-mode event but is signed with the live"),
+            # a live event about a test invoice
+            (test_intent, True, LIVE_SECRET, f"names invoice {test_id}, which is not a live"),
+            # a test event about a live invoice: a test secret never reaches live invoices
+            (live_intent, False, STRIPE_SECRET, "which is not a test invoice: refused"),
+        ]
+        for intent, livemode, secret, message in refused:
+            r = await inv.client.post(
+                "/v1/providers/stripe/webhook", **stripe_delivery(intent, livemode, secret)
+            )
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["type"] == "webhook_refused"
+            assert message in r.json()["error"]["message"]
+        for client, customer in ((inv, test_customer), (live, live_customer)):
+            (invoice,) = await client.invoices(customer)
+            assert invoice["status"] == "finalized"
+
+        for intent, livemode, secret in (
+            (test_intent, False, STRIPE_SECRET),
+            (live_intent, True, LIVE_SECRET),
+        ):
+            r = await inv.client.post(
+                "/v1/providers/stripe/webhook", **stripe_delivery(intent, livemode, secret)
+            )
+            assert r.json() == {"received": True, "processed": 1}
+        for client, customer in ((inv, test_customer), (live, live_customer)):
+            (invoice,) = await client.invoices(customer)
+            assert invoice["status"] == "paid"
 
 
 # -- currencies, discounts, late events, anniversaries ---------------------------------------
@@ -723,10 +879,9 @@ async def test_the_full_month_events_close_run_invoice_pdf_stripe_webhook_paid(
     from tallyray.storage.alerts import AlertStore
 
     with FakeStripe(STRIPE_KEY) as stripe_api:
-        inv.billing.providers = {
-            **inv.billing.providers,
-            "stripe": StripeProvider(STRIPE_KEY, STRIPE_SECRET, api_base=stripe_api.url),
-        }
+        inv.billing.providers = inv.billing.providers.with_provider(
+            "test", StripeProvider(STRIPE_KEY, STRIPE_SECRET, api_base=stripe_api.url)
+        )
         customer = await october_customer(
             inv,
             credits="20.00",
@@ -755,7 +910,9 @@ async def test_the_full_month_events_close_run_invoice_pdf_stripe_webhook_paid(
             "type": "payment_intent.succeeded",
             "livemode": False,
             "created": now,
-            "data": {"object": {**intent, "status": "succeeded"}},
+            "data": {
+                "object": {**intent, "status": "succeeded", "amount_received": intent["amount"]}
+            },
         }
         body = json.dumps(event).encode()
         headers = {"Stripe-Signature": sign_stripe_payload(body, STRIPE_SECRET, now)}
