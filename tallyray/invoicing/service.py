@@ -34,6 +34,7 @@ from tallyray.invoicing.payments import (
     PaymentRequest,
     ProviderEvent,
 )
+from tallyray.invoicing.payments.matching import amount_mismatch
 from tallyray.invoicing.runs import RunSpec, invoice_chunk_task
 from tallyray.pricing.events import format_timestamp
 from tallyray.pricing.money import currency, parse_amount, round_amount
@@ -405,7 +406,10 @@ class Billing:
 
         The delivery belongs to the environment whose webhook secret verifies it, its events
         must say they are of that mode, and the invoices they name must be that
-        environment's (:class:`WebhookRefused` otherwise, before anything is processed)."""
+        environment's (:class:`WebhookRefused` otherwise, before anything is processed). A
+        payment reported as succeeded marks its invoice paid only with the exact amount due
+        in the invoice's currency; anything else is booked as a ``mismatch`` and the invoice
+        stays due."""
         env, events = await run_in_threadpool(
             self.providers.parse_webhook, name, headers, body, system_clock()
         )
@@ -461,6 +465,29 @@ class Billing:
         ):
             return  # the provider confirms an outcome we booked when we asked
         attempt = max(invoice["payment"]["attempts"], 1)
+        if event.kind == "payment.succeeded":
+            mismatch = amount_mismatch(Decimal(invoice["amount_due"]), invoice["currency"], event)
+            if mismatch is not None:
+                log.warning(
+                    "%s says invoice %s was paid %s %s, but %s %s is due: not marked paid",
+                    name,
+                    event.invoice_id,
+                    mismatch["received"]["amount"],
+                    mismatch["received"]["currency"],
+                    mismatch["expected"]["amount"],
+                    mismatch["expected"]["currency"],
+                )
+                await run_in_threadpool(
+                    self.store.record_mismatch,
+                    env,
+                    event.invoice_id,
+                    attempt,
+                    name,
+                    event.reference,
+                    {"webhook": event.event_id, **mismatch},
+                    self.clock(),
+                )
+                return
         status = "succeeded" if event.kind == "payment.succeeded" else "failed"
         await self._settle(
             env,

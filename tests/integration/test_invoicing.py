@@ -532,7 +532,23 @@ async def test_an_adyen_payment_pending_until_its_notification(inv: Invoicing) -
         reference = invoice["payment"]["reference"]
         assert reference
 
+        # An authorisation for one cent less is not a payment of this invoice.
         cents = int(Decimal(invoice["amount_due"]) * 100)
+        short = notification_item(
+            psp_reference=reference + "X",
+            merchant_reference=invoice["id"],
+            value=cents - 1,
+            currency="EUR",
+        )
+        r = await inv.client.post(
+            "/v1/providers/adyen/webhook", content=signed_notification([short], ADYEN_HMAC)
+        )
+        assert r.status_code == 200 and r.text == "[accepted]"
+        (invoice,) = await inv.invoices(customer)
+        assert invoice["status"] == "finalized"
+        payments = (await inv.client.get(f"/v1/invoices/{invoice['id']}/payments")).json()
+        assert [p["status"] for p in payments["payments"]] == ["pending", "mismatch"]
+
         item = notification_item(
             psp_reference=reference,
             merchant_reference=invoice["id"],
@@ -700,6 +716,66 @@ async def test_a_webhook_acts_only_in_the_environment_whose_secret_signed_it(
         for client, customer in ((inv, test_customer), (live, live_customer)):
             (invoice,) = await client.invoices(customer)
             assert invoice["status"] == "paid"
+
+
+#: A success webhook against an invoice of 119.00 EUR due (base fee and true-up to the 100.00
+#: minimum, 19 % VAT, no credits): 11,900 cents.
+PAID_CASES = [
+    # (what Stripe says was received, currency; as a decimal; invoice status after, payment row)
+    (11_900, "eur", "119.00", "paid", "succeeded"),  # 11,900 = 11,900 cents: the amount due
+    (11_899, "eur", "118.99", "finalized", "mismatch"),  # one cent short
+    (11_900, "usd", "119.00", "finalized", "mismatch"),  # the same number, another currency
+]
+
+
+async def test_a_payment_webhook_marks_paid_only_the_exact_amount_and_currency(
+    inv: Invoicing, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One run for the whole table (runs are slow): a customer per case, each payment pending
+    until Stripe's webhook, and each webhook delivered twice."""
+    with FakeStripe(STRIPE_KEY) as stripe_api:
+        inv.billing.providers = inv.billing.providers.with_provider(
+            "test", StripeProvider(STRIPE_KEY, STRIPE_SECRET, api_base=stripe_api.url)
+        )
+        pending = {"payment_provider": "stripe", "payment_method": "pm_card_authenticationRequired"}
+        customers = [await october_customer(inv, **pending) for _ in PAID_CASES]
+        await inv.run()
+
+        for customer, case in zip(customers, PAID_CASES, strict=True):
+            received, currency, received_amount, status, row = case
+            (invoice,) = await inv.invoices(customer)
+            assert (invoice["status"], invoice["amount_due"]) == ("finalized", "119.00")
+            (intent,) = [
+                i
+                for i in stripe_api.payment_intents.values()
+                if i["metadata"]["tallyray_invoice_id"] == invoice["id"]
+            ]
+            delivery = stripe_delivery(
+                intent, False, STRIPE_SECRET, amount_received=received, currency=currency
+            )
+            for processed in (1, 0):  # the same event twice: processed once
+                r = await inv.client.post("/v1/providers/stripe/webhook", **delivery)
+                assert r.json() == {"received": True, "processed": processed}, r.text
+
+            (invoice,) = await inv.invoices(customer)
+            assert invoice["status"] == status
+            payments = (await inv.client.get(f"/v1/invoices/{invoice['id']}/payments")).json()
+            assert [p["status"] for p in payments["payments"]] == ["pending", row]
+            if row == "mismatch":
+                detail = payments["payments"][1]["detail"]
+                assert detail["expected"] == {
+                    "amount": "119.00",
+                    "currency": "EUR",
+                    "minor_units": 11_900,
+                }
+                assert detail["received"] == {
+                    "amount": received_amount,
+                    "currency": currency.upper(),
+                    "minor_units": received,
+                }
+                assert (invoice["amount_due"], invoice["payment"]["attempts"]) == ("119.00", 1)
+    warnings = [r.getMessage() for r in caplog.records if "not marked paid" in r.getMessage()]
+    assert len(warnings) == 2
 
 
 # -- currencies, discounts, late events, anniversaries ---------------------------------------
