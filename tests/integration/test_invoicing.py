@@ -608,32 +608,70 @@ def stripe_delivery(intent: dict[str, Any], livemode: bool, secret: str, **chang
 
 
 async def test_each_environment_collects_with_its_own_credentials_only(inv: Invoicing) -> None:
+    """Stripe and Adyen configured for both environments, each account a fake of its own:
+    every call for a test invoice goes to a test account with its test key, and the same
+    for live."""
     live = dataclasses.replace(inv, client=inv.live)
-    with FakeStripe(STRIPE_KEY) as test_api, FakeStripe(LIVE_KEY) as live_api:
-        inv.billing.providers = live_and_test_stripe(live_api, test_api)
+    with (
+        FakeStripe(STRIPE_KEY) as stripe_test,
+        FakeStripe(LIVE_KEY) as stripe_live,
+        FakeAdyen("AQE_test_key", "TallyrayTest") as adyen_test,
+        FakeAdyen("AQE_live_key", "Tallyray", live=True) as adyen_live,
+    ):
+        providers = live_and_test_stripe(stripe_live, stripe_test)
+        providers = providers.with_provider(
+            "test", AdyenProvider("AQE_test_key", "TallyrayTest", ADYEN_HMAC, adyen_test.url)
+        )
+        inv.billing.providers = providers.with_provider(
+            "live",
+            AdyenProvider(
+                "AQE_live_key",
+                "Tallyray",
+                "AB" * 32,
+                adyen_live.url,
+                live=True,
+                live_endpoint_prefix="1797a841fbb37ca7-AdyenDemo",
+            ),
+        )
         card = {"payment_provider": "stripe", "payment_method": "pm_card_visa"}
-        test_customer = await october_customer(inv, **card)
-        live_customer = await october_customer(live, **card)
+        stored = {"payment_provider": "adyen", "payment_method": "8415718415172204"}
+        test_customers = [
+            await october_customer(inv, **card),
+            await october_customer(inv, **stored),
+        ]
+        live_customers = [
+            await october_customer(live, **card),
+            await october_customer(live, **stored),
+        ]
 
         await inv.run()  # finalizing collects what is due: collect_due("test")
-        assert live_api.received == []
+        assert (stripe_live.received, adyen_live.received) == ([], [])
         await live.run()
 
-        (test_invoice,) = await inv.invoices(test_customer)
-        (live_invoice,) = await live.invoices(live_customer)
-        assert (test_invoice["status"], live_invoice["status"]) == ("paid", "paid")
+        test_invoices = [(await inv.invoices(c))[0] for c in test_customers]
+        live_invoices = [(await live.invoices(c))[0] for c in live_customers]
+        assert {i["status"] for i in test_invoices + live_invoices} == {"paid"}
         # each account saw its own key only, and only its own environment's invoice
-        assert (keys_seen(test_api), keys_seen(live_api)) == ({STRIPE_KEY}, {LIVE_KEY})
+        assert (keys_seen(stripe_test), keys_seen(stripe_live)) == ({STRIPE_KEY}, {LIVE_KEY})
         charged = {
             name: [(i["metadata"]["tallyray_invoice_id"], i["livemode"]) for i in intents]
             for name, intents in (
-                ("test", test_api.payment_intents.values()),
-                ("live", live_api.payment_intents.values()),
+                ("test", stripe_test.payment_intents.values()),
+                ("live", stripe_live.payment_intents.values()),
             )
         }
         assert charged == {
-            "test": [(test_invoice["id"], False)],
-            "live": [(live_invoice["id"], True)],
+            "test": [(test_invoices[0]["id"], False)],
+            "live": [(live_invoices[0]["id"], True)],
+        }
+        adyen = {
+            name: [(r.headers["x-api-key"], r.json()["merchantAccount"], r.json()["reference"])
+                   for r in fake.received]
+            for name, fake in (("test", adyen_test), ("live", adyen_live))
+        }  # fmt: skip
+        assert adyen == {
+            "test": [("AQE_test_key", "TallyrayTest", test_invoices[1]["id"])],
+            "live": [("AQE_live_key", "Tallyray", live_invoices[1]["id"])],
         }
 
 
