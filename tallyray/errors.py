@@ -13,7 +13,8 @@
     │   ├── Unauthorized        missing, unknown, revoked or expired API key (401)
     │   ├── Forbidden           a key without the scope the call needs (403)
     │   ├── RateLimited         a key (or portal link) over its rate limit: 429 + Retry-After
-    │   └── SignatureError      a provider webhook whose signature is missing, wrong or stale (400)
+    │   ├── SignatureError      a provider webhook whose signature is missing, wrong or stale (400)
+    │   └── WebhookRefused      a signed provider webhook for the other environment (400)
     ├── StoreUnavailable        the database cannot be reached: 503 + Retry-After
     └── ProviderUnavailable     a payment provider cannot be reached or failed on its side (502)
 
@@ -155,6 +156,14 @@ class RateLimited(InvalidInput):
 
 class SignatureError(InvalidInput):
     type_name = "invalid_signature"
+    http_status = 400
+
+
+class WebhookRefused(InvalidInput):
+    """A provider webhook whose signature verifies, but with the secret of one environment
+    while it speaks of the other (its mode, or the invoice it names)."""
+
+    type_name = "webhook_refused"
     http_status = 400
 
 

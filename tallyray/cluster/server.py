@@ -13,6 +13,7 @@ import urllib.request
 from typing import Any
 
 from tallyray.access import ADMIN, generate_key
+from tallyray.cluster.providers import check_payment_settings
 from tallyray.cluster.settings import Settings
 from tallyray.cluster.wiring import (
     prepare_store,
@@ -109,6 +110,7 @@ Press Ctrl-C to stop.""",
 
 def run_server(settings: Settings, demo: bool = False) -> None:
     configure_logging()
+    check_payment_settings(settings)  # before anything starts: a test key must not go live
     if demo and not settings.admin_key:
         settings = Settings(**{**settings.to_dict(), "admin_key": generate_key(ADMIN)})
     ensure_port_free(settings.host, settings.port)

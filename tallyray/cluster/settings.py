@@ -32,13 +32,23 @@ class Settings:
     replicas: int = 1
     auto_create_customers: bool = False
     default_currency: str = "EUR"
+    # Payment providers, per environment: ``stripe_*``/``adyen_*`` serve the live
+    # environment, ``*_test_*`` the test one (tallyray.cluster.providers checks them).
     stripe_api_key: str | None = None
     stripe_webhook_secret: str | None = None
     stripe_api_base: str | None = None
+    stripe_test_api_key: str | None = None
+    stripe_test_webhook_secret: str | None = None
+    stripe_test_api_base: str | None = None
     adyen_api_key: str | None = None
     adyen_merchant_account: str | None = None
     adyen_hmac_key: str | None = None
     adyen_api_base: str | None = None
+    adyen_live_url_prefix: str | None = None
+    adyen_test_api_key: str | None = None
+    adyen_test_merchant_account: str | None = None
+    adyen_test_hmac_key: str | None = None
+    adyen_test_api_base: str | None = None
     webhook_retry_delays: str | None = None
     """Waits between webhook delivery attempts, e.g. ``"5s,5m,30m,2h,5h,10h,14h"``."""
     webhook_allow_private: bool = False
@@ -88,6 +98,14 @@ class Settings:
         "TALLYRAY_ADYEN_MERCHANT_ACCOUNT": "adyen_merchant_account",
         "TALLYRAY_ADYEN_HMAC_KEY": "adyen_hmac_key",
         "TALLYRAY_ADYEN_API_BASE": "adyen_api_base",
+        "TALLYRAY_ADYEN_LIVE_URL_PREFIX": "adyen_live_url_prefix",
+        "TALLYRAY_STRIPE_TEST_API_KEY": "stripe_test_api_key",
+        "TALLYRAY_STRIPE_TEST_WEBHOOK_SECRET": "stripe_test_webhook_secret",
+        "TALLYRAY_STRIPE_TEST_API_BASE": "stripe_test_api_base",
+        "TALLYRAY_ADYEN_TEST_API_KEY": "adyen_test_api_key",
+        "TALLYRAY_ADYEN_TEST_MERCHANT_ACCOUNT": "adyen_test_merchant_account",
+        "TALLYRAY_ADYEN_TEST_HMAC_KEY": "adyen_test_hmac_key",
+        "TALLYRAY_ADYEN_TEST_API_BASE": "adyen_test_api_base",
         "TALLYRAY_DUNNING_SECONDS": "dunning_seconds",
         "TALLYRAY_WEBHOOK_RETRY_DELAYS": "webhook_retry_delays",
         "TALLYRAY_WEBHOOK_ALLOW_PRIVATE": "webhook_allow_private",

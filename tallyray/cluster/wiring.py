@@ -19,12 +19,6 @@ from tallyray.alerts.deliverer import start_webhooks
 from tallyray.cluster.settings import Settings
 from tallyray.errors import ConfigError, InvalidInput, Problem
 from tallyray.invoicing.config import parse_invoicing_config
-from tallyray.invoicing.payments import (
-    AdyenProvider,
-    ManualProvider,
-    PaymentProvider,
-    StripeProvider,
-)
 from tallyray.invoicing.tax import parse_tax_config
 from tallyray.pricing.config import parse_config
 from tallyray.serve.shards import NAMESPACE, shard_name
@@ -140,28 +134,6 @@ def billing_config(path: str | None) -> dict[str, Any]:
         "tax": raw.get("tax"),
         "rounding": raw.get("rounding"),
     }
-
-
-def payment_providers(settings: Settings) -> dict[str, PaymentProvider]:
-    """The providers this deployment has credentials for; the manual one always."""
-    providers: dict[str, PaymentProvider] = {"manual": ManualProvider()}
-    if settings.stripe_api_key:
-        import stripe
-
-        stripe.enable_telemetry = False  # no files written under the operator's home
-        providers["stripe"] = StripeProvider(
-            api_key=settings.stripe_api_key,
-            webhook_secret=settings.stripe_webhook_secret or "",
-            api_base=settings.stripe_api_base,
-        )
-    if settings.adyen_api_key:
-        providers["adyen"] = AdyenProvider(
-            api_key=settings.adyen_api_key,
-            merchant_account=settings.adyen_merchant_account or "",
-            hmac_key=settings.adyen_hmac_key or "",
-            api_base=settings.adyen_api_base,
-        )
-    return providers
 
 
 def seed_config(catalog: Catalog, path: str, now: int) -> None:

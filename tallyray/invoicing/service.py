@@ -19,15 +19,22 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from tallyray.clock import system_clock
-from tallyray.errors import Conflict, InvalidInput, ProviderUnavailable, TallyrayError
+from tallyray.errors import (
+    Conflict,
+    InvalidInput,
+    ProviderUnavailable,
+    TallyrayError,
+    WebhookRefused,
+)
 from tallyray.invoicing.config import InvoicingConfig, parse_invoicing_config
 from tallyray.invoicing.dunning import next_attempt
 from tallyray.invoicing.payments import (
-    ManualProvider,
     PaymentProvider,
+    PaymentProviders,
     PaymentRequest,
     ProviderEvent,
 )
+from tallyray.invoicing.payments.matching import amount_mismatch
 from tallyray.invoicing.runs import RunSpec, invoice_chunk_task
 from tallyray.pricing.events import format_timestamp
 from tallyray.pricing.money import currency, parse_amount, round_amount
@@ -52,7 +59,8 @@ class Billing:
     tax_raw: Mapping[str, Any] | None = None
     rounding: str | None = None
     grace_seconds: int = 3 * 86_400
-    providers: Mapping[str, PaymentProvider] = field(default_factory=dict)
+    providers: PaymentProviders = field(default_factory=PaymentProviders)
+    """Each environment's payment providers: a test invoice never meets live credentials."""
     clock: Callable[[], int] = lambda: 0
     parallelism: int = 2
     config: InvoicingConfig = field(init=False)
@@ -60,8 +68,6 @@ class Billing:
 
     def __post_init__(self) -> None:
         self.config = parse_invoicing_config(self.invoicing_raw)
-        if "manual" not in self.providers:
-            self.providers = {**self.providers, "manual": ManualProvider()}
 
     # -- invoice runs --------------------------------------------------------------------
 
@@ -254,14 +260,10 @@ class Billing:
 
     # -- payments ------------------------------------------------------------------------
 
-    def provider(self, name: str) -> PaymentProvider:
-        found = self.providers.get(name)
-        if found is None:
-            raise Conflict(
-                f"payment provider {name!r} is not configured on this server "
-                f"(configured: {', '.join(sorted(self.providers)) or 'none'})"
-            )
-        return found
+    def provider(self, env: str, name: str) -> PaymentProvider:
+        """``env``'s provider ``name``: a :class:`Conflict` when ``env`` has no credentials
+        for it, whatever the other environment has."""
+        return self.providers.get(env, name)
 
     async def collect_due(self, env: str, page: int = 200, concurrency: int = 8) -> int:
         """Try to collect every finalized invoice whose next attempt is due, a page at a
@@ -301,7 +303,7 @@ class Billing:
         name = (
             invoice["payment"]["provider"] or customer.billing.get("payment_provider") or "manual"
         )
-        provider = self.provider(name)
+        provider = self.provider(env, name)
         attempt = await run_in_threadpool(self.store.claim_attempt, env, invoice["id"])
         if attempt is None:
             return dict(invoice)  # another process took this attempt
@@ -400,22 +402,41 @@ class Billing:
             )
 
     async def webhook(self, name: str, headers: Mapping[str, str], body: bytes) -> int:
-        """Process a provider's webhook: each event once. Returns how many were new."""
-        provider = self.provider(name)
-        events: list[ProviderEvent] = await run_in_threadpool(
-            provider.parse_webhook, headers, body, system_clock()
+        """Process a provider's webhook: each event once. Returns how many were new.
+
+        The delivery belongs to the environment whose webhook secret verifies it, its events
+        must say they are of that mode, and the invoices they name must be that
+        environment's (:class:`WebhookRefused` otherwise, before anything is processed). A
+        payment reported as succeeded marks its invoice paid only with the exact amount due
+        in the invoice's currency; anything else is booked as a ``mismatch`` and the invoice
+        stays due."""
+        env, events = await run_in_threadpool(
+            self.providers.parse_webhook, name, headers, body, system_clock()
         )
-        fresh = 0
+        ours: list[ProviderEvent] = []
         for event in events:
             if event.kind == "ignored" or event.invoice_id is None:
                 continue
-            env = await run_in_threadpool(self.store.invoice_env, event.invoice_id)
-            if env is None:
+            found = await run_in_threadpool(self.store.invoice_env, event.invoice_id)
+            if found is None:
                 log.warning("%s webhook for unknown invoice %s", name, event.invoice_id)
                 continue
-            if event.livemode is not None and (env == "live") != event.livemode:
-                log.warning("%s webhook %s: livemode does not match", name, event.event_id)
-                continue
+            if found != env:
+                log.warning(
+                    "%s webhook %s (%s) names a %s invoice: refused",
+                    name,
+                    event.event_id,
+                    env,
+                    found,
+                )
+                raise WebhookRefused(
+                    f"{name} event {event.event_id} is signed for the {env} environment but "
+                    f"names invoice {event.invoice_id}, which is not a {env} invoice: refused"
+                )
+            ours.append(event)
+        fresh = 0
+        for event in ours:
+            assert event.invoice_id is not None
             first = await run_in_threadpool(
                 self.store.first_time,
                 name,
@@ -428,27 +449,56 @@ class Billing:
             if not first:
                 continue
             fresh += 1
-            invoice = await run_in_threadpool(self.store.invoice, env, event.invoice_id)
-            if invoice["status"] in ("paid", "void"):
-                continue
-            known = await run_in_threadpool(self.store.payments, env, event.invoice_id)
-            if any(
-                p["reference"] == event.reference and p["status"] in ("succeeded", "failed")
-                for p in known
-            ):
-                continue  # the provider confirms an outcome we booked when we asked
-            status = "succeeded" if event.kind == "payment.succeeded" else "failed"
-            await self._settle(
-                env,
-                event.invoice_id,
-                max(invoice["payment"]["attempts"], 1),
-                name,
-                status,
-                event.reference,
-                {"webhook": event.event_id, "failure_message": event.failure_message},
-                self.clock(),
-            )
+            await self._book_event(env, name, event)
         return fresh
+
+    async def _book_event(self, env: str, name: str, event: ProviderEvent) -> None:
+        """What one new, verified provider event means for its invoice."""
+        assert event.invoice_id is not None
+        invoice = await run_in_threadpool(self.store.invoice, env, event.invoice_id)
+        if invoice["status"] in ("paid", "void"):
+            return
+        known = await run_in_threadpool(self.store.payments, env, event.invoice_id)
+        if any(
+            p["reference"] == event.reference and p["status"] in ("succeeded", "failed")
+            for p in known
+        ):
+            return  # the provider confirms an outcome we booked when we asked
+        attempt = max(invoice["payment"]["attempts"], 1)
+        if event.kind == "payment.succeeded":
+            mismatch = amount_mismatch(Decimal(invoice["amount_due"]), invoice["currency"], event)
+            if mismatch is not None:
+                log.warning(
+                    "%s says invoice %s was paid %s %s, but %s %s is due: not marked paid",
+                    name,
+                    event.invoice_id,
+                    mismatch["received"]["amount"],
+                    mismatch["received"]["currency"],
+                    mismatch["expected"]["amount"],
+                    mismatch["expected"]["currency"],
+                )
+                await run_in_threadpool(
+                    self.store.record_mismatch,
+                    env,
+                    event.invoice_id,
+                    attempt,
+                    name,
+                    event.reference,
+                    {"webhook": event.event_id, **mismatch},
+                    self.clock(),
+                )
+                return
+        status = "succeeded" if event.kind == "payment.succeeded" else "failed"
+        await self._settle(
+            env,
+            event.invoice_id,
+            attempt,
+            name,
+            status,
+            event.reference,
+            {"webhook": event.event_id, "failure_message": event.failure_message},
+            self.clock(),
+        )
 
 
 def _micros(text: str) -> int:

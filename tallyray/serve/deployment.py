@@ -11,8 +11,9 @@ from typing import Any
 
 from ray import serve
 
+from tallyray.cluster.providers import payment_providers
 from tallyray.cluster.settings import Settings
-from tallyray.cluster.wiring import billing_config, payment_providers
+from tallyray.cluster.wiring import billing_config
 from tallyray.heap import freeze_startup_heap
 from tallyray.invoicing.service import Billing
 from tallyray.logs import configure_logging

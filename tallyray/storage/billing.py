@@ -572,6 +572,34 @@ class BillingStore:
                 )
                 write_messages(conn, [message])
 
+    def record_mismatch(
+        self,
+        env: str,
+        invoice_id: str,
+        attempt: int,
+        provider: str,
+        reference: str | None,
+        detail: Mapping[str, Any],
+        now: int,
+    ) -> None:
+        """Log a payment the provider reported with another amount or currency than the
+        invoice's amount due (status ``mismatch``). The invoice stays as it was: still due,
+        its schedule untouched, for an operator to look at."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(t.payments).values(
+                    id=new_id("pay"),
+                    env=env,
+                    invoice_id=invoice_id,
+                    attempt=attempt,
+                    provider=provider,
+                    status="mismatch",
+                    reference=reference,
+                    detail=dict(detail),
+                    created_at=now,
+                )
+            )
+
     def payments(self, env: str, invoice_id: str) -> list[dict[str, Any]]:
         p = t.payments
         with self.engine.connect() as conn:

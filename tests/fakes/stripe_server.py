@@ -5,7 +5,9 @@
   decides the outcome from Stripe's test payment methods, see :data:`DECLINES`) and
   ``GET /v1/payment_intents/{id}``
 
-Every request needs ``Authorization: Bearer <api_key>``; POSTs honour ``Idempotency-Key`` (the
+Every request needs ``Authorization: Bearer <api_key>``, and, as at Stripe, the key decides the
+mode: with a live key (``sk_live_``, ``rk_live_``) every object and event says ``livemode: true``,
+with a test key ``false``. POSTs honour ``Idempotency-Key`` (the
 same key and parameters replay the first answer, other parameters are an
 ``idempotency_error``). With ``webhook_url`` and ``webhook_secret`` the fake posts a signed
 ``payment_intent.*`` event after each confirmation, as Stripe does, from its own thread.
@@ -74,7 +76,10 @@ def _error(status: int, kind: str, message: str, **fields: Any) -> Reply:
 
 
 class FakeStripe(LocalServer):
-    """A Stripe API on 127.0.0.1. ``url`` is what ``StripeProvider(api_base=...)`` takes."""
+    """A Stripe API on 127.0.0.1. ``url`` is what ``StripeProvider(api_base=...)`` takes.
+
+    One fake serves one key, so one mode: run two for a live and a test account.
+    """
 
     def __init__(
         self,
@@ -86,6 +91,8 @@ class FakeStripe(LocalServer):
     ) -> None:
         super().__init__()
         self.api_key = api_key
+        #: Stripe's ``livemode``: the key's mode.
+        self.livemode = api_key.startswith(("sk_live_", "rk_live_"))
         self.webhook_url = webhook_url
         self.webhook_secret = webhook_secret
         self._clock = clock
@@ -202,7 +209,7 @@ class FakeStripe(LocalServer):
             "name": params.get("name"),
             "description": params.get("description"),
             "metadata": params.get("metadata", {}),
-            "livemode": False,
+            "livemode": self.livemode,
         }
         with self._state:
             self._customers[customer["id"]] = customer
@@ -231,7 +238,7 @@ class FakeStripe(LocalServer):
             "created": int(self._clock()),
             "last_payment_error": None,
             "next_action": None,
-            "livemode": False,
+            "livemode": self.livemode,
             "status": "requires_payment_method" if method is None else "requires_confirmation",
         }
         reply: Reply
@@ -326,7 +333,7 @@ class FakeStripe(LocalServer):
             "api_version": API_VERSION,
             "created": now,
             "data": {"object": intent},
-            "livemode": False,
+            "livemode": self.livemode,
             "pending_webhooks": 1,
             "request": {
                 "id": _id("req"),

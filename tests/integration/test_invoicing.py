@@ -34,7 +34,7 @@ from support import (
 from tallyray.actors.shard import ShardActor
 from tallyray.clock import Clock, ShiftedClock, offset_to
 from tallyray.cluster import Settings, prepare_store
-from tallyray.invoicing.payments import AdyenProvider, StripeProvider
+from tallyray.invoicing.payments import AdyenProvider, PaymentProviders, StripeProvider
 from tallyray.invoicing.service import Billing
 from tallyray.pricing.events import parse_timestamp
 from tallyray.serve.app import Services, build_app
@@ -69,6 +69,8 @@ class Invoicing:
     client: httpx.AsyncClient
     billing: Billing
     prefix: str
+    live: httpx.AsyncClient
+    """A client with a live key: ``dataclasses.replace(inv, client=inv.live)`` works live."""
 
     async def run(self, **body: Any) -> dict[str, Any]:
         r = await self.client.post("/v1/invoice-runs", json={"until": NOV_1, "force": True, **body})
@@ -142,15 +144,20 @@ async def inv(
         billing=billing,
         clock=clock,
     )
-    _, key = KeyStore(catalog.engine).create("test", clock())
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=build_app(services)),
+    app = build_app(services)
+
+    def client_for(env: str) -> httpx.AsyncClient:
+        _, key = KeyStore(catalog.engine).create(env, clock())
+        return httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
             base_url="http://tallyray.test",
             headers={"Authorization": f"Bearer {key}"},
             timeout=120,
-        ) as client:
-            yield Invoicing(client, billing, "INV-")
+        )
+
+    try:
+        async with client_for("test") as client, client_for("live") as live:
+            yield Invoicing(client, billing, "INV-", live)
     finally:
         ray.kill(shard, no_restart=True)
         catalog.engine.dispose()
@@ -437,10 +444,9 @@ async def test_a_month_paid_through_stripe_and_confirmed_by_its_webhook(inv: Inv
         WebhookInbox() as inbox,
         FakeStripe(STRIPE_KEY, webhook_url=inbox.url, webhook_secret=STRIPE_SECRET) as stripe_api,
     ):
-        inv.billing.providers = {
-            **inv.billing.providers,
-            "stripe": StripeProvider(STRIPE_KEY, STRIPE_SECRET, api_base=stripe_api.url),
-        }
+        inv.billing.providers = inv.billing.providers.with_provider(
+            "test", StripeProvider(STRIPE_KEY, STRIPE_SECRET, api_base=stripe_api.url)
+        )
         customer = await october_customer(
             inv, credits="20.00", payment_provider="stripe", payment_method="pm_card_visa"
         )
@@ -483,10 +489,9 @@ async def test_a_declined_card_follows_the_dunning_schedule_to_uncollectible(
     inv: Invoicing,
 ) -> None:
     with FakeStripe(STRIPE_KEY) as stripe_api:
-        inv.billing.providers = {
-            **inv.billing.providers,
-            "stripe": StripeProvider(STRIPE_KEY, STRIPE_SECRET, api_base=stripe_api.url),
-        }
+        inv.billing.providers = inv.billing.providers.with_provider(
+            "test", StripeProvider(STRIPE_KEY, STRIPE_SECRET, api_base=stripe_api.url)
+        )
         customer = await october_customer(
             inv, payment_provider="stripe", payment_method="pm_card_chargeDeclined"
         )
@@ -517,12 +522,10 @@ async def test_a_declined_card_follows_the_dunning_schedule_to_uncollectible(
 
 async def test_an_adyen_payment_pending_until_its_notification(inv: Invoicing) -> None:
     with FakeAdyen() as adyen_api:
-        inv.billing.providers = {
-            **inv.billing.providers,
-            "adyen": AdyenProvider(
-                "AQE_test_tallyray", "TallyrayTest", ADYEN_HMAC, api_base=adyen_api.url
-            ),
-        }
+        inv.billing.providers = inv.billing.providers.with_provider(
+            "test",
+            AdyenProvider("AQE_test_tallyray", "TallyrayTest", ADYEN_HMAC, api_base=adyen_api.url),
+        )
         customer = await october_customer(inv, payment_provider="adyen", payment_method="pending")
         await inv.run()
         (invoice,) = await inv.invoices(customer)
@@ -530,10 +533,27 @@ async def test_an_adyen_payment_pending_until_its_notification(inv: Invoicing) -
         reference = invoice["payment"]["reference"]
         assert reference
 
+        # An authorisation for one cent less is not a payment of this invoice.
+        cents = int(Decimal(invoice["amount_due"]) * 100)
+        short = notification_item(
+            psp_reference=reference + "X",
+            merchant_reference=invoice["id"],
+            value=cents - 1,
+            currency="EUR",
+        )
+        r = await inv.client.post(
+            "/v1/providers/adyen/webhook", content=signed_notification([short], ADYEN_HMAC)
+        )
+        assert r.status_code == 200 and r.text == "[accepted]"
+        (invoice,) = await inv.invoices(customer)
+        assert invoice["status"] == "finalized"
+        payments = (await inv.client.get(f"/v1/invoices/{invoice['id']}/payments")).json()
+        assert [p["status"] for p in payments["payments"]] == ["pending", "mismatch"]
+
         item = notification_item(
             psp_reference=reference,
             merchant_reference=invoice["id"],
-            value=int(Decimal(invoice["amount_due"]) * 100),
+            value=cents,
             currency="EUR",
         )
         body = signed_notification([item], ADYEN_HMAC)
@@ -545,6 +565,256 @@ async def test_an_adyen_payment_pending_until_its_notification(inv: Invoicing) -
         tampered = body.replace(b'"value": ', b'"value": 1')
         r = await inv.client.post("/v1/providers/adyen/webhook", content=tampered)
         assert r.status_code == 400
+
+
+# -- payments: each environment with its own credentials ------------------------------------
+
+LIVE_KEY, LIVE_SECRET = "sk_live_tallyray", "whsec_tallyray_live"
+
+
+def live_and_test_stripe(live_api: FakeStripe, test_api: FakeStripe) -> PaymentProviders:
+    """Stripe in both environments, each on a fake of its own account."""
+    return PaymentProviders(
+        live={"stripe": StripeProvider(LIVE_KEY, LIVE_SECRET, api_base=live_api.url, live=True)},
+        test={"stripe": StripeProvider(STRIPE_KEY, STRIPE_SECRET, api_base=test_api.url)},
+    )
+
+
+def keys_seen(fake: FakeStripe) -> set[str]:
+    return {r.headers["authorization"].removeprefix("Bearer ") for r in fake.received}
+
+
+def stripe_delivery(intent: dict[str, Any], livemode: bool, secret: str, **changes: Any) -> Any:
+    """A signed ``payment_intent.succeeded`` for ``intent``, as Stripe would post it."""
+    import json
+    import time
+
+    from fakes.stripe_server import sign_stripe_payload
+
+    now = int(time.time())  # signatures are checked against the wall clock, not the suite's
+    paid = {**intent, "status": "succeeded", "amount_received": intent["amount"], **changes}
+    event = {
+        "id": unique("evt"),
+        "object": "event",
+        "type": "payment_intent.succeeded",
+        "livemode": livemode,
+        "created": now,
+        "data": {"object": paid},
+    }
+    body = json.dumps(event).encode()
+    return {
+        "content": body,
+        "headers": {"Stripe-Signature": sign_stripe_payload(body, secret, now)},
+    }
+
+
+async def test_each_environment_collects_with_its_own_credentials_only(inv: Invoicing) -> None:
+    """Stripe and Adyen configured for both environments, each account a fake of its own:
+    every call for a test invoice goes to a test account with its test key, and the same
+    for live."""
+    live = dataclasses.replace(inv, client=inv.live)
+    with (
+        FakeStripe(STRIPE_KEY) as stripe_test,
+        FakeStripe(LIVE_KEY) as stripe_live,
+        FakeAdyen("AQE_test_key", "TallyrayTest") as adyen_test,
+        FakeAdyen("AQE_live_key", "Tallyray", live=True) as adyen_live,
+    ):
+        providers = live_and_test_stripe(stripe_live, stripe_test)
+        providers = providers.with_provider(
+            "test", AdyenProvider("AQE_test_key", "TallyrayTest", ADYEN_HMAC, adyen_test.url)
+        )
+        inv.billing.providers = providers.with_provider(
+            "live",
+            AdyenProvider(
+                "AQE_live_key",
+                "Tallyray",
+                "AB" * 32,
+                adyen_live.url,
+                live=True,
+                live_endpoint_prefix="1797a841fbb37ca7-AdyenDemo",
+            ),
+        )
+        card = {"payment_provider": "stripe", "payment_method": "pm_card_visa"}
+        stored = {"payment_provider": "adyen", "payment_method": "8415718415172204"}
+        test_customers = [
+            await october_customer(inv, **card),
+            await october_customer(inv, **stored),
+        ]
+        live_customers = [
+            await october_customer(live, **card),
+            await october_customer(live, **stored),
+        ]
+
+        await inv.run()  # finalizing collects what is due: collect_due("test")
+        assert (stripe_live.received, adyen_live.received) == ([], [])
+        await live.run()
+
+        test_invoices = [(await inv.invoices(c))[0] for c in test_customers]
+        live_invoices = [(await live.invoices(c))[0] for c in live_customers]
+        assert {i["status"] for i in test_invoices + live_invoices} == {"paid"}
+        # each account saw its own key only, and only its own environment's invoice
+        assert (keys_seen(stripe_test), keys_seen(stripe_live)) == ({STRIPE_KEY}, {LIVE_KEY})
+        charged = {
+            name: [(i["metadata"]["tallyray_invoice_id"], i["livemode"]) for i in intents]
+            for name, intents in (
+                ("test", stripe_test.payment_intents.values()),
+                ("live", stripe_live.payment_intents.values()),
+            )
+        }
+        assert charged == {
+            "test": [(test_invoices[0]["id"], False)],
+            "live": [(live_invoices[0]["id"], True)],
+        }
+        adyen = {
+            name: [(r.headers["x-api-key"], r.json()["merchantAccount"], r.json()["reference"])
+                   for r in fake.received]
+            for name, fake in (("test", adyen_test), ("live", adyen_live))
+        }  # fmt: skip
+        assert adyen == {
+            "test": [("AQE_test_key", "TallyrayTest", test_invoices[1]["id"])],
+            "live": [("AQE_live_key", "Tallyray", live_invoices[1]["id"])],
+        }
+
+
+async def test_a_test_environment_without_test_credentials_never_uses_live_ones(
+    inv: Invoicing,
+) -> None:
+    with FakeStripe(LIVE_KEY) as live_api, FakeStripe(STRIPE_KEY) as test_api:
+        inv.billing.providers = PaymentProviders(
+            live={"stripe": StripeProvider(LIVE_KEY, LIVE_SECRET, api_base=live_api.url, live=True)}
+        )
+        customer = await october_customer(
+            inv, payment_provider="stripe", payment_method="pm_card_visa"
+        )
+        await inv.run()  # finalized, and collect_due("test") tried it
+
+        (invoice,) = await inv.invoices(customer)
+        assert (invoice["status"], invoice["payment"]["attempts"]) == ("finalized", 0)
+        r = await inv.client.post(f"/v1/invoices/{invoice['id']}/pay")
+        assert r.status_code == 409, r.text
+        assert r.json()["error"]["message"].startswith(
+            "stripe is not configured for the test environment (its payment providers: manual)"
+        )
+        r = await inv.client.post("/v1/payments/collect")  # the dunning pass
+        assert r.status_code == 200, r.text
+        assert live_api.received == []
+
+        # With test credentials, the same dunning pass collects it, on the test account.
+        inv.billing.providers = live_and_test_stripe(live_api, test_api)
+        r = await inv.client.post("/v1/payments/collect")
+        assert r.json() == {"attempted": 1}
+        (invoice,) = await inv.invoices(customer)
+        assert invoice["status"] == "paid"
+        assert (keys_seen(test_api), live_api.received) == ({STRIPE_KEY}, [])
+
+
+async def test_a_webhook_acts_only_in_the_environment_whose_secret_signed_it(
+    inv: Invoicing,
+) -> None:
+    live = dataclasses.replace(inv, client=inv.live)
+    with FakeStripe(STRIPE_KEY) as test_api, FakeStripe(LIVE_KEY) as live_api:
+        inv.billing.providers = live_and_test_stripe(live_api, test_api)
+        pending = {"payment_provider": "stripe", "payment_method": "pm_card_authenticationRequired"}
+        test_customer = await october_customer(inv, **pending)
+        live_customer = await october_customer(live, **pending)
+        await inv.run()
+        await live.run()
+        (test_intent,) = test_api.payment_intents.values()
+        (live_intent,) = live_api.payment_intents.values()
+        test_id = test_intent["metadata"]["tallyray_invoice_id"]
+
+        refused = [
+            # signed with the test secret, but claims to be live
+            (test_intent, True, STRIPE_SECRET, "is a live-mode event but is signed with the test"),
+            # signed with the live secret, but claims to be test
+            (test_intent, False, LIVE_SECRET, "is a test-mode event but is signed with the live"),
+            # a live event about a test invoice
+            (test_intent, True, LIVE_SECRET, f"names invoice {test_id}, which is not a live"),
+            # a test event about a live invoice: a test secret never reaches live invoices
+            (live_intent, False, STRIPE_SECRET, "which is not a test invoice: refused"),
+        ]
+        for intent, livemode, secret, message in refused:
+            r = await inv.client.post(
+                "/v1/providers/stripe/webhook", **stripe_delivery(intent, livemode, secret)
+            )
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["type"] == "webhook_refused"
+            assert message in r.json()["error"]["message"]
+        for client, customer in ((inv, test_customer), (live, live_customer)):
+            (invoice,) = await client.invoices(customer)
+            assert invoice["status"] == "finalized"
+
+        for intent, livemode, secret in (
+            (test_intent, False, STRIPE_SECRET),
+            (live_intent, True, LIVE_SECRET),
+        ):
+            r = await inv.client.post(
+                "/v1/providers/stripe/webhook", **stripe_delivery(intent, livemode, secret)
+            )
+            assert r.json() == {"received": True, "processed": 1}
+        for client, customer in ((inv, test_customer), (live, live_customer)):
+            (invoice,) = await client.invoices(customer)
+            assert invoice["status"] == "paid"
+
+
+#: A success webhook against an invoice of 119.00 EUR due (base fee and true-up to the 100.00
+#: minimum, 19 % VAT, no credits): 11,900 cents.
+PAID_CASES = [
+    # (what Stripe says was received, currency; as a decimal; invoice status after, payment row)
+    (11_900, "eur", "119.00", "paid", "succeeded"),  # 11,900 = 11,900 cents: the amount due
+    (11_899, "eur", "118.99", "finalized", "mismatch"),  # one cent short
+    (11_900, "usd", "119.00", "finalized", "mismatch"),  # the same number, another currency
+]
+
+
+async def test_a_payment_webhook_marks_paid_only_the_exact_amount_and_currency(
+    inv: Invoicing, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One run for the whole table (runs are slow): a customer per case, each payment pending
+    until Stripe's webhook, and each webhook delivered twice."""
+    with FakeStripe(STRIPE_KEY) as stripe_api:
+        inv.billing.providers = inv.billing.providers.with_provider(
+            "test", StripeProvider(STRIPE_KEY, STRIPE_SECRET, api_base=stripe_api.url)
+        )
+        pending = {"payment_provider": "stripe", "payment_method": "pm_card_authenticationRequired"}
+        customers = [await october_customer(inv, **pending) for _ in PAID_CASES]
+        await inv.run()
+
+        for customer, case in zip(customers, PAID_CASES, strict=True):
+            received, currency, received_amount, status, row = case
+            (invoice,) = await inv.invoices(customer)
+            assert (invoice["status"], invoice["amount_due"]) == ("finalized", "119.00")
+            (intent,) = [
+                i
+                for i in stripe_api.payment_intents.values()
+                if i["metadata"]["tallyray_invoice_id"] == invoice["id"]
+            ]
+            delivery = stripe_delivery(
+                intent, False, STRIPE_SECRET, amount_received=received, currency=currency
+            )
+            for processed in (1, 0):  # the same event twice: processed once
+                r = await inv.client.post("/v1/providers/stripe/webhook", **delivery)
+                assert r.json() == {"received": True, "processed": processed}, r.text
+
+            (invoice,) = await inv.invoices(customer)
+            assert invoice["status"] == status
+            payments = (await inv.client.get(f"/v1/invoices/{invoice['id']}/payments")).json()
+            assert [p["status"] for p in payments["payments"]] == ["pending", row]
+            if row == "mismatch":
+                detail = payments["payments"][1]["detail"]
+                assert detail["expected"] == {
+                    "amount": "119.00",
+                    "currency": "EUR",
+                    "minor_units": 11_900,
+                }
+                assert detail["received"] == {
+                    "amount": received_amount,
+                    "currency": currency.upper(),
+                    "minor_units": received,
+                }
+                assert (invoice["amount_due"], invoice["payment"]["attempts"]) == ("119.00", 1)
+    warnings = [r.getMessage() for r in caplog.records if "not marked paid" in r.getMessage()]
+    assert len(warnings) == 2
 
 
 # -- currencies, discounts, late events, anniversaries ---------------------------------------
@@ -724,10 +994,9 @@ async def test_the_full_month_events_close_run_invoice_pdf_stripe_webhook_paid(
     from tallyray.storage.alerts import AlertStore
 
     with FakeStripe(STRIPE_KEY) as stripe_api:
-        inv.billing.providers = {
-            **inv.billing.providers,
-            "stripe": StripeProvider(STRIPE_KEY, STRIPE_SECRET, api_base=stripe_api.url),
-        }
+        inv.billing.providers = inv.billing.providers.with_provider(
+            "test", StripeProvider(STRIPE_KEY, STRIPE_SECRET, api_base=stripe_api.url)
+        )
         customer = await october_customer(
             inv,
             credits="20.00",
@@ -756,7 +1025,9 @@ async def test_the_full_month_events_close_run_invoice_pdf_stripe_webhook_paid(
             "type": "payment_intent.succeeded",
             "livemode": False,
             "created": now,
-            "data": {"object": {**intent, "status": "succeeded"}},
+            "data": {
+                "object": {**intent, "status": "succeeded", "amount_received": intent["amount"]}
+            },
         }
         body = json.dumps(event).encode()
         headers = {"Stripe-Signature": sign_stripe_payload(body, STRIPE_SECRET, now)}

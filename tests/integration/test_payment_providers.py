@@ -299,6 +299,7 @@ def stripe_event(event_type: str, intent: dict[str, Any] | None = None) -> bytes
 
 OURS = {"tallyray_invoice_id": "inv_01"}
 DECLINED = "Your card was declined."
+D = Decimal
 
 
 @pytest.mark.parametrize(
@@ -318,7 +319,14 @@ def test_stripe_webhook_events(
     kind: str,
     failure: str | None,
 ) -> None:
-    intent = {"id": "pi_123", "metadata": metadata, "last_payment_error": {"message": DECLINED}}
+    intent = {
+        "id": "pi_123",
+        "amount": 1234,
+        "amount_received": 1234 if kind == "payment.succeeded" else 0,
+        "currency": "eur",
+        "metadata": metadata,
+        "last_payment_error": {"message": DECLINED},
+    }
     body = stripe_event(event_type, intent)
     headers = {"stripe-signature": sign_stripe_payload(body, STRIPE_SECRET, NOW_S)}
 
@@ -326,8 +334,40 @@ def test_stripe_webhook_events(
 
     invoice_id = metadata.get("tallyray_invoice_id")
     assert events == [
-        ProviderEvent("stripe", "evt_123", kind, False, invoice_id, "pi_123", failure)
+        ProviderEvent(
+            "stripe", "evt_123", kind, False, invoice_id, "pi_123", failure, D("12.34"), "EUR"
+        )
     ]
+
+
+@pytest.mark.parametrize(
+    ("event_type", "intent", "amount", "currency"),
+    [
+        # a success reports what was captured, amount_received, in Stripe's minor units
+        ("payment_intent.succeeded", {"amount": 9900, "amount_received": 9900}, "99.00", "EUR"),
+        ("payment_intent.succeeded", {"amount": 9900, "amount_received": 5000}, "50.00", "EUR"),
+        ("payment_intent.succeeded", {"amount": 9900}, "99.00", "EUR"),  # no amount_received
+        ("payment_intent.succeeded", {"amount_received": 50000, "currency": "isk"}, "500", "ISK"),
+        ("payment_intent.succeeded", {"amount_received": 1234, "currency": "jpy"}, "1234", "JPY"),
+        ("payment_intent.succeeded", {"amount_received": 1230, "currency": "kwd"}, "1.230", "KWD"),
+        ("payment_intent.payment_failed", {"amount": 9900, "amount_received": 0}, "99.00", "EUR"),
+        ("payment_intent.succeeded", {"amount_received": "9900"}, None, "EUR"),  # not a number
+        ("payment_intent.succeeded", {"amount_received": 9900, "currency": None}, None, None),
+    ],
+)
+def test_stripe_webhook_amounts(
+    stripe_provider: StripeProvider,
+    event_type: str,
+    intent: dict[str, Any],
+    amount: str | None,
+    currency: str | None,
+) -> None:
+    body = stripe_event(event_type, {"id": "pi_1", "currency": "eur", "metadata": OURS, **intent})
+    headers = {"stripe-signature": sign_stripe_payload(body, STRIPE_SECRET, NOW_S)}
+
+    [event] = stripe_provider.parse_webhook(headers, body, NOW)
+
+    assert (event.amount, event.currency) == (None if amount is None else D(amount), currency)
 
 
 BODY = stripe_event("payment_intent.succeeded")
@@ -554,7 +594,29 @@ def test_adyen_webhook_events(
     [event] = adyen_provider.parse_webhook({}, body, NOW)
 
     event_id = f"{PSP}:{event_code}:{str(success).lower()}"
-    assert event == ProviderEvent("adyen", event_id, kind, False, "inv_01", PSP, failure)
+    assert event == ProviderEvent(
+        "adyen", event_id, kind, False, "inv_01", PSP, failure, D("12.34"), "EUR"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "currency", "amount"),
+    [
+        (9900, "EUR", "99.00"),
+        (1234, "JPY", "1234"),  # zero-decimal
+        (1235, "KWD", "1.235"),  # Adyen takes all three decimals
+        (150000, "CLP", "1500"),  # two decimals at Adyen: 150000 is 1500.00 pesos
+        (150050, "CLP", "1500.50"),  # kept exactly; the invoice match refuses the 50 centavos
+    ],
+)
+def test_adyen_webhook_amounts(
+    adyen_provider: AdyenProvider, value: int, currency: str, amount: str
+) -> None:
+    body = signed_notification([item(value=value, currency=currency)], ADYEN_HMAC)
+
+    [event] = adyen_provider.parse_webhook({}, body, NOW)
+
+    assert (event.amount, event.currency) == (D(amount), currency)
 
 
 def test_adyen_webhook_batch_from_live() -> None:
@@ -653,9 +715,125 @@ def test_manual_provider_leaves_the_invoice_pending() -> None:
             lambda: AdyenProvider(ADYEN_KEY, ADYEN_MERCHANT, ADYEN_HMAC, live=True),
             ["live_endpoint_prefix"],
         ),
+        (lambda: StripeProvider("pk_test_x", STRIPE_SECRET), ["api_key"]),  # publishable
+        (lambda: StripeProvider("sk_live_x", STRIPE_SECRET), ["api_key"]),  # test mode
+        (lambda: StripeProvider("rk_test_x", STRIPE_SECRET, live=True), ["api_key"]),
+        (
+            lambda: StripeProvider(STRIPE_KEY, STRIPE_SECRET, api_base="http://stripe-mock:12111"),
+            ["api_base"],
+        ),
     ],
 )
 def test_providers_refuse_incomplete_settings(build: Any, wheres: list[str]) -> None:
     with pytest.raises(ConfigError) as raised:
         build()
     assert [p.where for p in raised.value.problems] == wheres
+
+
+# -- modes: live credentials for live payments, test ones for test payments --------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "live", "problem"),
+    [
+        ("sk_live_abc", True, None),
+        ("rk_live_abc", True, None),
+        ("sk_test_abc", False, None),
+        ("rk_test_abc", False, None),
+        ("sk_test_abc", True, "is a test-mode key (sk_test_...) but is used for live payments"),
+        ("rk_live_abc", False, "is a live-mode key (rk_live_...) but is used for test payments"),
+        ("pk_live_abc", True, "is not a Stripe secret or restricted key (pk_live_...)"),
+        ("whsec_abc", False, "is not a Stripe secret or restricted key (whsec_...)"),
+        ("AQEabc", False, "is not a Stripe secret or restricted key (?...)"),  # shows nothing
+    ],
+)
+def test_stripe_takes_only_keys_of_its_mode(key: str, live: bool, problem: str | None) -> None:
+    if problem is None:
+        with StripeProvider(key, STRIPE_SECRET, live=live) as provider:
+            assert provider.livemode is live
+        return
+    with pytest.raises(ConfigError) as raised:
+        StripeProvider(key, STRIPE_SECRET, live=live)
+    [found] = raised.value.problems
+    assert found.where == "api_key" and found.message.startswith(problem)
+
+
+def test_a_live_stripe_key_makes_live_objects_and_events(inbox: WebhookInbox) -> None:
+    with (
+        FakeStripe("sk_live_tallyray", webhook_url=inbox.url, webhook_secret="whsec_live") as fake,
+        StripeProvider(
+            "sk_live_tallyray", "whsec_live", api_base=fake.url, live=True, max_network_retries=0
+        ) as provider,
+    ):
+        result = provider.collect(request())
+        [delivery] = fake.wait_for_webhooks(1)
+        [event] = provider.parse_webhook(
+            inbox.received[0].headers, inbox.received[0].body, time.time_ns() // 1000
+        )
+
+    assert delivery.status == 200
+    assert fake.payment_intents[str(result.reference)]["livemode"] is True
+    assert (event.kind, event.livemode, event.amount, event.currency) == (
+        "payment.succeeded",
+        True,
+        D("12.34"),
+        "EUR",
+    )
+
+
+PREFIX = "1797a841fbb37ca7-AdyenDemo"
+LIVE_CHECKOUT = f"https://{PREFIX}-checkout-live.adyenpayments.com/checkout"
+
+
+@pytest.mark.parametrize(
+    ("live", "api_base", "endpoint"),
+    [
+        # Where the SDK really posts, for its platform (this pins its URL rewriting)
+        (False, None, "https://checkout-test.adyen.com/v72/payments"),
+        (True, None, f"{LIVE_CHECKOUT}/v72/payments"),
+        (False, "https://checkout-test.adyen.com", "https://checkout-test.adyen.com/v72/payments"),
+        (True, LIVE_CHECKOUT, f"{LIVE_CHECKOUT}/v72/payments"),
+        (False, "http://127.0.0.1:9/", "http://127.0.0.1:9/v72/payments"),  # a local fake
+        (True, "http://localhost:9", "http://localhost:9/v72/payments"),
+        (True, "http://[::1]:9", "http://[::1]:9/v72/payments"),
+    ],
+)
+def test_adyen_sends_each_mode_to_its_own_platform(
+    live: bool, api_base: str | None, endpoint: str
+) -> None:
+    provider = AdyenProvider(
+        ADYEN_KEY, ADYEN_MERCHANT, ADYEN_HMAC, api_base, live, live_endpoint_prefix=PREFIX
+    )
+
+    assert (provider.endpoint, provider.livemode) == (endpoint, live)
+
+
+@pytest.mark.parametrize(
+    ("live", "api_base", "message"),
+    [
+        # the test platform's host for live payments: the SDK would quietly make it live
+        (True, "https://checkout-test.adyen.com", "points at checkout-test.adyen.com: live-mode"),
+        # a live host for test payments: the SDK would quietly turn -live into -test
+        (False, LIVE_CHECKOUT, f"points at {PREFIX.lower()}-checkout-live.adyenpayments.com: "),
+        # the live host without its /checkout path
+        (True, LIVE_CHECKOUT.removesuffix("/checkout"), "would send live-mode payments to"),
+        (True, "http://adyen-mock:8080", "points at adyen-mock: live-mode calls go to"),
+        (False, "ftp://127.0.0.1", "must be an http:// or https:// URL"),
+    ],
+)
+def test_adyen_refuses_endpoints_of_the_other_mode(live: bool, api_base: str, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        AdyenProvider(
+            ADYEN_KEY, ADYEN_MERCHANT, ADYEN_HMAC, api_base, live, live_endpoint_prefix=PREFIX
+        )
+    [problem] = raised.value.problems
+    assert problem.where == "api_base" and problem.message.startswith(message)
+
+
+@pytest.mark.parametrize(
+    "prefix", [f"https://{PREFIX}-checkout-live.adyenpayments.com", f"{PREFIX}.adyen", " "]
+)
+def test_adyen_live_url_prefix_is_the_prefix_alone(prefix: str) -> None:
+    with pytest.raises(ConfigError, match="invalid configuration") as raised:
+        AdyenProvider(ADYEN_KEY, ADYEN_MERCHANT, ADYEN_HMAC, live=True, live_endpoint_prefix=prefix)
+    assert [p.where for p in raised.value.problems] == ["live_endpoint_prefix"]

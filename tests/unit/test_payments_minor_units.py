@@ -8,6 +8,7 @@ currencies (Stripe: ISK and HUF are two-decimal; Adyen: CLP is two-decimal, CVE 
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -141,6 +142,27 @@ def test_adyen_amounts(amount: str, code: str, expected: int) -> None:
 def test_adyen_amounts_refused(amount: str, code: str, message: str) -> None:
     with pytest.raises(CurrencyError, match=message):
         ADYEN_AMOUNTS.minor_units(Decimal(amount), code)
+
+
+@pytest.mark.parametrize(
+    ("rules", "value", "code", "amount"),
+    [
+        # what a provider reports, back to a Decimal with the provider's own digits
+        (STRIPE_AMOUNTS, 1234, "EUR", "12.34"),  # 1234 / 10²
+        (STRIPE_AMOUNTS, 1234, "JPY", "1234"),  # / 10⁰
+        (STRIPE_AMOUNTS, 1230, "KWD", "1.230"),  # / 10³
+        (STRIPE_AMOUNTS, 50000, "ISK", "500.00"),  # Stripe's ISK is two-decimal
+        (STRIPE_AMOUNTS, 150000, "HUF", "1500.00"),
+        (ADYEN_AMOUNTS, 150000, "CLP", "1500.00"),  # Adyen's CLP is two-decimal
+        (ADYEN_AMOUNTS, 15000, "IDR", "15000"),  # Adyen's IDR has none
+        (ADYEN_AMOUNTS, 150050, "CLP", "1500.50"),  # exact, even finer than CLDR's CLP
+    ],
+)
+def test_provider_amounts_back_to_decimals(rules: Any, value: int, code: str, amount: str) -> None:
+    result = rules.decimal_amount(value, code)
+    assert result == Decimal(amount)
+    if code != "CLP" or value % 100 == 0:
+        assert rules.minor_units(result, code) == value  # the inverse of minor_units
 
 
 def test_results_and_events_check_their_vocabulary() -> None:

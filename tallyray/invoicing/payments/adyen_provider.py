@@ -16,13 +16,24 @@ Adyen says                            Tallyray
 ====================================  ===============================================
 
 The SDK builds its URLs from fixed hosts; :func:`_checkout_payments` is the one place that
-points it at ``api_base`` instead (a live endpoint prefix, or a local fake in tests).
+points it at ``api_base`` instead (a local fake in tests).
+
+Adyen's test and live platforms are separate services with separate credentials, and the SDK
+picks one from its ``platform`` setting, then *rewrites* the URL it was given
+(``AdyenClient._determine_api_url``): on ``test`` every ``-live`` becomes ``-test``; on
+``live`` the Checkout test host becomes ``https://<prefix>-checkout-live.adyenpayments.com/
+checkout`` and every ``-test`` becomes ``-live``. So where a call really goes depends on both
+the platform and the URL. :func:`checkout_endpoint` asks the SDK, and the constructor refuses
+any combination whose calls would land on the other mode's endpoints (or anywhere but the
+mode's own host or a local fake, see :mod:`~tallyray.invoicing.payments.endpoints`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,8 +47,21 @@ from tallyray.invoicing.payments.base import (
     PaymentResult,
     ProviderEvent,
 )
+from tallyray.invoicing.payments.endpoints import is_local, is_under, override_problem
 
-__all__ = ["ADYEN_AMOUNTS", "AdyenProvider"]
+__all__ = ["ADYEN_AMOUNTS", "ADYEN_TEST_CHECKOUT", "AdyenProvider", "live_checkout"]
+
+#: Adyen's Checkout origin on the test platform.
+ADYEN_TEST_CHECKOUT = "https://checkout-test.adyen.com"
+
+#: A live URL prefix as the Customer Area shows it: ``1797a841fbb37ca7-AdyenDemo``.
+_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+
+
+def live_checkout(prefix: str) -> str:
+    """Adyen's Checkout origin and path on the live platform for a merchant's URL prefix."""
+    return f"https://{prefix}-checkout-live.adyenpayments.com/checkout"
+
 
 # fmt: off
 _ZERO_DECIMAL = (
@@ -68,9 +92,10 @@ _FAILED = frozenset({"Refused", "Error", "Cancelled"})
 class AdyenProvider:
     """Collects invoices through Adyen Checkout and reads Adyen standard notifications.
 
-    ``api_base`` replaces the Checkout host (a local fake in tests); the SDK's own API version
-    path is appended to it. ``None`` uses Adyen's test host, or, when ``live``, the live host
-    named by ``live_endpoint_prefix`` (required when ``live``).
+    ``live`` picks the platform: Adyen's test host, or the live host named by
+    ``live_endpoint_prefix`` (required when ``live``). ``api_base`` replaces the Checkout host
+    with a local fake (tests), or names the mode's own host; the SDK's API version path is
+    appended to it. :attr:`endpoint` is where payments are sent.
     """
 
     name = "adyen"
@@ -107,18 +132,50 @@ class AdyenProvider:
                     "is needed for live payments: Customer Area > Developers > API URLs",
                 )
             )
+        elif live and not _PREFIX.fullmatch(str(live_endpoint_prefix)):
+            problems.append(
+                Problem(
+                    "live_endpoint_prefix",
+                    "must be the prefix alone, like 1797a841fbb37ca7-AdyenDemo (no https://, "
+                    "no host name): Customer Area > Developers > API URLs",
+                )
+            )
         if problems:
             raise ConfigError.of(problems)
-        self._merchant_account = merchant_account
-        self._hmac_key = hmac_key
+        mode = "live" if live else "test"
+        official = live_checkout(str(live_endpoint_prefix)) if live else ADYEN_TEST_CHECKOUT
         client = Adyen.AdyenClient(
             xapikey=api_key,
-            platform="live" if live else "test",
+            platform=mode,
             merchant_account=merchant_account,
             live_endpoint_prefix=live_endpoint_prefix,
             http_timeout=timeout_seconds,
         )
         self._payments = _checkout_payments(client, api_base)
+        #: Where payments are sent: the URL the SDK will really call.
+        self.endpoint = checkout_endpoint(client, self._payments)
+        if api_base:
+            wrong_place = override_problem(api_base, official, mode)
+            if wrong_place:
+                problems.append(Problem("api_base", wrong_place))
+        if not problems and not (is_local(self.endpoint) or is_under(self.endpoint, official)):
+            problems.append(
+                Problem(
+                    "api_base",
+                    f"would send {mode}-mode payments to {self.endpoint} (the Adyen SDK "
+                    f"rewrites URLs for its platform): {mode}-mode calls go to {official}",
+                )
+            )
+        if problems:
+            raise ConfigError.of(problems)
+        self._live = live
+        self._merchant_account = merchant_account
+        self._hmac_key = hmac_key
+
+    @property
+    def livemode(self) -> bool:
+        """Whether this provider talks to Adyen's live platform."""
+        return self._live
 
     def close(self) -> None:
         """Nothing to release: the SDK opens and closes a session per request."""
@@ -162,7 +219,7 @@ class AdyenProvider:
         try:
             result = self._payments.payments(body, idempotency_key=request.idempotency_key)
         except Adyen.AdyenError as e:
-            raise _unavailable(e) from e
+            raise _unavailable(e, self._live) from e
         except OSError as e:  # requests' errors are OSErrors; the SDK does not wrap them
             raise ProviderUnavailable(f"cannot reach Adyen: {e}") from e
         answer = result.message if isinstance(result.message, dict) else {}
@@ -243,6 +300,7 @@ def _event(item: dict[str, Any], livemode: bool | None) -> ProviderEvent:
     else:
         kind = "ignored"
     reference = item.get("merchantReference")
+    amount, currency_code = _amount(item.get("amount"))
     return ProviderEvent(
         provider="adyen",
         event_id=f"{psp}:{code}:{success}",
@@ -251,7 +309,20 @@ def _event(item: dict[str, Any], livemode: bool | None) -> ProviderEvent:
         invoice_id=str(reference) if reference else None,
         reference=psp or None,
         failure_message=str(item.get("reason") or "refused") if kind == "payment.failed" else None,
+        amount=amount,
+        currency=currency_code,
     )
+
+
+def _amount(amount: object) -> tuple[Decimal | None, str | None]:
+    """A notification's ``{"value", "currency"}`` as a Decimal and a currency code."""
+    if not isinstance(amount, dict):
+        return None, None
+    value, code = amount.get("value"), amount.get("currency")
+    code = code.upper() if isinstance(code, str) else None
+    if code is None or not isinstance(value, int) or isinstance(value, bool):
+        return None, code
+    return ADYEN_AMOUNTS.decimal_amount(value, code), code
 
 
 def _checkout_payments(client: Adyen.AdyenClient, api_base: str | None) -> PaymentsApi:
@@ -267,7 +338,13 @@ def _checkout_payments(client: Adyen.AdyenClient, api_base: str | None) -> Payme
     return payments
 
 
-def _unavailable(error: Adyen.AdyenError) -> ProviderUnavailable:
+def checkout_endpoint(client: Adyen.AdyenClient, payments: PaymentsApi) -> str:
+    """The URL ``payments.payments`` will post to: the SDK's own rewriting of its base URL
+    for the client's platform (a private method, so a test pins what it gives)."""
+    return str(client._determine_api_url(client.platform, payments.baseUrl + "/payments"))
+
+
+def _unavailable(error: Adyen.AdyenError, live: bool) -> ProviderUnavailable:
     message = error.message
     if isinstance(message, dict):
         text = str(message.get("message") or message)
@@ -276,10 +353,12 @@ def _unavailable(error: Adyen.AdyenError) -> ProviderUnavailable:
     else:
         detail = str(message)
     status = getattr(error, "status_code", "")
+    infix = "" if live else "TEST_"
     if isinstance(error, Adyen.AdyenAPIAuthenticationError | Adyen.AdyenAPIInvalidPermission):
         return ProviderUnavailable(
             f"Adyen rejected the API key (HTTP {status}): {detail}. This is a configuration "
-            "problem: check TALLYRAY_ADYEN_API_KEY and TALLYRAY_ADYEN_MERCHANT_ACCOUNT"
+            f"problem: check TALLYRAY_ADYEN_{infix}API_KEY and "
+            f"TALLYRAY_ADYEN_{infix}MERCHANT_ACCOUNT"
         )
     if isinstance(
         error,

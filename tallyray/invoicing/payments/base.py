@@ -111,6 +111,12 @@ class ProviderEvent:
     invoice_id: str | None
     reference: str | None
     failure_message: str | None = None
+    #: What the provider says was paid (``payment.succeeded``) or asked for, converted from
+    #: its own minor units by its :class:`AmountRules`; ``None`` when the event has no amount.
+    #: Invoicing compares it with the invoice's amount due before marking anything paid.
+    amount: Decimal | None = None
+    #: The ISO 4217 code of ``amount``, upper case, as the provider sent it.
+    currency: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in EVENT_KINDS:
@@ -125,6 +131,8 @@ class ProviderEvent:
             "invoice_id": self.invoice_id,
             "reference": self.reference,
             "failure_message": self.failure_message,
+            "amount": None if self.amount is None else format(self.amount, "f"),
+            "currency": self.currency,
         }
 
 
@@ -132,6 +140,14 @@ class PaymentProvider(Protocol):
     """A payment service provider behind one adapter."""
 
     name: str
+
+    @property
+    def livemode(self) -> bool | None:
+        """``True`` for live-mode credentials (real money), ``False`` for test-mode ones,
+        ``None`` for a provider without an account behind it (manual), which serves both
+        environments. :class:`~tallyray.invoicing.payments.registry.PaymentProviders` puts a
+        provider only in the environment of its mode."""
+        ...
 
     def collect(self, request: PaymentRequest) -> PaymentResult:
         """Charge the stored payment method, once per ``request.idempotency_key``.
@@ -225,6 +241,12 @@ class AmountRules:
                 f"invoice total to {quantum:f} or collect it another way (see docs/payments.md)"
             )
         return minor
+
+    def decimal_amount(self, value: int, currency_code: str) -> Decimal:
+        """The inverse of :meth:`minor_units`, for amounts the provider reports (webhooks):
+        Stripe's ``ISK 50000`` is 500 krónur, Adyen's ``CLP 150000`` is 1500 pesos. Exact:
+        no rounding, whatever the currency's own minor unit."""
+        return Decimal(value).scaleb(-self.digits_for(currency_code))
 
     def provider_units(self, amount: Decimal, currency_code: str) -> int:
         """:meth:`minor_units` for ``collect``: an amount the provider cannot take is, like any

@@ -17,6 +17,8 @@ __all__ = ["ManualProvider"]
 
 class ManualProvider:
     name = "manual"
+    #: No provider account behind it: the same provider serves both environments.
+    livemode: bool | None = None
 
     def collect(self, request: PaymentRequest) -> PaymentResult:
         return PaymentResult(

@@ -18,12 +18,18 @@ PaymentIntent ``succeeded``                       ``succeeded``
 
 The SDK's own HTTP client is ``requests``, with a small, pinned number of network retries (the
 idempotency key makes them safe). :meth:`StripeProvider.close` releases its connections.
+
+Stripe has one host for both modes: the API key decides whether a call moves real money
+(``sk_live_``/``rk_live_``) or not (``sk_test_``/``rk_test_``). A provider is built for one mode
+(``live``) and refuses a key of the other.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 import stripe
@@ -35,8 +41,16 @@ from tallyray.invoicing.payments.base import (
     PaymentResult,
     ProviderEvent,
 )
+from tallyray.invoicing.payments.endpoints import override_problem
 
-__all__ = ["STRIPE_AMOUNTS", "StripeProvider"]
+__all__ = ["STRIPE_AMOUNTS", "STRIPE_API", "StripeProvider", "stripe_key_mode"]
+
+#: Stripe's API, for both modes.
+STRIPE_API = "https://api.stripe.com"
+
+#: Secret and restricted key prefixes → the mode they act in. Publishable keys (``pk_``) cannot
+#: create payments and are not listed.
+_KEY_MODES = {"sk_live_": "live", "rk_live_": "live", "sk_test_": "test", "rk_test_": "test"}
 
 # fmt: off
 _ZERO_DECIMAL = (
@@ -69,12 +83,29 @@ _EVENT_KINDS = {
 _FAILED_REQUEST_CODES = frozenset({"amount_too_small", "amount_too_large"})
 
 
+def stripe_key_mode(api_key: str) -> str | None:
+    """``"live"`` or ``"test"`` from a secret or restricted key's prefix; ``None`` for anything
+    else (a publishable key, a typo)."""
+    for prefix, mode in _KEY_MODES.items():
+        if api_key.startswith(prefix):
+            return mode
+    return None
+
+
+def _prefix(api_key: str) -> str:
+    """What an error may show of a key: its type and mode (``sk_test_``), never the secret."""
+    found = re.match(r"[a-z]{2,5}_(?:(?:live|test)_)?", api_key)
+    return found.group() if found else "?"
+
+
 class StripeProvider:
     """Collects invoices through Stripe PaymentIntents and reads Stripe webhooks.
 
-    ``api_base`` points the SDK at another host (a local fake in tests); ``None`` is
-    ``https://api.stripe.com``. ``tolerance_seconds`` bounds how far a webhook's signed
-    timestamp may be from ``now``, either way.
+    ``live`` says which mode the provider is for; ``api_key`` must be a key of that mode.
+    ``api_base`` points the SDK at another host, a local fake in tests (see
+    :mod:`~tallyray.invoicing.payments.endpoints`); ``None`` is ``https://api.stripe.com``.
+    ``tolerance_seconds`` bounds how far a webhook's signed timestamp may be from ``now``,
+    either way.
     """
 
     name = "stripe"
@@ -86,13 +117,32 @@ class StripeProvider:
         api_base: str | None = None,
         tolerance_seconds: int = 300,
         *,
+        live: bool = False,
         max_network_retries: int = 1,
         timeout_seconds: float = 30.0,
     ) -> None:
+        mode = "live" if live else "test"
         problems = []
+        key_mode = stripe_key_mode(api_key or "")
         if not api_key or not api_key.strip():
             problems.append(
-                Problem("api_key", "is empty: use a secret key, sk_live_... or sk_test_...")
+                Problem("api_key", f"is empty: use a {mode}-mode secret key, sk_{mode}_...")
+            )
+        elif key_mode is None:
+            problems.append(
+                Problem(
+                    "api_key",
+                    f"is not a Stripe secret or restricted key ({_prefix(api_key)}...): use a "
+                    f"{mode}-mode key, sk_{mode}_... or rk_{mode}_...",
+                )
+            )
+        elif key_mode != mode:
+            problems.append(
+                Problem(
+                    "api_key",
+                    f"is a {key_mode}-mode key ({_prefix(api_key)}...) but is used for {mode} "
+                    f"payments: use a {mode}-mode key, sk_{mode}_... or rk_{mode}_...",
+                )
             )
         if not webhook_secret or not webhook_secret.strip():
             problems.append(
@@ -102,17 +152,29 @@ class StripeProvider:
             problems.append(Problem("tolerance_seconds", "must be a positive number of seconds"))
         if max_network_retries < 0:
             problems.append(Problem("max_network_retries", "must be 0 or more"))
+        endpoint = api_base.rstrip("/") if api_base else STRIPE_API
+        wrong_place = override_problem(endpoint, STRIPE_API, mode)
+        if wrong_place:
+            problems.append(Problem("api_base", wrong_place))
         if problems:
             raise ConfigError.of(problems)
+        self._live = live
+        #: Where this provider's calls go.
+        self.endpoint = endpoint
         self._webhook_secret = webhook_secret
         self._tolerance_seconds = tolerance_seconds
         self._http = stripe.RequestsClient(timeout=timeout_seconds)
         self._client = stripe.StripeClient(
             api_key,
-            base_addresses={"api": api_base.rstrip("/")} if api_base else None,
+            base_addresses={"api": endpoint},
             max_network_retries=max_network_retries,
             http_client=self._http,
         )
+
+    @property
+    def livemode(self) -> bool:
+        """Whether this provider's key moves real money."""
+        return self._live
 
     def close(self) -> None:
         """Close the HTTP connections this thread opened."""
@@ -131,7 +193,7 @@ class StripeProvider:
         try:
             customer_id = request.provider_customer_id or self._create_customer(request)
         except stripe.StripeError as e:
-            raise _unavailable(e) from e
+            raise _unavailable(e, self._live) from e
         if not request.payment_method:
             return PaymentResult(
                 provider=self.name,
@@ -166,9 +228,9 @@ class StripeProvider:
         except stripe.InvalidRequestError as e:
             if e.code in _FAILED_REQUEST_CODES or getattr(e, "param", None) == "payment_method":
                 return self._declined(e, customer_id, amount_minor)
-            raise _unavailable(e) from e
+            raise _unavailable(e, self._live) from e
         except stripe.StripeError as e:
-            raise _unavailable(e) from e
+            raise _unavailable(e, self._live) from e
         return self._result(intent, amount_minor)
 
     def _create_customer(self, request: PaymentRequest) -> str:
@@ -275,6 +337,7 @@ class StripeProvider:
             error = obj.get("last_payment_error")
             failure = str(error.get("message")) if isinstance(error, dict) else None
         livemode = event.get("livemode")
+        amount, code = _amount(obj, kind) if isinstance(obj, dict) else (None, None)
         return [
             ProviderEvent(
                 provider=self.name,
@@ -284,8 +347,27 @@ class StripeProvider:
                 invoice_id=str(invoice_id) if invoice_id else None,
                 reference=str(obj["id"]) if isinstance(obj, dict) and "id" in obj else None,
                 failure_message=failure,
+                amount=amount,
+                currency=code,
             )
         ]
+
+
+def _amount(intent: dict[str, Any], kind: str) -> tuple[Decimal | None, str | None]:
+    """A PaymentIntent's amount as a Decimal and its currency, upper case. For a success it is
+    ``amount_received``, what was actually captured, which can be less than ``amount``."""
+    raw_code = intent.get("currency")
+    code = raw_code.upper() if isinstance(raw_code, str) else None
+    value = _whole(intent.get("amount_received")) if kind == "payment.succeeded" else None
+    if value is None:
+        value = _whole(intent.get("amount"))
+    if code is None or value is None:
+        return None, code
+    return STRIPE_AMOUNTS.decimal_amount(value, code), code
+
+
+def _whole(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _signed_timestamp(header: str) -> int:
@@ -297,13 +379,14 @@ def _signed_timestamp(header: str) -> int:
     raise SignatureError("Stripe-Signature has no timestamp")  # pragma: no cover
 
 
-def _unavailable(error: stripe.StripeError) -> ProviderUnavailable:
+def _unavailable(error: stripe.StripeError, live: bool) -> ProviderUnavailable:
     """The error to raise for a Stripe failure that is not about this payment."""
     detail = error.user_message or type(error).__name__
     if isinstance(error, stripe.AuthenticationError | stripe.PermissionError):
+        variable = "TALLYRAY_STRIPE_API_KEY" if live else "TALLYRAY_STRIPE_TEST_API_KEY"
         return ProviderUnavailable(
             f"Stripe rejected the API key: {detail}. This is a configuration problem: "
-            "check TALLYRAY_STRIPE_API_KEY"
+            f"check {variable}"
         )
     if isinstance(error, stripe.InvalidRequestError | stripe.IdempotencyError):
         param = getattr(error, "param", None)
