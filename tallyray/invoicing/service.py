@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -38,6 +38,7 @@ from tallyray.invoicing.payments.matching import amount_mismatch
 from tallyray.invoicing.runs import RunSpec, invoice_chunk_task
 from tallyray.pricing.events import format_timestamp
 from tallyray.pricing.money import currency, parse_amount, round_amount
+from tallyray.storage.audit import AuditEntry
 from tallyray.storage.billing import BillingStore
 from tallyray.storage.catalog import Catalog, CustomerRecord
 
@@ -72,7 +73,12 @@ class Billing:
     # -- invoice runs --------------------------------------------------------------------
 
     async def start_run(
-        self, env: str, until: int | None, force: bool, finalize: bool | None
+        self,
+        env: str,
+        until: int | None,
+        force: bool,
+        finalize: bool | None,
+        audit: AuditEntry | None = None,
     ) -> dict[str, Any]:
         now = self.clock()
         settled = now - self.grace_seconds * _US
@@ -85,14 +91,17 @@ class Billing:
                 'window for late events; wait, or send "force": true to close them now'
             )
         finalize = self.config.auto_finalize if finalize is None else finalize
-        run_id = await run_in_threadpool(
-            self.store.create_run, env, until, {"force": force, "finalize": finalize}, now
-        )
+        options = {"force": force, "finalize": finalize}
+        if audit is not None:
+            audit = replace(audit, summary={**options, "until": format_timestamp(until)})
+        run_id = await run_in_threadpool(self.store.create_run, env, until, options, now, audit)
         await self._close(env, until)
         await self._launch(env, run_id, until, finalize)
         return await run_in_threadpool(self.store.run, env, run_id)
 
-    async def resume_run(self, env: str, run_id: str) -> dict[str, Any]:
+    async def resume_run(
+        self, env: str, run_id: str, audit: AuditEntry | None = None
+    ) -> dict[str, Any]:
         run = await run_in_threadpool(self.store.run, env, run_id)
         task = self._runs.get(run_id)
         if task is not None and not task.done():
@@ -100,7 +109,9 @@ class Billing:
         if run["status"] == "succeeded":
             return run
         until = _micros(run["until"])
-        await run_in_threadpool(self.store.update_run, run_id, done=0, finished_at=None)
+        await run_in_threadpool(
+            lambda: self.store.update_run(run_id, audit, done=0, finished_at=None)
+        )
         await self._close(env, until)
         await self._launch(env, run_id, until, bool(run["options"].get("finalize", True)))
         return await run_in_threadpool(self.store.run, env, run_id)
@@ -177,7 +188,9 @@ class Billing:
 
     # -- invoice states ------------------------------------------------------------------
 
-    async def finalize(self, env: str, invoice_id: str) -> dict[str, Any]:
+    async def finalize(
+        self, env: str, invoice_id: str, audit: AuditEntry | None = None
+    ) -> dict[str, Any]:
         cfg = self.config
         await run_in_threadpool(
             self.store.finalize,
@@ -187,22 +200,31 @@ class Billing:
             cfg.entity,
             cfg.payment_terms_days,
             self.clock(),
+            audit,
         )
         await self.collect_due(env)
         return await run_in_threadpool(self.store.invoice, env, invoice_id)
 
-    async def move(self, env: str, invoice_id: str, status: str) -> dict[str, Any]:
+    async def move(
+        self, env: str, invoice_id: str, status: str, audit: AuditEntry | None = None
+    ) -> dict[str, Any]:
         allowed = {
             "void": ("draft", "finalized", "uncollectible"),
             "paid": ("finalized", "uncollectible"),
             "uncollectible": ("finalized",),
         }[status]
         await run_in_threadpool(
-            self.store.set_status, env, invoice_id, status, allowed, self.clock()
+            self.store.set_status, env, invoice_id, status, allowed, self.clock(), audit
         )
         return await run_in_threadpool(self.store.invoice, env, invoice_id)
 
-    async def credit_note(self, env: str, invoice_id: str, body: Mapping[str, Any]) -> Any:
+    async def credit_note(
+        self,
+        env: str,
+        invoice_id: str,
+        body: Mapping[str, Any],
+        audit: AuditEntry | None = None,
+    ) -> Any:
         reason = body.get("reason")
         if not isinstance(reason, str) or not reason.strip():
             raise InvalidInput("say why the invoice is credited: 'reason' is required")
@@ -256,6 +278,7 @@ class Billing:
             cfg.credit_note_prefix,
             cfg.entity,
             self.clock(),
+            audit,
         )
 
     # -- payments ------------------------------------------------------------------------

@@ -18,8 +18,11 @@ from starlette.concurrency import run_in_threadpool
 from tallyray.errors import CurrencyError, InvalidInput, Problem
 from tallyray.invoicing.documents import render_html, render_pdf
 from tallyray.invoicing.service import Billing
+from tallyray.pricing.events import format_timestamp
 from tallyray.pricing.money import currency, parse_amount
+from tallyray.serve.auth import audit_entry
 from tallyray.serve.http import json_response, object_body, timestamp_field
+from tallyray.storage.audit import AuditEntry
 
 __all__ = ["add_invoicing_routes"]
 
@@ -50,6 +53,9 @@ def _pdf(document: dict[str, Any]) -> Response:
 def add_invoicing_routes(app: FastAPI, billing: Billing, authenticate: Authenticate) -> None:
     store = billing.store
 
+    def _invoice_audit(request: Request, env: str, verb: str, invoice_id: str) -> AuditEntry:
+        return audit_entry(request, env, f"invoice.{verb}", "invoice", invoice_id, billing.clock())
+
     # -- invoice runs --------------------------------------------------------------------
 
     @app.post("/v1/invoice-runs", tags=["invoicing"], status_code=202)
@@ -59,8 +65,9 @@ def add_invoicing_routes(app: FastAPI, billing: Billing, authenticate: Authentic
         twice. `force: true` closes periods still in their grace window."""
         env = await authenticate(request)
         doc = await object_body(request, frozenset({"until", "force", "finalize"}), empty_ok=True)
+        entry = audit_entry(request, env, "invoice_run.started", "invoice_run", "", billing.clock())
         run = await billing.start_run(
-            env, _moment(doc, "until"), bool(_flag(doc, "force")), _flag(doc, "finalize")
+            env, _moment(doc, "until"), bool(_flag(doc, "force")), _flag(doc, "finalize"), entry
         )
         return json_response(run, 202)
 
@@ -78,7 +85,10 @@ def add_invoicing_routes(app: FastAPI, billing: Billing, authenticate: Authentic
     async def resume_invoice_run(run_id: str, request: Request) -> Response:
         """Finish a run that crashed or failed: only what is missing is invoiced."""
         env = await authenticate(request)
-        return json_response(await billing.resume_run(env, run_id), 202)
+        entry = audit_entry(
+            request, env, "invoice_run.resumed", "invoice_run", run_id, billing.clock()
+        )
+        return json_response(await billing.resume_run(env, run_id, entry), 202)
 
     # -- invoices ------------------------------------------------------------------------
 
@@ -125,23 +135,27 @@ def add_invoicing_routes(app: FastAPI, billing: Billing, authenticate: Authentic
     async def finalize_invoice(invoice_id: str, request: Request) -> Response:
         """Give a draft its number and make it immutable; payment collection starts."""
         env = await authenticate(request)
-        return json_response(await billing.finalize(env, invoice_id))
+        entry = _invoice_audit(request, env, "finalized", invoice_id)
+        return json_response(await billing.finalize(env, invoice_id, entry))
 
     @app.post("/v1/invoices/{invoice_id}/void", tags=["invoicing"])
     async def void_invoice(invoice_id: str, request: Request) -> Response:
         env = await authenticate(request)
-        return json_response(await billing.move(env, invoice_id, "void"))
+        entry = _invoice_audit(request, env, "voided", invoice_id)
+        return json_response(await billing.move(env, invoice_id, "void", entry))
 
     @app.post("/v1/invoices/{invoice_id}/mark-paid", tags=["invoicing"])
     async def mark_invoice_paid(invoice_id: str, request: Request) -> Response:
         """For payments outside a provider (a bank transfer, with the manual provider)."""
         env = await authenticate(request)
-        return json_response(await billing.move(env, invoice_id, "paid"))
+        entry = _invoice_audit(request, env, "marked_paid", invoice_id)
+        return json_response(await billing.move(env, invoice_id, "paid", entry))
 
     @app.post("/v1/invoices/{invoice_id}/mark-uncollectible", tags=["invoicing"])
     async def mark_invoice_uncollectible(invoice_id: str, request: Request) -> Response:
         env = await authenticate(request)
-        return json_response(await billing.move(env, invoice_id, "uncollectible"))
+        entry = _invoice_audit(request, env, "marked_uncollectible", invoice_id)
+        return json_response(await billing.move(env, invoice_id, "uncollectible", entry))
 
     @app.post("/v1/invoices/{invoice_id}/pay", tags=["invoicing"])
     async def pay_invoice(invoice_id: str, request: Request) -> Response:
@@ -153,7 +167,8 @@ def add_invoicing_routes(app: FastAPI, billing: Billing, authenticate: Authentic
                 f"invoice {invoice_id} is {invoice['status']} with {invoice['amount_due']} "
                 f"{invoice['currency']} due; only a finalized invoice with an amount due is paid"
             )
-        await run_in_threadpool(store.make_due, env, invoice_id, billing.clock())
+        entry = _invoice_audit(request, env, "payment_requested", invoice_id)
+        await run_in_threadpool(store.make_due, env, invoice_id, billing.clock(), entry)
         invoice = await run_in_threadpool(store.invoice, env, invoice_id)
         return json_response(await billing.collect(env, invoice))
 
@@ -172,7 +187,16 @@ def add_invoicing_routes(app: FastAPI, billing: Billing, authenticate: Authentic
         credited)."""
         env = await authenticate(request)
         doc = await object_body(request, frozenset({"reason", "amount"}))
-        return json_response(await billing.credit_note(env, invoice_id, doc), 201)
+        entry = audit_entry(
+            request,
+            env,
+            "credit_note.created",
+            "credit_note",
+            "",
+            billing.clock(),
+            {"invoice_id": invoice_id, **doc},
+        )
+        return json_response(await billing.credit_note(env, invoice_id, doc, entry), 201)
 
     @app.get("/v1/credit-notes/{note_id}.pdf", tags=["invoicing"])
     async def get_credit_note_pdf(note_id: str, request: Request) -> Response:
@@ -213,8 +237,17 @@ def add_invoicing_routes(app: FastAPI, billing: Billing, authenticate: Authentic
             raise InvalidInput("'from' and 'to' must be different currencies")
         now = billing.clock()
         as_of = _moment(doc, "as_of") or now
+        entry = audit_entry(
+            request,
+            env,
+            "exchange_rate.created",
+            "exchange_rate",
+            f"{codes['from']}/{codes['to']}",
+            now,
+            {"rate": format(rate, "f"), "source": source, "as_of": format_timestamp(as_of)},
+        )
         await run_in_threadpool(
-            store.add_rate, env, codes["from"], codes["to"], rate, source, as_of, now
+            store.add_rate, env, codes["from"], codes["to"], rate, source, as_of, now, entry
         )
         return json_response(
             {

@@ -16,6 +16,7 @@ Invariants kept here, in the database, so that they hold across processes and cr
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -27,6 +28,7 @@ from tallyray.errors import Conflict, NotFound
 from tallyray.pricing.events import Event, format_timestamp
 from tallyray.storage import tables as t
 from tallyray.storage.alerts import write_messages
+from tallyray.storage.audit import AuditEntry, write_audit
 from tallyray.storage.catalog import new_id
 from tallyray.storage.eventlog import customer_events
 
@@ -127,11 +129,20 @@ class BillingStore:
     # -- exchange rates ------------------------------------------------------------------
 
     def add_rate(
-        self, env: str, base: str, quote: str, rate: Decimal, source: str, as_of: int, now: int
+        self,
+        env: str,
+        base: str,
+        quote: str,
+        rate: Decimal,
+        source: str,
+        as_of: int,
+        now: int,
+        audit: AuditEntry | None = None,
     ) -> None:
         r = t.exchange_rates
         key = and_(r.c.env == env, r.c.base == base, r.c.quote == quote, r.c.as_of == as_of)
         with self.engine.begin() as conn:
+            write_audit(conn, audit)
             if conn.execute(select(r.c.rate).where(key)).first() is not None:
                 conn.execute(update(r).where(key).values(rate=str(rate), source=source))
             else:
@@ -178,9 +189,17 @@ class BillingStore:
 
     # -- invoice runs --------------------------------------------------------------------
 
-    def create_run(self, env: str, until: int, options: Mapping[str, Any], now: int) -> str:
+    def create_run(
+        self,
+        env: str,
+        until: int,
+        options: Mapping[str, Any],
+        now: int,
+        audit: AuditEntry | None = None,
+    ) -> str:
         run_id = new_id("run")
         with self.engine.begin() as conn:
+            write_audit(conn, audit and replace(audit, object_id=run_id))
             conn.execute(
                 insert(t.invoice_runs).values(
                     id=run_id,
@@ -197,8 +216,9 @@ class BillingStore:
             )
         return run_id
 
-    def update_run(self, run_id: str, **values: Any) -> None:
+    def update_run(self, run_id: str, audit: AuditEntry | None = None, **values: Any) -> None:
         with self.engine.begin() as conn:
+            write_audit(conn, audit)
             conn.execute(update(t.invoice_runs).where(t.invoice_runs.c.id == run_id).values(values))
 
     def run_progress(
@@ -403,7 +423,14 @@ class BillingStore:
             return [_invoice_json(row) for row in conn.execute(query)]
 
     def finalize(
-        self, env: str, invoice_id: str, prefix: str, entity: str, due_days: int, now: int
+        self,
+        env: str,
+        invoice_id: str,
+        prefix: str,
+        entity: str,
+        due_days: int,
+        now: int,
+        audit: AuditEntry | None = None,
     ) -> None:
         i = t.invoices
         self._ensure_sequence(env, entity, "invoice")
@@ -429,9 +456,17 @@ class BillingStore:
                 )
             )
             write_messages(conn, [_message("invoice.finalized", invoice_id, document, now)])
+            if audit is not None:
+                write_audit(conn, replace(audit, summary={**audit.summary, "number": number}))
 
     def set_status(
-        self, env: str, invoice_id: str, status: str, allowed_from: Sequence[str], now: int
+        self,
+        env: str,
+        invoice_id: str,
+        status: str,
+        allowed_from: Sequence[str],
+        now: int,
+        audit: AuditEntry | None = None,
     ) -> None:
         """Move an invoice to ``status`` (paid, void, uncollectible) from one of
         ``allowed_from``; the document's content stays as it was."""
@@ -458,6 +493,9 @@ class BillingStore:
             else:
                 values["closed_at"] = now
             conn.execute(update(i).where(i.c.id == invoice_id).values(values))
+            if audit is not None:
+                summary = {**audit.summary, "from": row.status, "to": status}
+                write_audit(conn, replace(audit, summary=summary))
 
     def _locked(self, conn: Connection, env: str, invoice_id: str) -> Any:
         i = t.invoices
@@ -486,10 +524,13 @@ class BillingStore:
             ).all()
         return [_invoice_json(row) for row in rows]
 
-    def make_due(self, env: str, invoice_id: str, now: int) -> None:
+    def make_due(
+        self, env: str, invoice_id: str, now: int, audit: AuditEntry | None = None
+    ) -> None:
         """Schedule a finalized invoice's next payment attempt for now."""
         i = t.invoices
         with self.engine.begin() as conn:
+            write_audit(conn, audit)
             conn.execute(
                 update(i)
                 .where(i.c.env == env, i.c.id == invoice_id, i.c.status == "finalized")
@@ -657,6 +698,7 @@ class BillingStore:
         prefix: str,
         entity: str,
         now: int,
+        audit: AuditEntry | None = None,
     ) -> dict[str, Any]:
         """Issue a credit note against a finalized (or paid) invoice. ``build(invoice,
         already_credited)`` returns the note's document; the number is taken in the same
@@ -683,6 +725,9 @@ class BillingStore:
             document = build(_invoice_json(row), credited)
             (number,) = _take_numbers(conn, env, entity, "credit_note", 1, prefix)
             note_id = new_id("cn")
+            if audit is not None:
+                summary = {**audit.summary, "number": number, "total": document.get("total")}
+                write_audit(conn, replace(audit, object_id=note_id, summary=summary))
             document.update(
                 {
                     "id": note_id,
