@@ -253,7 +253,8 @@ invoice_runs = Table(
     Column("id", String(40), primary_key=True),
     Column("env", String(8), nullable=False),
     Column("until", Micros, nullable=False),
-    Column("status", String(16), nullable=False),
+    # pending, running, succeeded, completed_with_errors, failed
+    Column("status", String(32), nullable=False),
     Column("options", Json, nullable=False),
     Column("customers", Integer, nullable=False),
     Column("done", Integer, nullable=False),

@@ -1,5 +1,5 @@
 """scoped, expiring API keys; the operator's credit limit beside the customer's spend cap;
-the audit log
+the audit log; invoice run statuses that fit
 
 Revision ID: 0006
 Revises: 0005
@@ -12,6 +12,9 @@ A customer's one ``spend_limit`` becomes two: ``credit_limit`` (the operator's) 
 ``spend_cap`` (the customer's own, from the portal). Existing limits become credit limits:
 the portal could write the old column too, but keeping every existing limit in the
 operator's hands is the safe reading, and a customer can set a cap again.
+
+An invoice run's status was 16 characters wide, too narrow for ``completed_with_errors``:
+on PostgreSQL such a run could not be stored and ended ``failed``.
 """
 
 from collections.abc import Sequence
@@ -27,6 +30,11 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("invoice_runs") as batch_op:
+        batch_op.alter_column(
+            "status", type_=sa.String(32), existing_type=sa.String(16), existing_nullable=False
+        )
+
     with op.batch_alter_table("api_keys") as batch_op:
         batch_op.add_column(
             sa.Column("scopes", sa.String(64), nullable=False, server_default="ingest,read,manage")
@@ -72,6 +80,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("invoice_runs") as batch_op:
+        batch_op.alter_column(
+            "status", type_=sa.String(16), existing_type=sa.String(32), existing_nullable=False
+        )
     op.drop_index("ix_audit_events_env", table_name="audit_events")
     op.drop_index("ix_audit_events_object", table_name="audit_events")
     op.drop_table("audit_events")
