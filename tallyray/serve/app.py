@@ -235,7 +235,7 @@ def build_app(services: Services) -> FastAPI:
         headers = {}
         if isinstance(error, StoreUnavailable):
             metrics.store_unavailable.inc()
-            headers["Retry-After"] = "1"
+            headers["Retry-After"] = str(error.retry_after_seconds)
         if isinstance(error, Unauthorized):
             headers["WWW-Authenticate"] = "Bearer"
         return JSONResponse(error.to_json(), status_code=error.http_status, headers=headers)
