@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import random
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from tallyray.actors.account import CustomerAccount, Profile
+from tallyray.actors.limits import Limits
 from tallyray.pricing import Event, parse_config, rate, usage_cost
 
 CONFIG = {
@@ -84,6 +85,7 @@ CONFIG = {
 }
 
 MODELS = ["gpt-4o", "gpt-4o-mini", "claude-sonnet", "llama-70b"]
+LIMITS = Limits()
 
 
 def synthetic_events(n: int, seed: int = 1, customers: int = 1) -> list[Event]:
@@ -106,8 +108,13 @@ def synthetic_events(n: int, seed: int = 1, customers: int = 1) -> list[Event]:
 
 
 def ingest_batch(accounts: dict[str, CustomerAccount], batch: list[Event], at: int) -> None:
-    """What a shard does with one request's events that is not I/O: split them by customer and
-    record each customer's events into its account (as its group commit applies them)."""
+    """What a shard does with one request's events that is not I/O: count them by customer
+    and ask each account whether they could take it past a cap (ShardCore._check_limits,
+    before the commit), then record each customer's events into its account (as its group
+    commit applies them)."""
+    counts = Counter(e[1] for e in batch)
+    near = [c for c, n in counts.items() if accounts[c].near_limits(n, LIMITS)]
+    assert not near  # far from the caps: the closer look never runs here
     by_customer: dict[str, list[Event]] = defaultdict(list)
     for e in batch:
         by_customer[e[1]].append(e)

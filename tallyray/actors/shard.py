@@ -35,8 +35,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict, deque
-from collections.abc import Iterable, Sequence
+from collections import Counter, defaultdict, deque
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -46,6 +46,7 @@ import orjson
 
 from tallyray.actors.account import CustomerAccount, Hold, Profile, QuotaAnswer
 from tallyray.actors.alerting import AlertRule, plan_rules
+from tallyray.actors.limits import Limits
 from tallyray.actors.shard_line import Endpoint, ShardLineServer
 from tallyray.clock import Clock, clock_for, system_clock
 from tallyray.errors import (
@@ -112,6 +113,8 @@ class _Pending:
     finished_holds: list[tuple[str, str]] = field(default_factory=list)
     placed_hold: tuple[AccountKey, str] | None = None
     result: dict[str, int] = field(default_factory=dict)
+    counts: Mapping[str, int] = field(default_factory=dict)
+    """Events per customer (until they are applied, they count towards the caps)."""
 
 
 @dataclass
@@ -136,9 +139,12 @@ class ShardCore:
         grace_seconds: int | None = None,
         gather_seconds: float = 0.0,
         clock: Clock = system_clock,
+        limits: Limits | None = None,
     ) -> None:
         self.shard = shard
         self.clock = clock
+        self.limits = limits or Limits()
+        """How much state one customer may make the shard keep (:mod:`~.limits`)."""
         self.shard_count = shard_count
         self.checkpoint_seconds = checkpoint_seconds
         self.grace_seconds = grace_seconds
@@ -173,6 +179,10 @@ class ShardCore:
         self._recovering = True
         self.stats = ShardStats()
         self._queue: list[_Pending] = []
+        self._committing: list[_Pending] = []
+        """The requests of the commit being written now."""
+        self._unapplied: dict[AccountKey, int] = {}
+        """Events per account queued or being written, not applied yet."""
         self._wake: asyncio.Event | None = None
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"shard-{shard}-db")
         self._tasks: list[asyncio.Task[None]] = []
@@ -473,9 +483,26 @@ class ShardCore:
     async def _submit(self, pending: _Pending) -> Any:
         self._ensure_tasks()
         assert self._wake is not None
+        unapplied = self._unapplied
+        for customer, count in pending.counts.items():
+            key = (pending.env, customer)
+            unapplied[key] = unapplied.get(key, 0) + count
         self._queue.append(pending)
         self._wake.set()
         return await pending.future
+
+    def _landed(self, batch: list[_Pending]) -> None:
+        """A commit was applied (or failed): its events no longer wait."""
+        unapplied = self._unapplied
+        for p in batch:
+            for customer, count in p.counts.items():
+                key = (p.env, customer)
+                left = unapplied.get(key, 0) - count
+                if left > 0:
+                    unapplied[key] = left
+                else:
+                    unapplied.pop(key, None)
+        self._committing = []
 
     async def _gather(self) -> None:
         """Under load, let a commit of events only wait a moment for more: up to
@@ -489,11 +516,15 @@ class ShardCore:
         (a hold, a grant, a release, a settlement) commits at once."""
         assert self._wake is not None
         deadline = time.perf_counter() + self.gather_seconds
+        seen = events = 0  # what came since the last look (many small requests: no rescans)
         while True:
             queued = self._queue
-            if any(not p.events or p.grants or p.new_holds or p.finished_holds for p in queued):
-                return
-            if sum(len(p.events) for p in queued) >= GATHER_EVENTS:
+            for p in queued[seen:]:
+                if not p.events or p.grants or p.new_holds or p.finished_holds:
+                    return
+                events += len(p.events)
+            seen = len(queued)
+            if events >= GATHER_EVENTS:
                 return
             left = deadline - time.perf_counter()
             if left <= 0:
@@ -520,6 +551,7 @@ class ShardCore:
                 await self._gather()
             self._wake.clear()
             batch, self._queue = self._queue, []
+            self._committing = batch
             messages, self.outbox = self.outbox, []
             if not batch and not messages:
                 continue
@@ -555,6 +587,7 @@ class ShardCore:
                         p.future.set_exception(
                             StoreUnavailable("the event store is unavailable; retry shortly")
                         )
+                self._landed(batch)
                 continue
             self._last_commit = time.perf_counter()
             self._last_requests = sum(1 for p in batch if p.events)
@@ -567,6 +600,7 @@ class ShardCore:
                 # Each account's part is guarded on its own (see _apply_commit); this is the
                 # last line, so that the committer itself never dies.
                 log.exception("shard %d: applying a commit failed: %s", self.shard, error)
+            self._landed(batch)
             self.position = result.position
             for p in batch:
                 if not p.future.done():
@@ -801,16 +835,82 @@ class ShardCore:
         """Make ``events`` durable, then count them. Events are validated by the ingress;
         ones for a closed period are refused unless ``rebook_late``, and the request is
         refused whole (503) if one of its accounts is set aside."""
-        customers = {e[0] for e in events}
-        self._refuse_set_aside(env, customers)
-        self._load_accounts(env, customers)
+        counts = Counter(e[0] for e in events)
+        self._refuse_set_aside(env, counts)
+        self._load_accounts(env, counts)
         events = self._late(env, events, rebook_late)
+        self._check_limits(env, events, counts)
         rows: list[EventRow] = [
             (env, c, i, typ, ts, orjson.dumps(props).decode()) for c, i, typ, ts, props in events
         ]
         loop = asyncio.get_running_loop()
-        pending = await self._submit(_Pending(loop.create_future(), env, rows, events))
+        pending = await self._submit(
+            _Pending(loop.create_future(), env, rows, events, counts=counts)
+        )
         return pending.result  # type: ignore[no-any-return]
+
+    def admit(
+        self, env: str, counts: Mapping[str, int], events: list[IncomingEvent] | None = None
+    ) -> list[str]:
+        """Before a request whose events span shards is written anywhere (the ingress asks
+        every shard first, so that it is refused whole or not at all): refuse it (503) if
+        one of its accounts here is set aside, and say which of its customers here (with
+        ``counts`` events each) are near a cap. Given those customers' ``events``, refuse
+        the ones that would pass a cap (:class:`EventError` naming them by their index in
+        ``events``)."""
+        self._refuse_set_aside(env, counts)
+        self._load_accounts(env, counts)
+        if events is None:
+            unapplied, limits = self._unapplied, self.limits
+            return [
+                customer
+                for customer, count in counts.items()
+                if self.accounts[(env, customer)].near_limits(
+                    count + unapplied.get((env, customer), 0), limits
+                )
+            ]
+        self._refuse_over_limits(env, self._late(env, events, rebook=True), list(counts))
+        return []
+
+    def _check_limits(
+        self, env: str, events: list[IncomingEvent], counts: Mapping[str, int]
+    ) -> None:
+        """:class:`EventError` naming each event that would take a meter of its account past
+        a cap, before anything is written. Costs next to nothing unless an account is near
+        a cap (:meth:`CustomerAccount.near_limits`)."""
+        unapplied, limits, accounts = self._unapplied, self.limits, self.accounts
+        near = [
+            customer
+            for customer, count in counts.items()
+            if accounts[(env, customer)].near_limits(
+                count + unapplied.get((env, customer), 0), limits
+            )
+        ]
+        if near:
+            self._refuse_over_limits(env, events, near)
+
+    def _refuse_over_limits(
+        self, env: str, events: list[IncomingEvent], customers: Sequence[str]
+    ) -> None:
+        problems: list[Problem] = []
+        for customer in customers:
+            spots = [i for i, e in enumerate(events) if e[0] == customer]
+            waiting = [
+                _event(e)
+                for p in (*self._committing, *self._queue)
+                if p.env == env and customer in p.counts
+                for e in p.parsed
+                if e[0] == customer
+            ]
+            problems += self.accounts[(env, customer)].over_limits(
+                [_event(events[i]) for i in spots],
+                self.limits,
+                waiting,
+                label=lambda j, spots=spots: f"[{spots[j]}]",  # type: ignore[misc]
+            )
+        if problems:
+            problems.sort(key=lambda p: int(p.where.strip("[]")))
+            raise EventError.of(problems)
 
     def check(self, env: str, customer_id: str, events: list[IncomingEvent]) -> QuotaAnswer:
         account = self.account(env, customer_id)
@@ -845,7 +945,11 @@ class ShardCore:
         expires_at = now + int(ttl_seconds * 1_000_000)
         try:
             cost = account.price([_event(e) for e in events])
-            answer = account.place_hold(Hold(hold_id, max(cost, Decimal(0)), expires_at), now)
+            answer = account.place_hold(
+                Hold(hold_id, max(cost, Decimal(0)), expires_at),
+                now,
+                self.limits.holds_per_customer,
+            )
         except Exception as error:
             raise self._serving((env, customer_id), "placing a hold", error) from None
         if not answer.allowed:
@@ -892,6 +996,8 @@ class ShardCore:
                 ]
             )
         events = self._late(env, events, rebook=True)
+        counts = {key[1]: len(events)} if events else {}
+        self._check_limits(env, events, counts)
         rows: list[EventRow] = [
             (env, c, i, typ, ts, orjson.dumps(props).decode()) for c, i, typ, ts, props in events
         ]
@@ -903,7 +1009,12 @@ class ShardCore:
         try:
             pending = await self._submit(
                 _Pending(
-                    loop.create_future(), env, rows, events, finished_holds=[(hold_id, "settled")]
+                    loop.create_future(),
+                    env,
+                    rows,
+                    events,
+                    finished_holds=[(hold_id, "settled")],
+                    counts=counts,
                 )
             )
         except StoreUnavailable:
@@ -943,15 +1054,15 @@ class ShardCore:
                 f"customer {customer_id!r} is billed in {account.profile.currency}; "
                 f"a grant in {grant['currency']} cannot pay for its usage"
             )
-        for known in account.ledger.grants:
-            if known.id == grant["id"]:
-                return {
-                    "amount": format(known.amount, "f"),
-                    "currency": known.currency,
-                    "priority": known.priority,
-                    "expires_at": known.expires_at,
-                    "created_at": known.created_at,
-                }
+        if account.has_grant(grant["id"]):
+            known = next(g for g in account.ledger.grants if g.id == grant["id"])
+            return {
+                "amount": format(known.amount, "f"),
+                "currency": known.currency,
+                "priority": known.priority,
+                "expires_at": known.expires_at,
+                "created_at": known.created_at,
+            }
         if grant["id"] in self._booking:
             raise Conflict("a grant with this Idempotency-Key is being booked; retry shortly")
         self._booking.add(grant["id"])
@@ -1072,6 +1183,7 @@ class ShardActor:
         grace_seconds: int | None = None,
         gather_seconds: float = 0.0,
         clock_offset_us: int = 0,
+        limits: Limits | None = None,
     ) -> None:
         configure_logging()
         self.core = ShardCore(
@@ -1082,6 +1194,7 @@ class ShardActor:
             grace_seconds,
             gather_seconds,
             clock_for(clock_offset_us),
+            limits,
         )
         self._line: ShardLineServer | None = None
         freeze_startup_heap()
@@ -1106,15 +1219,25 @@ class ShardActor:
     ) -> list[QuotaAnswer | TallyrayError]:
         return self.core.check_many(checks)
 
+    async def admit(
+        self, env: str, counts: dict[str, int], events: list[IncomingEvent] | None = None
+    ) -> list[str]:
+        return self.core.admit(env, counts, events)
+
     async def line_endpoint(self) -> Endpoint:
         """Where this shard's line listens (see :mod:`tallyray.actors.shard_line`): quota
-        checks and ingest, the calls that are safe to repeat."""
+        checks, ingest and its admission, the calls that are safe to repeat."""
         if self._line is None:
             import ray  # the actor runs under Ray; the module stays importable without it
 
             node = ray.get_runtime_context().get_node_id()
             self._line = ShardLineServer(
-                node, {"check_many": self.core.check_many, "ingest": self.core.ingest}
+                node,
+                {
+                    "check_many": self.core.check_many,
+                    "ingest": self.core.ingest,
+                    "admit": self.core.admit,
+                },
             )
         return await self._line.endpoint()
 

@@ -7,6 +7,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+from tallyray.actors.limits import (
+    MAX_ALERT_RULES_PER_CUSTOMER,
+    MAX_GROUPS_PER_METER,
+    MAX_HOLDS_PER_CUSTOMER,
+    MAX_UNIQUE_VALUES,
+    Limits,
+)
 from tallyray.clock import Clock, clock_for, offset_to
 from tallyray.pricing.events import parse_timestamp
 from tallyray.storage.db import DEFAULT_DATABASE_URL, normalize_url
@@ -48,6 +55,11 @@ class Settings:
     clock_offset_us: int = 0
     """Every process's clock runs this far from the machine's (``TALLYRAY_CLOCK_START``
     sets it so that the server's clock starts at a given instant; tests and demos only)."""
+    max_holds_per_customer: int = MAX_HOLDS_PER_CUSTOMER
+    max_alert_rules_per_customer: int = MAX_ALERT_RULES_PER_CUSTOMER
+    max_groups_per_meter: int = MAX_GROUPS_PER_METER
+    max_unique_values: int = MAX_UNIQUE_VALUES
+    """Caps on one customer's state (:mod:`tallyray.actors.limits`)."""
 
     #: environment variable → field
     ENV: ClassVar[dict[str, str]] = {
@@ -74,6 +86,10 @@ class Settings:
         "TALLYRAY_WEBHOOK_RETRY_DELAYS": "webhook_retry_delays",
         "TALLYRAY_ACCESS_LOG": "access_log",
         "TALLYRAY_COMMIT_GATHER_MS": "commit_gather_ms",
+        "TALLYRAY_MAX_HOLDS_PER_CUSTOMER": "max_holds_per_customer",
+        "TALLYRAY_MAX_ALERT_RULES_PER_CUSTOMER": "max_alert_rules_per_customer",
+        "TALLYRAY_MAX_GROUPS_PER_METER": "max_groups_per_meter",
+        "TALLYRAY_MAX_UNIQUE_VALUES": "max_unique_values",
     }
 
     @classmethod
@@ -100,6 +116,9 @@ class Settings:
         settings = cls(**values)
         if settings.shards < 1:
             raise ValueError("TALLYRAY_SHARDS must be at least 1")
+        for variable, name in cls.ENV.items():
+            if name.startswith("max_") and getattr(settings, name) < 1:
+                raise ValueError(f"{variable} must be at least 1")
         config = settings.config_path
         return cls(
             **{
@@ -116,6 +135,16 @@ class Settings:
     def clock(self) -> Clock:
         """This deployment's clock (:mod:`tallyray.clock`)."""
         return clock_for(self.clock_offset_us)
+
+    @property
+    def limits(self) -> Limits:
+        """The caps on one customer's state, for the shards and the API."""
+        return Limits(
+            holds_per_customer=self.max_holds_per_customer,
+            alert_rules_per_customer=self.max_alert_rules_per_customer,
+            groups_per_meter=self.max_groups_per_meter,
+            unique_values=self.max_unique_values,
+        )
 
 
 def _instant(text: str) -> int:

@@ -16,6 +16,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from tallyray.actors.alerting import AlertRule, parse_rule, plan_rules
+from tallyray.actors.limits import MAX_ALERT_RULES_PER_CUSTOMER
 from tallyray.serve.http import json_body, json_response
 from tallyray.storage.alerts import AlertStore
 from tallyray.storage.catalog import Catalog, new_id
@@ -31,6 +32,8 @@ class AlertRules:
     store: AlertStore
     router: Any
     clock: Callable[[], int]
+    max_rules: int = MAX_ALERT_RULES_PER_CUSTOMER
+    """A customer's own rules at most (its plan's defaults aside): the next one is a 409."""
 
     async def list(self, env: str, customer_id: str) -> list[dict[str, Any]]:
         """The customer's own rules, then its plan's defaults."""
@@ -47,7 +50,9 @@ class AlertRules:
         await run_in_threadpool(self.catalog.customer, env, customer_id)  # 404 if unknown
         catalog = await run_in_threadpool(self.catalog.env_catalog, env)
         rule = parse_rule(doc, list(catalog.meters.meters), new_id("alr"))
-        await run_in_threadpool(self.store.add_rule, env, customer_id, rule, self.clock())
+        await run_in_threadpool(
+            self.store.add_rule, env, customer_id, rule, self.clock(), self.max_rules
+        )
         await self._refresh(env, customer_id)
         return rule.to_json()
 

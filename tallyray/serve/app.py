@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tallyray import __version__
 from tallyray.actors.account import QuotaAnswer
+from tallyray.actors.limits import Limits
 from tallyray.clock import Clock, system_clock
 from tallyray.errors import (
     Conflict,
@@ -43,6 +44,7 @@ from tallyray.metrics import Metrics
 from tallyray.pricing.events import Event, format_timestamp
 from tallyray.pricing.money import currency, parse_amount, round_amount
 from tallyray.pricing.periods import ANCHORS
+from tallyray.serve.admission import send_events
 from tallyray.serve.alert_routes import AlertRules, add_alert_routes
 from tallyray.serve.body_limit import BodyLimit
 from tallyray.serve.http import json_body, json_object, json_response, text_field, timestamp_field
@@ -94,6 +96,8 @@ class Services:
     """Alert rules (built by :func:`build_app` when not given)."""
     dunning_seconds: float | None = None
     """Collect due payments every so often while the app runs (``None``: only on request)."""
+    limits: Limits = field(default_factory=Limits)
+    """Caps on one customer's state (the shards get theirs from the same settings)."""
 
 
 class _Caches:
@@ -225,7 +229,11 @@ def build_app(services: Services) -> FastAPI:
     alert_rules = services.alerts
     if alert_rules is None:
         alert_rules = services.alerts = AlertRules(
-            services.catalog, AlertStore(services.catalog.engine), router, services.clock
+            services.catalog,
+            AlertStore(services.catalog.engine),
+            router,
+            services.clock,
+            services.limits.alert_rules_per_customer,
         )
 
     # -- errors: one JSON shape ----------------------------------------------------------
@@ -321,9 +329,7 @@ def build_app(services: Services) -> FastAPI:
         # event for a period that closed after the ingress checked it, it books that event to
         # the open period rather than refusing it while other shards commit theirs.
         rebook = rebook_late or len(by_shard) > 1
-        results = await asyncio.gather(
-            *(router.call(i, "ingest", env, batch, rebook) for i, batch in by_shard.items())
-        )
+        results = await send_events(router, env, events, by_shard, rebook)
         ingested = sum(r["ingested"] for r in results)
         duplicates = sum(r["duplicates"] for r in results)
         metrics.events_ingested.labels(env).inc(ingested)

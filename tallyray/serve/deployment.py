@@ -55,6 +55,7 @@ class Ingress:
             billing=billing,
             dunning_seconds=settings["dunning_seconds"],
             clock=clock,
+            limits=Settings(**settings).limits,
         )
         app = build_app(self.services)
         freeze_startup_heap()

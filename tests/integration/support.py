@@ -17,6 +17,7 @@ import httpx
 import psycopg
 import ray
 
+from tallyray.actors.limits import Limits
 from tallyray.clock import Clock
 from tallyray.cluster import Settings
 from tallyray.serve.app import Services
@@ -122,9 +123,14 @@ class OwnShard:
     store: str
     url: str
     catalog: Catalog
-    shard: Any
+    shards: list[Any]
     client: httpx.AsyncClient
     services: Services
+
+    @property
+    def shard(self) -> Any:
+        """The first shard (the only one, unless asked for more)."""
+        return self.shards[0]
 
     @property
     def engine(self) -> Any:
@@ -157,12 +163,13 @@ async def own_shard(
     config_path: str | None,
     clock: Clock,
     grace_seconds: int | None = None,
-    **shard_options: Any,
+    shards: int = 1,
+    limits: Limits | None = None,
 ) -> AsyncIterator[OwnShard]:
-    """A fresh database on ``store`` (sqlite or postgres) with the config loaded, one shard
-    actor (``shard_options`` go to its constructor, e.g. ``limits``) and a client with a test
-    key. With ``grace_seconds``, late events are accepted that long (and invoice runs wait
-    as long unless forced)."""
+    """A fresh database on ``store`` (sqlite or postgres) with the config loaded, ``shards``
+    shard actors and a client with a test key. With ``grace_seconds``, late events are
+    accepted that long (and invoice runs wait as long unless forced); ``limits`` go to the
+    shards and the routes."""
     from tallyray.actors.shard import ShardActor
     from tallyray.cluster import prepare_store
     from tallyray.serve.app import build_app
@@ -174,17 +181,26 @@ async def own_shard(
         url = create_postgres_database(POSTGRES_URL)
     else:
         url = f"sqlite:///{tmp_path}/own.db"
-    settings = Settings.load(database_url=url, shards=1, config_path=config_path)
+    settings = Settings.load(database_url=url, shards=shards, config_path=config_path)
     catalog = prepare_store(settings)
-    shard = (
+    handles = [
         ray.remote(ShardActor)
         .options(name=unique("own-shard"), namespace=NAMESPACE, max_restarts=-1)
-        .remote(0, 1, url, 0.5, grace_seconds, 0.0, clock.offset_us, **shard_options)
-    )
-    await shard.ready.remote()
-    router = ShardRouter(1, lambda i: shard)
+        .remote(i, shards, url, 0.5, grace_seconds, 0.0, clock.offset_us, limits)
+        for i in range(shards)
+    ]
+    for handle in handles:
+        await handle.ready.remote()
+    router = ShardRouter(shards, handles.__getitem__)
     rules = IntakeRules() if grace_seconds is None else IntakeRules(grace_seconds=grace_seconds)
-    services = Services(catalog=catalog, router=router, rules=rules, cache_seconds=0.2, clock=clock)
+    services = Services(
+        catalog=catalog,
+        router=router,
+        rules=rules,
+        cache_seconds=0.2,
+        clock=clock,
+        limits=limits or Limits(),
+    )
     _, key = catalog.create_key("test", clock())
     try:
         async with httpx.AsyncClient(
@@ -193,9 +209,10 @@ async def own_shard(
             headers={"Authorization": f"Bearer {key}"},
             timeout=120,
         ) as client:
-            yield OwnShard(store, url, catalog, shard, client, services)
+            yield OwnShard(store, url, catalog, handles, client, services)
     finally:
-        ray.kill(shard, no_restart=True)
+        for handle in handles:
+            ray.kill(handle, no_restart=True)
         catalog.engine.dispose()
         if store == "postgres" and POSTGRES_URL is not None:
             drop_postgres_database(POSTGRES_URL, url)

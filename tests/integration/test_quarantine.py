@@ -539,3 +539,28 @@ async def invoices(client: httpx.AsyncClient, customer: str) -> list[dict[str, A
 
 def lines(invoice: dict[str, Any]) -> list[tuple[str, str | None, str]]:
     return [(x["description"], x.get("quantity"), x["amount"]) for x in invoice["lines"]]
+
+
+async def test_a_request_spanning_shards_is_refused_whole_for_a_set_aside_account(
+    server: Server, tmp_path: Path
+) -> None:
+    """Every shard of the request is asked first: the one holding the account set aside
+    refuses, and the other shard's events are not written."""
+    async with own_shard(
+        server.store, tmp_path, server.settings.config_path, CLOCK, shards=2
+    ) as own:
+        found: dict[int, str] = {}
+        while len(found) < 2:
+            customer = await make_customer(own.client, credits="50.00")
+            found.setdefault(own.services.router.index("test", customer), customer)
+        poisoned, other = found[0], found[1]  # restart() restarts shard 0
+        event_row("{not json")(own.engine, poisoned, {})
+        await own.restart()
+        batch = [call(other), call(poisoned), call(other)]
+        r = await settled(lambda: own.client.post("/v1/events", json=batch))
+        assert r.status_code == 503 and r.json()["error"]["type"] == "account_quarantined"
+        with own.engine.connect() as conn:
+            rows = conn.execute(select(t.events.c.seq).where(t.events.c.customer_id == other))
+            assert rows.all() == []
+        r = await own.client.post("/v1/events", json=[call(other)])
+        assert r.json() == {"ingested": 1, "duplicates": 0}

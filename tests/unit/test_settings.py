@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from tallyray.actors.limits import Limits
 from tallyray.cluster.settings import Settings
 
 
@@ -19,6 +20,10 @@ from tallyray.cluster.settings import Settings
         ("TALLYRAY_AUTO_CREATE_CUSTOMERS", "yes", "auto_create_customers", True),
         ("TALLYRAY_DEFAULT_CURRENCY", "USD", "default_currency", "USD"),  # text
         ("TALLYRAY_ACCESS_LOG", "", "access_log", False),  # empty: the default
+        ("TALLYRAY_MAX_HOLDS_PER_CUSTOMER", "50", "max_holds_per_customer", 50),
+        ("TALLYRAY_MAX_ALERT_RULES_PER_CUSTOMER", "5", "max_alert_rules_per_customer", 5),
+        ("TALLYRAY_MAX_GROUPS_PER_METER", "200", "max_groups_per_meter", 200),
+        ("TALLYRAY_MAX_UNIQUE_VALUES", "3000", "max_unique_values", 3000),
     ],
 )
 def test_environment_variables_become_typed_settings(
@@ -36,4 +41,24 @@ def test_the_access_log_is_off_by_default(monkeypatch: pytest.MonkeyPatch) -> No
 def test_shards_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TALLYRAY_SHARDS", "0")
     with pytest.raises(ValueError, match="TALLYRAY_SHARDS must be at least 1"):
+        Settings.load()
+
+
+def test_the_limits_go_to_shards_and_routes_as_one_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TALLYRAY_MAX_GROUPS_PER_METER", "200")
+    assert Settings.load().limits == Limits(groups_per_meter=200)
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "TALLYRAY_MAX_HOLDS_PER_CUSTOMER",
+        "TALLYRAY_MAX_ALERT_RULES_PER_CUSTOMER",
+        "TALLYRAY_MAX_GROUPS_PER_METER",
+        "TALLYRAY_MAX_UNIQUE_VALUES",
+    ],
+)
+def test_limits_must_be_positive(monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
+    monkeypatch.setenv(variable, "0")
+    with pytest.raises(ValueError, match=f"{variable} must be at least 1"):
         Settings.load()
