@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from itertools import chain
@@ -147,6 +147,9 @@ class CustomerAccount:
     """(how many grants, their expiry times sorted): grants are only ever added."""
     _grant_ids: tuple[int, frozenset[str]] = (0, frozenset())
     """(how many grants, their ids), for the same reason."""
+    _crowding: tuple[int, int] | None = None
+    """What :meth:`crowding` answers, kept up to date by :meth:`record` (``None``: work it
+    out again)."""
 
     def __post_init__(self) -> None:
         self.ledger = Ledger(self.profile.currency)
@@ -233,7 +236,10 @@ class CustomerAccount:
             if usage is None:
                 usage = self.periods[start] = self.meters.empty_usage()
             usage.merge(delta)
-            self._unpriced.setdefault(start, set()).update(delta.touched())
+            touched = delta.touched()
+            self._unpriced.setdefault(start, set()).update(touched)
+            if self._crowding is not None:  # kept up to date: caps are checked per request
+                self._crowding = _crowding_of(usage, touched, *self._crowding)
             if self._quiet is not None:
                 bound = self._cost_bound.of(delta)
                 if bound is None:
@@ -297,6 +303,7 @@ class CustomerAccount:
         """Meters were added to the environment (they are never changed or removed)."""
         self.meters = meters
         self._cost_bound, self._quiet = self._spend_bound(), None
+        self._crowding = None
         for usage in self.periods.values():
             usage.aggregations = meters.aggregations
             for key in meters.meters:
@@ -423,18 +430,14 @@ class CustomerAccount:
 
     def crowding(self) -> tuple[int, int]:
         """The most groups one meter has in one open period, and the most values one
-        ``unique_count`` meter holds in one (over all of its groups)."""
-        groups = values = 0
-        for usage in self.periods.values():
-            aggregations = usage.aggregations
-            for key, found in usage.groups.items():
-                if len(found) > groups:
-                    groups = len(found)
-                if found and aggregations[key] == "unique_count":
-                    held = sum(map(len, found.values()))
-                    if held > values:
-                        values = held
-        return groups, values
+        ``unique_count`` meter holds in one (over all of its groups). Asked for every
+        account of every request, so kept up to date as events are recorded."""
+        if self._crowding is None:
+            groups = values = 0
+            for usage in self.periods.values():
+                groups, values = _crowding_of(usage, usage.groups, groups, values)
+            self._crowding = (groups, values)
+        return self._crowding
 
     def near_limits(self, adding: int, limits: Limits) -> bool:
         """Could ``adding`` more events take a meter past a cap? Each event adds at most one
@@ -611,6 +614,7 @@ class CustomerAccount:
 
     def drop_periods(self, starts: Sequence[int]) -> None:
         """Forget closed periods: their usage now lives in the billing-period records."""
+        self._crowding = None
         for start in starts:
             self.periods.pop(start, None)
             self.spend.pop(start, None)
@@ -696,6 +700,24 @@ class CustomerAccount:
         # The plan may have changed since the checkpoint: bring spend in line with it.
         account.rebook(account.set_profile(profile), now)
         return account
+
+
+def _crowding_of(usage: Usage, meters: Iterable[str], groups: int, values: int) -> tuple[int, int]:
+    """``(groups, values)`` raised to what ``meters`` hold in ``usage``, if that is more."""
+    aggregations = usage.aggregations
+    for key in meters:
+        found = usage.groups.get(key)
+        if not found:
+            continue
+        if len(found) > groups:
+            groups = len(found)
+        if aggregations[key] == "unique_count":
+            held = (
+                sum(map(len, found.values())) if len(found) > 1 else len(next(iter(found.values())))
+            )
+            if held > values:
+                values = held
+    return groups, values
 
 
 class _Tally:

@@ -113,8 +113,6 @@ class _Pending:
     finished_holds: list[tuple[str, str]] = field(default_factory=list)
     placed_hold: tuple[AccountKey, str] | None = None
     result: dict[str, int] = field(default_factory=dict)
-    counts: Mapping[str, int] = field(default_factory=dict)
-    """Events per customer (until they are applied, they count towards the caps)."""
 
 
 @dataclass
@@ -181,8 +179,11 @@ class ShardCore:
         self._queue: list[_Pending] = []
         self._committing: list[_Pending] = []
         """The requests of the commit being written now."""
-        self._unapplied: dict[AccountKey, int] = {}
-        """Events per account queued or being written, not applied yet."""
+        self._waiting = 0
+        """Events queued or being written, not applied yet (they count towards the caps)."""
+        self._headroom: int | None = None
+        """The fewest events any account here could take before a cap may refuse one
+        (``None``: work it out again)."""
         self._wake: asyncio.Event | None = None
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"shard-{shard}-db")
         self._tasks: list[asyncio.Task[None]] = []
@@ -375,6 +376,7 @@ class ShardCore:
                 self.billing.record_periods(self.shard, env, rows_out, self.clock())
             for key, starts in dropped.items():
                 self.accounts[key].drop_periods(starts)
+                self._headroom = None
         for hold in self.store.active_holds():
             key = (hold["env"], hold["customer_id"])
             self.hold_owner[hold["id"]] = key  # a set-aside account's hold answers 503
@@ -483,25 +485,14 @@ class ShardCore:
     async def _submit(self, pending: _Pending) -> Any:
         self._ensure_tasks()
         assert self._wake is not None
-        unapplied = self._unapplied
-        for customer, count in pending.counts.items():
-            key = (pending.env, customer)
-            unapplied[key] = unapplied.get(key, 0) + count
+        self._waiting += len(pending.parsed)
         self._queue.append(pending)
         self._wake.set()
         return await pending.future
 
     def _landed(self, batch: list[_Pending]) -> None:
         """A commit was applied (or failed): its events no longer wait."""
-        unapplied = self._unapplied
-        for p in batch:
-            for customer, count in p.counts.items():
-                key = (p.env, customer)
-                left = unapplied.get(key, 0) - count
-                if left > 0:
-                    unapplied[key] = left
-                else:
-                    unapplied.pop(key, None)
+        self._waiting -= sum(len(p.parsed) for p in batch)
         self._committing = []
 
     async def _gather(self) -> None:
@@ -647,6 +638,8 @@ class ShardCore:
                 continue
             try:
                 self._alerts(key[0], account, at)
+                if self._headroom is not None:
+                    self._headroom = min(self._headroom, self._headroom_of(account))
             except Exception as error:
                 self._set_aside(key, "evaluating its alerts", error)
 
@@ -757,6 +750,7 @@ class ShardCore:
             if account is not None:
                 account.drop_periods(starts)
                 self.dirty.add(key)
+                self._headroom = None
         aside = sorted(customer for e, customer in self.quarantined if e == env)
         return {"closed": len(rows), "cutoff": cutoff, "set_aside": aside}
 
@@ -831,63 +825,94 @@ class ShardCore:
         env: str,
         events: list[IncomingEvent],
         rebook_late: bool = False,
-    ) -> dict[str, int]:
-        """Make ``events`` durable, then count them. Events are validated by the ingress;
-        ones for a closed period are refused unless ``rebook_late``, and the request is
-        refused whole (503) if one of its accounts is set aside."""
-        counts = Counter(e[0] for e in events)
-        self._refuse_set_aside(env, counts)
-        self._load_accounts(env, counts)
+    ) -> dict[str, Any]:
+        """Make ``events`` durable, then count them: ``{"ingested", "duplicates", "room"}``
+        (see :meth:`room`). Events are validated by the ingress; ones for a closed period
+        are refused unless ``rebook_late``, and the request is refused whole, before it is
+        written, if one of its accounts is set aside (503) or an event would pass a cap
+        (:class:`EventError`)."""
+        customers = {e[0] for e in events}
+        self._refuse_set_aside(env, customers)
+        self._load_accounts(env, customers)
         events = self._late(env, events, rebook_late)
-        self._check_limits(env, events, counts)
+        self._check_limits(env, events)
         rows: list[EventRow] = [
             (env, c, i, typ, ts, orjson.dumps(props).decode()) for c, i, typ, ts, props in events
         ]
         loop = asyncio.get_running_loop()
-        pending = await self._submit(
-            _Pending(loop.create_future(), env, rows, events, counts=counts)
-        )
-        return pending.result  # type: ignore[no-any-return]
+        pending = await self._submit(_Pending(loop.create_future(), env, rows, events))
+        return {**pending.result, "room": self.room()}
 
     def admit(
         self, env: str, counts: Mapping[str, int], events: list[IncomingEvent] | None = None
-    ) -> list[str]:
-        """Before a request whose events span shards is written anywhere (the ingress asks
-        every shard first, so that it is refused whole or not at all): refuse it (503) if
-        one of its accounts here is set aside, and say which of its customers here (with
-        ``counts`` events each) are near a cap. Given those customers' ``events``, refuse
-        the ones that would pass a cap (:class:`EventError` naming them by their index in
-        ``events``)."""
+    ) -> dict[str, Any]:
+        """Before a request whose events span shards is written anywhere, when the ingress
+        cannot tell from :meth:`room` that it fits (see :mod:`tallyray.serve.admission`):
+        refuse it (503) if one of its accounts here is set aside, and say which of its
+        customers here (with ``counts`` events each) are near a cap (``"near"``). Given
+        those customers' ``events``, refuse the ones that would pass a cap
+        (:class:`EventError` naming them by their index in ``events``)."""
         self._refuse_set_aside(env, counts)
         self._load_accounts(env, counts)
+        near: list[str] = []
         if events is None:
-            unapplied, limits = self._unapplied, self.limits
-            return [
-                customer
-                for customer, count in counts.items()
-                if self.accounts[(env, customer)].near_limits(
-                    count + unapplied.get((env, customer), 0), limits
-                )
-            ]
-        self._refuse_over_limits(env, self._late(env, events, rebook=True), list(counts))
-        return []
+            near = self._near(env, counts)
+        else:
+            self._refuse_over_limits(env, self._late(env, events, rebook=True), list(counts))
+        return {"near": near, "room": self.room()}
 
-    def _check_limits(
-        self, env: str, events: list[IncomingEvent], counts: Mapping[str, int]
-    ) -> None:
+    def room(self) -> tuple[int, int]:
+        """``(log position, events)``: however its events fall, a request with at most that
+        many events cannot take an account of this shard past a cap now — the least
+        headroom of any account, less every event still waiting to be applied (0 while an
+        account is set aside). The ingress keeps the latest (by position) and, while it is
+        fresh and enough, sends a request spanning shards without asking first."""
+        if self.quarantined:
+            return self.position, 0
+        return self.position, max(0, self._least_headroom() - self._waiting)
+
+    def _least_headroom(self) -> int:
+        """The fewest events any account here could take before a cap may refuse one."""
+        if self._headroom is None:
+            limits = self.limits
+            self._headroom = min(
+                (self._headroom_of(a) for a in self.accounts.values()),
+                default=min(limits.groups_per_meter, limits.unique_values),
+            )
+        return self._headroom
+
+    def _headroom_of(self, account: CustomerAccount) -> int:
+        groups, values = account.crowding()
+        return min(self.limits.groups_per_meter - groups, self.limits.unique_values - values)
+
+    def _check_limits(self, env: str, events: list[IncomingEvent]) -> None:
         """:class:`EventError` naming each event that would take a meter of its account past
-        a cap, before anything is written. Costs next to nothing unless an account is near
-        a cap (:meth:`CustomerAccount.near_limits`)."""
-        unapplied, limits, accounts = self._unapplied, self.limits, self.accounts
+        a cap, before anything is written. Far from the caps this costs one comparison for
+        the whole request (:meth:`room`); nearer, one per account
+        (:meth:`CustomerAccount.near_limits`); only accounts near a cap get their events
+        looked at."""
+        if len(events) + self._waiting <= self._least_headroom():
+            return
+        near = self._near(env, Counter(e[0] for e in events))
+        if near:
+            self._refuse_over_limits(env, events, near)
+
+    def _near(self, env: str, counts: Mapping[str, int]) -> list[str]:
+        """The customers whose accounts ``counts`` more events (and those waiting) could take
+        past a cap."""
+        limits, accounts, waiting = self.limits, self.accounts, self._waiting
         near = [
             customer
             for customer, count in counts.items()
-            if accounts[(env, customer)].near_limits(
-                count + unapplied.get((env, customer), 0), limits
-            )
+            if accounts[(env, customer)].near_limits(count + waiting, limits)
         ]
-        if near:
-            self._refuse_over_limits(env, events, near)
+        if not near or not waiting:
+            return near
+        # Every waiting event was counted against every account: count each account's own.
+        mine: Counter[str] = Counter(
+            e[0] for p in (*self._committing, *self._queue) if p.env == env for e in p.parsed
+        )
+        return [c for c in near if accounts[(env, c)].near_limits(counts[c] + mine[c], limits)]
 
     def _refuse_over_limits(
         self, env: str, events: list[IncomingEvent], customers: Sequence[str]
@@ -898,7 +923,7 @@ class ShardCore:
             waiting = [
                 _event(e)
                 for p in (*self._committing, *self._queue)
-                if p.env == env and customer in p.counts
+                if p.env == env
                 for e in p.parsed
                 if e[0] == customer
             ]
@@ -996,8 +1021,7 @@ class ShardCore:
                 ]
             )
         events = self._late(env, events, rebook=True)
-        counts = {key[1]: len(events)} if events else {}
-        self._check_limits(env, events, counts)
+        self._check_limits(env, events)
         rows: list[EventRow] = [
             (env, c, i, typ, ts, orjson.dumps(props).decode()) for c, i, typ, ts, props in events
         ]
@@ -1014,7 +1038,6 @@ class ShardCore:
                     rows,
                     events,
                     finished_holds=[(hold_id, "settled")],
-                    counts=counts,
                 )
             )
         except StoreUnavailable:
@@ -1099,6 +1122,7 @@ class ShardCore:
         for key, held in self.accounts.items():
             if key[0] == env:
                 held.set_meters(meters)
+        self._headroom = None
         refused: TallyrayError | None = None
         for key in keys:
             record = records.get(key[1])
@@ -1205,7 +1229,7 @@ class ShardActor:
 
     async def ingest(
         self, env: str, events: list[IncomingEvent], rebook_late: bool = False
-    ) -> dict[str, int]:
+    ) -> dict[str, Any]:
         return await self.core.ingest(env, events, rebook_late)
 
     async def close_periods(self, env: str, cutoff: int) -> dict[str, Any]:
@@ -1221,7 +1245,7 @@ class ShardActor:
 
     async def admit(
         self, env: str, counts: dict[str, int], events: list[IncomingEvent] | None = None
-    ) -> list[str]:
+    ) -> dict[str, Any]:
         return self.core.admit(env, counts, events)
 
     async def line_endpoint(self) -> Endpoint:

@@ -8,6 +8,7 @@ distinct ``user_id`` values of ``seat.active`` events.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from suite_clock import CLOCK
 from support import OwnShard, Server, make_customer, own_shard, unique
 
 from tallyray.actors.limits import Limits
+from tallyray.serve.admission import rooms_of
 from tallyray.storage import tables as t
 
 pytestmark = pytest.mark.anyio
@@ -228,3 +230,62 @@ async def test_an_alert_rule_past_the_cap_is_a_conflict_over_the_api_and_in_the_
     r = await client.post(path, json={"kind": "balance_below", "threshold": "30"})
     assert r.status_code == 201, r.text
     assert len((await client.get(path)).json()["rules"]) == 2
+
+
+async def test_a_spanning_request_with_room_to_spare_is_sent_without_asking(
+    own: OwnShard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every answer carries the shard's room; while it covers a request, no ``admit``."""
+    router = own.services.router
+    calls: list[str] = []
+    real = router.call
+
+    async def counted(index: int, method: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(method)
+        return await real(index, method, *args, **kwargs)
+
+    monkeypatch.setattr(router, "call", counted)
+    first, second = await customers_on_each_shard(own)
+    for expected in (["admit", "admit"], []):  # the first time, nothing is known yet
+        calls.clear()
+        r = await own.client.post("/v1/events", json=[call(first), call(second)])
+        assert r.json() == {"ingested": 2, "duplicates": 0}
+        assert [c for c in calls if c == "admit"] == expected
+
+
+async def test_when_a_shard_refuses_its_part_after_another_wrote_the_answer_says_so(
+    own: OwnShard,
+) -> None:
+    """The race the room cannot rule out with several ingress replicas, forced here by making
+    the ingress believe the full customer's shard has room."""
+    client = own.client
+    full, other = await customers_on_each_shard(own)
+    await client.post("/v1/events", json=[call(full, m) for m in ("a", "b", "c")])
+    rooms = rooms_of(own.services.router)
+    for shard in (0, 1):
+        rooms.known[shard] = (10**15, 10**6, time.monotonic())
+    r = await client.post("/v1/events", json=[call(other), call(full, "d"), call(other)])
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["message"] == (
+        "1 event is invalid and was not stored; the request's other events were stored: "
+        "send it again without these (repeats count once)"
+    )
+    assert error["details"] == [{"where": "[1]", "message": GROUPS_MESSAGE}]
+    assert (stored(own, other), stored(own, full)) == (2, 3)
+
+
+async def test_a_shards_room_is_its_least_headroom(own: OwnShard) -> None:
+    """Caps 3 groups and 4 values: the room is what the most crowded account has left."""
+    customer = await make_customer(own.client, credits="100.00")
+    shard = own.shards[own.services.router.index("test", customer)]
+
+    async def room() -> int:
+        answer = await shard.admit.remote("test", {})
+        return int(answer["room"][1])
+
+    assert await room() == 3  # an empty account: min(3 groups, 4 values)
+    await own.client.post("/v1/events", json=[call(customer, "a"), call(customer, "b")])
+    assert await room() == 1  # two groups of 3
+    await own.client.post("/v1/events", json=[seat(customer, u) for u in ("x", "y", "z", "w")])
+    assert await room() == 0  # four values of 4

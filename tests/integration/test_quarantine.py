@@ -405,7 +405,8 @@ async def test_an_account_failing_in_a_group_commit_leaves_the_others_applied(
         )
         assert core.stats.commits == commits + 1  # both requests in one commit
         # Both are durable, so both are answered as written.
-        assert answers == [{"ingested": 1, "duplicates": 0}] * 2
+        assert [(a["ingested"], a["duplicates"]) for a in answers] == [(1, 0)] * 2
+        assert answers[0]["room"][1] == 0  # an account set aside: spanning requests ask first
         assert spent(core, "q") == ("2.007", "2")
         assert set(core.quarantined) == {("test", "p")}
         assert "ArithmeticError: poisoned for the test" in core.quarantined[("test", "p")].reason

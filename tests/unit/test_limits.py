@@ -260,3 +260,17 @@ def test_footprint_names_each_meter_group_and_value() -> None:
         ("gpt", ("us",), None),
     ]
     assert [m.key for m, _, _ in CONFIG.meters.footprint(llm("m1"))] == ["tokens", "users"]
+
+
+def test_crowding_kept_up_to_date_equals_crowding_worked_out_afresh() -> None:
+    acct = account(llm("m1", user="a"))
+    assert acct.crowding() == (1, 1)  # from here on, recording keeps it up to date
+    acct.record([llm("m2", user="b"), llm("m3", user="b")], NOW)
+    acct.record([llm("m1", user=u, ts=LAST_MONTH) for u in ("c", "e", "f", "g")], NOW)
+    acct.record([llm("gpt", user="d", region=r) for r in ("eu", "us")], NOW)
+    fresh = account()
+    fresh.periods = acct.periods
+    # November: models m1 m2 m3 gpt, users a b d; October: model m1, users c e f g
+    assert acct.crowding() == fresh.crowding() == (4, 4)
+    acct.drop_periods([min(acct.periods)])
+    assert acct.crowding() == (4, 3)  # October gone: worked out again
