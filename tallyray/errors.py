@@ -16,6 +16,7 @@
     │   ├── SignatureError      a provider webhook whose signature is missing, wrong or stale (400)
     │   └── WebhookRefused      a signed provider webhook for the other environment (400)
     ├── StoreUnavailable        the database cannot be reached: 503 + Retry-After
+    │   └── AccountQuarantined  one account is set aside after an error applying its data (503)
     └── ProviderUnavailable     a payment provider cannot be reached or failed on its side (502)
 
 Each error carries a message that tells the caller what to fix and, where there are several
@@ -170,6 +171,27 @@ class WebhookRefused(InvalidInput):
 class StoreUnavailable(TallyrayError):
     type_name = "store_unavailable"
     http_status = 503
+    retry_after_seconds = 1
+    """What the ``Retry-After`` header says."""
+
+
+class AccountQuarantined(StoreUnavailable):
+    """One customer's account could not be applied from its stored data (a row that fails to
+    parse or to price, a checkpoint that cannot be restored, ...). Its shard set it aside and
+    goes on serving every other account; its stored data is kept, and a restart of the shard
+    after the operator has repaired the row brings it back with everything."""
+
+    type_name = "account_quarantined"
+    retry_after_seconds = 60
+
+    @classmethod
+    def of(cls, customer_id: str) -> AccountQuarantined:
+        return cls(
+            f"the account of customer {customer_id!r} is set aside after an error applying its "
+            "stored data; the operator has been alerted. This is not a problem with your "
+            "request, and nothing of it was stored for this customer: retry later. Data stored "
+            "before is kept and counts again once the account is repaired."
+        )
 
 
 class ProviderUnavailable(TallyrayError):

@@ -134,6 +134,12 @@ class Metrics:
             ["shard"],
             registry=r,
         )
+        self.quarantined_accounts = Gauge(
+            "tallyray_quarantined_accounts",
+            "Accounts set aside after an error applying their data (their requests get 503)",
+            ["shard"],
+            registry=r,
+        )
         self.store_unavailable = Counter(
             "tallyray_store_unavailable",
             "Requests answered 503 (store or shard unavailable)",
@@ -148,6 +154,7 @@ class Metrics:
                 self.checkpoint_age.labels(shard).set(status["checkpoint_age_seconds"])
             self.shard_accounts.labels(shard).set(status["accounts"])
             self.shard_position.labels(shard).set(status["position"])
+            self.quarantined_accounts.labels(shard).set(status.get("quarantined", 0))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

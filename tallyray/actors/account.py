@@ -30,18 +30,21 @@ What a quota check compares (``available``):
 from __future__ import annotations
 
 import copy
+from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from itertools import chain
 from typing import Any
 
 from tallyray.actors.alerting import DEPLETED, AlertRule, Firing, crossings
-from tallyray.errors import EventError, Problem
-from tallyray.pricing.bounds import SpendBound, spend_bound
+from tallyray.actors.limits import Limits
+from tallyray.errors import Conflict, EventError, Problem
+from tallyray.pricing.bounds import SpendBound, meters_that_can_lower_cost, spend_bound
 from tallyray.pricing.credits import BILLING_MODES, CreditGrant, Ledger
 from tallyray.pricing.events import Event
-from tallyray.pricing.meters import MeterSet, Usage
+from tallyray.pricing.meters import GroupKey, MeterSet, MeterSpec, Usage
 from tallyray.pricing.money import currency as currency_of
 from tallyray.pricing.money import round_amount
 from tallyray.pricing.periods import Period, period_of
@@ -151,14 +154,26 @@ class CustomerAccount:
     _spent_since: Decimal = ZERO
     """An upper bound on the spend folded in since the last alert evaluation."""
     _cost_bound: SpendBound = SpendBound({})
+    _lowering: frozenset[str] = frozenset()
+    """Meters whose new usage can lower the plan's cost: their commits are priced at once."""
+    _expiries: tuple[int, tuple[int, ...]] = (0, ())
+    """(how many grants, their expiry times sorted): grants are only ever added."""
+    _grant_ids: tuple[int, frozenset[str]] = (0, frozenset())
+    """(how many grants, their ids), for the same reason."""
+    _crowding: tuple[int, int] | None = None
+    """What :meth:`crowding` answers, kept up to date by :meth:`record` (``None``: work it
+    out again)."""
 
     def __post_init__(self) -> None:
         self.ledger = Ledger(self.profile.currency)
-        self._cost_bound = self._spend_bound()
+        self._plan_changed()
 
-    def _spend_bound(self) -> SpendBound:
+    def _plan_changed(self) -> None:
+        """Work out again what follows from the plan and the meters."""
         plan = self.profile.plan
-        return SpendBound({}) if plan is None else spend_bound(plan, self.meters.meters)
+        meters = self.meters.meters
+        self._cost_bound = SpendBound({}) if plan is None else spend_bound(plan, meters)
+        self._lowering = frozenset() if plan is None else meters_that_can_lower_cost(plan, meters)
 
     # -- usage ---------------------------------------------------------------------------
 
@@ -216,28 +231,46 @@ class CustomerAccount:
         self.spend[start] = after
         return delta
 
-    def record(self, events: Sequence[Event], at: int) -> None:
+    def record(self, events: Sequence[Event], at: int) -> Decimal | None:
         """Fold events committed at ``at`` in, and price them later (the hot path).
+
+        Returns what the events cost when they were priced at once, else ``None``.
 
         Pricing waits until something reads the account, or until a credit grant's expiry
         falls between the commits waiting to be priced: burning is then the same as if each
         batch had been priced at once (the set of active grants is constant over the window,
         and burning is split-invariant for a constant set), at a fraction of the cost.
+
+        That holds while cost only grows. A commit touching a meter whose usage can *lower*
+        the cost (volume pricing, a ``latest`` meter, negative values) is priced at once, and
+        what waited before it first, on its own: giving credit back is capped by what active
+        grants burned, so netting a reduction against other commits' costs could give a
+        different ledger than pricing commit by commit — and the ledger must not depend on
+        when something read the account (replay reads less often than live traffic).
         """
         if not events:
-            return
+            return None
         window = self._unpriced_window
         if window is not None:
             low, high = min(window[0], at), max(window[1], at)
             if self._expiry_within(low, high):
                 self._catch_up()
         # Fold every period's events before merging any: a bad event leaves no partial write.
-        for start, delta in self._fold(events):
+        deltas = self._fold(events)
+        price_now = bool(self._lowering) and any(
+            not self._lowering.isdisjoint(delta.touched()) for _, delta in deltas
+        )
+        if price_now:
+            self._catch_up()
+        for start, delta in deltas:
             usage = self.periods.get(start)
             if usage is None:
                 usage = self.periods[start] = self.meters.empty_usage()
             usage.merge(delta)
-            self._unpriced.setdefault(start, set()).update(delta.touched())
+            touched = delta.touched()
+            self._unpriced.setdefault(start, set()).update(touched)
+            if self._crowding is not None:  # kept up to date: caps are checked per request
+                self._crowding = _crowding_of(usage, touched, *self._crowding)
             if self._quiet is not None:
                 bound = self._cost_bound.of(delta)
                 if bound is None:
@@ -248,11 +281,20 @@ class CustomerAccount:
         self._unpriced_window = (
             (at, at) if window is None else (min(window[0], at), max(window[1], at))
         )
+        return self._catch_up() if price_now else None
 
     def _expiry_within(self, low: int, high: int) -> bool:
-        return any(
-            g.expires_at is not None and low < g.expires_at <= high for g in self.ledger.grants
-        )
+        """Does a grant expire in ``(low, high]``? Asked on every commit: a binary search,
+        not a walk through every grant the customer ever had."""
+        grants = self.ledger.grants
+        if not grants:
+            return False
+        if self._expiries[0] != len(grants):
+            stamps = sorted(g.expires_at for g in grants if g.expires_at is not None)
+            self._expiries = (len(grants), tuple(stamps))
+        expiries = self._expiries[1]
+        after = bisect_right(expiries, low)
+        return after < len(expiries) and expiries[after] <= high
 
     def _catch_up(self) -> Decimal:
         """Price what :meth:`record` folded in, and burn credits for it."""
@@ -274,8 +316,8 @@ class CustomerAccount:
 
     def apply(self, events: Sequence[Event], at: int) -> Decimal:
         """Fold committed events in; burn credits for what they cost. Returns the cost."""
-        self.record(events, at)
-        return self._catch_up()
+        booked = self.record(events, at)
+        return self._catch_up() if booked is None else booked
 
     def price(self, events: Sequence[Event]) -> Decimal:
         """What these events would cost now, without applying them."""
@@ -292,7 +334,9 @@ class CustomerAccount:
     def set_meters(self, meters: MeterSet) -> None:
         """Meters were added to the environment (they are never changed or removed)."""
         self.meters = meters
-        self._cost_bound, self._quiet = self._spend_bound(), None
+        self._plan_changed()
+        self._quiet = None
+        self._crowding = None
         for usage in self.periods.values():
             usage.aggregations = meters.aggregations
             for key in meters.meters:
@@ -303,15 +347,17 @@ class CustomerAccount:
         how much each period's spend moved (book it with :meth:`rebook`)."""
         self._catch_up()
         self.profile = profile
-        self._cost_bound, self._quiet = self._spend_bound(), None
+        self._plan_changed()
+        self._quiet = None
         self.costs.clear()
         self._bounds = (0, 0)  # the interval may have changed
         return {start: self._reprice(start) for start in self.periods}
 
     def rebook(self, changes: Mapping[int, Decimal], at: int) -> None:
         """Book cost changes per period: burn credit for them (or give it back), and keep
-        what each period burned of each grant."""
-        for start, change in changes.items():
+        what each period burned of each grant. Periods are booked oldest first, whatever
+        order their usage arrived in: the ledger must not depend on it."""
+        for start, change in sorted(changes.items()):
             if not change:
                 continue
             if change < ZERO:
@@ -324,8 +370,14 @@ class CustomerAccount:
 
     # -- credits and holds ---------------------------------------------------------------
 
+    def has_grant(self, grant_id: str) -> bool:
+        grants = self.ledger.grants
+        if self._grant_ids[0] != len(grants):
+            self._grant_ids = (len(grants), frozenset(g.id for g in grants))
+        return grant_id in self._grant_ids[1]
+
     def add_grant(self, grant: CreditGrant) -> None:
-        if any(g.id == grant.id for g in self.ledger.grants):
+        if self.has_grant(grant.id):
             return  # replaying a grant that is already in the checkpoint
         self._catch_up()  # usage before the grant never burns it
         self.ledger = self.ledger.add_grant(grant)
@@ -396,9 +448,18 @@ class CustomerAccount:
             reason = f"insufficient credit: {left} {cur.code} available, this costs {needed}"
         return QuotaAnswer(False, cost, available, reason, code)
 
-    def place_hold(self, hold: Hold, now: int) -> QuotaAnswer:
+    def place_hold(self, hold: Hold, now: int, max_holds: int | None = None) -> QuotaAnswer:
         """Hold ``hold.amount`` if it fits in what is available (atomically: the caller
-        serializes calls to one account)."""
+        serializes calls to one account). :class:`Conflict` when the customer already has
+        ``max_holds`` active holds (zero-cost ones too)."""
+        if max_holds is not None and len(self.holds) >= max_holds:
+            active = sum(1 for h in self.holds.values() if h.expires_at > now)
+            if active >= max_holds:
+                raise Conflict(
+                    f"customer {self.profile.customer_id!r} has {active:,} active holds, the "
+                    f"most one customer may have ({max_holds:,}); settle or release some "
+                    "(POST /v1/reservations/{id}/settle or /release) before reserving more"
+                )
         answer = self.decide(hold.amount, now)
         if answer.allowed:
             self.holds[hold.id] = hold
@@ -408,6 +469,62 @@ class CustomerAccount:
     def release(self, hold_id: str) -> Hold | None:
         self._quiet = None
         return self.holds.pop(hold_id, None)
+
+    # -- limits --------------------------------------------------------------------------
+
+    def crowding(self) -> tuple[int, int]:
+        """The most groups one meter has in one open period, and the most values one
+        ``unique_count`` meter holds in one (over all of its groups). Asked for every
+        account of every request, so kept up to date as events are recorded."""
+        if self._crowding is None:
+            groups = values = 0
+            for usage in self.periods.values():
+                groups, values = _crowding_of(usage, usage.groups, groups, values)
+            self._crowding = (groups, values)
+        return self._crowding
+
+    def near_limits(self, adding: int, limits: Limits) -> bool:
+        """Could ``adding`` more events take a meter past a cap? Each event adds at most one
+        group and one value to each meter, so far from the caps this is all there is to
+        ask; near them, :meth:`over_limits` looks at the events."""
+        groups, values = self.crowding()
+        return groups + adding > limits.groups_per_meter or values + adding > limits.unique_values
+
+    def over_limits(
+        self,
+        events: Sequence[Event],
+        limits: Limits,
+        pending: Sequence[Event] = (),
+        label: Callable[[int], str] = "[{}]".format,
+    ) -> list[Problem]:
+        """The events that would take one of their meters past a cap in their billing
+        period, in order, each named by ``label(index)`` with the meter and the cap.
+        ``pending`` are events accepted already but not recorded yet: they count, and are
+        never refused."""
+        tallies: dict[tuple[int, str], _Tally] = {}
+        problems: list[Problem] = []
+        marked = chain(((-1, e) for e in pending), enumerate(events))
+        start, end = self._bounds
+        for index, event in marked:
+            if not start <= event[3] < end:
+                start, end = self.profile.period_of(event[3])
+            kept: list[tuple[_Tally, GroupKey, Any]] = []
+            for meter, group, value in self.meters.footprint(event):
+                tally = tallies.get((start, meter.key))
+                if tally is None:
+                    usage = self.periods.get(start)
+                    held = usage.groups.get(meter.key, {}) if usage is not None else {}
+                    tally = tallies[(start, meter.key)] = _Tally(held, meter)
+                kept.append((tally, group, value))
+            if index >= 0:  # not a pending event
+                overs = (t.over(g, v, limits) for t, g, v in kept)
+                over = next((o for o in overs if o is not None), None)
+                if over is not None:  # refused whole: counted in none of its meters
+                    problems.append(Problem(label(index), over))
+                    continue
+            for tally, group, value in kept:
+                tally.add(group, value)
+        return problems
 
     # -- alerts --------------------------------------------------------------------------
 
@@ -425,9 +542,15 @@ class CustomerAccount:
         self._catch_up()
         start = self._current_period(now)
         values: dict[str, Decimal | None] = {}
+        # Each figure is worked out once, however many rules watch it (each is a walk
+        # through the holds or the grants).
+        available: list[Decimal | None] = []
+        percent: list[Decimal | None] = []
         for rule in self.rules:
             if rule.kind == "balance_below":
-                values[rule.id] = self.available(now)
+                if not available:
+                    available.append(self.available(now))
+                values[rule.id] = available[0]
             elif rule.kind == "spend_above":
                 values[rule.id] = self.spend.get(start, ZERO)
             elif rule.kind == "usage_above":
@@ -435,12 +558,18 @@ class CustomerAccount:
                 spec = self.meters.meters.get(rule.meter or "")
                 values[rule.id] = None if spec is None else usage.quantity(spec) if usage else ZERO
             else:  # credits_used_percent
-                granted = sum((g.amount for g in self.ledger.grants if g.active_at(now)), ZERO)
-                used = granted - self.ledger.remaining(now)
-                values[rule.id] = None if not granted else used * 100 / granted
+                if not percent:
+                    granted = self._granted(now)
+                    used = granted - self.ledger.remaining(now)
+                    percent.append(None if not granted else used * 100 / granted)
+                values[rule.id] = percent[0]
         if self.ledger.grants:
             values[DEPLETED] = self.ledger.remaining(now)
         return values
+
+    def _granted(self, now: int) -> Decimal:
+        """Credit granted by the grants active now."""
+        return sum((g.amount for g in self.ledger.grants if g.active_at(now)), ZERO)
 
     def evaluate_alerts(self, now: int, key: str) -> list[Firing]:
         """The alerts this account's state crosses now, moving the alert state along.
@@ -482,6 +611,7 @@ class CustomerAccount:
         left = values.get(DEPLETED)
         if left is not None:
             headroom.append(left)
+        credit: list[tuple[Decimal, Decimal]] = []  # (granted, remaining), worked out once
         for rule in self.rules:
             value = values.get(rule.id)
             if value is None:
@@ -491,8 +621,10 @@ class CustomerAccount:
             if rule.kind == "balance_below" or rule.kind == "spend_above":
                 headroom.append(abs(value - rule.threshold))
             else:  # credits_used_percent: used grows by at most the spend
-                granted = sum((g.amount for g in self.ledger.grants if g.active_at(now)), ZERO)
-                headroom.append(self.ledger.remaining(now) - granted * (1 - rule.threshold / 100))
+                if not credit:
+                    credit.append((self._granted(now), self.ledger.remaining(now)))
+                granted, remaining = credit[0]
+                headroom.append(remaining - granted * (1 - rule.threshold / 100))
         if not headroom or min(headroom) <= ZERO:
             return None
         until = self.profile.period_of(now).end
@@ -526,6 +658,7 @@ class CustomerAccount:
 
     def drop_periods(self, starts: Sequence[int]) -> None:
         """Forget closed periods: their usage now lives in the billing-period records."""
+        self._crowding = None
         for start in starts:
             self.periods.pop(start, None)
             self.spend.pop(start, None)
@@ -611,6 +744,75 @@ class CustomerAccount:
         # The plan may have changed since the checkpoint: bring spend in line with it.
         account.rebook(account.set_profile(profile), now)
         return account
+
+
+def _crowding_of(usage: Usage, meters: Iterable[str], groups: int, values: int) -> tuple[int, int]:
+    """``(groups, values)`` raised to what ``meters`` hold in ``usage``, if that is more."""
+    aggregations = usage.aggregations
+    for key in meters:
+        found = usage.groups.get(key)
+        if not found:
+            continue
+        if len(found) > groups:
+            groups = len(found)
+        if aggregations[key] == "unique_count":
+            held = (
+                sum(map(len, found.values())) if len(found) > 1 else len(next(iter(found.values())))
+            )
+            if held > values:
+                values = held
+    return groups, values
+
+
+class _Tally:
+    """One meter's groups and values in one period, while a batch is checked against the
+    caps: what the account holds, and what the batch would add."""
+
+    def __init__(self, held: Mapping[GroupKey, Any], meter: MeterSpec) -> None:
+        self.held = held
+        self.meter = meter
+        self.unique = meter.aggregation == "unique_count"
+        self.groups = len(held)
+        self.values = sum(map(len, held.values())) if self.unique else 0
+        self.new_groups: set[GroupKey] = set()
+        self.new_values: dict[GroupKey, set[Any]] = {}
+
+    def _new(self, group: GroupKey, value: Any) -> tuple[bool, bool]:
+        """Would this group, and this value, be new?"""
+        new_group = group not in self.held and group not in self.new_groups
+        if not self.unique:
+            return new_group, False
+        added = self.new_values.get(group)
+        new_value = value not in self.held.get(group, ()) and (added is None or value not in added)
+        return new_group, new_value
+
+    def over(self, group: GroupKey, value: Any, limits: Limits) -> str | None:
+        """What is wrong if one more event in this group with this value would pass a cap."""
+        new_group, new_value = self._new(group, value)
+        if new_group and self.groups >= limits.groups_per_meter:
+            return (
+                f"meter {self.meter.key!r} already has {limits.groups_per_meter:,} groups "
+                f"(by {', '.join(self.meter.group_by)}) for this customer in this billing "
+                "period, the most it may have; this event would start another "
+                "(TALLYRAY_MAX_GROUPS_PER_METER)"
+            )
+        if new_value and self.values >= limits.unique_values:
+            return (
+                f"meter {self.meter.key!r} already counts {limits.unique_values:,} distinct "
+                "values for this customer in this billing period, the most it may hold; "
+                "this event would add another (TALLYRAY_MAX_UNIQUE_VALUES)"
+            )
+        return None
+
+    def add(self, group: GroupKey, value: Any) -> None:
+        """Count one event in."""
+        new_group, new_value = self._new(group, value)
+        if new_group:
+            self.new_groups.add(group)
+            self.groups += 1
+        if new_value:
+            self.new_values.setdefault(group, set()).add(value)
+            self.values += 1
 
 
 def _label_from(indices: Sequence[int]) -> Callable[[int], str]:

@@ -19,6 +19,14 @@ The rules it keeps:
 4. **Holds are atomic.** The actor runs one request at a time on its event loop between
    awaits, and a hold is placed in memory before its write is awaited, so concurrent
    reservations can never together exceed what is available.
+5. **One account never stops the shard.** An error while applying or replaying one account's
+   data (its events, grants, holds, checkpoint, profile, alerts, balance, snapshot, period
+   close) sets that account aside (*quarantined*): its requests answer
+   :class:`AccountQuarantined` (503), nothing more is written for it, and every other
+   account carries on, across restarts too. Its stored data stays in the log, and the
+   shard's checkpoint position stays behind it (replay skips what each account's own
+   checkpoint holds), so once the operator has repaired the row a restart brings the
+   account back with everything.
 """
 
 from __future__ import annotations
@@ -27,8 +35,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections import Counter, defaultdict, deque
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -38,9 +46,11 @@ import orjson
 
 from tallyray.actors.account import CustomerAccount, Hold, Profile, QuotaAnswer
 from tallyray.actors.alerting import AlertRule, plan_rules
+from tallyray.actors.limits import Limits
 from tallyray.actors.shard_line import Endpoint, ShardLineServer
 from tallyray.clock import Clock, clock_for, system_clock
 from tallyray.errors import (
+    AccountQuarantined,
     Conflict,
     EventError,
     NotFound,
@@ -54,11 +64,11 @@ from tallyray.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, BucketCounts
 from tallyray.pricing.credits import CreditGrant
 from tallyray.pricing.events import Event, format_timestamp
 from tallyray.pricing.meters import MeterSet
-from tallyray.pricing.money import currency, round_amount
+from tallyray.pricing.money import Currency, currency, round_amount
 from tallyray.storage.alerts import AlertStore
 from tallyray.storage.billing import BillingStore
 from tallyray.storage.catalog import Catalog, CustomerRecord, EnvCatalog
-from tallyray.storage.db import make_engine
+from tallyray.storage.db import DatabaseUnavailable, make_engine
 from tallyray.storage.eventlog import EventRow, ShardStore
 
 log = logging.getLogger("tallyray.shard")
@@ -72,6 +82,23 @@ AccountKey = tuple[str, str]
 
 GATHER_EVENTS = 4000
 """A commit of events stops waiting for more once it holds this many."""
+
+_STORE_DOWN = (DatabaseUnavailable, StoreUnavailable)
+"""Errors of the store, not of an account: while recovering they fail the start (Ray starts
+the shard again), instead of setting accounts aside."""
+
+SHOWN_SET_ASIDE = 100
+"""At most this many accounts set aside are listed in a shard's status."""
+
+
+@dataclass(frozen=True, slots=True)
+class SetAside:
+    """Why an account is set aside, and the log position the shard's checkpoint may not pass
+    while it is (its stored state holds its data up to there; the log has the rest)."""
+
+    reason: str
+    floor: int
+    since: int
 
 
 @dataclass
@@ -111,9 +138,12 @@ class ShardCore:
         grace_seconds: int | None = None,
         gather_seconds: float = 0.0,
         clock: Clock = system_clock,
+        limits: Limits | None = None,
     ) -> None:
         self.shard = shard
         self.clock = clock
+        self.limits = limits or Limits()
+        """How much state one customer may make the shard keep (:mod:`~.limits`)."""
         self.shard_count = shard_count
         self.checkpoint_seconds = checkpoint_seconds
         self.grace_seconds = grace_seconds
@@ -137,9 +167,24 @@ class ShardCore:
         self.accounts: dict[AccountKey, CustomerAccount] = {}
         self.hold_owner: dict[str, AccountKey] = {}
         self.dirty: set[AccountKey] = set()
+        self.quarantined: dict[AccountKey, SetAside] = {}
+        """Accounts set aside after an error applying their data (see rule 5 above)."""
         self.position = 0
+        self._saved_head = 0
+        """The shard position of the last checkpoint stored (at first, the one recovered
+        from): every account's stored state holds its data up to there."""
+        self._stored_at: dict[AccountKey, int] = {}
+        """While recovering: the log position each account's checkpoint includes."""
+        self._recovering = True
         self.stats = ShardStats()
         self._queue: list[_Pending] = []
+        self._committing: list[_Pending] = []
+        """The requests of the commit being written now."""
+        self._waiting = 0
+        """Events queued or being written, not applied yet (they count towards the caps)."""
+        self._headroom: int | None = None
+        """The fewest events any account here could take before a cap may refuse one
+        (``None``: work it out again)."""
         self._wake: asyncio.Event | None = None
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"shard-{shard}-db")
         self._tasks: list[asyncio.Task[None]] = []
@@ -196,6 +241,7 @@ class ShardCore:
         missing = [c for c in set(customer_ids) if (env, c) not in self.accounts]
         if not missing:
             return
+        self._refuse_set_aside(env, missing)
         records = self.catalog.customers(env, missing)
         rules = self.alert_store.rules(env, missing)
         meters = self.env(env).meters
@@ -221,16 +267,63 @@ class ShardCore:
             found = self.accounts[(env, customer_id)]
         return found
 
+    # -- accounts set aside --------------------------------------------------------------
+
+    def _refuse_set_aside(self, env: str, customer_ids: Iterable[str]) -> None:
+        """:class:`AccountQuarantined` if one of these accounts is set aside (before anything
+        of the request is written)."""
+        if self.quarantined:
+            for customer_id in customer_ids:
+                if (env, customer_id) in self.quarantined:
+                    raise AccountQuarantined.of(customer_id)
+
+    def _set_aside(self, key: AccountKey, doing: str, error: BaseException) -> None:
+        """Quarantine one account: forget its state (it may be half changed), refuse its
+        requests, and say so once, at error level. Its data stays in the store."""
+        if key in self.quarantined:
+            return
+        self.accounts.pop(key, None)
+        self.dirty.discard(key)
+        reason = f"{doing}: {type(error).__name__}: {str(error)[:200]}"
+        self.quarantined[key] = SetAside(reason, self._saved_head, self.clock())
+        log.error(
+            "shard %d: account %s/%s set aside after an error %s; its other requests are "
+            "refused with 503 until the stored data is repaired and the shard restarted",
+            self.shard,
+            key[0],
+            key[1],
+            reason,
+            extra={"env": key[0], "customer_id": key[1]},
+        )
+
+    def _fails_account(self, error: Exception) -> bool:
+        """Does ``error`` belong to the account being applied (set it aside) rather than to the
+        store? While recovering, a store that cannot be reached fails the start and Ray starts
+        the shard again; live, everything counts against the account, so that a commit's
+        apply always finishes for the others."""
+        return not (self._recovering and isinstance(error, _STORE_DOWN))
+
+    def _serving(self, key: AccountKey, doing: str, error: Exception) -> TallyrayError:
+        """The error a request gets when reading or changing one account failed: the
+        caller's own mistakes as they are, anything else sets the account aside."""
+        if isinstance(error, TallyrayError):
+            return error
+        self._set_aside(key, doing, error)
+        return AccountQuarantined.of(key[1])
+
     # -- recovery ------------------------------------------------------------------------
 
     def recover(self) -> None:
         started = time.perf_counter()
-        position, count, states = self.store.load_checkpoint()
+        position, count, states, stored_at = self.store.load_checkpoint()
         if count is not None and count != self.shard_count:
             raise RuntimeError(
                 f"shard {self.shard}: the checkpoint was taken with {count} shards, not "
                 f"{self.shard_count}; start Tallyray with TALLYRAY_SHARDS={count}"
             )
+        self._recovering = True
+        self._saved_head = position
+        self._stored_at = stored_at
         now = self.clock()
         by_env: dict[str, list[str]] = defaultdict(list)
         for env, customer in states:
@@ -242,16 +335,22 @@ class ShardCore:
                 record = records.get(customer)
                 if record is None:
                     continue
-                account = CustomerAccount.restore(
-                    states[(env, customer)], self._profile(record), self.env(env).meters, now
-                )
-                account.rules = self._rules(record, rules.get(customer, []))
-                self.accounts[(env, customer)] = account
+                key = (env, customer)
+                try:
+                    account = CustomerAccount.restore(
+                        states[key], self._profile(record), self.env(env).meters, now
+                    )
+                    account.rules = self._rules(record, rules.get(customer, []))
+                    self.accounts[key] = account
+                except Exception as error:
+                    if not self._fails_account(error):
+                        raise
+                    self._set_aside(key, "restoring its checkpoint", error)
         # Grants booked at or before the checkpoint are in it, unless their commit raced
         # the snapshot; add those (idempotently) before replaying what came after.
         for grant in self.store.grants_at_or_before(position):
             self._add_grant_row(grant)
-        later = self.store.grants_after(position)
+        later = deque(self.store.grants_after(position))
         replayed = 0
         self.position = position
         for rows in self.store.replay(position):
@@ -261,7 +360,7 @@ class ShardCore:
                     self._apply_rows(segment)
                     segment = []
                     while later and later[0]["position"] < row.seq:
-                        self._add_grant_row(later.pop(0))
+                        self._add_grant_row(later.popleft())
                 segment.append(row)
             self._apply_rows(segment)
             replayed += len(rows)
@@ -269,60 +368,102 @@ class ShardCore:
         for grant in later:
             self._add_grant_row(grant)
         self.position = max(self.position, position)
-        # Periods closed after the checkpoint came back with the replay: they are written
-        # out, so drop them again.
+        # Periods closed after the checkpoint came back with the replay: drop them again.
+        # They are written out, unless the account was set aside when they were closed:
+        # those are written now.
         self.cutoffs = self.billing.cutoffs(self.shard)
-        for (env, _), account in self.accounts.items():
-            cutoff = self.cutoffs.get(env)
-            if cutoff is not None:
-                account.drop_periods([p.start for p in account.due_periods(cutoff)])
+        for env, cutoff in self.cutoffs.items():
+            rows_out, dropped = self._due_rows(env, cutoff)
+            if rows_out:
+                self.billing.record_periods(self.shard, env, rows_out, self.clock())
+            for key, starts in dropped.items():
+                self.accounts[key].drop_periods(starts)
+                self._headroom = None
         for hold in self.store.active_holds():
             key = (hold["env"], hold["customer_id"])
-            self._load_accounts(key[0], [key[1]])
-            self.accounts[key].holds[hold["id"]] = Hold(
-                hold["id"], Decimal(hold["amount"]), hold["expires_at"]
-            )
-            self.hold_owner[hold["id"]] = key
+            self.hold_owner[hold["id"]] = key  # a set-aside account's hold answers 503
+            if key in self.quarantined:
+                continue
+            try:
+                self.account(*key).holds[hold["id"]] = Hold(
+                    hold["id"], Decimal(hold["amount"]), hold["expires_at"]
+                )
+            except Exception as error:
+                if not self._fails_account(error):
+                    raise
+                self._set_aside(key, f"restoring its hold {hold['id']}", error)
         self.dirty.update(self.accounts)
+        self._stored_at = {}
+        self._recovering = False
         log.info(
-            "shard %d recovered at position %d: %d accounts, %d events replayed in %.2fs",
+            "shard %d recovered at position %d: %d accounts (%d set aside), %d events "
+            "replayed in %.2fs",
             self.shard,
             self.position,
             len(self.accounts),
+            len(self.quarantined),
             replayed,
             time.perf_counter() - started,
         )
 
     def _add_grant_row(self, row: dict[str, Any]) -> None:
-        account = self.account(row["env"], row["customer_id"])
-        account.add_grant(_grant(row))
-        self._alerts(row["env"], account, row["created_at"])  # a top-up may recover alerts
+        key = (row["env"], row["customer_id"])
+        if key in self.quarantined:
+            return  # the grant is stored; it is added when the account comes back
+        try:
+            account = self.account(*key)
+            account.add_grant(_grant(row))
+            self._alerts(row["env"], account, row["created_at"])  # a top-up may recover alerts
+        except Exception as error:
+            if not self._fails_account(error):
+                raise
+            self._set_aside(key, f"adding its credit grant {row['id']}", error)
 
     def _apply_rows(self, rows: Sequence[Any]) -> None:
-        """Apply replayed log rows: per commit (same ``received_at``) and per customer."""
+        """Apply replayed log rows: per commit (same ``received_at``) and per customer, each
+        account only what its checkpoint does not hold already."""
         groups: dict[tuple[int, str, str], list[Event]] = defaultdict(list)
+        stored_at, aside = self._stored_at, self.quarantined
         for row in rows:
+            key = (row.env, row.customer_id)
+            if key in aside or row.seq <= stored_at.get(key, 0):
+                continue
+            try:
+                properties = orjson.loads(row.properties)
+            except orjson.JSONDecodeError as error:
+                self._set_aside(key, f"reading its event at log position {row.seq}", error)
+                continue
             groups[(row.received_at, row.env, row.customer_id)].append(
-                Event(row.event_id, row.customer_id, row.type, row.ts, orjson.loads(row.properties))
+                Event(row.event_id, row.customer_id, row.type, row.ts, properties)
             )
         for (received_at, env, customer), events in groups.items():
-            self._apply(env, customer, events, received_at)
+            if (env, customer) not in aside:
+                self._apply(env, customer, events, received_at)
 
     def _apply(
         self, env: str, customer_id: str, events: list[Event], at: int, alerts: bool = True
     ) -> None:
-        account = self.account(env, customer_id)
+        """Fold committed events into their account (setting it aside if that fails)."""
+        key = (env, customer_id)
         try:
-            account.record(events, at)
-        except EventError as error:
-            # Only possible if the ingress validated against older meters than ours; the
-            # events are in the log, so skip the bad ones rather than lose the good.
-            bad = {int(p.where.strip("[]")) for p in error.problems}
-            log.error("shard %d: %d committed events fail their meters", self.shard, len(bad))
-            account.record([e for i, e in enumerate(events) if i not in bad], at)
-        self.dirty.add((env, customer_id))
-        if alerts:
-            self._alerts(env, account, at)
+            account = self.account(env, customer_id)
+            try:
+                account.record(events, at)
+            except EventError as error:
+                # Only possible if the ingress validated against older meters than ours (or
+                # a meter was added after the checkpoint, before a restart): the events are
+                # in the log, so skip the bad ones rather than lose the good, live and on
+                # replay alike.
+                bad = {int(p.where.strip("[]")) for p in error.problems}
+                log.error("shard %d: %d committed events fail their meters", self.shard, len(bad))
+                account.record([e for i, e in enumerate(events) if i not in bad], at)
+            self.dirty.add(key)
+            if alerts:
+                self._alerts(env, account, at)
+        except Exception as error:
+            if not self._fails_account(error):
+                raise
+            self._set_aside(key, "applying its events", error)
 
     def _alerts(self, env: str, account: CustomerAccount, at: int) -> None:
         """Evaluate the account's alerts on what was just applied; what fires is written by
@@ -346,9 +487,15 @@ class ShardCore:
     async def _submit(self, pending: _Pending) -> Any:
         self._ensure_tasks()
         assert self._wake is not None
+        self._waiting += len(pending.parsed)
         self._queue.append(pending)
         self._wake.set()
         return await pending.future
+
+    def _landed(self, batch: list[_Pending]) -> None:
+        """A commit was applied (or failed): its events no longer wait."""
+        self._waiting -= sum(len(p.parsed) for p in batch)
+        self._committing = []
 
     async def _gather(self) -> None:
         """Under load, let a commit of events only wait a moment for more: up to
@@ -362,11 +509,15 @@ class ShardCore:
         (a hold, a grant, a release, a settlement) commits at once."""
         assert self._wake is not None
         deadline = time.perf_counter() + self.gather_seconds
+        seen = events = 0  # what came since the last look (many small requests: no rescans)
         while True:
             queued = self._queue
-            if any(not p.events or p.grants or p.new_holds or p.finished_holds for p in queued):
-                return
-            if sum(len(p.events) for p in queued) >= GATHER_EVENTS:
+            for p in queued[seen:]:
+                if not p.events or p.grants or p.new_holds or p.finished_holds:
+                    return
+                events += len(p.events)
+            seen = len(queued)
+            if events >= GATHER_EVENTS:
                 return
             left = deadline - time.perf_counter()
             if left <= 0:
@@ -393,6 +544,7 @@ class ShardCore:
                 await self._gather()
             self._wake.clear()
             batch, self._queue = self._queue, []
+            self._committing = batch
             messages, self.outbox = self.outbox, []
             if not batch and not messages:
                 continue
@@ -420,19 +572,28 @@ class ShardCore:
                 for p in batch:
                     if p.placed_hold is not None:
                         key, hold_id = p.placed_hold
-                        self.accounts[key].release(hold_id)
+                        placed = self.accounts.get(key)
+                        if placed is not None:
+                            placed.release(hold_id)
                         self.hold_owner.pop(hold_id, None)
                     if not p.future.done():
                         p.future.set_exception(
                             StoreUnavailable("the event store is unavailable; retry shortly")
                         )
+                self._landed(batch)
                 continue
             self._last_commit = time.perf_counter()
             self._last_requests = sum(1 for p in batch if p.events)
             self.stats.commits += 1
             self.stats.commit_seconds.observe(self._last_commit - started)
             self.stats.batch_sizes.observe(len(events))
-            self._apply_commit(batch, result.inserted, at)
+            try:
+                self._apply_commit(batch, result.inserted, at)
+            except Exception as error:  # noqa: BLE001 — the commit is durable: answer it
+                # Each account's part is guarded on its own (see _apply_commit); this is the
+                # last line, so that the committer itself never dies.
+                log.exception("shard %d: applying a commit failed: %s", self.shard, error)
+            self._landed(batch)
             self.position = result.position
             for p in batch:
                 if not p.future.done():
@@ -444,7 +605,11 @@ class ShardCore:
         """Apply a commit in memory: each account's new events in one go, then the grants
         (the order replay applies them in: grants are booked after the commit's events),
         then each touched account's alerts once. The batch that crosses a threshold is the
-        commit."""
+        commit.
+
+        The commit is durable before this runs, so every request in it is answered as
+        written, also when applying one account's part fails: that account is set aside (its
+        part is in the log and counts once it is repaired) and the others go on."""
         fresh: dict[AccountKey, list[Event]] = {}
         everything_new = len(inserted) == sum(len(p.parsed) for p in batch)
         for p in batch:
@@ -462,13 +627,23 @@ class ShardCore:
             p.result = {"ingested": new, "duplicates": len(p.parsed) - new}
             self.stats.ingested += new
             self.stats.duplicates += len(p.parsed) - new
+        aside = self.quarantined
         for (env, customer), events in fresh.items():
-            self._apply(env, customer, events, at, alerts=False)
+            if (env, customer) not in aside:  # set aside while this commit was written
+                self._apply(env, customer, events, at, alerts=False)
         for p in batch:
             for grant in p.grants:
                 self._add_grant_row(grant)
-        for env, customer in fresh:
-            self._alerts(env, self.accounts[(env, customer)], at)
+        for key in fresh:
+            account = self.accounts.get(key)
+            if account is None:
+                continue
+            try:
+                self._alerts(key[0], account, at)
+                if self._headroom is not None:
+                    self._headroom = min(self._headroom, self._headroom_of(account))
+            except Exception as error:
+                self._set_aside(key, "evaluating its alerts", error)
 
     # -- checkpoints and hold expiry -----------------------------------------------------
 
@@ -483,13 +658,26 @@ class ShardCore:
                 log.error("shard %d: checkpoint failed: %s", self.shard, error)
 
     async def checkpoint(self) -> int:
-        """Write the dirty accounts and the position they include. Returns how many."""
+        """Write the dirty accounts and the position they include. Returns how many.
+
+        An account whose snapshot fails is set aside and not written (its last stored state
+        stays); while any account is set aside, the shard's own position stays at the point
+        its stored state reaches, so a restart replays its data from there."""
         if not self.dirty:
             self.stats.checkpoint_at = self.clock()
             return 0
         keys, self.dirty = self.dirty, set()
-        states = {k: self.accounts[k].snapshot() for k in keys if k in self.accounts}
+        states: dict[AccountKey, Any] = {}
+        for key in keys:
+            account = self.accounts.get(key)
+            if account is None:
+                continue
+            try:
+                states[key] = account.snapshot()
+            except Exception as error:
+                self._set_aside(key, "taking its checkpoint", error)
         position, now = self.position, self.clock()
+        head = min([position, *(aside.floor for aside in self.quarantined.values())])
         pending = list(self.outbox)
         try:
             await asyncio.get_running_loop().run_in_executor(
@@ -500,10 +688,12 @@ class ShardCore:
                 states,
                 now,
                 pending,
+                head,
             )
         except Exception:
-            self.dirty |= keys
+            self.dirty |= {key for key in keys if key in self.accounts}
             raise
+        self._saved_head = head
         self.stats.checkpoint_at = now
         return len(states)
 
@@ -535,21 +725,47 @@ class ShardCore:
     def _accounts_of(self, env: str) -> list[CustomerAccount]:
         return [a for key, a in self.accounts.items() if key[0] == env]
 
-    async def close_periods(self, env: str, cutoff: int) -> dict[str, int]:
+    async def close_periods(self, env: str, cutoff: int) -> dict[str, Any]:
         """Close every period of ``env`` that ended by ``cutoff``: write each one's final
         usage, spend and burned credit with the log position, then forget it. From the
-        moment this starts, events for those periods are refused (or rebooked)."""
+        moment this starts, events for those periods are refused (or rebooked).
+
+        Answers how many periods were closed, the cutoff, and the customers of ``env`` whose
+        accounts are set aside (``set_aside``): their periods are not written yet, so an
+        invoice run must leave them out until they are repaired (their shard writes them on
+        the restart that brings them back)."""
         self.cutoffs[env] = max(self.cutoffs.get(env, 0), cutoff)
         cutoff = self.cutoffs[env]
         # Let every commit queued before the cutoff moved land in memory first.
         loop = asyncio.get_running_loop()
         await self._submit(_Pending(loop.create_future(), env))
-        keys = [key for key in self.accounts if key[0] == env]
+        rows, dropped = self._due_rows(env, cutoff)
+        try:
+            await loop.run_in_executor(
+                self._db, self.billing.close_periods, self.shard, env, cutoff, rows, self.clock()
+            )
+        except Exception as error:
+            log.error("shard %d: closing periods failed: %s", self.shard, error)
+            raise StoreUnavailable("the store is unavailable; periods were not closed") from None
+        for key, starts in dropped.items():
+            account = self.accounts.get(key)
+            if account is not None:
+                account.drop_periods(starts)
+                self.dirty.add(key)
+                self._headroom = None
+        aside = sorted(customer for e, customer in self.quarantined if e == env)
+        return {"closed": len(rows), "cutoff": cutoff, "set_aside": aside}
+
+    def _due_rows(
+        self, env: str, cutoff: int
+    ) -> tuple[list[dict[str, Any]], dict[AccountKey, list[int]]]:
+        """The billing-period rows of ``env``'s periods that ended by ``cutoff``, and which
+        periods of which account they are (an account that cannot say is set aside)."""
         rows: list[dict[str, Any]] = []
         dropped: dict[AccountKey, list[int]] = {}
-        for key in keys:
-            for period in self.accounts[key].due_periods(cutoff):
-                rows.append(
+        for key in [k for k in self.accounts if k[0] == env]:
+            try:
+                mine: list[dict[str, Any]] = [
                     {
                         "customer_id": key[1],
                         "start": period.start,
@@ -560,19 +776,17 @@ class ShardCore:
                         "burned": {g: format(a, "f") for g, a in period.burned.items()},
                         "position": self.position,
                     }
-                )
-                dropped.setdefault(key, []).append(period.start)
-        try:
-            await loop.run_in_executor(
-                self._db, self.billing.close_periods, self.shard, env, cutoff, rows, self.clock()
-            )
-        except Exception as error:
-            log.error("shard %d: closing periods failed: %s", self.shard, error)
-            raise StoreUnavailable("the store is unavailable; periods were not closed") from None
-        for key, starts in dropped.items():
-            self.accounts[key].drop_periods(starts)
-            self.dirty.add(key)
-        return {"closed": len(rows), "cutoff": cutoff}
+                    for period in self.accounts[key].due_periods(cutoff)
+                ]
+            except Exception as error:
+                if not self._fails_account(error):
+                    raise
+                self._set_aside(key, "closing its billing periods", error)
+                continue
+            if mine:
+                rows += mine
+                dropped[key] = [row["start"] for row in mine]
+        return rows, dropped
 
     def _late(self, env: str, events: list[IncomingEvent], rebook: bool) -> list[IncomingEvent]:
         """Events for closed periods: :class:`EventError` naming them, or (``rebook``) the
@@ -613,21 +827,124 @@ class ShardCore:
         env: str,
         events: list[IncomingEvent],
         rebook_late: bool = False,
-    ) -> dict[str, int]:
-        """Make ``events`` durable, then count them. Events are validated by the ingress;
-        ones for a closed period are refused unless ``rebook_late``."""
-        self._load_accounts(env, {e[0] for e in events})
+    ) -> dict[str, Any]:
+        """Make ``events`` durable, then count them: ``{"ingested", "duplicates", "room"}``
+        (see :meth:`room`). Events are validated by the ingress; ones for a closed period
+        are refused unless ``rebook_late``, and the request is refused whole, before it is
+        written, if one of its accounts is set aside (503) or an event would pass a cap
+        (:class:`EventError`)."""
+        customers = {e[0] for e in events}
+        self._refuse_set_aside(env, customers)
+        self._load_accounts(env, customers)
         events = self._late(env, events, rebook_late)
+        self._check_limits(env, events)
         rows: list[EventRow] = [
             (env, c, i, typ, ts, orjson.dumps(props).decode()) for c, i, typ, ts, props in events
         ]
         loop = asyncio.get_running_loop()
         pending = await self._submit(_Pending(loop.create_future(), env, rows, events))
-        return pending.result  # type: ignore[no-any-return]
+        return {**pending.result, "room": self.room()}
+
+    def admit(
+        self, env: str, counts: Mapping[str, int], events: list[IncomingEvent] | None = None
+    ) -> dict[str, Any]:
+        """Before a request whose events span shards is written anywhere, when the ingress
+        cannot tell from :meth:`room` that it fits (see :mod:`tallyray.serve.admission`):
+        refuse it (503) if one of its accounts here is set aside, and say which of its
+        customers here (with ``counts`` events each) are near a cap (``"near"``). Given
+        those customers' ``events``, refuse the ones that would pass a cap
+        (:class:`EventError` naming them by their index in ``events``)."""
+        self._refuse_set_aside(env, counts)
+        self._load_accounts(env, counts)
+        near: list[str] = []
+        if events is None:
+            near = self._near(env, counts)
+        else:
+            self._refuse_over_limits(env, self._late(env, events, rebook=True), list(counts))
+        return {"near": near, "room": self.room()}
+
+    def room(self) -> tuple[int, int]:
+        """``(log position, events)``: however its events fall, a request with at most that
+        many events cannot take an account of this shard past a cap now — the least
+        headroom of any account, less every event still waiting to be applied (0 while an
+        account is set aside). The ingress keeps the latest (by position) and, while it is
+        fresh and enough, sends a request spanning shards without asking first."""
+        if self.quarantined:
+            return self.position, 0
+        return self.position, max(0, self._least_headroom() - self._waiting)
+
+    def _least_headroom(self) -> int:
+        """The fewest events any account here could take before a cap may refuse one."""
+        if self._headroom is None:
+            limits = self.limits
+            self._headroom = min(
+                (self._headroom_of(a) for a in self.accounts.values()),
+                default=min(limits.groups_per_meter, limits.unique_values),
+            )
+        return self._headroom
+
+    def _headroom_of(self, account: CustomerAccount) -> int:
+        groups, values = account.crowding()
+        return min(self.limits.groups_per_meter - groups, self.limits.unique_values - values)
+
+    def _check_limits(self, env: str, events: list[IncomingEvent]) -> None:
+        """:class:`EventError` naming each event that would take a meter of its account past
+        a cap, before anything is written. Far from the caps this costs one comparison for
+        the whole request (:meth:`room`); nearer, one per account
+        (:meth:`CustomerAccount.near_limits`); only accounts near a cap get their events
+        looked at."""
+        if len(events) + self._waiting <= self._least_headroom():
+            return
+        near = self._near(env, Counter(e[0] for e in events))
+        if near:
+            self._refuse_over_limits(env, events, near)
+
+    def _near(self, env: str, counts: Mapping[str, int]) -> list[str]:
+        """The customers whose accounts ``counts`` more events (and those waiting) could take
+        past a cap."""
+        limits, accounts, waiting = self.limits, self.accounts, self._waiting
+        near = [
+            customer
+            for customer, count in counts.items()
+            if accounts[(env, customer)].near_limits(count + waiting, limits)
+        ]
+        if not near or not waiting:
+            return near
+        # Every waiting event was counted against every account: count each account's own.
+        mine: Counter[str] = Counter(
+            e[0] for p in (*self._committing, *self._queue) if p.env == env for e in p.parsed
+        )
+        return [c for c in near if accounts[(env, c)].near_limits(counts[c] + mine[c], limits)]
+
+    def _refuse_over_limits(
+        self, env: str, events: list[IncomingEvent], customers: Sequence[str]
+    ) -> None:
+        problems: list[Problem] = []
+        for customer in customers:
+            spots = [i for i, e in enumerate(events) if e[0] == customer]
+            waiting = [
+                _event(e)
+                for p in (*self._committing, *self._queue)
+                if p.env == env
+                for e in p.parsed
+                if e[0] == customer
+            ]
+            problems += self.accounts[(env, customer)].over_limits(
+                [_event(events[i]) for i in spots],
+                self.limits,
+                waiting,
+                label=lambda j, spots=spots: f"[{spots[j]}]",  # type: ignore[misc]
+            )
+        if problems:
+            problems.sort(key=lambda p: int(p.where.strip("[]")))
+            raise EventError.of(problems)
 
     def check(self, env: str, customer_id: str, events: list[IncomingEvent]) -> QuotaAnswer:
         account = self.account(env, customer_id)
-        return account.check([_event(e) for e in events], self.clock())
+        try:
+            return account.check([_event(e) for e in events], self.clock())
+        except Exception as error:
+            raise self._serving((env, customer_id), "checking its quota", error) from None
 
     def check_many(
         self, checks: Sequence[tuple[str, str, list[IncomingEvent]]]
@@ -652,9 +969,16 @@ class ShardCore:
     ) -> tuple[QuotaAnswer, int]:
         account = self.account(env, customer_id)
         now = self.clock()
-        cost = account.price([_event(e) for e in events])
         expires_at = now + int(ttl_seconds * 1_000_000)
-        answer = account.place_hold(Hold(hold_id, max(cost, Decimal(0)), expires_at), now)
+        try:
+            cost = account.price([_event(e) for e in events])
+            answer = account.place_hold(
+                Hold(hold_id, max(cost, Decimal(0)), expires_at),
+                now,
+                self.limits.holds_per_customer,
+            )
+        except Exception as error:
+            raise self._serving((env, customer_id), "placing a hold", error) from None
         if not answer.allowed:
             return answer, expires_at
         self.hold_owner[hold_id] = (env, customer_id)
@@ -682,6 +1006,8 @@ class ShardCore:
         key = self.hold_owner.get(hold_id)
         if key is None or key[0] != env:
             raise NotFound(f"no active reservation {hold_id!r} (expired, released or settled)")
+        if key in self.quarantined:
+            raise AccountQuarantined.of(key[1])
         return key
 
     async def settle(self, env: str, hold_id: str, events: list[IncomingEvent]) -> dict[str, Any]:
@@ -697,33 +1023,37 @@ class ShardCore:
                 ]
             )
         events = self._late(env, events, rebook=True)
+        self._check_limits(env, events)
         rows: list[EventRow] = [
             (env, c, i, typ, ts, orjson.dumps(props).decode()) for c, i, typ, ts, props in events
         ]
-        hold = self.accounts[key].release(hold_id)
+        account = self.accounts[key]
+        cur = currency(account.profile.currency)
+        hold = account.release(hold_id)
         self.hold_owner.pop(hold_id, None)
         loop = asyncio.get_running_loop()
         try:
             pending = await self._submit(
                 _Pending(
-                    loop.create_future(), env, rows, events, finished_holds=[(hold_id, "settled")]
+                    loop.create_future(),
+                    env,
+                    rows,
+                    events,
+                    finished_holds=[(hold_id, "settled")],
                 )
             )
         except StoreUnavailable:
-            if hold is not None:  # nothing was written: the hold stands
+            if hold is not None and key in self.accounts:  # nothing was written: it stands
                 self.accounts[key].holds[hold_id] = hold
                 self.hold_owner[hold_id] = key
             raise
-        return {**pending.result, "released": self._shown(key, hold)}
-
-    def _shown(self, key: AccountKey, hold: Hold | None) -> str:
-        """A hold's amount as the API shows it: in minor units, rounded up (as reserved)."""
-        cur = currency(self.accounts[key].profile.currency)
-        return format(round_amount(hold.amount if hold else Decimal(0), cur, "ROUND_CEILING"), "f")
+        return {**pending.result, "released": _shown(cur, hold)}
 
     async def release(self, env: str, hold_id: str) -> str:
         key = self._owned_hold(env, hold_id)
-        hold = self.accounts[key].release(hold_id)
+        account = self.accounts[key]
+        cur = currency(account.profile.currency)
+        hold = account.release(hold_id)
         self.hold_owner.pop(hold_id, None)
         loop = asyncio.get_running_loop()
         try:
@@ -731,11 +1061,11 @@ class ShardCore:
                 _Pending(loop.create_future(), env, finished_holds=[(hold_id, "released")])
             )
         except StoreUnavailable:
-            if hold is not None:
+            if hold is not None and key in self.accounts:
                 self.accounts[key].holds[hold_id] = hold
                 self.hold_owner[hold_id] = key
             raise
-        return self._shown(key, hold)
+        return _shown(cur, hold)
 
     async def add_grant(
         self, env: str, customer_id: str, grant: dict[str, Any]
@@ -749,15 +1079,15 @@ class ShardCore:
                 f"customer {customer_id!r} is billed in {account.profile.currency}; "
                 f"a grant in {grant['currency']} cannot pay for its usage"
             )
-        for known in account.ledger.grants:
-            if known.id == grant["id"]:
-                return {
-                    "amount": format(known.amount, "f"),
-                    "currency": known.currency,
-                    "priority": known.priority,
-                    "expires_at": known.expires_at,
-                    "created_at": known.created_at,
-                }
+        if account.has_grant(grant["id"]):
+            known = next(g for g in account.ledger.grants if g.id == grant["id"])
+            return {
+                "amount": format(known.amount, "f"),
+                "currency": known.currency,
+                "priority": known.priority,
+                "expires_at": known.expires_at,
+                "created_at": known.created_at,
+            }
         if grant["id"] in self._booking:
             raise Conflict("a grant with this Idempotency-Key is being booked; retry shortly")
         self._booking.add(grant["id"])
@@ -769,11 +1099,20 @@ class ShardCore:
         return None
 
     def balance(self, env: str, customer_id: str) -> dict[str, Any]:
-        return self.account(env, customer_id).balance(self.clock())
+        account = self.account(env, customer_id)
+        try:
+            return account.balance(self.clock())
+        except Exception as error:
+            raise self._serving((env, customer_id), "reading its balance", error) from None
 
     def refresh(self, env: str, customer_ids: Sequence[str] | None = None) -> None:
         """The catalog changed: reload the environment's meters and plans, and the named
-        customers' records (all of the environment's accounts when none are named)."""
+        customers' records (all of the environment's accounts when none are named).
+
+        Accounts set aside are left as they are (the restart that brings one back reads its
+        records afresh). A customer whose new profile cannot be built (no exchange rate to
+        its plan's currency) keeps its old one, and the first such error is raised once the
+        others are refreshed."""
         self.envs[env] = self.catalog.env_catalog(env)
         meters: MeterSet = self.envs[env].meters
         keys = [k for k in self.accounts if k[0] == env]
@@ -782,17 +1121,30 @@ class ShardCore:
         records = self.catalog.customers(env, [k[1] for k in keys])
         rules = self.alert_store.rules(env, [k[1] for k in keys])
         now = self.clock()
-        for key, account in self.accounts.items():
+        for key, held in self.accounts.items():
             if key[0] == env:
-                account.set_meters(meters)
+                held.set_meters(meters)
+        self._headroom = None
+        refused: TallyrayError | None = None
         for key in keys:
             record = records.get(key[1])
-            if record is not None:
-                account = self.accounts[key]
-                account.rebook(account.set_profile(self._profile(record)), now)
+            account = self.accounts.get(key)
+            if record is None or account is None:
+                continue
+            try:
+                profile = self._profile(record)
+            except TallyrayError as error:
+                refused = refused or error
+                continue
+            try:
+                account.rebook(account.set_profile(profile), now)
                 account.rules = self._rules(record, rules.get(key[1], []))
                 self.dirty.add(key)
                 self._alerts(env, account, now)
+            except Exception as error:
+                self._set_aside(key, "taking its new profile", error)
+        if refused is not None:
+            raise refused
 
     def status(self) -> dict[str, Any]:
         stats = self.stats
@@ -808,7 +1160,17 @@ class ShardCore:
             "checkpoint_age_seconds": (self.clock() - stats.checkpoint_at) / 1e6
             if stats.checkpoint_at
             else None,
+            "quarantined": len(self.quarantined),
+            "quarantined_accounts": [
+                {"env": env, "customer_id": customer, "reason": aside.reason}
+                for (env, customer), aside in list(self.quarantined.items())[:SHOWN_SET_ASIDE]
+            ],
         }
+
+
+def _shown(cur: Currency, hold: Hold | None) -> str:
+    """A hold's amount as the API shows it: in minor units, rounded up (as reserved)."""
+    return format(round_amount(hold.amount if hold else Decimal(0), cur, "ROUND_CEILING"), "f")
 
 
 def _event(e: IncomingEvent) -> Event:
@@ -845,6 +1207,7 @@ class ShardActor:
         grace_seconds: int | None = None,
         gather_seconds: float = 0.0,
         clock_offset_us: int = 0,
+        limits: Limits | None = None,
     ) -> None:
         configure_logging()
         self.core = ShardCore(
@@ -855,6 +1218,7 @@ class ShardActor:
             grace_seconds,
             gather_seconds,
             clock_for(clock_offset_us),
+            limits,
         )
         self._line: ShardLineServer | None = None
         freeze_startup_heap()
@@ -865,10 +1229,10 @@ class ShardActor:
 
     async def ingest(
         self, env: str, events: list[IncomingEvent], rebook_late: bool = False
-    ) -> dict[str, int]:
+    ) -> dict[str, Any]:
         return await self.core.ingest(env, events, rebook_late)
 
-    async def close_periods(self, env: str, cutoff: int) -> dict[str, int]:
+    async def close_periods(self, env: str, cutoff: int) -> dict[str, Any]:
         return await self.core.close_periods(env, cutoff)
 
     async def check(self, env: str, customer_id: str, events: list[IncomingEvent]) -> QuotaAnswer:
@@ -879,15 +1243,25 @@ class ShardActor:
     ) -> list[QuotaAnswer | TallyrayError]:
         return self.core.check_many(checks)
 
+    async def admit(
+        self, env: str, counts: dict[str, int], events: list[IncomingEvent] | None = None
+    ) -> dict[str, Any]:
+        return self.core.admit(env, counts, events)
+
     async def line_endpoint(self) -> Endpoint:
         """Where this shard's line listens (see :mod:`tallyray.actors.shard_line`): quota
-        checks and ingest, the calls that are safe to repeat."""
+        checks, ingest and its admission, the calls that are safe to repeat."""
         if self._line is None:
             import ray  # the actor runs under Ray; the module stays importable without it
 
             node = ray.get_runtime_context().get_node_id()
             self._line = ShardLineServer(
-                node, {"check_many": self.core.check_many, "ingest": self.core.ingest}
+                node,
+                {
+                    "check_many": self.core.check_many,
+                    "ingest": self.core.ingest,
+                    "admit": self.core.admit,
+                },
             )
         return await self._line.endpoint()
 

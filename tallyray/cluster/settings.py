@@ -8,6 +8,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from tallyray.access import ADMIN, looks_like_key
+from tallyray.actors.limits import (
+    MAX_ALERT_RULES_PER_CUSTOMER,
+    MAX_GROUPS_PER_METER,
+    MAX_HOLDS_PER_CUSTOMER,
+    MAX_UNIQUE_VALUES,
+    Limits,
+)
 from tallyray.clock import Clock, clock_for, offset_to
 from tallyray.errors import InvalidInput
 from tallyray.pricing.events import parse_timestamp
@@ -76,6 +83,11 @@ class Settings:
     clock_offset_us: int = 0
     """Every process's clock runs this far from the machine's (``TALLYRAY_CLOCK_START``
     sets it so that the server's clock starts at a given instant; tests and demos only)."""
+    max_holds_per_customer: int = MAX_HOLDS_PER_CUSTOMER
+    max_alert_rules_per_customer: int = MAX_ALERT_RULES_PER_CUSTOMER
+    max_groups_per_meter: int = MAX_GROUPS_PER_METER
+    max_unique_values: int = MAX_UNIQUE_VALUES
+    """Caps on one customer's state (:mod:`tallyray.actors.limits`)."""
 
     #: environment variable → field
     ENV: ClassVar[dict[str, str]] = {
@@ -117,6 +129,10 @@ class Settings:
         "TALLYRAY_PORTAL_RATE_LIMIT_BURST": "portal_rate_limit_burst",
         "TALLYRAY_KEY_CACHE_SECONDS": "key_cache_seconds",
         "TALLYRAY_PUBLIC_DOCS": "public_docs",
+        "TALLYRAY_MAX_HOLDS_PER_CUSTOMER": "max_holds_per_customer",
+        "TALLYRAY_MAX_ALERT_RULES_PER_CUSTOMER": "max_alert_rules_per_customer",
+        "TALLYRAY_MAX_GROUPS_PER_METER": "max_groups_per_meter",
+        "TALLYRAY_MAX_UNIQUE_VALUES": "max_unique_values",
     }
 
     @classmethod
@@ -149,6 +165,9 @@ class Settings:
                 "by at least 32 letters, digits, '-' or '_'. Make one with "
                 "`tallyray keys new-admin-key`."
             )
+        for variable, name in cls.ENV.items():
+            if name.startswith("max_") and getattr(settings, name) < 1:
+                raise ValueError(f"{variable} must be at least 1")
         config = settings.config_path
         return cls(
             **{
@@ -165,6 +184,16 @@ class Settings:
     def clock(self) -> Clock:
         """This deployment's clock (:mod:`tallyray.clock`)."""
         return clock_for(self.clock_offset_us)
+
+    @property
+    def limits(self) -> Limits:
+        """The caps on one customer's state, for the shards and the API."""
+        return Limits(
+            holds_per_customer=self.max_holds_per_customer,
+            alert_rules_per_customer=self.max_alert_rules_per_customer,
+            groups_per_meter=self.max_groups_per_meter,
+            unique_values=self.max_unique_values,
+        )
 
 
 def _admin_key_shaped(key: str) -> bool:

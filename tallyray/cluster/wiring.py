@@ -171,6 +171,7 @@ def start_shards(settings: Settings) -> list[Any]:
             settings.grace_seconds,
             settings.commit_gather_ms / 1000,
             settings.clock_offset_us,
+            settings.limits,
         )
         for i in range(settings.shards)
     ]

@@ -95,8 +95,8 @@ class Billing:
         if audit is not None:
             audit = replace(audit, summary={**options, "until": format_timestamp(until)})
         run_id = await run_in_threadpool(self.store.create_run, env, until, options, now, audit)
-        await self._close(env, until)
-        await self._launch(env, run_id, until, finalize)
+        set_aside = await self._close(env, until)
+        await self._launch(env, run_id, until, finalize, set_aside)
         return await run_in_threadpool(self.store.run, env, run_id)
 
     async def resume_run(
@@ -112,20 +112,45 @@ class Billing:
         await run_in_threadpool(
             lambda: self.store.update_run(run_id, audit, done=0, finished_at=None)
         )
-        await self._close(env, until)
-        await self._launch(env, run_id, until, bool(run["options"].get("finalize", True)))
+        set_aside = await self._close(env, until)
+        await self._launch(
+            env, run_id, until, bool(run["options"].get("finalize", True)), set_aside
+        )
         return await run_in_threadpool(self.store.run, env, run_id)
 
-    async def _close(self, env: str, until: int) -> None:
-        await self.router.call_all("close_periods", env, until)
+    async def _close(self, env: str, until: int) -> set[str]:
+        """Close the periods on every shard; returns the customers whose accounts are set
+        aside (their periods are not written: the run must leave them out)."""
+        closed = await self.router.call_all("close_periods", env, until)
+        return {customer for answer in closed for customer in answer.get("set_aside", ())}
 
-    async def _launch(self, env: str, run_id: str, until: int, finalize: bool) -> None:
+    async def _launch(
+        self, env: str, run_id: str, until: int, finalize: bool, set_aside: set[str]
+    ) -> None:
         customers = sorted(
             (await run_in_threadpool(self.catalog.subscriptions, env, None, until)).keys()
         )
         await run_in_threadpool(
             self.store.update_run, run_id, status="running", customers=len(customers)
         )
+        left_out = [c for c in customers if c in set_aside]
+        if left_out:
+            customers = [c for c in customers if c not in set_aside]
+            await run_in_threadpool(
+                self.store.run_progress,
+                run_id,
+                len(left_out),
+                0,
+                [
+                    {
+                        "customer_id": customer,
+                        "message": "its account is set aside on its shard after an error "
+                        "applying its stored data, so its periods are not closed; repair the "
+                        "data, restart the shard, and resume this run",
+                    }
+                    for customer in left_out
+                ],
+            )
         spec = RunSpec(
             database_url=self.database_url,
             env=env,
@@ -139,10 +164,10 @@ class Billing:
         size = self.config.chunk_size
         chunks = [customers[i : i + size] for i in range(0, len(customers), size)]
         self._runs[run_id] = asyncio.get_running_loop().create_task(
-            self._drive(spec, chunks), name=f"invoice-run-{run_id}"
+            self._drive(spec, chunks, len(left_out)), name=f"invoice-run-{run_id}"
         )
 
-    async def _drive(self, spec: RunSpec, chunks: Sequence[list[str]]) -> None:
+    async def _drive(self, spec: RunSpec, chunks: Sequence[list[str]], left_out: int = 0) -> None:
         """Run the chunks as Ray tasks, ``parallelism`` at a time, then collect payment for
         what was finalized."""
         assert spec.run_id is not None
@@ -156,7 +181,7 @@ class Billing:
 
         try:
             results = await asyncio.gather(*(one(c) for c in chunks))
-            errors = sum(len(r["errors"]) for r in results)
+            errors = left_out + sum(len(r["errors"]) for r in results)
             status = "succeeded" if not errors else "completed_with_errors"
             await run_in_threadpool(
                 self.store.update_run, spec.run_id, status=status, finished_at=self.clock()

@@ -33,7 +33,7 @@ from tallyray.pricing.models import Graduated, Package, PerUnit
 from tallyray.pricing.models.base import ZERO
 from tallyray.pricing.plans import Plan
 
-__all__ = ["SpendBound", "spend_bound"]
+__all__ = ["SpendBound", "meters_that_can_lower_cost", "spend_bound"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +72,21 @@ def spend_bound(plan: Plan, meters: Mapping[str, MeterSpec]) -> SpendBound:
         elif so_far is not None:
             rates[charge.meter] = (so_far[0] + found[0], so_far[1] + found[1])
     return SpendBound(rates)
+
+
+def meters_that_can_lower_cost(plan: Plan, meters: Mapping[str, MeterSpec]) -> frozenset[str]:
+    """The meters whose new usage can make the plan's cost go *down*: a charge on
+    ``volume`` pricing (crossing a tier re-prices every unit cheaper), a ``latest`` meter (the
+    newest value may be smaller), or a meter that takes negative values. Every other charge's
+    cost only grows with usage."""
+    lowering: set[str] = set()
+    for charge in plan.charges:
+        meter = meters.get(charge.meter)
+        if meter is None:
+            continue
+        if charge.model_name == "volume" or meter.aggregation == "latest" or meter.allow_negative:
+            lowering.add(charge.meter)
+    return frozenset(lowering)
 
 
 def _model_bound(model: object) -> tuple[Decimal, Decimal] | None:

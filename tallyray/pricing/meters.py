@@ -337,6 +337,23 @@ class MeterSet:
     def event_types(self) -> frozenset[str]:
         return frozenset(self._by_type)
 
+    def footprint(self, event: Event) -> list[tuple[MeterSpec, GroupKey, Any]]:
+        """What folding one (valid) event keeps: for each meter that counts it, the group it
+        lands in and, for a ``unique_count`` meter, the value it adds (``None`` for the
+        other aggregations). For checks on how much state a batch would add; the fold does
+        not use it."""
+        properties = event[4]
+        found: list[tuple[MeterSpec, GroupKey, Any]] = []
+        for meter in self._by_type.get(event[2], ()):
+            if meter.filter and not matches(properties, meter.filter):
+                continue
+            group = tuple(properties.get(name) for name in meter.group_by)
+            value = None
+            if meter.aggregation == "unique_count" and meter.value is not None:
+                value = _get_path(properties, meter.value)
+            found.append((meter, group, value))
+        return found
+
     def fold(
         self,
         events: Sequence[Event],
@@ -511,6 +528,8 @@ class Usage:
         if aggregation == "max":
             return Decimal(max(states))
         if aggregation == "unique_count":
+            if len(groups) == 1:  # no copy of what may be a large set
+                return Decimal(len(next(iter(states))))
             return Decimal(len(set().union(*states)))
         newest = max(states, key=lambda s: (s[0], s[1]))
         return Decimal(newest[2])

@@ -16,8 +16,11 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from tallyray.actors.alerting import AlertRule, parse_rule, plan_rules
+from tallyray.actors.limits import MAX_ALERT_RULES_PER_CUSTOMER
+from tallyray.serve.auth import audit_entry
 from tallyray.serve.http import json_body, json_response
 from tallyray.storage.alerts import AlertStore
+from tallyray.storage.audit import AuditEntry
 from tallyray.storage.catalog import Catalog, new_id
 
 __all__ = ["AlertRules", "add_alert_routes"]
@@ -31,6 +34,8 @@ class AlertRules:
     store: AlertStore
     router: Any
     clock: Callable[[], int]
+    max_rules: int = MAX_ALERT_RULES_PER_CUSTOMER
+    """A customer's own rules at most (its plan's defaults aside): the next one is a 409."""
 
     async def list(self, env: str, customer_id: str) -> list[dict[str, Any]]:
         """The customer's own rules, then its plan's defaults."""
@@ -43,16 +48,22 @@ class AlertRules:
             defaults = plan_rules(record.plan_key, raw.get("alerts", []))
         return [r.to_json() for r in [*own, *defaults]]
 
-    async def add(self, env: str, customer_id: str, doc: Any) -> dict[str, Any]:
+    async def add(
+        self, env: str, customer_id: str, doc: Any, audit: AuditEntry | None = None
+    ) -> dict[str, Any]:
         await run_in_threadpool(self.catalog.customer, env, customer_id)  # 404 if unknown
         catalog = await run_in_threadpool(self.catalog.env_catalog, env)
         rule = parse_rule(doc, list(catalog.meters.meters), new_id("alr"))
-        await run_in_threadpool(self.store.add_rule, env, customer_id, rule, self.clock())
+        await run_in_threadpool(
+            self.store.add_rule, env, customer_id, rule, self.clock(), self.max_rules, audit
+        )
         await self._refresh(env, customer_id)
         return rule.to_json()
 
-    async def delete(self, env: str, customer_id: str, rule_id: str) -> None:
-        await run_in_threadpool(self.store.delete_rule, env, customer_id, rule_id)
+    async def delete(
+        self, env: str, customer_id: str, rule_id: str, audit: AuditEntry | None = None
+    ) -> None:
+        await run_in_threadpool(self.store.delete_rule, env, customer_id, rule_id, audit)
         await self._refresh(env, customer_id)
 
     async def _refresh(self, env: str, customer_id: str) -> None:
@@ -72,10 +83,18 @@ def add_alert_routes(app: FastAPI, rules: AlertRules, authenticate: Authenticate
         customer's shard on every batch; fires `alert.triggered` / `alert.recovered`."""
         env = await authenticate(request)
         doc = await json_body(request)
-        return json_response(await rules.add(env, customer_id, doc), 201)
+        summary = {"customer_id": customer_id, "rule": doc}
+        entry = audit_entry(
+            request, env, "alert_rule.created", "alert_rule", "", rules.clock(), summary
+        )
+        return json_response(await rules.add(env, customer_id, doc, entry), 201)
 
     @app.delete("/v1/customers/{customer_id}/alert-rules/{rule_id}", tags=["alerts"])
     async def delete_alert_rule(customer_id: str, rule_id: str, request: Request) -> Response:
         env = await authenticate(request)
-        await rules.delete(env, customer_id, rule_id)
+        summary = {"customer_id": customer_id}
+        entry = audit_entry(
+            request, env, "alert_rule.deleted", "alert_rule", rule_id, rules.clock(), summary
+        )
+        await rules.delete(env, customer_id, rule_id, entry)
         return json_response({"deleted": rule_id})

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tallyray import __version__
 from tallyray.actors.account import QuotaAnswer
+from tallyray.actors.limits import Limits
 from tallyray.clock import Clock, system_clock
 from tallyray.errors import (
     Conflict,
@@ -45,6 +46,7 @@ from tallyray.pricing.events import Event, format_timestamp, is_identifier
 from tallyray.pricing.money import currency, parse_amount, round_amount
 from tallyray.pricing.periods import ANCHORS
 from tallyray.serve.admin_routes import admin_router
+from tallyray.serve.admission import send_events
 from tallyray.serve.alert_routes import AlertRules, add_alert_routes
 from tallyray.serve.auth import (
     Authenticator,
@@ -120,6 +122,8 @@ class Services:
     """``/docs`` and ``/openapi.json`` answer without a key."""
     webhook_allow_private: bool = False
     """Accept webhook URLs whose host is not public (:mod:`tallyray.alerts.egress`)."""
+    limits: Limits = field(default_factory=Limits)
+    """Caps on one customer's state (the shards get theirs from the same settings)."""
 
 
 class _Caches:
@@ -252,7 +256,11 @@ def build_app(services: Services) -> FastAPI:
     alert_rules = services.alerts
     if alert_rules is None:
         alert_rules = services.alerts = AlertRules(
-            services.catalog, AlertStore(services.catalog.engine), router, services.clock
+            services.catalog,
+            AlertStore(services.catalog.engine),
+            router,
+            services.clock,
+            services.limits.alert_rules_per_customer,
         )
 
     # -- errors: one JSON shape ----------------------------------------------------------
@@ -262,7 +270,7 @@ def build_app(services: Services) -> FastAPI:
         headers = {}
         if isinstance(error, StoreUnavailable):
             metrics.store_unavailable.inc()
-            headers["Retry-After"] = "1"
+            headers["Retry-After"] = str(error.retry_after_seconds)
         if isinstance(error, Unauthorized):
             headers["WWW-Authenticate"] = "Bearer"
         if isinstance(error, RateLimited):
@@ -336,9 +344,7 @@ def build_app(services: Services) -> FastAPI:
         # event for a period that closed after the ingress checked it, it books that event to
         # the open period rather than refusing it while other shards commit theirs.
         rebook = rebook_late or len(by_shard) > 1
-        results = await asyncio.gather(
-            *(router.call(i, "ingest", env, batch, rebook) for i, batch in by_shard.items())
-        )
+        results = await send_events(router, env, events, by_shard, rebook)
         ingested = sum(r["ingested"] for r in results)
         duplicates = sum(r["duplicates"] for r in results)
         metrics.events_ingested.labels(env).inc(ingested)

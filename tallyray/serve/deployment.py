@@ -64,6 +64,7 @@ class Ingress:
             key_cache_seconds=settings["key_cache_seconds"],
             public_docs=settings["public_docs"],
             webhook_allow_private=settings["webhook_allow_private"],
+            limits=Settings(**settings).limits,
         )
         app = build_app(self.services)
         freeze_startup_heap()

@@ -249,15 +249,21 @@ class _Visit:
         return f"{self.root}/portal/{self.token}"
 
     def audit(
-        self, request: Request, action: str, at: int, summary: dict[str, object]
+        self,
+        request: Request,
+        action: str,
+        at: int,
+        summary: Mapping[str, object],
+        object_type: str = "customer",
+        object_id: str | None = None,
     ) -> AuditEntry:
         """The audit entry of a change the customer makes through its portal link."""
         return AuditEntry(
             env=self.env,
             actor=Actor("portal", f"portal:{self.customer_id}", self.record.name),
             action=action,
-            object_type="customer",
-            object_id=self.customer_id,
+            object_type=object_type,
+            object_id=self.customer_id if object_id is None else object_id,
             at=at,
             request_id=getattr(request.state, "request_id", None),
             summary=summary,
@@ -703,7 +709,9 @@ def add_portal_routes(app: FastAPI, services: Services, authenticate: Authentica
             form = await _form(request)
             try:
                 doc = _rule_doc(form, v.fmt)
-                await rules.add(v.env, v.customer_id, doc)
+                summary = {"customer_id": v.customer_id, "rule": doc}
+                entry = v.audit(request, "alert_rule.created", clock(), summary, "alert_rule", "")
+                await rules.add(v.env, v.customer_id, doc, entry)
             except NotFound:
                 raise
             except InvalidInput as error:
@@ -720,7 +728,11 @@ def add_portal_routes(app: FastAPI, services: Services, authenticate: Authentica
         async def make() -> Response:
             v = await visit(request, token)
             try:
-                await rules.delete(v.env, v.customer_id, rule_id)
+                summary = {"customer_id": v.customer_id}
+                entry = v.audit(
+                    request, "alert_rule.deleted", clock(), summary, "alert_rule", rule_id
+                )
+                await rules.delete(v.env, v.customer_id, rule_id, entry)
             except NotFound:  # twice, or not this customer's: nothing to remove
                 return _see(f"{v.base}/alerts?done=alert-gone")
             return _see(f"{v.base}/alerts?done=alert-deleted")

@@ -36,6 +36,7 @@ RETRY_SAFE = frozenset(
         "checkpoint",
         "refresh",
         "ingest",
+        "admit",
         "close_periods",
     }
 )
@@ -52,7 +53,7 @@ LINE_RETRY_SECONDS = 1.0
 OTHER_NODE_SECONDS = 60.0
 
 #: Calls that go over a shard's line when there is one (see :mod:`tallyray.actors.shard_line`).
-LINE_METHODS = frozenset({"check_many", "ingest"})
+LINE_METHODS = frozenset({"check_many", "ingest", "admit"})
 
 
 def shard_name(index: int) -> str:

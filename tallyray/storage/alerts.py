@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, insert, select
+from sqlalchemy import Connection, Engine, delete, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from tallyray.actors.alerting import AlertRule
-from tallyray.errors import NotFound
+from tallyray.errors import Conflict, NotFound
 from tallyray.pricing.events import format_timestamp
 from tallyray.storage import tables as t
+from tallyray.storage.audit import AuditEntry, write_audit
 
 __all__ = ["AlertStore", "write_messages"]
 
@@ -21,8 +23,35 @@ class AlertStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def add_rule(self, env: str, customer_id: str, rule: AlertRule, now: int) -> None:
+    def add_rule(
+        self,
+        env: str,
+        customer_id: str,
+        rule: AlertRule,
+        now: int,
+        limit: int | None = None,
+        audit: AuditEntry | None = None,
+    ) -> None:
+        """Store a customer's rule; :class:`Conflict` when it has ``limit`` rules already
+        (counted in the same transaction, with the customer's row locked on PostgreSQL, so
+        concurrent adds cannot pass the limit together)."""
+        a, c = t.alert_rules, t.customers
         with self.engine.begin() as conn:
+            if limit is not None:
+                conn.execute(
+                    select(c.c.id).where(c.c.env == env, c.c.id == customer_id).with_for_update()
+                )
+                held = conn.execute(
+                    select(func.count())
+                    .select_from(a)
+                    .where(a.c.env == env, a.c.customer_id == customer_id)
+                ).scalar_one()
+                if held >= limit:
+                    raise Conflict(
+                        f"customer {customer_id!r} has {held:,} alert rules, the most one "
+                        f"customer may have ({limit:,}); delete one before adding another"
+                    )
+            write_audit(conn, audit and replace(audit, object_id=rule.id))
             conn.execute(
                 insert(t.alert_rules).values(
                     id=rule.id,
@@ -36,14 +65,17 @@ class AlertStore:
                 )
             )
 
-    def delete_rule(self, env: str, customer_id: str, rule_id: str) -> None:
+    def delete_rule(
+        self, env: str, customer_id: str, rule_id: str, audit: AuditEntry | None = None
+    ) -> None:
         a = t.alert_rules
         with self.engine.begin() as conn:
             gone = conn.execute(
                 delete(a).where(a.c.env == env, a.c.customer_id == customer_id, a.c.id == rule_id)
             )
-        if gone.rowcount == 0:
-            raise NotFound(f"customer {customer_id!r} has no alert rule {rule_id!r}")
+            if gone.rowcount == 0:
+                raise NotFound(f"customer {customer_id!r} has no alert rule {rule_id!r}")
+            write_audit(conn, audit)
 
     def rules(self, env: str, customer_ids: Iterable[str]) -> dict[str, list[AlertRule]]:
         """The customers' own rules (a plan's default rules come with the plan)."""

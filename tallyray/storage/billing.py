@@ -58,26 +58,9 @@ class BillingStore:
     ) -> None:
         """Record closed periods and the shard's new cutoff, in one transaction. Writing a
         period that is already recorded changes nothing (a retried close)."""
-        pc, bp = t.period_closes, t.billing_periods
+        pc = t.period_closes
         with self.engine.begin() as conn:
-            if periods:
-                keys = {(p["customer_id"], p["start"]) for p in periods}
-                existing = {
-                    (row.customer_id, row.start)
-                    for row in conn.execute(
-                        select(bp.c.customer_id, bp.c.start).where(
-                            bp.c.env == env,
-                            bp.c.customer_id.in_(list({k[0] for k in keys})),
-                        )
-                    )
-                }
-                fresh = [
-                    {**p, "env": env, "shard": shard, "closed_at": now}
-                    for p in periods
-                    if (p["customer_id"], p["start"]) not in existing
-                ]
-                if fresh:
-                    conn.execute(insert(bp), fresh)
+            _record_periods(conn, shard, env, periods, now)
             done = conn.execute(
                 update(pc)
                 .where(pc.c.shard == shard, pc.c.env == env)
@@ -85,6 +68,14 @@ class BillingStore:
             )
             if done.rowcount == 0:
                 conn.execute(insert(pc).values(shard=shard, env=env, cutoff=cutoff, closed_at=now))
+
+    def record_periods(
+        self, shard: int, env: str, periods: Sequence[Mapping[str, Any]], now: int
+    ) -> None:
+        """Record closed periods that are not recorded yet (a recovering shard's, for an
+        account that was set aside when its environment closed them); leave the rest."""
+        with self.engine.begin() as conn:
+            _record_periods(conn, shard, env, periods, now)
 
     def closed_periods(
         self, env: str, customer_ids: Iterable[str], until: int
@@ -872,6 +863,31 @@ def _invoice_json(row: Any) -> dict[str, Any]:
     if row.paid_at is not None:
         document["paid_at"] = format_timestamp(row.paid_at)
     return document
+
+
+def _record_periods(
+    conn: Connection, shard: int, env: str, periods: Sequence[Mapping[str, Any]], now: int
+) -> None:
+    bp = t.billing_periods
+    if not periods:
+        return
+    keys = {(p["customer_id"], p["start"]) for p in periods}
+    existing = {
+        (row.customer_id, row.start)
+        for row in conn.execute(
+            select(bp.c.customer_id, bp.c.start).where(
+                bp.c.env == env,
+                bp.c.customer_id.in_(list({k[0] for k in keys})),
+            )
+        )
+    }
+    fresh = [
+        {**p, "env": env, "shard": shard, "closed_at": now}
+        for p in periods
+        if (p["customer_id"], p["start"]) not in existing
+    ]
+    if fresh:
+        conn.execute(insert(bp), fresh)
 
 
 def _run_json(row: Any) -> dict[str, Any]:

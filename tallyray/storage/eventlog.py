@@ -264,26 +264,33 @@ class ShardStore:
 
     # -- recovery ------------------------------------------------------------------------
 
-    def load_checkpoint(self) -> tuple[int, int | None, dict[tuple[str, str], Any]]:
-        """(position, shard count it was taken with, account states by (env, customer))."""
+    def load_checkpoint(
+        self,
+    ) -> tuple[int, int | None, dict[tuple[str, str], Any], dict[tuple[str, str], int]]:
+        """(position, shard count it was taken with, account states by (env, customer), the
+        log position each state includes).
+
+        The shard's position is where replay starts; an account's own position may be later
+        (its state was saved while the shard's position was held back for an account set
+        aside), and replay skips what a state already includes. With no shard row (a new
+        shard, or an operator who deleted it to rebuild an account from the log) replay
+        starts at the beginning of the log, and the account rows still say what they hold.
+        """
+        ac = t.account_checkpoints
         with self.engine.connect() as conn:
             head = conn.execute(
                 select(t.shard_checkpoints).where(t.shard_checkpoints.c.shard == self.shard)
             ).first()
-            if head is None:
-                return 0, None, {}
             rows = conn.execute(
-                select(
-                    t.account_checkpoints.c.env,
-                    t.account_checkpoints.c.customer_id,
-                    t.account_checkpoints.c.state,
-                ).where(t.account_checkpoints.c.shard == self.shard)
+                select(ac.c.env, ac.c.customer_id, ac.c.state, ac.c.position).where(
+                    ac.c.shard == self.shard
+                )
             ).all()
-        return (
-            int(head.position),
-            int(head.shard_count),
-            {(row.env, row.customer_id): row.state for row in rows},
-        )
+        states = {(row.env, row.customer_id): row.state for row in rows}
+        positions = {(row.env, row.customer_id): int(row.position) for row in rows}
+        if head is None:
+            return 0, None, states, positions
+        return int(head.position), int(head.shard_count), states, positions
 
     def replay(self, after: int, chunk: int = 5000) -> Iterator[list[Any]]:
         """Events of this shard after ``after``, in log order, in chunks."""
@@ -346,10 +353,12 @@ class ShardStore:
         states: Mapping[tuple[str, str], Any],
         now: int,
         messages: Sequence[Mapping[str, Any]] = (),
+        shard_position: int | None = None,
     ) -> None:
         """Store the dirty accounts' states and the log position they include, atomically,
         with the outbox messages those states have fired (so a state that says an alert fired
-        is never stored without the alert)."""
+        is never stored without the alert). The shard's own position (where its replay will
+        start) is ``shard_position`` when given: it stays behind an account set aside."""
         with self.engine.begin() as conn:
             write_messages(conn, messages)
             if states:
@@ -391,7 +400,7 @@ class ShardStore:
                 {
                     "shard": self.shard,
                     "shard_count": shard_count,
-                    "position": position,
+                    "position": position if shard_position is None else shard_position,
                     "taken_at": now,
                 },
             )

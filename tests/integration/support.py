@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import secrets
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import ray
 
+from tallyray.actors.limits import Limits
 from tallyray.clock import Clock
 from tallyray.cluster import Settings
 from tallyray.serve.app import Services
 from tallyray.serve.shards import NAMESPACE, shard_name
 from tallyray.storage.catalog import Catalog
+from tallyray.storage.keys import KeyStore
 
 POSTGRES_URL = os.environ.get("TALLYRAY_TEST_POSTGRES_URL")
 
@@ -105,3 +111,109 @@ async def make_customer(
         r = await client.post(f"/v1/customers/{customer_id}/credits", json={"amount": credits})
         assert r.status_code == 201, r.text
     return customer_id
+
+
+_PID = lambda _actor: __import__("os").getpid()  # noqa: E731 — by value: runs in the actor
+
+
+@dataclass
+class OwnShard:
+    """A store and one shard of a test's own, served by the real app: for tests that write
+    into the store behind the shard's back, restart it, or run it with other limits."""
+
+    store: str
+    url: str
+    catalog: Catalog
+    shards: list[Any]
+    client: httpx.AsyncClient
+    services: Services
+
+    @property
+    def shard(self) -> Any:
+        """The first shard (the only one, unless asked for more)."""
+        return self.shards[0]
+
+    @property
+    def engine(self) -> Any:
+        return self.catalog.engine
+
+    async def restart(self) -> None:
+        """Kill the shard the way a crash would, and wait for Ray to bring it back: until a
+        new process answers (the kill is asynchronous, and the old process may still answer
+        a call, over Ray or its line, a moment after it was sent)."""
+        old = await self.shard.__ray_call__.remote(_PID)
+        ray.kill(self.shard, no_restart=False)
+        for _ in range(300):
+            try:
+                await self.shard.ready.remote()
+                if await self.shard.__ray_call__.remote(_PID) != old:
+                    return
+            except ray.exceptions.RayActorError:
+                pass
+            await asyncio.sleep(0.1)
+        raise AssertionError("the shard did not come back")
+
+    async def status(self) -> dict[str, Any]:
+        return await self.shard.status.remote()  # type: ignore[no-any-return]
+
+
+@contextlib.asynccontextmanager
+async def own_shard(
+    store: str,
+    tmp_path: Path,
+    config_path: str | None,
+    clock: Clock,
+    grace_seconds: int | None = None,
+    shards: int = 1,
+    limits: Limits | None = None,
+) -> AsyncIterator[OwnShard]:
+    """A fresh database on ``store`` (sqlite or postgres) with the config loaded, ``shards``
+    shard actors and a client with a test key. With ``grace_seconds``, late events are
+    accepted that long (and invoice runs wait as long unless forced); ``limits`` go to the
+    shards and the routes."""
+    from tallyray.actors.shard import ShardActor
+    from tallyray.cluster import prepare_store
+    from tallyray.serve.app import build_app
+    from tallyray.serve.intake import IntakeRules
+    from tallyray.serve.shards import ShardRouter
+
+    if store == "postgres":
+        assert POSTGRES_URL is not None
+        url = create_postgres_database(POSTGRES_URL)
+    else:
+        url = f"sqlite:///{tmp_path}/own.db"
+    settings = Settings.load(database_url=url, shards=shards, config_path=config_path)
+    catalog = prepare_store(settings)
+    handles = [
+        ray.remote(ShardActor)
+        .options(name=unique("own-shard"), namespace=NAMESPACE, max_restarts=-1)
+        .remote(i, shards, url, 0.5, grace_seconds, 0.0, clock.offset_us, limits)
+        for i in range(shards)
+    ]
+    for handle in handles:
+        await handle.ready.remote()
+    router = ShardRouter(shards, handles.__getitem__)
+    rules = IntakeRules() if grace_seconds is None else IntakeRules(grace_seconds=grace_seconds)
+    services = Services(
+        catalog=catalog,
+        router=router,
+        rules=rules,
+        cache_seconds=0.2,
+        clock=clock,
+        limits=limits or Limits(),
+    )
+    _, key = KeyStore(catalog.engine).create("test", clock())
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=build_app(services)),
+            base_url="http://tallyray.test",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=120,
+        ) as client:
+            yield OwnShard(store, url, catalog, handles, client, services)
+    finally:
+        for handle in handles:
+            ray.kill(handle, no_restart=True)
+        catalog.engine.dispose()
+        if store == "postgres" and POSTGRES_URL is not None:
+            drop_postgres_database(POSTGRES_URL, url)

@@ -826,6 +826,30 @@ def test_recording_batches_then_reading_equals_applying_each(
     assert lazy.balance(NOW + 3) == eager.balance(NOW + 3)
 
 
+def test_a_reduction_is_booked_as_it_was_live_however_the_commits_are_read() -> None:
+    """Found by the property above. A third seat drops every seat to the cheaper volume tier:
+    a cost *reduction* of 5.00, after the grants that paid for the seats expired, so no credit
+    comes back. A later commit adds 0.01 of tokens. Priced commit by commit (live, with reads
+    between commits) that 0.01 burns credit; priced together (replay, which reads less) the
+    reduction was netted against it and burned nothing. Usage that can lower the cost is now
+    priced with its own commit, so the ledger never depends on when the account was read."""
+    batches = [
+        ([seat("u1", NOV), seat("u3", NOV)], NOW - 2),  # 2 seats × 10.00 = 20.00
+        ([seat("u2", NOV)], NOW + 2),  # 3 seats × 5.00 = 15.00: −5.00, grants gone
+        ([tokens(1, LATE_OCT)], NOW + 2),  # +0.01, from the grant that never expires
+    ]
+    eager, lazy = (CustomerAccount(profile(), METERS) for _ in range(2))
+    for acct in (eager, lazy):
+        for g in EXPIRING:
+            acct.add_grant(g)
+    for batch, at in batches:
+        eager.apply(batch, at)
+        lazy.record(batch, at)
+    assert by_value(lazy.snapshot()) == by_value(eager.snapshot())
+    assert lazy.balance(NOW + 3) == eager.balance(NOW + 3)
+    assert eager.balance(NOW + 3)["credits_remaining"] == "4.99"
+
+
 # --- closing periods ------------------------------------------------------------------------
 
 
@@ -849,3 +873,41 @@ def test_a_plan_change_after_closing_does_not_re_rate_the_closed_period() -> Non
     acct.drop_periods([p.start for p in acct.due_periods(NOV)])
     change = acct.set_profile(profile(plan="premium"))
     assert change == {NOV: D("0.50")}  # only November: 50 × 0.02 − 0.50
+
+
+# --- work per commit does not grow with every grant the customer ever had --------------------
+# Each commit asks whether a grant expires between the commits waiting to be priced: a binary
+# search over the grants' expiry times (kept sorted; grants are only ever added), and a
+# replayed grant is found by id in a set, not by a walk through the ledger.
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "within"),
+    [
+        (NOW, NOW + 10 * MINUTE, True),  # expiries at +10 and +20 minutes; (low, high]
+        (NOW + 10 * MINUTE, NOW + 19 * MINUTE, False),  # +10 is not after low
+        (NOW + 11 * MINUTE, NOW + 20 * MINUTE, True),
+        (NOW + 20 * MINUTE, NOW + 99 * MINUTE, False),  # nothing expires after +20
+        (NOW - MINUTE, NOW + 9 * MINUTE, False),
+    ],
+)
+def test_a_grant_expiring_between_two_commits_is_found(low: int, high: int, within: bool) -> None:
+    acct = account(
+        grants=[
+            grant("later", "5", expires_at=NOW + 20 * MINUTE),
+            grant("never", "5"),
+            grant("sooner", "5", expires_at=NOW + 10 * MINUTE),
+        ]
+    )
+    assert acct._expiry_within(low, high) is within
+
+
+def test_a_grant_added_later_is_seen_by_both_look_ups() -> None:
+    acct = account(grants=[grant("a", "5", expires_at=NOW + 20 * MINUTE)])
+    assert not acct._expiry_within(NOW, NOW + 5 * MINUTE)
+    assert acct.has_grant("a") and not acct.has_grant("b")
+    acct.add_grant(grant("b", "5", expires_at=NOW + 5 * MINUTE))
+    assert acct._expiry_within(NOW, NOW + 5 * MINUTE)
+    assert acct.has_grant("b")
+    acct.add_grant(grant("b", "7"))  # replayed: already there, not added twice
+    assert len(acct.ledger.grants) == 2

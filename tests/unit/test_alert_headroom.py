@@ -53,10 +53,14 @@ GRADUATED_FLAT = [
 ]
 
 
-def _config(charges: list[dict[str, Any]]) -> Any:
+def _config(charges: list[dict[str, Any]], corrections: bool = True) -> Any:
+    """``corrections``: token counts may be negative (and the shard prices such usage at once,
+    as it can lower the cost)."""
+    tokens = TOKENS if corrections else {**TOKENS, "allow_negative": False}
+    peak = PEAK if corrections else {**PEAK, "allow_negative": False}
     return parse_config(
         {
-            "meters": [TOKENS, CALLS, PEAK, SEATS],
+            "meters": [tokens, CALLS, peak, SEATS],
             "plans": [{"key": "p", "currency": "USD", "interval": "month", "charges": charges}],
         }
     )
@@ -117,13 +121,14 @@ def test_spend_bound_per_model(charges: list[dict[str, Any]], bound: Any) -> Non
 
 # --- the property: skipping never changes what fires ----------------------------------------
 
-CONFIG = _config(
-    [
-        {"meter": "tokens", "model": "graduated", "tiers": GRADUATED_FLAT},
-        {"meter": "calls", "model": "package", "package_size": 10, "package_amount": "0.05"},
-        {"meter": "seats", "model": "volume", "tiers": [{"up_to": None, "unit_amount": "0.7"}]},
-    ]
-)
+CHARGES = [
+    {"meter": "tokens", "model": "graduated", "tiers": GRADUATED_FLAT},
+    {"meter": "calls", "model": "package", "package_size": 10, "package_amount": "0.05"},
+    {"meter": "seats", "model": "volume", "tiers": [{"up_to": None, "unit_amount": "0.7"}]},
+]
+CONFIG = _config(CHARGES)
+MONOTONE = _config(CHARGES, corrections=False)
+"""Token usage only ever raises the cost: its commits wait to be priced."""
 RULES = (
     AlertRule("spend", "spend_above", D("1.5")),
     AlertRule("low", "balance_below", D("2")),
@@ -133,11 +138,13 @@ RULES = (
 _ids = iter(range(10**9))
 
 
-def _account(rules: tuple[AlertRule, ...], fx: str | None) -> CustomerAccount:
+def _account(
+    rules: tuple[AlertRule, ...], fx: str | None, config: Any = CONFIG
+) -> CustomerAccount:
     profile = Profile(
-        "cust", "USD", CONFIG.plan("p"), "prepaid", D("1"), None, fx_rate=fx and D(fx)
+        "cust", "USD", config.plan("p"), "prepaid", D("1"), None, fx_rate=fx and D(fx)
     )
-    account = CustomerAccount(profile, CONFIG.meters)
+    account = CustomerAccount(profile, config.meters)
     account.rules = rules
     return account
 
@@ -206,7 +213,7 @@ def _hold(hold_id: str, amount: int, at: int) -> Any:
 
 
 def test_a_quiet_account_skips_pricing_until_its_headroom_could_be_used_up() -> None:
-    account = _account((), None)
+    account = _account((), None, MONOTONE)
     account.add_grant(CreditGrant.new("g", D("10"), "USD", created_at=NOW))
     account.record(_events([100], NOW), NOW)
     assert account.evaluate_alerts(NOW, "k") == []  # priced: 100 × 0.002 + 0.05 = 0.25

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from tallyray.actors.limits import Limits
 from tallyray.cluster.settings import Settings
 
 
@@ -21,6 +22,10 @@ from tallyray.cluster.settings import Settings
         ("TALLYRAY_ACCESS_LOG", "", "access_log", False),  # empty: the default
         ("TALLYRAY_WEBHOOK_ALLOW_PRIVATE", "1", "webhook_allow_private", True),
         ("TALLYRAY_WEBHOOK_ALLOW_PRIVATE", "0", "webhook_allow_private", False),
+        ("TALLYRAY_MAX_HOLDS_PER_CUSTOMER", "50", "max_holds_per_customer", 50),
+        ("TALLYRAY_MAX_ALERT_RULES_PER_CUSTOMER", "5", "max_alert_rules_per_customer", 5),
+        ("TALLYRAY_MAX_GROUPS_PER_METER", "200", "max_groups_per_meter", 200),
+        ("TALLYRAY_MAX_UNIQUE_VALUES", "3000", "max_unique_values", 3000),
     ],
 )
 def test_environment_variables_become_typed_settings(
@@ -43,4 +48,24 @@ def test_webhooks_go_to_public_addresses_only_by_default(monkeypatch: pytest.Mon
 def test_shards_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TALLYRAY_SHARDS", "0")
     with pytest.raises(ValueError, match="TALLYRAY_SHARDS must be at least 1"):
+        Settings.load()
+
+
+def test_the_limits_go_to_shards_and_routes_as_one_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TALLYRAY_MAX_GROUPS_PER_METER", "200")
+    assert Settings.load().limits == Limits(groups_per_meter=200)
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "TALLYRAY_MAX_HOLDS_PER_CUSTOMER",
+        "TALLYRAY_MAX_ALERT_RULES_PER_CUSTOMER",
+        "TALLYRAY_MAX_GROUPS_PER_METER",
+        "TALLYRAY_MAX_UNIQUE_VALUES",
+    ],
+)
+def test_limits_must_be_positive(monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
+    monkeypatch.setenv(variable, "0")
+    with pytest.raises(ValueError, match=f"{variable} must be at least 1"):
         Settings.load()
