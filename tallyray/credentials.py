@@ -26,9 +26,17 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["SECRETS_FILE_VARIABLE", "read_secret", "write_secrets_file"]
+__all__ = [
+    "DATABASE_URL_VARIABLE",
+    "SECRETS_FILE_VARIABLE",
+    "database_url",
+    "read_secret",
+    "remove_secrets_file",
+    "write_secrets_file",
+]
 
 SECRETS_FILE_VARIABLE = "TALLYRAY_SECRETS_FILE"
+DATABASE_URL_VARIABLE = "TALLYRAY_DATABASE_URL"
 
 
 def read_secret(variable: str, secrets_file: str | None = None) -> str | None:
@@ -47,6 +55,19 @@ def read_secret(variable: str, secrets_file: str | None = None) -> str | None:
         found = _read_file(path).get(variable)
         return found if isinstance(found, str) and found else None
     return None
+
+
+def database_url(given: str | None, secrets_file: str | None) -> str:
+    """The database URL a process uses: ``given`` (tests and embedding pass one), else its
+    secret (:func:`read_secret`). Never a default: a shard on another database than the rest
+    of its deployment would be worse than one that does not start."""
+    url = given or read_secret(DATABASE_URL_VARIABLE, secrets_file)
+    if not url:
+        raise RuntimeError(
+            f"no database URL: set {DATABASE_URL_VARIABLE} (or {DATABASE_URL_VARIABLE}_FILE, "
+            f"or {SECRETS_FILE_VARIABLE}) for every Tallyray process"
+        )
+    return url
 
 
 def _read_file(path: str) -> Mapping[str, object]:

@@ -49,6 +49,7 @@ from tallyray.actors.alerting import AlertRule, plan_rules
 from tallyray.actors.limits import Limits
 from tallyray.actors.shard_line import Endpoint, ShardLineServer
 from tallyray.clock import Clock, clock_for, system_clock
+from tallyray.credentials import database_url as resolve_database_url
 from tallyray.errors import (
     AccountQuarantined,
     Conflict,
@@ -133,13 +134,16 @@ class ShardCore:
         self,
         shard: int,
         shard_count: int,
-        database_url: str,
+        database_url: str | None,
         checkpoint_seconds: float = 5.0,
         grace_seconds: int | None = None,
         gather_seconds: float = 0.0,
         clock: Clock = system_clock,
         limits: Limits | None = None,
+        secrets_file: str | None = None,
     ) -> None:
+        """``database_url``: ``None`` in a deployment, where the shard reads it as a secret
+        (:func:`tallyray.credentials.database_url`), never as an argument Ray would keep."""
         self.shard = shard
         self.clock = clock
         self.limits = limits or Limits()
@@ -152,7 +156,7 @@ class ShardCore:
         """How long a commit of events may wait for more under load (0: never)."""
         self._last_commit = float("-inf")
         self._last_requests = 0
-        self.engine = make_engine(database_url)
+        self.engine = make_engine(resolve_database_url(database_url, secrets_file))
         self.store = ShardStore(self.engine, shard)
         self.catalog = Catalog(self.engine)
         self.billing = BillingStore(self.engine)
@@ -1202,12 +1206,13 @@ class ShardActor:
         self,
         shard: int,
         shard_count: int,
-        database_url: str,
+        database_url: str | None,
         checkpoint_seconds: float,
         grace_seconds: int | None = None,
         gather_seconds: float = 0.0,
         clock_offset_us: int = 0,
         limits: Limits | None = None,
+        secrets_file: str | None = None,
     ) -> None:
         configure_logging()
         self.core = ShardCore(
@@ -1219,6 +1224,7 @@ class ShardActor:
             gather_seconds,
             clock_for(clock_offset_us),
             limits,
+            secrets_file,
         )
         self._line: ShardLineServer | None = None
         freeze_startup_heap()

@@ -56,6 +56,7 @@ from tallyray.alerts.egress import (
 from tallyray.alerts.reasons import clip, error_reason, status_reason, timed_out
 from tallyray.alerts.schedule import RetrySchedule
 from tallyray.clock import clock_for
+from tallyray.credentials import database_url as resolve_database_url
 from tallyray.logs import configure_logging
 from tallyray.pricing.events import format_timestamp
 from tallyray.storage.db import make_engine
@@ -398,18 +399,19 @@ class WebhookActor:
 
     def __init__(
         self,
-        database_url: str,
+        database_url: str | None,
         interval: float = 1.0,
         delays: Sequence[float] | None = None,
         timeout: float = 10.0,
         per_endpoint: int = 4,
         clock_offset_us: int = 0,
         allow_private: bool = False,
+        secrets_file: str | None = None,
     ) -> None:
         configure_logging()
         self.interval = interval
         self.clock = clock_for(clock_offset_us)
-        self.engine = make_engine(database_url)
+        self.engine = make_engine(resolve_database_url(database_url, secrets_file))
         schedule = RetrySchedule.parse(delays) if delays is not None else RetrySchedule()
         self.deliverer = Deliverer(
             WebhookStore(self.engine),
@@ -478,7 +480,7 @@ class WebhookActor:
 
 
 def start_webhooks(
-    database_url: str,
+    database_url: str | None,
     interval: float = 1.0,
     *,
     delays: Sequence[float] | str | None = None,
@@ -486,6 +488,7 @@ def start_webhooks(
     per_endpoint: int = 4,
     clock_offset_us: int = 0,
     allow_private: bool = False,
+    secrets_file: str | None = None,
 ) -> Any:
     """Create (or find) the detached ``webhooks`` actor in namespace ``tallyray`` and wait
     until it runs; returns its handle. ``delays`` overrides the retry schedule (seconds, or
@@ -506,6 +509,15 @@ def start_webhooks(
         max_restarts=-1,
         num_cpus=0,
         get_if_exists=True,
-    ).remote(database_url, interval, waits, timeout, per_endpoint, clock_offset_us, allow_private)
+    ).remote(
+        database_url,
+        interval,
+        waits,
+        timeout,
+        per_endpoint,
+        clock_offset_us,
+        allow_private,
+        secrets_file,
+    )
     ray.get(handle.ready.remote())
     return handle

@@ -17,12 +17,14 @@ from tallyray.cluster.providers import check_payment_settings
 from tallyray.cluster.settings import Settings
 from tallyray.cluster.wiring import (
     prepare_store,
+    share_secrets,
     start_ingress,
     start_ray,
     start_shards,
     start_webhook_deliverer,
     stop,
 )
+from tallyray.credentials import remove_secrets_file
 from tallyray.logs import configure_logging, redact
 from tallyray.serve.listener import ensure_port_free
 from tallyray.storage.keys import KeyStore
@@ -115,6 +117,8 @@ def run_server(settings: Settings, demo: bool = False) -> None:
         settings = Settings(**{**settings.to_dict(), "admin_key": generate_key(ADMIN)})
     ensure_port_free(settings.host, settings.port)
     prepare_store(settings)
+    given_file = settings.secrets_file
+    settings = share_secrets(settings)  # the processes started below read them from there
     start_ray(settings)
     stopping = threading.Event()
 
@@ -144,4 +148,6 @@ def run_server(settings: Settings, demo: bool = False) -> None:
             pass
     finally:
         stop(settings)
+        if settings.secrets_file and settings.secrets_file != given_file:
+            remove_secrets_file(settings.secrets_file)
         print("Tallyray stopped.", file=sys.stderr, flush=True)

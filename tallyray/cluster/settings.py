@@ -16,6 +16,7 @@ from tallyray.actors.limits import (
     Limits,
 )
 from tallyray.clock import Clock, clock_for, offset_to
+from tallyray.credentials import database_url, read_secret
 from tallyray.errors import InvalidInput
 from tallyray.pricing.events import parse_timestamp
 from tallyray.storage.db import DEFAULT_DATABASE_URL, normalize_url
@@ -88,6 +89,26 @@ class Settings:
     max_groups_per_meter: int = MAX_GROUPS_PER_METER
     max_unique_values: int = MAX_UNIQUE_VALUES
     """Caps on one customer's state (:mod:`tallyray.actors.limits`)."""
+    secrets_file: str | None = None
+    """Where this deployment's processes find the secrets their environment lacks
+    (:mod:`tallyray.credentials`); ``tallyray serve`` writes one for its own machine."""
+
+    #: The fields that are secrets: they reach other processes only through the environment
+    #: or a secrets file, never as arguments (:meth:`shared`).
+    SECRETS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "database_url",
+            "admin_key",
+            "stripe_api_key",
+            "stripe_webhook_secret",
+            "stripe_test_api_key",
+            "stripe_test_webhook_secret",
+            "adyen_api_key",
+            "adyen_hmac_key",
+            "adyen_test_api_key",
+            "adyen_test_hmac_key",
+        }
+    )
 
     #: environment variable → field
     ENV: ClassVar[dict[str, str]] = {
@@ -133,6 +154,7 @@ class Settings:
         "TALLYRAY_MAX_ALERT_RULES_PER_CUSTOMER": "max_alert_rules_per_customer",
         "TALLYRAY_MAX_GROUPS_PER_METER": "max_groups_per_meter",
         "TALLYRAY_MAX_UNIQUE_VALUES": "max_unique_values",
+        "TALLYRAY_SECRETS_FILE": "secrets_file",
     }
 
     @classmethod
@@ -152,6 +174,12 @@ class Settings:
                 values[name] = _flag(raw)
             else:
                 values[name] = raw
+        secrets_file = overrides.get("secrets_file") or values.get("secrets_file")
+        for variable, name in cls.ENV.items():
+            if name in cls.SECRETS and name not in values:  # a *_FILE, or the secrets file
+                found = read_secret(variable, secrets_file)
+                if found:
+                    values[name] = found
         start = overrides.pop("clock_start", None) or os.environ.get("TALLYRAY_CLOCK_START")
         if start:
             values["clock_offset_us"] = offset_to(_instant(start))
@@ -179,6 +207,33 @@ class Settings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def shared(self) -> dict[str, Any]:
+        """What other processes may be handed as arguments: everything but the secrets,
+        which each of them reads itself (:meth:`from_shared`)."""
+        return {k: None if k in self.SECRETS else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_shared(cls, shared: dict[str, Any]) -> Settings:
+        """The settings another process was handed, with the secrets read where it runs."""
+        found = {}
+        for variable, name in cls.ENV.items():
+            if name in cls.SECRETS:
+                value = read_secret(variable, shared.get("secrets_file"))
+                if value:
+                    found[name] = value
+        values = {**shared, **found}
+        values["database_url"] = database_url(found.get("database_url"), None)
+        return cls(**values)
+
+    def secret_values(self) -> dict[str, str]:
+        """The secrets this process holds, by environment variable."""
+        out = {}
+        for variable, name in self.ENV.items():
+            value = getattr(self, name)
+            if name in self.SECRETS and value:
+                out[variable] = str(value)
+        return out
 
     @property
     def clock(self) -> Clock:

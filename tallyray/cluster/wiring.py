@@ -17,6 +17,7 @@ from tallyray.access import ENVIRONMENTS
 from tallyray.actors.shard import ShardActor
 from tallyray.alerts.deliverer import start_webhooks
 from tallyray.cluster.settings import Settings
+from tallyray.credentials import write_secrets_file
 from tallyray.errors import ConfigError, InvalidInput, Problem
 from tallyray.invoicing.config import parse_invoicing_config
 from tallyray.invoicing.tax import parse_tax_config
@@ -151,6 +152,15 @@ def seed_config(catalog: Catalog, path: str, now: int) -> None:
                 catalog.subscribe(env, saved.id, plan_key, now, now)
 
 
+def share_secrets(settings: Settings) -> Settings:
+    """Settings whose processes will find their secrets: in a secrets file written for them
+    (readable by this user only) unless the settings name one already. The caller removes it
+    when the deployment stops (:func:`tallyray.credentials.remove_secrets_file`)."""
+    if settings.secrets_file:
+        return settings
+    return replace(settings, secrets_file=write_secrets_file(settings.secret_values()))
+
+
 def start_shards(settings: Settings) -> list[Any]:
     """Create (or find) the named shard actors and wait until each has recovered."""
     remote = cast(Any, ray.remote(ShardActor))
@@ -166,12 +176,13 @@ def start_shards(settings: Settings) -> list[Any]:
         ).remote(
             i,
             settings.shards,
-            settings.database_url,
+            None,  # the shard reads the database URL as a secret (tallyray.credentials)
             settings.checkpoint_seconds,
             settings.grace_seconds,
             settings.commit_gather_ms / 1000,
             settings.clock_offset_us,
             settings.limits,
+            settings.secrets_file,
         )
         for i in range(settings.shards)
     ]
@@ -182,11 +193,12 @@ def start_shards(settings: Settings) -> list[Any]:
 def start_webhook_deliverer(settings: Settings) -> Any:
     """The one actor that fans the outbox out to webhook endpoints and delivers, retried."""
     return start_webhooks(
-        settings.database_url,
+        None,  # read as a secret, like the shards'
         interval=1.0,
         delays=settings.webhook_retry_delays or None,
         clock_offset_us=settings.clock_offset_us,
         allow_private=settings.webhook_allow_private,
+        secrets_file=settings.secrets_file,
     )
 
 
@@ -195,7 +207,8 @@ def start_ingress(settings: Settings) -> None:
 
     # No Serve proxy: each replica serves the API port itself (tallyray.serve.listener).
     serve.start(proxy_location="Disabled")
-    app = cast(Any, Ingress).options(num_replicas=settings.replicas).bind(settings.to_dict())
+    shared = settings.shared()  # no secrets: Serve keeps its arguments in Ray's control store
+    app = cast(Any, Ingress).options(num_replicas=settings.replicas).bind(shared)
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
 
 

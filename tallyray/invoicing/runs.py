@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from tallyray.credentials import database_url
 from tallyray.invoicing.builder import (
     Discount,
     ExchangeRate,
@@ -47,7 +48,8 @@ _DAY = 86_400 * 1_000_000
 class RunSpec:
     """What every chunk of a run needs; plain data, so it crosses the Ray boundary."""
 
-    database_url: str
+    database_url: str | None
+    """``None`` in a deployment: the task reads it from the secrets file."""
     env: str
     run_id: str | None
     until: int
@@ -57,13 +59,14 @@ class RunSpec:
     tax: Mapping[str, Any] | None
     """The raw ``"tax"`` config block."""
     rounding: str | None = None
+    secrets_file: str | None = None
 
 
 class _Context:
     """Parsed config, engines and catalog of one process, reused across chunks."""
 
     def __init__(self, spec: RunSpec) -> None:
-        engine = make_engine(spec.database_url)
+        engine = make_engine(database_url(spec.database_url, spec.secrets_file))
         self.catalog = Catalog(engine)
         self.billing = BillingStore(engine)
         self.config: InvoicingConfig = parse_invoicing_config(spec.invoicing)
@@ -76,7 +79,7 @@ _contexts: dict[tuple[str, str], tuple[_Context, float]] = {}
 
 
 def _context(spec: RunSpec) -> _Context:
-    key = (spec.database_url, spec.env)
+    key = (spec.database_url or spec.secrets_file or "", spec.env)
     hit = _contexts.get(key)
     if hit is None or time.monotonic() - hit[1] > 30:
         if hit is not None:

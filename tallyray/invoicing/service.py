@@ -64,6 +64,9 @@ class Billing:
     """Each environment's payment providers: a test invoice never meets live credentials."""
     clock: Callable[[], int] = lambda: 0
     parallelism: int = 2
+    secrets_file: str | None = None
+    """With a secrets file, invoice-run tasks read the database URL from it, not from their
+    arguments (:mod:`tallyray.credentials`)."""
     config: InvoicingConfig = field(init=False)
     _runs: dict[str, asyncio.Task[None]] = field(default_factory=dict, init=False)
 
@@ -152,7 +155,8 @@ class Billing:
                 ],
             )
         spec = RunSpec(
-            database_url=self.database_url,
+            database_url=None if self.secrets_file else self.database_url,
+            secrets_file=self.secrets_file,
             env=env,
             run_id=run_id,
             until=until,

@@ -29,47 +29,51 @@ from tallyray.storage.db import make_engine
 
 @serve.deployment(health_check_period_s=5, health_check_timeout_s=10)
 class Ingress:
-    def __init__(self, settings: dict[str, Any]) -> None:
+    def __init__(self, shared: dict[str, Any]) -> None:
+        """``shared``: the deployment's settings without its secrets, which this replica
+        reads from its environment or the secrets file (:meth:`Settings.from_shared`)."""
         configure_logging()
-        clock = Settings(**settings).clock
-        engine = make_engine(settings["database_url"])
+        settings = Settings.from_shared(shared)
+        clock = settings.clock
+        engine = make_engine(settings.database_url)
         catalog = Catalog(engine)
-        router = ShardRouter(settings["shards"])
-        config = billing_config(settings["config_path"])
+        router = ShardRouter(settings.shards)
+        config = billing_config(settings.config_path)
         billing = Billing(
             catalog=catalog,
             store=BillingStore(engine),
-            database_url=settings["database_url"],
+            database_url=settings.database_url,
+            secrets_file=settings.secrets_file,
             router=router,
             invoicing_raw=config["invoicing"],
             tax_raw=config["tax"],
             rounding=config["rounding"],
-            grace_seconds=settings["grace_seconds"],
-            providers=payment_providers(Settings(**settings)),
+            grace_seconds=settings.grace_seconds,
+            providers=payment_providers(settings),
             clock=clock,
         )
         self.services = Services(
             catalog=catalog,
             router=router,
-            rules=IntakeRules(grace_seconds=settings["grace_seconds"]),
-            auto_create_customers=settings["auto_create_customers"],
-            default_currency=settings["default_currency"],
+            rules=IntakeRules(grace_seconds=settings.grace_seconds),
+            auto_create_customers=settings.auto_create_customers,
+            default_currency=settings.default_currency,
             billing=billing,
-            dunning_seconds=settings["dunning_seconds"],
+            dunning_seconds=settings.dunning_seconds,
             clock=clock,
-            rate_limit=RateLimit(settings["rate_limit_per_second"], settings["rate_limit_burst"]),
+            rate_limit=RateLimit(settings.rate_limit_per_second, settings.rate_limit_burst),
             portal_rate_limit=RateLimit(
-                settings["portal_rate_limit_per_second"], settings["portal_rate_limit_burst"]
+                settings.portal_rate_limit_per_second, settings.portal_rate_limit_burst
             ),
-            key_cache_seconds=settings["key_cache_seconds"],
-            public_docs=settings["public_docs"],
-            webhook_allow_private=settings["webhook_allow_private"],
-            limits=Settings(**settings).limits,
+            key_cache_seconds=settings.key_cache_seconds,
+            public_docs=settings.public_docs,
+            webhook_allow_private=settings.webhook_allow_private,
+            limits=settings.limits,
         )
         app = build_app(self.services)
         freeze_startup_heap()
         # Bound only now: from the moment the socket listens, the kernel hands it connections.
-        self.listener = ApiListener(app, settings["host"], settings["port"], settings["access_log"])
+        self.listener = ApiListener(app, settings.host, settings.port, settings.access_log)
         self.listener.start()
         self.listener.wait_started()
 

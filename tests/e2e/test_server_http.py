@@ -7,19 +7,27 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from served import tallyray_serve
 
 ADMIN_KEY = "trk_admin_" + uuid.uuid4().hex
+SECRETS = {
+    "TALLYRAY_STRIPE_TEST_API_KEY": "sk_test_" + uuid.uuid4().hex,
+    "TALLYRAY_STRIPE_TEST_WEBHOOK_SECRET": "whsec_" + uuid.uuid4().hex,
+}
+LOGS: list[Path] = []
 
 
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     # The webhook test's receiver is on loopback, which only this setting lets webhooks reach.
-    allow = {"TALLYRAY_WEBHOOK_ALLOW_PRIVATE": "1"}
-    with tallyray_serve(tmp_path_factory.mktemp("serve"), ADMIN_KEY, allow) as base:
+    env = {"TALLYRAY_WEBHOOK_ALLOW_PRIVATE": "1", **SECRETS}
+    workdir = tmp_path_factory.mktemp("serve")
+    LOGS.append(workdir / "serve.log")
+    with tallyray_serve(workdir, ADMIN_KEY, env) as base:
         yield base
 
 
@@ -211,3 +219,16 @@ def test_an_alert_reaches_a_webhook_endpoint_signed(base_url: str) -> None:
     finally:
         receiver.shutdown()
         receiver.server_close()
+
+
+def test_no_secret_reaches_a_log_line(base_url: str) -> None:
+    """The admin key and the payment secrets reach the replicas and shards through a secrets
+    file, not as arguments, and no process logs them (Ray forwards every worker's log lines
+    to the server's)."""
+    r = httpx.get(f"{base_url}/v1/admin/keys", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert r.status_code == 200  # the server knows the admin key ...
+    (log,) = LOGS
+    text = log.read_text(errors="replace")
+    assert "serving on" in text  # ... and this is its log
+    for secret in [ADMIN_KEY, *SECRETS.values()]:
+        assert secret not in text

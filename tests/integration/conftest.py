@@ -25,6 +25,8 @@ from support import (
 )
 
 from tallyray.cluster import Settings, prepare_store, start_ray, start_shards
+from tallyray.cluster.wiring import share_secrets
+from tallyray.credentials import remove_secrets_file
 from tallyray.serve.app import Services, build_app
 from tallyray.serve.intake import IntakeRules
 from tallyray.serve.shards import ShardRouter
@@ -67,6 +69,7 @@ def server(
     )
     kill_shards(SHARDS)  # a previous store's shards must not answer for this one
     catalog = prepare_store(settings)
+    settings = share_secrets(settings)  # the shards read the database URL as a secret
     start_shards(settings)
     services = Services(
         catalog=catalog,
@@ -81,6 +84,8 @@ def server(
     _, live_key = keys.create("live", now)
     yield Server(store, settings, catalog, services, build_app(services), test_key, live_key)
     kill_shards(SHARDS)
+    assert settings.secrets_file is not None
+    remove_secrets_file(settings.secrets_file)
     if store == "postgres" and POSTGRES_URL is not None:
         drop_postgres_database(POSTGRES_URL, url)
 

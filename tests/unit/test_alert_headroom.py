@@ -138,9 +138,7 @@ RULES = (
 _ids = iter(range(10**9))
 
 
-def _account(
-    rules: tuple[AlertRule, ...], fx: str | None, config: Any = CONFIG
-) -> CustomerAccount:
+def _account(rules: tuple[AlertRule, ...], fx: str | None, config: Any = CONFIG) -> CustomerAccount:
     profile = Profile(
         "cust", "USD", config.plan("p"), "prepaid", D("1"), None, fx_rate=fx and D(fx)
     )

@@ -69,3 +69,67 @@ def test_limits_must_be_positive(monkeypatch: pytest.MonkeyPatch, variable: str)
     monkeypatch.setenv(variable, "0")
     with pytest.raises(ValueError, match=f"{variable} must be at least 1"):
         Settings.load()
+
+
+# --- secrets: never handed to other processes as arguments -----------------------------------
+
+SECRET_ENV = {
+    "TALLYRAY_DATABASE_URL": "postgresql://billing:pa55word@db.internal/tallyray",
+    "TALLYRAY_ADMIN_KEY": "trk_admin_" + "k" * 32,
+    "TALLYRAY_STRIPE_TEST_API_KEY": "sk_test_" + "s" * 24,
+    "TALLYRAY_STRIPE_TEST_WEBHOOK_SECRET": "whsec_" + "w" * 24,
+}
+NORMALIZED = "postgresql+psycopg://billing:pa55word@db.internal/tallyray"  # psycopg 3
+
+
+def test_what_other_processes_are_handed_holds_no_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in SECRET_ENV.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings.load()
+    shared = settings.shared()
+    text = repr(shared)
+    assert not any(secret in text for secret in SECRET_ENV.values())
+    assert shared["database_url"] is None and shared["admin_key"] is None
+    assert settings.secret_values() == {**SECRET_ENV, "TALLYRAY_DATABASE_URL": NORMALIZED}
+
+
+def test_a_process_reads_its_secrets_from_the_secrets_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tallyray.credentials import remove_secrets_file, write_secrets_file
+
+    for name, value in SECRET_ENV.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings.load()
+    path = write_secrets_file(settings.secret_values())
+    try:
+        for name in SECRET_ENV:  # the other process's environment has none of them
+            monkeypatch.delenv(name)
+        shared = {**settings.shared(), "secrets_file": path}
+        there = Settings.from_shared(shared)
+        assert there.database_url == NORMALIZED
+        assert there.stripe_test_api_key == SECRET_ENV["TALLYRAY_STRIPE_TEST_API_KEY"]
+        assert there.port == settings.port and there.shards == settings.shards
+    finally:
+        remove_secrets_file(path)
+
+
+def test_a_secret_may_come_from_a_file_named_by_its_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    secret = tmp_path / "db"
+    secret.write_text("postgresql://from-a-mounted-secret/tallyray\n")
+    monkeypatch.delenv("TALLYRAY_DATABASE_URL", raising=False)
+    monkeypatch.setenv("TALLYRAY_DATABASE_URL_FILE", str(secret))
+    assert Settings.load().database_url == "postgresql+psycopg://from-a-mounted-secret/tallyray"
+
+
+def test_a_process_without_its_database_url_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("TALLYRAY_DATABASE_URL", raising=False)
+    monkeypatch.delenv("TALLYRAY_SECRETS_FILE", raising=False)
+    with pytest.raises(RuntimeError, match="no database URL"):
+        Settings.from_shared(Settings().shared())
