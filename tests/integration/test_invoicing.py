@@ -1037,3 +1037,81 @@ async def test_the_full_month_events_close_run_invoice_pdf_stripe_webhook_paid(
         assert invoice["status"] == "paid"
         announced = {m["type"] for m in AlertStore(inv.billing.catalog.engine).messages("test")}
         assert {"invoice.finalized", "invoice.paid"} <= announced
+
+
+async def test_the_audit_trail_of_a_customers_whole_life(inv: Invoicing) -> None:
+    """Every change, through the API and the portal, in order, with who and which request."""
+    client = inv.client
+    customer = await october_customer(inv, payment_provider="manual")  # created, subscribed
+
+    async def ok(method: str, path: str, body: Any = None, **kw: Any) -> dict[str, Any]:
+        r = await client.request(method, path, json=body, headers={"X-Request-Id": path}, **kw)
+        assert r.status_code in (200, 201, 202), r.text
+        return dict(r.json())
+
+    await ok("POST", "/v1/customers", {"id": customer, "currency": "EUR", "credit_limit": "500"})
+    await ok("POST", f"/v1/customers/{customer}/credits", {"amount": "25.00"})
+    rule = await ok(
+        "POST", f"/v1/customers/{customer}/alert-rules", {"kind": "spend_above", "threshold": "50"}
+    )
+    await ok("DELETE", f"/v1/customers/{customer}/alert-rules/{rule['id']}")
+    endpoint = await ok(
+        "POST",
+        "/v1/webhook-endpoints",
+        {"url": "https://93.184.216.34/hooks", "event_types": ["invoice.paid"]},
+    )
+    await ok("POST", f"/v1/webhook-endpoints/{endpoint['id']}/disable", {"reason": "migrating"})
+    await ok("POST", f"/v1/webhook-endpoints/{endpoint['id']}/enable")
+    await ok("DELETE", f"/v1/webhook-endpoints/{endpoint['id']}")
+    await ok("POST", "/v1/exchange-rates", {"from": "USD", "to": "EUR", "rate": "0.92"})
+    portal = await ok("POST", "/v1/portal-sessions", {"customer_id": customer})
+    r = await client.post(f"{portal['url']}/spend-cap", data={"spend_cap": "300"})
+    assert r.status_code == 303, r.text
+    run = await inv.run()
+    (invoice,) = await inv.invoices(customer)
+    iid = invoice["id"]
+    note = await ok(
+        "POST", f"/v1/invoices/{iid}/credit-notes", {"reason": "goodwill", "amount": "1.00"}
+    )
+    await ok("POST", f"/v1/invoices/{iid}/mark-paid")
+
+    r = await client.get("/v1/audit-events", params={"limit": 1000})
+    assert r.status_code == 200, r.text
+    mine = [
+        e
+        for e in r.json()["events"]
+        if customer in (e["object"]["id"], e["summary"].get("customer_id"))
+        or e["object"]["id"] in (endpoint["id"], iid, note["id"], run["id"], "USD/EUR")
+    ]
+    assert [(e["action"], e["object"]["type"]) for e in mine] == [
+        ("customer.created", "customer"),
+        ("subscription.created", "subscription"),
+        ("customer.updated", "customer"),
+        ("credit_grant.created", "credit_grant"),
+        ("alert_rule.created", "alert_rule"),
+        ("alert_rule.deleted", "alert_rule"),
+        ("webhook_endpoint.created", "webhook_endpoint"),
+        ("webhook_endpoint.disabled", "webhook_endpoint"),
+        ("webhook_endpoint.enabled", "webhook_endpoint"),
+        ("webhook_endpoint.deleted", "webhook_endpoint"),
+        ("exchange_rate.created", "exchange_rate"),
+        ("portal_session.created", "customer"),
+        ("customer.spend_cap_set", "customer"),
+        ("invoice_run.started", "invoice_run"),
+        ("credit_note.created", "credit_note"),
+        ("invoice.marked_paid", "invoice"),
+    ]
+    by_action = {e["action"]: e for e in mine}
+    cap = by_action["customer.spend_cap_set"]
+    assert cap["actor"] == {"type": "portal", "id": f"portal:{customer}", "name": "Müller & Söhne"}
+    assert cap["summary"] == {"spend_cap": "300"}
+    assert {e["actor"]["type"] for e in mine if e is not cap} == {"key"}
+    assert by_action["customer.updated"]["summary"]["credit_limit"] == "500"
+    assert by_action["customer.updated"]["request_id"] == "/v1/customers"
+    assert by_action["invoice.marked_paid"]["summary"] == {"from": "finalized", "to": "paid"}
+    assert by_action["credit_note.created"]["object"]["id"] == note["id"]
+    assert by_action["webhook_endpoint.disabled"]["summary"] == {"reason": "migrating"}
+    # the one object's trail, and nothing to change or delete it with
+    r = await client.get("/v1/audit-events", params={"object_type": "invoice", "object_id": iid})
+    assert [e["action"] for e in r.json()["events"]] == ["invoice.marked_paid"]
+    assert (await client.delete("/v1/audit-events")).status_code == 405
