@@ -173,3 +173,65 @@ def test_a_tampered_link_gets_a_401_page(page: Any, portal_url: str) -> None:
     response = page.goto(portal_url[:-2] + ("AA" if not portal_url.endswith("AA") else "BB"))
     assert response.status == 401
     assert page.get_by_role("heading", name="This link is not valid").is_visible()
+
+
+@pytest.fixture(scope="module")
+def capped(base_url: str) -> tuple[str, httpx.Client]:
+    """A postpaid customer whose operator set a credit limit of 50.00, its portal link, and
+    an API client of its environment."""
+    http = httpx.Client(base_url=base_url, timeout=30)
+    r = http.post(
+        "/v1/admin/keys", json={"env": "test"}, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+    )
+    http.headers["Authorization"] = f"Bearer {r.json()['key']}"
+    customer = {
+        "id": "capped",
+        "name": "Capped Ltd",
+        "currency": "EUR",
+        "locale": "en",
+        "billing_mode": "postpaid",
+        "credit_limit": "50.00",
+    }
+    assert http.post("/v1/customers", json=customer).status_code == 201
+    r = http.post("/v1/portal-sessions", json={"customer_id": "capped"})
+    assert r.status_code == 201, r.text
+    return f"{base_url}{r.json()['url']}", http
+
+
+def test_the_customer_sets_its_own_cap_and_never_the_operators_limit(
+    page: Any, capped: tuple[str, httpx.Client]
+) -> None:
+    url, http = capped
+    page.goto(url)
+    assert "Your provider's credit limit is €50.00 per period" in page.inner_text(
+        "#credit-limit-current"
+    )
+    assert "No spend cap is set." in page.inner_text("#spend-cap-current")
+
+    # a cap above the operator's limit is saved, and the limit still applies first
+    page.get_by_label("Spend cap per period (EUR)").fill("80")
+    page.get_by_role("button", name="Save spend cap").click()
+    assert "Spend cap saved." in page.content()
+    assert "€80.00" in page.inner_text("#spend-cap-current")
+    assert "it applies before your cap" in page.inner_text("#credit-limit-current")
+    shot(page, "spend-cap")
+    balance = http.get("/v1/customers/capped/balance").json()
+    assert (balance["credit_limit"], balance["spend_cap"], balance["spend_limit"]) == (
+        "50.00",
+        "80.00",
+        "50.00",
+    )
+
+    # a lower cap binds; removing it leaves the operator's limit as it was
+    page.get_by_label("Spend cap per period (EUR)").fill("20")
+    page.get_by_role("button", name="Save spend cap").click()
+    assert http.get("/v1/customers/capped/balance").json()["spend_limit"] == "20.00"
+    page.get_by_role("button", name="Remove spend cap").click()
+    assert "No spend cap is set." in page.inner_text("#spend-cap-current")
+    record = http.get("/v1/customers/capped").json()
+    assert (record["credit_limit"], record["spend_cap"], record["spend_limit"]) == (
+        "50.00",
+        None,
+        "50.00",
+    )
+    http.close()
