@@ -840,14 +840,37 @@ class ShardCore:
         customers = {e[0] for e in events}
         self._refuse_set_aside(env, customers)
         self._load_accounts(env, customers)
+        loop = asyncio.get_running_loop()
+        events, stored = await self._without_stored_late(env, events, rebook_late)
+        if not events:
+            return {"ingested": 0, "duplicates": stored, "room": self.room()}
         events = self._late(env, events, rebook_late)
         self._check_limits(env, events)
         rows: list[EventRow] = [
             (env, c, i, typ, ts, orjson.dumps(props).decode()) for c, i, typ, ts, props in events
         ]
-        loop = asyncio.get_running_loop()
         pending = await self._submit(_Pending(loop.create_future(), env, rows, events))
-        return {**pending.result, "room": self.room()}
+        result = {**pending.result}
+        result["duplicates"] = result.get("duplicates", 0) + stored
+        return {**result, "room": self.room()}
+
+    async def _without_stored_late(
+        self, env: str, events: list[IncomingEvent], rebook_late: bool
+    ) -> tuple[list[IncomingEvent], int]:
+        """Events before the cutoff that the log holds already, taken out (and counted):
+        a retry after an outage is answered with duplicates, never refused for events it
+        stored the first time. (Rebooked events need no look-up: the log's own dedup
+        counts them.)"""
+        cutoff = self.cutoffs.get(env)
+        if rebook_late or cutoff is None or all(e[3] >= cutoff for e in events):
+            return events, 0
+        late = [(e[0], e[1]) for e in events if e[3] < cutoff]
+        loop = asyncio.get_running_loop()
+        stored = await loop.run_in_executor(self._db, self.store.stored, env, late)
+        if not stored:
+            return events, 0
+        kept = [e for e in events if (e[0], e[1]) not in stored]
+        return kept, len(events) - len(kept)
 
     def admit(
         self, env: str, counts: Mapping[str, int], events: list[IncomingEvent] | None = None
@@ -1014,8 +1037,24 @@ class ShardCore:
             raise AccountQuarantined.of(key[1])
         return key
 
+    async def _finished_hold(self, env: str, hold_id: str) -> dict[str, Any]:
+        """A hold that is no longer active, as the store has it; :class:`NotFound` when
+        this environment never had it."""
+        loop = asyncio.get_running_loop()
+        row = await loop.run_in_executor(self._db, self.store.hold, hold_id)
+        if row is None or row["env"] != env or row["status"] == "active":
+            raise NotFound(f"no reservation {hold_id!r}")
+        return row
+
     async def settle(self, env: str, hold_id: str, events: list[IncomingEvent]) -> dict[str, Any]:
-        """Ingest the actual events and free the hold, in one commit."""
+        """Ingest the actual events and free the hold, in one commit.
+
+        Safe to retry: a hold settled already answers what its settlement did (which of these
+        events that commit stored, and what it released), and stores nothing again. A hold
+        that expired, or was released, still gets its usage: the events are ingested (they
+        happened), and nothing is released (``"hold": "expired"``)."""
+        if hold_id not in self.hold_owner:
+            return await self._settle_finished(env, hold_id, events)
         key = self._owned_hold(env, hold_id)
         wrong = [e[1] for e in events if e[0] != key[1]]
         if wrong:
@@ -1051,9 +1090,66 @@ class ShardCore:
                 self.accounts[key].holds[hold_id] = hold
                 self.hold_owner[hold_id] = key
             raise
-        return {**pending.result, "released": _shown(cur, hold)}
+        return {**pending.result, "released": _shown(cur, hold), "retried": False}
 
-    async def release(self, env: str, hold_id: str) -> str:
+    async def _settle_finished(
+        self, env: str, hold_id: str, events: list[IncomingEvent]
+    ) -> dict[str, Any]:
+        row = await self._finished_hold(env, hold_id)
+        customer = row["customer_id"]
+        wrong = [i for i, e in enumerate(events) if e[0] != customer]
+        if wrong:
+            raise EventError.of(
+                [
+                    Problem(f"[{i}]", f"belongs to another customer than reservation {hold_id}")
+                    for i in wrong
+                ]
+            )
+        if row["status"] == "settled":
+            loop = asyncio.get_running_loop()
+            stored = await loop.run_in_executor(
+                self._db,
+                self.store.stored_in_commit,
+                env,
+                customer,
+                [e[1] for e in events],
+                row["finished_at"] or 0,
+            )
+            cur = currency(self.account(env, customer).profile.currency)
+            released = round_amount(Decimal(row["amount"]), cur, "ROUND_CEILING")
+            return {
+                "ingested": stored,
+                "duplicates": len(events) - stored,
+                "released": format(released, "f"),
+                "retried": True,
+            }
+        result = (
+            await self.ingest(env, events, rebook_late=True)
+            if events
+            else {
+                "ingested": 0,
+                "duplicates": 0,
+            }
+        )
+        return {**result, "released": "0", "retried": False, "hold": row["status"]}
+
+    async def release(self, env: str, hold_id: str) -> dict[str, Any]:
+        """Free a hold. Safe to retry: a hold released already answers what the release
+        did; one that expired answers so; one that was settled is a conflict (its hold was
+        freed by the settlement)."""
+        if hold_id not in self.hold_owner:
+            row = await self._finished_hold(env, hold_id)
+            if row["status"] == "settled":
+                raise Conflict(
+                    f"reservation {hold_id} was settled; its hold was freed by the settlement"
+                )
+            cur = currency(self.account(env, row["customer_id"]).profile.currency)
+            amount = round_amount(Decimal(row["amount"]), cur, "ROUND_CEILING")
+            return {
+                "released": format(amount, "f") if row["status"] == "released" else "0",
+                "hold": row["status"],
+                "retried": row["status"] == "released",
+            }
         key = self._owned_hold(env, hold_id)
         account = self.accounts[key]
         cur = currency(account.profile.currency)
@@ -1069,7 +1165,7 @@ class ShardCore:
                 self.accounts[key].holds[hold_id] = hold
                 self.hold_owner[hold_id] = key
             raise
-        return _shown(cur, hold)
+        return {"released": _shown(cur, hold), "hold": "released", "retried": False}
 
     async def add_grant(
         self, env: str, customer_id: str, grant: dict[str, Any]
@@ -1284,7 +1380,7 @@ class ShardActor:
     async def settle(self, env: str, hold_id: str, events: list[IncomingEvent]) -> dict[str, Any]:
         return await self.core.settle(env, hold_id, events)
 
-    async def release(self, env: str, hold_id: str) -> str:
+    async def release(self, env: str, hold_id: str) -> dict[str, Any]:
         return await self.core.release(env, hold_id)
 
     async def add_grant(

@@ -32,6 +32,7 @@ from tallyray.actors.limits import Limits
 from tallyray.clock import Clock, system_clock
 from tallyray.errors import (
     Conflict,
+    EventError,
     InvalidInput,
     NotFound,
     Problem,
@@ -57,6 +58,7 @@ from tallyray.serve.auth import (
 )
 from tallyray.serve.body_limit import BodyLimit
 from tallyray.serve.http import json_body, json_object, json_response, text_field, timestamp_field
+from tallyray.serve.idempotency import Idempotency
 from tallyray.serve.intake import IntakeRules, PeriodKey, decode_batch, validate_events
 from tallyray.serve.invoicing_routes import add_invoicing_routes
 from tallyray.serve.portal_routes import add_portal_routes
@@ -75,6 +77,8 @@ from tallyray.storage.catalog import (
     new_id,
 )
 from tallyray.storage.db import DatabaseUnavailable
+from tallyray.storage.eventlog import stored_events
+from tallyray.storage.idempotency import KEEP_US, IdempotencyStore
 from tallyray.storage.keys import KeyStore
 from tallyray.storage.usage import WINDOWS, usage_series
 from tallyray.storage.webhooks import WebhookStore
@@ -216,7 +220,10 @@ def build_app(services: Services) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(_note_key_use(keys, key_cache, services.key_use_seconds))]
+        tasks = [
+            asyncio.create_task(_note_key_use(keys, key_cache, services.key_use_seconds)),
+            asyncio.create_task(_forget_old_answers(IdempotencyStore(engine), services.clock)),
+        ]
         if services.dunning_seconds and services.billing is not None:
             tasks.append(
                 asyncio.create_task(_collect_forever(services.billing, services.dunning_seconds))
@@ -235,6 +242,10 @@ def build_app(services: Services) -> FastAPI:
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
+    )
+    # Innermost first: the request id, then the body limit, then Idempotency-Key.
+    app.add_middleware(
+        Idempotency, keys=key_cache, store=IdempotencyStore(engine), clock=services.clock
     )
     app.add_middleware(BodyLimit, limit=services.rules.max_body_bytes)
     app.add_middleware(RequestContext)  # outermost: every answer carries the request's id
@@ -324,17 +335,29 @@ def build_app(services: Services) -> FastAPI:
 
         return interval_of
 
-    async def _validated(env: str, items: list[Any], now: int) -> list[Event]:
+    async def _validated(env: str, items: list[Any], now: int) -> tuple[list[Event], int]:
+        """The batch's events to send, and how many of it are old events stored already
+        (a retry after an outage: duplicates, whatever their age)."""
         ids = {i.get("customer_id") for i in items if isinstance(i, dict)}
         # Only ids that could be ids reach the store (a NUL there is a 500 on PostgreSQL);
         # the others are refused, with every other problem, by validate_events.
         interval_of = await _interval_lookup(env, {c for c in ids if is_identifier(c)})
         catalog = await caches.env(env)
+        too_old: list[tuple[int, Event, str]] = []
         try:
-            return validate_events(items, now, catalog.meters, interval_of, rules)
+            events = validate_events(
+                items, now, catalog.meters, interval_of, rules, too_old=too_old
+            )
+            if too_old:
+                keys = [(e[1], e[0]) for _, e, _ in too_old]
+                stored = await run_in_threadpool(stored_events, engine, env, keys)
+                unknown = [(i, why) for i, e, why in too_old if (e[1], e[0]) not in stored]
+                if unknown:
+                    raise EventError.of([Problem(f"[{i}]", why) for i, why in unknown])
         except InvalidInput:
             metrics.events_rejected.labels(env).inc(len(items))
             raise
+        return events, len(too_old)
 
     async def _ingest(env: str, events: list[Event]) -> dict[str, int]:
         by_shard: dict[int, list[tuple[str, str, str, int, Any]]] = defaultdict(list)
@@ -360,10 +383,11 @@ def build_app(services: Services) -> FastAPI:
         items = decode_batch(body, request.headers.get("content-type", ""), rules)
         metrics.request_batch_size.observe(len(items))
         now = services.clock()
-        events = await _validated(env, items, now)
+        events, stored = await _validated(env, items, now)
         if not events:
-            return json_response({"ingested": 0, "duplicates": 0})
-        return json_response(await _ingest(env, events))
+            return json_response({"ingested": 0, "duplicates": stored})
+        result = await _ingest(env, events)
+        return json_response({**result, "duplicates": result["duplicates"] + stored})
 
     # -- quota checks and reservations ---------------------------------------------------
 
@@ -451,18 +475,27 @@ def build_app(services: Services) -> FastAPI:
         if not isinstance(items, list) or len(items) > rules.max_events:
             raise InvalidInput(f"'events' must be a list of at most {rules.max_events} events")
         now = services.clock()
-        events = await _validated(env, items, now)
+        events, stored = await _validated(env, items, now)
         result = await router.call(
             index, "settle", env, hold_id, [(e[1], e[0], e[2], e[3], e[4]) for e in events]
         )
+        result["duplicates"] = result.get("duplicates", 0) + stored
         return json_response({"id": hold_id, "status": "settled", **result})
 
     @app.post("/v1/reservations/{hold_id}/release", tags=["quota"])
     async def release(hold_id: str, request: Request) -> Response:
         """Free a hold without ingesting anything."""
         env = await authenticate(request)
-        released = await router.call(_hold_shard(hold_id), "release", env, hold_id)
-        return json_response({"id": hold_id, "status": "released", "released": released})
+        result = await router.call(_hold_shard(hold_id), "release", env, hold_id)
+        status = "expired" if result["hold"] == "expired" else "released"
+        return json_response(
+            {
+                "id": hold_id,
+                "status": status,
+                "released": result["released"],
+                "retried": result["retried"],
+            }
+        )
 
     # -- meters and plans ----------------------------------------------------------------
 
@@ -759,6 +792,16 @@ async def _note_key_use(keys: KeyStore, cache: KeyCache, seconds: float) -> None
             await run_in_threadpool(keys.touch, used)
         except Exception as error:  # noqa: BLE001 — a later round writes newer moments
             log.warning("noting when keys were last used: %s", error)
+
+
+async def _forget_old_answers(store: IdempotencyStore, clock: Clock) -> None:
+    """Drop the Idempotency-Key answers older than a day, every hour."""
+    while True:
+        await asyncio.sleep(3600)
+        try:
+            await run_in_threadpool(store.forget_before, clock() - KEEP_US)
+        except Exception as error:  # noqa: BLE001 — next hour
+            log.warning("forgetting old Idempotency-Key answers: %s", error)
 
 
 async def _collect_forever(billing: Billing, seconds: float) -> None:

@@ -89,11 +89,16 @@ def validate_events(
     interval_of: Callable[[str], str | PeriodKey | None],
     rules: IntakeRules,
     label: Callable[[int], str] = "[{}]".format,
+    too_old: list[tuple[int, Event, str]] | None = None,
 ) -> list[Event]:
     """Every event checked, or :class:`EventError` naming each bad one.
 
     ``interval_of(customer_id)`` is the customer's billing interval (with its anniversary
-    anchor, if any), or ``None`` for an unknown customer.
+    anchor, if any), or ``None`` for an unknown customer. Given ``too_old``, events older
+    than their closed period's grace window go there — (index, event, why) — rather than
+    being problems: the caller asks the log whether they were stored already (a retry),
+    which makes them duplicates. Should the batch have other problems, they are named with
+    the rest.
     """
     problems: list[Problem] = []
     events: list[Event] = []
@@ -130,13 +135,14 @@ def validate_events(
         if earliest is None:
             earliest = earliest_by_interval[interval] = _earliest(now, interval, rules)
         if ts < earliest:
-            problems.append(
-                Problem(
-                    label(index),
-                    f"timestamp {format_timestamp(ts)} is before {format_timestamp(earliest)}: "
-                    "its billing period is closed and past its grace window",
-                )
+            why = (
+                f"timestamp {format_timestamp(ts)} is before {format_timestamp(earliest)}: "
+                "its billing period is closed and past its grace window"
             )
+            if too_old is None:
+                problems.append(Problem(label(index), why))
+            else:
+                too_old.append((index, event, why))
             continue
         events.append(event)
         positions.append(index)
@@ -147,6 +153,10 @@ def validate_events(
         order = {label(i): i for i in range(len(items))}
         problems.sort(key=lambda p: order.get(p.where, 0))
     if problems:
+        if too_old:
+            problems += [Problem(label(i), why) for i, _, why in too_old]
+            order = {label(i): i for i in range(len(items))}
+            problems.sort(key=lambda p: order.get(p.where, 0))
         raise EventError.of(problems)
     return events
 

@@ -170,7 +170,7 @@ class ShardStore:
                 conn.execute(
                     update(t.holds)
                     .where(t.holds.c.id == hold_id, t.holds.c.status == "active")
-                    .values(status=status)
+                    .values(status=status, finished_at=at)
                 )
         return result
 
@@ -337,6 +337,38 @@ class ShardStore:
             ).all()
         return [dict(row._mapping) for row in rows]
 
+    def hold(self, hold_id: str) -> dict[str, Any] | None:
+        """A hold of this shard, finished or not (a retried settle or release asks)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(t.holds).where(t.holds.c.id == hold_id, t.holds.c.shard == self.shard)
+            ).first()
+        return None if row is None else dict(row._mapping)
+
+    def stored(self, env: str, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (customer, event id) are in the log: retried events are answered
+        as duplicates, whatever their age."""
+        return stored_events(self.engine, env, keys)
+
+    def stored_in_commit(
+        self, env: str, customer_id: str, event_ids: Sequence[str], at: int
+    ) -> int:
+        """How many of these events the commit made at ``at`` stored (every event a commit
+        stores carries its time as ``received_at``)."""
+        e = t.events
+        if not event_ids:
+            return 0
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(e.c.event_id).where(
+                    e.c.env == env,
+                    e.c.customer_id == customer_id,
+                    e.c.event_id.in_(list(set(event_ids))),
+                    e.c.received_at == at,
+                )
+            ).all()
+        return len(rows)
+
     def active_holds(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(
@@ -409,3 +441,26 @@ class ShardStore:
 def _columns(grant: Mapping[str, Any]) -> dict[str, Any]:
     """A grant's row: the grant without what travels beside it (its audit entry)."""
     return {k: v for k, v in grant.items() if k != "audit"}
+
+
+def stored_events(
+    engine: Engine, env: str, keys: Sequence[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """Which of these (customer, event id) the event log holds."""
+    e = t.events
+    found: set[tuple[str, str]] = set()
+    by_customer: dict[str, list[str]] = {}
+    for customer, event_id in keys:
+        by_customer.setdefault(customer, []).append(event_id)
+    with engine.connect() as conn:
+        for customer, ids in by_customer.items():
+            for start in range(0, len(ids), 500):
+                rows = conn.execute(
+                    select(e.c.event_id).where(
+                        e.c.env == env,
+                        e.c.customer_id == customer,
+                        e.c.event_id.in_(ids[start : start + 500]),
+                    )
+                ).all()
+                found.update((customer, row.event_id) for row in rows)
+    return found

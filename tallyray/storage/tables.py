@@ -14,6 +14,7 @@ from sqlalchemy import (
     Column,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -177,6 +178,9 @@ holds = Table(
     Column("expires_at", Micros, nullable=False),
     Column("status", String(16), nullable=False),
     Column("created_at", Micros, nullable=False),
+    # The time of the commit that settled or released it (a retried settle finds its events
+    # by it).
+    Column("finished_at", Micros),
     Index("ix_holds_shard_status", "shard", "status"),
 )
 
@@ -420,6 +424,25 @@ outbox_cursors = Table(
     # How far the webhook deliverer has fanned the outbox out into deliveries.
     Column("name", String(40), primary_key=True),
     Column("seq", BigInteger, nullable=False),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    # The answer to a request sent with an Idempotency-Key header, kept 24 hours: the same key
+    # and body get it again; the same key with another body is a conflict. ``status`` is null
+    # while the first request is being answered.
+    Column("env", String(8), nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("method", String(8), nullable=False),
+    Column("path", String(500), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("status", Integer),
+    Column("content_type", String(100)),
+    Column("body", LargeBinary),
+    Column("created_at", Micros, nullable=False),
+    PrimaryKeyConstraint("env", "key"),
+    Index("ix_idempotency_keys_created", "created_at"),
 )
 
 audit_events = Table(

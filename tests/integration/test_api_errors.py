@@ -179,7 +179,7 @@ REQUESTS = [
         b'{"events": []}',
         404,
         "not_found",
-        "no active reservation",
+        "no reservation 'res_0_abc'",
     ),
     (
         "release malformed id",

@@ -11,6 +11,7 @@ import pytest
 from support import Server, make_customer, unique
 
 from tallyray.pricing.events import format_timestamp
+from tallyray.storage import tables as t
 
 pytestmark = pytest.mark.anyio
 
@@ -76,9 +77,16 @@ async def test_ingest_balance_check_hold_settle(client: httpx.AsyncClient) -> No
     assert balance["holds"] == "0.00"
     assert balance["usage"]["requests"]["quantity"] == "4"
 
-    # Settling twice is refused; the hold is gone.
-    r = await client.post(f"/v1/reservations/{hold['id']}/settle", json={"events": []})
-    assert r.status_code == 404
+    # A retried settle (its answer was lost) answers what the first did, and books nothing.
+    r = await client.post(f"/v1/reservations/{hold['id']}/settle", json={"events": actual})
+    assert r.status_code == 200, r.text
+    again = r.json()
+    assert (again["ingested"], again["duplicates"], again["released"]) == (1, 0, "0.25")
+    assert again["retried"] is True
+    assert (await client.get(f"/v1/customers/{customer}/balance")).json() == balance
+    # releasing a settled hold says so
+    r = await client.post(f"/v1/reservations/{hold['id']}/release")
+    assert r.status_code == 409 and "was settled" in r.text
 
 
 STARTER_CALL = {  # starter plan, USD: 200,000 input tokens × 0.000002 = 0.40
@@ -94,10 +102,23 @@ async def test_release_frees_the_hold(client: httpx.AsyncClient) -> None:
     assert hold["allowed"] and hold["amount"] == "0.40"
     r = await client.post(f"/v1/reservations/{hold['id']}/release")
     assert r.status_code == 200 and r.json()["released"] == "0.40"
+    assert r.json()["retried"] is False
     balance = (await client.get(f"/v1/customers/{customer}/balance")).json()
     assert balance["holds"] == "0.00" and balance["available"] == "1.00"
+    # a retried release answers what the first did
     r = await client.post(f"/v1/reservations/{hold['id']}/release")
-    assert r.status_code == 404
+    assert r.status_code == 200, r.text
+    assert (r.json()["status"], r.json()["released"], r.json()["retried"]) == (
+        "released",
+        "0.40",
+        True,
+    )
+    assert (await client.get(f"/v1/customers/{customer}/balance")).json() == balance
+    # settling it afterwards still books the usage (it happened), and frees nothing more
+    actual = {**STARTER_CALL, "id": unique("evt"), "customer_id": customer}
+    r = await client.post(f"/v1/reservations/{hold['id']}/settle", json={"events": [actual]})
+    assert r.status_code == 200, r.text
+    assert (r.json()["ingested"], r.json()["released"]) == (1, "0")
 
 
 async def test_hold_expires_after_its_ttl(client: httpx.AsyncClient) -> None:
@@ -274,20 +295,33 @@ async def test_a_retried_credit_grant_with_an_idempotency_key_is_booked_once(
         f"/v1/customers/{customer}/credits", json={"amount": "25.00"}, headers=key
     )
     assert first.status_code == 201, first.text
-    # the client did not hear back and sends the same request again, even after a restart
-    again = await client.post(
-        f"/v1/customers/{customer}/credits", json={"amount": "25"}, headers=key
-    )
-    assert again.status_code == 200, again.text
-    assert again.json()["id"] == first.json()["id"]
+    # the client did not hear back and sends the same request again, even after a restart:
+    # the first answer, again
     await restart_shard(server.services.router.index("test", customer))
     again = await client.post(
         f"/v1/customers/{customer}/credits", json={"amount": "25.00"}, headers=key
     )
-    assert again.status_code == 200, again.text
+    assert (again.status_code, again.json()) == (201, first.json())
+    assert again.headers["idempotent-replayed"] == "true"
+    # the same key with another body is a mistake, not a retry
+    other = await client.post(
+        f"/v1/customers/{customer}/credits", json={"amount": "25"}, headers=key
+    )
+    assert other.status_code == 409
+    assert "Idempotency-Key" in other.json()["error"]["message"]
+    # once the kept answer is gone (after 24 hours), the grant's id still comes from the key:
+    # a retry books nothing and answers 200 with the grant the first request booked
+    with server.catalog.engine.begin() as conn:
+        conn.execute(t.idempotency_keys.delete())
+    late = await client.post(
+        f"/v1/customers/{customer}/credits", json={"amount": "25"}, headers=key
+    )
+    assert late.status_code == 200, late.text
+    assert late.json()["id"] == first.json()["id"]
     balance = (await client.get(f"/v1/customers/{customer}/balance")).json()
     assert balance["credits_remaining"] == "25.00"
-    # the same key for other terms is a mistake, not a retry
+    with server.catalog.engine.begin() as conn:
+        conn.execute(t.idempotency_keys.delete())
     other = await client.post(
         f"/v1/customers/{customer}/credits", json={"amount": "30.00"}, headers=key
     )

@@ -441,7 +441,7 @@ CASES: list[Case] = [
         "/v1/reservations/res_0_nope/settle",
         {"events": []},
         404,
-        "no active reservation",
+        "no reservation 'res_0_nope'",
     ),
     (
         "settle NUL hold",

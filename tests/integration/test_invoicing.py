@@ -1115,3 +1115,20 @@ async def test_the_audit_trail_of_a_customers_whole_life(inv: Invoicing) -> None
     r = await client.get("/v1/audit-events", params={"object_type": "invoice", "object_id": iid})
     assert [e["action"] for e in r.json()["events"]] == ["invoice.marked_paid"]
     assert (await client.delete("/v1/audit-events")).status_code == 405
+
+
+async def test_events_of_a_closed_period_sent_again_are_duplicates(inv: Invoicing) -> None:
+    """A retry after an outage, of events stored before their period closed: duplicates,
+    not a refusal for a closed period (which new events for it still get)."""
+    customer = await october_customer(inv)
+    events = october_events(customer)
+    r = await inv.client.post("/v1/events", json=events)
+    assert r.json() == {"ingested": 5, "duplicates": 0}
+    await inv.run()  # October closes
+    r = await inv.client.post("/v1/events", json=events)
+    assert (r.status_code, r.json()) == (200, {"ingested": 0, "duplicates": 5})
+    late = {**events[0], "id": unique("late")}
+    r = await inv.client.post("/v1/events", json=[late, *events[1:]])
+    assert r.status_code == 422 and "closed billing period" in r.text
+    (invoice,) = await inv.invoices(customer)
+    assert invoice["lines"]  # the invoice stands as it was
