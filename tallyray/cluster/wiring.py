@@ -203,7 +203,7 @@ def start_webhook_deliverer(settings: Settings) -> Any:
 
 
 def start_ingress(settings: Settings) -> None:
-    from tallyray.serve.deployment import Ingress
+    from tallyray.cluster.deployment import Ingress
 
     # No Serve proxy: each replica serves the API port itself (tallyray.serve.listener).
     serve.start(proxy_location="Disabled")

@@ -1,5 +1,5 @@
 """The customer portal: signed session links, and the pure pieces its pages are built from
-(charts, forecasts). The routes live in :mod:`tallyray.serve.portal_routes`."""
+(charts, forecasts). The routes live in :mod:`tallyray.serve.routes.portal`."""
 
 from tallyray.portal.charts import ChartData, DayUsage, bar_chart, chart_data
 from tallyray.portal.forecast import Forecast, elapsed_fraction, forecast_spend, period_forecast

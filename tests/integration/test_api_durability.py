@@ -22,7 +22,8 @@ from support import (
 
 from tallyray.actors.shard import ShardActor
 from tallyray.cluster import Settings, prepare_store
-from tallyray.serve.app import Services, build_app
+from tallyray.serve.api import Services
+from tallyray.serve.app import build_app
 from tallyray.serve.shards import NAMESPACE, ShardRouter, shard_name
 from tallyray.storage.keys import KeyStore
 

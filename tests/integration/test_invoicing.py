@@ -37,7 +37,8 @@ from tallyray.cluster import Settings, prepare_store
 from tallyray.invoicing.payments import AdyenProvider, PaymentProviders, StripeProvider
 from tallyray.invoicing.service import Billing
 from tallyray.pricing.events import parse_timestamp
-from tallyray.serve.app import Services, build_app
+from tallyray.serve.api import Services
+from tallyray.serve.app import build_app
 from tallyray.serve.intake import IntakeRules
 from tallyray.serve.shards import NAMESPACE, ShardRouter
 from tallyray.storage.billing import BillingStore

@@ -34,7 +34,7 @@ from tallyray.cluster import Settings, prepare_store
 from tallyray.errors import Unauthorized
 from tallyray.portal.tokens import PortalKeys
 from tallyray.pricing.events import parse_timestamp
-from tallyray.serve.portal_routes import add_portal_routes
+from tallyray.serve.routes import portal as portal_routes
 from tallyray.storage import tables as t
 from tallyray.storage.keys import KeyStore
 
@@ -74,7 +74,7 @@ async def portal(server: Server) -> AsyncIterator[Portal]:
             raise Unauthorized("send your API key as 'Authorization: Bearer trk_…'")
         return env
 
-    add_portal_routes(app, server.services, authenticate)
+    portal_routes.include(app, server.services, authenticate)
     async with (
         server.client() as api,
         httpx.AsyncClient(

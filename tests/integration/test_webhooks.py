@@ -40,8 +40,8 @@ from tallyray.alerts.deliverer import ACTOR_NAME, CURSOR, Attempt, Deliverer, st
 from tallyray.alerts.egress import Resolve, system_resolve
 from tallyray.errors import TallyrayError, Unauthorized
 from tallyray.serve.app import build_app
+from tallyray.serve.routes import webhooks
 from tallyray.serve.shards import NAMESPACE
-from tallyray.serve.webhook_routes import add_webhook_routes
 from tallyray.storage import tables as t
 from tallyray.storage.alerts import write_messages
 from tallyray.storage.keys import KeyStore
@@ -250,8 +250,16 @@ def webhook_app(
             raise Unauthorized("unknown API key")
         return found.env
 
-    add_webhook_routes(
-        app, store, authenticate, now_us, deliverer, allow_private=allow_private, resolve=resolve
+    webhooks.include(
+        app,
+        webhooks.WebhookRoutes(
+            store=store,
+            authenticate=authenticate,
+            clock=now_us,
+            deliverer=deliverer,
+            allow_private=allow_private,
+            resolve=resolve,
+        ),
     )
     return app
 

@@ -9,7 +9,7 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-from tallyray.serve.app import _Caches
+from tallyray.serve.api import Caches
 
 
 class SlowCatalog:
@@ -26,8 +26,8 @@ class SlowCatalog:
         return (env, seen)
 
 
-def caches(catalog: SlowCatalog) -> _Caches:
-    return _Caches(SimpleNamespace(catalog=catalog, cache_seconds=60.0))  # type: ignore[arg-type]
+def caches(catalog: SlowCatalog) -> Caches:
+    return Caches(SimpleNamespace(catalog=catalog, cache_seconds=60.0))  # type: ignore[arg-type]
 
 
 def test_concurrent_misses_share_one_load() -> None:

@@ -17,7 +17,8 @@ from tallyray.cluster.wiring import billing_config
 from tallyray.heap import freeze_startup_heap
 from tallyray.invoicing.service import Billing
 from tallyray.logs import configure_logging
-from tallyray.serve.app import Services, build_app
+from tallyray.serve.api import Services
+from tallyray.serve.app import build_app
 from tallyray.serve.auth import RateLimit
 from tallyray.serve.intake import IntakeRules
 from tallyray.serve.listener import ApiListener

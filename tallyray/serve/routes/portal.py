@@ -28,7 +28,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from functools import cache
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs
 
 import jinja2
@@ -36,7 +36,7 @@ import orjson
 from babel import Locale, UnknownLocaleError
 from babel.dates import format_date, format_datetime, format_skeleton
 from babel.numbers import NumberFormatError, format_decimal, format_percent, parse_decimal
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -58,7 +58,8 @@ from tallyray.portal.tokens import ExpiredToken, InvalidToken, PortalKeys, Porta
 from tallyray.pricing.events import format_timestamp
 from tallyray.pricing.money import currency, parse_amount
 from tallyray.pricing.periods import Period, period_of
-from tallyray.serve.alert_routes import AlertRules
+from tallyray.serve.alert_rules import AlertRules
+from tallyray.serve.api import Authenticate, Services
 from tallyray.serve.auth import RateLimiter, audit_entry
 from tallyray.storage.alerts import AlertStore
 from tallyray.storage.audit import Actor, AuditEntry, AuditLog
@@ -67,14 +68,9 @@ from tallyray.storage.catalog import CustomerRecord, EnvCatalog
 from tallyray.storage.db import DatabaseUnavailable
 from tallyray.storage.usage import usage_series
 
-if TYPE_CHECKING:  # app.py adds these routes: no import at run time
-    from tallyray.serve.app import Services
-
-__all__ = ["DEFAULT_TTL_SECONDS", "MAX_TTL_SECONDS", "add_portal_routes"]
+__all__ = ["DEFAULT_TTL_SECONDS", "MAX_TTL_SECONDS", "include", "router"]
 
 log = logging.getLogger("tallyray.portal")
-
-Authenticate = Callable[[Request], Awaitable[str]]
 
 DEFAULT_TTL_SECONDS = 3600
 MAX_TTL_SECONDS = 86_400
@@ -373,119 +369,70 @@ def _see(url: str) -> RedirectResponse:
 # --------------------------------------------------------------------------- the routes
 
 
-def add_portal_routes(app: FastAPI, services: Services, authenticate: Authenticate) -> None:
-    """Add ``POST /v1/portal-sessions``, the ``/portal/{token}`` pages and the portal's
-    stylesheet (``GET /portal/static/portal.css``) to ``app``.
+class _Pages:
+    """The portal's routes' shared state: the services they use, the portal's signing keys
+    (loaded once), and a rate limiter per link."""
 
-    ``authenticate`` maps a request's API key to its environment (``live`` / ``test``) and
-    raises :class:`~tallyray.errors.Unauthorized` otherwise.
-    """
-    catalog = services.catalog
-    engine = catalog.engine
-    router = services.router
-    clock = services.clock
-    rules = services.alerts or AlertRules(catalog, AlertStore(engine), router, clock)
-    store = services.billing.store if services.billing is not None else BillingStore(engine)
-    loaded: list[PortalKeys] = []
-    limiter = RateLimiter(services.portal_rate_limit)
-    audit_log = AuditLog(engine)
+    def __init__(self, services: Services, authenticate: Authenticate) -> None:
+        self.services = services
+        self.authenticate = authenticate
+        self.catalog = services.catalog
+        self.engine = self.catalog.engine
+        self.router = services.router
+        self.clock = services.clock
+        self.rules = services.alerts or AlertRules(
+            self.catalog, AlertStore(self.engine), self.router, self.clock
+        )
+        self.store = (
+            services.billing.store if services.billing is not None else BillingStore(self.engine)
+        )
+        self.loaded: list[PortalKeys] = []
+        self.limiter = RateLimiter(services.portal_rate_limit)
+        self.audit_log = AuditLog(self.engine)
 
-    async def portal_keys() -> PortalKeys:
-        if not loaded:
-            loaded.append(await run_in_threadpool(PortalKeys.load, engine, clock()))
-        return loaded[0]
+    async def portal_keys(self) -> PortalKeys:
+        if not self.loaded:
+            self.loaded.append(await run_in_threadpool(PortalKeys.load, self.engine, self.clock()))
+        return self.loaded[0]
 
-    async def visit(request: Request, token: str) -> _Visit:
-        session = (await portal_keys()).read(token, clock())
-        wait = limiter.take(token)
+    async def visit(self, request: Request, token: str) -> _Visit:
+        session = (await self.portal_keys()).read(token, self.clock())
+        wait = self.limiter.take(token)
         if wait is not None:
             raise RateLimited("too many requests from this portal link", retry_after=wait)
         try:
-            record = await run_in_threadpool(catalog.customer, session.env, session.customer_id)
+            record = await run_in_threadpool(
+                self.catalog.customer, session.env, session.customer_id
+            )
         except NotFound:
             raise InvalidToken("the customer of this link is gone") from None
         locale = str(record.billing.get("locale") or DEFAULT_LOCALE)
         fmt = _Format(locale, record.currency)
         return _Visit(session, token, record, fmt, str(request.scope.get("root_path", "")))
 
-    async def env_catalog(env: str) -> EnvCatalog:
-        return await run_in_threadpool(catalog.env_catalog, env)
+    async def env_catalog(self, env: str) -> EnvCatalog:
+        return await run_in_threadpool(self.catalog.env_catalog, env)
 
-    def current_period(record: CustomerRecord, found: EnvCatalog, now: int) -> Period:
+    def current_period(self, record: CustomerRecord, found: EnvCatalog, now: int) -> Period:
         plan = None
         if record.plan_key is not None:
             plan = found.plans.get((record.plan_key, record.plan_version or 0))
         return period_of(now, plan.interval if plan else "month", record.anchor)
 
-    # -- sessions (API) ------------------------------------------------------------------
-
-    @app.post("/v1/portal-sessions", tags=["portal"], status_code=201)
-    async def post_portal_session(request: Request) -> Response:
-        """`{"customer_id", "ttl_seconds"?}` → `201 {"url": "/portal/<token>", "expires_at",
-        "customer_id"}`: a link that shows this one customer's portal until it expires
-        (default 1 hour, at most 24 hours)."""
-        try:
-            env = await authenticate(request)
-            customer_id, ttl = _session_request(await request.body())
-            await run_in_threadpool(catalog.customer, env, customer_id)  # 404 when unknown
-            keys = await portal_keys()
-        except TallyrayError as error:
-            headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, Unauthorized) else {}
-            if isinstance(error, StoreUnavailable):
-                headers["Retry-After"] = "1"
-            return JSONResponse(error.to_json(), status_code=error.http_status, headers=headers)
-        now = clock()
-        expires_at = now + ttl * _US
-        token = keys.issue(env, customer_id, expires_at)
-        entry = audit_entry(
-            request,
-            env,
-            "portal_session.created",
-            "customer",
-            customer_id,
-            now,
-            {"expires_at": format_timestamp(expires_at)},
-        )
-        await run_in_threadpool(audit_log.write, entry)
-        root = str(request.scope.get("root_path", ""))
-        return Response(
-            orjson.dumps(
-                {
-                    "url": f"{root}/portal/{token}",
-                    "expires_at": format_timestamp(expires_at),
-                    "customer_id": customer_id,
-                }
-            ),
-            status_code=201,
-            media_type="application/json",
-            headers={"Cache-Control": "no-store"},
-        )
-
-    # -- the stylesheet ------------------------------------------------------------------
-
-    @app.get("/portal/static/portal.css", include_in_schema=False)
-    async def portal_css() -> Response:
-        return Response(
-            _stylesheet(),
-            media_type="text/css; charset=utf-8",
-            headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"},
-        )
-
-    # -- overview and spend cap ----------------------------------------------------------
-
     async def overview(
+        self,
         request: Request,
         v: _Visit,
         status: int = 200,
         errors: Mapping[str, str] | None = None,
         entered: Mapping[str, str] | None = None,
     ) -> Response:
-        now = clock()
-        balance = await router.call(
-            router.index(v.env, v.customer_id), "balance", v.env, v.customer_id
+        now = self.clock()
+        balance = await self.router.call(
+            self.router.index(v.env, v.customer_id), "balance", v.env, v.customer_id
         )
-        found = await env_catalog(v.env)
-        period = current_period(v.record, found, now)
+        found = await self.env_catalog(v.env)
+        period = self.current_period(v.record, found, now)
         fmt = v.fmt
         forecast = period_forecast(
             Decimal(str(balance.get("period_spend_precise", balance["period_spend"]))),
@@ -542,147 +489,22 @@ def add_portal_routes(app: FastAPI, services: Services, authenticate: Authentica
         )
         return _page("overview.html", status, **context)
 
-    @app.get("/portal/{token}", include_in_schema=False)
-    async def get_overview(token: str, request: Request) -> Response:
-        async def make() -> Response:
-            return await overview(request, await visit(request, token))
-
-        return await _guarded(request, make)
-
-    @app.post("/portal/{token}/spend-cap", include_in_schema=False)
-    async def post_spend_cap(token: str, request: Request) -> Response:
-        async def make() -> Response:
-            v = await visit(request, token)
-            form = await _form(request)
-            if form.get("action") == "remove":
-                cap = None
-            else:
-                try:
-                    cap = _spend_cap(form.get("spend_cap", ""), v.fmt)
-                except InvalidInput as error:
-                    errors = {p.where: p.message for p in error.problems}
-                    return await overview(request, v, 422, errors, form)
-            now = clock()
-            entry = v.audit(
-                request,
-                "customer.spend_cap_set" if cap is not None else "customer.spend_cap_removed",
-                now,
-                {"spend_cap": None if cap is None else format(cap, "f")},
-            )
-            # The customer's own cap only: the operator's credit limit is not the portal's.
-            await run_in_threadpool(catalog.set_spend_cap, v.env, v.customer_id, cap, entry)
-            index = router.index(v.env, v.customer_id)
-            await router.call(index, "refresh", v.env, [v.customer_id])
-            return _see(f"{v.base}?done={'cap-removed' if cap is None else 'cap-set'}")
-
-        return await _guarded(request, make)
-
-    # -- usage ---------------------------------------------------------------------------
-
-    @app.get("/portal/{token}/usage", include_in_schema=False)
-    async def get_usage(token: str, request: Request) -> Response:
-        async def make() -> Response:
-            v = await visit(request, token)
-            now = clock()
-            found = await env_catalog(v.env)
-            period = current_period(v.record, found, now)
-            today_end = now - now % _DAY_US + _DAY_US
-            end = min(period.end, max(today_end, period.start + _DAY_US))
-            fmt = v.fmt
-            charts = []
-            for key, spec in sorted(found.meters.meters.items()):
-                series = await run_in_threadpool(
-                    usage_series,
-                    engine,
-                    v.env,
-                    v.customer_id,
-                    spec,
-                    period.start,
-                    end,
-                    "day",
-                    spec.group_by,
-                )
-                data = chart_data(series)
-                if not data.total:
-                    continue
-                by = f" by {', '.join(spec.group_by)}" if spec.group_by else ""
-                charts.append(
-                    {
-                        "meter": key,
-                        "total": fmt.quantity(data.total),
-                        "figure": bar_chart(
-                            data,
-                            chart_id=f"chart-{_SAFE_NAME.sub('-', key)}",
-                            title=f"{key} per day{by}",
-                            description=f"Daily {key} in the current period{by}.",
-                            day_label=fmt.day,
-                            tick_label=fmt.short_day,
-                            number=fmt.number,
-                        ),
-                    }
-                )
-            context = v.context(
-                "usage",
-                request,
-                period={"text": fmt.period(period.start, period.end)},
-                charts=charts,
-            )
-            return _page("usage.html", **context)
-
-        return await _guarded(request, make)
-
-    # -- invoices ------------------------------------------------------------------------
-
-    async def own_invoice(v: _Visit, invoice_id: str) -> dict[str, Any]:
-        document = await run_in_threadpool(store.invoice, v.env, invoice_id)
+    async def own_invoice(self, v: _Visit, invoice_id: str) -> dict[str, Any]:
+        document = await run_in_threadpool(self.store.invoice, v.env, invoice_id)
         if document.get("customer_id") != v.customer_id or document.get("status") == "draft":
             raise NotFound(f"no invoice {invoice_id!r}")
         return document
 
-    @app.get("/portal/{token}/invoices", include_in_schema=False)
-    async def get_invoices(token: str, request: Request) -> Response:
-        async def make() -> Response:
-            v = await visit(request, token)
-            found = await run_in_threadpool(store.invoices, v.env, v.customer_id, None, None, 100)
-            rows = [_invoice_row(doc, v) for doc in found if doc.get("status") != "draft"]
-            return _page("invoices.html", **v.context("invoices", request, invoices=rows))
-
-        return await _guarded(request, make)
-
-    @app.get("/portal/{token}/invoices/{invoice_id}.html", include_in_schema=False)
-    async def get_invoice_html(token: str, invoice_id: str, request: Request) -> Response:
-        async def make() -> Response:
-            document = await own_invoice(await visit(request, token), invoice_id)
-            html = await run_in_threadpool(render_html, document)
-            return HTMLResponse(html, headers={**_HEADERS, "Content-Security-Policy": DOCUMENT_CSP})
-
-        return await _guarded(request, make)
-
-    @app.get("/portal/{token}/invoices/{invoice_id}.pdf", include_in_schema=False)
-    async def get_invoice_pdf(token: str, invoice_id: str, request: Request) -> Response:
-        async def make() -> Response:
-            document = await own_invoice(await visit(request, token), invoice_id)
-            pdf = await run_in_threadpool(render_pdf, document)
-            name = _SAFE_NAME.sub("-", str(document.get("number") or document["id"]))
-            return Response(
-                pdf,
-                media_type="application/pdf",
-                headers={**_HEADERS, "Content-Disposition": f'attachment; filename="{name}.pdf"'},
-            )
-
-        return await _guarded(request, make)
-
-    # -- alerts --------------------------------------------------------------------------
-
     async def alerts_page(
+        self,
         request: Request,
         v: _Visit,
         status: int = 200,
         errors: Mapping[str, str] | None = None,
         entered: Mapping[str, str] | None = None,
     ) -> Response:
-        listed = await rules.list(v.env, v.customer_id)
-        found = await env_catalog(v.env)
+        listed = await self.rules.list(v.env, v.customer_id)
+        found = await self.env_catalog(v.env)
         context = v.context(
             "alerts",
             request,
@@ -695,49 +517,283 @@ def add_portal_routes(app: FastAPI, services: Services, authenticate: Authentica
         )
         return _page("alerts.html", status, **context)
 
-    @app.get("/portal/{token}/alerts", include_in_schema=False)
-    async def get_alerts(token: str, request: Request) -> Response:
-        async def make() -> Response:
-            return await alerts_page(request, await visit(request, token))
 
-        return await _guarded(request, make)
+router = APIRouter()
 
-    @app.post("/portal/{token}/alerts", include_in_schema=False)
-    async def post_alert(token: str, request: Request) -> Response:
-        async def make() -> Response:
-            v = await visit(request, token)
-            form = await _form(request)
+
+def include(app: FastAPI, services: Services, authenticate: Authenticate) -> None:
+    """Serve ``POST /v1/portal-sessions``, the ``/portal/{token}`` pages and the portal's
+    stylesheet (``GET /portal/static/portal.css``) on ``app``. ``authenticate`` maps a
+    request's API key to its environment and raises what it deserves otherwise."""
+    app.state.portal = _Pages(services, authenticate)
+    app.include_router(router)
+
+
+def _pages(request: Request) -> _Pages:
+    pages: _Pages = request.app.state.portal
+    return pages
+
+
+# -- sessions (API) ------------------------------------------------------------------
+
+
+@router.post("/v1/portal-sessions", tags=["portal"], status_code=201)
+async def post_portal_session(request: Request) -> Response:
+    """`{"customer_id", "ttl_seconds"?}` → `201 {"url": "/portal/<token>", "expires_at",
+    "customer_id"}`: a link that shows this one customer's portal until it expires
+    (default 1 hour, at most 24 hours)."""
+    p = _pages(request)
+    try:
+        env = await p.authenticate(request)
+        customer_id, ttl = _session_request(await request.body())
+        await run_in_threadpool(p.catalog.customer, env, customer_id)  # 404 when unknown
+        keys = await p.portal_keys()
+    except TallyrayError as error:
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, Unauthorized) else {}
+        if isinstance(error, StoreUnavailable):
+            headers["Retry-After"] = "1"
+        return JSONResponse(error.to_json(), status_code=error.http_status, headers=headers)
+    now = p.clock()
+    expires_at = now + ttl * _US
+    token = keys.issue(env, customer_id, expires_at)
+    entry = audit_entry(
+        request,
+        env,
+        "portal_session.created",
+        "customer",
+        customer_id,
+        now,
+        {"expires_at": format_timestamp(expires_at)},
+    )
+    await run_in_threadpool(p.audit_log.write, entry)
+    root = str(request.scope.get("root_path", ""))
+    return Response(
+        orjson.dumps(
+            {
+                "url": f"{root}/portal/{token}",
+                "expires_at": format_timestamp(expires_at),
+                "customer_id": customer_id,
+            }
+        ),
+        status_code=201,
+        media_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+# -- the stylesheet ------------------------------------------------------------------
+
+
+@router.get("/portal/static/portal.css", include_in_schema=False)
+async def portal_css() -> Response:
+    return Response(
+        _stylesheet(),
+        media_type="text/css; charset=utf-8",
+        headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+# -- overview and spend cap ----------------------------------------------------------
+
+
+@router.get("/portal/{token}", include_in_schema=False)
+async def get_overview(token: str, request: Request) -> Response:
+    p = _pages(request)
+
+    async def make() -> Response:
+        return await p.overview(request, await p.visit(request, token))
+
+    return await _guarded(request, make)
+
+
+@router.post("/portal/{token}/spend-cap", include_in_schema=False)
+async def post_spend_cap(token: str, request: Request) -> Response:
+    p = _pages(request)
+
+    async def make() -> Response:
+        v = await p.visit(request, token)
+        form = await _form(request)
+        if form.get("action") == "remove":
+            cap = None
+        else:
             try:
-                doc = _rule_doc(form, v.fmt)
-                summary = {"customer_id": v.customer_id, "rule": doc}
-                entry = v.audit(request, "alert_rule.created", clock(), summary, "alert_rule", "")
-                await rules.add(v.env, v.customer_id, doc, entry)
-            except NotFound:
-                raise
+                cap = _spend_cap(form.get("spend_cap", ""), v.fmt)
             except InvalidInput as error:
                 errors = {p.where: p.message for p in error.problems}
-                if not errors:
-                    errors["form"] = error.message
-                return await alerts_page(request, v, 422, errors, form)
-            return _see(f"{v.base}/alerts?done=alert-added")
+                return await p.overview(request, v, 422, errors, form)
+        now = p.clock()
+        entry = v.audit(
+            request,
+            "customer.spend_cap_set" if cap is not None else "customer.spend_cap_removed",
+            now,
+            {"spend_cap": None if cap is None else format(cap, "f")},
+        )
+        # The customer's own cap only: the operator's credit limit is not the portal's.
+        await run_in_threadpool(p.catalog.set_spend_cap, v.env, v.customer_id, cap, entry)
+        index = p.router.index(v.env, v.customer_id)
+        await p.router.call(index, "refresh", v.env, [v.customer_id])
+        return _see(f"{v.base}?done={'cap-removed' if cap is None else 'cap-set'}")
 
-        return await _guarded(request, make)
+    return await _guarded(request, make)
 
-    @app.post("/portal/{token}/alerts/{rule_id}/delete", include_in_schema=False)
-    async def post_alert_delete(token: str, rule_id: str, request: Request) -> Response:
-        async def make() -> Response:
-            v = await visit(request, token)
-            try:
-                summary = {"customer_id": v.customer_id}
-                entry = v.audit(
-                    request, "alert_rule.deleted", clock(), summary, "alert_rule", rule_id
-                )
-                await rules.delete(v.env, v.customer_id, rule_id, entry)
-            except NotFound:  # twice, or not this customer's: nothing to remove
-                return _see(f"{v.base}/alerts?done=alert-gone")
-            return _see(f"{v.base}/alerts?done=alert-deleted")
 
-        return await _guarded(request, make)
+# -- usage ---------------------------------------------------------------------------
+
+
+@router.get("/portal/{token}/usage", include_in_schema=False)
+async def get_usage(token: str, request: Request) -> Response:
+    p = _pages(request)
+
+    async def make() -> Response:
+        v = await p.visit(request, token)
+        now = p.clock()
+        found = await p.env_catalog(v.env)
+        period = p.current_period(v.record, found, now)
+        today_end = now - now % _DAY_US + _DAY_US
+        end = min(period.end, max(today_end, period.start + _DAY_US))
+        fmt = v.fmt
+        charts = []
+        for key, spec in sorted(found.meters.meters.items()):
+            series = await run_in_threadpool(
+                usage_series,
+                p.engine,
+                v.env,
+                v.customer_id,
+                spec,
+                period.start,
+                end,
+                "day",
+                spec.group_by,
+            )
+            data = chart_data(series)
+            if not data.total:
+                continue
+            by = f" by {', '.join(spec.group_by)}" if spec.group_by else ""
+            charts.append(
+                {
+                    "meter": key,
+                    "total": fmt.quantity(data.total),
+                    "figure": bar_chart(
+                        data,
+                        chart_id=f"chart-{_SAFE_NAME.sub('-', key)}",
+                        title=f"{key} per day{by}",
+                        description=f"Daily {key} in the current period{by}.",
+                        day_label=fmt.day,
+                        tick_label=fmt.short_day,
+                        number=fmt.number,
+                    ),
+                }
+            )
+        context = v.context(
+            "usage",
+            request,
+            period={"text": fmt.period(period.start, period.end)},
+            charts=charts,
+        )
+        return _page("usage.html", **context)
+
+    return await _guarded(request, make)
+
+
+# -- invoices ------------------------------------------------------------------------
+
+
+@router.get("/portal/{token}/invoices", include_in_schema=False)
+async def get_invoices(token: str, request: Request) -> Response:
+    p = _pages(request)
+
+    async def make() -> Response:
+        v = await p.visit(request, token)
+        found = await run_in_threadpool(p.store.invoices, v.env, v.customer_id, None, None, 100)
+        rows = [_invoice_row(doc, v) for doc in found if doc.get("status") != "draft"]
+        return _page("invoices.html", **v.context("invoices", request, invoices=rows))
+
+    return await _guarded(request, make)
+
+
+@router.get("/portal/{token}/invoices/{invoice_id}.html", include_in_schema=False)
+async def get_invoice_html(token: str, invoice_id: str, request: Request) -> Response:
+    p = _pages(request)
+
+    async def make() -> Response:
+        document = await p.own_invoice(await p.visit(request, token), invoice_id)
+        html = await run_in_threadpool(render_html, document)
+        return HTMLResponse(html, headers={**_HEADERS, "Content-Security-Policy": DOCUMENT_CSP})
+
+    return await _guarded(request, make)
+
+
+@router.get("/portal/{token}/invoices/{invoice_id}.pdf", include_in_schema=False)
+async def get_invoice_pdf(token: str, invoice_id: str, request: Request) -> Response:
+    p = _pages(request)
+
+    async def make() -> Response:
+        document = await p.own_invoice(await p.visit(request, token), invoice_id)
+        pdf = await run_in_threadpool(render_pdf, document)
+        name = _SAFE_NAME.sub("-", str(document.get("number") or document["id"]))
+        return Response(
+            pdf,
+            media_type="application/pdf",
+            headers={**_HEADERS, "Content-Disposition": f'attachment; filename="{name}.pdf"'},
+        )
+
+    return await _guarded(request, make)
+
+
+# -- alerts --------------------------------------------------------------------------
+
+
+@router.get("/portal/{token}/alerts", include_in_schema=False)
+async def get_alerts(token: str, request: Request) -> Response:
+    p = _pages(request)
+
+    async def make() -> Response:
+        return await p.alerts_page(request, await p.visit(request, token))
+
+    return await _guarded(request, make)
+
+
+@router.post("/portal/{token}/alerts", include_in_schema=False)
+async def post_alert(token: str, request: Request) -> Response:
+    p = _pages(request)
+
+    async def make() -> Response:
+        v = await p.visit(request, token)
+        form = await _form(request)
+        try:
+            doc = _rule_doc(form, v.fmt)
+            summary = {"customer_id": v.customer_id, "rule": doc}
+            entry = v.audit(request, "alert_rule.created", p.clock(), summary, "alert_rule", "")
+            await p.rules.add(v.env, v.customer_id, doc, entry)
+        except NotFound:
+            raise
+        except InvalidInput as error:
+            errors = {p.where: p.message for p in error.problems}
+            if not errors:
+                errors["form"] = error.message
+            return await p.alerts_page(request, v, 422, errors, form)
+        return _see(f"{v.base}/alerts?done=alert-added")
+
+    return await _guarded(request, make)
+
+
+@router.post("/portal/{token}/alerts/{rule_id}/delete", include_in_schema=False)
+async def post_alert_delete(token: str, rule_id: str, request: Request) -> Response:
+    p = _pages(request)
+
+    async def make() -> Response:
+        v = await p.visit(request, token)
+        try:
+            summary = {"customer_id": v.customer_id}
+            entry = v.audit(
+                request, "alert_rule.deleted", p.clock(), summary, "alert_rule", rule_id
+            )
+            await p.rules.delete(v.env, v.customer_id, rule_id, entry)
+        except NotFound:  # twice, or not this customer's: nothing to remove
+            return _see(f"{v.base}/alerts?done=alert-gone")
+        return _see(f"{v.base}/alerts?done=alert-deleted")
+
+    return await _guarded(request, make)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -1,0 +1,318 @@
+"""What the HTTP API's routes share: the services the composition root hands in
+(:class:`Services`), the replica's short-lived copies of the catalog (:class:`Caches`), and
+the steps several routes take (:class:`Api`: validating a batch of events, sending it to its
+shards, refreshing shards after a catalog write).
+
+Route modules (:mod:`tallyray.serve.routes`) find the :class:`Api` on the application's state
+(:func:`api_of`); nothing here builds a route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from tallyray.actors.limits import Limits
+from tallyray.clock import Clock, system_clock
+from tallyray.errors import EventError, InvalidInput, NotFound, Problem
+from tallyray.invoicing.service import Billing
+from tallyray.metrics import Metrics
+from tallyray.pricing.events import Event, is_identifier
+from tallyray.serve.admission import send_events
+from tallyray.serve.alert_rules import AlertRules
+from tallyray.serve.auth import KeyCache, RateLimit
+from tallyray.serve.http import text_field
+from tallyray.serve.intake import IntakeRules, PeriodKey, validate_events
+from tallyray.serve.shards import ShardRouter
+from tallyray.storage.audit import AuditLog
+from tallyray.storage.catalog import Catalog, CustomerRecord, EnvCatalog
+from tallyray.storage.eventlog import stored_events
+from tallyray.storage.keys import KeyStore
+
+__all__ = ["Api", "Authenticate", "Caches", "IncomingEvent", "Services", "api_of"]
+
+log = logging.getLogger("tallyray.api")
+
+Authenticate = Callable[[Request], Awaitable[str]]
+"""Maps a request to the environment of its API key, or raises what it deserves
+(:class:`~tallyray.serve.auth.Authenticator`)."""
+
+IncomingEvent = tuple[str, str, str, int, Any]
+"""(customer_id, event id, type, ts, properties): an event as the shards take it."""
+
+
+@dataclass
+class Services:
+    """Everything the routes need, wired by :mod:`tallyray.cluster`."""
+
+    catalog: Catalog
+    router: ShardRouter
+    rules: IntakeRules = field(default_factory=IntakeRules)
+    metrics: Metrics = field(default_factory=Metrics)
+    auto_create_customers: bool = False
+    default_currency: str = "EUR"
+    cache_seconds: float = 2.0
+    customer_cache_seconds: float = 60.0
+    """Customers are never deleted and writes through this replica refresh its cache at once;
+    only a subscription changed through another replica is seen this late (and only the
+    late-event window of ingest depends on it)."""
+    clock: Clock = system_clock
+    billing: Billing | None = None
+    """Invoicing; built from the catalog's database with the default config when not
+    given."""
+    alerts: AlertRules | None = None
+    """Alert rules (built by :func:`build_app` when not given)."""
+    dunning_seconds: float | None = None
+    """Collect due payments every so often while the app runs (``None``: only on request)."""
+    rate_limit: RateLimit = RateLimit(2000, 4000)
+    """Requests a second per API key, and the burst it may send at once (per replica)."""
+    portal_rate_limit: RateLimit = RateLimit(5, 30)
+    """Requests a second per portal link (per replica)."""
+    key_lookups: RateLimit = RateLimit(100, 200)
+    """Store look-ups of keys not in the cache, a second (per replica)."""
+    key_cache_seconds: float = 2.0
+    """How long a replica trusts what it knows of a key: a revoked key is refused on every
+    replica within this."""
+    key_use_seconds: float = 60.0
+    """How often a replica writes when its keys were last used."""
+    public_docs: bool = True
+    """``/docs`` and ``/openapi.json`` answer without a key."""
+    webhook_allow_private: bool = False
+    """Accept webhook URLs whose host is not public (:mod:`tallyray.alerts.egress`)."""
+    limits: Limits = field(default_factory=Limits)
+    """Caps on one customer's state (the shards get theirs from the same settings)."""
+
+
+class Caches:
+    """Short-lived copies of the catalog, so the hot paths rarely touch the database.
+
+    Writes through this process refresh them at once; writes through another ingress replica
+    are seen within ``cache_seconds``.
+    """
+
+    def __init__(self, services: Services) -> None:
+        self.s = services
+        self.envs: dict[str, tuple[EnvCatalog, float]] = {}
+        self._customers: dict[tuple[str, str], tuple[CustomerRecord, float]] = {}
+        self._loading: dict[tuple[str, str], asyncio.Future[Any]] = {}
+        self._writes: dict[str, int] = {}
+        """Per environment: catalog writes seen, so a load that overlapped one is not kept."""
+
+    def _fresh(self, stamp: float) -> bool:
+        return time.monotonic() - stamp < self.s.cache_seconds
+
+    async def _load(self, what: tuple[str, str], load: Callable[[], Any]) -> Any:
+        """One load per key at a time: requests that miss together share it (at 1,000
+        requests/s an expired entry would otherwise be read by dozens of them at once)."""
+        running = self._loading.get(what)
+        if running is None:
+            running = self._loading[what] = asyncio.ensure_future(run_in_threadpool(load))
+            running.add_done_callback(
+                lambda done: self._loading.pop(what) if self._loading.get(what) is done else None
+            )
+        return await asyncio.shield(running)
+
+    async def env(self, env: str) -> EnvCatalog:
+        hit = self.envs.get(env)
+        if hit is not None and self._fresh(hit[1]):
+            return hit[0]
+        writes = self._writes.get(env, 0)
+        found = await self._load(("env", env), lambda: self.s.catalog.env_catalog(env))
+        if self._writes.get(env, 0) == writes:
+            self.envs[env] = (found, time.monotonic())
+        return found  # type: ignore[no-any-return]
+
+    async def customers(self, env: str, ids: set[str]) -> dict[str, CustomerRecord]:
+        found: dict[str, CustomerRecord] = {}
+        missing = []
+        for customer_id in ids:
+            hit = self._customers.get((env, customer_id))
+            if hit is not None and time.monotonic() - hit[1] < self.s.customer_cache_seconds:
+                found[customer_id] = hit[0]
+            else:
+                missing.append(customer_id)
+        if missing:
+            loaded = await run_in_threadpool(self.s.catalog.customers, env, missing)
+            stamp = time.monotonic()
+            for customer_id, record in loaded.items():
+                self._customers[(env, customer_id)] = (record, stamp)
+                found[customer_id] = record
+        return found
+
+    def forget_env(self, env: str) -> None:
+        self.envs.pop(env, None)
+        self._loading.pop(("env", env), None)  # a load already running may predate the write
+        self._writes[env] = self._writes.get(env, 0) + 1
+
+    def forget_customer(self, env: str, customer_id: str) -> None:
+        self._customers.pop((env, customer_id), None)
+
+
+def _monthly(_customer_id: str) -> str:
+    return "month"
+
+
+@dataclass
+class Api:
+    """The routes' view of one replica: its services and the steps routes share."""
+
+    services: Services
+    authenticate: Authenticate
+    caches: Caches
+    keys: KeyStore
+    key_cache: KeyCache
+    audit: AuditLog
+    billing: Billing
+    alert_rules: AlertRules
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.services.catalog
+
+    @property
+    def router(self) -> ShardRouter:
+        return self.services.router
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.services.metrics
+
+    @property
+    def rules(self) -> IntakeRules:
+        return self.services.rules
+
+    @property
+    def clock(self) -> Clock:
+        return self.services.clock
+
+    @property
+    def rebook_late(self) -> bool:
+        return self.billing.config.late_events == "book_to_open_period"
+
+    # -- events --------------------------------------------------------------------------
+
+    async def interval_lookup(self, env: str, ids: set[str]) -> Callable[[str], PeriodKey | None]:
+        """How each customer's periods run (for the late-event window), creating unknown
+        customers first when the deployment auto-creates them."""
+        services = self.services
+        catalog = await self.caches.env(env)
+        records = await self.caches.customers(env, ids)
+        missing = ids - set(records)
+        if missing and services.auto_create_customers:
+            for customer_id in missing:
+                record = CustomerRecord(env, customer_id, services.default_currency)
+                records[customer_id] = await run_in_threadpool(
+                    services.catalog.upsert_customer, record, services.clock()
+                )
+
+        def interval_of(customer_id: str) -> PeriodKey | None:
+            record = records.get(customer_id)
+            if record is None:
+                return None
+            if record.plan_key is None:
+                return ("month", None)
+            plan = catalog.plans.get((record.plan_key, record.plan_version or 0))
+            return (plan.interval if plan else "month", record.anchor)
+
+        return interval_of
+
+    async def validated(self, env: str, items: list[Any], now: int) -> tuple[list[Event], int]:
+        """The batch's events to send, and how many of it are old events stored already
+        (a retry after an outage: duplicates, whatever their age)."""
+        ids = {i.get("customer_id") for i in items if isinstance(i, dict)}
+        # Only ids that could be ids reach the store (a NUL there is a 500 on PostgreSQL);
+        # the others are refused, with every other problem, by validate_events.
+        interval_of = await self.interval_lookup(env, {c for c in ids if is_identifier(c)})
+        catalog = await self.caches.env(env)
+        too_old: list[tuple[int, Event, str]] = []
+        try:
+            events = validate_events(
+                items, now, catalog.meters, interval_of, self.rules, too_old=too_old
+            )
+            if too_old:
+                keys = [(e[1], e[0]) for _, e, _ in too_old]
+                engine = self.catalog.engine
+                stored = await run_in_threadpool(stored_events, engine, env, keys)
+                unknown = [(i, why) for i, e, why in too_old if (e[1], e[0]) not in stored]
+                if unknown:
+                    raise EventError.of([Problem(f"[{i}]", why) for i, why in unknown])
+        except InvalidInput:
+            self.metrics.events_rejected.labels(env).inc(len(items))
+            raise
+        return events, len(too_old)
+
+    async def ingest(self, env: str, events: list[Event]) -> dict[str, int]:
+        """Send validated events to their shards; durable once this returns."""
+        router = self.router
+        by_shard: dict[int, list[IncomingEvent]] = defaultdict(list)
+        for e in events:
+            by_shard[router.index(env, e[1])].append((e[1], e[0], e[2], e[3], e[4]))
+        # A request that spans shards must never be half written: should a shard find an
+        # event for a period that closed after the ingress checked it, it books that event to
+        # the open period rather than refusing it while other shards commit theirs.
+        rebook = self.rebook_late or len(by_shard) > 1
+        results = await send_events(router, env, events, by_shard, rebook)
+        ingested = sum(r["ingested"] for r in results)
+        duplicates = sum(r["duplicates"] for r in results)
+        self.metrics.events_ingested.labels(env).inc(ingested)
+        self.metrics.events_duplicate.labels(env).inc(duplicates)
+        return {"ingested": ingested, "duplicates": duplicates}
+
+    async def would_be(
+        self, env: str, doc: dict[str, Any], now: int
+    ) -> tuple[str, list[IncomingEvent]]:
+        """The customer and the would-be events of a quota check or a reservation."""
+        customer_id = text_field(doc, "customer_id")
+        assert customer_id is not None
+        raw = doc.get("events", [doc["event"]] if "event" in doc else None)
+        if not isinstance(raw, list) or not raw:
+            raise InvalidInput("send the would-be usage as 'event': {...} or 'events': [...]")
+        items = []
+        for i, item in enumerate(raw):
+            if not isinstance(item, dict):
+                raise InvalidInput("each event must be a JSON object", [Problem(f"[{i}]", "")])
+            items.append({"id": f"quote_{i}", **item, "customer_id": customer_id})
+        # The hot path of a gateway: no customer look-up here (the shard knows its
+        # customers, and answers 404 for an unknown one), only the shape and the meters.
+        catalog = await self.caches.env(env)
+        events = validate_events(items, now, catalog.meters, _monthly, self.rules)
+        return customer_id, [(e[1], e[0], e[2], e[3], e[4]) for e in events]
+
+    def hold_shard(self, hold_id: str) -> int:
+        """The shard a reservation lives on (its id says: ``res_<shard>_…``)."""
+        parts = hold_id.split("_")
+        if len(parts) != 3 or parts[0] != "res" or not parts[1].isdigit():
+            raise NotFound(f"no reservation {hold_id!r}")
+        index = int(parts[1])
+        if index >= self.router.count:
+            raise NotFound(f"no reservation {hold_id!r}")
+        return index
+
+    # -- after a catalog write -----------------------------------------------------------
+
+    async def refresh(self, env: str, customer_ids: list[str] | None) -> None:
+        """The environment's meters or plans changed: every shard reloads them."""
+        self.caches.forget_env(env)
+        for customer_id in customer_ids or []:
+            self.caches.forget_customer(env, customer_id)
+        await self.router.call_all("refresh", env, customer_ids)
+
+    async def refresh_customer(self, env: str, customer_id: str) -> None:
+        """A customer changed: its shard reloads it."""
+        self.caches.forget_customer(env, customer_id)
+        index = self.router.index(env, customer_id)
+        await self.router.call(index, "refresh", env, [customer_id])
+
+
+def api_of(request: Request) -> Api:
+    """The :class:`Api` of the application serving ``request``."""
+    api: Api = request.app.state.api
+    return api

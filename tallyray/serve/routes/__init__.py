@@ -1,0 +1,13 @@
+"""The HTTP API's routes, one module per resource group (each an ``APIRouter``):
+
+- :mod:`.events` — ingest, and usage read back from the event log;
+- :mod:`.quota` — quota checks and reservations (the gateway's calls);
+- :mod:`.catalog` — meters, plans, customers, subscriptions, credits, the live balance;
+- :mod:`.invoicing` — invoice runs, invoices, credit notes, exchange rates, payments;
+- :mod:`.webhooks` — webhook endpoints and alert rules;
+- :mod:`.portal` — portal sessions and the portal's pages;
+- :mod:`.operations` — liveness, metrics, API keys and the audit log.
+
+They share :class:`tallyray.serve.api.Api` (found on the application's state) and the small
+helpers of :mod:`tallyray.serve.http`; :func:`tallyray.serve.app.build_app` composes them.
+"""
