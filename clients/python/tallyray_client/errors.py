@@ -77,6 +77,12 @@ class TallyrayError(Exception):
         text = self.message
         if self.status is not None:
             text = f"{self.status} {self.type or 'error'}: {text}"
+        if self.details:
+            shown = "; ".join(
+                f"{d.where}: {d.message}" if d.where else d.message for d in self.details[:5]
+            )
+            more = f"; and {len(self.details) - 5} more" if len(self.details) > 5 else ""
+            text += f" ({shown}{more})"
         if self.request_id:
             text += f" (request {self.request_id})"
         return text
