@@ -377,3 +377,17 @@ async def test_the_async_client_answers_the_policy_when_unreachable() -> None:
     async with AsyncTallyray(URL, KEY, transport=transport, backoff=FAST) as tallyray:
         check = await tallyray.check("acme", CALL)
     assert (check.allowed, check.degraded) == (False, True)
+
+
+def test_the_client_imports_nothing_of_ray_or_the_server() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, tallyray_client\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'tallyray'))\n"
+        "assert not bad, bad"
+    )
+    env = {"PATH": ""}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
