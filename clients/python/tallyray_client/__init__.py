@@ -34,7 +34,6 @@ from tallyray_client.reservation import AsyncReservation, Reservation
 from tallyray_client.results import (
     Balance,
     Hold,
-    IngestResult,
     QuotaCheck,
     Rejected,
     Release,
@@ -54,7 +53,6 @@ __all__ = [
     "Detail",
     "Forbidden",
     "Hold",
-    "IngestResult",
     "NotFound",
     "OnUnreachable",
     "PendingReservation",

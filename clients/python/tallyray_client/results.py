@@ -11,7 +11,6 @@ from typing import Any
 __all__ = [
     "Balance",
     "Hold",
-    "IngestResult",
     "QuotaCheck",
     "Rejected",
     "Release",
@@ -191,11 +190,3 @@ class Rejected:
 
     event: Mapping[str, Any]
     message: str
-
-
-@dataclass(frozen=True, slots=True)
-class IngestResult:
-    """One acknowledged batch of the buffered ingest."""
-
-    ingested: int
-    duplicates: int
