@@ -180,16 +180,18 @@ def test_a_full_queue_raises_at_once_when_told_to() -> None:
 
 
 def test_a_full_queue_blocks_for_put_timeout_then_raises() -> None:
-    gate = threading.Event()
+    sending, gate = threading.Event(), threading.Event()
 
     def stuck(request: httpx.Request) -> httpx.Response:
+        sending.set()
         gate.wait(30)
         return httpx.Response(200, json={"ingested": 0, "duplicates": 0})
 
     tallyray = gateway(stuck, max_queue=3, put_timeout=0.05, batch_size=1)
     try:
         tallyray.ingest(events(1))
-        tallyray.ingest(events(3, start=1))
+        assert sending.wait(30)  # the sender is stuck with the first event
+        tallyray.ingest(events(3, start=1))  # the queue: 3
         with pytest.raises(BufferFull):
             tallyray.ingest(events(1, start=4))
     finally:
@@ -201,7 +203,9 @@ def test_a_full_queue_blocks_for_put_timeout_then_raises() -> None:
 
 
 def test_events_in_the_spool_survive_a_restart_of_the_gateway(tmp_path: Path) -> None:
-    down = Api([httpx.ConnectError("refused")] * 1_000_000)
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
     first = gateway(down, spool_dir=tmp_path)
     first.ingest(events(10))
     assert first.close(timeout=0.05) is False  # the server is down: nothing acknowledged
