@@ -3,11 +3,13 @@ the actual usage, and what the proxy answers when the reservation itself fails."
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no cost map from the network
 
+import httpx  # noqa: E402
 import pytest  # noqa: E402
 from litellm.proxy._types import UserAPIKeyAuth  # noqa: E402
 from tallyray_client import (  # noqa: E402
@@ -144,3 +146,85 @@ def test_the_proxy_handler_needs_no_settings_to_import(monkeypatch: pytest.Monke
     monkeypatch.setattr(module, "_handler", None)
     with pytest.raises(ValueError, match="TALLYRAY_URL"):
         module.proxy_handler  # noqa: B018 — made when first asked for
+
+
+class Api:
+    """Answers reservations; records every request."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, Any]] = []
+        self.count = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else None
+        self.requests.append((request.url.path, body))
+        if request.url.path == "/v1/reservations":
+            self.count += 1
+            hold = {"id": f"res_0_{self.count}", "allowed": True, "amount": "0.01"}
+            return httpx.Response(201, json={**hold, "customer_id": body["customer_id"]})
+        tail = request.url.path.rsplit("/", 1)[-1]
+        return httpx.Response(200, json={"id": "res_0_1", "status": tail + "d", "released": "0"})
+
+
+def wired(api: Api, **kw: Any) -> TallyrayHook:
+    transport = httpx.MockTransport(api)
+    return TallyrayHook(
+        AsyncTallyray("http://tallyray.test", "trk_test_" + "x" * 32, transport=transport), **kw
+    )
+
+
+DATA = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_a_call_is_settled_or_released_by_its_litellm_call_id() -> None:
+    api = Api()
+    hook = wired(api)
+    for call_id in ("ok", "failed"):
+        data = await hook.async_pre_call_hook(
+            KEY, None, {**DATA, "litellm_call_id": call_id}, "acompletion"
+        )
+        assert data is not None and data["metadata"]["tallyray_reservation_id"].startswith("res_0_")
+    usage = {"usage": {"prompt_tokens": 3, "completion_tokens": 4}}
+    await hook.async_log_success_event({"litellm_call_id": "ok"}, usage, None, None)
+    await hook.async_log_success_event({"litellm_call_id": "ok"}, usage, None, None)  # once only
+    await hook.async_log_failure_event({"litellm_call_id": "failed"}, None, None, None)
+    await hook.async_post_call_failure_hook({"litellm_call_id": "failed"}, Exception(), KEY)
+    assert [p for p, _ in api.requests] == [
+        "/v1/reservations",
+        "/v1/reservations",
+        "/v1/reservations/res_0_1/settle",
+        "/v1/reservations/res_0_2/release",
+    ]
+    (settled,) = api.requests[2][1]["events"]
+    assert settled["customer_id"] == "acme-by-key"
+    assert settled["properties"] == {"model": "gpt-4o", "input_tokens": 3, "output_tokens": 4}
+    assert hook.open_holds == 0
+    await hook.client.close()
+
+
+@pytest.mark.anyio
+async def test_holds_whose_call_never_reported_back_are_forgotten_after_their_ttl() -> None:
+    hook = wired(Api(), ttl_seconds=0)
+    await hook.async_pre_call_hook(KEY, None, {**DATA, "litellm_call_id": "lost"}, "acompletion")
+    assert hook.open_holds == 1
+    await hook.async_pre_call_hook(KEY, None, {**DATA, "litellm_call_id": "next"}, "acompletion")
+    assert hook.open_holds == 1  # "lost" is gone: Tallyray expires its hold at the same TTL
+    await hook.client.close()
+
+
+@pytest.mark.anyio
+async def test_calls_that_are_not_completions_pass_unbilled() -> None:
+    api = Api()
+    hook = wired(api)
+    assert (
+        await hook.async_pre_call_hook(KEY, None, {"model": "e", "input": "x"}, "aembedding")
+        is None
+    )
+    assert api.requests == []
+    await hook.client.close()

@@ -214,7 +214,12 @@ class TallyrayHook(CustomLogger):
         """Holds whose call never reported back expire on the server at their TTL; forget
         them here too, so the map cannot grow without bound."""
         cutoff = time.monotonic() - self.ttl_seconds
-        for call_id in [c for c, o in self._open.items() if o.since < cutoff]:
+        stale = []
+        for call_id, found in self._open.items():  # oldest first: dicts keep their order
+            if found.since >= cutoff:
+                break
+            stale.append(call_id)
+        for call_id in stale:
             del self._open[call_id]
 
     # -- after the call --------------------------------------------------------------------
