@@ -12,13 +12,14 @@ CONFIG ?= examples/llm-api/tallyray.json
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e 'clients/python[litellm]'
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install Tallyray with its dev extras
+install: $(STAMP) ## create .venv and install Tallyray with its dev extras, and the gateway client
 
 run: $(STAMP) ## start the server on embedded SQLite with demo data (Ctrl-C stops it)
 	$(BIN)/tallyray serve --config $(CONFIG) --demo
@@ -40,11 +41,12 @@ unit: $(STAMP) ## unit tests only (no Ray, no database)
 	$(BIN)/pytest tests/unit -q
 
 lint: $(STAMP) ## ruff
-	$(BIN)/ruff check tallyray tests bench
-	$(BIN)/ruff format --check tallyray tests bench
+	$(BIN)/ruff check tallyray tests bench clients
+	$(BIN)/ruff format --check tallyray tests bench clients
 
-typecheck: $(STAMP) ## mypy --strict on the package
+typecheck: $(STAMP) ## mypy --strict on the server and the gateway client
 	$(BIN)/mypy
+	cd clients/python && ../../$(BIN)/mypy
 
 bench: $(STAMP) ## benchmarks: pricing (offline), HTTP ingest and quota checks (on Postgres)
 	$(BIN)/python bench/bench_pricing.py

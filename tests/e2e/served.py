@@ -27,20 +27,20 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def tallyray_serve(
-    workdir: Path, admin_key: str, extra_env: dict[str, str] | None = None
+    workdir: Path, admin_key: str, extra_env: dict[str, str] | None = None, port: int | None = None
 ) -> Iterator[str]:
     """Start the server, wait until it answers, yield its base URL; then stop it and
-    require a clean exit."""
-    with tallyray_serve_process(workdir, admin_key, extra_env) as (base, _):
+    require a clean exit. ``port`` lets a restarted server come back where it was."""
+    with tallyray_serve_process(workdir, admin_key, extra_env, port) as (base, _):
         yield base
 
 
 @contextlib.contextmanager
 def tallyray_serve_process(
-    workdir: Path, admin_key: str, extra_env: dict[str, str] | None = None
+    workdir: Path, admin_key: str, extra_env: dict[str, str] | None = None, port: int | None = None
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """:func:`tallyray_serve`, also yielding the server's process."""
-    port = free_port()
+    port = port or free_port()
     env = {
         **os.environ,
         "TALLYRAY_ADMIN_KEY": admin_key,
