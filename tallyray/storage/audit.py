@@ -115,7 +115,7 @@ class AuditLog:
             query = query.where(a.c.object_id == object_id)
         if since is not None:
             query = query.where(a.c.created_at >= since)
-        query = query.order_by(a.c.created_at, a.c.id).limit(limit)
+        query = query.order_by(a.c.created_at, a.c.id).limit(limit + 1)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         return [_json(row) for row in rows]

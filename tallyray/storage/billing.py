@@ -31,6 +31,7 @@ from tallyray.storage.alerts import write_messages
 from tallyray.storage.audit import AuditEntry, write_audit
 from tallyray.storage.catalog import new_id
 from tallyray.storage.eventlog import customer_events
+from tallyray.storage.pages import FIRST_PAGE, Page, PageRequest, read_page
 
 __all__ = ["INVOICE_STATES", "BillingStore", "Rate"]
 
@@ -169,6 +170,7 @@ class BillingStore:
             ).all()
         return [
             {
+                "id": f"fx_{row.base}_{row.quote}_{row.as_of}",
                 "from": row.base,
                 "to": row.quote,
                 "rate": row.rate,
@@ -237,13 +239,13 @@ class BillingStore:
             raise NotFound(f"no invoice run {run_id!r}")
         return _run_json(row)
 
-    def runs(self, env: str, limit: int = 50) -> list[dict[str, Any]]:
+    def runs(self, env: str, page: PageRequest) -> Page[dict[str, Any]]:
+        """A page of the environment's invoice runs, newest first."""
         r = t.invoice_runs
+        order = [(r.c.created_at, True), (r.c.id, True)]
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(r).where(r.c.env == env).order_by(r.c.created_at.desc()).limit(limit)
-            ).all()
-        return [_run_json(row) for row in rows]
+            found = read_page(conn, select(r).where(r.c.env == env), order, r.c.id, page, "run")
+        return Page([_run_json(row) for row in found.items], found.has_more)
 
     # -- invoices ------------------------------------------------------------------------
 
@@ -399,8 +401,9 @@ class BillingStore:
         customer_id: str | None = None,
         status: str | None = None,
         run_id: str | None = None,
-        limit: int = 100,
-    ) -> list[dict[str, Any]]:
+        page: PageRequest = FIRST_PAGE,
+    ) -> Page[dict[str, Any]]:
+        """A page of invoices, newest period first."""
         i = t.invoices
         query = select(i).where(i.c.env == env)
         if customer_id is not None:
@@ -409,9 +412,10 @@ class BillingStore:
             query = query.where(i.c.status == status)
         if run_id is not None:
             query = query.where(i.c.run_id == run_id)
-        query = query.order_by(i.c.period_start.desc(), i.c.customer_id).limit(limit)
+        order = [(i.c.period_start, True), (i.c.customer_id, False), (i.c.id, False)]
         with self.engine.connect() as conn:
-            return [_invoice_json(row) for row in conn.execute(query)]
+            found = read_page(conn, query, order, i.c.id, page, "invoice")
+        return Page([_invoice_json(row) for row in found.items], found.has_more)
 
     def finalize(
         self,

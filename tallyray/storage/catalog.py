@@ -16,16 +16,18 @@ from typing import Any
 from babel import Locale, UnknownLocaleError
 from sqlalchemy import Engine, and_, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql import Select
 
 from tallyray.errors import Conflict, InvalidInput, NotFound, Problem
 from tallyray.pricing.config import parse_meter, parse_plan
 from tallyray.pricing.credits import BILLING_MODES
-from tallyray.pricing.events import is_identifier
+from tallyray.pricing.events import format_timestamp, is_identifier
 from tallyray.pricing.meters import MeterSet, MeterSpec
 from tallyray.pricing.money import currency, parse_amount
 from tallyray.pricing.plans import Plan
 from tallyray.storage import tables as t
 from tallyray.storage.audit import AuditEntry, write_audit
+from tallyray.storage.pages import Page, PageRequest, read_page
 
 __all__ = [
     "CUSTOMER_FIELDS",
@@ -340,14 +342,7 @@ class Catalog:
     def customers(self, env: str, ids: Iterable[str] | None = None) -> dict[str, CustomerRecord]:
         """Customers of ``env`` (all, or those in ``ids``) with their active subscription."""
         c, s = t.customers, t.subscriptions
-        query = select(
-            c,
-            s.c.id.label("sub_id"),
-            s.c.plan_key,
-            s.c.plan_version,
-            s.c.start.label("sub_start"),
-            s.c.anchor,
-        ).where(c.c.env == env)
+        query = _customer_query(env)
         joined = and_(s.c.env == c.c.env, s.c.customer_id == c.c.id, s.c.end.is_(None))
         if ids is not None:
             wanted = list(set(ids))
@@ -361,6 +356,29 @@ class Catalog:
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         return {row.id: _customer(row) for row in rows}
+
+    def customer_page(self, env: str, page: PageRequest) -> Page[CustomerRecord]:
+        """A page of the environment's customers by id, with their active subscription."""
+        c, s = t.customers, t.subscriptions
+        joined = and_(s.c.env == c.c.env, s.c.customer_id == c.c.id, s.c.end.is_(None))
+        query = _customer_query(env).select_from(c.outerjoin(s, joined))
+        with self.engine.connect() as conn:
+            found = read_page(conn, query, [(c.c.id, False)], c.c.id, page, "customer")
+        return Page([_customer(row) for row in found.items], found.has_more)
+
+    def subscription_page(
+        self, env: str, customer_id: str | None, page: PageRequest
+    ) -> Page[dict[str, Any]]:
+        """A page of the environment's subscriptions (of one customer, or all), ended ones
+        too, oldest first."""
+        s = t.subscriptions
+        query = select(s).where(s.c.env == env)
+        if customer_id is not None:
+            query = query.where(s.c.customer_id == customer_id)
+        order = [(s.c.created_at, False), (s.c.id, False)]
+        with self.engine.connect() as conn:
+            found = read_page(conn, query, order, s.c.id, page, "subscription")
+        return Page([subscription_json(row) for row in found.items], found.has_more)
 
     def subscribe(
         self,
@@ -457,6 +475,35 @@ class Catalog:
                 )
             ).all()
         return [dict(row._mapping) for row in rows]
+
+
+def _customer_query(env: str) -> Select[Any]:
+    c, s = t.customers, t.subscriptions
+    return select(
+        c,
+        s.c.id.label("sub_id"),
+        s.c.plan_key,
+        s.c.plan_version,
+        s.c.start.label("sub_start"),
+        s.c.anchor,
+    ).where(c.c.env == env)
+
+
+def subscription_json(row: Any) -> dict[str, Any]:
+    """A subscription as the API shows it."""
+    anchor = row.anchor
+    return {
+        "id": row.id,
+        "customer_id": row.customer_id,
+        "plan": row.plan_key,
+        "plan_version": row.plan_version,
+        "start": format_timestamp(row.start),
+        "end": None if row.end is None else format_timestamp(row.end),
+        "status": "active" if row.end is None else "ended",
+        "anchor": "calendar" if anchor in (None, "calendar") else "anniversary",
+        "discount": row.discount,
+        "created_at": format_timestamp(row.created_at),
+    }
 
 
 def _customer(row: Any) -> CustomerRecord:

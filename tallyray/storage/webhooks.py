@@ -34,6 +34,7 @@ from tallyray.storage import tables as t
 from tallyray.storage.alerts import write_messages
 from tallyray.storage.audit import AuditEntry, write_audit
 from tallyray.storage.catalog import new_id
+from tallyray.storage.pages import Page, PageRequest, read_page
 
 __all__ = [
     "DELIVERY_STATUSES",
@@ -405,8 +406,8 @@ class WebhookStore:
     # -- the delivery log ----------------------------------------------------------------
 
     def deliveries(
-        self, env: str, endpoint_id: str, status: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
+        self, env: str, endpoint_id: str, status: str | None, page: PageRequest
+    ) -> Page[dict[str, Any]]:
         """The endpoint's deliveries, newest first."""
         d = t.webhook_deliveries
         with self.engine.connect() as conn:
@@ -414,26 +415,29 @@ class WebhookStore:
             query = select(d).where(d.c.env == env, d.c.endpoint_id == endpoint_id)
             if status is not None:
                 query = query.where(d.c.status == status)
-            rows = conn.execute(
-                query.order_by(d.c.created_at.desc(), d.c.id.desc()).limit(limit)
-            ).all()
-        return [
-            {
-                "id": row.id,
-                "message_id": row.message_id,
-                "event_type": row.event_type,
-                "status": row.status,
-                "attempts": row.attempts,
-                "last_status_code": row.last_status_code,
-                "last_error": row.last_error,
-                "next_attempt_at": None
-                if row.next_attempt_at is None or row.status not in _OPEN
-                else format_timestamp(row.next_attempt_at),
-                "created_at": format_timestamp(row.created_at),
-                "updated_at": format_timestamp(row.updated_at),
-            }
-            for row in rows
-        ]
+            order = [(d.c.created_at, True), (d.c.id, True)]
+            found = read_page(conn, query, order, d.c.id, page, "delivery")
+        rows = found.items
+        return Page(
+            [
+                {
+                    "id": row.id,
+                    "message_id": row.message_id,
+                    "event_type": row.event_type,
+                    "status": row.status,
+                    "attempts": row.attempts,
+                    "last_status_code": row.last_status_code,
+                    "last_error": row.last_error,
+                    "next_attempt_at": None
+                    if row.next_attempt_at is None or row.status not in _OPEN
+                    else format_timestamp(row.next_attempt_at),
+                    "created_at": format_timestamp(row.created_at),
+                    "updated_at": format_timestamp(row.updated_at),
+                }
+                for row in rows
+            ],
+            found.has_more,
+        )
 
 
 def _endpoint(row: Any) -> Endpoint:

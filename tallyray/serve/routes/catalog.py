@@ -29,6 +29,7 @@ from tallyray.serve.http import (
     timestamp_field,
 )
 from tallyray.storage.catalog import CUSTOMER_FIELDS, customer_from_json, new_id
+from tallyray.storage.pages import DEFAULT_LIMIT, PageRequest, page_of_list
 
 __all__ = ["router"]
 
@@ -56,11 +57,16 @@ async def post_meter(request: Request) -> Response:
 
 
 @router.get("/v1/meters", tags=["catalog"])
-async def get_meters(request: Request) -> Response:
+async def get_meters(
+    request: Request, limit: int = DEFAULT_LIMIT, starting_after: str | None = None
+) -> Response:
+    """The environment's meters by key; `starting_after` takes a meter's key."""
     api = api_of(request)
     env = await api.authenticate(request)
+    page = PageRequest.of(limit, starting_after)
     rows = await run_in_threadpool(api.catalog.meter_definitions, env)
-    return json_response({"meters": rows})
+    found = page_of_list(rows, lambda m: str(m["key"]), page, "meter")
+    return json_response({"meters": found.items, "has_more": found.has_more})
 
 
 @router.post("/v1/plans", tags=["catalog"], status_code=201)
@@ -75,6 +81,23 @@ async def post_plan(request: Request) -> Response:
     _, version = await run_in_threadpool(api.catalog.add_plan, env, doc, now, entry)
     await api.refresh(env, [])
     return json_response({**doc, "version": version}, 201)
+
+
+@router.get("/v1/plans", tags=["catalog"])
+async def get_plans(
+    request: Request, limit: int = DEFAULT_LIMIT, starting_after: str | None = None
+) -> Response:
+    """The latest version of every plan, by key; `starting_after` takes a plan's key."""
+    api = api_of(request)
+    env = await api.authenticate(request)
+    page = PageRequest.of(limit, starting_after)
+    catalog = await run_in_threadpool(api.catalog.env_catalog, env)
+    plans = [
+        {**catalog.raw_plans[(key, version)], "key": key, "version": version}
+        for key, version in sorted(catalog.latest.items())
+    ]
+    found = page_of_list(plans, lambda p: str(p["key"]), page, "plan")
+    return json_response({"plans": found.items, "has_more": found.has_more})
 
 
 @router.get("/v1/plans/{key}", tags=["catalog"])
@@ -102,6 +125,20 @@ async def post_customer(request: Request) -> Response:
     saved = await run_in_threadpool(api.catalog.upsert_customer, record, now, frozenset(doc), entry)
     await api.refresh_customer(env, saved.id)
     return json_response(saved.to_json(), 201)
+
+
+@router.get("/v1/customers", tags=["customers"])
+async def get_customers(
+    request: Request, limit: int = DEFAULT_LIMIT, starting_after: str | None = None
+) -> Response:
+    """The environment's customers by id, each with its active subscription."""
+    api = api_of(request)
+    env = await api.authenticate(request)
+    page = PageRequest.of(limit, starting_after)
+    found = await run_in_threadpool(api.catalog.customer_page, env, page)
+    return json_response(
+        {"customers": [c.to_json() for c in found.items], "has_more": found.has_more}
+    )
 
 
 @router.get("/v1/customers/{customer_id}", tags=["customers"])
@@ -148,6 +185,23 @@ async def post_subscription(request: Request) -> Response:
         },
         201,
     )
+
+
+@router.get("/v1/subscriptions", tags=["customers"])
+async def get_subscriptions(
+    request: Request,
+    customer_id: str | None = None,
+    limit: int = DEFAULT_LIMIT,
+    starting_after: str | None = None,
+) -> Response:
+    """Subscriptions, ended ones too, oldest first (`?customer_id=` for one customer's)."""
+    api = api_of(request)
+    env = await api.authenticate(request)
+    page = PageRequest.of(limit, starting_after)
+    if customer_id is not None:
+        await run_in_threadpool(api.catalog.customer, env, customer_id)  # 404 when unknown
+    found = await run_in_threadpool(api.catalog.subscription_page, env, customer_id, page)
+    return json_response({"subscriptions": found.items, "has_more": found.has_more})
 
 
 # -- credits and the balance -------------------------------------------------------------

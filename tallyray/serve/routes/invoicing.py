@@ -23,6 +23,7 @@ from tallyray.serve.api import api_of
 from tallyray.serve.auth import audit_entry
 from tallyray.serve.http import json_response, object_body, timestamp_field
 from tallyray.storage.audit import AuditEntry
+from tallyray.storage.pages import DEFAULT_LIMIT, PageRequest, page_of_list
 
 __all__ = ["router"]
 
@@ -77,11 +78,15 @@ async def post_invoice_run(request: Request) -> Response:
 
 
 @router.get("/v1/invoice-runs", tags=["invoicing"])
-async def get_invoice_runs(request: Request) -> Response:
+async def get_invoice_runs(
+    request: Request, limit: int = DEFAULT_LIMIT, starting_after: str | None = None
+) -> Response:
+    """Invoice runs, newest first."""
     api = api_of(request)
     store = api.billing.store
     env = await api.authenticate(request)
-    return json_response({"runs": await run_in_threadpool(store.runs, env)})
+    found = await run_in_threadpool(store.runs, env, PageRequest.of(limit, starting_after))
+    return json_response({"runs": found.items, "has_more": found.has_more})
 
 
 @router.get("/v1/invoice-runs/{run_id}", tags=["invoicing"])
@@ -111,15 +116,16 @@ async def get_invoices(
     customer_id: str | None = None,
     status: str | None = None,
     run_id: str | None = None,
-    limit: int = 100,
+    limit: int = DEFAULT_LIMIT,
+    starting_after: str | None = None,
 ) -> Response:
+    """Invoices, newest period first; `?customer_id&status&run_id` narrow the list."""
     api = api_of(request)
     store = api.billing.store
     env = await api.authenticate(request)
-    if not 1 <= limit <= 1000:
-        raise InvalidInput("'limit' must be from 1 to 1000", [Problem("limit", str(limit))])
-    found = await run_in_threadpool(store.invoices, env, customer_id, status, run_id, limit)
-    return json_response({"invoices": found})
+    page = PageRequest.of(limit, starting_after)
+    found = await run_in_threadpool(store.invoices, env, customer_id, status, run_id, page)
+    return json_response({"invoices": found.items, "has_more": found.has_more})
 
 
 @router.get("/v1/invoices/{invoice_id}.pdf", tags=["invoicing"])
@@ -321,11 +327,17 @@ async def post_exchange_rate(request: Request) -> Response:
 
 
 @router.get("/v1/exchange-rates", tags=["invoicing"])
-async def get_exchange_rates(request: Request) -> Response:
+async def get_exchange_rates(
+    request: Request, limit: int = DEFAULT_LIMIT, starting_after: str | None = None
+) -> Response:
+    """Stored exchange rates by pair and date; `starting_after` takes a rate's `id`."""
     api = api_of(request)
     store = api.billing.store
     env = await api.authenticate(request)
-    return json_response({"rates": await run_in_threadpool(store.rates, env)})
+    page = PageRequest.of(limit, starting_after)
+    rates = await run_in_threadpool(store.rates, env)
+    found = page_of_list(rates, lambda r: str(r["id"]), page, "exchange rate")
+    return json_response({"rates": found.items, "has_more": found.has_more})
 
 
 # -- provider webhooks ---------------------------------------------------------------

@@ -23,13 +23,13 @@ from tallyray.pricing.money import shown
 from tallyray.serve.api import api_of
 from tallyray.serve.auth import audit_entry
 from tallyray.serve.http import json_response, object_body, timestamp_field
+from tallyray.storage.pages import DEFAULT_LIMIT, PageRequest, page_of_list
 
 __all__ = ["router"]
 
 router = APIRouter()
 
 MAX_KEY_NAME = 200
-MAX_PAGE = 1000
 
 
 @router.get("/healthz", tags=["operations"])
@@ -98,7 +98,12 @@ async def create_key(request: Request) -> Response:
 
 
 @router.get("/v1/admin/keys", tags=["admin"])
-async def list_keys(request: Request, env: str | None = None) -> Response:
+async def list_keys(
+    request: Request,
+    env: str | None = None,
+    limit: int = DEFAULT_LIMIT,
+    starting_after: str | None = None,
+) -> Response:
     """Every key (of `?env=`): id, env, name, scopes, dates, never a secret."""
     api = api_of(request)
     await api.authenticate(request)
@@ -106,8 +111,10 @@ async def list_keys(request: Request, env: str | None = None) -> Response:
         raise InvalidInput(
             f"'env' must be one of {', '.join(KEY_ENVIRONMENTS)}", [Problem("env", shown(env))]
         )
-    found = await run_in_threadpool(api.keys.list, env)
-    return json_response({"keys": [k.to_json() for k in found]})
+    page = PageRequest.of(limit, starting_after)
+    keys = await run_in_threadpool(api.keys.list, env)
+    found = page_of_list(keys, lambda k: k.id, page, "API key")
+    return json_response({"keys": [k.to_json() for k in found.items], "has_more": found.has_more})
 
 
 @router.post("/v1/admin/keys/{key_id}/revoke", tags=["admin"])
@@ -132,7 +139,7 @@ async def audit_events(
     object_id: str | None = None,
     since: str | None = None,
     starting_after: str | None = None,
-    limit: int = 100,
+    limit: int = DEFAULT_LIMIT,
     env: str | None = None,
 ) -> Response:
     """The audit log, oldest first: who (key id and name, or the portal's customer), what
@@ -146,16 +153,15 @@ async def audit_events(
             [Problem("env", shown(env))],
         )
     chosen = env if own == ADMIN and env is not None else own
-    if not 1 <= limit <= MAX_PAGE:
-        raise InvalidInput(f"'limit' must be from 1 to {MAX_PAGE}", [Problem("limit", str(limit))])
+    page = PageRequest.of(limit, starting_after)
     found = await run_in_threadpool(
         lambda: api.audit.events(
             chosen,
             object_type=object_type,
             object_id=object_id,
             since=None if since is None else timestamp_field(since, "since"),
-            starting_after=starting_after,
-            limit=limit,
+            starting_after=page.starting_after,
+            limit=page.limit,
         )
     )
-    return json_response({"events": found, "has_more": len(found) == limit})
+    return json_response({"events": found[:limit], "has_more": len(found) > limit})

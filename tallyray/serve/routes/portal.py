@@ -704,7 +704,7 @@ async def get_invoices(token: str, request: Request) -> Response:
 
     async def make() -> Response:
         v = await p.visit(request, token)
-        found = await run_in_threadpool(p.store.invoices, v.env, v.customer_id, None, None, 100)
+        found = (await run_in_threadpool(p.store.invoices, v.env, v.customer_id, None, None)).items
         rows = [_invoice_row(doc, v) for doc in found if doc.get("status") != "draft"]
         return _page("invoices.html", **v.context("invoices", request, invoices=rows))
 

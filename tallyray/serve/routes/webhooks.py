@@ -38,6 +38,7 @@ from tallyray.serve.api import Authenticate
 from tallyray.serve.auth import audit_entry
 from tallyray.serve.http import json_body, json_response
 from tallyray.storage.audit import AuditEntry
+from tallyray.storage.pages import DEFAULT_LIMIT, PageRequest, page_of_list
 from tallyray.storage.webhooks import DELIVERY_STATUSES, WebhookStore
 
 __all__ = ["WebhookRoutes", "check_destination", "include", "parse_endpoint", "router"]
@@ -199,11 +200,18 @@ async def post_endpoint(request: Request) -> Response:
 
 
 @router.get("/v1/webhook-endpoints", tags=["webhooks"])
-async def get_endpoints(request: Request) -> Response:
+async def get_endpoints(
+    request: Request, limit: int = DEFAULT_LIMIT, starting_after: str | None = None
+) -> Response:
+    """Webhook endpoints, oldest first."""
     w = _routes(request)
     env = await w.authenticate(request)
+    page = PageRequest.of(limit, starting_after)
     endpoints = await run_in_threadpool(w.store.endpoints, env)
-    return json_response({"endpoints": [e.to_json() for e in endpoints]})
+    found = page_of_list(endpoints, lambda e: e.id, page, "webhook endpoint")
+    return json_response(
+        {"endpoints": [e.to_json() for e in found.items], "has_more": found.has_more}
+    )
 
 
 @router.get("/v1/webhook-endpoints/{endpoint_id}", tags=["webhooks"])
@@ -254,7 +262,11 @@ async def enable_endpoint(endpoint_id: str, request: Request) -> Response:
 
 @router.get("/v1/webhook-endpoints/{endpoint_id}/deliveries", tags=["webhooks"])
 async def get_deliveries(
-    endpoint_id: str, request: Request, status: str | None = None, limit: int = 100
+    endpoint_id: str,
+    request: Request,
+    status: str | None = None,
+    limit: int = DEFAULT_LIMIT,
+    starting_after: str | None = None,
 ) -> Response:
     """The delivery log, newest first: message id, type, status (`pending`, `sending`,
     `succeeded`, `failed`, `stopped`), attempts, the last status code or error, and the
@@ -266,10 +278,9 @@ async def get_deliveries(
             f"'status' must be one of {', '.join(DELIVERY_STATUSES)}",
             [Problem("status", status)],
         )
-    if not 1 <= limit <= 1000:
-        raise InvalidInput("'limit' must be from 1 to 1000", [Problem("limit", str(limit))])
-    rows = await run_in_threadpool(w.store.deliveries, env, endpoint_id, status, limit)
-    return json_response({"deliveries": rows})
+    page = PageRequest.of(limit, starting_after)
+    found = await run_in_threadpool(w.store.deliveries, env, endpoint_id, status, page)
+    return json_response({"deliveries": found.items, "has_more": found.has_more})
 
 
 @router.post("/v1/webhook-endpoints/{endpoint_id}/test", tags=["webhooks"], status_code=202)
