@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= examples/llm-api/tallyray.json
 
 .DEFAULT_GOAL := help
-.PHONY: help install run demo test unit integration e2e lint typecheck bench clean
+.PHONY: help install run demo test unit integration e2e lint typecheck bench clean openapi openapi-check contract
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,6 +39,16 @@ e2e: $(STAMP) ## end-to-end tests: `tallyray serve` over HTTP
 
 unit: $(STAMP) ## unit tests only (no Ray, no database)
 	$(BIN)/pytest tests/unit -q
+
+openapi: $(STAMP) ## write the API's OpenAPI document to docs/openapi.json
+	$(BIN)/python -m tallyray.serve.openapi > docs/openapi.json
+
+openapi-check: $(STAMP) ## fail when docs/openapi.json is not what the code serves
+	@$(BIN)/python -m tallyray.serve.openapi | diff -q - docs/openapi.json >/dev/null \
+		|| { echo "docs/openapi.json is stale: run 'make openapi' and commit it" >&2; exit 1; }
+
+contract: $(STAMP) ## Schemathesis against a live `tallyray serve`: no 5xx, every answer in its schema
+	$(BIN)/pytest tests/e2e/test_contract.py -q
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check tallyray tests bench clients

@@ -87,10 +87,19 @@ def _known_codes() -> frozenset[str]:
     return frozenset(list_currencies())
 
 
+def currency(code: object) -> Currency:
+    """The currency for an ISO 4217 code; :class:`CurrencyError` for an unknown one (or
+    for anything that is not a string: a code from a JSON body may be an object)."""
+    if not isinstance(code, str):
+        raise CurrencyError(
+            f"unknown currency code {shown(code)}: use an ISO 4217 code in capitals, such as 'EUR'"
+        )
+    return _currency(code)
+
+
 @lru_cache(maxsize=512)
-def currency(code: str) -> Currency:
-    """The currency for an ISO 4217 code; :class:`CurrencyError` for an unknown one."""
-    if not isinstance(code, str) or code not in _known_codes():
+def _currency(code: str) -> Currency:
+    if code not in _known_codes():
         raise CurrencyError(
             f"unknown currency code {code!r}: use an ISO 4217 code in capitals, such as 'EUR'"
         )

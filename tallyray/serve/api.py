@@ -227,7 +227,11 @@ class Api:
     async def validated(self, env: str, items: list[Any], now: int) -> tuple[list[Event], int]:
         """The batch's events to send, and how many of it are old events stored already
         (a retry after an outage: duplicates, whatever their age)."""
-        ids = {i.get("customer_id") for i in items if isinstance(i, dict)}
+        ids = {
+            i["customer_id"]
+            for i in items
+            if isinstance(i, dict) and isinstance(i.get("customer_id"), str)
+        }  # anything else is refused by validate_events, with every other problem
         # Only ids that could be ids reach the store (a NUL there is a 500 on PostgreSQL);
         # the others are refused, with every other problem, by validate_events.
         interval_of = await self.interval_lookup(env, {c for c in ids if is_identifier(c)})

@@ -36,6 +36,7 @@ from tallyray.serve.api import Api, Caches, Services
 from tallyray.serve.auth import Authenticator, KeyCache, RateLimiter
 from tallyray.serve.body_limit import BodyLimit
 from tallyray.serve.idempotency import Idempotency
+from tallyray.serve.openapi import DESCRIPTION, contract
 from tallyray.serve.request_context import RequestContext
 from tallyray.serve.routes import catalog, events, invoicing, operations, portal, quota, webhooks
 from tallyray.storage.alerts import AlertStore
@@ -49,13 +50,6 @@ from tallyray.storage.webhooks import WebhookStore
 log = logging.getLogger("tallyray.api")
 
 __all__ = ["Services", "build_app"]
-
-DESCRIPTION = (
-    "Real-time metering and billing. Authenticate with `Authorization: Bearer trk_live_…` "
-    "or `trk_test_…`; the key's environment scopes every object, and its scopes (`ingest`, "
-    "`read`, `manage`) what it may call. Every `POST` accepts an `Idempotency-Key`. Errors "
-    'have one shape: `{"error": {"type", "message", "details": [{"where", "message"}]}}`.'
-)
 
 
 def build_app(services: Services) -> FastAPI:
@@ -127,6 +121,7 @@ def build_app(services: Services) -> FastAPI:
 
     for module in (events, quota, catalog, invoicing, operations):
         app.include_router(module.router)
+    contract(app)
     webhooks.include(
         app,
         webhooks.WebhookRoutes(

@@ -11,3 +11,20 @@
 They share :class:`tallyray.serve.api.Api` (found on the application's state) and the small
 helpers of :mod:`tallyray.serve.http`; :func:`tallyray.serve.app.build_app` composes them.
 """
+
+from fastapi import APIRouter
+
+from tallyray.serve.routes import catalog, events, invoicing, operations, portal, quota, webhooks
+
+ROUTERS: tuple[APIRouter, ...] = (
+    events.router,
+    quota.router,
+    catalog.router,
+    invoicing.router,
+    webhooks.router,
+    portal.router,
+    operations.router,
+)
+"""Every route of the API, in the order the document lists them."""
+
+__all__ = ["ROUTERS"]

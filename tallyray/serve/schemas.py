@@ -1,0 +1,500 @@
+"""The API's contract as pydantic v2 models: every request and response body, with examples
+and the one error shape.
+
+The models describe; the routes parse. Requests are decoded by hand (orjson and the checks of
+:mod:`tallyray.serve.http` and :mod:`tallyray.serve.intake`), which is what the hot routes
+need: no model is built per event or per check. :mod:`tallyray.serve.openapi` puts these
+models in ``/openapi.json`` and ties each to its route in :data:`OPERATIONS`.
+
+Documents that carry more than a client needs to rely on (an invoice, a plan, a balance)
+list their stable fields and allow more (``additionalProperties``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Decimal = str
+"""Money and quantities travel as decimal strings (``"12.50"``), never as JSON floats."""
+Moment = str
+"""An RFC 3339 timestamp (``"2026-11-20T10:00:00Z"``)."""
+
+
+class Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+class ErrorDetail(Closed):
+    where: str = Field(examples=["[1].properties.input_tokens"])
+    message: str = Field(examples=["must be a number, got 'many'"])
+
+
+class ErrorBody(Closed):
+    type: str = Field(examples=["invalid_request"])
+    message: str = Field(examples=["'amount' must be a decimal number"])
+    details: list[ErrorDetail]
+
+
+class ErrorResponse(Closed):
+    """Every error of the API: a type a program can switch on, a message that says what to
+    fix, and where each problem is."""
+
+    error: ErrorBody
+
+
+# -- events and usage -------------------------------------------------------------------
+
+
+class Event(Open):
+    id: str | None = Field(None, max_length=255, examples=["evt_01"])
+    customer_id: str = Field(max_length=255, examples=["acme"])
+    type: str = Field(max_length=255, examples=["llm.completion"])
+    timestamp: Moment | None = Field(None, examples=["2026-11-20T10:00:00Z"])
+    properties: dict[str, Any] = Field(
+        default_factory=dict,
+        examples=[{"model": "gpt-4o", "input_tokens": 1200, "output_tokens": 350}],
+    )
+
+
+class EventBatch(Closed):
+    events: list[Event] = Field(max_length=10_000)
+
+
+class IngestResult(Open):
+    ingested: int = Field(examples=[98])
+    duplicates: int = Field(examples=[2])
+
+
+class UsageSeries(Open):
+    customer_id: str
+    meter: str
+    window: Literal["hour", "day"]
+    data: list[dict[str, Any]]
+
+
+# -- quota checks and reservations -------------------------------------------------------
+
+
+class WouldBe(Open):
+    """An event that has not happened yet: what a call would use."""
+
+    type: str = Field(examples=["llm.completion"])
+    properties: dict[str, Any] = Field(
+        default_factory=dict, examples=[{"model": "gpt-4o", "input_tokens": 1200}]
+    )
+
+
+class QuotaCheck(Closed):
+    customer_id: str = Field(examples=["acme"])
+    event: WouldBe | None = None
+    events: list[WouldBe] | None = None
+
+
+class QuotaAnswer(Open):
+    allowed: bool
+    cost: Decimal = Field(examples=["0.0315"])
+    available: Decimal | None = Field(examples=["87.65"])
+    currency: str = Field(examples=["EUR"])
+    reason: str | None = Field(examples=[None])
+
+
+class ReservationRequest(QuotaCheck):
+    ttl_seconds: float | None = Field(None, gt=0, le=86_400, examples=[300])
+
+
+class Reservation(QuotaAnswer):
+    id: str | None = Field(examples=["res_0_5f2c9a0e4b1d7c3a9e8f"])
+    customer_id: str
+    amount: Decimal = Field(examples=["0.04"])
+    expires_at: Moment | None
+
+
+class SettleRequest(Closed):
+    events: list[Event] = Field(max_length=10_000)
+
+
+class Settlement(Open):
+    id: str
+    status: Literal["settled"]
+    retried: bool = False
+
+
+class Release(Open):
+    id: str
+    status: Literal["released", "expired"]
+    released: Decimal | bool | None = None
+    retried: bool
+
+
+# -- catalog -----------------------------------------------------------------------------
+
+
+class Meter(Open):
+    key: str = Field(examples=["input_tokens"])
+    event_type: str = Field(examples=["llm.completion"])
+    aggregation: Literal["sum", "count", "max", "unique_count", "latest"]
+
+
+class MeterList(Closed):
+    meters: list[Meter]
+    has_more: bool
+
+
+class Plan(Open):
+    key: str = Field(examples=["pro"])
+    currency: str = Field(examples=["EUR"])
+    version: int | None = Field(None, examples=[2])
+
+
+class PlanList(Closed):
+    plans: list[Plan]
+    has_more: bool
+
+
+class CustomerRequest(Open):
+    id: str = Field(examples=["acme"])
+    currency: str | None = Field(None, examples=["EUR"])
+    name: str | None = None
+    email: str | None = None
+    country: str | None = Field(None, examples=["DE"])
+    vat_id: str | None = None
+    billing_mode: Literal["prepaid", "postpaid"] | None = None
+    credit_limit: Decimal | None = None
+    spend_cap: Decimal | None = None
+
+
+class CustomerSubscription(Open):
+    id: str
+    plan: str
+    plan_version: int
+
+
+class Customer(Open):
+    id: str = Field(examples=["acme"])
+    currency: str = Field(examples=["EUR"])
+    billing_mode: str
+    subscription: CustomerSubscription | None
+
+
+class CustomerList(Closed):
+    customers: list[Customer]
+    has_more: bool
+
+
+class SubscriptionRequest(Closed):
+    customer_id: str = Field(examples=["acme"])
+    plan: str = Field(examples=["pro"])
+    start: Moment | None = None
+    anchor: Literal["calendar", "anniversary"] | None = None
+    discount: dict[str, Any] | None = Field(None, examples=[{"percent": "10"}])
+
+
+class Subscription(Open):
+    id: str
+    customer_id: str
+    plan: str
+    plan_version: int
+    start: Moment
+
+
+class SubscriptionRecord(Subscription):
+    end: Moment | None
+    status: Literal["active", "ended"]
+    created_at: Moment
+
+
+class SubscriptionList(Closed):
+    subscriptions: list[SubscriptionRecord]
+    has_more: bool
+
+
+class CreditGrantRequest(Closed):
+    amount: Decimal = Field(examples=["100.00"])
+    currency: str | None = None
+    expires_at: Moment | None = None
+    priority: int | None = None
+
+
+class CreditGrant(Open):
+    id: str
+    amount: Decimal
+
+
+class Balance(Open):
+    customer_id: str
+    currency: str
+    holds: Decimal
+    credits_remaining: Decimal
+
+
+# -- invoicing ---------------------------------------------------------------------------
+
+
+class InvoiceRunRequest(Closed):
+    until: Moment | None = None
+    force: bool | None = None
+    finalize: bool | None = None
+
+
+class InvoiceRun(Open):
+    id: str
+    status: str
+    until: Moment
+    created_at: Moment
+
+
+class InvoiceRunList(Closed):
+    runs: list[InvoiceRun]
+    has_more: bool
+
+
+class Invoice(Open):
+    id: str
+    number: str | None
+    status: str
+    customer_id: str
+
+
+class InvoiceList(Closed):
+    invoices: list[Invoice]
+    has_more: bool
+
+
+class CreditNoteRequest(Closed):
+    reason: str = Field(examples=["billed twice for the same day"])
+    amount: Decimal | None = None
+
+
+class CreditNote(Open):
+    id: str
+
+
+class ExchangeRateRequest(Closed):
+    from_: str = Field(alias="from", examples=["USD"])
+    to: str = Field(examples=["EUR"])
+    rate: Decimal = Field(examples=["0.92"])
+    as_of: Moment | None = None
+    source: str | None = None
+
+
+class ExchangeRate(Open):
+    id: str | None = None
+    rate: Decimal
+
+
+class ExchangeRateList(Closed):
+    rates: list[ExchangeRate]
+    has_more: bool
+
+
+# -- webhooks and alerts -----------------------------------------------------------------
+
+
+class EndpointRequest(Closed):
+    url: str = Field(examples=["https://billing.example.com/tallyray"])
+    event_types: list[str] = Field(examples=[["credits.low", "invoice.finalized"]])
+    description: str | None = None
+
+
+class Endpoint(Open):
+    id: str
+    url: str
+    event_types: list[str]
+    status: str
+    created_at: Moment
+
+
+class EndpointWithSecret(Endpoint):
+    secret: str = Field(examples=["whsec_…"])
+
+
+class EndpointList(Closed):
+    endpoints: list[Endpoint]
+    has_more: bool
+
+
+class DisableRequest(Closed):
+    reason: str | None = None
+
+
+class Delivery(Open):
+    id: str
+    status: str
+    attempts: int
+
+
+class DeliveryList(Closed):
+    deliveries: list[Delivery]
+    has_more: bool
+
+
+class Deleted(Open):
+    deleted: str
+
+
+class AlertRuleRequest(Open):
+    kind: str = Field(examples=["credits_remaining_below"])
+
+
+class AlertRule(Open):
+    id: str
+
+
+class AlertRuleList(Open):
+    rules: list[AlertRule]
+
+
+# -- the portal, keys, audit, operations ---------------------------------------------------
+
+
+class PortalSessionRequest(Closed):
+    customer_id: str
+    ttl_seconds: int | None = Field(None, ge=1, le=86_400)
+
+
+class PortalSession(Open):
+    url: str = Field(examples=["/portal/ptk_…"])
+    expires_at: Moment
+    customer_id: str
+
+
+class KeyRequest(Closed):
+    env: Literal["live", "test", "admin"]
+    name: str | None = None
+    scopes: list[Literal["ingest", "read", "manage"]] | None = None
+    expires_at: Moment | None = None
+
+
+class ApiKey(Open):
+    id: str
+    env: str
+    name: str | None
+    scopes: list[str]
+    created_at: Moment | None
+    revoked_at: Moment | None
+
+
+class NewApiKey(ApiKey):
+    key: str = Field(examples=["trk_live_…"])
+
+
+class ApiKeyList(Closed):
+    keys: list[ApiKey]
+    has_more: bool
+
+
+class AuditEvent(Open):
+    id: str
+    action: str = Field(examples=["customer.updated"])
+    created_at: Moment
+
+
+class AuditEventList(Closed):
+    events: list[AuditEvent]
+    has_more: bool
+
+
+class Health(Open):
+    status: Literal["ok"]
+    version: str
+    shards: int
+
+
+class Outcome(Open):
+    """An answer whose fields depend on what was done (a run, a payment, a provider's
+    notice)."""
+
+
+# -- operations: which model goes where ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One route's bodies: the request model (``None``: no body) and the model of each
+    success status."""
+
+    request: type[BaseModel] | None = None
+    responses: dict[int, type[BaseModel]] = field(default_factory=dict)
+    request_required: bool = True
+    request_content: str = "application/json"
+
+
+OPERATIONS: dict[tuple[str, str], Operation] = {
+    ("post", "/v1/events"): Operation(EventBatch, {200: IngestResult}),
+    ("get", "/v1/usage"): Operation(None, {200: UsageSeries}),
+    ("post", "/v1/quota/check"): Operation(QuotaCheck, {200: QuotaAnswer}),
+    ("post", "/v1/reservations"): Operation(
+        ReservationRequest, {201: Reservation, 200: Reservation}
+    ),
+    ("post", "/v1/reservations/{hold_id}/settle"): Operation(SettleRequest, {200: Settlement}),
+    ("post", "/v1/reservations/{hold_id}/release"): Operation(None, {200: Release}),
+    ("post", "/v1/meters"): Operation(Meter, {201: Meter}),
+    ("get", "/v1/meters"): Operation(None, {200: MeterList}),
+    ("post", "/v1/plans"): Operation(Plan, {201: Plan}),
+    ("get", "/v1/plans"): Operation(None, {200: PlanList}),
+    ("get", "/v1/plans/{key}"): Operation(None, {200: Plan}),
+    ("post", "/v1/customers"): Operation(CustomerRequest, {201: Customer}),
+    ("get", "/v1/customers"): Operation(None, {200: CustomerList}),
+    ("get", "/v1/customers/{customer_id}"): Operation(None, {200: Customer}),
+    ("post", "/v1/subscriptions"): Operation(SubscriptionRequest, {201: Subscription}),
+    ("get", "/v1/subscriptions"): Operation(None, {200: SubscriptionList}),
+    ("post", "/v1/customers/{customer_id}/credits"): Operation(
+        CreditGrantRequest, {201: CreditGrant, 200: CreditGrant}
+    ),
+    ("get", "/v1/customers/{customer_id}/balance"): Operation(None, {200: Balance}),
+    ("post", "/v1/invoice-runs"): Operation(
+        InvoiceRunRequest, {202: InvoiceRun}, request_required=False
+    ),
+    ("get", "/v1/invoice-runs"): Operation(None, {200: InvoiceRunList}),
+    ("get", "/v1/invoice-runs/{run_id}"): Operation(None, {200: InvoiceRun}),
+    ("post", "/v1/invoice-runs/{run_id}/resume"): Operation(None, {202: InvoiceRun}),
+    ("get", "/v1/invoices"): Operation(None, {200: InvoiceList}),
+    ("get", "/v1/invoices/{invoice_id}"): Operation(None, {200: Invoice}),
+    ("get", "/v1/invoices/{invoice_id}/payments"): Operation(None, {200: Outcome}),
+    ("post", "/v1/invoices/{invoice_id}/finalize"): Operation(None, {200: Invoice}),
+    ("post", "/v1/invoices/{invoice_id}/void"): Operation(None, {200: Invoice}),
+    ("post", "/v1/invoices/{invoice_id}/mark-paid"): Operation(None, {200: Invoice}),
+    ("post", "/v1/invoices/{invoice_id}/mark-uncollectible"): Operation(None, {200: Invoice}),
+    ("post", "/v1/invoices/{invoice_id}/pay"): Operation(None, {200: Outcome}),
+    ("post", "/v1/payments/collect"): Operation(None, {200: Outcome}),
+    ("post", "/v1/invoices/{invoice_id}/credit-notes"): Operation(
+        CreditNoteRequest, {201: CreditNote}
+    ),
+    ("get", "/v1/credit-notes/{note_id}"): Operation(None, {200: CreditNote}),
+    ("post", "/v1/exchange-rates"): Operation(ExchangeRateRequest, {201: ExchangeRate}),
+    ("get", "/v1/exchange-rates"): Operation(None, {200: ExchangeRateList}),
+    ("post", "/v1/providers/{provider}/webhook"): Operation(None, {200: Outcome}),
+    ("post", "/v1/webhook-endpoints"): Operation(EndpointRequest, {201: EndpointWithSecret}),
+    ("get", "/v1/webhook-endpoints"): Operation(None, {200: EndpointList}),
+    ("get", "/v1/webhook-endpoints/{endpoint_id}"): Operation(None, {200: Endpoint}),
+    ("delete", "/v1/webhook-endpoints/{endpoint_id}"): Operation(None, {200: Deleted}),
+    ("post", "/v1/webhook-endpoints/{endpoint_id}/disable"): Operation(
+        DisableRequest, {200: Endpoint}, request_required=False
+    ),
+    ("post", "/v1/webhook-endpoints/{endpoint_id}/enable"): Operation(None, {200: Endpoint}),
+    ("get", "/v1/webhook-endpoints/{endpoint_id}/deliveries"): Operation(None, {200: DeliveryList}),
+    ("post", "/v1/webhook-endpoints/{endpoint_id}/test"): Operation(None, {202: Outcome}),
+    ("get", "/v1/customers/{customer_id}/alert-rules"): Operation(None, {200: AlertRuleList}),
+    ("post", "/v1/customers/{customer_id}/alert-rules"): Operation(
+        AlertRuleRequest, {201: AlertRule}
+    ),
+    ("delete", "/v1/customers/{customer_id}/alert-rules/{rule_id}"): Operation(
+        None, {200: Outcome}
+    ),
+    ("post", "/v1/portal-sessions"): Operation(PortalSessionRequest, {201: PortalSession}),
+    ("post", "/v1/admin/keys"): Operation(KeyRequest, {201: NewApiKey}),
+    ("get", "/v1/admin/keys"): Operation(None, {200: ApiKeyList}),
+    ("post", "/v1/admin/keys/{key_id}/revoke"): Operation(None, {200: ApiKey}),
+    ("get", "/v1/audit-events"): Operation(None, {200: AuditEventList}),
+    ("get", "/healthz"): Operation(None, {200: Health}),
+}
