@@ -72,6 +72,9 @@ class Profile:
     """Start of an anniversary-billed subscription; ``None``: calendar periods."""
     fx_rate: Decimal | None = None
     """Plan currency → customer currency, when they differ (the latest stored rate)."""
+    plan_until: int | None = None
+    """A cancelled subscription: the start of the first period its plan no longer prices
+    (the end of the period it ends in — that period is invoiced whole under the plan)."""
 
     @property
     def interval(self) -> str:
@@ -219,6 +222,9 @@ class CustomerAccount:
         plan = self.profile.plan
         if plan is None:
             return []
+        until = self.profile.plan_until
+        if until is not None and start >= until:
+            return []  # after the subscription: no plan prices it
         return charge_costs(plan, usage, self.meters.meters, self.costs.get(start), touched)
 
     def _reprice(self, start: int, touched: frozenset[str] | None = None) -> Decimal:

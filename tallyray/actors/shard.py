@@ -66,6 +66,7 @@ from tallyray.pricing.credits import CreditGrant
 from tallyray.pricing.events import Event, format_timestamp
 from tallyray.pricing.meters import MeterSet
 from tallyray.pricing.money import Currency, currency, round_amount
+from tallyray.pricing.periods import covered_until
 from tallyray.storage.alerts import AlertStore
 from tallyray.storage.billing import BillingStore
 from tallyray.storage.catalog import Catalog, CustomerRecord, EnvCatalog
@@ -238,6 +239,9 @@ class ShardCore:
             spend_cap=record.spend_cap,
             anchor=record.anchor,
             fx_rate=fx_rate,
+            plan_until=None
+            if plan is None or record.subscription_end is None
+            else covered_until(record.subscription_end, plan.interval, record.anchor),
         )
 
     def _load_accounts(self, env: str, customer_ids: Iterable[str]) -> None:

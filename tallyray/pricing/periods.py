@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-__all__ = ["ANCHORS", "Period", "Proration", "period_of", "prorate"]
+__all__ = ["ANCHORS", "Period", "Proration", "covered_until", "period_of", "prorate"]
 
 #: ``calendar``: periods start on the calendar boundary; ``anniversary``: on the subscription's
 #: start, repeating every interval.
@@ -151,3 +151,9 @@ def prorate(
     offset = end - period.start
     last = offset // _DAY if continued and end < period.end else -(-offset // _DAY)
     return Proration(max(0, min(last, of_days) - first), of_days)
+
+
+def covered_until(end: int, interval: str, anchor: int | None = None) -> int:
+    """The end of the period a subscription ending at ``end`` ends in: the invoice prices
+    that whole period's usage under its plan, so the live account must too."""
+    return period_of(end - 1, interval, anchor).end

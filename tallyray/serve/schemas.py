@@ -209,8 +209,18 @@ class Subscription(Open):
 
 class SubscriptionRecord(Subscription):
     end: Moment | None
-    status: Literal["active", "ended"]
+    status: Literal["active", "ending", "ended"] = Field(
+        description="`ending`: cancelled, running until `end`"
+    )
     created_at: Moment
+
+
+class CancelRequest(Closed):
+    at: Literal["period_end", "now"] = Field(
+        "period_end",
+        description="`period_end`: at the end of the current period; `now`: at once, the "
+        "period's base fee prorated to the days it covered",
+    )
 
 
 class SubscriptionList(Closed):
@@ -448,6 +458,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("get", "/v1/customers/{customer_id}"): Operation(None, {200: Customer}),
     ("post", "/v1/subscriptions"): Operation(SubscriptionRequest, {201: Subscription}),
     ("get", "/v1/subscriptions"): Operation(None, {200: SubscriptionList}),
+    ("post", "/v1/subscriptions/{subscription_id}/cancel"): Operation(
+        CancelRequest, {200: SubscriptionRecord}, request_required=False
+    ),
     ("post", "/v1/customers/{customer_id}/credits"): Operation(
         CreditGrantRequest, {201: CreditGrant, 200: CreditGrant}
     ),

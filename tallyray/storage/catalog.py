@@ -11,12 +11,13 @@ import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from babel import Locale, UnknownLocaleError
-from sqlalchemy import Engine, and_, func, insert, select, update
+from sqlalchemy import Engine, and_, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.sql import Select
+from sqlalchemy.orm import aliased
+from sqlalchemy.sql import ColumnElement, Select
 
 from tallyray.errors import Conflict, InvalidInput, NotFound, Problem
 from tallyray.pricing.config import parse_meter, parse_plan
@@ -24,6 +25,7 @@ from tallyray.pricing.credits import BILLING_MODES
 from tallyray.pricing.events import format_timestamp, is_identifier
 from tallyray.pricing.meters import MeterSet, MeterSpec
 from tallyray.pricing.money import currency, parse_amount
+from tallyray.pricing.periods import period_of
 from tallyray.pricing.plans import Plan
 from tallyray.storage import tables as t
 from tallyray.storage.audit import AuditEntry, write_audit
@@ -80,6 +82,10 @@ BILLING_FIELDS = (
 PAYMENT_PROVIDERS = ("stripe", "adyen", "manual")
 
 
+CancelAt = Literal["period_end", "now"]
+CANCEL_AT: tuple[CancelAt, ...] = ("period_end", "now")
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
 
@@ -104,6 +110,8 @@ class CustomerRecord:
     plan_version: int | None = None
     subscription_id: str | None = None
     subscription_start: int | None = None
+    subscription_end: int | None = None
+    """When the subscription ends (it was cancelled); ``None``: it runs on."""
     billing: Mapping[str, Any] = field(default_factory=dict)
     """Invoicing details: locale, region, tax_exempt, payment provider and method."""
     anchor: int | None = None
@@ -137,6 +145,9 @@ class CustomerRecord:
                 "plan": self.plan_key,
                 "plan_version": self.plan_version,
                 "start": self.subscription_start,
+                "end": None
+                if self.subscription_end is None
+                else format_timestamp(self.subscription_end),
                 "anchor": "calendar" if self.anchor is None else "anniversary",
             },
         }
@@ -343,7 +354,7 @@ class Catalog:
         """Customers of ``env`` (all, or those in ``ids``) with their active subscription."""
         c, s = t.customers, t.subscriptions
         query = _customer_query(env)
-        joined = and_(s.c.env == c.c.env, s.c.customer_id == c.c.id, s.c.end.is_(None))
+        joined = _current_subscription()
         if ids is not None:
             wanted = list(set(ids))
             if not wanted:
@@ -360,14 +371,13 @@ class Catalog:
     def customer_page(self, env: str, page: PageRequest) -> Page[CustomerRecord]:
         """A page of the environment's customers by id, with their active subscription."""
         c, s = t.customers, t.subscriptions
-        joined = and_(s.c.env == c.c.env, s.c.customer_id == c.c.id, s.c.end.is_(None))
-        query = _customer_query(env).select_from(c.outerjoin(s, joined))
+        query = _customer_query(env).select_from(c.outerjoin(s, _current_subscription()))
         with self.engine.connect() as conn:
             found = read_page(conn, query, [(c.c.id, False)], c.c.id, page, "customer")
         return Page([_customer(row) for row in found.items], found.has_more)
 
     def subscription_page(
-        self, env: str, customer_id: str | None, page: PageRequest
+        self, env: str, customer_id: str | None, page: PageRequest, now: int
     ) -> Page[dict[str, Any]]:
         """A page of the environment's subscriptions (of one customer, or all), ended ones
         too, oldest first."""
@@ -378,7 +388,44 @@ class Catalog:
         order = [(s.c.created_at, False), (s.c.id, False)]
         with self.engine.connect() as conn:
             found = read_page(conn, query, order, s.c.id, page, "subscription")
-        return Page([subscription_json(row) for row in found.items], found.has_more)
+        return Page([subscription_json(row, now) for row in found.items], found.has_more)
+
+    def cancel(
+        self,
+        env: str,
+        subscription_id: str,
+        at: CancelAt,
+        now: int,
+        audit: AuditEntry | None = None,
+    ) -> dict[str, Any]:
+        """End a subscription ``now`` or at the end of its current period. Cancelling again
+        answers the subscription as it is (or moves its end forward, from the period's end to
+        now); an ended one is a conflict."""
+        s = t.subscriptions
+        with self.engine.begin() as conn:
+            row = conn.execute(select(s).where(s.c.env == env, s.c.id == subscription_id)).first()
+            if row is None:
+                raise NotFound(f"no subscription {subscription_id!r}")
+            if row.end is not None and row.end <= now:
+                raise Conflict(
+                    f"subscription {subscription_id!r} ended on {format_timestamp(row.end)}; "
+                    "subscribe the customer again (POST /v1/subscriptions) to start another"
+                )
+            if at == "now":
+                end = max(now, row.start)
+            else:
+                plan = self.env_catalog(env).plan(row.plan_key, row.plan_version)
+                anchor = None if row.anchor in (None, "calendar") else int(row.anchor)
+                end = period_of(max(now, row.start), plan.interval, anchor).end
+            if row.end is not None:
+                end = min(end, row.end)  # a cancellation only ever brings the end closer
+            if end != row.end:
+                conn.execute(update(s).where(s.c.id == subscription_id).values(end=end))
+                if audit is not None:
+                    summary = {**audit.summary, "end": format_timestamp(end)}
+                    write_audit(conn, replace(audit, summary=summary))
+            ended = conn.execute(select(s).where(s.c.id == subscription_id)).one()
+        return subscription_json(ended, now)
 
     def subscribe(
         self,
@@ -427,7 +474,8 @@ class Catalog:
                 .where(
                     t.subscriptions.c.env == env,
                     t.subscriptions.c.customer_id == customer_id,
-                    t.subscriptions.c.end.is_(None),
+                    # the one that runs on, or a cancelled one that has not ended yet
+                    or_(t.subscriptions.c.end.is_(None), t.subscriptions.c.end > start),
                 )
                 .values(end=start)
             )
@@ -485,12 +533,37 @@ def _customer_query(env: str) -> Select[Any]:
         s.c.plan_key,
         s.c.plan_version,
         s.c.start.label("sub_start"),
+        s.c.end.label("sub_end"),
         s.c.anchor,
     ).where(c.c.env == env)
 
 
-def subscription_json(row: Any) -> dict[str, Any]:
-    """A subscription as the API shows it."""
+def _current_subscription() -> ColumnElement[bool]:
+    """Joins a customer to its current subscription: the one that runs on, or the last one,
+    cancelled, that nothing followed (its record then says when it ends or ended: the live
+    account keeps pricing under its plan until the end of the period it ends in)."""
+    c, s = t.customers, t.subscriptions
+    later = aliased(s)
+    followed = exists().where(
+        later.c.env == s.c.env,
+        later.c.customer_id == s.c.customer_id,
+        later.c.id != s.c.id,
+        later.c.start >= s.c.end,
+    )
+    return and_(s.c.env == c.c.env, s.c.customer_id == c.c.id, or_(s.c.end.is_(None), ~followed))
+
+
+SubscriptionStatus = Literal["active", "ending", "ended"]
+
+
+def subscription_status(end: int | None, now: int) -> SubscriptionStatus:
+    if end is None:
+        return "active"
+    return "ending" if end > now else "ended"
+
+
+def subscription_json(row: Any, now: int) -> dict[str, Any]:
+    """A subscription as the API shows it: ``ending`` once cancelled, until its end."""
     anchor = row.anchor
     return {
         "id": row.id,
@@ -499,7 +572,7 @@ def subscription_json(row: Any) -> dict[str, Any]:
         "plan_version": row.plan_version,
         "start": format_timestamp(row.start),
         "end": None if row.end is None else format_timestamp(row.end),
-        "status": "active" if row.end is None else "ended",
+        "status": subscription_status(row.end, now),
         "anchor": "calendar" if anchor in (None, "calendar") else "anniversary",
         "discount": row.discount,
         "created_at": format_timestamp(row.created_at),
@@ -524,6 +597,7 @@ def _customer(row: Any) -> CustomerRecord:
         plan_version=row.plan_version,
         subscription_id=row.sub_id,
         subscription_start=row.sub_start,
+        subscription_end=row.sub_end,
         billing=row.billing or {},
         anchor=None if row.anchor in (None, "calendar") else int(row.anchor),
     )

@@ -43,6 +43,39 @@ Case = tuple[str, str, str, Any, int, str]
 """(case, method, path ({c}: the customer), body (given the customer), status, fragment)."""
 
 CASES: list[Case] = [
+    # -- found by Schemathesis: an object where a string belongs (these were 500s)
+    (
+        "grant in currency {}",
+        "POST",
+        "/v1/customers/{c}/credits",
+        {"amount": "1.00", "currency": {}},
+        422,
+        "unknown currency code",
+    ),
+    (
+        "customer in currency {}",
+        "POST",
+        "/v1/customers",
+        {"id": "someone-new", "currency": {}},
+        422,
+        "unknown currency code",
+    ),
+    (
+        "exchange rate to {}",
+        "POST",
+        "/v1/exchange-rates",
+        {"from": "USD", "to": {}, "rate": "0.9"},
+        422,
+        "unknown currency code",
+    ),
+    (
+        "event for customer {}",
+        "POST",
+        "/v1/events",
+        [{"id": "evt-object", "customer_id": {}, "type": "llm.completion", "properties": {}}],
+        422,
+        "customer_id",
+    ),
     # -- credit grants: the amount is money, bounded, in plain decimal notation
     (
         "grant 1e9999999",

@@ -970,6 +970,37 @@ async def test_a_plan_change_mid_period_prorates_both_base_fees(inv: Invoicing) 
     ]
 
 
+@pytest.mark.parametrize("inv", ["2026-10-18T12:00:00Z"], indirect=True)
+@pytest.mark.parametrize(
+    ("at", "fee"),
+    [
+        # ended on 18 October at noon: a started day counts, 49 × 18/31 = 28.451…
+        ("now", ("28.45", {"days": 18, "of_days": 31})),
+        # ended on 1 November: October whole, and nothing after
+        ("period_end", ("49.00", None)),
+    ],
+)
+async def test_a_cancelled_subscription_is_invoiced_to_its_end(
+    inv: Invoicing, at: str, fee: tuple[str, dict[str, int] | None]
+) -> None:
+    customer = await october_customer(inv)  # pro (49.00) from 1 October
+    (sub,) = (await inv.client.get("/v1/subscriptions", params={"customer_id": customer})).json()[
+        "subscriptions"
+    ]
+    r = await inv.client.post(f"/v1/subscriptions/{sub['id']}/cancel", json={"at": at})
+    assert r.status_code == 200, r.text
+    # the invoice run comes later, in December, and closes November too
+    inv.billing.clock = ShiftedClock(offset_to(parse_timestamp("2026-12-05T00:00:00Z")))
+    body = {"until": "2026-12-01T00:00:00Z", "force": True}
+    r = await inv.client.post("/v1/invoice-runs", json=body)
+    assert r.status_code == 202, r.text
+    await inv.billing.wait(r.json()["id"])
+    (invoice,) = await inv.invoices(customer)  # October's; none for November
+    assert invoice["period"]["start"] == OCT_1
+    (base,) = [line for line in invoice["lines"] if line["kind"] == "base_fee"]
+    assert (base["amount"], base.get("proration")) == fee
+
+
 async def test_parallel_chunks_number_every_invoice_once(inv: Invoicing) -> None:
     """Chunks of two customers, two at a time: their transactions take numbers from the
     same sequence concurrently, and none may clash or be skipped."""

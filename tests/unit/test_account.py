@@ -11,6 +11,7 @@ Plan ``premium`` is the same at twice the token price (0.02).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from decimal import Decimal
@@ -911,3 +912,25 @@ def test_a_grant_added_later_is_seen_by_both_look_ups() -> None:
     assert acct.has_grant("b")
     acct.add_grant(grant("b", "7"))  # replayed: already there, not added twice
     assert len(acct.ledger.grants) == 2
+
+
+# --- a cancelled subscription --------------------------------------------------------------
+
+DEC = T("2026-12-01T00:00:00Z")
+
+
+def test_a_cancelled_plan_prices_the_period_it_ends_in_and_nothing_after() -> None:
+    """The invoice prices the whole period a subscription ends in under its plan and bills
+    nothing after it; the live account does the same (``plan_until``: December 1st)."""
+    acct = CustomerAccount(dataclasses.replace(profile("postpaid"), plan_until=DEC), METERS)
+    cost = acct.apply([tokens(100, NOW), tokens(100, DEC - 1), tokens(100, DEC)], NOW)
+    assert cost == D("2.00")  # 200 × 0.01 in November, December's 100 priced by no plan
+    assert acct.spend == {NOV: D("2.00"), DEC: D(0)}
+    assert acct.check([tokens(500, DEC + MINUTE)], DEC + MINUTE).cost == D(0)
+
+
+def test_cancelling_leaves_what_the_open_period_cost_as_it_was() -> None:
+    acct = account("postpaid")
+    acct.apply([tokens(300, NOW)], NOW)
+    changes = acct.set_profile(dataclasses.replace(acct.profile, plan_until=DEC))
+    assert changes == {NOV: D(0)} and acct.spend == {NOV: D("3.00")}

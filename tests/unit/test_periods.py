@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tallyray.pricing.periods import Period, period_of
+from tallyray.pricing.events import parse_timestamp
+from tallyray.pricing.periods import Period, covered_until, period_of
 from tallyray.pricing.plans import INTERVALS
 
 US = 1_000_000
@@ -151,3 +152,23 @@ def test_period_starts_on_the_calendar_boundary(ts: int, interval: str) -> None:
         assert start.day == 1
     if interval == "year":
         assert start.month == 1
+
+
+@pytest.mark.parametrize(
+    ("end", "interval", "anchor", "until"),
+    [
+        # cancelled mid-period: the plan prices that whole period
+        ("2026-11-20T10:00:00Z", "month", None, "2026-12-01T00:00:00Z"),
+        # cancelled at a period's end: the period before is the last
+        ("2026-12-01T00:00:00Z", "month", None, "2026-12-01T00:00:00Z"),
+        ("2026-12-01T00:00:00.000001Z", "month", None, "2027-01-01T00:00:00Z"),
+        ("2026-11-20T10:00:00Z", "day", None, "2026-11-21T00:00:00Z"),
+        # anniversary-billed from the 15th
+        ("2026-11-20T10:00:00Z", "month", "2026-01-15T00:00:00Z", "2026-12-15T00:00:00Z"),
+    ],
+)
+def test_covered_until_is_the_end_of_the_period_a_subscription_ends_in(
+    end: str, interval: str, anchor: str | None, until: str
+) -> None:
+    start = None if anchor is None else parse_timestamp(anchor)
+    assert covered_until(parse_timestamp(end), interval, start) == parse_timestamp(until)

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tallyray.errors import Conflict, InvalidInput, Problem
 from tallyray.pricing.events import format_timestamp
-from tallyray.pricing.money import currency, parse_amount
+from tallyray.pricing.money import currency, parse_amount, shown
 from tallyray.pricing.periods import ANCHORS
 from tallyray.serve.api import api_of
 from tallyray.serve.auth import audit_entry
@@ -28,7 +28,12 @@ from tallyray.serve.http import (
     text_field,
     timestamp_field,
 )
-from tallyray.storage.catalog import CUSTOMER_FIELDS, customer_from_json, new_id
+from tallyray.storage.catalog import (
+    CANCEL_AT,
+    CUSTOMER_FIELDS,
+    customer_from_json,
+    new_id,
+)
 from tallyray.storage.pages import DEFAULT_LIMIT, PageRequest, page_of_list
 
 __all__ = ["router"]
@@ -200,8 +205,34 @@ async def get_subscriptions(
     page = PageRequest.of(limit, starting_after)
     if customer_id is not None:
         await run_in_threadpool(api.catalog.customer, env, customer_id)  # 404 when unknown
-    found = await run_in_threadpool(api.catalog.subscription_page, env, customer_id, page)
+    found = await run_in_threadpool(
+        api.catalog.subscription_page, env, customer_id, page, api.clock()
+    )
     return json_response({"subscriptions": found.items, "has_more": found.has_more})
+
+
+@router.post("/v1/subscriptions/{subscription_id}/cancel", tags=["customers"])
+async def cancel_subscription(subscription_id: str, request: Request) -> Response:
+    """End a subscription: `{"at": "period_end"}` (the default) at the end of its current
+    period, or `{"at": "now"}`. The period it ends in is invoiced with its base fee prorated
+    to the days it covered, and its usage (to the period's end) under its plan; nothing is
+    invoiced after it. Cancelling again answers the same; an ended subscription is a 409."""
+    api = api_of(request)
+    env = await api.authenticate(request)
+    body = await json_body(request, required=False)
+    doc = json_object({} if body is None else body, frozenset({"at"}))
+    at = doc.get("at", "period_end")
+    if at not in CANCEL_AT:
+        raise InvalidInput(
+            f"'at' must be one of {', '.join(CANCEL_AT)}", [Problem("at", shown(at))]
+        )
+    now = api.clock()
+    entry = audit_entry(
+        request, env, "subscription.canceled", "subscription", subscription_id, now, {"at": at}
+    )
+    ended = await run_in_threadpool(api.catalog.cancel, env, subscription_id, at, now, entry)
+    await api.refresh_customer(env, ended["customer_id"])
+    return json_response(ended)
 
 
 # -- credits and the balance -------------------------------------------------------------
