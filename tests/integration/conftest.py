@@ -84,6 +84,7 @@ def server(
     _, live_key = keys.create("live", now)
     yield Server(store, settings, catalog, services, build_app(services), test_key, live_key)
     kill_shards(SHARDS)
+    catalog.engine.dispose()  # its pooled connections, closed here rather than by the GC
     assert settings.secrets_file is not None
     remove_secrets_file(settings.secrets_file)
     if store == "postgres" and POSTGRES_URL is not None:

@@ -349,7 +349,7 @@ async def test_only_the_customers_own_invoices(portal: Portal) -> None:
     invoices = {
         doc["customer_id"] + doc["status"]: doc
         for c in (mine, theirs)
-        for doc in await run_in_threadpool(store.invoices, "test", c)
+        for doc in (await run_in_threadpool(store.invoices, "test", c)).items
     }
     my_invoice = invoices[mine + "finalized"]
     my_draft = invoices[mine + "draft"]

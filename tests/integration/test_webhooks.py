@@ -324,7 +324,10 @@ async def test_the_secret_is_shown_once_and_every_endpoint_belongs_to_its_enviro
     assert hooks.store.endpoint("test", created["id"]).secret == created["secret"]
 
     async with hooks._client(hooks.server.live_key) as live:
-        assert (await live.get("/v1/webhook-endpoints")).json() == {"endpoints": []}
+        assert (await live.get("/v1/webhook-endpoints")).json() == {
+            "endpoints": [],
+            "has_more": False,
+        }
         r = await live.get(f"/v1/webhook-endpoints/{created['id']}")
         assert r.status_code == 404, r.text
         assert r.json()["error"]["type"] == "not_found"
@@ -445,7 +448,7 @@ async def test_a_message_goes_to_the_subscribed_endpoints_of_its_environment_onl
         assert await hooks.log(other["id"]) == []
     async with hooks._client(hooks.server.live_key) as client:
         r = await client.get(f"/v1/webhook-endpoints/{live['id']}/deliveries")
-        assert r.json() == {"deliveries": []}
+        assert r.json() == {"deliveries": [], "has_more": False}
 
 
 @pytest.mark.parametrize(
