@@ -119,6 +119,13 @@ class Conflict(InvalidInput):
     http_status = 409
 
 
+class RequestInProgress(Conflict):
+    """A request with this Idempotency-Key is still being answered: retry it shortly (the
+    one error a client retries with the same key, so it has its own type)."""
+
+    type_name = "request_in_progress"
+
+
 class PayloadTooLarge(InvalidInput):
     type_name = "payload_too_large"
     http_status = 413

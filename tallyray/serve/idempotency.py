@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tallyray.access import looks_like_key
 from tallyray.clock import Clock
-from tallyray.errors import Conflict, InvalidInput, TallyrayError
+from tallyray.errors import Conflict, InvalidInput, RequestInProgress, TallyrayError
 from tallyray.serve.auth import KeyCache
 from tallyray.serve.http import send_error
 from tallyray.storage.idempotency import IdempotencyStore
@@ -127,7 +127,7 @@ class Idempotency:
         if found.status is None:
             await send_error(
                 send,
-                Conflict(
+                RequestInProgress(
                     "a request with this Idempotency-Key is still being answered; retry shortly"
                 ),
             )

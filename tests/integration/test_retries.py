@@ -140,3 +140,23 @@ async def test_a_retry_of_events_stored_long_ago_is_answered_as_duplicates(
     assert r.status_code == 422
     assert [d["where"] for d in r.json()["error"]["details"]] == ["[0]"]
     assert "past its grace window" in r.text
+
+
+async def test_a_retry_while_the_first_is_still_answered_gets_its_own_type(
+    server: Server, client: httpx.AsyncClient
+) -> None:
+    """The one 409 a client retries with the same key: the first request holds the key
+    (claimed, no answer yet), so the retry is told to come back, by type."""
+    from tallyray.serve.idempotency import _fingerprint
+    from tallyray.storage.idempotency import IdempotencyStore
+
+    customer = await make_customer(client)
+    path, body = f"/v1/customers/{customer}/credits", b'{"amount": "1.00"}'
+    key = unique("busy")
+    store = IdempotencyStore(server.catalog.engine)
+    scope = {"path": path, "query_string": b""}
+    assert store.claim("test", key, "POST", path, _fingerprint(scope, body), server.clock()) is None
+    r = await client.post(path, content=body, headers={"Idempotency-Key": key})
+    assert r.status_code == 409 and r.json()["error"]["type"] == "request_in_progress"
+    balance = (await client.get(f"/v1/customers/{customer}/balance")).json()
+    assert balance["credits_remaining"] == "0.00"  # nothing ran

@@ -106,7 +106,9 @@ def test_an_answer_that_is_not_the_error_shape_still_is_an_error() -> None:
         (Unreachable("no answer"), True),
         (Unavailable("store down", status=503), True),
         (RateLimited("slow down", status=429), True),
-        (Conflict("a request with this Idempotency-Key is still being answered", status=409), True),
+        (Conflict("still being answered", status=409, type="request_in_progress"), True),
+        # a conflict of another type is not retried, whatever its message says
+        (Conflict("still being answered", status=409, type="conflict"), False),
         (Conflict("meter redefined", status=409), False),
         (BadRequest("bad", status=422), False),
         (Unauthorized("who", status=401), False),

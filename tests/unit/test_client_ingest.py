@@ -56,12 +56,14 @@ def gateway(api: Any, **kw: Any) -> Tallyray:
     return Tallyray(URL, KEY, transport=httpx.MockTransport(api), **settings)
 
 
-def busy(status: int, message: str = "try later", **headers: str) -> httpx.Response:
-    body = {"error": {"type": "x", "message": message, "details": []}}
+def busy(
+    status: int, message: str = "try later", type: str = "x", **headers: str
+) -> httpx.Response:
+    body = {"error": {"type": type, "message": message, "details": []}}
     return httpx.Response(status, json=body, headers=headers)
 
 
-STILL_ANSWERED = busy(409, "a request with this Idempotency-Key is still being answered")
+STILL_ANSWERED = busy(409, "still being answered", type="request_in_progress")
 
 
 def test_events_go_in_batches_of_batch_size() -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from tallyray_client.errors import (
+    REQUEST_IN_PROGRESS,
     Conflict,
     RateLimited,
     TallyrayError,
@@ -46,7 +47,7 @@ def retryable(error: BaseException) -> bool:
     answer was lost, is still running)."""
     if isinstance(error, Unreachable | Unavailable | RateLimited | httpx.TransportError):
         return True
-    return isinstance(error, Conflict) and "still being answered" in error.message
+    return isinstance(error, Conflict) and error.type == REQUEST_IN_PROGRESS
 
 
 def wait_hint(error: BaseException) -> float | None:

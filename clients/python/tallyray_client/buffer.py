@@ -36,7 +36,13 @@ from typing import Any, Literal
 import httpx
 
 from tallyray_client.backoff import Backoff
-from tallyray_client.errors import BufferFull, TallyrayError, error_from_response, retry_after
+from tallyray_client.errors import (
+    REQUEST_IN_PROGRESS,
+    BufferFull,
+    TallyrayError,
+    error_from_response,
+    retry_after,
+)
 from tallyray_client.results import Rejected
 from tallyray_client.spool import Spool
 
@@ -103,7 +109,7 @@ def judge(batch: list[_Item], answer: httpx.Response | BaseException) -> _Verdic
             log.error("tallyray refused the ingest key (%s); events wait", status)
         return _Verdict([], [], [], retry_after(answer) or _RETRY)
     error = error_from_response(answer)
-    if status == 409 and "still being answered" in error.message:
+    if error.type == REQUEST_IN_PROGRESS:
         return _Verdict([], [], [], _RETRY)
     if status == 413 and len(batch) > 1:
         half = len(batch) // 2

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from tallyray_client.results import Hold
 
 __all__ = [
+    "REQUEST_IN_PROGRESS",
     "BadRequest",
     "BufferFull",
     "Conflict",
@@ -44,6 +45,11 @@ __all__ = [
     "error_from_response",
     "retry_after",
 ]
+
+
+REQUEST_IN_PROGRESS = "request_in_progress"
+"""The 409's type while a request with the same Idempotency-Key is still being answered: the
+one conflict to retry with the same key."""
 
 
 @dataclass(frozen=True, slots=True)
