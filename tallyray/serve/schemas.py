@@ -177,6 +177,8 @@ class CustomerSubscription(Open):
     id: str
     plan: str
     plan_version: int
+    start: Moment | None
+    end: Moment | None = Field(description="set once cancelled: when it ends or ended")
 
 
 class Customer(Open):

@@ -144,7 +144,9 @@ class CustomerRecord:
                 "id": self.subscription_id,
                 "plan": self.plan_key,
                 "plan_version": self.plan_version,
-                "start": self.subscription_start,
+                "start": None
+                if self.subscription_start is None
+                else format_timestamp(self.subscription_start),
                 "end": None
                 if self.subscription_end is None
                 else format_timestamp(self.subscription_end),
