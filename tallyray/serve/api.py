@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from tallyray.actors.account import QuotaAnswer
 from tallyray.actors.limits import Limits
 from tallyray.clock import Clock, system_clock
 from tallyray.errors import EventError, InvalidInput, NotFound, Problem
@@ -29,7 +30,7 @@ from tallyray.pricing.events import Event, is_identifier
 from tallyray.serve.admission import send_events
 from tallyray.serve.alert_rules import AlertRules
 from tallyray.serve.auth import KeyCache, RateLimit
-from tallyray.serve.http import text_field
+from tallyray.serve.http import json_object, text_field
 from tallyray.serve.intake import IntakeRules, PeriodKey, validate_events
 from tallyray.serve.shards import ShardRouter
 from tallyray.storage.audit import AuditLog
@@ -44,6 +45,9 @@ log = logging.getLogger("tallyray.api")
 Authenticate = Callable[[Request], Awaitable[str]]
 """Maps a request to the environment of its API key, or raises what it deserves
 (:class:`~tallyray.serve.auth.Authenticator`)."""
+
+QUOTA_FIELDS = frozenset({"customer_id", "event", "events"})
+QUOTA_REQUIRED = frozenset({"customer_id"})
 
 IncomingEvent = tuple[str, str, str, int, Any]
 """(customer_id, event id, type, ts, properties): an event as the shards take it."""
@@ -289,6 +293,19 @@ class Api:
         catalog = await self.caches.env(env)
         events = validate_events(items, now, catalog.meters, _monthly, self.rules)
         return customer_id, [(e[1], e[0], e[2], e[3], e[4]) for e in events]
+
+    async def check_quota(self, env: str, doc: Any, started: float) -> QuotaAnswer:
+        """``POST /v1/quota/check`` once the caller is known: the shard's answer for the
+        body ``doc`` (the route and :mod:`tallyray.serve.fastpath` both answer through
+        this). ``started``: when the request began (``perf_counter``), for the metric."""
+        doc = json_object(doc, QUOTA_FIELDS, QUOTA_REQUIRED)
+        customer_id, events = await self.would_be(env, doc, self.clock())
+        router = self.router
+        answer: QuotaAnswer = await router.check(
+            router.index(env, customer_id), env, customer_id, events
+        )
+        self.metrics.quota_check_seconds.observe(time.perf_counter() - started)
+        return answer
 
     def hold_shard(self, hold_id: str) -> int:
         """The shard a reservation lives on (its id says: ``res_<shard>_…``)."""

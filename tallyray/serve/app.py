@@ -25,16 +25,15 @@ from tallyray.clock import Clock
 from tallyray.errors import (
     InvalidInput,
     Problem,
-    RateLimited,
     StoreUnavailable,
     TallyrayError,
-    Unauthorized,
 )
 from tallyray.invoicing.service import Billing
 from tallyray.serve.alert_rules import AlertRules
 from tallyray.serve.api import Api, Caches, Services
 from tallyray.serve.auth import Authenticator, KeyCache, RateLimiter
 from tallyray.serve.body_limit import BodyLimit
+from tallyray.serve.fastpath import QuotaFastPath, error_headers
 from tallyray.serve.idempotency import Idempotency
 from tallyray.serve.openapi import DESCRIPTION, contract
 from tallyray.serve.request_context import RequestContext
@@ -116,7 +115,9 @@ def build_app(services: Services) -> FastAPI:
         Idempotency, keys=key_cache, store=IdempotencyStore(engine), clock=services.clock
     )
     app.add_middleware(BodyLimit, limit=services.rules.max_body_bytes)
-    app.add_middleware(RequestContext)  # outermost: every answer carries the request's id
+    app.add_middleware(RequestContext)  # every answer carries the request's id
+    # Outermost: quota checks take the short way (it keeps the request id itself).
+    app.add_middleware(QuotaFastPath, api=api)
     _add_error_handlers(app, services)
 
     for module in (events, quota, catalog, invoicing, operations):
@@ -142,14 +143,7 @@ def _add_error_handlers(app: FastAPI, services: Services) -> None:
 
     @app.exception_handler(TallyrayError)
     async def _tallyray_error(request: Request, error: TallyrayError) -> Response:
-        headers = {}
-        if isinstance(error, StoreUnavailable):
-            metrics.store_unavailable.inc()
-            headers["Retry-After"] = str(error.retry_after_seconds)
-        if isinstance(error, Unauthorized):
-            headers["WWW-Authenticate"] = "Bearer"
-        if isinstance(error, RateLimited):
-            headers["Retry-After"] = error.retry_after_header
+        headers = error_headers(error, metrics)
         return JSONResponse(error.to_json(), status_code=error.http_status, headers=headers)
 
     @app.exception_handler(DatabaseUnavailable)

@@ -14,7 +14,7 @@ from typing import Any
 from tallyray.errors import PayloadTooLarge
 from tallyray.serve.http import send_error
 
-__all__ = ["BodyLimit"]
+__all__ = ["BodyLimit", "too_large"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -23,7 +23,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def _too_large(limit: int, size: int | None = None) -> PayloadTooLarge:
+def too_large(limit: int, size: int | None = None) -> PayloadTooLarge:
     said = f"the body is {size:,} bytes" if size is not None else "the body is over the limit"
     return PayloadTooLarge(f"{said}; the limit is {limit:,}: send fewer events per request")
 
@@ -39,7 +39,7 @@ class BodyLimit:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.limit:
-            await send_error(send, _too_large(self.limit, declared), close=True)
+            await send_error(send, too_large(self.limit, declared), close=True)
             return
         received = 0
 
@@ -49,7 +49,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise _too_large(self.limit)  # the app's error handler answers 413
+                    raise too_large(self.limit)  # the app's error handler answers 413
             return message
 
         await self.app(scope, counted, send)

@@ -23,6 +23,7 @@ __all__ = [
     "json_object",
     "json_response",
     "object_body",
+    "parse_json",
     "send_error",
     "text_field",
     "timestamp_field",
@@ -43,7 +44,11 @@ async def json_body(request: Request, *, required: bool = True) -> Any:
     A NUL character (``\\u0000``) is refused wherever it stands: no store can keep it in
     text (PostgreSQL refuses it), so it could only ever fail later, half-way through a write.
     """
-    raw = await request.body()
+    return parse_json(await request.body(), required=required)
+
+
+def parse_json(raw: bytes, *, required: bool = True) -> Any:
+    """:func:`json_body` of a body already read."""
     if not raw.strip():
         if required:
             raise InvalidInput("the request needs a JSON body")

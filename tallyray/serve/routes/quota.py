@@ -44,19 +44,13 @@ def quota_json(answer: QuotaAnswer) -> dict[str, Any]:
 
 @router.post("/v1/quota/check")
 async def quota_check(request: Request) -> Response:
-    """May this customer spend this? Prices the would-be event against the live balance."""
+    """May this customer spend this? Prices the would-be event against the live balance.
+    (Served by :mod:`tallyray.serve.fastpath` in front of the app; this route answers the
+    same through the same steps when a request carries an ``Idempotency-Key``.)"""
     started = time.perf_counter()
     api = api_of(request)
     env = await api.authenticate(request)
-    doc = json_object(
-        await json_body(request),
-        frozenset({"customer_id", "event", "events"}),
-        frozenset({"customer_id"}),
-    )
-    customer_id, events = await api.would_be(env, doc, api.clock())
-    router_ = api.router
-    answer = await router_.check(router_.index(env, customer_id), env, customer_id, events)
-    api.metrics.quota_check_seconds.observe(time.perf_counter() - started)
+    answer = await api.check_quota(env, await json_body(request), started)
     return json_response(quota_json(answer))
 
 

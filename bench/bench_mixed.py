@@ -1,0 +1,405 @@
+"""Quota checks while events stream in: both open loop, at the same time (issue 12).
+
+    .venv/bin/python bench/bench_mixed.py [--phases 0:1000,20000:500,20000:1000]
+        [--duration 20] [--batch 100] [--customers 1000]
+
+Each phase is ``EVENTS:CHECKS`` — events/s and checks/s offered together for --duration
+seconds, against one server (started once, as the other benchmarks do: a fresh PostgreSQL
+database, ``tallyray serve --shards 2``, N customers on ``pro`` with big credits; or
+``--url/--key``). ``0:1000`` is checks alone (what a check costs), ``20000:0`` events alone.
+
+Both streams are open loop: request i of a stream is scheduled at start + i/rate and sent
+then, whatever became of the earlier ones, over a pool of keep-alive connections
+(_server.RawPool). Latency is measured from the *scheduled* time to the answer, so queueing
+anywhere shows. Events go ``--batch`` to a POST (100 by default: 20,000 events/s is 200
+requests/s) from a second process, so that the two generators do not share an event loop;
+checks are single requests from this process. Each event has a unique id and no timestamp.
+
+Printed per phase: check latency p50/p90/p99/max (from the schedule, and from the send),
+achieved rates, errors, event-request latency, and CPU per process kind during the phase
+(from /proc/<pid>/stat: the Serve replica, the shard actors, PostgreSQL, the generators);
+for a phase with checks, CPU per check of the replica and of the shards — with events
+streaming in as well that figure includes the events' share, so take it from a checks-only
+phase (or subtract an events-only phase).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import secrets
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _server  # noqa: E402
+from bench_ingest import make_templates, render  # noqa: E402
+from bench_quota import make_bodies  # noqa: E402
+
+CHECK_PATH = "/v1/quota/check"
+EVENTS_PATH = "/v1/events"
+
+
+@dataclass
+class Stream:
+    """What one open-loop stream saw."""
+
+    scheduled: int = 0
+    ok: int = 0
+    latencies: list[float] = field(default_factory=list)  # from the scheduled time, s
+    service: list[float] = field(default_factory=list)  # from the send, s
+    statuses: Counter[int] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    samples: list[str] = field(default_factory=list)
+    unfinished: int = 0
+    send_span: float = 0.0
+    wall: float = 0.0
+    items: int = 0  # events acknowledged as new, or checks not allowed
+    cpu: float = 0.0  # the generator's own CPU seconds
+
+
+async def _one(
+    poster: _server.Poster, path: str, body: bytes, stream: Stream, scheduled: float, kind: str
+) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        status, data, sent = await poster.post(path, body)
+    except Exception as error:  # noqa: BLE001 — count it, the run goes on
+        stream.errors[type(error).__name__] += 1
+        return
+    done = loop.time()
+    stream.statuses[status] += 1
+    if 200 <= status < 300:
+        stream.ok += 1
+        stream.latencies.append(done - scheduled)
+        stream.service.append(done - sent)
+        answer = orjson.loads(data)
+        if kind == "events":
+            stream.items += answer["ingested"]
+        elif not answer["allowed"]:
+            stream.items += 1
+    elif len(stream.samples) < 5:
+        stream.samples.append(f"{status}: {data[:300].decode(errors='replace')}")
+
+
+async def open_loop(
+    poster: _server.Poster,
+    path: str,
+    body_of: Any,
+    rate: float,
+    duration: float,
+    start_wall: float,
+    drain: float,
+    kind: str,
+) -> Stream:
+    """Send request i at ``start_wall + i / rate`` (wall clock, shared by both processes)."""
+    stream = Stream()
+    loop = asyncio.get_running_loop()
+    total = int(rate * duration)
+    interval = 1.0 / rate
+    start = loop.time() + (start_wall - time.time())
+    await asyncio.sleep(max(0.0, start - loop.time()))
+    cpu0 = time.process_time()
+    tasks: set[asyncio.Task[None]] = set()
+    i = 0
+    while i < total:
+        due = min(total, int((loop.time() - start) / interval) + 1)
+        while i < due:
+            task = asyncio.create_task(
+                _one(poster, path, body_of(i), stream, start + i * interval, kind)
+            )
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            i += 1
+        await asyncio.sleep(max(0.0, start + i * interval - loop.time()))
+    stream.scheduled = total
+    stream.send_span = loop.time() - start
+    if tasks:
+        _, pending = await asyncio.wait(set(tasks), timeout=drain)
+        stream.unfinished = len(pending)
+        for task in pending:
+            task.cancel()
+    stream.wall = loop.time() - start
+    stream.cpu = time.process_time() - cpu0
+    return stream
+
+
+# -- the events stream, in a process of its own ----------------------------------------------
+
+
+def _events_main(job: dict[str, Any], out: Any) -> None:
+    templates = make_templates(16, job["batch"], job["customers"], job["run"], job["seed"])
+
+    async def run() -> Stream:
+        poster = _server.Poster("raw", job["base_url"], job["key"], job["connections"], 2)
+        try:
+            return await open_loop(
+                poster,
+                EVENTS_PATH,
+                lambda i: render(templates, job["first"] + i),
+                job["rate"] / job["batch"],
+                job["duration"],
+                job["start_wall"],
+                job["drain"],
+                "events",
+            )
+        finally:
+            await poster.aclose()
+
+    out.put(asyncio.run(run()).__dict__)
+
+
+# -- a phase ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    events_rate: float
+    checks_rate: float
+    checks: Stream | None = None
+    events: Stream | None = None
+    cpu: dict[str, float] = field(default_factory=dict)
+    wall: float = 0.0
+    quiet: str = ""
+
+
+def _kind(label: str) -> str:
+    """Process kinds worth a line of their own."""
+    if "ShardActor" in label:
+        return "shards"
+    if "ServeRepli" in label or "Ingress" in label:  # the name is cut at 15 characters
+        return "replica"
+    if label.startswith("postgres: backends"):
+        return "postgres (bench db)"
+    return label
+
+
+async def _checks(
+    args: argparse.Namespace, target: _server.Target, rate: float, start: float
+) -> Stream:
+    bodies = make_bodies(args.bodies, target.customers, seed=args.seed)
+    poster = _server.Poster("raw", target.base_url, target.key, args.connections, 4)
+    try:
+        return await open_loop(
+            poster,
+            CHECK_PATH,
+            lambda i: bodies[i % len(bodies)],
+            rate,
+            args.duration,
+            start,
+            args.drain,
+            "checks",
+        )
+    finally:
+        await poster.aclose()
+
+
+async def _warm_up(target: _server.Target) -> None:
+    """One check per customer: loads every account and fills the caches (not recorded)."""
+    poster = _server.Poster("raw", target.base_url, target.key, 32, 1)
+    bodies = make_bodies(len(target.customers), target.customers, seed=0, in_order=True)
+    scratch = Stream()
+
+    async def worker() -> None:
+        while bodies:
+            await _one(poster, CHECK_PATH, bodies.pop(), scratch, 0.0, "checks")
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(32)))
+    finally:
+        await poster.aclose()
+    if scratch.ok != len(target.customers):
+        print(f"  warm-up: {scratch.ok}/{len(target.customers)} ok; {dict(scratch.statuses)}")
+
+
+def run_phase(
+    args: argparse.Namespace, target: _server.Target, events_rate: float, checks_rate: float, n: int
+) -> Result:
+    result = Result(events_rate, checks_rate)
+    result.quiet = target.quiet_check(args.quiet_wait)
+    start_wall = time.time() + (3.0 if events_rate else 0.2)
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = None
+    if events_rate:
+        job = {
+            "base_url": target.base_url,
+            "key": target.key,
+            "customers": target.customers,
+            "run": f"mix{secrets.token_hex(3)}",
+            "seed": n,
+            "first": n * 10_000_000,
+            "batch": args.batch,
+            "rate": events_rate,
+            "duration": args.duration,
+            "start_wall": start_wall,
+            "drain": args.drain,
+            "connections": args.event_connections,
+        }
+        child = ctx.Process(target=_events_main, args=(job, queue), daemon=True)
+        child.start()
+    # CPU from just before the streams start to just after they end
+    time.sleep(max(0.0, start_wall - time.time() - 0.05))
+    before = _server.cpu_snapshot()
+    t0 = time.monotonic()
+    if checks_rate:
+        result.checks = asyncio.run(_checks(args, target, checks_rate, start_wall))
+    if child is not None:
+        result.events = Stream(**queue.get(timeout=args.duration + args.drain + 60))
+        child.join(30)
+        # gone from /proc by now: the child measured its own CPU over the stream
+        result.cpu["generator: events"] = result.events.cpu
+    result.wall = time.monotonic() - t0
+    after = _server.cpu_snapshot()
+    me = os.getpid()
+    for pid, proc in after.items():
+        earlier = before.get(pid)
+        spent = proc.seconds - (earlier.seconds if earlier else 0.0)
+        if spent < 0:
+            spent = proc.seconds
+        if spent <= 0:
+            continue
+        if pid == me:
+            label = "generator: checks"
+        else:
+            label = _kind(_server._label(pid, proc, target.server_pid, target.database))
+        result.cpu[label] = result.cpu.get(label, 0.0) + spent
+    return result
+
+
+def _rate(stream: Stream) -> str:
+    return (
+        f"{stream.ok / max(stream.wall, 1e-9):,.1f}/s answered 2xx of {stream.scheduled:,} "
+        f"scheduled (sent over {stream.send_span:.1f} s, last answer at {stream.wall:.1f} s)"
+    )
+
+
+def _errors(stream: Stream) -> str:
+    non2xx = {s: n for s, n in stream.statuses.items() if not 200 <= s < 300}
+    count = sum(non2xx.values()) + sum(stream.errors.values()) + stream.unfinished
+    parts = []
+    if non2xx:
+        parts.append(f"non-2xx {non2xx}")
+    if stream.errors:
+        parts.append(f"transport {dict(stream.errors)}")
+    if stream.unfinished:
+        parts.append(f"{stream.unfinished} unanswered after the drain")
+    return f"{count}" + (f" ({'; '.join(parts)})" if parts else "")
+
+
+def report(result: Result) -> None:
+    print(
+        f"\n== {result.events_rate:,.0f} events/s + {result.checks_rate:,.0f} checks/s "
+        f"(open loop, {result.wall:.1f} s)"
+    )
+    print(f"  {result.quiet}")
+    if result.checks is not None:
+        c = result.checks
+        print(f"  checks   {_rate(c)}; {c.items:,} not allowed")
+        print(f"    latency from schedule  {_server.percentiles(c.latencies)}")
+        print(f"    latency from send      {_server.percentiles(c.service)}")
+        print(f"    errors                 {_errors(c)}")
+        for sample in c.samples:
+            print(f"      e.g. {sample}")
+    if result.events is not None:
+        e = result.events
+        print(
+            f"  events   {e.items / max(e.wall, 1e-9):,.0f} events/s acknowledged new "
+            f"({e.items:,}); requests {_rate(e)}"
+        )
+        print(f"    latency from schedule  {_server.percentiles(e.latencies)}")
+        print(f"    errors                 {_errors(e)}")
+        for sample in e.samples:
+            print(f"      e.g. {sample}")
+    cores = os.cpu_count() or 1
+    total = sum(result.cpu.values())
+    print("  CPU during the phase:")
+    for label, seconds in sorted(result.cpu.items(), key=lambda kv: -kv[1]):
+        if seconds / result.wall >= 0.005:
+            print(
+                f"    {label:<40} {seconds:6.2f} cpu-s "
+                f"{100 * seconds / result.wall:6.1f}% of a core"
+            )
+    print(
+        f"    {'total':<40} {total:6.2f} cpu-s {100 * total / result.wall:6.1f}% of a core "
+        f"({100 * total / result.wall / cores:.0f}% of {cores} cores)"
+    )
+    if result.checks is not None and result.checks.ok:
+        n = result.checks.ok
+        replica = result.cpu.get("replica", 0.0)
+        shards = result.cpu.get("shards", 0.0)
+        note = "" if not result.events_rate else "  (includes the events' share)"
+        print(
+            f"  CPU per check: replica {1000 * replica / n:.3f} ms, shards "
+            f"{1000 * shards / n:.3f} ms, both {1000 * (replica + shards) / n:.3f} ms, "
+            f"generator {1000 * result.cpu.get('generator: checks', 0.0) / n:.3f} ms{note}"
+        )
+    if result.events is not None and result.events.items:
+        n = result.events.items
+        print(
+            "  CPU per event (whole phase): "
+            + ", ".join(
+                f"{k} {1e6 * result.cpu.get(k, 0.0) / n:.1f} µs"
+                for k in ("replica", "shards", "postgres (bench db)")
+            )
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--phases",
+        default="0:1000,20000:500,20000:1000",
+        help="comma-separated EVENTS:CHECKS rates per second (0:1000,20000:500,20000:1000)",
+    )
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per phase (20)")
+    parser.add_argument("--batch", type=int, default=100, help="events per POST (100)")
+    parser.add_argument("--connections", type=int, default=256, help="check connections (256)")
+    parser.add_argument("--event-connections", type=int, default=64, help="event connections (64)")
+    parser.add_argument("--drain", type=float, default=30.0, help="seconds for late answers")
+    parser.add_argument("--bodies", type=int, default=5000, help="distinct check bodies")
+    parser.add_argument("--seed", type=int, default=1)
+    _server.add_server_args(parser, customers=1000)
+    args = parser.parse_args(argv)
+    phases = []
+    for spec in args.phases.split(","):
+        events, _, checks = spec.partition(":")
+        phases.append((float(events), float(checks or 0)))
+    with _server.bench_target(args, "mixed") as target:
+        print(
+            f"Tallyray checks-while-ingesting benchmark: phases {args.phases} (events/s:checks/s),"
+            f" {args.duration:g} s each, {args.batch} events per POST, "
+            f"{len(target.customers)} customers; {os.cpu_count()} cores shared with the "
+            "load generators"
+        )
+        if target.server_pid:
+            print(f"server: pid {target.server_pid}, {args.shards} shards, log {target.log_path}")
+            print(f"server code: {target.code}")
+        asyncio.run(_warm_up(target))
+        failed = False
+        for n, (events, checks) in enumerate(phases):
+            result = run_phase(args, target, events, checks, n)
+            report(result)
+            for stream in (result.checks, result.events):
+                if stream is not None and (
+                    stream.ok < stream.scheduled or stream.errors or stream.unfinished
+                ):
+                    failed = True
+        return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
