@@ -44,8 +44,10 @@ openapi: $(STAMP) ## write the API's OpenAPI document to docs/openapi.json
 	$(BIN)/python -m tallyray.serve.openapi > docs/openapi.json
 
 openapi-check: $(STAMP) ## fail when docs/openapi.json is not what the code serves
-	@$(BIN)/python -m tallyray.serve.openapi | diff -q - docs/openapi.json >/dev/null \
-		|| { echo "docs/openapi.json is stale: run 'make openapi' and commit it" >&2; exit 1; }
+	@$(BIN)/python -m tallyray.serve.openapi > .openapi.current.json
+	@cmp -s .openapi.current.json docs/openapi.json \
+		|| { rm -f .openapi.current.json; echo "docs/openapi.json is stale: run 'make openapi' and commit it" >&2; exit 1; }
+	@rm -f .openapi.current.json
 
 contract: $(STAMP) ## Schemathesis against a live `tallyray serve`: no 5xx, every answer in its schema
 	$(BIN)/pytest tests/e2e/test_contract.py -q

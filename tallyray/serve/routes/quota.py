@@ -44,9 +44,9 @@ def quota_json(answer: QuotaAnswer) -> dict[str, Any]:
 
 @router.post("/v1/quota/check")
 async def quota_check(request: Request) -> Response:
-    """May this customer spend this? Prices the would-be event against the live balance.
-    (Served by :mod:`tallyray.serve.fastpath` in front of the app; this route answers the
-    same through the same steps when a request carries an ``Idempotency-Key``.)"""
+    """May this customer spend this? Prices the would-be event against the live balance."""
+    # Most checks are answered by tallyray.serve.fastpath in front of the app; this route
+    # answers the same, through the same steps, when a request carries an Idempotency-Key.
     started = time.perf_counter()
     api = api_of(request)
     env = await api.authenticate(request)
