@@ -33,7 +33,8 @@ from tallyray.serve.alert_rules import AlertRules
 from tallyray.serve.api import Api, Caches, Services
 from tallyray.serve.auth import Authenticator, KeyCache, RateLimiter
 from tallyray.serve.body_limit import BodyLimit
-from tallyray.serve.fastpath import QuotaFastPath, error_headers
+from tallyray.serve.fastpath import QuotaFastPath
+from tallyray.serve.http import error_headers
 from tallyray.serve.idempotency import Idempotency
 from tallyray.serve.openapi import DESCRIPTION, contract
 from tallyray.serve.request_context import RequestContext

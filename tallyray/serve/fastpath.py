@@ -26,22 +26,19 @@ import orjson
 from starlette.requests import Request
 
 from tallyray.errors import (
-    RateLimited,
     StoreUnavailable,
     TallyrayError,
-    Unauthorized,
 )
 from tallyray.logs import request_id
-from tallyray.metrics import Metrics
 from tallyray.serve.api import Api
 from tallyray.serve.body_limit import too_large
-from tallyray.serve.http import parse_json
+from tallyray.serve.http import parse_json, send_error
 from tallyray.serve.idempotency import HEADER as IDEMPOTENCY_HEADER
 from tallyray.serve.request_context import REQUEST_ID_HEADER, given_request_id, new_request_id
 from tallyray.serve.routes.quota import quota_json
 from tallyray.storage.db import DatabaseUnavailable
 
-__all__ = ["PATH", "QuotaFastPath", "error_headers"]
+__all__ = ["PATH", "QuotaFastPath"]
 
 log = logging.getLogger("tallyray.api")
 
@@ -63,19 +60,6 @@ class _Route:
 
 
 _ROUTE = _Route(PATH)
-
-
-def error_headers(error: TallyrayError, metrics: Metrics) -> dict[str, str]:
-    """The headers an error's answer carries (and the metric a 503 counts)."""
-    headers = {}
-    if isinstance(error, StoreUnavailable):
-        metrics.store_unavailable.inc()
-        headers["Retry-After"] = str(error.retry_after_seconds)
-    if isinstance(error, Unauthorized):
-        headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(error, RateLimited):
-        headers["Retry-After"] = error.retry_after_header
-    return headers
 
 
 class QuotaFastPath:
@@ -165,14 +149,4 @@ class QuotaFastPath:
         *,
         close: bool = False,
     ) -> None:
-        body = orjson.dumps(error.to_json())
-        headers = [_JSON, (b"content-length", b"%d" % len(body))]
-        headers += [
-            (k.lower().encode(), v.encode())
-            for k, v in error_headers(error, self.api.metrics).items()
-        ]
-        if close:
-            headers.append((b"connection", b"close"))
-        headers.append(rid_header)
-        await send({"type": "http.response.start", "status": error.http_status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, error, close=close, extra=[rid_header], metrics=self.api.metrics)

@@ -8,17 +8,26 @@ orjson and hand-written checks (:mod:`tallyray.serve.intake`); everything else c
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
-from tallyray.errors import InvalidInput, Problem, TallyrayError
+from tallyray.errors import (
+    InvalidInput,
+    Problem,
+    RateLimited,
+    StoreUnavailable,
+    TallyrayError,
+    Unauthorized,
+)
+from tallyray.metrics import Metrics
 from tallyray.pricing.events import MAX_ID_LENGTH, is_identifier, parse_timestamp
 
 __all__ = [
+    "error_headers",
     "json_body",
     "json_object",
     "json_response",
@@ -134,18 +143,38 @@ def timestamp_field(value: Any, name: str) -> int:
         raise InvalidInput(message, [Problem(name, message)]) from None
 
 
+def error_headers(error: TallyrayError, metrics: Metrics | None = None) -> dict[str, str]:
+    """The headers an error's answer carries (and the metric a 503 counts): the one rule for
+    the app's error handler and for answers sent from middleware."""
+    headers = {}
+    if isinstance(error, StoreUnavailable):
+        if metrics is not None:
+            metrics.store_unavailable.inc()
+        headers["Retry-After"] = str(error.retry_after_seconds)
+    if isinstance(error, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(error, RateLimited):
+        headers["Retry-After"] = error.retry_after_header
+    return headers
+
+
 async def send_error(
     send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
     error: TallyrayError,
     *,
     close: bool = False,
+    extra: Sequence[tuple[bytes, bytes]] = (),
+    metrics: Metrics | None = None,
 ) -> None:
     """Answer ``error`` from ASGI middleware, before any route runs (``close``: tell the
-    client the connection ends, when the rest of its body will not be read)."""
+    client the connection ends, when the rest of its body will not be read), with the
+    headers its type carries and any ``extra``."""
     body = orjson.dumps(error.to_json())
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
+        *((k.lower().encode(), v.encode()) for k, v in error_headers(error, metrics).items()),
+        *extra,
     ]
     if close:
         headers.append((b"connection", b"close"))
