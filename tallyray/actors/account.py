@@ -43,14 +43,30 @@ from tallyray.actors.limits import Limits
 from tallyray.errors import Conflict, EventError, Problem
 from tallyray.pricing.bounds import SpendBound, meters_that_can_lower_cost, spend_bound
 from tallyray.pricing.credits import BILLING_MODES, CreditGrant, Ledger
-from tallyray.pricing.events import Event
+from tallyray.pricing.events import Event, format_timestamp
 from tallyray.pricing.meters import GroupKey, MeterSet, MeterSpec, Usage
 from tallyray.pricing.money import currency as currency_of
 from tallyray.pricing.money import round_amount
 from tallyray.pricing.periods import Period, period_of
 from tallyray.pricing.plans import Plan, charge_costs
+from tallyray.pricing.segments import (
+    PlanSpan,
+    cuts_within,
+    segment_bounds,
+    segment_start,
+    span_at,
+)
 
-__all__ = ["BILLING_MODES", "ClosedPeriod", "CustomerAccount", "Hold", "Profile", "QuotaAnswer"]
+__all__ = [
+    "BILLING_MODES",
+    "ClosedPeriod",
+    "CustomerAccount",
+    "Hold",
+    "PlanSpan",
+    "Profile",
+    "QuotaAnswer",
+    "SegmentRecord",
+]
 
 ZERO = Decimal(0)
 
@@ -75,10 +91,27 @@ class Profile:
     plan_until: int | None = None
     """A cancelled subscription: the start of the first period its plan no longer prices
     (the end of the period it ends in — that period is invoiced whole under the plan)."""
+    spans: tuple[PlanSpan, ...] = ()
+    """The customer's plans over time (:mod:`tallyray.pricing.segments`), merged; empty:
+    ``plan`` prices every moment. A span that begins inside a period cuts it in segments."""
 
     @property
     def interval(self) -> str:
         return self.plan.interval if self.plan else "month"
+
+    def plan_at(self, ts: int) -> Plan | None:
+        """The plan that prices usage at ``ts``."""
+        if not self.spans:
+            return self.plan
+        span = span_at(self.spans, ts)
+        return None if span is None else span.plan
+
+    def plans(self) -> tuple[Plan, ...]:
+        """Every plan that may price usage, without repeats."""
+        found = {id(s.plan): s.plan for s in self.spans if s.plan is not None}
+        if self.plan is not None:
+            found.setdefault(id(self.plan), self.plan)
+        return tuple(found.values())
 
     @property
     def spend_limit(self) -> Decimal | None:
@@ -106,6 +139,33 @@ class QuotaAnswer:
 
 
 @dataclass(frozen=True, slots=True)
+class SegmentRecord:
+    """One segment of a period a plan change cut: its usage, priced under its own plan."""
+
+    start: int
+    end: int
+    plan: str | None
+    """``key@version`` of the plan that priced it (``None``: no plan)."""
+    usage: Usage
+    costs: tuple[Decimal, ...]
+    """Per charge of its plan, in the plan's currency, full precision."""
+    spend: Decimal
+    """In the customer's currency."""
+
+    def to_json(self) -> dict[str, Any]:
+        key, _, version = (self.plan or "").rpartition("@")
+        return {
+            "start": self.start,
+            "end": self.end,
+            "plan": key or None,
+            "plan_version": int(version) if version else None,
+            "usage": self.usage.to_json(),
+            "costs": [format(c, "f") for c in self.costs],
+            "spend": format(self.spend, "f"),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class ClosedPeriod:
     """A billing period frozen for invoicing: its usage, what it cost under the plan, and what
     it burned of each credit grant."""
@@ -118,6 +178,9 @@ class ClosedPeriod:
     costs: tuple[Decimal, ...]
     """Per charge of the plan, in the plan's currency, full precision."""
     burned: Mapping[str, Decimal]
+    segments: tuple[SegmentRecord, ...] = ()
+    """When a plan change cut the period: its segments, oldest first (``costs`` are then the
+    last segment's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +229,13 @@ class CustomerAccount:
     _crowding: tuple[int, int] | None = None
     """What :meth:`crowding` answers, kept up to date by :meth:`record` (``None``: work it
     out again)."""
+    parts: dict[int, dict[int, Usage]] = field(default_factory=dict)
+    """Periods a plan change cuts: period start → segment start → the segment's usage
+    (``periods`` keeps the whole period's, for reading)."""
+    part_costs: dict[int, dict[int, list[Decimal]]] = field(default_factory=dict)
+    """Per cut period and segment, the cost of each charge of the segment's plan."""
+    _cuts: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    """Period start → where plan spans cut it (worked out once per profile)."""
 
     def __post_init__(self) -> None:
         self.ledger = Ledger(self.profile.currency)
@@ -177,6 +247,12 @@ class CustomerAccount:
         meters = self.meters.meters
         self._cost_bound = SpendBound({}) if plan is None else spend_bound(plan, meters)
         self._lowering = frozenset() if plan is None else meters_that_can_lower_cost(plan, meters)
+        plans = self.profile.plans()
+        if len(plans) > 1:  # several plans price usage: no bound, and any may lower cost
+            self._cost_bound = SpendBound({m: None for p in plans for m in p.meters_used()})
+            self._lowering = frozenset().union(
+                *(meters_that_can_lower_cost(p, meters) for p in plans)
+            )
 
     # -- usage ---------------------------------------------------------------------------
 
@@ -201,14 +277,19 @@ class CustomerAccount:
         self._bounds = (start, end)
         return [(s, batch, indices) for s, (batch, indices) in split.items()]
 
-    def _fold(self, events: Sequence[Event]) -> list[tuple[int, Usage]]:
-        """Each period's events folded, or :class:`EventError` naming bad events by their
-        index in ``events``."""
-        deltas: list[tuple[int, Usage]] = []
+    def _fold(self, events: Sequence[Event]) -> list[tuple[int, Usage, dict[int, Usage] | None]]:
+        """Each period's events folded (and per segment, in a period a plan change cuts), or
+        :class:`EventError` naming bad events by their index in ``events``."""
+        deltas: list[tuple[int, Usage, dict[int, Usage] | None]] = []
         problems: list[Problem] = []
         for start, batch, indices in self._batches(events):
             try:
-                deltas.append((start, self.meters.fold(batch, label=_label_from(indices))))
+                cuts = self._cuts_of(start)
+                if cuts:
+                    deltas.append(self._fold_segments(start, cuts, batch, indices))
+                else:
+                    folded = self.meters.fold(batch, label=_label_from(indices))
+                    deltas.append((start, folded, None))
             except EventError as error:
                 problems += error.problems
         if problems:
@@ -216,26 +297,101 @@ class CustomerAccount:
             raise EventError.of(problems)
         return deltas
 
+    def _cuts_of(self, start: int) -> tuple[int, ...]:
+        """Where plan changes cut the period that starts at ``start`` (usually nowhere)."""
+        spans = self.profile.spans
+        if len(spans) < 2:
+            return ()
+        found = self._cuts.get(start)
+        if found is None:
+            end = self.profile.period_of(start).end
+            found = self._cuts[start] = cuts_within(spans, start, end)
+        return found
+
+    def _fold_segments(
+        self, start: int, cuts: tuple[int, ...], batch: Sequence[Event], indices: list[int]
+    ) -> tuple[int, Usage, dict[int, Usage]]:
+        """A cut period's events folded per segment (by event timestamp), and as a whole."""
+        split: dict[int, tuple[list[Event], list[int]]] = {}
+        for event, index in zip(batch, indices, strict=True):
+            events, where = split.setdefault(segment_start(start, cuts, event[3]), ([], []))
+            events.append(event)
+            where.append(index)
+        parts: dict[int, Usage] = {}
+        problems: list[Problem] = []
+        for segment, (events, where) in split.items():
+            try:
+                parts[segment] = self.meters.fold(events, label=_label_from(where))
+            except EventError as error:
+                problems += error.problems
+        if problems:
+            raise EventError.of(problems)
+        whole = self.meters.empty_usage()
+        for part in parts.values():
+            whole.merge(part)
+        return start, whole, parts
+
     def _charge_costs(
         self, start: int, usage: Usage, touched: frozenset[str] | None
     ) -> list[Decimal]:
-        plan = self.profile.plan
+        return self._costs_under(start, usage, self.costs.get(start), touched)
+
+    def _costs_under(
+        self,
+        start: int,
+        usage: Usage,
+        known: Sequence[Decimal] | None,
+        touched: frozenset[str] | None,
+    ) -> list[Decimal]:
+        """The cost of each charge of the plan in force at ``start`` (a period's or a
+        segment's) for ``usage``; ``known`` and ``touched`` as in :func:`charge_costs`."""
+        plan = self.profile.plan_at(start)
         if plan is None:
             return []
         until = self.profile.plan_until
         if until is not None and start >= until:
             return []  # after the subscription: no plan prices it
-        return charge_costs(plan, usage, self.meters.meters, self.costs.get(start), touched)
+        return charge_costs(plan, usage, self.meters.meters, known, touched)
 
     def _reprice(self, start: int, touched: frozenset[str] | None = None) -> Decimal:
         """Price the period again (only the charges on ``touched`` meters, if given) and
         return how much its spend moved."""
-        costs = self._charge_costs(start, self.periods[start], touched)
-        self.costs[start] = costs
-        after = self._converted(sum(costs, ZERO))
+        parts = self.parts.get(start)
+        if parts is None:
+            costs = self._charge_costs(start, self.periods[start], touched)
+            self.costs[start] = costs
+            total = sum(costs, ZERO)
+        else:
+            total = self._reprice_parts(start, parts, touched)
+        after = self._converted(total)
         delta = after - self.spend.get(start, ZERO)
         self.spend[start] = after
         return delta
+
+    def _reprice_parts(
+        self, start: int, parts: Mapping[int, Usage], touched: frozenset[str] | None
+    ) -> Decimal:
+        """Price each segment of a cut period under its own plan; the period's cost."""
+        known = self.part_costs.setdefault(start, {})
+        total = ZERO
+        for segment in sorted(parts):
+            before = known.get(segment)
+            costs = self._costs_under(
+                segment, parts[segment], before, touched if before is not None else None
+            )
+            known[segment] = costs
+            total += sum(costs, ZERO)
+        self.costs[start] = known[max(parts)]
+        return total
+
+    def _merge_parts(self, start: int, parts: Mapping[int, Usage]) -> None:
+        mine = self.parts.setdefault(start, {})
+        for segment, delta in parts.items():
+            usage = mine.get(segment)
+            if usage is None:
+                mine[segment] = delta
+            else:
+                usage.merge(delta)
 
     def record(self, events: Sequence[Event], at: int) -> Decimal | None:
         """Fold events committed at ``at`` in, and price them later (the hot path).
@@ -264,15 +420,17 @@ class CustomerAccount:
         # Fold every period's events before merging any: a bad event leaves no partial write.
         deltas = self._fold(events)
         price_now = bool(self._lowering) and any(
-            not self._lowering.isdisjoint(delta.touched()) for _, delta in deltas
+            not self._lowering.isdisjoint(delta.touched()) for _, delta, _ in deltas
         )
         if price_now:
             self._catch_up()
-        for start, delta in deltas:
+        for start, delta, parts in deltas:
             usage = self.periods.get(start)
             if usage is None:
                 usage = self.periods[start] = self.meters.empty_usage()
             usage.merge(delta)
+            if parts is not None:
+                self._merge_parts(start, parts)
             touched = delta.touched()
             self._unpriced.setdefault(start, set()).update(touched)
             if self._crowding is not None:  # kept up to date: caps are checked per request
@@ -329,12 +487,29 @@ class CustomerAccount:
         """What these events would cost now, without applying them."""
         self._catch_up()
         total = ZERO
-        for start, delta in self._fold(events):
+        for start, delta, parts in self._fold(events):
+            if parts is not None:
+                total += self._price_parts(start, parts)
+                continue
             usage = self.periods.get(start)
             merged = usage.plus(delta) if usage is not None else delta
             touched = delta.touched() if start in self.costs else None
             after = self._converted(sum(self._charge_costs(start, merged, touched), ZERO))
             total += after - self.spend.get(start, ZERO)
+        return total
+
+    def _price_parts(self, start: int, parts: Mapping[int, Usage]) -> Decimal:
+        """What would-be usage of a cut period costs, each part in its segment."""
+        held = self.parts.get(start, {})
+        known = self.part_costs.get(start, {})
+        total = ZERO
+        for segment, delta in parts.items():
+            usage = held.get(segment)
+            merged = usage.plus(delta) if usage is not None else delta
+            before = known.get(segment)
+            touched = delta.touched() if before is not None else None
+            after = sum(self._costs_under(segment, merged, before, touched), ZERO)
+            total += self._converted(after - sum(before or (), ZERO))
         return total
 
     def set_meters(self, meters: MeterSet) -> None:
@@ -343,20 +518,30 @@ class CustomerAccount:
         self._plan_changed()
         self._quiet = None
         self._crowding = None
-        for usage in self.periods.values():
+        for usage in chain(self.periods.values(), *(p.values() for p in self.parts.values())):
             usage.aggregations = meters.aggregations
             for key in meters.meters:
                 usage.groups.setdefault(key, {})
 
     def set_profile(self, profile: Profile) -> dict[int, Decimal]:
         """A new plan or new limits: re-rate every open period under the new plan. Returns
-        how much each period's spend moved (book it with :meth:`rebook`)."""
+        how much each period's spend moved (book it with :meth:`rebook`).
+
+        With plan spans, each period (or segment) is priced under the plan in force at its
+        start instead. A span that now cuts a period with usage makes it a cut period: the
+        usage recorded so far is the first segment's — recorded before the change, it stays
+        priced under the plan it was recorded under."""
         self._catch_up()
         self.profile = profile
         self._plan_changed()
         self._quiet = None
         self.costs.clear()
+        self.part_costs.clear()
+        self._cuts.clear()
         self._bounds = (0, 0)  # the interval may have changed
+        for start, usage in self.periods.items():
+            if start not in self.parts and self._cuts_of(start):
+                self.parts[start] = {start: usage.copy()}
         return {start: self._reprice(start) for start in self.periods}
 
     def rebook(self, changes: Mapping[int, Decimal], at: int) -> None:
@@ -658,15 +843,48 @@ class CustomerAccount:
                     spend=self.spend.get(start, ZERO),
                     costs=tuple(self.costs.get(start, ())),
                     burned=dict(self.burned.get(start, {})),
+                    segments=self.segments(start),
                 )
             )
         return due
+
+    def segments(self, start: int) -> tuple[SegmentRecord, ...]:
+        """The segments of the period that starts at ``start``, priced (none when no plan
+        change cuts it)."""
+        parts = self.parts.get(start)
+        cuts = self._cuts_of(start)
+        if parts is None and not cuts:
+            return ()
+        self._catch_up()
+        parts = parts or {}
+        known = self.part_costs.get(start, {})
+        end = self.profile.period_of(start).end
+        out = []
+        for low, high in segment_bounds(start, end, sorted({*cuts, *parts} - {start})):
+            usage = parts.get(low) or self.meters.empty_usage()
+            costs = known.get(low)
+            if costs is None:
+                costs = self._costs_under(low, usage, None, None)
+            span = span_at(self.profile.spans, low)
+            plan = self.profile.plan_at(low)
+            label = span.label if span is not None else None
+            if span is None and plan is not None:
+                label = f"{plan.key}@0"
+            out.append(
+                SegmentRecord(
+                    low, high, label, usage, tuple(costs), self._converted(sum(costs, ZERO))
+                )
+            )
+        return tuple(out)
 
     def drop_periods(self, starts: Sequence[int]) -> None:
         """Forget closed periods: their usage now lives in the billing-period records."""
         self._crowding = None
         for start in starts:
             self.periods.pop(start, None)
+            self.parts.pop(start, None)
+            self.part_costs.pop(start, None)
+            self._cuts.pop(start, None)
             self.spend.pop(start, None)
             self.costs.pop(start, None)
             self.burned.pop(start, None)
@@ -685,7 +903,7 @@ class CustomerAccount:
         return {
             "customer_id": self.profile.customer_id,
             "currency": cur.code,
-            "plan": self.profile.plan.key if self.profile.plan else None,
+            "plan": plan.key if (plan := self.profile.plan_at(now)) is not None else None,
             "billing_mode": self.profile.billing_mode,
             "credits_remaining": _amount(self.ledger.remaining(now), cur),
             "credits_expired": _amount(self.ledger.expired(now), cur),
@@ -699,6 +917,15 @@ class CustomerAccount:
             "spend_limit": _optional_amount(self.profile.spend_limit, cur),
             "available": None if available is None else _amount(available, cur),
             "usage": _usage_json(usage, self.meters) if usage is not None else {},
+            "segments": [
+                {
+                    "plan": segment.plan,
+                    "start": format_timestamp(segment.start),
+                    "end": format_timestamp(segment.end),
+                    "spend": _amount(segment.spend, cur),
+                }
+                for segment in self.segments(start)
+            ],
             "grants": [
                 {
                     "id": g.id,
@@ -726,6 +953,16 @@ class CustomerAccount:
                 for start, per_grant in self.burned.items()
             },
             "alerts": copy.deepcopy(self.alert_state),
+            **(
+                {
+                    "parts": {
+                        str(start): {str(seg): u.to_json() for seg, u in parts.items()}
+                        for start, parts in self.parts.items()
+                    }
+                }
+                if self.parts
+                else {}
+            ),
         }
 
     @classmethod
@@ -743,6 +980,10 @@ class CustomerAccount:
             Decimal(snapshot["uncovered"]),
         )
         account.alert_state = dict(snapshot.get("alerts", {}))
+        account.parts = {
+            int(start): {int(seg): meters.usage_from_json(raw) for seg, raw in parts.items()}
+            for start, parts in snapshot.get("parts", {}).items()
+        }
         account.burned = {
             int(start): {gid: Decimal(amount) for gid, amount in per_grant.items()}
             for start, per_grant in snapshot.get("burned", {}).items()
