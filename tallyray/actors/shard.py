@@ -44,7 +44,7 @@ from typing import Any
 
 import orjson
 
-from tallyray.actors.account import CustomerAccount, Hold, Profile, QuotaAnswer
+from tallyray.actors.account import CustomerAccount, Hold, PlanSpan, Profile, QuotaAnswer
 from tallyray.actors.alerting import AlertRule, plan_rules
 from tallyray.actors.limits import Limits
 from tallyray.actors.shard_line import Endpoint, ShardLineServer
@@ -67,6 +67,7 @@ from tallyray.pricing.events import Event, format_timestamp
 from tallyray.pricing.meters import MeterSet
 from tallyray.pricing.money import Currency, currency, round_amount
 from tallyray.pricing.periods import covered_until
+from tallyray.pricing.segments import merge_spans
 from tallyray.storage.alerts import AlertStore
 from tallyray.storage.billing import BillingStore
 from tallyray.storage.catalog import Catalog, CustomerRecord, EnvCatalog
@@ -169,6 +170,9 @@ class ShardCore:
         self.cutoffs: dict[str, int] = {}
         """Per environment: periods that ended by this moment are closed."""
         self.envs: dict[str, EnvCatalog] = {}
+        self._history: dict[AccountKey, list[tuple[int, str, int]]] = {}
+        """Per account, its subscriptions that may price open periods: (start, plan key,
+        version), oldest first (read with its record, made plan spans by ``_profile``)."""
         self.accounts: dict[AccountKey, CustomerAccount] = {}
         self.hold_owner: dict[str, AccountKey] = {}
         self.dirty: set[AccountKey] = set()
@@ -212,6 +216,31 @@ class ShardCore:
             found = self.envs[env] = self.catalog.env_catalog(env)
         return found
 
+    def _records(self, env: str, customer_ids: Sequence[str]) -> dict[str, CustomerRecord]:
+        """The customers' records, and their subscriptions (for ``_profile``)."""
+        records = self.catalog.customers(env, customer_ids)
+        history = self.catalog.subscriptions(env, customer_ids)
+        cutoff = self.cutoffs.get(env, 0)
+        for customer_id in customer_ids:
+            self._history[(env, customer_id)] = [
+                (row["start"], row["plan_key"], row["plan_version"])
+                for row in history.get(customer_id, [])
+                if row["end"] is None or row["end"] > max(row["start"], cutoff)
+            ]
+        return records
+
+    def _spans(self, record: CustomerRecord) -> tuple[PlanSpan, ...]:
+        """The customer's plans over its open periods (a plan change mid-period cuts it)."""
+        history = self._history.get((record.env, record.id), [])
+        if len(history) < 2:
+            return ()
+        cat = self.env(record.env)
+        if any((key, version) not in cat.plans for _, key, version in history):
+            cat = self.envs[record.env] = self.catalog.env_catalog(record.env)
+        return merge_spans(
+            PlanSpan(start, cat.plan(key, version), version) for start, key, version in history
+        )
+
     def _profile(self, record: CustomerRecord) -> Profile:
         cat = self.env(record.env)
         plan = None
@@ -242,6 +271,7 @@ class ShardCore:
             plan_until=None
             if plan is None or record.subscription_end is None
             else covered_until(record.subscription_end, plan.interval, record.anchor),
+            spans=self._spans(record),
         )
 
     def _load_accounts(self, env: str, customer_ids: Iterable[str]) -> None:
@@ -250,7 +280,7 @@ class ShardCore:
         if not missing:
             return
         self._refuse_set_aside(env, missing)
-        records = self.catalog.customers(env, missing)
+        records = self._records(env, missing)
         rules = self.alert_store.rules(env, missing)
         meters = self.env(env).meters
         for customer_id in missing:
@@ -337,7 +367,7 @@ class ShardCore:
         for env, customer in states:
             by_env[env].append(customer)
         for env, customers in by_env.items():
-            records = self.catalog.customers(env, customers)
+            records = self._records(env, customers)
             rules = self.alert_store.rules(env, customers)
             for customer in customers:
                 record = records.get(customer)
@@ -783,6 +813,7 @@ class ShardCore:
                         "costs": [format(c, "f") for c in period.costs],
                         "burned": {g: format(a, "f") for g, a in period.burned.items()},
                         "position": self.position,
+                        "segments": [s.to_json() for s in period.segments] or None,
                     }
                     for period in self.accounts[key].due_periods(cutoff)
                 ]
@@ -1222,7 +1253,7 @@ class ShardCore:
         keys = [k for k in self.accounts if k[0] == env]
         if customer_ids is not None:
             keys = [(env, c) for c in customer_ids if (env, c) in self.accounts]
-        records = self.catalog.customers(env, [k[1] for k in keys])
+        records = self._records(env, [k[1] for k in keys])
         rules = self.alert_store.rules(env, [k[1] for k in keys])
         now = self.clock()
         for key, held in self.accounts.items():

@@ -4,7 +4,9 @@ The steps run in a fixed, named order (adjustments are steps, not flags):
 
 1. ``base fee``    — each plan the customer had during the period, prorated by the days it
    covered;
-2. ``usage``       — each charge of the plan at the period's end, itemized per tier;
+2. ``usage``       — each charge of the plan at the period's end, itemized per tier; when a
+   plan change cut the period, each segment's usage under its own plan (lines carry their
+   ``segment``), so the invoice says what the live balance said;
 3. ``minimum``     — a true-up to the plan's minimum commitment (prorated like the base fee);
 4. ``discount``    — the subscription's discount, if any;
 5. ``tax``         — one line per rate, on the subtotal (:mod:`tallyray.invoicing.tax`);
@@ -35,7 +37,7 @@ from tallyray.pricing.money import DEFAULT_ROUNDING, PRICING_CONTEXT, Currency, 
 from tallyray.pricing.periods import Period, Proration
 from tallyray.pricing.plans import Plan, charge_quantity
 
-__all__ = ["Discount", "ExchangeRate", "InvoiceInput", "Segment", "build_invoice"]
+__all__ = ["Discount", "ExchangeRate", "InvoiceInput", "Segment", "UsageSegment", "build_invoice"]
 
 ZERO = Decimal(0)
 HUNDRED = Decimal(100)
@@ -67,6 +69,25 @@ class Segment:
     plan_version: int
     proration: Proration
     discount: Discount | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSegment:
+    """The part of a period a plan change cut off: its usage, priced under its own plan."""
+
+    plan: Plan
+    plan_version: int
+    start: int
+    end: int
+    usage: Usage
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "plan": self.plan.key,
+            "version": self.plan_version,
+            "start": format_timestamp(self.start),
+            "end": format_timestamp(self.end),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +131,9 @@ class InvoiceInput:
     exchange_rates: Sequence[ExchangeRate] = ()
     """More rates, when the plans of the period are priced in different currencies."""
     rounding: str = DEFAULT_ROUNDING
+    usage_segments: Sequence[UsageSegment] = ()
+    """When a plan change cut the period: its segments, oldest first; each prices its own
+    usage (``usage`` is then the whole period's, for reading)."""
 
 
 def build_invoice(given: InvoiceInput) -> dict[str, Any]:
@@ -142,7 +166,7 @@ class _Builder:
 
     # -- conversion and rounding ---------------------------------------------------------
 
-    def use(self, segment: Segment) -> ExchangeRate | None:
+    def use(self, segment: Segment | UsageSegment) -> ExchangeRate | None:
         """Convert from ``segment``'s plan currency from now on; returns the rate used."""
         plan_code, code = segment.plan.currency.code, self.given.currency.code
         if plan_code == code:
@@ -195,8 +219,19 @@ class _Builder:
         return lines
 
     def usage(self) -> list[dict[str, Any]]:
-        plan = self.given.segments[-1].plan
-        usage = self.given.usage
+        if not self.given.usage_segments:
+            return self.usage_under(self.given.segments[-1].plan, self.given.usage)
+        lines = []
+        for segment in self.given.usage_segments:
+            self.use(segment)
+            shown = segment.to_json()
+            for line in self.usage_under(segment.plan, segment.usage):
+                line["description"] += f" ({segment.plan.name} v{segment.plan_version})"
+                lines.append({**line, "segment": shown})
+        self.use(self.given.segments[-1])
+        return lines
+
+    def usage_under(self, plan: Plan, usage: Usage | None) -> list[dict[str, Any]]:
         lines = []
         for charge in plan.charges:
             quantity = ZERO if usage is None else charge_quantity(charge, usage, self.given.meters)
@@ -317,6 +352,11 @@ class _Builder:
                 "currency": last.plan.currency.code,
             },
             "exchange_rate": None if (rate := self.use(last)) is None else rate.to_json(),
+            **(
+                {"segments": [segment.to_json() for segment in given.usage_segments]}
+                if given.usage_segments
+                else {}
+            ),
             "lines": lines,
             "subtotal": _text(subtotal),
             "taxes": taxes,

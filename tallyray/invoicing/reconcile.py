@@ -5,12 +5,16 @@ The comparison is pure (:func:`compare`); :func:`reconcile_period` and
 :func:`reconcile_env` read the store. A difference means the projection and the log
 disagree — a bug or a tampered store — and is reported per meter and group, never fixed
 silently.
+
+A period a plan change cut (its record has ``segments``) is compared whole, then segment by
+segment: the events whose timestamps fall in each segment against the usage the segment was
+priced from.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -49,6 +53,8 @@ class Reconciliation:
     quantities: Mapping[str, str]
     """Per meter, the quantity recomputed from the events."""
     differences: tuple[Difference, ...] = field(default_factory=tuple)
+    plan: str | None = None
+    """For a segment of a period a plan change cut: ``key@version`` of its plan."""
 
     @property
     def ok(self) -> bool:
@@ -58,6 +64,7 @@ class Reconciliation:
         return {
             "customer_id": self.customer_id,
             "period": {"start": format_timestamp(self.start), "end": format_timestamp(self.end)},
+            **({"segment": {"plan": self.plan}} if self.plan is not None else {}),
             "events": self.events,
             "quantities": dict(self.quantities),
             "ok": self.ok,
@@ -92,6 +99,17 @@ def reconcile_env(
         out.append(
             compare(meters, row["customer_id"], row["start"], row["end"], checkpoint, events)
         )
+        for segment in row.get("segments") or ():
+            low, high = segment["start"], segment["end"]
+            found = compare(
+                meters,
+                row["customer_id"],
+                low,
+                high,
+                meters.usage_from_json(segment["usage"]),
+                [e for e in events if low <= e[3] < high],
+            )
+            out.append(replace(found, plan=f"{segment['plan']}@{segment['plan_version']}"))
     return out
 
 

@@ -26,6 +26,7 @@ from tallyray.invoicing.builder import (
     ExchangeRate,
     InvoiceInput,
     Segment,
+    UsageSegment,
     build_invoice,
 )
 from tallyray.invoicing.config import InvoicingConfig, parse_invoicing_config
@@ -207,6 +208,7 @@ def _customer_invoices(
                 tax=decision,
                 exchange_rates=rates,
                 rounding=ctx.rounding,
+                usage_segments=_usage_segments(ctx, row),
             )
         )
         doc.update(
@@ -217,6 +219,23 @@ def _customer_invoices(
         )
         docs.append(doc)
     return docs
+
+
+def _usage_segments(ctx: _Context, row: Mapping[str, Any] | None) -> list[UsageSegment]:
+    """The segments the live account priced, when a plan change cut the period."""
+    if row is None or not row.get("segments"):
+        return []
+    return [
+        UsageSegment(
+            plan=ctx.env.plan(raw["plan"], raw["plan_version"]),
+            plan_version=raw["plan_version"],
+            start=raw["start"],
+            end=raw["end"],
+            usage=ctx.env.meters.usage_from_json(raw["usage"]),
+        )
+        for raw in row["segments"]
+        if raw.get("plan") is not None
+    ]
 
 
 def _discount(raw: Mapping[str, Any] | None) -> Discount | None:

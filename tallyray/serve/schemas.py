@@ -154,11 +154,67 @@ class Plan(Open):
     key: str = Field(examples=["pro"])
     currency: str = Field(examples=["EUR"])
     version: int | None = Field(None, examples=[2])
+    status: Literal["draft", "published"] | None = Field(
+        None, description="`draft`: stored and simulated, not subscribable until published"
+    )
+    draft_version: int | None = Field(None, description="the key's draft, if it has one")
+
+
+class PlanRequest(Open):
+    key: str = Field(examples=["pro"])
+    currency: str = Field(examples=["EUR"])
+    draft: bool | None = Field(
+        None,
+        description="store a draft version (one per key; posting a draft again replaces "
+        "it): simulated, not subscribable until `POST /v1/plans/{key}/versions/{version}"
+        "/publish`",
+        examples=[True],
+    )
 
 
 class PlanList(Closed):
     plans: list[Plan]
     has_more: bool
+
+
+class PlanMigrationRequest(Closed):
+    from_version: int | None = Field(
+        None, description="only this version's subscribers (default: every older version)"
+    )
+    to_version: int = Field(examples=[3])
+    at: Literal["period_end", "now"] = Field(
+        description="`now`: switch at once (the period is priced in two segments); "
+        "`period_end`: at the end of each subscription's current period",
+        examples=["period_end"],
+    )
+
+
+class MigratedSubscription(Closed):
+    customer_id: str = Field(examples=["acme"])
+    from_subscription: str
+    to_subscription: str
+    from_version: int = Field(examples=[2])
+    to_version: int = Field(examples=[3])
+    at: Moment = Field(examples=["2026-12-01T00:00:00Z"])
+
+
+class SkippedSubscription(Closed):
+    customer_id: str
+    subscription_id: str
+    reason: str = Field(examples=["cancelled: ends 2026-12-01T00:00:00Z"])
+
+
+class PlanMigration(Closed):
+    plan: str = Field(examples=["pro"])
+    from_version: int | None
+    to_version: int = Field(examples=[3])
+    at: Literal["period_end", "now"]
+    moved: int = Field(examples=[120], description="subscriptions moved (or scheduled) now")
+    already: int = Field(
+        examples=[0], description="on `to_version` already, or scheduled to move to it"
+    )
+    skipped: list[SkippedSubscription]
+    subscriptions: list[MigratedSubscription]
 
 
 class CustomerRequest(Open):
@@ -452,9 +508,12 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("post", "/v1/reservations/{hold_id}/release"): Operation(None, {200: Release}),
     ("post", "/v1/meters"): Operation(Meter, {201: Meter}),
     ("get", "/v1/meters"): Operation(None, {200: MeterList}),
-    ("post", "/v1/plans"): Operation(Plan, {201: Plan}),
+    ("post", "/v1/plans"): Operation(PlanRequest, {201: Plan}),
     ("get", "/v1/plans"): Operation(None, {200: PlanList}),
     ("get", "/v1/plans/{key}"): Operation(None, {200: Plan}),
+    ("post", "/v1/plans/{key}/versions/{version}/publish"): Operation(None, {200: Plan}),
+    ("delete", "/v1/plans/{key}/versions/{version}"): Operation(None, {200: Deleted}),
+    ("post", "/v1/plans/{key}/migrate"): Operation(PlanMigrationRequest, {200: PlanMigration}),
     ("post", "/v1/customers"): Operation(CustomerRequest, {201: Customer}),
     ("get", "/v1/customers"): Operation(None, {200: CustomerList}),
     ("get", "/v1/customers/{customer_id}"): Operation(None, {200: Customer}),

@@ -82,6 +82,8 @@ BILLING_FIELDS = (
 PAYMENT_PROVIDERS = ("stripe", "adyen", "manual")
 
 
+PlanStatus = Literal["draft", "published"]
+
 CancelAt = Literal["period_end", "now"]
 CANCEL_AT: tuple[CancelAt, ...] = ("period_end", "now")
 
@@ -163,14 +165,22 @@ class EnvCatalog:
     meters: MeterSet
     plans: Mapping[tuple[str, int], Plan]
     latest: Mapping[str, int]
+    """Per key, its latest *published* version."""
     raw_plans: Mapping[tuple[str, int], Mapping[str, Any]]
+    drafts: Mapping[str, int] = field(default_factory=dict)
+    """Per key, the version of its draft (drafts are in ``plans`` and ``raw_plans`` too)."""
 
     def plan(self, key: str, version: int | None = None) -> Plan:
+        """A plan version, drafts included (what a simulation prices); without ``version``,
+        the latest published one."""
         version = self.latest.get(key) if version is None else version
         plan = self.plans.get((key, version)) if version is not None else None
         if plan is None:
             raise NotFound(f"no plan {key!r}" + (f" version {version}" if version else ""))
         return plan
+
+    def status(self, key: str, version: int) -> PlanStatus:
+        return "draft" if self.drafts.get(key) == version else "published"
 
 
 class Catalog:
@@ -223,10 +233,24 @@ class Catalog:
         definition: Mapping[str, Any],
         now: int,
         audit: AuditEntry | None = None,
+        draft: bool = False,
     ) -> tuple[Plan, int]:
-        """Store a plan; re-posting a key makes a new version unless nothing changed."""
+        """Store a plan; re-posting a key makes a new version unless nothing changed.
+
+        A ``draft`` is stored as the key's next version, not subscribable until published;
+        a key has one draft at most, and posting a draft again replaces it. A published
+        version cannot be posted while the key has a draft (publish or delete it first)."""
         catalog = self.env_catalog(env)
         plan = parse_plan(definition, catalog.meters.meters)
+        draft_version = catalog.drafts.get(plan.key)
+        if draft:
+            return plan, self._save_draft(env, plan.key, definition, draft_version, now, audit)
+        if draft_version is not None:
+            raise Conflict(
+                f"plan {plan.key!r} has a draft (version {draft_version}): publish it (POST "
+                f"/v1/plans/{plan.key}/versions/{draft_version}/publish) or delete it (DELETE "
+                f"/v1/plans/{plan.key}/versions/{draft_version}) before posting a new version"
+            )
         latest = catalog.latest.get(plan.key)
         if latest is not None and catalog.raw_plans[(plan.key, latest)] == definition:
             return plan, latest
@@ -249,13 +273,60 @@ class Catalog:
             raise Conflict(f"plan {plan.key!r} was changed at the same time; retry") from None
         return plan, version
 
+    def _save_draft(
+        self,
+        env: str,
+        key: str,
+        definition: Mapping[str, Any],
+        version: int | None,
+        now: int,
+        audit: AuditEntry | None,
+    ) -> int:
+        p = t.plans
+        try:
+            with self.engine.begin() as conn:
+                if version is None:
+                    top = conn.execute(
+                        select(func.max(p.c.version)).where(p.c.env == env, p.c.key == key)
+                    ).scalar()
+                    version = int(top or 0) + 1
+                    conn.execute(
+                        insert(p).values(
+                            env=env,
+                            key=key,
+                            version=version,
+                            definition=dict(definition),
+                            created_at=now,
+                            status="draft",
+                        )
+                    )
+                else:
+                    done = conn.execute(
+                        update(p)
+                        .where(
+                            p.c.env == env,
+                            p.c.key == key,
+                            p.c.version == version,
+                            p.c.status == "draft",
+                        )
+                        .values(definition=dict(definition), created_at=now)
+                    )
+                    if done.rowcount != 1:
+                        raise Conflict(f"plan {key!r} was changed at the same time; retry")
+                write_audit(
+                    conn, audit and replace(audit, summary={**audit.summary, "version": version})
+                )
+        except IntegrityError:
+            raise Conflict(f"plan {key!r} was changed at the same time; retry") from None
+        return version
+
     def env_catalog(self, env: str) -> EnvCatalog:
         with self.engine.connect() as conn:
             meter_rows = conn.execute(
                 select(t.meters.c.definition).where(t.meters.c.env == env)
             ).all()
             plan_rows = conn.execute(
-                select(t.plans.c.key, t.plans.c.version, t.plans.c.definition)
+                select(t.plans.c.key, t.plans.c.version, t.plans.c.definition, t.plans.c.status)
                 .where(t.plans.c.env == env)
                 .order_by(t.plans.c.key, t.plans.c.version)
             ).all()
@@ -263,11 +334,15 @@ class Catalog:
         plans: dict[tuple[str, int], Plan] = {}
         raw: dict[tuple[str, int], Mapping[str, Any]] = {}
         latest: dict[str, int] = {}
+        drafts: dict[str, int] = {}
         for row in plan_rows:
             plans[(row.key, row.version)] = parse_plan(row.definition, meters.meters)
             raw[(row.key, row.version)] = row.definition
-            latest[row.key] = row.version
-        return EnvCatalog(env, meters, plans, latest, raw)
+            if row.status == "draft":
+                drafts[row.key] = row.version
+            else:
+                latest[row.key] = row.version
+        return EnvCatalog(env, meters, plans, latest, raw, drafts)
 
     # -- customers and subscriptions -----------------------------------------------------
 
@@ -449,10 +524,21 @@ class Catalog:
         with self.engine.begin() as conn:
             version = conn.execute(
                 select(func.max(t.plans.c.version)).where(
-                    t.plans.c.env == env, t.plans.c.key == plan_key
+                    t.plans.c.env == env,
+                    t.plans.c.key == plan_key,
+                    t.plans.c.status == "published",
                 )
             ).scalar()
             if version is None:
+                draft = conn.execute(
+                    select(t.plans.c.version).where(t.plans.c.env == env, t.plans.c.key == plan_key)
+                ).scalar()
+                if draft is not None:
+                    raise Conflict(
+                        f"plan {plan_key!r} is a draft (version {draft}) and drafts cannot be "
+                        f"subscribed to: publish it first (POST /v1/plans/{plan_key}/versions/"
+                        f"{draft}/publish)"
+                    )
                 raise NotFound(f"no plan {plan_key!r}")
             definition = conn.execute(
                 select(t.plans.c.definition).where(

@@ -69,6 +69,8 @@ plans = Table(
     Column("version", Integer, nullable=False),
     Column("definition", Json, nullable=False),
     Column("created_at", Micros, nullable=False),
+    # ``published`` (subscribable) or ``draft`` (stored and simulated only; one per key).
+    Column("status", String(16), nullable=False, server_default="published"),
     PrimaryKeyConstraint("env", "key", "version"),
 )
 
@@ -235,6 +237,9 @@ billing_periods = Table(
     Column("burned", Json, nullable=False),
     Column("position", BigInteger, nullable=False),
     Column("closed_at", Micros, nullable=False),
+    # When a plan change cut the period: each segment's plan, usage and cost (see
+    # tallyray/pricing/segments.py); NULL: the period was priced whole under one plan.
+    Column("segments", Json),
     PrimaryKeyConstraint("env", "customer_id", "start"),
 )
 

@@ -48,6 +48,7 @@ def test_every_operation_has_its_bodies_and_the_error_shape() -> None:
                         "/webhook",
                         "/release",
                         "/enable",
+                        "/publish",
                         "/test",
                     )
                 ), where

@@ -3,6 +3,7 @@
 - :mod:`.events` — ingest, and usage read back from the event log;
 - :mod:`.quota` — quota checks and reservations (the gateway's calls);
 - :mod:`.catalog` — meters, plans, customers, subscriptions, credits, the live balance;
+- :mod:`.plan_versions` — publishing and deleting draft plans, migrating subscribers;
 - :mod:`.invoicing` — invoice runs, invoices, credit notes, exchange rates, payments;
 - :mod:`.webhooks` — webhook endpoints and alert rules;
 - :mod:`.portal` — portal sessions and the portal's pages;
@@ -14,12 +15,22 @@ helpers of :mod:`tallyray.serve.http`; :func:`tallyray.serve.app.build_app` comp
 
 from fastapi import APIRouter
 
-from tallyray.serve.routes import catalog, events, invoicing, operations, portal, quota, webhooks
+from tallyray.serve.routes import (
+    catalog,
+    events,
+    invoicing,
+    operations,
+    plan_versions,
+    portal,
+    quota,
+    webhooks,
+)
 
 ROUTERS: tuple[APIRouter, ...] = (
     events.router,
     quota.router,
     catalog.router,
+    plan_versions.router,
     invoicing.router,
     webhooks.router,
     portal.router,

@@ -77,29 +77,42 @@ async def get_meters(
 @router.post("/v1/plans", tags=["catalog"], status_code=201)
 async def post_plan(request: Request) -> Response:
     """Create a plan; posting an existing key with changes makes a new version
-    (subscriptions keep theirs)."""
+    (subscriptions keep theirs). With `"draft": true` the version is a draft: stored and
+    simulated, not subscribable until published; posting a draft again replaces it."""
     api = api_of(request)
     env = await api.authenticate(request)
     doc = await json_body(request)
+    draft = _draft_flag(doc)
     now = api.clock()
-    entry = audit_entry(request, env, "plan.created", "plan", _key_of(doc), now, doc)
-    _, version = await run_in_threadpool(api.catalog.add_plan, env, doc, now, entry)
+    action = "plan.draft_saved" if draft else "plan.created"
+    entry = audit_entry(request, env, action, "plan", _key_of(doc), now, doc)
+    _, version = await run_in_threadpool(api.catalog.add_plan, env, doc, now, entry, draft)
     await api.refresh(env, [])
-    return json_response({**doc, "version": version}, 201)
+    status = "draft" if draft else "published"
+    return json_response({**doc, "version": version, "status": status}, 201)
 
 
 @router.get("/v1/plans", tags=["catalog"])
 async def get_plans(
     request: Request, limit: int = DEFAULT_LIMIT, starting_after: str | None = None
 ) -> Response:
-    """The latest version of every plan, by key; `starting_after` takes a plan's key."""
+    """The latest published version of every plan, by key, with `status` and the version
+    of its draft (`draft_version`, or `null`); a key with only a draft shows the draft.
+    `starting_after` takes a plan's key."""
     api = api_of(request)
     env = await api.authenticate(request)
     page = PageRequest.of(limit, starting_after)
     catalog = await run_in_threadpool(api.catalog.env_catalog, env)
+    shown = {**catalog.drafts, **catalog.latest}
     plans = [
-        {**catalog.raw_plans[(key, version)], "key": key, "version": version}
-        for key, version in sorted(catalog.latest.items())
+        {
+            **catalog.raw_plans[(key, version)],
+            "key": key,
+            "version": version,
+            "status": catalog.status(key, version),
+            "draft_version": catalog.drafts.get(key),
+        }
+        for key, version in sorted(shown.items())
     ]
     found = page_of_list(plans, lambda p: str(p["key"]), page, "plan")
     return json_response({"plans": found.items, "has_more": found.has_more})
@@ -110,9 +123,18 @@ async def get_plan(key: str, request: Request, version: int | None = None) -> Re
     api = api_of(request)
     env = await api.authenticate(request)
     catalog = await run_in_threadpool(api.catalog.env_catalog, env)
+    if version is None and key not in catalog.latest and key in catalog.drafts:
+        version = catalog.drafts[key]  # only a draft so far
     catalog.plan(key, version)  # 404 when missing
     chosen = version or catalog.latest[key]
-    return json_response({**catalog.raw_plans[(key, chosen)], "version": chosen})
+    return json_response(
+        {
+            **catalog.raw_plans[(key, chosen)],
+            "version": chosen,
+            "status": catalog.status(key, chosen),
+            "draft_version": catalog.drafts.get(key),
+        }
+    )
 
 
 # -- customers and subscriptions ---------------------------------------------------------
@@ -321,6 +343,16 @@ def _key_of(doc: Any) -> str:
     """The ``key`` of a meter or plan body, for its audit entry (the store checks it)."""
     key = doc.get("key") if isinstance(doc, dict) else None
     return key if isinstance(key, str) else ""
+
+
+def _draft_flag(doc: Any) -> bool:
+    """Take ``"draft"`` out of a plan body (it is not part of the plan)."""
+    if not isinstance(doc, dict) or "draft" not in doc:
+        return False
+    draft = doc.pop("draft")
+    if not isinstance(draft, bool):
+        raise InvalidInput("'draft' must be true or false", [Problem("draft", shown(draft))])
+    return draft
 
 
 def _grant_id(env: str, customer_id: str, key: str) -> str:
