@@ -101,9 +101,12 @@ class Profile:
 
     def plan_at(self, ts: int) -> Plan | None:
         """The plan that prices usage at ``ts``."""
-        if not self.spans:
+        spans = self.spans
+        if not spans:
             return self.plan
-        span = span_at(self.spans, ts)
+        if len(spans) == 1:
+            return spans[0].plan
+        span = span_at(spans, ts)
         return None if span is None else span.plan
 
     def plans(self) -> tuple[Plan, ...]:

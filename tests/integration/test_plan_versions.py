@@ -196,10 +196,14 @@ async def test_migrate_refuses_what_it_cannot_do(inv: Invoicing) -> None:
         ({"to_version": "2", "at": "now"}, 422),
         ({"to_version": 2}, 422),
         ({"from_version": 2, "to_version": 1, "at": "now"}, 422),
+        ({"to_version": 2**40, "at": "now"}, 422),  # no version is that large
+        ({"to_version": 2, "at": "now", "when": "soon"}, 422),
     ]
     for body, status in cases:
         r = await c.post(f"/v1/plans/{PLAN}/migrate", json=body)
         assert r.status_code == status, (body, r.text)
+    assert (await c.post(f"/v1/plans/{PLAN}/versions/{2**40}/publish")).status_code == 404
+    assert (await c.post("/v1/plans/nope/versions/1/publish")).status_code == 404
 
 
 @pytest.mark.parametrize("fresh_store", ["2026-11-30T23:58:00Z"], indirect=True)
@@ -274,6 +278,13 @@ async def test_a_mid_period_change_keeps_the_live_spend_and_invoices_two_segment
     assert (r.status_code, r.json()["moved"]) == (200, 1), r.text
     switch = r.json()["subscriptions"][0]["at"]
     assert switch.startswith("2026-10-18T12:")
+    # a retry moves nothing twice; the move is in the audit log
+    r = await c.post(f"/v1/plans/{PLAN}/migrate", json={"to_version": 2, "at": "now"})
+    assert (r.status_code, r.json()["moved"], r.json()["already"]) == (200, 0, 1), r.text
+    audit = (await c.get("/v1/audit-events", params={"object_type": "plan"})).json()
+    (entry,) = [e for e in audit["events"] if e["action"] == "plan.migrated"]
+    assert entry["summary"]["at"] == "now"
+    assert entry["summary"]["subscriptions"][0]["customer_id"] == customer
     # the live spend the customer saw does not move at the switch
     after = await balance(inv, customer)
     assert (after["period_spend"], after["credits_remaining"]) == ("6.00", "94.00")

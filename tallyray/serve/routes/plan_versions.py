@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from tallyray.errors import InvalidInput, Problem
+from tallyray.errors import InvalidInput, NotFound, Problem
 from tallyray.pricing.money import shown
 from tallyray.serve.api import api_of
 from tallyray.serve.auth import audit_entry
@@ -24,6 +24,8 @@ __all__ = ["router"]
 router = APIRouter()
 
 MIGRATE_FIELDS = frozenset({"from_version", "to_version", "at"})
+MAX_VERSION = 2**31 - 1
+"""Versions are stored as 32-bit integers: a larger one names no plan."""
 
 
 @router.post("/v1/plans/{key}/versions/{version}/publish", tags=["catalog"])
@@ -33,6 +35,7 @@ async def publish(key: str, version: int, request: Request) -> Response:
     version changes nothing."""
     api = api_of(request)
     env = await api.authenticate(request)
+    _known(key, version)
     now = api.clock()
     entry = audit_entry(
         request, env, "plan.published", "plan", key, now, {"key": key, "version": version}
@@ -51,6 +54,7 @@ async def delete(key: str, version: int, request: Request) -> Response:
     """Delete a draft. A published version is never deleted (`409`)."""
     api = api_of(request)
     env = await api.authenticate(request)
+    _known(key, version)
     now = api.clock()
     entry = audit_entry(
         request, env, "plan.draft_deleted", "plan", key, now, {"key": key, "version": version}
@@ -90,8 +94,14 @@ async def migrate(key: str, request: Request) -> Response:
 
 def _version(doc: dict[str, object], name: str) -> int:
     value = doc.get(name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_VERSION:
         raise InvalidInput(
             f"'{name}' must be a plan version (a whole number ≥ 1)", [Problem(name, shown(value))]
         )
     return value
+
+
+def _known(key: str, version: int) -> None:
+    """A version outside what the store holds names no plan (a 404, never a store error)."""
+    if not 1 <= version <= MAX_VERSION:
+        raise NotFound(f"no plan {key!r} version {version}")
