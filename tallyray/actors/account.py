@@ -271,7 +271,7 @@ class CustomerAccount:
         for start, delta in deltas:
             usage = self.periods.get(start)
             if usage is None:
-                usage = self.periods[start] = self.meters.empty_usage()
+                usage = self.periods[start] = self.meters.empty_usage(self._end_of(start))
             usage.merge(delta)
             touched = delta.touched()
             self._unpriced.setdefault(start, set()).update(touched)
@@ -316,6 +316,11 @@ class CustomerAccount:
         self.rebook(changes, at)
         return sum(changes.values(), ZERO)
 
+    def _end_of(self, start: int) -> int:
+        """The end of the period that starts at ``start`` (a ``weighted_sum`` meter's last
+        reading holds until then)."""
+        return self.profile.period_of(start).end
+
     def _converted(self, amount: Decimal) -> Decimal:
         rate = self.profile.fx_rate
         return amount if rate is None else amount * rate
@@ -331,6 +336,8 @@ class CustomerAccount:
         total = ZERO
         for start, delta in self._fold(events):
             usage = self.periods.get(start)
+            if usage is None:
+                delta.end = self._end_of(start)
             merged = usage.plus(delta) if usage is not None else delta
             touched = delta.touched() if start in self.costs else None
             after = self._converted(sum(self._charge_costs(start, merged, touched), ZERO))
@@ -357,6 +364,8 @@ class CustomerAccount:
         self._quiet = None
         self.costs.clear()
         self._bounds = (0, 0)  # the interval may have changed
+        for start, usage in self.periods.items():
+            usage.end = self._end_of(start)
         return {start: self._reprice(start) for start in self.periods}
 
     def rebook(self, changes: Mapping[int, Decimal], at: int) -> None:
@@ -734,7 +743,8 @@ class CustomerAccount:
     ) -> CustomerAccount:
         account = cls(profile, meters)
         account.periods = {
-            int(start): meters.usage_from_json(raw) for start, raw in snapshot["periods"].items()
+            int(start): meters.usage_from_json(raw, profile.period_of(int(start)).end)
+            for start, raw in snapshot["periods"].items()
         }
         account.spend = {int(start): Decimal(s) for start, s in snapshot["spend"].items()}
         account.ledger = Ledger(

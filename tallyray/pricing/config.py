@@ -14,18 +14,20 @@ from decimal import Decimal
 from typing import Any
 
 from tallyray.errors import ConfigError, CurrencyError, InvalidInput, Problem
-from tallyray.pricing.meters import AGGREGATIONS, Filter, MeterSet, MeterSpec
+from tallyray.pricing.meters import AGGREGATIONS, WEIGHT_UNITS, Filter, MeterSet, MeterSpec
 from tallyray.pricing.models import (
     MODELS,
     ChargeModel,
+    Dynamic,
     Graduated,
     Package,
+    Percentage,
     PerUnit,
     Tier,
     Volume,
 )
 from tallyray.pricing.money import DEFAULT_ROUNDING, ROUNDING_MODES, currency, parse_amount
-from tallyray.pricing.plans import INTERVALS, Charge, Plan
+from tallyray.pricing.plans import INTERVALS, Charge, Plan, per_event_sums
 
 __all__ = ["PricingConfig", "parse_config", "parse_meter", "parse_plan"]
 
@@ -147,6 +149,7 @@ _METER_FIELDS = frozenset(
         "filter",
         "group_by",
         "allow_negative",
+        "unit",
     }
 )
 
@@ -204,11 +207,28 @@ def _meter(r: _Reader, raw: Any, where: str) -> MeterSpec | None:
         r.bad(f"{where}.allow_negative", "must be true or false")
     elif allow_negative and aggregation in ("count", "unique_count"):
         r.bad(f"{where}.allow_negative", f"a {aggregation} meter has no values to be negative")
+    unit = obj.get("unit")
+    units = ", ".join(WEIGHT_UNITS)
+    if aggregation == "weighted_sum" and unit not in WEIGHT_UNITS:
+        r.bad(
+            f"{where}.unit",
+            f"a weighted_sum meter needs the unit of time its value is held in: one of {units}, "
+            f"not {unit!r}",
+        )
+    elif aggregation != "weighted_sum" and unit is not None:
+        r.bad(f"{where}.unit", "only a weighted_sum meter takes a unit of time")
     if len(r.problems) > before:
         return None
     assert key is not None and event_type is not None
     return MeterSpec(
-        key, event_type, str(aggregation), path, flt, tuple(group_by), allow_negative is True
+        key,
+        event_type,
+        str(aggregation),
+        path,
+        flt,
+        tuple(group_by),
+        allow_negative is True,
+        unit if isinstance(unit, str) else None,
     )
 
 
@@ -246,6 +266,13 @@ _MODEL_FIELDS: Mapping[str, frozenset[str]] = {
     "package": frozenset({"package_size", "package_amount"}),
     "graduated": frozenset({"tiers"}),
     "volume": frozenset({"tiers"}),
+    "percentage": frozenset({"percent", "minimum", "maximum"}),
+    "dynamic": frozenset(),
+}
+#: Models priced from a value the events carry: their meter must be a ``sum`` of that value.
+_VALUE_MODELS = {
+    "percentage": "the value it takes a percentage of (the provider's cost, say)",
+    "dynamic": "the price each event carries",
 }
 _TIER_FIELDS = frozenset({"up_to", "unit_amount", "flat_amount"})
 
@@ -290,7 +317,35 @@ def _tiers(r: _Reader, raw: Any, where: str) -> tuple[Tier, ...] | None:
     return tuple(tiers)
 
 
+def _percentage(r: _Reader, obj: Mapping[str, Any], where: str) -> Percentage | None:
+    """``{"percent": "20", "minimum"?: "0.01", "maximum"?: "2.00"}``: the bounds are per event,
+    in the plan's currency, with up to 12 decimal places (an event may cost a fraction of a
+    cent)."""
+    before = len(r.problems)
+    written = obj.get("percent")
+    if isinstance(written, str) and written.strip().endswith("%"):
+        r.bad(f"{where}.percent", f'must be a number without "%": "20" for 20 %, not {written!r}')
+        percent = None
+    else:
+        percent = r.amount(obj, where, "percent")
+    low = r.amount(obj, where, "minimum", required=False)
+    high = r.amount(obj, where, "maximum", required=False)
+    if low is not None and high is not None and low > high:
+        r.bad(
+            f"{where}.maximum",
+            f"the most an event is charged ({format(high, 'f')}) is below the least "
+            f"({format(low, 'f')}): raise maximum or lower minimum",
+        )
+    if percent is None or len(r.problems) > before:
+        return None
+    return Percentage(percent, low, high)
+
+
 def _model(r: _Reader, name: str, obj: Mapping[str, Any], where: str) -> ChargeModel | None:
+    if name == "percentage":
+        return _percentage(r, obj, where)
+    if name == "dynamic":
+        return Dynamic()
     if name == "per_unit":
         unit = r.amount(obj, where, "unit_amount")
         return None if unit is None else PerUnit(unit)
@@ -341,6 +396,21 @@ def _charge(
                 f"a charge can only filter on its meter's group_by properties; add {name!r} "
                 f"to meter {meter.key!r}'s group_by",
             )
+    if meter is not None and model_name in _VALUE_MODELS and meter.aggregation != "sum":
+        r.bad(
+            f"{where}.meter",
+            f"a {model_name} charge needs a sum meter over {_VALUE_MODELS[model_name]}; "
+            f"meter {meter.key!r} is a {meter.aggregation} meter",
+        )
+    clamped = model_name == "percentage" and any(
+        obj.get(bound) is not None for bound in ("minimum", "maximum")
+    )
+    if meter is not None and clamped and meter.allow_negative:
+        r.bad(
+            f"{where}.meter",
+            f"meter {meter.key!r} takes negative values, and a per-event minimum or maximum "
+            "has no meaning for a correction: use a meter without allow_negative",
+        )
     description = r.text(obj, where, "description", required=False)
     model = _model(r, model_name, obj, where)
     if model is None or len(r.problems) > before:
@@ -484,4 +554,5 @@ def parse_config(raw: Any) -> PricingConfig:
             plans.setdefault(plan.key, plan)
     if r.problems:
         raise ConfigError.of(r.problems)
-    return PricingConfig(MeterSet(meters.values()), plans, rounding, doc)
+    meter_set = MeterSet(meters.values(), per_event_sums(plans.values()))
+    return PricingConfig(meter_set, plans, rounding, doc)
