@@ -32,9 +32,10 @@ STARTS_NOV_20 = [pytest.param("2026-11-20T10:00:00Z", id="nov-20")]
 
 
 async def _ai_plan(inv: Invoicing) -> tuple[str, dict[str, str]]:  # noqa: F811
-    """Meters and plan with fresh keys; returns (plan key, the meters' event types)."""
-    types = {"call": unique("ai.call"), "seats": unique("ai.seats")}
+    """Meters and plan with fresh keys; returns (plan key, the event types and the seats
+    meter's key)."""
     cost, price, seats = unique("cost"), unique("price"), unique("seats")
+    types = {"call": unique("ai.call"), "seats": unique("ai.seats"), "seat_meter": seats}
     meters = [
         {
             "key": cost,
@@ -153,8 +154,25 @@ async def test_each_model_prices_the_same_live_and_on_the_invoice(
     balance = r.json()
     assert balance["period_spend_precise"] == "22.6925"
     assert balance["period_spend"] == "22.69"
-    seat_meter = next(k for k in balance["usage"] if k.startswith("seats"))
-    assert balance["usage"][seat_meter]["quantity"] == "45"
+    assert balance["usage"][types["seat_meter"]]["quantity"] == "45"
+
+    # Usage over time holds the gauge from reading to reading, across windows.
+    for since, until, held in [
+        ("2026-10-01", "2026-10-03", ["10", "10"]),
+        ("2026-10-20", "2026-10-23", ["0", "16", "16"]),  # from the first reading inside
+    ]:
+        r = await inv.client.get(
+            "/v1/usage",
+            params={
+                "customer_id": customer,
+                "meter": types["seat_meter"],
+                "window": "day",
+                "from": f"{since}T00:00:00Z",
+                "to": f"{until}T00:00:00Z",
+            },
+        )
+        assert r.status_code == 200, r.text
+        assert [point["quantity"] for point in r.json()["data"]] == held
 
     # A quota check prices a would-be call per event: 20 % of 100 is capped at 2.00 (claude:
     # no markup); a reading of 5 seats on Nov 20 holds 11 days where 3 did, 2 × 11 × 0.50 = 11.
