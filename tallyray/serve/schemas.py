@@ -142,7 +142,7 @@ class Release(Open):
 class Meter(Open):
     key: str = Field(examples=["input_tokens"])
     event_type: str = Field(examples=["llm.completion"])
-    aggregation: Literal["sum", "count", "max", "unique_count", "latest"]
+    aggregation: Literal["sum", "count", "max", "unique_count", "latest", "weighted_sum"]
 
 
 class MeterList(Closed):

@@ -56,6 +56,10 @@ async def _ai_plan(inv: Invoicing) -> tuple[str, dict[str, str]]:  # noqa: F811
     for meter in meters:
         r = await inv.client.post("/v1/meters", json=meter)
         assert r.status_code == 201, r.text
+    r = await inv.client.get("/v1/meters", params={"limit": 100})
+    assert r.status_code == 200, r.text
+    listed = {m["key"]: m for m in r.json()["meters"]}
+    assert listed[seats]["aggregation"] == "weighted_sum" and listed[seats]["unit"] == "day"
     plan = unique("ai")
     r = await inv.client.post(
         "/v1/plans",
