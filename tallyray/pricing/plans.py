@@ -23,6 +23,7 @@ from tallyray.pricing.meters import Filter, MeterSpec, Usage
 from tallyray.pricing.models import ChargeModel, TierLine, price
 from tallyray.pricing.models.base import ZERO
 from tallyray.pricing.money import DEFAULT_ROUNDING, PRICING_CONTEXT, Currency, round_amount
+from tallyray.pricing.quotas import Entitlement, UnitLimit
 
 __all__ = ["INTERVALS", "Charge", "Line", "Plan", "Preview", "rate", "usage_cost"]
 
@@ -59,6 +60,10 @@ class Plan:
     base_fee: Decimal = ZERO
     minimum: Decimal | None = None
     charges: tuple[Charge, ...] = ()
+    limits: tuple[UnitLimit, ...] = ()
+    """Usage limits in units over a window (:mod:`tallyray.pricing.quotas`)."""
+    entitlements: tuple[Entitlement, ...] = ()
+    """Features the plan allows or not (:mod:`tallyray.pricing.quotas`)."""
 
     def meters_used(self) -> frozenset[str]:
         return frozenset(c.meter for c in self.charges)
