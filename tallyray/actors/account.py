@@ -70,7 +70,6 @@ from tallyray.pricing.quotas import (
 
 __all__ = [
     "BILLING_MODES",
-    "REFUSALS",
     "ClosedPeriod",
     "CustomerAccount",
     "Hold",
@@ -85,7 +84,6 @@ Refusal = Literal["credit", "credit_limit", "spend_cap", "unit_limit", "entitlem
 """What refused a quota check or a reservation: not enough credit, the operator's credit
 limit, the customer's spend cap, a unit limit of the plan, a feature the plan does not
 include."""
-REFUSALS: tuple[Refusal, ...] = ("credit", "credit_limit", "spend_cap", "unit_limit", "entitlement")
 
 
 @dataclass(frozen=True, slots=True)

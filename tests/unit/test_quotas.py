@@ -515,3 +515,13 @@ def test_a_limit_key_names_its_meter_window_and_groups() -> None:
         "t", D(1), "month", {"model": frozenset({"b", "a"}), "region": frozenset({"eu"})}
     )
     assert limit.key == "t/month[model=a|b, region=eu]"
+
+
+def test_the_api_schema_lists_every_refusal() -> None:
+    from typing import get_args
+
+    from tallyray.actors.account import Refusal
+    from tallyray.serve.schemas import QuotaAnswer as Schema
+
+    shown = Schema.model_json_schema()["properties"]["refusal"]["anyOf"][0]["enum"]
+    assert shown == list(get_args(Refusal))
