@@ -8,7 +8,7 @@ decodes the JSON and hands over the objects.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -28,6 +28,7 @@ from tallyray.pricing.models import (
 )
 from tallyray.pricing.money import DEFAULT_ROUNDING, ROUNDING_MODES, currency, parse_amount
 from tallyray.pricing.plans import INTERVALS, Charge, Plan, per_event_sums
+from tallyray.pricing.quotas import LIMIT_AGGREGATIONS, WINDOWS, Entitlement, UnitLimit
 
 __all__ = ["PricingConfig", "parse_config", "parse_meter", "parse_plan"]
 
@@ -257,7 +258,7 @@ _PLAN_FIELDS = frozenset(
         "charges",
         "alerts",
     }
-)
+) | frozenset({"limits", "entitlements"})
 #: A plan's default alert rules (evaluated by the shards; see tallyray.actors.alerting).
 ALERT_KINDS = ("balance_below", "spend_above", "usage_above", "credits_used_percent")
 _CHARGE_COMMON = frozenset({"meter", "model", "filter", "description"})
@@ -456,10 +457,118 @@ def _plan(
             if charge is not None:
                 charges.append(charge)
     _alerts(r, obj.get("alerts", []), f"{where}.alerts", meters)
+    limits = _unit_limits(r, obj.get("limits", []), f"{where}.limits", meters)
+    entitlements = _entitlements(r, obj.get("entitlements", []), f"{where}.entitlements")
     if len(r.problems) > before:
         return None
     assert key is not None and cur is not None and base_fee is not None
-    return Plan(key, name, cur, str(interval), base_fee, minimum, tuple(charges))
+    return Plan(
+        key,
+        name,
+        cur,
+        str(interval),
+        base_fee,
+        minimum,
+        tuple(charges),
+        limits=limits,
+        entitlements=entitlements,
+    )
+
+
+_LIMIT_FIELDS = frozenset({"meter", "limit", "window", "groups"})
+_ENTITLEMENT_FIELDS = frozenset({"feature", "match", "allowed"})
+
+
+def _objects(
+    r: _Reader, raw: Any, where: str, what: str, fields: frozenset[str]
+) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """The objects of a list field (index, JSON path, object); what is not one is reported."""
+    if not isinstance(raw, list):
+        r.bad(where, f"must be a list of {what}, not {_kind(raw)}")
+        return
+    for i, item in enumerate(raw):
+        here = f"{where}[{i}]"
+        obj = r.obj(item, here, fields)
+        if obj is not None:
+            yield i, here, obj
+
+
+def _unit_limits(
+    r: _Reader, raw: Any, where: str, meters: Mapping[str, MeterSpec]
+) -> tuple[UnitLimit, ...]:
+    """A plan's usage limits in units: ``[{"meter", "limit", "window", "groups"?}]``."""
+    limits: list[UnitLimit] = []
+    seen: dict[str, int] = {}
+    for i, here, obj in _objects(r, raw, where, "unit limits", _LIMIT_FIELDS):
+        before = len(r.problems)
+        meter_key = obj.get("meter")
+        meter = meters.get(meter_key) if isinstance(meter_key, str) else None
+        if meter is None:
+            known = ", ".join(sorted(meters)) or "none defined"
+            r.bad(f"{here}.meter", f"unknown meter {meter_key!r} (meters: {known})")
+        elif meter.aggregation not in LIMIT_AGGREGATIONS:
+            r.bad(
+                f"{here}.meter",
+                f"meter {meter.key!r} is a {meter.aggregation} meter; a unit limit counts "
+                f"what events add, so it needs a {' or '.join(LIMIT_AGGREGATIONS)} meter",
+            )
+        limit = r.quantity(obj.get("limit"), f"{here}.limit") if "limit" in obj else None
+        if "limit" not in obj:
+            r.bad(f"{here}.limit", "is required: the most units per window, e.g. 1000000")
+        window = obj.get("window")
+        if window not in WINDOWS:
+            r.bad(f"{here}.window", f"must be one of {', '.join(WINDOWS)}, not {window!r}")
+        groups = _filter(r, obj.get("groups"), f"{here}.groups")
+        if meter is not None:
+            for name in sorted(set(groups) - set(meter.group_by)):
+                r.bad(
+                    f"{here}.groups.{name}",
+                    f"a unit limit can only narrow to its meter's group_by properties; add "
+                    f"{name!r} to meter {meter.key!r}'s group_by",
+                )
+        if len(r.problems) > before:
+            continue
+        assert isinstance(meter_key, str) and limit is not None and window in WINDOWS
+        unit_limit = UnitLimit(meter_key, limit, window, groups)
+        if unit_limit.key in seen:
+            r.bad(
+                here,
+                f"limits {unit_limit.describe()} per {window} again: "
+                f"{where}[{seen[unit_limit.key]}] does already",
+            )
+            continue
+        seen[unit_limit.key] = i
+        limits.append(unit_limit)
+    return tuple(limits)
+
+
+def _entitlements(r: _Reader, raw: Any, where: str) -> tuple[Entitlement, ...]:
+    """A plan's features: ``[{"feature", "match", "allowed"}]``."""
+    found: list[Entitlement] = []
+    seen: dict[str, int] = {}
+    for i, here, obj in _objects(r, raw, where, "entitlements", _ENTITLEMENT_FIELDS):
+        before = len(r.problems)
+        feature = r.key(obj, here, "feature")
+        if feature is not None and feature in seen:
+            r.bad(f"{here}.feature", f"{feature!r} is already used by {where}[{seen[feature]}]")
+        match = obj.get("match")
+        flt = _filter(r, match, f"{here}.match")
+        if isinstance(match, dict) and not match:
+            r.bad(
+                f"{here}.match",
+                'must name the event properties the feature covers, e.g. {"model": "gpt-4o"}',
+            )
+        elif match is None:
+            r.bad(f"{here}.match", 'is required, e.g. {"model": "gpt-4o"}')
+        allowed = obj.get("allowed")
+        if not isinstance(allowed, bool):
+            r.bad(f"{here}.allowed", f"must be true or false, not {allowed!r}")
+        if len(r.problems) > before:
+            continue
+        assert feature is not None and isinstance(allowed, bool)
+        seen[feature] = i
+        found.append(Entitlement(feature, flt, allowed))
+    return tuple(found)
 
 
 def _alerts(r: _Reader, raw: Any, where: str, meters: Mapping[str, MeterSpec]) -> None:

@@ -26,6 +26,7 @@ from tallyray.pricing.models import ChargeModel, Percentage, Priced, TierLine, p
 from tallyray.pricing.models.base import ZERO
 from tallyray.pricing.models.percentage import event_amount, price_clamped
 from tallyray.pricing.money import DEFAULT_ROUNDING, PRICING_CONTEXT, Currency, round_amount
+from tallyray.pricing.quotas import Entitlement, UnitLimit
 
 __all__ = [
     "INTERVALS",
@@ -72,6 +73,10 @@ class Plan:
     base_fee: Decimal = ZERO
     minimum: Decimal | None = None
     charges: tuple[Charge, ...] = ()
+    limits: tuple[UnitLimit, ...] = ()
+    """Usage limits in units over a window (:mod:`tallyray.pricing.quotas`)."""
+    entitlements: tuple[Entitlement, ...] = ()
+    """Features the plan allows or not (:mod:`tallyray.pricing.quotas`)."""
 
     def meters_used(self) -> frozenset[str]:
         return frozenset(c.meter for c in self.charges)

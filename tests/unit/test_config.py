@@ -210,8 +210,8 @@ BAD_CASES: list[tuple[str, Callable[[Doc], object], str, str]] = [
         "unknown-plan-field",
         lambda d: plan(d).update(base_fees="10.00"),
         "plans[0].base_fees",
-        "unknown field (known: alerts, base_fee, charges, currency, description, interval, "
-        "key, minimum, name)",
+        "unknown field (known: alerts, base_fee, charges, currency, description, "
+        "entitlements, interval, key, limits, minimum, name)",
     ),
     (
         "unknown-charge-field",
