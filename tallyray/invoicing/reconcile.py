@@ -106,7 +106,7 @@ def reconcile_env(
                 row["customer_id"],
                 low,
                 high,
-                meters.usage_from_json(segment["usage"]),
+                meters.usage_from_json(segment["usage"], high),
                 [e for e in events if low <= e[3] < high],
             )
             out.append(replace(found, plan=f"{segment['plan']}@{segment['plan_version']}"))
@@ -122,7 +122,9 @@ def compare(
     events: list[Event],
 ) -> Reconciliation:
     recomputed = recompute(meters, events)
+    recomputed.end = end  # a weighted_sum meter's last reading holds to the period's end
     stored = checkpoint if checkpoint is not None else meters.empty_usage()
+    stored.end = end
     differences = []
     quantities = {}
     for key, spec in sorted(meters.meters.items()):

@@ -200,7 +200,9 @@ def _customer_invoices(
                 currency=cur,
                 period=period,
                 segments=segments,
-                usage=None if row is None else ctx.env.meters.usage_from_json(row["usage"]),
+                usage=None
+                if row is None
+                else ctx.env.meters.usage_from_json(row["usage"], period.end),
                 meters=ctx.env.meters.meters,
                 burned={}
                 if row is None
@@ -231,7 +233,7 @@ def _usage_segments(ctx: _Context, row: Mapping[str, Any] | None) -> list[UsageS
             plan_version=raw["plan_version"],
             start=raw["start"],
             end=raw["end"],
-            usage=ctx.env.meters.usage_from_json(raw["usage"]),
+            usage=ctx.env.meters.usage_from_json(raw["usage"], raw["end"]),
         )
         for raw in row["segments"]
         if raw.get("plan") is not None
