@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, bindparam, delete, insert, select, text, update
+from sqlalchemy import Engine, delete, insert, select, update
 
 from tallyray.errors import NotFound
 from tallyray.pricing.events import format_timestamp
@@ -26,7 +26,9 @@ LoggedColumns = tuple[list[str], list[str], list[str], np.ndarray[Any, Any], lis
 """(customer_id, event_id, type, ts, properties as JSON text), one entry per event."""
 
 # The customers' events through their chunks, as in :func:`storage.eventlog.customer_events`
-# (see there why PostgreSQL gets a LATERAL subquery), for many customers at once.
+# (see there why PostgreSQL gets a LATERAL subquery), for many customers at once. Run on the
+# driver's own cursor: a month of events is read as plain tuples, not as SQLAlchemy rows
+# (which took half the read's time).
 _PG_EVENTS = """
 SELECT e.seq, e.customer_id, e.event_id, e.type, e.ts, e.properties
 FROM event_chunks c CROSS JOIN LATERAL (
@@ -34,14 +36,17 @@ FROM event_chunks c CROSS JOIN LATERAL (
     WHERE x.seq >= c.first_seq AND x.seq <= c.last_seq
     ORDER BY x.seq LIMIT c.last_seq - c.first_seq + 1
 ) e
-WHERE c.env = :env AND c.customer_id IN :customers AND c.ts_max >= :start AND c.ts_min < :end
-  AND e.env = :env AND e.customer_id = c.customer_id AND e.ts >= :start AND e.ts < :end
+WHERE c.env = %(env)s AND c.customer_id = ANY(%(customers)s)
+  AND c.ts_max >= %(start)s AND c.ts_min < %(end)s
+  AND e.env = %(env)s AND e.customer_id = c.customer_id
+  AND e.ts >= %(start)s AND e.ts < %(end)s
 """
 _SQLITE_EVENTS = """
 SELECT e.seq, e.customer_id, e.event_id, e.type, e.ts, e.properties
 FROM event_chunks c JOIN events e ON e.seq BETWEEN c.first_seq AND c.last_seq
-WHERE c.env = :env AND c.customer_id IN :customers AND c.ts_max >= :start AND c.ts_min < :end
-  AND e.env = :env AND e.customer_id = c.customer_id AND e.ts >= :start AND e.ts < :end
+WHERE c.env = :env AND c.customer_id IN ({customers}) AND c.ts_max >= :start
+  AND c.ts_min < :end AND e.env = :env AND e.customer_id = c.customer_id
+  AND e.ts >= :start AND e.ts < :end
 """
 
 
@@ -171,13 +176,22 @@ class SimulationStore:
         """The customers' logged events with ``start <= ts < end``, as columns."""
         if not customer_ids:
             return [], [], [], np.zeros(0, dtype=np.int64), []
+        params: dict[str, Any] = {"env": env, "start": start, "end": end}
         with self.engine.connect() as conn:
-            sql = _PG_EVENTS if conn.dialect.name == "postgresql" else _SQLITE_EVENTS
-            query = text(sql).bindparams(bindparam("customers", expanding=True))
-            rows = conn.execute(
-                query,
-                {"env": env, "customers": list(customer_ids), "start": start, "end": end},
-            ).all()
+            raw: Any = conn.connection.driver_connection
+            if conn.dialect.name == "postgresql":
+                sql = _PG_EVENTS
+                params["customers"] = list(customer_ids)
+            else:
+                names = [f"c{i}" for i in range(len(customer_ids))]
+                sql = _SQLITE_EVENTS.format(customers=", ".join(f":{n}" for n in names))
+                params.update(zip(names, customer_ids, strict=True))
+            cursor = raw.cursor()
+            try:
+                cursor.execute(sql, params)
+                rows = cursor.fetchall()
+            finally:
+                cursor.close()
         if not rows:
             return [], [], [], np.zeros(0, dtype=np.int64), []
         seq, customer, event_id, kind, ts, properties = (list(c) for c in zip(*rows, strict=True))
