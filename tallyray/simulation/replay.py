@@ -79,21 +79,35 @@ def _replay(meters: MeterSet, columns: EventColumns, buckets: int) -> list[Usage
     if not len(columns):
         return usages
     types = pa.array(columns.type, pa.string()).dictionary_encode()
-    bucket = columns.bucket
     names = types.dictionary.to_pylist()
+    metered = [
+        (code, [m for m in meters.meters.values() if m.event_type == event_type])
+        for code, event_type in enumerate(names)
+    ]
+    metered = [(code, specs) for code, specs in metered if specs]
     codes = types.indices.to_numpy(zero_copy_only=False)
-    properties = np.asarray(columns.properties, dtype=object)
-    for code, event_type in enumerate(names):
-        specs = [m for m in meters.meters.values() if m.event_type == event_type]
-        if not specs:
+    wanted = np.isin(codes, [code for code, _ in metered]) & (columns.bucket >= 0)
+    rows = np.flatnonzero(wanted)
+    if not len(rows):
+        return usages
+    properties: Sequence[str] = columns.properties
+    if len(rows) < len(columns):
+        properties = np.asarray(columns.properties, dtype=object)[rows].tolist()
+    # One decode for every event type at once; per type when their properties clash.
+    table = _decode(properties)
+    codes, bucket = codes[rows], columns.bucket[rows]
+    for code, specs in metered:
+        of_type = codes == code
+        if not of_type.any():
             continue
-        rows = np.flatnonzero((codes == code) & (bucket >= 0))
-        if not len(rows):
-            continue
-        table = _decode(properties[rows].tolist())
+        typed, base = table, of_type
+        if typed is None:
+            typed = _decode([properties[i] for i in np.flatnonzero(of_type).tolist()])
+            base = np.ones(int(of_type.sum()), dtype=bool)
+        picked = bucket if table is not None else bucket[of_type]
         for meter in specs:
-            if table is None or not _fold_columns(meter, table, bucket[rows], usages):
-                _fold_exact(meter, columns, rows, usages)
+            if typed is None or not _fold_columns(meter, typed, picked, base, usages):
+                _fold_exact(meter, columns, rows[of_type], usages)
     return usages
 
 
@@ -141,16 +155,18 @@ def _fold_columns(
     meter: MeterSpec,
     table: pa.Table,
     bucket: np.ndarray[Any, Any],
+    base: np.ndarray[Any, Any],
     usages: list[Usage],
 ) -> bool:
-    """Fold one meter's rows vectorised; ``False`` (nothing folded) where that would not
-    be exact."""
+    """Fold the meter's rows (those of ``base`` that pass its filter) vectorised; ``False``
+    (nothing folded) where that would not be exact."""
     if meter.aggregation == "latest":
         return False
     n = table.num_rows
     mask = _filter_mask(meter, table, n) if meter.filter else np.ones(n, dtype=bool)
     if mask is None:
         return False
+    mask &= base
     keys: dict[str, Any] = {"b": pa.array(bucket)}
     for i, name in enumerate(meter.group_by):
         column = _column(table, (name,))

@@ -37,7 +37,7 @@ METERS = MeterSet(
 )  # fmt: skip
 
 
-def _events(rng: random.Random, n: int, fractional_gpu: bool) -> list[Event]:
+def _events(rng: random.Random, n: int, fractional_gpu: bool, mixed_ids: bool) -> list[Event]:
     out = []
     for i in range(n):
         kind = rng.choice(["llm.completion", "llm.completion", "seat.active", "gpu.job",
@@ -50,7 +50,8 @@ def _events(rng: random.Random, n: int, fractional_gpu: bool) -> list[Event]:
             if rng.random() < 0.5:
                 props["region"] = rng.choice(["eu", "us"])
         elif kind == "seat.active":
-            props = {"user_id": rng.choice(["ana", "ben", "cy", 7, 8]),
+            users = ["ana", "ben", "cy", 7, 8] if mixed_ids else ["ana", "ben", "cy"]
+            props = {"user_id": rng.choice(users),
                      "team": rng.choice(["a", "b"])}  # fmt: skip
         elif kind == "gpu.job":
             seconds: Any = rng.randint(1, 300)
@@ -66,12 +67,19 @@ def _events(rng: random.Random, n: int, fractional_gpu: bool) -> list[Event]:
 
 
 @pytest.mark.parametrize(
-    ("seed", "fractional_gpu"),
-    [(1, False), (2, True), (3, False), (4, True)],
+    ("seed", "fractional_gpu", "mixed_ids"),
+    [
+        (1, False, False),  # every meter but the latest one vectorised, in one decode
+        (2, True, False),  # GPU seconds with fractions: that meter folded exactly
+        (3, False, True),  # user ids strings and numbers: a decode per event type
+        (4, True, True),
+    ],
 )
-def test_replay_gives_the_folds_usage_in_every_bucket(seed: int, fractional_gpu: bool) -> None:
+def test_replay_gives_the_folds_usage_in_every_bucket(
+    seed: int, fractional_gpu: bool, mixed_ids: bool
+) -> None:
     rng = random.Random(seed)
-    events = _events(rng, 3000, fractional_gpu)
+    events = _events(rng, 3000, fractional_gpu, mixed_ids)
     buckets = np.asarray([rng.randint(-1, 4) for _ in events], dtype=np.int64)
     columns = EventColumns(
         bucket=buckets,
