@@ -27,6 +27,7 @@ from tallyray.invoicing.runs import RunSpec, context, period_input
 from tallyray.invoicing.schedule import Covered, due_periods
 from tallyray.pricing.config import parse_plan
 from tallyray.pricing.events import parse_timestamp
+from tallyray.pricing.money import shown
 from tallyray.pricing.periods import Period
 from tallyray.pricing.plans import Plan
 from tallyray.simulation.compare import ActualSource, compare_customer
@@ -132,8 +133,13 @@ def parse_request(doc: Mapping[str, Any], env: EnvCatalog, now: int) -> Simulati
             continue
         try:
             moments[name] = parse_timestamp(value)
-        except ValueError as error:
-            problems.append(Problem(name, str(error)))
+        except ValueError:
+            problems.append(
+                Problem(
+                    name,
+                    f"must be an RFC 3339 time like '2026-10-01T00:00:00Z', got {shown(value)}",
+                )
+            )
     if len(moments) == 2:
         if moments["from"] >= moments["to"]:
             problems.append(Problem("to", "must be after 'from'"))

@@ -228,7 +228,7 @@ BAD = [
     pytest.param({"plan": "pro", "from": OCT_1, "to": "2030-01-01T00:00:00Z",
                   "customers": ["x"]}, "to", "future", id="future"),
     pytest.param({"plan": "pro", "from": "yesterday", "to": NOV_1, "customers": ["x"]},
-                 "from", "", id="bad-time"),
+                 "from", "RFC 3339 time", id="bad-time"),
     pytest.param({"plan": "pro", "from": OCT_1, "to": NOV_1}, "customers", "either",
                  id="nobody"),
     pytest.param({"plan": "pro", "from": OCT_1, "to": NOV_1, "customers": ["x"],
