@@ -180,7 +180,9 @@ def _customer_invoices(
                 record,
                 period,
                 covered,
-                usage=None if row is None else ctx.env.meters.usage_from_json(row["usage"]),
+                usage=None
+                if row is None
+                else ctx.env.meters.usage_from_json(row["usage"], period.end),
                 burned={}
                 if row is None
                 else {gid: Decimal(amount) for gid, amount in row["burned"].items()},

@@ -27,9 +27,10 @@ from tallyray.invoicing.runs import RunSpec, context, period_input
 from tallyray.invoicing.schedule import Covered, due_periods
 from tallyray.pricing.config import parse_plan
 from tallyray.pricing.events import parse_timestamp
+from tallyray.pricing.meters import MeterSet
 from tallyray.pricing.money import shown
 from tallyray.pricing.periods import Period
-from tallyray.pricing.plans import Plan
+from tallyray.pricing.plans import Plan, per_event_sums
 from tallyray.simulation.compare import ActualSource, compare_customer
 from tallyray.simulation.replay import EventColumns, replay
 from tallyray.storage.catalog import EnvCatalog
@@ -256,8 +257,14 @@ def simulate_chunk(spec: SimulationSpec, customer_ids: Sequence[str]) -> dict[st
         hi = max(p.end for _, p, _ in work)
         who, event_id, kind, ts, properties = store.events(env, list(periods), lo, hi)
         bucket = _buckets(periods, first, who, ts)
+        meters = MeterSet(
+            ctx.env.meters.meters.values(), per_event_sums([*ctx.env.plans.values(), draft])
+        )
         usages = replay(
-            ctx.env.meters, EventColumns(bucket, event_id, kind, ts, properties), len(work)
+            meters,
+            EventColumns(bucket, event_id, kind, ts, properties),
+            len(work),
+            [p.end for _, p, _ in work],
         )
         closed = ctx.billing.closed_periods(env, list(periods), spec.end)
         invoices = store.invoices(env, list(periods), lo, hi)
@@ -281,7 +288,7 @@ def simulate_chunk(spec: SimulationSpec, customer_ids: Sequence[str]) -> dict[st
                     usage = (
                         usages[index]
                         if row is None
-                        else ctx.env.meters.usage_from_json(row["usage"])
+                        else ctx.env.meters.usage_from_json(row["usage"], period.end)
                     )
                     stored = build_invoice(
                         period_input(ctx, env, record, period, covered, usage, {})

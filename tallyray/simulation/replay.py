@@ -9,8 +9,9 @@ aggregates per (bucket, group) with Arrow's hash aggregation.
 
 Exact, or not at all: the vectorised path runs only where Arrow's types are exact for the
 meter — whole-number values in an ``int64`` column without gaps, sums that cannot overflow.
-Everything else (a fractional value, a ``latest`` meter, properties whose types clash
-between events) is folded by :class:`~tallyray.pricing.meters.MeterSet` itself, the same
+Everything else (a fractional value, a ``latest`` or ``weighted_sum`` meter, a meter with
+sums a ``percentage`` charge keeps event by event, properties whose types clash between
+events) is folded by :class:`~tallyray.pricing.meters.MeterSet` itself, the same
 code the shards run, for the rows concerned. Both paths give the same ``Usage``; the unit
 tests check one against the other.
 """
@@ -31,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from tallyray.pricing.events import Event
-from tallyray.pricing.meters import GroupKey, MeterSet, MeterSpec, Usage
+from tallyray.pricing.meters import GroupKey, MeterSet, MeterSpec, PerEventSum, Usage
 
 __all__ = ["EventColumns", "replay"]
 
@@ -58,8 +59,15 @@ class EventColumns:
         return len(self.ts)
 
 
-def replay(meters: MeterSet, columns: EventColumns, buckets: int) -> list[Usage]:
-    """Fold the events into ``buckets`` usages (events of bucket ``-1`` count nowhere).
+def replay(
+    meters: MeterSet,
+    columns: EventColumns,
+    buckets: int,
+    ends: Sequence[int | None] | None = None,
+) -> list[Usage]:
+    """Fold the events into ``buckets`` usages (events of bucket ``-1`` count nowhere);
+    ``ends``: the end of each bucket's period (what a ``weighted_sum`` meter's last reading
+    is held to).
 
     The cyclic garbage collector is paused meanwhile: the replay makes many small dicts,
     sets and tuples that never form cycles, and with a month of events alive each of the
@@ -68,14 +76,14 @@ def replay(meters: MeterSet, columns: EventColumns, buckets: int) -> list[Usage]
     paused = gc.isenabled()
     gc.disable()
     try:
-        return _replay(meters, columns, buckets)
+        return _replay(meters, columns, ends or [None] * buckets)
     finally:
         if paused:
             gc.enable()
 
 
-def _replay(meters: MeterSet, columns: EventColumns, buckets: int) -> list[Usage]:
-    usages = [meters.empty_usage() for _ in range(buckets)]
+def _replay(meters: MeterSet, columns: EventColumns, ends: Sequence[int | None]) -> list[Usage]:
+    usages = [meters.empty_usage(end) for end in ends]
     if not len(columns):
         return usages
     types = pa.array(columns.type, pa.string()).dictionary_encode()
@@ -106,8 +114,13 @@ def _replay(meters: MeterSet, columns: EventColumns, buckets: int) -> list[Usage
             base = np.ones(int(of_type.sum()), dtype=bool)
         picked = bucket if table is not None else bucket[of_type]
         for meter in specs:
-            if typed is None or not _fold_columns(meter, typed, picked, base, usages):
-                _fold_exact(meter, columns, rows[of_type], usages)
+            derived = [d for d in meters.per_event.values() if d.meter == meter.key]
+            if (
+                typed is None
+                or derived  # sums priced event by event: the fold's own arithmetic
+                or not _fold_columns(meter, typed, picked, base, usages)
+            ):
+                _fold_exact(meter, derived, columns, rows[of_type], usages)
     return usages
 
 
@@ -160,8 +173,8 @@ def _fold_columns(
 ) -> bool:
     """Fold the meter's rows (those of ``base`` that pass its filter) vectorised; ``False``
     (nothing folded) where that would not be exact."""
-    if meter.aggregation == "latest":
-        return False
+    if meter.aggregation not in ("sum", "count", "max", "unique_count"):
+        return False  # latest, weighted_sum: states of single readings
     n = table.num_rows
     mask = _filter_mask(meter, table, n) if meter.filter else np.ones(n, dtype=bool)
     if mask is None:
@@ -220,12 +233,14 @@ def _fold_columns(
 
 def _fold_exact(
     meter: MeterSpec,
+    derived: Sequence[PerEventSum],
     columns: EventColumns,
     rows: np.ndarray[Any, Any],
     usages: list[Usage],
 ) -> None:
-    """The shards' own fold, for the rows the vectorised path cannot take exactly."""
-    only = MeterSet([meter])
+    """The shards' own fold, for the rows the vectorised path cannot take exactly (with the
+    sums a ``percentage`` charge keeps event by event on this meter)."""
+    only = MeterSet([meter], derived)
     per_bucket: Mapping[int, list[Event]] = defaultdict(list)
     for i in rows.tolist():
         per_bucket[int(columns.bucket[i])].append(
@@ -239,4 +254,5 @@ def _fold_exact(
         )
     for b, events in per_bucket.items():
         folded = only.fold(events)
-        usages[b].groups[meter.key] = folded.groups[meter.key]
+        for key in (meter.key, *(d.key for d in derived)):
+            usages[b].groups[key] = folded.groups[key]

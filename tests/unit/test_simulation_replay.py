@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import random
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -12,12 +13,13 @@ import pytest
 
 from tallyray.pricing.config import parse_meter
 from tallyray.pricing.events import Event
-from tallyray.pricing.meters import MeterSet
+from tallyray.pricing.meters import MeterSet, PerEventSum
 from tallyray.simulation.replay import EventColumns, replay
 
 METERS = MeterSet(
-    parse_meter(m)
-    for m in [
+    (
+        parse_meter(m)
+        for m in [
         {"key": "input_tokens", "event_type": "llm.completion", "aggregation": "sum",
          "value": "input_tokens", "group_by": ["model"]},
         {"key": "requests", "event_type": "llm.completion", "aggregation": "count"},
@@ -33,7 +35,13 @@ METERS = MeterSet(
          "value": "seconds", "group_by": ["gpu"]},
         {"key": "storage", "event_type": "storage.gauge", "aggregation": "latest",
          "value": "gb"},
+        {"key": "gpu_hours", "event_type": "gpu.job", "aggregation": "weighted_sum",
+         "value": "seconds", "unit": "hour"},
     ]
+    # a clamped percentage charge on input tokens keeps 10 % of each event, at most 50
+    ),
+    [PerEventSum("%percentage:input_tokens:10::50", "input_tokens",
+                 lambda v: min(v * Decimal("0.1"), Decimal(50)))],
 )  # fmt: skip
 
 
@@ -88,10 +96,14 @@ def test_replay_gives_the_folds_usage_in_every_bucket(
         ts=np.asarray([e.ts for e in events], dtype=np.int64),
         properties=[orjson.dumps(e.properties).decode() for e in events],
     )
-    got = replay(METERS, columns, 5)
+    ends = [2_000_000 + b for b in range(5)]
+    got = replay(METERS, columns, 5, ends)
     for b in range(5):
         expected = METERS.fold([e for e, eb in zip(events, buckets, strict=True) if eb == b])
         assert got[b].to_json() == expected.to_json(), f"bucket {b}"
+        assert got[b].end == ends[b]
+    assert any(u.groups["%percentage:input_tokens:10::50"] for u in got)
+    assert any(u.groups["gpu_hours"] for u in got)
 
 
 def test_an_empty_log_gives_empty_usage() -> None:
