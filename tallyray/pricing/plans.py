@@ -23,6 +23,7 @@ from tallyray.pricing.meters import Filter, MeterSpec, Usage
 from tallyray.pricing.models import ChargeModel, TierLine, price
 from tallyray.pricing.models.base import ZERO
 from tallyray.pricing.money import DEFAULT_ROUNDING, PRICING_CONTEXT, Currency, round_amount
+from tallyray.pricing.unpriced import DEFAULT_UNPRICED, UnpricedMode
 
 __all__ = ["INTERVALS", "Charge", "Line", "Plan", "Preview", "rate", "usage_cost"]
 
@@ -59,6 +60,8 @@ class Plan:
     base_fee: Decimal = ZERO
     minimum: Decimal | None = None
     charges: tuple[Charge, ...] = ()
+    unpriced: UnpricedMode = DEFAULT_UNPRICED
+    """What an event with usage no charge prices gets (:mod:`tallyray.pricing.unpriced`)."""
 
     def meters_used(self) -> frozenset[str]:
         return frozenset(c.meter for c in self.charges)

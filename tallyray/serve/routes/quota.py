@@ -39,6 +39,7 @@ def quota_json(answer: QuotaAnswer) -> dict[str, Any]:
         else format(round_amount(answer.available, cur), "f"),
         "currency": cur.code,
         "reason": answer.reason,
+        "code": answer.code,
     }
 
 
