@@ -21,6 +21,7 @@ from tallyray.errors import EventError, InvalidInput, Problem, TallyrayError
 from tallyray.logs import redact
 from tallyray.pricing.config import PricingConfig, parse_config
 from tallyray.pricing.events import Event, EventShapeError, parse_event
+from tallyray.pricing.periods import period_of
 from tallyray.pricing.plans import rate
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -83,6 +84,8 @@ def _price(args: argparse.Namespace) -> dict[str, Any]:
         except OSError as error:
             raise InvalidInput(f"cannot read events {args.events!r}: {error.strerror}") from None
     usage = config.meters.fold(events, label=lambda i: f"line {lines[i]}")
+    if events:  # one period: the one the first event falls in (weighted_sum holds to its end)
+        usage.end = period_of(min(e[3] for e in events), plan.interval).end
     unmetered = sorted({e.type for e in events} - config.meters.event_types())
     if unmetered:
         print(f"note: no meter counts events of type {', '.join(unmetered)}", file=sys.stderr)

@@ -16,7 +16,9 @@ State per account:
   no grant covered;
 - active holds (reservations);
 - the customer's limits (:class:`Profile`): billing mode, overdraft, and two limits on a
-  period's spend: the operator's *credit limit* and the customer's own *spend cap*.
+  period's spend: the operator's *credit limit* and the customer's own *spend cap*;
+- the units used per window of each of the plan's unit limits (``window_units``; a
+  ``period`` limit reads the period's usage instead, see :mod:`tallyray.pricing.quotas`).
 
 What a quota check compares (``available``):
 
@@ -25,6 +27,10 @@ What a quota check compares (``available``):
   spend − holds;
 - the smallest of those that apply; a postpaid customer without a limit is unlimited. The
   customer can lower what it may spend with its cap, never raise the operator's limit.
+
+Before money, a quota check and a reservation ask the plan's entitlements (a feature not
+allowed is refused) and its unit limits (units used in the window + units held + what the
+request adds must stay within each). A refusal names what refused it (:data:`Refusal`).
 """
 
 from __future__ import annotations
@@ -33,10 +39,10 @@ import copy
 from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from itertools import chain
-from typing import Any, assert_never
+from typing import Any, Literal, assert_never
 
 from tallyray.actors.alerting import DEPLETED, AlertRule, Firing, crossings
 from tallyray.actors.limits import Limits
@@ -49,13 +55,31 @@ from tallyray.pricing.money import currency as currency_of
 from tallyray.pricing.money import round_amount
 from tallyray.pricing.periods import Period, period_of
 from tallyray.pricing.plans import Plan, charge_costs
+from tallyray.pricing.quotas import (
+    LimitUse,
+    UnitLimit,
+    WindowUnits,
+    denied_feature,
+    feature_reason,
+    limit_reason,
+    over_limit,
+    units_by_window,
+    units_of,
+    window_of,
+)
 from tallyray.pricing.unpriced import PricedLookup, describe_group, lookup_for, matches_group
 
-__all__ = ["BILLING_MODES", "ClosedPeriod", "CustomerAccount", "Hold", "Profile", "QuotaAnswer"]
+__all__ = [
+    "BILLING_MODES",
+    "ClosedPeriod",
+    "CustomerAccount",
+    "Hold",
+    "Profile",
+    "QuotaAnswer",
+    "Refusal",
+]
 
 ZERO = Decimal(0)
-UNPRICED = "unpriced"
-"""The code of a quota answer refused for unpriced usage."""
 
 FlagKey = tuple[str, int | None, str, GroupKey]
 """(plan key, plan version, meter, group): where flagged unpriced usage is counted."""
@@ -81,6 +105,12 @@ def unpriced_message(plan: str, meter: MeterSpec, group: GroupKey) -> str:
         f"{f' ({where})' if where else ''} and refuses usage it does not price; add a charge "
         'that covers it to the plan, or set the plan\'s "unpriced" to "flag" or "allow"'
     )
+
+
+Refusal = Literal["credit", "credit_limit", "spend_cap", "unit_limit", "entitlement", "unpriced"]
+"""What refused a quota check or a reservation: not enough credit, the operator's credit
+limit, the customer's spend cap, a unit limit of the plan, a feature the plan does not
+include, usage no charge of a plan that refuses unpriced usage prices."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +154,9 @@ class Hold:
     id: str
     amount: Decimal
     expires_at: int
+    units: Mapping[str, Decimal] = field(default_factory=dict)
+    """Units held per unit limit of the plan (:attr:`UnitLimit.key`): while the hold is
+    active they count against the limit's current window."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,9 +166,12 @@ class QuotaAnswer:
     available: Decimal | None
     reason: str | None = None
     currency: str = ""
-    code: str | None = None
-    """Why not, for programs: ``unpriced`` when the plan refuses the usage (see
-    :meth:`CustomerAccount.unpriced_refusal`); ``None`` otherwise."""
+    refusal: Refusal | None = None
+    """What refused it (``None`` when allowed)."""
+    limit: LimitUse | None = None
+    """The unit limit that refused it (``refusal == "unit_limit"``)."""
+    feature: str | None = None
+    """The feature the plan does not include (``refusal == "entitlement"``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +243,9 @@ class CustomerAccount:
     """The plan's lookup, unless the plan allows unpriced usage (or there is no plan)."""
     _flag_news: FlagNews = field(default_factory=lambda: FlagNews(0, [], set()))
     """What :meth:`record` flagged since :meth:`take_flags` last asked."""
+    window_units: WindowUnits = field(default_factory=dict)
+    """Units used per unit limit (its key) and window (its start) — day, week and month
+    windows; part of the snapshot."""
 
     def __post_init__(self) -> None:
         self.ledger = Ledger(self.profile.currency)
@@ -307,6 +346,9 @@ class CustomerAccount:
                 self._catch_up()
         # Fold every period's events before merging any: a bad event leaves no partial write.
         deltas = self._fold(events)
+        plan = self.profile.plan
+        if plan is not None and plan.limits:
+            self._count_units(plan.limits, events)
         price_now = bool(self._lowering) and any(
             not self._lowering.isdisjoint(delta.touched()) for _, delta in deltas
         )
@@ -318,7 +360,7 @@ class CustomerAccount:
         for start, delta in deltas:
             usage = self.periods.get(start)
             if usage is None:
-                usage = self.periods[start] = self.meters.empty_usage()
+                usage = self.periods[start] = self.meters.empty_usage(self._end_of(start))
             usage.merge(delta)
             touched = delta.touched()
             self._unpriced.setdefault(start, set()).update(touched)
@@ -399,6 +441,18 @@ class CustomerAccount:
                 return unpriced_message(plan.key, *found[0])
         return None
 
+    def _count_units(self, limits: Sequence[UnitLimit], events: Sequence[Event]) -> None:
+        """Add what (valid) events use to their windows of the day, week and month limits
+        (a period limit reads the period's usage)."""
+        windowed = [limit for limit in limits if limit.window != "period"]
+        if not windowed:
+            return
+        added = units_by_window(windowed, self.meters.meters, events, self.profile.period_of)
+        for key, per_window in added.items():
+            mine = self.window_units.setdefault(key, {})
+            for start, units in per_window.items():
+                mine[start] = mine.get(start, ZERO) + units
+
     def _expiry_within(self, low: int, high: int) -> bool:
         """Does a grant expire in ``(low, high]``? Asked on every commit: a binary search,
         not a walk through every grant the customer ever had."""
@@ -426,6 +480,11 @@ class CustomerAccount:
         self.rebook(changes, at)
         return sum(changes.values(), ZERO)
 
+    def _end_of(self, start: int) -> int:
+        """The end of the period that starts at ``start`` (a ``weighted_sum`` meter's last
+        reading holds until then)."""
+        return self.profile.period_of(start).end
+
     def _converted(self, amount: Decimal) -> Decimal:
         rate = self.profile.fx_rate
         return amount if rate is None else amount * rate
@@ -441,6 +500,8 @@ class CustomerAccount:
         total = ZERO
         for start, delta in self._fold(events):
             usage = self.periods.get(start)
+            if usage is None:
+                delta.end = self._end_of(start)
             merged = usage.plus(delta) if usage is not None else delta
             touched = delta.touched() if start in self.costs else None
             after = self._converted(sum(self._charge_costs(start, merged, touched), ZERO))
@@ -467,6 +528,8 @@ class CustomerAccount:
         self._quiet = None
         self.costs.clear()
         self._bounds = (0, 0)  # the interval may have changed
+        for start, usage in self.periods.items():
+            usage.end = self._end_of(start)
         return {start: self._reprice(start) for start in self.periods}
 
     def rebook(self, changes: Mapping[int, Decimal], at: int) -> None:
@@ -536,12 +599,89 @@ class CustomerAccount:
         return min(value for value, _ in limits) if limits else None
 
     def check(self, events: Sequence[Event], now: int) -> QuotaAnswer:
-        """May these events be spent now? Not if the plan refuses their unpriced usage."""
-        answer = self.decide(self.price(events), now)
+        """May these events be spent now? Entitlements first, then unit limits, then money."""
+        cost = self.price(events)
+        refused = self._refused(events, self.units_of(events), cost, now)
+        return refused if refused is not None else self.decide(cost, now)
+
+    # -- unit limits and entitlements ----------------------------------------------------
+
+    def units_of(self, events: Sequence[Event]) -> dict[str, Decimal]:
+        """What would-be events add to each of the plan's unit limits (what a hold keeps)."""
+        plan = self.profile.plan
+        if plan is None or not plan.limits:
+            return {}
+        return units_of(plan.limits, self.meters.meters, events)
+
+    def units_held(self, now: int) -> dict[str, Decimal]:
+        """Units held by the active holds, per unit limit."""
+        held: dict[str, Decimal] = {}
+        for hold in self.holds.values():
+            if hold.expires_at > now:
+                for key, units in hold.units.items():
+                    held[key] = held.get(key, ZERO) + units
+        return held
+
+    def limit_use(self, limit: UnitLimit, now: int, held: Decimal = ZERO) -> LimitUse:
+        """Where ``limit`` stands in the window holding ``now`` (``held``: units held)."""
+        start, end = window_of(now, limit.window, self.profile.period_of)
+        if limit.window == "period":
+            usage = self.periods.get(start)
+            meter = self.meters.meters.get(limit.meter)
+            used = usage.quantity(meter, limit.groups) if usage and meter else ZERO
+        else:
+            used = self.window_units.get(limit.key, {}).get(start, ZERO)
+        return LimitUse(limit, used + held, start, end)
+
+    def _refused(
+        self,
+        events: Sequence[Event],
+        adding: Mapping[str, Decimal],
+        cost: Decimal,
+        now: int,
+    ) -> QuotaAnswer | None:
+        """The answer when the plan refuses these would-be events: a feature it does not
+        include, usage it does not price while it refuses unpriced usage, or a unit limit
+        they would pass (counting the units held). ``None``: the plan lets them through
+        (money decides)."""
+        plan = self.profile.plan
+        until = self.profile.plan_until
+        if plan is None or (until is not None and now >= until):
+            return None  # no plan, or after the subscription: nothing it includes applies
+        code = self.profile.currency
+        feature = denied_feature(plan.entitlements, events)
+        if feature is not None:
+            return QuotaAnswer(
+                False,
+                cost,
+                self.available(now),
+                feature_reason(feature),
+                code,
+                "entitlement",
+                feature=feature,
+            )
         refusal = self.unpriced_refusal(events)
-        if refusal is None:
-            return answer
-        return QuotaAnswer(False, answer.cost, answer.available, refusal, answer.currency, UNPRICED)
+        if refusal is not None:
+            return QuotaAnswer(False, cost, self.available(now), refusal, code, "unpriced")
+        if not adding:
+            return None
+        held = self.units_held(now)
+        for limit in plan.limits:
+            more = adding.get(limit.key, ZERO)
+            if not more:
+                continue
+            use = self.limit_use(limit, now, held.get(limit.key, ZERO))
+            if over_limit(limit, use.used, more):
+                return QuotaAnswer(
+                    False,
+                    cost,
+                    self.available(now),
+                    limit_reason(limit, use.used, more, use.resets_at),
+                    code,
+                    "unit_limit",
+                    limit=replace(use, adding=more),
+                )
+        return None
 
     def decide(self, cost: Decimal, now: int) -> QuotaAnswer:
         limits = self._limits(now)
@@ -554,24 +694,36 @@ class CustomerAccount:
         cur = currency_of(self.profile.currency)
         left = round_amount(max(available, ZERO), cur)
         needed = round_amount(cost, cur, "ROUND_CEILING")
+        refusal: Refusal
         if binding == "credit_limit":
+            refusal = "credit_limit"
             reason = (
                 f"credit limit of {self.profile.credit_limit} {cur.code} for this period "
                 f"reached: {left} left, this costs {needed}"
             )
         elif binding == "spend_cap":
+            refusal = "spend_cap"
             reason = (
                 f"the customer's spend cap of {self.profile.spend_cap} {cur.code} for this "
                 f"period reached: {left} left, this costs {needed}"
             )
         else:
+            refusal = "credit"
             reason = f"insufficient credit: {left} {cur.code} available, this costs {needed}"
-        return QuotaAnswer(False, cost, available, reason, code)
+        return QuotaAnswer(False, cost, available, reason, code, refusal)
 
-    def place_hold(self, hold: Hold, now: int, max_holds: int | None = None) -> QuotaAnswer:
-        """Hold ``hold.amount`` if it fits in what is available (atomically: the caller
-        serializes calls to one account). :class:`Conflict` when the customer already has
-        ``max_holds`` active holds (zero-cost ones too)."""
+    def place_hold(
+        self,
+        hold: Hold,
+        now: int,
+        max_holds: int | None = None,
+        events: Sequence[Event] = (),
+    ) -> QuotaAnswer:
+        """Hold ``hold.amount`` and ``hold.units`` if they fit in what is available and in
+        the plan's unit limits, and ``events`` (the would-be usage) use no feature the plan
+        leaves out (atomically: the caller serializes calls to one account).
+        :class:`Conflict` when the customer already has ``max_holds`` active holds
+        (zero-cost ones too)."""
         if max_holds is not None and len(self.holds) >= max_holds:
             active = sum(1 for h in self.holds.values() if h.expires_at > now)
             if active >= max_holds:
@@ -580,7 +732,8 @@ class CustomerAccount:
                     f"most one customer may have ({max_holds:,}); settle or release some "
                     "(POST /v1/reservations/{id}/settle or /release) before reserving more"
                 )
-        answer = self.decide(hold.amount, now)
+        refused = self._refused(events, hold.units, hold.amount, now)
+        answer = refused if refused is not None else self.decide(hold.amount, now)
         if answer.allowed:
             self.holds[hold.id] = hold
             self._quiet = None  # less is available: a balance alert may be due
@@ -798,6 +951,23 @@ class CustomerAccount:
             self.flagged.pop(start, None)
         self._bounds = (0, 0)
         self._quiet = None
+        # Forget the unit windows that ended before the oldest period still open, and those
+        # of limits the plan no longer has.
+        oldest = min(self.periods) if self.periods else max(starts, default=0)
+        plan = self.profile.plan
+        windows = {limit.key: limit.window for limit in plan.limits} if plan else {}
+        period_of = self.profile.period_of
+        for key in list(self.window_units):
+            window = windows.get(key)
+            kept = {
+                start: units
+                for start, units in self.window_units[key].items()
+                if window is not None and window_of(start, window, period_of)[1] > oldest
+            }
+            if kept:
+                self.window_units[key] = kept
+            else:
+                del self.window_units[key]
 
     # -- reading -------------------------------------------------------------------------
 
@@ -835,6 +1005,32 @@ class CustomerAccount:
                 }
                 for g in self.ledger.grants
             ],
+            **self.plan_limits(now),
+        }
+
+    def plan_limits(self, now: int) -> dict[str, Any]:
+        """The plan's unit limits (where each stands in its current window: used, held,
+        remaining, when it resets) and its entitlements, as the balance shows them."""
+        plan = self.profile.plan
+        if plan is None:
+            return {"limits": [], "entitlements": []}
+        held = self.units_held(now)
+        limits = []
+        for limit in plan.limits:
+            use = self.limit_use(limit, now)
+            holding = held.get(limit.key, ZERO)
+            limits.append(
+                {
+                    **use.to_json(),
+                    "held": _dec(holding),
+                    "remaining": _dec(max(limit.limit - use.used - holding, ZERO)),
+                }
+            )
+        return {
+            "limits": limits,
+            "entitlements": [
+                {"feature": e.feature, "allowed": e.allowed} for e in plan.entitlements
+            ],
         }
 
     # -- checkpoints ---------------------------------------------------------------------
@@ -851,11 +1047,27 @@ class CustomerAccount:
                 for start, per_grant in self.burned.items()
             },
             "alerts": copy.deepcopy(self.alert_state),
-            "flagged": [
-                [start, plan, version, meter, list(group), count]
-                for start, keys in self.flagged.items()
-                for (plan, version, meter, group), count in keys.items()
-            ],
+            **(
+                {
+                    "units": {
+                        key: {str(start): _dec(units) for start, units in sorted(windows.items())}
+                        for key, windows in sorted(self.window_units.items())
+                    }
+                }
+                if self.window_units
+                else {}
+            ),
+            **(
+                {
+                    "flagged": [
+                        [start, plan, version, meter, list(group), count]
+                        for start, keys in self.flagged.items()
+                        for (plan, version, meter, group), count in keys.items()
+                    ]
+                }
+                if self.flagged
+                else {}
+            ),
         }
 
     @classmethod
@@ -864,7 +1076,8 @@ class CustomerAccount:
     ) -> CustomerAccount:
         account = cls(profile, meters)
         account.periods = {
-            int(start): meters.usage_from_json(raw) for start, raw in snapshot["periods"].items()
+            int(start): meters.usage_from_json(raw, profile.period_of(int(start)).end)
+            for start, raw in snapshot["periods"].items()
         }
         account.spend = {int(start): Decimal(s) for start, s in snapshot["spend"].items()}
         account.ledger = Ledger(
@@ -875,6 +1088,10 @@ class CustomerAccount:
         account.alert_state = dict(snapshot.get("alerts", {}))
         for start, plan, version, meter, group, count in snapshot.get("flagged", []):
             account.flagged.setdefault(start, {})[(plan, version, meter, tuple(group))] = count
+        account.window_units = {
+            key: {int(start): Decimal(units) for start, units in windows.items()}
+            for key, windows in snapshot.get("units", {}).items()
+        }
         account.burned = {
             int(start): {gid: Decimal(amount) for gid, amount in per_grant.items()}
             for start, per_grant in snapshot.get("burned", {}).items()

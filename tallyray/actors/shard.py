@@ -45,7 +45,6 @@ from typing import Any
 import orjson
 
 from tallyray.actors.account import (
-    UNPRICED,
     CustomerAccount,
     FlagKey,
     Hold,
@@ -424,7 +423,7 @@ class ShardCore:
                 continue
             try:
                 self.account(*key).holds[hold["id"]] = Hold(
-                    hold["id"], Decimal(hold["amount"]), hold["expires_at"]
+                    hold["id"], Decimal(hold["amount"]), hold["expires_at"], _held_units(hold)
                 )
             except Exception as error:
                 if not self._fails_account(error):
@@ -1087,14 +1086,12 @@ class ShardCore:
         try:
             would_be = [_event(e) for e in events]
             cost = account.price(would_be)
-            refusal = account.unpriced_refusal(would_be)
-            if refusal is not None:
-                code = account.profile.currency
-                return QuotaAnswer(False, cost, None, refusal, code, UNPRICED), expires_at
+            units = account.units_of(would_be)
             answer = account.place_hold(
-                Hold(hold_id, max(cost, Decimal(0)), expires_at),
+                Hold(hold_id, max(cost, Decimal(0)), expires_at, units),
                 now,
                 self.limits.holds_per_customer,
+                would_be,
             )
         except Exception as error:
             raise self._serving((env, customer_id), "placing a hold", error) from None
@@ -1106,6 +1103,7 @@ class ShardCore:
             "env": env,
             "customer_id": customer_id,
             "amount": str(max(cost, Decimal(0))),
+            "units": _units_text(units),
             "expires_at": expires_at,
             "status": "active",
             "created_at": now,
@@ -1381,6 +1379,21 @@ def _unpriced_payload(row: Mapping[str, Any], profile: Profile) -> dict[str, Any
 def _shown(cur: Currency, hold: Hold | None) -> str:
     """A hold's amount as the API shows it: in minor units, rounded up (as reserved)."""
     return format(round_amount(hold.amount if hold else Decimal(0), cur, "ROUND_CEILING"), "f")
+
+
+def _units_text(units: Mapping[str, Decimal]) -> str | None:
+    """A hold's units as the holds table keeps them (JSON text; ``None``: none held)."""
+    if not units:
+        return None
+    return orjson.dumps({key: format(v.normalize(), "f") for key, v in units.items()}).decode()
+
+
+def _held_units(row: Mapping[str, Any]) -> dict[str, Decimal]:
+    """A stored hold's units (holds stored before unit limits have none)."""
+    text = row.get("units")
+    if not text:
+        return {}
+    return {key: Decimal(v) for key, v in orjson.loads(text).items()}
 
 
 def _event(e: IncomingEvent) -> Event:

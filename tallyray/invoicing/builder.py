@@ -33,7 +33,7 @@ from tallyray.pricing.models import price
 from tallyray.pricing.models.base import TierLine
 from tallyray.pricing.money import DEFAULT_ROUNDING, PRICING_CONTEXT, Currency, round_amount
 from tallyray.pricing.periods import Period, Proration
-from tallyray.pricing.plans import Plan, charge_quantity
+from tallyray.pricing.plans import Plan, price_charge
 
 __all__ = ["Discount", "ExchangeRate", "InvoiceInput", "Segment", "build_invoice"]
 
@@ -199,8 +199,11 @@ class _Builder:
         usage = self.given.usage
         lines = []
         for charge in plan.charges:
-            quantity = ZERO if usage is None else charge_quantity(charge, usage, self.given.meters)
-            priced = price(quantity, charge.model)
+            quantity, priced = (
+                (ZERO, price(ZERO, charge.model))
+                if usage is None
+                else price_charge(charge, usage, self.given.meters)
+            )
             extra: dict[str, Any] = {"meter": charge.meter, "quantity": _text(quantity)}
             if priced.unit_amount is not None:
                 extra["unit_amount"] = _text(self.convert(priced.unit_amount).normalize())

@@ -104,7 +104,9 @@ def compare(
     events: list[Event],
 ) -> Reconciliation:
     recomputed = recompute(meters, events)
+    recomputed.end = end  # a weighted_sum meter's last reading holds to the period's end
     stored = checkpoint if checkpoint is not None else meters.empty_usage()
+    stored.end = end
     differences = []
     quantities = {}
     for key, spec in sorted(meters.meters.items()):

@@ -199,7 +199,9 @@ def _customer_invoices(
                 currency=cur,
                 period=period,
                 segments=segments,
-                usage=None if row is None else ctx.env.meters.usage_from_json(row["usage"]),
+                usage=None
+                if row is None
+                else ctx.env.meters.usage_from_json(row["usage"], period.end),
                 meters=ctx.env.meters.meters,
                 burned={}
                 if row is None

@@ -12,6 +12,8 @@ model           bound on cost(q + Δ) − cost(q), for Δ ≥ 0         conditio
 ``graduated``   ``max(unit_amount) × Δ + Σ flat_amount``          amounts ≥ 0
 ``package``     ``package_amount × (Δ / package_size + 1)``       ``package_amount ≥ 0``
 ``volume``      none: crossing a tier re-prices every unit
+``percentage``  ``percent / 100 × Δ``, without a per-event clamp   ``percent ≥ 0``
+``dynamic``     ``Δ`` (the prices the events carry)
 ==============  ===============================================  ==========================
 
 Only ``sum`` and ``count`` meters add their quantities up. A meter with a charge that has no
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal, localcontext
 
 from tallyray.pricing.meters import MeterSpec, Usage
-from tallyray.pricing.models import Graduated, Package, PerUnit
+from tallyray.pricing.models import Dynamic, Graduated, Package, Percentage, PerUnit
 from tallyray.pricing.models.base import ZERO
 from tallyray.pricing.plans import Plan
 
@@ -76,15 +78,19 @@ def spend_bound(plan: Plan, meters: Mapping[str, MeterSpec]) -> SpendBound:
 
 def meters_that_can_lower_cost(plan: Plan, meters: Mapping[str, MeterSpec]) -> frozenset[str]:
     """The meters whose new usage can make the plan's cost go *down*: a charge on
-    ``volume`` pricing (crossing a tier re-prices every unit cheaper), a ``latest`` meter (the
-    newest value may be smaller), or a meter that takes negative values. Every other charge's
-    cost only grows with usage."""
+    ``volume`` pricing (crossing a tier re-prices every unit cheaper), a ``latest`` or
+    ``weighted_sum`` meter (the newest reading may be smaller), or a meter that takes negative
+    values. Every other charge's cost only grows with usage."""
     lowering: set[str] = set()
     for charge in plan.charges:
         meter = meters.get(charge.meter)
         if meter is None:
             continue
-        if charge.model_name == "volume" or meter.aggregation == "latest" or meter.allow_negative:
+        if (
+            charge.model_name == "volume"
+            or meter.aggregation in ("latest", "weighted_sum")  # a gauge may go down
+            or meter.allow_negative
+        ):
             lowering.add(charge.meter)
     return frozenset(lowering)
 
@@ -105,4 +111,9 @@ def _model_bound(model: object) -> tuple[Decimal, Decimal] | None:
         with localcontext() as ctx:
             ctx.rounding = ROUND_CEILING  # a bound rounds up
             return model.package_amount / model.package_size, model.package_amount
+    if isinstance(model, Percentage):
+        # A per-event minimum charges events whatever their value: no bound by quantity.
+        return None if model.clamped else (model.rate, ZERO)
+    if isinstance(model, Dynamic):
+        return Decimal(1), ZERO
     return None

@@ -8,25 +8,28 @@ decodes the JSON and hands over the objects.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from tallyray.errors import ConfigError, CurrencyError, InvalidInput, Problem
 from tallyray.pricing.alert_rules import rule_problems
-from tallyray.pricing.meters import AGGREGATIONS, Filter, MeterSet, MeterSpec
+from tallyray.pricing.meters import AGGREGATIONS, WEIGHT_UNITS, Filter, MeterSet, MeterSpec
 from tallyray.pricing.models import (
     MODELS,
     ChargeModel,
+    Dynamic,
     Graduated,
     Package,
+    Percentage,
     PerUnit,
     Tier,
     Volume,
 )
 from tallyray.pricing.money import DEFAULT_ROUNDING, ROUNDING_MODES, currency, parse_amount
-from tallyray.pricing.plans import INTERVALS, Charge, Plan
+from tallyray.pricing.plans import INTERVALS, Charge, Plan, per_event_sums
+from tallyray.pricing.quotas import LIMIT_AGGREGATIONS, WINDOWS, Entitlement, UnitLimit
 from tallyray.pricing.unpriced import DEFAULT_UNPRICED, UNPRICED_MODES, is_mode
 
 __all__ = ["PricingConfig", "parse_config", "parse_meter", "parse_plan"]
@@ -149,6 +152,7 @@ _METER_FIELDS = frozenset(
         "filter",
         "group_by",
         "allow_negative",
+        "unit",
     }
 )
 
@@ -206,11 +210,28 @@ def _meter(r: _Reader, raw: Any, where: str) -> MeterSpec | None:
         r.bad(f"{where}.allow_negative", "must be true or false")
     elif allow_negative and aggregation in ("count", "unique_count"):
         r.bad(f"{where}.allow_negative", f"a {aggregation} meter has no values to be negative")
+    unit = obj.get("unit")
+    units = ", ".join(WEIGHT_UNITS)
+    if aggregation == "weighted_sum" and unit not in WEIGHT_UNITS:
+        r.bad(
+            f"{where}.unit",
+            f"a weighted_sum meter needs the unit of time its value is held in: one of {units}, "
+            f"not {unit!r}",
+        )
+    elif aggregation != "weighted_sum" and unit is not None:
+        r.bad(f"{where}.unit", "only a weighted_sum meter takes a unit of time")
     if len(r.problems) > before:
         return None
     assert key is not None and event_type is not None
     return MeterSpec(
-        key, event_type, str(aggregation), path, flt, tuple(group_by), allow_negative is True
+        key,
+        event_type,
+        str(aggregation),
+        path,
+        flt,
+        tuple(group_by),
+        allow_negative is True,
+        unit if isinstance(unit, str) else None,
     )
 
 
@@ -240,13 +261,20 @@ _PLAN_FIELDS = frozenset(
         "alerts",
         "unpriced",
     }
-)
+) | frozenset({"limits", "entitlements"})
 _CHARGE_COMMON = frozenset({"meter", "model", "filter", "description"})
 _MODEL_FIELDS: Mapping[str, frozenset[str]] = {
     "per_unit": frozenset({"unit_amount"}),
     "package": frozenset({"package_size", "package_amount"}),
     "graduated": frozenset({"tiers"}),
     "volume": frozenset({"tiers"}),
+    "percentage": frozenset({"percent", "minimum", "maximum"}),
+    "dynamic": frozenset(),
+}
+#: Models priced from a value the events carry: their meter must be a ``sum`` of that value.
+_VALUE_MODELS = {
+    "percentage": "the value it takes a percentage of (the provider's cost, say)",
+    "dynamic": "the price each event carries",
 }
 _TIER_FIELDS = frozenset({"up_to", "unit_amount", "flat_amount"})
 
@@ -291,7 +319,35 @@ def _tiers(r: _Reader, raw: Any, where: str) -> tuple[Tier, ...] | None:
     return tuple(tiers)
 
 
+def _percentage(r: _Reader, obj: Mapping[str, Any], where: str) -> Percentage | None:
+    """``{"percent": "20", "minimum"?: "0.01", "maximum"?: "2.00"}``: the bounds are per event,
+    in the plan's currency, with up to 12 decimal places (an event may cost a fraction of a
+    cent)."""
+    before = len(r.problems)
+    written = obj.get("percent")
+    if isinstance(written, str) and written.strip().endswith("%"):
+        r.bad(f"{where}.percent", f'must be a number without "%": "20" for 20 %, not {written!r}')
+        percent = None
+    else:
+        percent = r.amount(obj, where, "percent")
+    low = r.amount(obj, where, "minimum", required=False)
+    high = r.amount(obj, where, "maximum", required=False)
+    if low is not None and high is not None and low > high:
+        r.bad(
+            f"{where}.maximum",
+            f"the most an event is charged ({format(high, 'f')}) is below the least "
+            f"({format(low, 'f')}): raise maximum or lower minimum",
+        )
+    if percent is None or len(r.problems) > before:
+        return None
+    return Percentage(percent, low, high)
+
+
 def _model(r: _Reader, name: str, obj: Mapping[str, Any], where: str) -> ChargeModel | None:
+    if name == "percentage":
+        return _percentage(r, obj, where)
+    if name == "dynamic":
+        return Dynamic()
     if name == "per_unit":
         unit = r.amount(obj, where, "unit_amount")
         return None if unit is None else PerUnit(unit)
@@ -342,6 +398,21 @@ def _charge(
                 f"a charge can only filter on its meter's group_by properties; add {name!r} "
                 f"to meter {meter.key!r}'s group_by",
             )
+    if meter is not None and model_name in _VALUE_MODELS and meter.aggregation != "sum":
+        r.bad(
+            f"{where}.meter",
+            f"a {model_name} charge needs a sum meter over {_VALUE_MODELS[model_name]}; "
+            f"meter {meter.key!r} is a {meter.aggregation} meter",
+        )
+    clamped = model_name == "percentage" and any(
+        obj.get(bound) is not None for bound in ("minimum", "maximum")
+    )
+    if meter is not None and clamped and meter.allow_negative:
+        r.bad(
+            f"{where}.meter",
+            f"meter {meter.key!r} takes negative values, and a per-event minimum or maximum "
+            "has no meaning for a correction: use a meter without allow_negative",
+        )
     description = r.text(obj, where, "description", required=False)
     model = _model(r, model_name, obj, where)
     if model is None or len(r.problems) > before:
@@ -387,6 +458,8 @@ def _plan(
             if charge is not None:
                 charges.append(charge)
     _alerts(r, obj.get("alerts", []), f"{where}.alerts", meters)
+    limits = _unit_limits(r, obj.get("limits", []), f"{where}.limits", meters)
+    entitlements = _entitlements(r, obj.get("entitlements", []), f"{where}.entitlements")
     unpriced = obj.get("unpriced", DEFAULT_UNPRICED)
     if not is_mode(unpriced):
         r.bad(
@@ -397,7 +470,114 @@ def _plan(
     if len(r.problems) > before:
         return None
     assert key is not None and cur is not None and base_fee is not None and is_mode(unpriced)
-    return Plan(key, name, cur, str(interval), base_fee, minimum, tuple(charges), unpriced=unpriced)
+    return Plan(
+        key,
+        name,
+        cur,
+        str(interval),
+        base_fee,
+        minimum,
+        tuple(charges),
+        limits=limits,
+        entitlements=entitlements,
+        unpriced=unpriced,
+    )
+
+
+_LIMIT_FIELDS = frozenset({"meter", "limit", "window", "groups"})
+_ENTITLEMENT_FIELDS = frozenset({"feature", "match", "allowed"})
+
+
+def _objects(
+    r: _Reader, raw: Any, where: str, what: str, fields: frozenset[str]
+) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """The objects of a list field (index, JSON path, object); what is not one is reported."""
+    if not isinstance(raw, list):
+        r.bad(where, f"must be a list of {what}, not {_kind(raw)}")
+        return
+    for i, item in enumerate(raw):
+        here = f"{where}[{i}]"
+        obj = r.obj(item, here, fields)
+        if obj is not None:
+            yield i, here, obj
+
+
+def _unit_limits(
+    r: _Reader, raw: Any, where: str, meters: Mapping[str, MeterSpec]
+) -> tuple[UnitLimit, ...]:
+    """A plan's usage limits in units: ``[{"meter", "limit", "window", "groups"?}]``."""
+    limits: list[UnitLimit] = []
+    seen: dict[str, int] = {}
+    for i, here, obj in _objects(r, raw, where, "unit limits", _LIMIT_FIELDS):
+        before = len(r.problems)
+        meter_key = obj.get("meter")
+        meter = meters.get(meter_key) if isinstance(meter_key, str) else None
+        if meter is None:
+            known = ", ".join(sorted(meters)) or "none defined"
+            r.bad(f"{here}.meter", f"unknown meter {meter_key!r} (meters: {known})")
+        elif meter.aggregation not in LIMIT_AGGREGATIONS:
+            r.bad(
+                f"{here}.meter",
+                f"meter {meter.key!r} is a {meter.aggregation} meter; a unit limit counts "
+                f"what events add, so it needs a {' or '.join(LIMIT_AGGREGATIONS)} meter",
+            )
+        limit = r.quantity(obj.get("limit"), f"{here}.limit") if "limit" in obj else None
+        if "limit" not in obj:
+            r.bad(f"{here}.limit", "is required: the most units per window, e.g. 1000000")
+        window = obj.get("window")
+        if window not in WINDOWS:
+            r.bad(f"{here}.window", f"must be one of {', '.join(WINDOWS)}, not {window!r}")
+        groups = _filter(r, obj.get("groups"), f"{here}.groups")
+        if meter is not None:
+            for name in sorted(set(groups) - set(meter.group_by)):
+                r.bad(
+                    f"{here}.groups.{name}",
+                    f"a unit limit can only narrow to its meter's group_by properties; add "
+                    f"{name!r} to meter {meter.key!r}'s group_by",
+                )
+        if len(r.problems) > before:
+            continue
+        assert isinstance(meter_key, str) and limit is not None and window in WINDOWS
+        unit_limit = UnitLimit(meter_key, limit, window, groups)
+        if unit_limit.key in seen:
+            r.bad(
+                here,
+                f"limits {unit_limit.describe()} per {window} again: "
+                f"{where}[{seen[unit_limit.key]}] does already",
+            )
+            continue
+        seen[unit_limit.key] = i
+        limits.append(unit_limit)
+    return tuple(limits)
+
+
+def _entitlements(r: _Reader, raw: Any, where: str) -> tuple[Entitlement, ...]:
+    """A plan's features: ``[{"feature", "match", "allowed"}]``."""
+    found: list[Entitlement] = []
+    seen: dict[str, int] = {}
+    for i, here, obj in _objects(r, raw, where, "entitlements", _ENTITLEMENT_FIELDS):
+        before = len(r.problems)
+        feature = r.key(obj, here, "feature")
+        if feature is not None and feature in seen:
+            r.bad(f"{here}.feature", f"{feature!r} is already used by {where}[{seen[feature]}]")
+        match = obj.get("match")
+        flt = _filter(r, match, f"{here}.match")
+        if isinstance(match, dict) and not match:
+            r.bad(
+                f"{here}.match",
+                'must name the event properties the feature covers, e.g. {"model": "gpt-4o"}',
+            )
+        elif match is None:
+            r.bad(f"{here}.match", 'is required, e.g. {"model": "gpt-4o"}')
+        allowed = obj.get("allowed")
+        if not isinstance(allowed, bool):
+            r.bad(f"{here}.allowed", f"must be true or false, not {allowed!r}")
+        if len(r.problems) > before:
+            continue
+        assert feature is not None and isinstance(allowed, bool)
+        seen[feature] = i
+        found.append(Entitlement(feature, flt, allowed))
+    return tuple(found)
 
 
 def _alerts(r: _Reader, raw: Any, where: str, meters: Mapping[str, MeterSpec]) -> None:
@@ -487,4 +667,5 @@ def parse_config(raw: Any) -> PricingConfig:
             plans.setdefault(plan.key, plan)
     if r.problems:
         raise ConfigError.of(r.problems)
-    return PricingConfig(MeterSet(meters.values()), plans, rounding, doc)
+    meter_set = MeterSet(meters.values(), per_event_sums(plans.values()))
+    return PricingConfig(meter_set, plans, rounding, doc)

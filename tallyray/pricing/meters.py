@@ -16,7 +16,22 @@ count          number of events                             a + b
 max            largest value                                max(a, b)
 unique_count   the set of distinct values (exact, not HLL)  a ∪ b
 latest         (timestamp, event id, value) of the newest   newest by (timestamp, id)
+weighted_sum   every reading: (timestamp, event id) → value  a ∪ b
 =============  ===========================================  ===========================
+
+``weighted_sum`` meters a gauge over time (seats, GPUs): each event is a reading, the value
+the gauge holds from its timestamp until the next reading, and the quantity is
+``Σ value × time held`` in the meter's ``unit`` (second, minute, hour, day). The last reading
+of a period is held to the period's end (:attr:`Usage.end`), live as on the invoice, so the
+live quantity is what the period will cost if the gauge does not move again. A period starts
+at 0: the gauge is not carried over from the period before (its invoice is built from its own
+events only); send a reading at the start of each period. Readings are kept one by one (an
+out-of-order reading can fall between any two), so send one when the value changes rather
+than every second.
+
+Beside the meters' own states, a :class:`PerEventSum` keeps the sum of a function of each
+event's value, per group: what a charge priced event by event needs (a ``percentage`` with a
+per-event minimum or maximum).
 
 The fold is the hot path (hundreds of thousands of events a second per core), so it is
 written as one tight loop per aggregation over plain tuples, and validates as it goes: the
@@ -29,23 +44,33 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 
 from tallyray.errors import EventError, Problem
 from tallyray.pricing.events import MAX_ID_LENGTH, Event
-from tallyray.pricing.money import MAX_MAGNITUDE, shown
+from tallyray.pricing.money import MAX_MAGNITUDE, PRICING_CONTEXT, shown
 
 __all__ = [
     "AGGREGATIONS",
+    "WEIGHT_UNITS",
     "GroupKey",
     "MeterSet",
     "MeterSpec",
+    "PerEventSum",
     "Usage",
     "matches",
 ]
 
-AGGREGATIONS = ("sum", "count", "max", "unique_count", "latest")
+AGGREGATIONS = ("sum", "count", "max", "unique_count", "latest", "weighted_sum")
+
+WEIGHT_UNITS: Mapping[str, int] = {
+    "second": 1_000_000,
+    "minute": 60_000_000,
+    "hour": 3_600_000_000,
+    "day": 86_400_000_000,
+}
+"""A ``weighted_sum`` meter's unit of time, in microseconds (timestamps are microseconds)."""
 
 GroupKey = tuple[Any, ...]
 """The values of a meter's ``group_by`` properties for one event (``()`` when ungrouped)."""
@@ -67,6 +92,24 @@ class MeterSpec:
     group_by: tuple[str, ...] = ()
     allow_negative: bool = False
     """Negative values count (a correction, a gauge below zero); refused otherwise."""
+    unit: str | None = None
+    """A ``weighted_sum`` meter's unit of time (a key of :data:`WEIGHT_UNITS`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PerEventSum:
+    """Per group of ``meter``, the sum of ``amount(value)`` over its events, kept under
+    ``key`` in :attr:`Usage.groups` as a ``sum`` (``key`` starts with ``%``, which no meter
+    key may). ``meter`` must be a ``sum`` meter: its fold has checked every value first."""
+
+    key: str
+    meter: str
+    amount: Callable[[Decimal], Decimal]
+
+    def spec(self, meter: MeterSpec) -> MeterSpec:
+        """A spec to read this sum with :meth:`Usage.quantity` (filters on the meter's
+        groups work on it as on the meter)."""
+        return MeterSpec(self.key, meter.event_type, "sum", meter.value, {}, meter.group_by)
 
 
 class _BadValue(Exception):
@@ -248,13 +291,60 @@ def _fold_latest(spec: MeterSpec, events: Sequence[Event], acc: dict[GroupKey, A
     _check_groups(acc)
 
 
+def _fold_weighted(spec: MeterSpec, events: Sequence[Event], acc: dict[GroupKey, Any]) -> None:
+    assert spec.value is not None
+    value_of, group_of = _value_fn(spec.value), _group_fn(spec.group_by)
+    for e in events:
+        p = e[4]
+        v = _number(value_of(p), spec.allow_negative)
+        g = group_of(p)
+        readings = acc.get(g)
+        if readings is None:
+            acc[g] = readings = {}
+        readings[(e[3], e[0])] = v
+    _check_groups(acc)
+
+
+def _fold_per_event(
+    spec: MeterSpec, derived: PerEventSum, events: Sequence[Event], acc: dict[GroupKey, Any]
+) -> None:
+    """Fold ``derived`` over events its meter has folded (so their values are valid)."""
+    assert spec.value is not None
+    value_of, group_of = _value_fn(spec.value), _group_fn(spec.group_by)
+    amount = derived.amount
+    with localcontext(PRICING_CONTEXT):
+        for e in events:
+            p = e[4]
+            v = _number(value_of(p), spec.allow_negative)
+            g = group_of(p)
+            acc[g] = acc.get(g, 0) + amount(Decimal(v))
+
+
 _FOLDS: Mapping[str, Callable[[MeterSpec, Sequence[Event], dict[GroupKey, Any]], None]] = {
     "sum": _fold_sum,
     "count": _fold_count,
     "max": _fold_max,
     "unique_count": _fold_unique,
     "latest": _fold_latest,
+    "weighted_sum": _fold_weighted,
 }
+
+
+def _held(readings: Mapping[tuple[int, str], int | Decimal], end: int | None, unit: int) -> Decimal:
+    """``Σ value × time held`` in units: each reading holds until the next one, the last one
+    until ``end`` (or, with no end known, for no time). Summed in microseconds, exactly, and
+    divided once."""
+    if not readings:
+        return Decimal(0)
+    ordered = sorted(readings.items())
+    moments = [ts for (ts, _), _ in ordered]
+    moments.append(moments[-1] if end is None else max(end, moments[-1]))
+    with localcontext(PRICING_CONTEXT):
+        total = sum(
+            (Decimal(v) * (moments[i + 1] - moments[i]) for i, (_, v) in enumerate(ordered)),
+            Decimal(0),
+        )
+        return total / unit
 
 
 def _merge_state(aggregation: str, a: Any, b: Any) -> Any:
@@ -264,6 +354,8 @@ def _merge_state(aggregation: str, a: Any, b: Any) -> Any:
         return a if a >= b else b
     if aggregation == "unique_count":
         return a | b
+    if aggregation == "weighted_sum":
+        return {**a, **b}
     if aggregation == "latest":
         return a if (a[0], a[1]) >= (b[0], b[1]) else b
     raise AssertionError(aggregation)
@@ -275,6 +367,8 @@ def _state_to_json(aggregation: str, state: Any) -> Any:
     if aggregation == "latest":
         ts, event_id, value = state
         return [ts, event_id, _num_to_json(value)]
+    if aggregation == "weighted_sum":
+        return [[ts, event_id, _num_to_json(v)] for (ts, event_id), v in sorted(state.items())]
     return _num_to_json(state)
 
 
@@ -284,6 +378,8 @@ def _state_from_json(aggregation: str, raw: Any) -> Any:
     if aggregation == "latest":
         ts, event_id, value = raw
         return (ts, event_id, _num_from_json(value))
+    if aggregation == "weighted_sum":
+        return {(ts, event_id): _num_from_json(v) for ts, event_id, v in raw}
     return _num_from_json(raw)
 
 
@@ -302,7 +398,7 @@ _GROUP_QUANTITY: Mapping[str, Callable[[Any], Decimal]] = {
     "unique_count": lambda members: Decimal(len(members)),
     "latest": lambda newest: Decimal(newest[2]),
 }
-"""One group's quantity from its aggregation state."""
+"""One group's quantity from its aggregation state (``weighted_sum``: see :func:`_held`)."""
 
 
 def _hashable_group(key: GroupKey) -> bool:
@@ -312,25 +408,36 @@ def _hashable_group(key: GroupKey) -> bool:
 class MeterSet:
     """A fixed set of meters, compiled for folding."""
 
-    def __init__(self, meters: Iterable[MeterSpec]) -> None:
+    def __init__(self, meters: Iterable[MeterSpec], per_event: Iterable[PerEventSum] = ()) -> None:
         self.meters: dict[str, MeterSpec] = {m.key: m for m in meters}
         self._by_type: dict[str, list[MeterSpec]] = defaultdict(list)
         for meter in self.meters.values():
             self._by_type[meter.event_type].append(meter)
-        self.aggregations: Mapping[str, str] = {k: m.aggregation for k, m in self.meters.items()}
+        self.per_event: dict[str, PerEventSum] = {
+            d.key: d for d in per_event if d.meter in self.meters
+        }
+        self._per_meter: dict[str, list[PerEventSum]] = defaultdict(list)
+        for derived in self.per_event.values():
+            self._per_meter[derived.meter].append(derived)
+        self.aggregations: Mapping[str, str] = {
+            **{k: m.aggregation for k, m in self.meters.items()},
+            **{k: "sum" for k in self.per_event},
+        }
 
     def __contains__(self, key: object) -> bool:
         return key in self.meters
 
-    def empty_usage(self) -> Usage:
-        return Usage({key: {} for key in self.meters}, self.aggregations)
+    def empty_usage(self, end: int | None = None) -> Usage:
+        """No usage yet; ``end``: the end of the period it is the usage of (see
+        :attr:`Usage.end`)."""
+        return Usage({key: {} for key in self.aggregations}, self.aggregations, end)
 
-    def usage_from_json(self, raw: Mapping[str, Any]) -> Usage:
+    def usage_from_json(self, raw: Mapping[str, Any], end: int | None = None) -> Usage:
         """Restore a :meth:`Usage.to_json` snapshot (state of meters now gone is dropped)."""
-        usage = self.empty_usage()
+        usage = self.empty_usage(end)
         for key, rows in raw.items():
-            if key in self.meters:
-                aggregation = self.meters[key].aggregation
+            aggregation = self.aggregations.get(key)
+            if aggregation is not None:
                 usage.groups[key] = {tuple(g): _state_from_json(aggregation, s) for g, s in rows}
         return usage
 
@@ -378,6 +485,8 @@ class MeterSet:
                         flt = meter.filter
                         selected = [e for e in batch if matches(e[4], flt)]
                     _FOLDS[meter.aggregation](meter, selected, delta.groups[meter.key])
+                    for derived in self._per_meter.get(meter.key, ()):
+                        _fold_per_event(meter, derived, selected, delta.groups[derived.key])
         except (_BadValue, KeyError, TypeError) as failure:
             problems = self.diagnose(events, label)
             if not problems:  # the fast loop failed on something the checks do not know
@@ -446,6 +555,9 @@ class Usage:
 
     groups: dict[str, dict[GroupKey, Any]]
     aggregations: Mapping[str, str]
+    end: int | None = None
+    """The end of the period this is the usage of: a ``weighted_sum`` meter's last reading
+    holds until then. ``None`` (a batch not yet placed in a period): it holds for no time."""
 
     def merge(self, other: Usage) -> None:
         """Merge ``other`` into this usage (commutative and associative)."""
@@ -457,9 +569,11 @@ class Usage:
             for group, state in theirs.items():
                 mine = ours.get(group, _MISSING)
                 if mine is _MISSING:
-                    ours[group] = set(state) if aggregation == "unique_count" else state
+                    ours[group] = _own(aggregation, state)
                 elif aggregation == "unique_count":
                     mine |= state  # in place: sets can be large; plus() copies before this
+                elif aggregation == "weighted_sum":
+                    mine.update(state)  # in place, likewise
                 else:
                     ours[group] = _merge_state(aggregation, mine, state)
 
@@ -474,22 +588,24 @@ class Usage:
             if not theirs:
                 continue
             ours = dict(groups.get(key, {}))
-            if self.aggregations[key] == "unique_count":
+            aggregation = self.aggregations[key]
+            if aggregation in _IN_PLACE:
                 for group in theirs:
                     if group in ours:
-                        ours[group] = set(ours[group])
+                        ours[group] = _own(aggregation, ours[group])
             groups[key] = ours
-        result = Usage(groups, self.aggregations)
+        result = Usage(groups, self.aggregations, self.end)
         result.merge(delta)
         return result
 
     def copy(self) -> Usage:
         return Usage(
             {
-                key: {g: set(s) if isinstance(s, set) else s for g, s in groups.items()}
+                key: {g: _own(self.aggregations.get(key, ""), s) for g, s in groups.items()}
                 for key, groups in self.groups.items()
             },
             self.aggregations,
+            self.end,
         )
 
     def is_empty(self) -> bool:
@@ -531,11 +647,32 @@ class Usage:
             if len(groups) == 1:  # no copy of what may be a large set
                 return Decimal(len(next(iter(states))))
             return Decimal(len(set().union(*states)))
+        if aggregation == "weighted_sum":  # a gauge per group: their time-weighted sums add
+            unit = WEIGHT_UNITS[meter.unit or "second"]
+            with localcontext(PRICING_CONTEXT):
+                return sum((_held(s, self.end, unit) for s in states), Decimal(0))
         newest = max(states, key=lambda s: (s[0], s[1]))
         return Decimal(newest[2])
 
     def by_group(self, meter: MeterSpec) -> dict[GroupKey, Decimal]:
         """Quantity per group, for usage breakdowns (per model, per region, ...): one pass
         over the groups (each group's state is its quantity)."""
+        groups = self.groups.get(meter.key, {})
+        if meter.aggregation == "weighted_sum":
+            unit = WEIGHT_UNITS[meter.unit or "second"]
+            return {g: _held(state, self.end, unit) for g, state in groups.items()}
         quantity = _GROUP_QUANTITY[meter.aggregation]
-        return {g: quantity(state) for g, state in self.groups.get(meter.key, {}).items()}
+        return {g: quantity(state) for g, state in groups.items()}
+
+
+_IN_PLACE = frozenset({"unique_count", "weighted_sum"})
+"""Aggregations whose states :meth:`Usage.merge` changes in place (a set, a dict)."""
+
+
+def _own(aggregation: str, state: Any) -> Any:
+    """A state the caller may change in place without touching ``state``."""
+    if aggregation == "unique_count":
+        return set(state)
+    if aggregation == "weighted_sum":
+        return dict(state)
+    return state

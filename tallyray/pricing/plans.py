@@ -3,7 +3,9 @@
 Rating runs as named steps in a fixed order (adjustments are steps, not flags):
 
 1. ``usage lines`` — each charge prices the quantity of its meter (narrowed by its filter),
-   at full precision, itemized per tier;
+   at full precision, itemized per tier (:func:`price_charge`; a ``percentage`` charge with a
+   per-event minimum or maximum prices the sum of its events' clamped amounts, which the
+   meters keep as a :class:`~tallyray.pricing.meters.PerEventSum`);
 2. ``base fee`` — once per period;
 3. ``minimum true-up`` — when base fee + usage charges fall below the plan's minimum;
 
@@ -14,18 +16,30 @@ stays beside the rounded one, and totals are sums of rounded lines.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
 from typing import Any
 
-from tallyray.pricing.meters import Filter, MeterSpec, Usage
-from tallyray.pricing.models import ChargeModel, TierLine, price
+from tallyray.pricing.meters import Filter, MeterSpec, PerEventSum, Usage
+from tallyray.pricing.models import ChargeModel, Percentage, Priced, TierLine, price
 from tallyray.pricing.models.base import ZERO
+from tallyray.pricing.models.percentage import event_amount, price_clamped
 from tallyray.pricing.money import DEFAULT_ROUNDING, PRICING_CONTEXT, Currency, round_amount
+from tallyray.pricing.quotas import Entitlement, UnitLimit
 from tallyray.pricing.unpriced import DEFAULT_UNPRICED, UnpricedMode
 
-__all__ = ["INTERVALS", "Charge", "Line", "Plan", "Preview", "rate", "usage_cost"]
+__all__ = [
+    "INTERVALS",
+    "Charge",
+    "Line",
+    "Plan",
+    "Preview",
+    "per_event_sums",
+    "price_charge",
+    "rate",
+    "usage_cost",
+]
 
 INTERVALS = ("day", "week", "month", "year")
 
@@ -60,6 +74,10 @@ class Plan:
     base_fee: Decimal = ZERO
     minimum: Decimal | None = None
     charges: tuple[Charge, ...] = ()
+    limits: tuple[UnitLimit, ...] = ()
+    """Usage limits in units over a window (:mod:`tallyray.pricing.quotas`)."""
+    entitlements: tuple[Entitlement, ...] = ()
+    """Features the plan allows or not (:mod:`tallyray.pricing.quotas`)."""
     unpriced: UnpricedMode = DEFAULT_UNPRICED
     """What an event with usage no charge prices gets (:mod:`tallyray.pricing.unpriced`)."""
 
@@ -122,6 +140,54 @@ def charge_quantity(charge: Charge, usage: Usage, meters: Mapping[str, MeterSpec
     return usage.quantity(meters[charge.meter], charge.filter)
 
 
+def per_event_sum(charge: Charge) -> PerEventSum | None:
+    """What the meters must keep for ``charge`` beyond its meter's own state: the sum of its
+    events' clamped amounts for a clamped ``percentage``; ``None`` for every other charge.
+
+    The key is made of the charge's terms, so charges (of any plan) with the same terms share
+    one sum, and a sum is found again from the charge alone."""
+    model = charge.model
+    if not isinstance(model, Percentage) or not model.clamped:
+        return None
+    terms = ":".join(
+        "" if d is None else format(d.normalize(), "f")
+        for d in (model.percent, model.minimum, model.maximum)
+    )
+    return PerEventSum(f"%percentage:{charge.meter}:{terms}", charge.meter, _clamp(model))
+
+
+def _clamp(model: Percentage) -> Callable[[Decimal], Decimal]:
+    return lambda value: event_amount(value, model)
+
+
+def per_event_sums(plans: Iterable[Plan]) -> list[PerEventSum]:
+    """Every per-event sum the charges of ``plans`` need (build the meter set with them)."""
+    found: dict[str, PerEventSum] = {}
+    for plan in plans:
+        for charge in plan.charges:
+            derived = per_event_sum(charge)
+            if derived is not None:
+                found.setdefault(derived.key, derived)
+    return list(found.values())
+
+
+def price_charge(
+    charge: Charge, usage: Usage, meters: Mapping[str, MeterSpec]
+) -> tuple[Decimal, Priced]:
+    """One charge over a period's usage: (the quantity its line shows, the priced amount),
+    at full precision. Every rating path (live spend, invoices, ``tallyray price``) prices a
+    charge here, so they agree to the last digit."""
+    meter = meters[charge.meter]
+    quantity = usage.quantity(meter, charge.filter)
+    derived = per_event_sum(charge)
+    if derived is None:
+        return quantity, price(quantity, charge.model)
+    assert isinstance(charge.model, Percentage)
+    amounts = usage.quantity(derived.spec(meter), charge.filter)
+    with localcontext(PRICING_CONTEXT):
+        return quantity, price_clamped(amounts, charge.model)
+
+
 def charge_costs(
     plan: Plan,
     usage: Usage,
@@ -136,7 +202,7 @@ def charge_costs(
         return [
             known[i]
             if known is not None and touched is not None and c.meter not in touched
-            else price(charge_quantity(c, usage, meters), c.model).amount
+            else price_charge(c, usage, meters)[1].amount
             for i, c in enumerate(plan.charges)
         ]
 
@@ -146,7 +212,7 @@ def usage_cost(plan: Plan, usage: Usage, meters: Mapping[str, MeterSpec]) -> Dec
     what a live balance counts as spend."""
     with localcontext(PRICING_CONTEXT):
         return sum(
-            (price(charge_quantity(c, usage, meters), c.model).amount for c in plan.charges),
+            (price_charge(c, usage, meters)[1].amount for c in plan.charges),
             ZERO,
         )
 
@@ -160,8 +226,7 @@ def usage_lines(
 ) -> list[Line]:
     lines = []
     for charge in plan.charges:
-        quantity = charge_quantity(charge, usage, meters)
-        priced = price(quantity, charge.model)
+        quantity, priced = price_charge(charge, usage, meters)
         lines.append(
             Line(
                 kind="usage",

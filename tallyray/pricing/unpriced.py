@@ -11,7 +11,7 @@ A plan says what happens to an event with unpriced usage (``"unpriced"``, defaul
 
 ===========  ================================================================================
 ``reject``   refused at ingress (422, naming the event and the meter), and by quota checks
-             and reservations (``allowed: false``, ``code: "unpriced"``)
+             and reservations (``allowed: false``, ``refusal: "unpriced"``)
 ``allow``    accepted as free (before there was a choice, always)
 ``flag``     accepted as free, counted per customer, plan, meter, group and period, and
              announced once per plan, group and period (``usage.unpriced``)

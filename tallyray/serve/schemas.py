@@ -100,17 +100,38 @@ class QuotaCheck(Closed):
     events: list[WouldBe] | None = None
 
 
+class UnitLimitUse(Open):
+    """Where one of the plan's unit limits stands in its current window (UTC)."""
+
+    meter: str = Field(examples=["output_tokens"])
+    window: Literal["day", "week", "month", "period"]
+    limit: Decimal = Field(examples=["1000000"])
+    groups: dict[str, list[Any]] | None = Field(None, examples=[{"model": ["gpt-4o"]}])
+    used: Decimal = Field(
+        examples=["999500"], description="Units used in the window (in a refusal: plus held)"
+    )
+    window_start: Moment = Field(examples=["2026-11-20T00:00:00Z"])
+    resets_at: Moment = Field(examples=["2026-11-21T00:00:00Z"])
+
+
 class QuotaAnswer(Open):
     allowed: bool
     cost: Decimal = Field(examples=["0.0315"])
     available: Decimal | None = Field(examples=["87.65"])
     currency: str = Field(examples=["EUR"])
     reason: str | None = Field(examples=[None])
-    code: Literal["unpriced"] | None = Field(
+    refusal: (
+        Literal["credit", "credit_limit", "spend_cap", "unit_limit", "entitlement", "unpriced"]
+        | None
+    ) = Field(
         None,
+        description="What refused it; null when allowed. `unpriced`: the plan refuses usage "
+        'none of its charges prices (`"unpriced": "reject"`), and `reason` names the meter',
         examples=[None],
-        description="`unpriced` when the plan refuses usage none of its charges prices "
-        '(`"unpriced": "reject"`); `reason` names the meter and what to fix',
+    )
+    limit: UnitLimitUse | None = Field(None, description="The unit limit that refused it")
+    feature: str | None = Field(
+        None, description="The feature the plan does not include", examples=["models.gpt-4o"]
     )
 
 
@@ -148,7 +169,7 @@ class Release(Open):
 class Meter(Open):
     key: str = Field(examples=["input_tokens"])
     event_type: str = Field(examples=["llm.completion"])
-    aggregation: Literal["sum", "count", "max", "unique_count", "latest"]
+    aggregation: Literal["sum", "count", "max", "unique_count", "latest", "weighted_sum"]
 
 
 class MeterList(Closed):
@@ -279,11 +300,25 @@ class CreditGrant(Open):
     amount: Decimal
 
 
+class LimitStanding(UnitLimitUse):
+    held: Decimal = Field(examples=["2000"])
+    remaining: Decimal = Field(examples=["998000"])
+
+
+class EntitlementShown(Closed):
+    feature: str = Field(examples=["models.gpt-4o"])
+    allowed: bool
+
+
 class Balance(Open):
     customer_id: str
     currency: str
     holds: Decimal
     credits_remaining: Decimal
+    limits: list[LimitStanding] = Field(
+        default_factory=list, description="The plan's unit limits in their current windows"
+    )
+    entitlements: list[EntitlementShown] = Field(default_factory=list)
 
 
 # -- invoicing ---------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from tallyray.pricing.events import format_timestamp, is_identifier
 from tallyray.pricing.meters import MeterSet, MeterSpec
 from tallyray.pricing.money import currency, parse_amount
 from tallyray.pricing.periods import period_of
-from tallyray.pricing.plans import Plan
+from tallyray.pricing.plans import Plan, per_event_sums
 from tallyray.storage import tables as t
 from tallyray.storage.audit import AuditEntry, write_audit
 from tallyray.storage.pages import Page, PageRequest, read_page
@@ -259,14 +259,16 @@ class Catalog:
                 .where(t.plans.c.env == env)
                 .order_by(t.plans.c.key, t.plans.c.version)
             ).all()
-        meters = MeterSet(parse_meter(row.definition) for row in meter_rows)
+        specs = {spec.key: spec for spec in (parse_meter(row.definition) for row in meter_rows)}
         plans: dict[tuple[str, int], Plan] = {}
         raw: dict[tuple[str, int], Mapping[str, Any]] = {}
         latest: dict[str, int] = {}
         for row in plan_rows:
-            plans[(row.key, row.version)] = parse_plan(row.definition, meters.meters)
+            plans[(row.key, row.version)] = parse_plan(row.definition, specs)
             raw[(row.key, row.version)] = row.definition
             latest[row.key] = row.version
+        # Charges priced event by event (a clamped percentage) need sums the meters keep.
+        meters = MeterSet(specs.values(), per_event_sums(plans.values()))
         return EnvCatalog(env, meters, plans, latest, raw)
 
     # -- customers and subscriptions -----------------------------------------------------

@@ -175,6 +175,9 @@ holds = Table(
     Column("customer_id", String(255), nullable=False),
     Column("shard", Integer, nullable=False),
     Column("amount", String(50), nullable=False),
+    # Units held per unit limit of the plan, as JSON ({"output_tokens/day": "1000"});
+    # NULL when the hold holds no units.
+    Column("units", Text),
     Column("expires_at", Micros, nullable=False),
     Column("status", String(16), nullable=False),
     Column("created_at", Micros, nullable=False),

@@ -235,3 +235,64 @@ def test_the_customer_sets_its_own_cap_and_never_the_operators_limit(
         "50.00",
     )
     http.close()
+
+
+@pytest.fixture(scope="module")
+def limited(base_url: str) -> str:
+    """A customer on a plan with a unit limit (1,000 output tokens a day) and a feature it
+    leaves out (gpt-4o); 600 tokens used today, 100 reserved. Its portal link."""
+    with httpx.Client(base_url=base_url, timeout=30) as http:
+        r = http.post(
+            "/v1/admin/keys",
+            json={"env": "test"},
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        )
+        http.headers["Authorization"] = f"Bearer {r.json()['key']}"
+        plan = {
+            "key": "limited",
+            "name": "Limited",
+            "currency": "EUR",
+            "interval": "month",
+            "charges": [{"meter": "output_tokens", "model": "per_unit", "unit_amount": "0.00001"}],
+            "limits": [{"meter": "output_tokens", "limit": 1000, "window": "day"}],
+            "entitlements": [
+                {"feature": "models.gpt-4o", "match": {"model": "gpt-4o"}, "allowed": False}
+            ],
+        }
+        assert http.post("/v1/plans", json=plan).status_code == 201
+        customer = {"id": "limited-co", "name": "Limited Co", "currency": "EUR", "locale": "en"}
+        assert http.post("/v1/customers", json=customer).status_code == 201
+        r = http.post("/v1/subscriptions", json={"customer_id": "limited-co", "plan": "limited"})
+        assert r.status_code == 201, r.text
+        assert http.post("/v1/customers/limited-co/credits", json={"amount": "5.00"}).is_success
+        call = {"model": "gpt-4o-mini", "input_tokens": 0, "output_tokens": 600}
+        event = {"id": "l1", "customer_id": "limited-co", "type": "llm.completion"}
+        r = http.post("/v1/events", json=[{**event, "properties": call}])
+        assert r.json() == {"ingested": 1, "duplicates": 0}
+        would_be = {"type": "llm.completion", "properties": {**call, "output_tokens": 100}}
+        r = http.post("/v1/reservations", json={"customer_id": "limited-co", "event": would_be})
+        assert r.status_code == 201, r.text
+        r = http.post("/v1/portal-sessions", json={"customer_id": "limited-co"})
+        assert r.status_code == 201, r.text
+        return f"{base_url}{r.json()['url']}"
+
+
+def test_the_overview_shows_the_plan_limits(page: Any, limited: str) -> None:
+    page.goto(limited)
+    assert page.get_by_role("heading", name="Plan limits").is_visible()
+    table = page.get_by_role(
+        "table", name="Usage limits of your plan, in units, and when each resets"
+    )
+    headers = [h.inner_text() for h in table.locator("thead th").all()]
+    assert headers == ["Usage", "Window", "Used", "Limit", "Remaining", "Resets"]
+    row = table.get_by_role("row", name="output_tokens")
+    cells = [" ".join(c.inner_text().split()) for c in row.locator("th, td").all()]
+    # 600 used + 100 reserved of 1,000: 300 remain until the next 00:00 UTC
+    assert cells[:5] == ["output_tokens", "per day", "600 + 100 reserved", "1,000", "300"]
+    assert cells[5].endswith("12:00:00 AM UTC")
+    assert row.locator("time").get_attribute("datetime").endswith("T00:00:00Z")
+    features = page.locator("#plan-features li")
+    assert [" ".join(f.inner_text().split()) for f in features.all()] == [
+        "models.gpt-4o: not included"
+    ]
+    shot(page, "plan-limits")

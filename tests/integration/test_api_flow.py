@@ -55,7 +55,7 @@ async def test_ingest_balance_check_hold_settle(client: httpx.AsyncClient) -> No
         "available": "97.98",
         "currency": "EUR",
         "reason": None,
-        "code": None,
+        "refusal": None,
     }
 
     # Hold it, then settle with what the call really used: 40,000 input + 1,000 output tokens.

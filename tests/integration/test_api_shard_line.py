@@ -86,7 +86,7 @@ async def test_checks_use_the_line_and_answer_as_over_ray(
             "available": "5.00",
             "currency": "EUR",
             "reason": None,
-            "code": None,
+            "refusal": None,
         }
     )
     assert (line_missing.status_code, line_missing.json()) == (

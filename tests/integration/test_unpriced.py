@@ -1,5 +1,5 @@
 """Unpriced usage (issue 14, item 4), on each store: a plan that refuses it (422 at ingress and
-on settle, ``allowed: false`` with ``code: "unpriced"`` from quota checks and reservations),
+on settle, ``allowed: false`` with ``refusal: "unpriced"`` from quota checks and reservations),
 one that allows it (free), and one that flags it (records, the list route, the metric, one
 ``usage.unpriced`` webhook per plan, group and period).
 
@@ -107,18 +107,18 @@ async def test_reject_refuses_the_batch_and_the_quota_check_says_no(
     r = await client.post("/v1/quota/check", json=check)
     assert r.status_code == 200, r.text
     answer = r.json()
-    assert (answer["allowed"], answer["code"]) == (False, "unpriced")
+    assert (answer["allowed"], answer["refusal"]) == (False, "unpriced")
     assert answer["reason"] == UNPRICED_GPT5.format(plan=plan)
 
     r = await client.post("/v1/reservations", json=check)
     assert r.status_code == 200, r.text
-    assert (r.json()["allowed"], r.json()["id"], r.json()["code"]) == (False, None, "unpriced")
+    assert (r.json()["allowed"], r.json()["id"], r.json()["refusal"]) == (False, None, "unpriced")
 
     # a reservation for priced usage, settled with unpriced usage: refused like ingest
     priced = {**check, "event": {**check["event"], "properties": {**would_be, "model": "gpt-4o"}}}
     r = await client.post("/v1/reservations", json=priced)
     assert r.status_code == 201, r.text
-    assert r.json()["code"] is None
+    assert r.json()["refusal"] is None
     hold = r.json()["id"]
     r = await client.post(f"/v1/reservations/{hold}/settle", json={"events": [bad]})
     assert r.status_code == 422, r.text
@@ -140,7 +140,7 @@ async def test_allow_accepts_unpriced_usage_as_free(client: httpx.AsyncClient) -
                       "input_tokens": 1, "output_tokens": 1}},
         },
     )  # fmt: skip
-    assert (r.json()["allowed"], r.json()["code"]) == (True, None)
+    assert (r.json()["allowed"], r.json()["refusal"]) == (True, None)
     await asyncio.sleep(1.2)  # two checkpoints: nothing is recorded
     assert (await unpriced_rows(client, customer, 0))["unpriced_usage"] == []
 

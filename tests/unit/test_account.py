@@ -304,7 +304,7 @@ def test_prepaid_decide(cost: str, allowed: bool, reason: str | None) -> None:
     acct.apply([tokens(300)], NOW)
     acct.place_hold(hold("h", "2"), NOW)
     assert acct.decide(D(cost), NOW) == QuotaAnswer(
-        allowed, D(cost), D("5.00"), reason, currency="USD"
+        allowed, D(cost), D("5.00"), reason, "USD", None if allowed else "credit"
     )
 
 
@@ -352,7 +352,7 @@ def test_postpaid_with_a_spend_limit(cost: str, allowed: bool, reason: str | Non
     acct.place_hold(hold("h", "1"), NOW)
     assert acct.available(NOW) == D("5.00")
     assert acct.decide(D(cost), NOW) == QuotaAnswer(
-        allowed, D(cost), D("5.00"), reason, currency="USD"
+        allowed, D(cost), D("5.00"), reason, "USD", None if allowed else "credit_limit"
     )
 
 

@@ -24,6 +24,7 @@ from tallyray_client import (
     TallyrayError,
     Unauthorized,
     Unavailable,
+    UnitLimit,
     Unreachable,
 )
 from tallyray_client.backoff import retryable
@@ -185,6 +186,64 @@ def test_an_answer_is_raised_not_degraded(answer: httpx.Response, raised: type) 
     with client(lambda r: answer) as tallyray, pytest.raises(raised) as caught:
         tallyray.check("acme", CALL)
     assert caught.value.request_id == "req_1"
+
+
+UNIT_REFUSAL = {
+    "allowed": False,
+    "cost": "0.01",
+    "available": "7.97",
+    "currency": "EUR",
+    "reason": "unit limit of 1,000 output_tokens per day reached: 990 used, this adds 20 "
+    "(the window resets at 2026-11-21T00:00:00Z)",
+    "refusal": "unit_limit",
+    "limit": {
+        "meter": "output_tokens",
+        "window": "day",
+        "limit": "1000",
+        "used": "990",
+        "window_start": "2026-11-20T00:00:00Z",
+        "resets_at": "2026-11-21T00:00:00Z",
+    },
+}
+
+
+def test_a_refusal_names_the_unit_limit_in_the_typed_answer() -> None:
+    with client(lambda r: httpx.Response(200, json=UNIT_REFUSAL)) as tallyray:
+        check = tallyray.check("acme", CALL)
+    assert (check.allowed, check.refusal, check.feature) == (False, "unit_limit", None)
+    assert check.limit == UnitLimit(
+        "output_tokens",
+        "day",
+        Decimal(1000),
+        Decimal(990),
+        "2026-11-21T00:00:00Z",
+        "2026-11-20T00:00:00Z",
+    )
+
+
+def test_a_hold_refused_by_a_feature_names_it() -> None:
+    body = {
+        **HOLD,
+        "id": None,
+        "allowed": False,
+        "reason": "the plan does not include feature 'models.o1'",
+        "refusal": "entitlement",
+        "feature": "models.o1",
+    }
+    with client(lambda r: httpx.Response(200, json=body)) as tallyray:
+        hold = tallyray.reserve("acme", CALL).hold
+    assert (hold.allowed, hold.refusal, hold.feature, hold.limit) == (
+        False,
+        "entitlement",
+        "models.o1",
+        None,
+    )
+
+
+def test_an_answer_from_a_server_before_refusals_still_reads() -> None:
+    with client(lambda r: httpx.Response(200, json=HOLD)) as tallyray:
+        hold = tallyray.reserve("acme", CALL).hold
+    assert (hold.allowed, hold.refusal, hold.limit, hold.feature) == (True, None, None, None)
 
 
 def test_a_check_answers_decimals() -> None:

@@ -186,7 +186,7 @@ BAD_CASES: list[tuple[str, Callable[[Doc], object], str, str]] = [
         "unknown-aggregation",
         lambda d: d["meters"][1].update(aggregation="avg"),
         "meters[1].aggregation",
-        "must be one of sum, count, max, unique_count, latest, not 'avg'",
+        "must be one of sum, count, max, unique_count, latest, weighted_sum, not 'avg'",
     ),
     (
         "sum-meter-without-value",
@@ -210,8 +210,8 @@ BAD_CASES: list[tuple[str, Callable[[Doc], object], str, str]] = [
         "unknown-plan-field",
         lambda d: plan(d).update(base_fees="10.00"),
         "plans[0].base_fees",
-        "unknown field (known: alerts, base_fee, charges, currency, description, interval, "
-        "key, minimum, name)",
+        "unknown field (known: alerts, base_fee, charges, currency, description, "
+        "entitlements, interval, key, limits, minimum, name, unpriced)",
     ),
     (
         "unknown-charge-field",
@@ -224,7 +224,7 @@ BAD_CASES: list[tuple[str, Callable[[Doc], object], str, str]] = [
         lambda d: d["meters"][1].update(groupby=["model"]),
         "meters[1].groupby",
         "unknown field (known: aggregation, allow_negative, description, event_type, filter, "
-        "group_by, key, name, value)",
+        "group_by, key, name, unit, value)",
     ),
     (
         "unknown-tier-field",

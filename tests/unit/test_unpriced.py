@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tallyray.actors.account import UNPRICED, CustomerAccount, Profile
+from tallyray.actors.account import CustomerAccount, Profile
 from tallyray.errors import ConfigError
 from tallyray.pricing import parse_config
 from tallyray.pricing.events import Event, parse_timestamp
@@ -204,9 +204,9 @@ def test_a_flagged_record_and_the_snapshot() -> None:
 
 
 @pytest.mark.parametrize(
-    ("mode", "event", "allowed", "code"),
+    ("mode", "event", "allowed", "refusal"),
     [
-        ("reject", llm("gpt-5"), False, UNPRICED),
+        ("reject", llm("gpt-5"), False, "unpriced"),
         ("reject", llm("gpt-4o"), True, None),
         ("reject", gpu("h100"), True, None),
         ("flag", llm("gpt-5"), True, None),
@@ -214,11 +214,11 @@ def test_a_flagged_record_and_the_snapshot() -> None:
     ],
 )
 def test_quota_checks_say_no_to_unpriced_usage_under_reject(
-    mode: str, event: Event, allowed: bool, code: str | None
+    mode: str, event: Event, allowed: bool, refusal: str | None
 ) -> None:
     answer = _account(mode).check([event], NOW)
-    assert (answer.allowed, answer.code) == (allowed, code)
-    if code is not None:
+    assert (answer.allowed, answer.refusal) == (allowed, refusal)
+    if refusal is not None:
         assert answer.reason == (
             "unpriced usage: plan 'pro' has no charge for meter 'output_tokens' (model=gpt-5) "
             "and refuses usage it does not price; add a charge that covers it to the plan, "

@@ -38,6 +38,7 @@ from tallyray_client.results import (
     Rejected,
     Release,
     Settlement,
+    UnitLimit,
 )
 from tallyray_client.spool import SpoolLocked
 
@@ -67,5 +68,6 @@ __all__ = [
     "TallyrayError",
     "Unauthorized",
     "Unavailable",
+    "UnitLimit",
     "Unreachable",
 ]

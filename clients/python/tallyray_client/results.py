@@ -15,6 +15,7 @@ __all__ = [
     "Rejected",
     "Release",
     "Settlement",
+    "UnitLimit",
 ]
 
 
@@ -33,11 +34,47 @@ def _zero(raw: Any) -> Decimal:
 
 
 @dataclass(frozen=True, slots=True)
+class UnitLimit:
+    """A unit limit of the customer's plan in its current window (UTC): what refused a
+    check or a hold with ``refusal == "unit_limit"``. ``used`` counts the units held by
+    active reservations too."""
+
+    meter: str
+    window: str
+    """``day``, ``week``, ``month`` or ``period``."""
+    limit: Decimal
+    used: Decimal
+    resets_at: str | None = None
+    window_start: str | None = None
+    groups: Mapping[str, Any] | None = None
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> UnitLimit:
+        return cls(
+            meter=str(body["meter"]),
+            window=str(body["window"]),
+            limit=_zero(body.get("limit")),
+            used=_zero(body.get("used")),
+            resets_at=body.get("resets_at"),
+            window_start=body.get("window_start"),
+            groups=body.get("groups"),
+        )
+
+
+def _unit_limit(raw: Any) -> UnitLimit | None:
+    return UnitLimit.from_json(raw) if isinstance(raw, Mapping) else None
+
+
+@dataclass(frozen=True, slots=True)
 class QuotaCheck:
     """May this customer spend this? ``available`` is ``None`` for a customer without a limit.
 
     ``degraded`` is true when Tallyray could not be reached and the answer is the client's
-    ``on_unreachable`` policy, not Tallyray's."""
+    ``on_unreachable`` policy, not Tallyray's.
+
+    ``refusal`` says what refused it (``credit``, ``credit_limit``, ``spend_cap``,
+    ``unit_limit``, ``entitlement``; ``None`` when allowed or from an older server), with the
+    unit ``limit`` or the ``feature`` when one of those did."""
 
     allowed: bool
     cost: Decimal
@@ -46,6 +83,9 @@ class QuotaCheck:
     reason: str | None
     degraded: bool = False
     request_id: str | None = None
+    refusal: str | None = None
+    limit: UnitLimit | None = None
+    feature: str | None = None
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any], request_id: str | None = None) -> QuotaCheck:
@@ -56,6 +96,9 @@ class QuotaCheck:
             currency=body.get("currency"),
             reason=body.get("reason"),
             request_id=request_id,
+            refusal=body.get("refusal"),
+            limit=_unit_limit(body.get("limit")),
+            feature=body.get("feature"),
         )
 
 
@@ -75,6 +118,10 @@ class Hold:
     available: Decimal | None = None
     degraded: bool = False
     request_id: str | None = None
+    refusal: str | None = None
+    """What refused it (see :class:`QuotaCheck`)."""
+    limit: UnitLimit | None = None
+    feature: str | None = None
 
     @classmethod
     def from_json(
@@ -90,6 +137,9 @@ class Hold:
             reason=body.get("reason"),
             available=_amount(body.get("available")),
             request_id=request_id,
+            refusal=body.get("refusal"),
+            limit=_unit_limit(body.get("limit")),
+            feature=body.get("feature"),
         )
 
 
@@ -163,6 +213,8 @@ class Balance:
     spend_limit: Decimal | None
     usage: Mapping[str, Any]
     raw: Mapping[str, Any] = field(repr=False)
+    limits: tuple[UnitLimit, ...] = ()
+    """The plan's unit limits in their current windows (``used`` without what is held)."""
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> Balance:
@@ -176,6 +228,7 @@ class Balance:
             spend_limit=_amount(body.get("spend_limit")),
             usage=body.get("usage") or {},
             raw=body,
+            limits=tuple(UnitLimit.from_json(x) for x in body.get("limits") or ()),
         )
 
     def quantity(self, meter: str) -> Decimal:

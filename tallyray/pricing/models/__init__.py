@@ -12,18 +12,22 @@ from decimal import Decimal, localcontext
 from typing import Any
 
 from tallyray.pricing.models.base import Priced, Tier, TierLine
+from tallyray.pricing.models.dynamic import Dynamic, price_dynamic
 from tallyray.pricing.models.graduated import Graduated, price_graduated
 from tallyray.pricing.models.package import Package, price_package
 from tallyray.pricing.models.per_unit import PerUnit, price_per_unit
+from tallyray.pricing.models.percentage import Percentage, price_percentage
 from tallyray.pricing.models.volume import Volume, price_volume
 from tallyray.pricing.money import PRICING_CONTEXT
 
 __all__ = [
     "MODELS",
     "ChargeModel",
+    "Dynamic",
     "Graduated",
     "Package",
     "PerUnit",
+    "Percentage",
     "Priced",
     "Tier",
     "TierLine",
@@ -32,7 +36,7 @@ __all__ = [
     "price",
 ]
 
-ChargeModel = PerUnit | Package | Graduated | Volume
+ChargeModel = PerUnit | Package | Graduated | Volume | Percentage | Dynamic
 
 #: JSON model name → (spec type, pricing function).
 MODELS: Mapping[str, tuple[type[Any], Callable[[Decimal, Any], Priced]]] = {
@@ -40,6 +44,8 @@ MODELS: Mapping[str, tuple[type[Any], Callable[[Decimal, Any], Priced]]] = {
     "package": (Package, price_package),
     "graduated": (Graduated, price_graduated),
     "volume": (Volume, price_volume),
+    "percentage": (Percentage, price_percentage),
+    "dynamic": (Dynamic, price_dynamic),
 }
 
 _BY_TYPE: Mapping[type[Any], Callable[[Decimal, Any], Priced]] = {
@@ -48,7 +54,9 @@ _BY_TYPE: Mapping[type[Any], Callable[[Decimal, Any], Priced]] = {
 
 
 def price(quantity: Decimal, spec: ChargeModel) -> Priced:
-    """Price ``quantity`` units under ``spec``, itemized, at full precision."""
+    """Price ``quantity`` units under ``spec``, itemized, at full precision. (A ``percentage``
+    with a per-event minimum or maximum is priced from its events instead: see
+    :func:`tallyray.pricing.plans.price_charge`.)"""
     with localcontext(PRICING_CONTEXT):
         return _BY_TYPE[type(spec)](quantity, spec)
 

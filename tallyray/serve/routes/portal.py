@@ -55,7 +55,7 @@ from tallyray.portal.charts import bar_chart, chart_data
 from tallyray.portal.forecast import period_forecast
 from tallyray.portal.tokens import ExpiredToken, InvalidToken, PortalKeys, PortalSession
 from tallyray.pricing.alert_rules import RULE_KINDS
-from tallyray.pricing.events import format_timestamp
+from tallyray.pricing.events import format_timestamp, parse_timestamp
 from tallyray.pricing.money import currency, parse_amount
 from tallyray.pricing.periods import Period, period_of
 from tallyray.serve.alert_rules import AlertRules
@@ -486,6 +486,8 @@ class _Pages:
             ),
             example_amount=fmt.example_amount(),
             errors=dict(errors or {}),
+            limits=[_limit_row(x, fmt) for x in balance.get("limits", [])],
+            entitlements=balance.get("entitlements", []),
         )
         return _page("overview.html", status, **context)
 
@@ -889,6 +891,33 @@ def _rule_row(rule: Mapping[str, Any], v: _Visit) -> dict[str, Any]:
         "name": rule.get("name"),
         "condition": what,
         "own": rule.get("source", "customer") == "customer",
+    }
+
+
+_WINDOW_TEXT = {
+    "day": "per day",
+    "week": "per week",
+    "month": "per month",
+    "period": "per billing period",
+}
+
+
+def _limit_row(limit: Mapping[str, Any], fmt: _Format) -> dict[str, Any]:
+    """One unit limit of the plan, as the "Plan limits" table shows it."""
+    groups = limit.get("groups") or {}
+    narrowed = ", ".join(f"{name}: {' or '.join(map(str, v))}" for name, v in groups.items())
+    resets = parse_timestamp(limit["resets_at"])
+    return {
+        "meter": limit["meter"],
+        "groups": narrowed or None,
+        "window": _WINDOW_TEXT.get(limit["window"], limit["window"]),
+        "used": fmt.quantity(limit["used"]),
+        "limit": fmt.quantity(limit["limit"]),
+        "held": fmt.quantity(limit["held"]) if Decimal(limit.get("held", "0")) else None,
+        "remaining": fmt.quantity(limit["remaining"]),
+        "resets": fmt.moment(resets),
+        "resets_iso": limit["resets_at"],
+        "reached": not Decimal(limit["remaining"]),
     }
 
 

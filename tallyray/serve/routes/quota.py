@@ -29,9 +29,10 @@ MAX_TTL_SECONDS = 86_400
 
 def quota_json(answer: QuotaAnswer) -> dict[str, Any]:
     """A quota answer as the API shows it: the cost at full precision, what is available
-    rounded to the currency."""
+    rounded to the currency, and what refused it (``refusal``; with the unit ``limit`` or the
+    ``feature`` when one of those did)."""
     cur = currency(answer.currency)
-    return {
+    body: dict[str, Any] = {
         "allowed": answer.allowed,
         "cost": format(answer.cost.normalize() if answer.cost else Decimal(0), "f"),
         "available": None
@@ -39,8 +40,13 @@ def quota_json(answer: QuotaAnswer) -> dict[str, Any]:
         else format(round_amount(answer.available, cur), "f"),
         "currency": cur.code,
         "reason": answer.reason,
-        "code": answer.code,
+        "refusal": answer.refusal,
     }
+    if answer.limit is not None:
+        body["limit"] = answer.limit.to_json()
+    if answer.feature is not None:
+        body["feature"] = answer.feature
+    return body
 
 
 @router.post("/v1/quota/check")

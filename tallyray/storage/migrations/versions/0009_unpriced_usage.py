@@ -1,7 +1,7 @@
 """unpriced usage: what no charge of a plan prices, per customer, plan, meter, group, period
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-06 18:00:00
 
 Plans that flag unpriced usage (``"unpriced": "flag"``, the default) have it counted here by
@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0008"
-down_revision: str | None = "0007"
+revision: str = "0009"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
