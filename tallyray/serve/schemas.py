@@ -120,8 +120,14 @@ class QuotaAnswer(Open):
     available: Decimal | None = Field(examples=["87.65"])
     currency: str = Field(examples=["EUR"])
     reason: str | None = Field(examples=[None])
-    refusal: Literal["credit", "credit_limit", "spend_cap", "unit_limit", "entitlement"] | None = (
-        Field(None, description="What refused it; null when allowed", examples=[None])
+    refusal: (
+        Literal["credit", "credit_limit", "spend_cap", "unit_limit", "entitlement", "unpriced"]
+        | None
+    ) = Field(
+        None,
+        description="What refused it; null when allowed. `unpriced`: the plan refuses usage "
+        'none of its charges prices (`"unpriced": "reject"`), and `reason` names the meter',
+        examples=[None],
     )
     limit: UnitLimitUse | None = Field(None, description="The unit limit that refused it")
     feature: str | None = Field(
@@ -175,6 +181,37 @@ class Plan(Open):
     key: str = Field(examples=["pro"])
     currency: str = Field(examples=["EUR"])
     version: int | None = Field(None, examples=[2])
+    unpriced: Literal["reject", "allow", "flag"] = Field(
+        "flag",
+        description="What an event whose usage no charge prices gets: refused (`reject`), "
+        "accepted as free (`allow`), or accepted, counted and announced (`flag`)",
+    )
+
+
+class UnpricedPeriod(Closed):
+    start: Moment
+    end: Moment
+
+
+class UnpricedUsage(Closed):
+    """Usage no charge of the customer's plan prices, in one group of one meter, in one
+    period: how many events, and the group's quantity in the period."""
+
+    id: str = Field(examples=["unp_6f1c0a9e2b7d4c3a8e5f1b2d9c0a7e6f"])
+    customer_id: str = Field(examples=["acme"])
+    plan: str = Field(examples=["pro"])
+    plan_version: int | None = Field(examples=[1])
+    meter: str = Field(examples=["output_tokens"])
+    groups: dict[str, Any] = Field(examples=[{"model": "gpt-5"}])
+    period: UnpricedPeriod
+    events: int = Field(examples=[12])
+    quantity: Decimal = Field(examples=["48000"])
+    updated_at: Moment
+
+
+class UnpricedUsageList(Closed):
+    unpriced_usage: list[UnpricedUsage]
+    has_more: bool
 
 
 class PlanList(Closed):
@@ -583,6 +620,7 @@ class Operation:
 OPERATIONS: dict[tuple[str, str], Operation] = {
     ("post", "/v1/events"): Operation(EventBatch, {200: IngestResult}),
     ("get", "/v1/usage"): Operation(None, {200: UsageSeries}),
+    ("get", "/v1/unpriced-usage"): Operation(None, {200: UnpricedUsageList}),
     ("post", "/v1/quota/check"): Operation(QuotaCheck, {200: QuotaAnswer}),
     ("post", "/v1/reservations"): Operation(
         ReservationRequest, {201: Reservation, 200: Reservation}

@@ -478,6 +478,29 @@ server_secrets = Table(
     Column("created_at", Micros, nullable=False),
 )
 
+unpriced_usage = Table(
+    "unpriced_usage",
+    metadata,
+    # Usage that no charge of the customer's plan prices, for plans that flag it: per
+    # customer, plan version, meter, group and period, how many events and the group's
+    # quantity. Written by the shards with each checkpoint (absolute figures of the account's
+    # state, so a replay writes the same). ``id`` is a hash of everything it is per.
+    Column("id", String(40), primary_key=True),
+    Column("env", String(8), nullable=False),
+    Column("customer_id", String(255), nullable=False),
+    Column("plan_key", String(64), nullable=False),
+    Column("plan_version", Integer),
+    Column("meter", String(64), nullable=False),
+    Column("groups", Json, nullable=False),
+    Column("period_start", Micros, nullable=False),
+    Column("period_end", Micros, nullable=False),
+    Column("events", BigInteger, nullable=False),
+    Column("quantity", String(64), nullable=False),
+    Column("updated_at", Micros, nullable=False),
+    Index("ix_unpriced_usage_env", "env", "period_start", "id"),
+    Index("ix_unpriced_usage_customer", "env", "customer_id", "period_start"),
+)
+
 # -- the pricing sandbox ---------------------------------------------------------------------
 
 simulations = Table(
