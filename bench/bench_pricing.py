@@ -134,8 +134,25 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--customers", type=int, default=100, help="accounts in the ingest run")
+    parser.add_argument(
+        "--unpriced",
+        choices=["flag", "allow", "reject"],
+        default=None,
+        help="the plan's unpriced mode (its output_tokens charge prices gpt-4o only, so 3 of "
+        "the 4 models are unpriced; default: the plan's default)",
+    )
+    parser.add_argument(
+        "--cover-all",
+        action="store_true",
+        help="the output_tokens charge filters on all 4 models: every group is looked up, "
+        "none is unpriced",
+    )
     args = parser.parse_args()
 
+    if args.unpriced is not None:
+        CONFIG["plans"][0]["unpriced"] = args.unpriced  # type: ignore[index]
+    if args.cover_all:
+        CONFIG["plans"][0]["charges"][1]["filter"] = {"model": MODELS}  # type: ignore[index]
     config = parse_config(CONFIG)
     plan = config.plan("bench")
     events = synthetic_events(args.events)

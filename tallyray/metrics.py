@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 __all__ = ["BATCH_BUCKETS", "LATENCY_BUCKETS", "BucketCounts", "Metrics"]
@@ -84,6 +84,29 @@ class _ShardHistograms(Collector):
             yield family
 
 
+class _UnpricedEvents(Collector):
+    """``tallyray_events_unpriced_total{env}``: events with usage no charge of their plan
+    prices, flagged by the shards (each counts its own since it started; a shard's restart
+    is a counter reset)."""
+
+    def __init__(self, latest: Mapping[str, Mapping[str, Any]]) -> None:
+        self.latest = latest
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "tallyray_events_unpriced",
+            "Events with usage no charge of the customer's plan prices (flagged)",
+            labels=["env"],
+        )
+        totals: dict[str, float] = {}
+        for status in self.latest.values():
+            for env, count in (status.get("unpriced") or {}).items():
+                totals[env] = totals.get(env, 0) + count
+        for env, total in sorted(totals.items()):
+            family.add_metric([env], total)
+        yield family
+
+
 class Metrics:
     """The ingress's metrics registry. Shards report theirs through :meth:`absorb_shards`."""
 
@@ -119,6 +142,7 @@ class Metrics:
         )
         self._shard_histograms = _ShardHistograms()
         r.register(self._shard_histograms)
+        r.register(_UnpricedEvents(self._shard_histograms.latest))
         self.checkpoint_age = Gauge(
             "tallyray_checkpoint_age_seconds",
             "Seconds since the shard's last checkpoint",

@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from itertools import chain
-from typing import Any, Literal
+from typing import Any, Literal, assert_never
 
 from tallyray.actors.alerting import DEPLETED, AlertRule, Firing, crossings
 from tallyray.actors.limits import Limits
@@ -74,6 +74,7 @@ from tallyray.pricing.segments import (
     segment_start,
     span_at,
 )
+from tallyray.pricing.unpriced import PricedLookup, describe_group, lookup_for, matches_group
 
 __all__ = [
     "BILLING_MODES",
@@ -89,10 +90,36 @@ __all__ = [
 
 ZERO = Decimal(0)
 
-Refusal = Literal["credit", "credit_limit", "spend_cap", "unit_limit", "entitlement"]
+FlagKey = tuple[str, int | None, str, GroupKey]
+"""(plan key, plan version, meter, group): where flagged unpriced usage is counted."""
+
+
+@dataclass(slots=True)
+class FlagNews:
+    """What :meth:`CustomerAccount.record` flagged since the shard last asked."""
+
+    events: int
+    """Events with unpriced usage."""
+    new: list[tuple[int, FlagKey]]
+    """(period start, key) seen for the first time in that period: announce each once."""
+    touched: set[tuple[int, FlagKey]]
+    """Every (period start, key) whose count moved: write their records."""
+
+
+def unpriced_message(plan: str, meter: MeterSpec, group: GroupKey) -> str:
+    """What a plan that refuses unpriced usage says about one meter's group, and what to do."""
+    where = describe_group(meter, group)
+    return (
+        f"unpriced usage: plan {plan!r} has no charge for meter {meter.key!r}"
+        f"{f' ({where})' if where else ''} and refuses usage it does not price; add a charge "
+        'that covers it to the plan, or set the plan\'s "unpriced" to "flag" or "allow"'
+    )
+
+
+Refusal = Literal["credit", "credit_limit", "spend_cap", "unit_limit", "entitlement", "unpriced"]
 """What refused a quota check or a reservation: not enough credit, the operator's credit
 limit, the customer's spend cap, a unit limit of the plan, a feature the plan does not
-include."""
+include, usage no charge of a plan that refuses unpriced usage prices."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +142,8 @@ class Profile:
     plan_until: int | None = None
     """A cancelled subscription: the start of the first period its plan no longer prices
     (the end of the period it ends in — that period is invoiced whole under the plan)."""
+    plan_version: int | None = None
+    """The version of ``plan`` (unpriced usage is recorded per plan version)."""
     spans: tuple[PlanSpan, ...] = ()
     """The customer's plans over time (:mod:`tallyray.pricing.segments`), merged; empty:
     ``plan`` prices every moment. A span that begins inside a period cuts it in segments."""
@@ -265,6 +294,14 @@ class CustomerAccount:
     _crowding: tuple[int, int] | None = None
     """What :meth:`crowding` answers, kept up to date by :meth:`record` (``None``: work it
     out again)."""
+    flagged: dict[int, dict[FlagKey, int]] = field(default_factory=dict)
+    """Unpriced usage (:mod:`tallyray.pricing.unpriced`; not to be mixed up with
+    ``_unpriced``, usage waiting to be priced): per period, how many events landed in each
+    (plan, version, meter, group) that no charge prices. Part of the snapshot."""
+    _priced: PricedLookup | None = None
+    """The plan's lookup, unless the plan allows unpriced usage (or there is no plan)."""
+    _flag_news: FlagNews = field(default_factory=lambda: FlagNews(0, [], set()))
+    """What :meth:`record` flagged since :meth:`take_flags` last asked."""
     window_units: WindowUnits = field(default_factory=dict)
     """Units used per unit limit (its key) and window (its start) — day, week and month
     windows; part of the snapshot."""
@@ -286,6 +323,9 @@ class CustomerAccount:
         meters = self.meters.meters
         self._cost_bound = SpendBound({}) if plan is None else spend_bound(plan, meters)
         self._lowering = frozenset() if plan is None else meters_that_can_lower_cost(plan, meters)
+        self._priced = (
+            None if plan is None or plan.unpriced == "allow" else lookup_for(plan, meters)
+        )
         plans = self.profile.plans()
         if len(plans) > 1:  # several plans price usage: no bound, and any may lower cost
             self._cost_bound = SpendBound({m: None for p in plans for m in p.meters_used()})
@@ -473,6 +513,9 @@ class CustomerAccount:
         )
         if price_now:
             self._catch_up()
+        priced = self._priced
+        if priced is not None and priced.open_meters:
+            self._flag(events, deltas, priced)
         for start, delta, parts in deltas:
             usage = self.periods.get(start)
             if usage is None:
@@ -495,6 +538,72 @@ class CustomerAccount:
             (at, at) if window is None else (min(window[0], at), max(window[1], at))
         )
         return self._catch_up() if price_now else None
+
+    def _flag(
+        self,
+        events: Sequence[Event],
+        deltas: Sequence[tuple[int, Usage, dict[int, Usage] | None]],
+        priced: PricedLookup,
+    ) -> None:
+        """Count the events with unpriced usage in (one look per group the batch touched;
+        only a batch that has some looks at its events)."""
+        found = {start: g for start, delta, _ in deltas if (g := priced.unpriced_groups(delta))}
+        if not found:
+            return
+        profile = self.profile
+        assert profile.plan is not None
+        until = profile.plan_until
+        plan, version, news = profile.plan.key, profile.plan_version, self._flag_news
+        for start, batch, _ in self._batches(events):
+            groups = found.get(start)
+            if groups is None or (until is not None and start >= until):
+                continue
+            counts, flagged_events = priced.count_events(batch, groups)
+            mine = self.flagged.setdefault(start, {})
+            for (meter, group), count in counts.items():
+                key = (plan, version, meter, group)
+                if key not in mine:
+                    news.new.append((start, key))
+                mine[key] = mine.get(key, 0) + count
+                news.touched.add((start, key))
+            news.events += flagged_events
+
+    def take_flags(self) -> FlagNews:
+        """What was flagged since the last call (and forget it): how many events, the keys
+        seen for the first time in their period (announce them), and every key touched."""
+        news, self._flag_news = self._flag_news, FlagNews(0, [], set())
+        return news
+
+    def flag_row(self, start: int, key: FlagKey) -> dict[str, Any]:
+        """One flagged group's record: its period, events and quantity (the group's quantity
+        in the period)."""
+        plan_key, version, meter_key, group = key
+        spec = self.meters.meters[meter_key]
+        usage = self.periods.get(start)
+        quantity = usage.quantity(spec, matches_group(spec, group)) if usage else ZERO
+        return {
+            "customer_id": self.profile.customer_id,
+            "plan_key": plan_key,
+            "plan_version": version,
+            "meter": meter_key,
+            "groups": dict(zip(spec.group_by, group, strict=True)),
+            "period_start": start,
+            "period_end": self.profile.period_of(start).end,
+            "events": self.flagged.get(start, {}).get(key, 0),
+            "quantity": format(quantity, "f"),
+        }
+
+    def unpriced_refusal(self, events: Sequence[Event]) -> str | None:
+        """Why a plan that refuses unpriced usage refuses these events (``None``: it does
+        not, or the plan does not refuse)."""
+        plan, priced = self.profile.plan, self._priced
+        if plan is None or priced is None or plan.unpriced != "reject":
+            return None
+        for event in events:
+            found = priced.event_unpriced(self.meters, event)
+            if found:
+                return unpriced_message(plan.key, *found[0])
+        return None
 
     def _count_units(self, limits: Sequence[UnitLimit], events: Sequence[Event]) -> None:
         """Add what (valid) events use to their windows of the day, week and month limits
@@ -725,8 +834,9 @@ class CustomerAccount:
         now: int,
     ) -> QuotaAnswer | None:
         """The answer when the plan refuses these would-be events: a feature it does not
-        include, or a unit limit they would pass (counting the units held). ``None``: the
-        plan lets them through (money decides)."""
+        include, usage it does not price while it refuses unpriced usage, or a unit limit
+        they would pass (counting the units held). ``None``: the plan lets them through
+        (money decides)."""
         plan = self.profile.plan
         until = self.profile.plan_until
         if plan is None or (until is not None and now >= until):
@@ -743,6 +853,9 @@ class CustomerAccount:
                 "entitlement",
                 feature=feature,
             )
+        refusal = self.unpriced_refusal(events)
+        if refusal is not None:
+            return QuotaAnswer(False, cost, self.available(now), refusal, code, "unpriced")
         if not adding:
             return None
         held = self.units_held(now)
@@ -900,22 +1013,27 @@ class CustomerAccount:
         available: list[Decimal | None] = []
         percent: list[Decimal | None] = []
         for rule in self.rules:
-            if rule.kind == "balance_below":
-                if not available:
-                    available.append(self.available(now))
-                values[rule.id] = available[0]
-            elif rule.kind == "spend_above":
-                values[rule.id] = self.spend.get(start, ZERO)
-            elif rule.kind == "usage_above":
-                usage = self.periods.get(start)
-                spec = self.meters.meters.get(rule.meter or "")
-                values[rule.id] = None if spec is None else usage.quantity(spec) if usage else ZERO
-            else:  # credits_used_percent
-                if not percent:
-                    granted = self._granted(now)
-                    used = granted - self.ledger.remaining(now)
-                    percent.append(None if not granted else used * 100 / granted)
-                values[rule.id] = percent[0]
+            match rule.kind:
+                case "balance_below":
+                    if not available:
+                        available.append(self.available(now))
+                    values[rule.id] = available[0]
+                case "spend_above":
+                    values[rule.id] = self.spend.get(start, ZERO)
+                case "usage_above":
+                    usage = self.periods.get(start)
+                    spec = self.meters.meters.get(rule.meter or "")
+                    values[rule.id] = (
+                        None if spec is None else usage.quantity(spec) if usage else ZERO
+                    )
+                case "credits_used_percent":
+                    if not percent:
+                        granted = self._granted(now)
+                        used = granted - self.ledger.remaining(now)
+                        percent.append(None if not granted else used * 100 / granted)
+                    values[rule.id] = percent[0]
+                case _:
+                    assert_never(rule.kind)
         if self.ledger.grants:
             values[DEPLETED] = self.ledger.remaining(now)
         return values
@@ -969,15 +1087,20 @@ class CustomerAccount:
             value = values.get(rule.id)
             if value is None:
                 continue
-            if rules_state.get(rule.id, {}).get("on") or rule.kind == "usage_above":
+            if rules_state.get(rule.id, {}).get("on"):
                 return None
-            if rule.kind == "balance_below" or rule.kind == "spend_above":
-                headroom.append(abs(value - rule.threshold))
-            else:  # credits_used_percent: used grows by at most the spend
-                if not credit:
-                    credit.append((self._granted(now), self.ledger.remaining(now)))
-                granted, remaining = credit[0]
-                headroom.append(remaining - granted * (1 - rule.threshold / 100))
+            match rule.kind:
+                case "usage_above":
+                    return None  # usage is not a question of spend
+                case "balance_below" | "spend_above":
+                    headroom.append(abs(value - rule.threshold))
+                case "credits_used_percent":  # used grows by at most the spend
+                    if not credit:
+                        credit.append((self._granted(now), self.ledger.remaining(now)))
+                    granted, remaining = credit[0]
+                    headroom.append(remaining - granted * (1 - rule.threshold / 100))
+                case _:
+                    assert_never(rule.kind)
         if not headroom or min(headroom) <= ZERO:
             return None
         until = self.profile.period_of(now).end
@@ -1051,6 +1174,7 @@ class CustomerAccount:
             self.costs.pop(start, None)
             self.burned.pop(start, None)
             self._unpriced.pop(start, None)
+            self.flagged.pop(start, None)
         self._bounds = (0, 0)
         self._quiet = None
         # Forget the unit windows that ended before the oldest period still open, and those
@@ -1170,6 +1294,17 @@ class CustomerAccount:
             ),
             **(
                 {
+                    "flagged": [
+                        [start, plan, version, meter, list(group), count]
+                        for start, keys in self.flagged.items()
+                        for (plan, version, meter, group), count in keys.items()
+                    ]
+                }
+                if self.flagged
+                else {}
+            ),
+            **(
+                {
                     "parts": {
                         str(start): {str(seg): u.to_json() for seg, u in parts.items()}
                         for start, parts in self.parts.items()
@@ -1196,6 +1331,8 @@ class CustomerAccount:
             Decimal(snapshot["uncovered"]),
         )
         account.alert_state = dict(snapshot.get("alerts", {}))
+        for start, plan, version, meter, group, count in snapshot.get("flagged", []):
+            account.flagged.setdefault(start, {})[(plan, version, meter, tuple(group))] = count
         account.window_units = {
             key: {int(start): Decimal(units) for start, units in windows.items()}
             for key, windows in snapshot.get("units", {}).items()

@@ -1,15 +1,6 @@
 """Spend alerts: rules, their state, and which crossings a change of the account makes. Pure.
 
-A rule watches one value of a customer's account against a threshold:
-
-================================  ===========================================  ==============
-kind                              value                                        crossed when
-================================  ===========================================  ==============
-``balance_below``                 what may still be spent (``available``)      value < X
-``spend_above``                   this period's spend                          value > X
-``usage_above``                   a meter's quantity this period               value > N
-``credits_used_percent``          % of the active grants' credit used          value >= X
-================================  ===========================================  ==============
+The rules themselves (kinds, thresholds, parsing) live in :mod:`tallyray.pricing.alert_rules`.
 
 Each rule fires ``alert.triggered`` once per crossing per period, and ``alert.recovered`` when
 the value goes back across the threshold by more than the hysteresis band (5% of the
@@ -28,114 +19,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from tallyray.errors import InvalidInput, Problem
-from tallyray.pricing.money import parse_amount
+from tallyray.pricing.alert_rules import RULE_KINDS, AlertRule, parse_rule, plan_rules
 
 __all__ = ["RULE_KINDS", "AlertRule", "Firing", "crossings", "parse_rule", "plan_rules"]
 
-RULE_KINDS = ("balance_below", "spend_above", "usage_above", "credits_used_percent")
-HYSTERESIS = Decimal("0.05")
 DEPLETED = "credits.depleted"
 ZERO = Decimal(0)
-
-
-@dataclass(frozen=True, slots=True)
-class AlertRule:
-    id: str
-    kind: str
-    threshold: Decimal
-    meter: str | None = None
-    name: str | None = None
-    source: str = "customer"
-    """``customer`` (set over the API or in the portal) or ``plan`` (a plan's default)."""
-
-    def describe(self) -> str:
-        if self.name:
-            return self.name
-        what = {
-            "balance_below": "available balance below",
-            "spend_above": "period spend above",
-            "usage_above": f"{self.meter} usage above",
-            "credits_used_percent": "credits used at",
-        }[self.kind]
-        suffix = "%" if self.kind == "credits_used_percent" else ""
-        return f"{what} {format(self.threshold, 'f')}{suffix}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "threshold": format(self.threshold, "f"),
-            "meter": self.meter,
-            "name": self.name,
-            "source": self.source,
-            "description": self.describe(),
-        }
-
-    def crossed(self, value: Decimal) -> bool:
-        if self.kind == "balance_below":
-            return value < self.threshold
-        if self.kind == "credits_used_percent":
-            return value >= self.threshold
-        return value > self.threshold
-
-    def recovered(self, value: Decimal) -> bool:
-        band = abs(self.threshold) * HYSTERESIS
-        if self.kind == "balance_below":
-            return value >= self.threshold + band
-        return value < self.threshold - band
-
-
-def parse_rule(
-    doc: Any, meters: Sequence[str], rule_id: str, source: str = "customer"
-) -> AlertRule:
-    """A rule from its JSON (``{"kind", "threshold", "meter"?, "name"?}``), or
-    :class:`InvalidInput` naming each bad field."""
-    if not isinstance(doc, dict):
-        raise InvalidInput("an alert rule is a JSON object")
-    problems = [
-        Problem(k, "unknown field")
-        for k in sorted(set(doc) - {"kind", "threshold", "meter", "name"})
-    ]
-    kind = doc.get("kind")
-    if kind not in RULE_KINDS:
-        problems.append(Problem("kind", f"must be one of {', '.join(RULE_KINDS)}"))
-    threshold = ZERO
-    try:
-        threshold = parse_amount(doc.get("threshold"), field="threshold")
-    except InvalidInput as error:
-        problems += error.problems
-    if kind == "credits_used_percent" and not ZERO < threshold <= 100:
-        problems.append(Problem("threshold", "a percentage of credits used is from 0 to 100"))
-    if kind in ("spend_above", "usage_above") and threshold < 0:
-        problems.append(Problem("threshold", "must not be negative"))
-    meter = doc.get("meter")
-    if kind == "usage_above":
-        if meter not in meters:
-            problems.append(Problem("meter", f"must name a meter ({', '.join(sorted(meters))})"))
-    elif meter is not None:
-        problems.append(Problem("meter", f"only usage_above rules name a meter, not {kind}"))
-    name = doc.get("name")
-    if name is not None and (not isinstance(name, str) or len(name) > 200):
-        problems.append(Problem("name", "must be a string of at most 200 characters"))
-    if problems:
-        raise InvalidInput("the alert rule has problems", problems)
-    return AlertRule(rule_id, str(kind), threshold, meter, name, source)
-
-
-def plan_rules(plan_key: str, raw: Any) -> list[AlertRule]:
-    """A plan's default rules (its ``"alerts"``), with ids stable across restarts. A rule on
-    a meter is checked against the meters when the plan is stored."""
-    if not isinstance(raw, list):
-        return []
-    rules = []
-    for index, doc in enumerate(raw):
-        meters = [doc["meter"]] if isinstance(doc, dict) and "meter" in doc else []
-        try:
-            rules.append(parse_rule(doc, meters, f"plan-{plan_key}-{index}", source="plan"))
-        except InvalidInput:
-            continue
-    return rules
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,8 +44,15 @@ from typing import Any
 
 import orjson
 
-from tallyray.actors.account import CustomerAccount, Hold, PlanSpan, Profile, QuotaAnswer
-from tallyray.actors.alerting import AlertRule, plan_rules
+from tallyray.actors.account import (
+    CustomerAccount,
+    FlagKey,
+    Hold,
+    PlanSpan,
+    Profile,
+    QuotaAnswer,
+)
+from tallyray.actors.alerting import AlertRule
 from tallyray.actors.limits import Limits
 from tallyray.actors.shard_line import Endpoint, ShardLineServer
 from tallyray.clock import Clock, clock_for, system_clock
@@ -62,6 +69,7 @@ from tallyray.errors import (
 from tallyray.heap import freeze_startup_heap
 from tallyray.logs import configure_logging
 from tallyray.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, BucketCounts
+from tallyray.pricing.alert_rules import plan_rules, unusable_plan_rules
 from tallyray.pricing.credits import CreditGrant
 from tallyray.pricing.events import Event, format_timestamp
 from tallyray.pricing.meters import MeterSet
@@ -73,6 +81,7 @@ from tallyray.storage.billing import BillingStore
 from tallyray.storage.catalog import Catalog, CustomerRecord, EnvCatalog
 from tallyray.storage.db import DatabaseUnavailable, make_engine
 from tallyray.storage.eventlog import EventRow, ShardStore
+from tallyray.storage.unpriced import UnpricedStore, record_id
 
 log = logging.getLogger("tallyray.shard")
 
@@ -89,6 +98,9 @@ GATHER_EVENTS = 4000
 _STORE_DOWN = (DatabaseUnavailable, StoreUnavailable)
 """Errors of the store, not of an account: while recovering they fail the start (Ray starts
 the shard again), instead of setting accounts aside."""
+
+UNPRICED_EVENT = "usage.unpriced"
+"""The webhook event type that announces unpriced usage (once per plan, group and period)."""
 
 SHOWN_SET_ASIDE = 100
 """At most this many accounts set aside are listed in a shard's status."""
@@ -127,6 +139,9 @@ class ShardStats:
     checkpoint_at: int = 0
     ingested: int = 0
     duplicates: int = 0
+    unpriced: Counter[str] = field(default_factory=Counter)
+    """Per environment: events with usage no charge prices, flagged since the shard started
+    (live only: a replay does not count them again)."""
 
 
 class ShardCore:
@@ -163,6 +178,9 @@ class ShardCore:
         self.catalog = Catalog(self.engine)
         self.billing = BillingStore(self.engine)
         self.alert_store = AlertStore(self.engine)
+        self.unpriced_store = UnpricedStore(self.engine)
+        self._flag_rows: set[tuple[AccountKey, int, FlagKey]] = set()
+        """Unpriced usage records whose figures moved since they were last written."""
         self.outbox: list[dict[str, Any]] = []
         self._booking: set[str] = set()
         """Ids of grants waiting for their commit (a retry must not book one twice)."""
@@ -268,6 +286,7 @@ class ShardCore:
             spend_cap=record.spend_cap,
             anchor=record.anchor,
             fx_rate=fx_rate,
+            plan_version=None if plan is None else record.plan_version,
             plan_until=None
             if plan is None or record.subscription_end is None
             else covered_until(record.subscription_end, plan.interval, record.anchor),
@@ -295,8 +314,19 @@ class ShardCore:
         """The customer's own alert rules and its plan's defaults."""
         if record.plan_key is None:
             return tuple(own)
-        raw = self.env(record.env).raw_plans.get((record.plan_key, record.plan_version or 0), {})
-        return (*own, *plan_rules(record.plan_key, raw.get("alerts", [])))
+        cat = self.env(record.env)
+        raw = cat.raw_plans.get((record.plan_key, record.plan_version or 0), {})
+        alerts, meters = raw.get("alerts", []), list(cat.meters.meters)
+        unusable = unusable_plan_rules(alerts, meters)
+        if unusable:  # only a plan stored before its rules were checked the one way
+            log.error(
+                "shard %d: plan %s@%s has alert rules that cannot be evaluated: %s",
+                self.shard,
+                record.plan_key,
+                record.plan_version,
+                "; ".join(map(str, unusable)),
+            )
+        return (*own, *plan_rules(record.plan_key, alerts, meters))
 
     def account(self, env: str, customer_id: str) -> CustomerAccount:
         found = self.accounts.get((env, customer_id))
@@ -496,12 +526,63 @@ class ShardCore:
                 log.error("shard %d: %d committed events fail their meters", self.shard, len(bad))
                 account.record([e for i, e in enumerate(events) if i not in bad], at)
             self.dirty.add(key)
+            self._flags(env, account, at)
             if alerts:
                 self._alerts(env, account, at)
         except Exception as error:
             if not self._fails_account(error):
                 raise
             self._set_aside(key, "applying its events", error)
+
+    def _flags(self, env: str, account: CustomerAccount, at: int) -> None:
+        """Note what the account just flagged as unpriced usage: its records are written with
+        the next checkpoint, and each group new in its period is announced once
+        (``usage.unpriced``, by the next commit; the id makes a replay's announcement the
+        same message)."""
+        news = account.take_flags()
+        if not news.touched:
+            return
+        customer = account.profile.customer_id
+        if not self._recovering:
+            self.stats.unpriced[env] += news.events
+        self._flag_rows.update(((env, customer), start, key) for start, key in news.touched)
+        for start, key in news.new:
+            row = account.flag_row(start, key)
+            self.outbox.append(
+                {
+                    "id": f"usage.unpriced:{record_id(env, row)}",
+                    "env": env,
+                    "type": UNPRICED_EVENT,
+                    "payload": _unpriced_payload(row, account.profile),
+                    "created_at": at,
+                }
+            )
+        if news.new and self._wake is not None:
+            self._wake.set()
+
+    def _unpriced_rows(self) -> list[tuple[str, dict[str, Any]]]:
+        """The records to write (and forget which moved)."""
+        keys, self._flag_rows = self._flag_rows, set()
+        rows = []
+        for (env, customer), start, key in keys:
+            account = self.accounts.get((env, customer))
+            if account is not None and start in account.flagged:
+                rows.append((env, account.flag_row(start, key)))
+        return rows
+
+    async def _write_unpriced(self) -> None:
+        """Write the unpriced usage records that moved (kept for the next try if it fails)."""
+        if not self._flag_rows:
+            return
+        pending = set(self._flag_rows)
+        rows = self._unpriced_rows()
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._db, self.unpriced_store.save, rows, self.clock()
+            )
+        except Exception:
+            self._flag_rows |= pending
+            raise
 
     def _alerts(self, env: str, account: CustomerAccount, at: int) -> None:
         """Evaluate the account's alerts on what was just applied; what fires is written by
@@ -701,6 +782,7 @@ class ShardCore:
         An account whose snapshot fails is set aside and not written (its last stored state
         stays); while any account is set aside, the shard's own position stays at the point
         its stored state reaches, so a restart replays its data from there."""
+        await self._write_unpriced()  # first: a checkpoint never gets ahead of its records
         if not self.dirty:
             self.stats.checkpoint_at = self.clock()
             return 0
@@ -777,6 +859,7 @@ class ShardCore:
         # Let every commit queued before the cutoff moved land in memory first.
         loop = asyncio.get_running_loop()
         await self._submit(_Pending(loop.create_future(), env))
+        await self._write_unpriced()  # while the periods' accounts still hold them
         rows, dropped = self._due_rows(env, cutoff)
         try:
             await loop.run_in_executor(
@@ -1294,6 +1377,7 @@ class ShardCore:
             "commits": stats.commits,
             "ingested": stats.ingested,
             "duplicates": stats.duplicates,
+            "unpriced": dict(stats.unpriced),
             "commit_seconds": stats.commit_seconds.to_json(),
             "batch_sizes": stats.batch_sizes.to_json(),
             "checkpoint_age_seconds": (self.clock() - stats.checkpoint_at) / 1e6
@@ -1305,6 +1389,23 @@ class ShardCore:
                 for (env, customer), aside in list(self.quarantined.items())[:SHOWN_SET_ASIDE]
             ],
         }
+
+
+def _unpriced_payload(row: Mapping[str, Any], profile: Profile) -> dict[str, Any]:
+    """The ``usage.unpriced`` webhook's data: which customer, plan, meter and group, in which
+    period, and what the plan does with such usage."""
+    return {
+        "customer_id": row["customer_id"],
+        "plan": row["plan_key"],
+        "plan_version": row["plan_version"],
+        "unpriced": profile.plan.unpriced if profile.plan else None,
+        "meter": row["meter"],
+        "groups": row["groups"],
+        "period": {
+            "start": format_timestamp(row["period_start"]),
+            "end": format_timestamp(row["period_end"]),
+        },
+    }
 
 
 def _shown(cur: Currency, hold: Hold | None) -> str:

@@ -37,6 +37,7 @@ EVENT_TYPES = (
     "invoice.finalized",
     "invoice.paid",
     "payment.failed",
+    "usage.unpriced",
     "webhook.test",
 )
 TEST_EVENT = "webhook.test"

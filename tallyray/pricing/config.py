@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from tallyray.errors import ConfigError, CurrencyError, InvalidInput, Problem
+from tallyray.pricing.alert_rules import rule_problems
 from tallyray.pricing.meters import AGGREGATIONS, WEIGHT_UNITS, Filter, MeterSet, MeterSpec
 from tallyray.pricing.models import (
     MODELS,
@@ -29,6 +30,7 @@ from tallyray.pricing.models import (
 from tallyray.pricing.money import DEFAULT_ROUNDING, ROUNDING_MODES, currency, parse_amount
 from tallyray.pricing.plans import INTERVALS, Charge, Plan, per_event_sums
 from tallyray.pricing.quotas import LIMIT_AGGREGATIONS, WINDOWS, Entitlement, UnitLimit
+from tallyray.pricing.unpriced import DEFAULT_UNPRICED, UNPRICED_MODES, is_mode
 
 __all__ = ["PricingConfig", "parse_config", "parse_meter", "parse_plan"]
 
@@ -257,10 +259,9 @@ _PLAN_FIELDS = frozenset(
         "minimum",
         "charges",
         "alerts",
+        "unpriced",
     }
 ) | frozenset({"limits", "entitlements"})
-#: A plan's default alert rules (evaluated by the shards; see tallyray.actors.alerting).
-ALERT_KINDS = ("balance_below", "spend_above", "usage_above", "credits_used_percent")
 _CHARGE_COMMON = frozenset({"meter", "model", "filter", "description"})
 _MODEL_FIELDS: Mapping[str, frozenset[str]] = {
     "per_unit": frozenset({"unit_amount"}),
@@ -459,9 +460,16 @@ def _plan(
     _alerts(r, obj.get("alerts", []), f"{where}.alerts", meters)
     limits = _unit_limits(r, obj.get("limits", []), f"{where}.limits", meters)
     entitlements = _entitlements(r, obj.get("entitlements", []), f"{where}.entitlements")
+    unpriced = obj.get("unpriced", DEFAULT_UNPRICED)
+    if not is_mode(unpriced):
+        r.bad(
+            f"{where}.unpriced",
+            f"must be one of {', '.join(UNPRICED_MODES)} (what an event that no charge "
+            f"prices gets), not {unpriced!r}",
+        )
     if len(r.problems) > before:
         return None
-    assert key is not None and cur is not None and base_fee is not None
+    assert key is not None and cur is not None and base_fee is not None and is_mode(unpriced)
     return Plan(
         key,
         name,
@@ -472,6 +480,7 @@ def _plan(
         tuple(charges),
         limits=limits,
         entitlements=entitlements,
+        unpriced=unpriced,
     )
 
 
@@ -572,20 +581,15 @@ def _entitlements(r: _Reader, raw: Any, where: str) -> tuple[Entitlement, ...]:
 
 
 def _alerts(r: _Reader, raw: Any, where: str, meters: Mapping[str, MeterSpec]) -> None:
-    """A plan's default alert rules: ``[{"kind", "threshold", "meter"?, "name"?}]``."""
+    """A plan's default alert rules: ``[{"kind", "threshold", "meter"?, "name"?}]``, checked
+    by the one rule validator the API and the portal use too."""
     if not isinstance(raw, list):
         r.bad(where, f"must be a list of alert rules, not {_kind(raw)}")
         return
     for i, rule in enumerate(raw):
         here = f"{where}[{i}]"
-        obj = r.obj(rule, here, frozenset({"kind", "threshold", "meter", "name"}))
-        if obj is None:
-            continue
-        if obj.get("kind") not in ALERT_KINDS:
-            r.bad(f"{here}.kind", f"must be one of {', '.join(ALERT_KINDS)}")
-        r.amount(obj, here, "threshold", required=True)
-        if obj.get("kind") == "usage_above" and obj.get("meter") not in meters:
-            r.bad(f"{here}.meter", f"must name a meter ({', '.join(sorted(meters))})")
+        for problem in rule_problems(rule, meters):
+            r.bad(f"{here}.{problem.where}" if problem.where else here, problem.message)
 
 
 def parse_plan(raw: Any, meters: Mapping[str, MeterSpec]) -> Plan:

@@ -27,6 +27,7 @@ from tallyray.pricing.models.base import ZERO
 from tallyray.pricing.models.percentage import event_amount, price_clamped
 from tallyray.pricing.money import DEFAULT_ROUNDING, PRICING_CONTEXT, Currency, round_amount
 from tallyray.pricing.quotas import Entitlement, UnitLimit
+from tallyray.pricing.unpriced import DEFAULT_UNPRICED, UnpricedMode
 
 __all__ = [
     "INTERVALS",
@@ -77,6 +78,8 @@ class Plan:
     """Usage limits in units over a window (:mod:`tallyray.pricing.quotas`)."""
     entitlements: tuple[Entitlement, ...] = ()
     """Features the plan allows or not (:mod:`tallyray.pricing.quotas`)."""
+    unpriced: UnpricedMode = DEFAULT_UNPRICED
+    """What an event with usage no charge prices gets (:mod:`tallyray.pricing.unpriced`)."""
 
     def meters_used(self) -> frozenset[str]:
         return frozenset(c.meter for c in self.charges)

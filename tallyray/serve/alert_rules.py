@@ -13,8 +13,8 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from tallyray.actors.alerting import AlertRule, parse_rule, plan_rules
 from tallyray.actors.limits import MAX_ALERT_RULES_PER_CUSTOMER
+from tallyray.pricing.alert_rules import AlertRule, parse_rule, plan_rules
 from tallyray.storage.alerts import AlertStore
 from tallyray.storage.audit import AuditEntry
 from tallyray.storage.catalog import Catalog, new_id
@@ -39,7 +39,8 @@ class AlertRules:
         if record.plan_key is not None:
             catalog = await run_in_threadpool(self.catalog.env_catalog, env)
             raw = catalog.raw_plans.get((record.plan_key, record.plan_version or 0), {})
-            defaults = plan_rules(record.plan_key, raw.get("alerts", []))
+            meters = list(catalog.meters.meters)
+            defaults = plan_rules(record.plan_key, raw.get("alerts", []), meters)
         return [r.to_json() for r in [*own, *defaults]]
 
     async def add(

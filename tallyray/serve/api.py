@@ -20,13 +20,15 @@ from typing import Any
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from tallyray.actors.account import QuotaAnswer
+from tallyray.actors.account import QuotaAnswer, unpriced_message
 from tallyray.actors.limits import Limits
 from tallyray.clock import Clock, system_clock
 from tallyray.errors import EventError, InvalidInput, NotFound, Problem
 from tallyray.invoicing.service import Billing
 from tallyray.metrics import Metrics
 from tallyray.pricing.events import Event, is_identifier
+from tallyray.pricing.plans import Plan
+from tallyray.pricing.unpriced import lookup_for
 from tallyray.serve.admission import send_events
 from tallyray.serve.alert_rules import AlertRules
 from tallyray.serve.auth import KeyCache, RateLimit
@@ -245,6 +247,7 @@ class Api:
             events = validate_events(
                 items, now, catalog.meters, interval_of, self.rules, too_old=too_old
             )
+            await self.refuse_unpriced(env, events, catalog)
             if too_old:
                 keys = [(e[1], e[0]) for _, e, _ in too_old]
                 engine = self.catalog.engine
@@ -256,6 +259,34 @@ class Api:
             self.metrics.events_rejected.labels(env).inc(len(items))
             raise
         return events, len(too_old)
+
+    async def refuse_unpriced(self, env: str, events: list[Event], catalog: EnvCatalog) -> None:
+        """:class:`EventError` naming each event with usage that no charge of its customer's
+        plan prices, when that plan refuses unpriced usage (``"unpriced": "reject"``), before
+        anything is sent: the batch is refused whole. A customer record and a plan's lookup
+        are each looked up once per batch; a batch with no such customer costs no more."""
+        plans: dict[str, Plan] = {}
+        records = await self.caches.customers(env, {e[1] for e in events if is_identifier(e[1])})
+        for customer_id, record in records.items():
+            if record.plan_key is None:
+                continue
+            plan = catalog.plans.get((record.plan_key, record.plan_version or 0))
+            if plan is not None and plan.unpriced == "reject":
+                plans[customer_id] = plan
+        if not plans:
+            return
+        meters = catalog.meters
+        problems: list[Problem] = []
+        for index, event in enumerate(events):
+            plan = plans.get(event[1])
+            if plan is None:
+                continue
+            found = lookup_for(plan, meters.meters).event_unpriced(meters, event)
+            if found:
+                message = unpriced_message(plan.key, *found[0])
+                problems.append(Problem(f"[{index}]", f"event {event[0]!r}: {message}"))
+        if problems:
+            raise EventError.of(problems)
 
     async def ingest(self, env: str, events: list[Event]) -> dict[str, int]:
         """Send validated events to their shards; durable once this returns."""

@@ -46,6 +46,7 @@ from tallyray.serve.routes import (
     plan_versions,
     portal,
     quota,
+    simulations,
     webhooks,
 )
 from tallyray.storage.alerts import AlertStore
@@ -130,7 +131,7 @@ def build_app(services: Services) -> FastAPI:
     app.add_middleware(QuotaFastPath, api=api)
     _add_error_handlers(app, services)
 
-    for module in (events, quota, catalog, plan_versions, invoicing, operations):
+    for module in (events, quota, catalog, plan_versions, invoicing, simulations, operations):
         app.include_router(module.router)
     contract(app)
     webhooks.include(

@@ -120,8 +120,14 @@ class QuotaAnswer(Open):
     available: Decimal | None = Field(examples=["87.65"])
     currency: str = Field(examples=["EUR"])
     reason: str | None = Field(examples=[None])
-    refusal: Literal["credit", "credit_limit", "spend_cap", "unit_limit", "entitlement"] | None = (
-        Field(None, description="What refused it; null when allowed", examples=[None])
+    refusal: (
+        Literal["credit", "credit_limit", "spend_cap", "unit_limit", "entitlement", "unpriced"]
+        | None
+    ) = Field(
+        None,
+        description="What refused it; null when allowed. `unpriced`: the plan refuses usage "
+        'none of its charges prices (`"unpriced": "reject"`), and `reason` names the meter',
+        examples=[None],
     )
     limit: UnitLimitUse | None = Field(None, description="The unit limit that refused it")
     feature: str | None = Field(
@@ -175,6 +181,11 @@ class Plan(Open):
     key: str = Field(examples=["pro"])
     currency: str = Field(examples=["EUR"])
     version: int | None = Field(None, examples=[2])
+    unpriced: Literal["reject", "allow", "flag"] = Field(
+        "flag",
+        description="What an event whose usage no charge prices gets: refused (`reject`), "
+        "accepted as free (`allow`), or accepted, counted and announced (`flag`)",
+    )
     status: Literal["draft", "published"] | None = Field(
         None, description="`draft`: stored and simulated, not subscribable until published"
     )
@@ -184,6 +195,11 @@ class Plan(Open):
 class PlanRequest(Open):
     key: str = Field(examples=["pro"])
     currency: str = Field(examples=["EUR"])
+    unpriced: Literal["reject", "allow", "flag"] = Field(
+        "flag",
+        description="What an event whose usage no charge prices gets: refused (`reject`), "
+        "accepted as free (`allow`), or accepted, counted and announced (`flag`)",
+    )
     draft: bool | None = Field(
         None,
         description="store a draft version (one per key; posting a draft again replaces "
@@ -191,6 +207,32 @@ class PlanRequest(Open):
         "/publish`",
         examples=[True],
     )
+
+
+class UnpricedPeriod(Closed):
+    start: Moment
+    end: Moment
+
+
+class UnpricedUsage(Closed):
+    """Usage no charge of the customer's plan prices, in one group of one meter, in one
+    period: how many events, and the group's quantity in the period."""
+
+    id: str = Field(examples=["unp_6f1c0a9e2b7d4c3a8e5f1b2d9c0a7e6f"])
+    customer_id: str = Field(examples=["acme"])
+    plan: str = Field(examples=["pro"])
+    plan_version: int | None = Field(examples=[1])
+    meter: str = Field(examples=["output_tokens"])
+    groups: dict[str, Any] = Field(examples=[{"model": "gpt-5"}])
+    period: UnpricedPeriod
+    events: int = Field(examples=[12])
+    quantity: Decimal = Field(examples=["48000"])
+    updated_at: Moment
+
+
+class UnpricedUsageList(Closed):
+    unpriced_usage: list[UnpricedUsage]
+    has_more: bool
 
 
 class PlanList(Closed):
@@ -518,6 +560,110 @@ class Outcome(Open):
     notice)."""
 
 
+# -- the pricing sandbox -----------------------------------------------------------------
+
+
+class SimulationRequest(Closed):
+    """Replay the periods that end in (`from`, `to`] under a plan; either `customers` or
+    `subscribers_of`."""
+
+    plan: dict[str, Any] | str = Field(
+        examples=[
+            "pro@2",
+            {
+                "key": "pro",
+                "name": "Pro (draft)",
+                "currency": "EUR",
+                "interval": "month",
+                "base_fee": "49.00",
+                "minimum": "150.00",
+                "charges": [
+                    {"meter": "input_tokens", "model": "per_unit", "unit_amount": "0.000002"}
+                ],
+            },
+        ]
+    )
+    from_: Moment = Field(alias="from", examples=["2026-10-01T00:00:00Z"])
+    to: Moment = Field(examples=["2026-11-01T00:00:00Z"])
+    customers: list[str] | None = Field(None, max_length=100_000, examples=[["acme", "globex"]])
+    subscribers_of: str | None = Field(None, examples=["pro"])
+
+
+class SimulationProgress(Closed):
+    customers: int = Field(examples=[10000])
+    done: int = Field(examples=[2500])
+
+
+class AmountPair(Closed):
+    actual: Decimal = Field(examples=["120.00"])
+    simulated: Decimal = Field(examples=["104.50"])
+    difference: Decimal = Field(examples=["-15.50"])
+
+
+class Simulation(Open):
+    id: str = Field(examples=["sim_01"])
+    state: Literal["pending", "running", "succeeded", "failed"]
+    plan: str | None = Field(examples=["pro@2"])
+    from_: Moment = Field(alias="from")
+    to: Moment
+    progress: SimulationProgress
+    errors: list[dict[str, Any]] = Field(
+        examples=[[{"customer_id": "initech", "message": "no such customer"}]]
+    )
+    summary: dict[str, Any] | None = Field(
+        examples=[
+            {
+                "currencies": {
+                    "EUR": {
+                        "customers": 2,
+                        "revenue": {
+                            "actual": "240.00",
+                            "simulated": "209.00",
+                            "difference": "-31.00",
+                        },
+                        "pay_more": 0,
+                        "pay_less": 2,
+                        "pay_same": 0,
+                        "percentiles": {
+                            "p5": "-15.50",
+                            "p25": "-15.50",
+                            "p50": "-15.50",
+                            "p75": "-15.50",
+                            "p95": "-15.50",
+                        },
+                        "biggest_increases": [],
+                        "biggest_decreases": [],
+                    }
+                }
+            }
+        ]
+    )
+    created_at: Moment
+    finished_at: Moment | None
+
+
+class SimulationLine(Open):
+    kind: str = Field(examples=["usage"])
+    description: str = Field(examples=["gpt-4o input tokens"])
+    actual: Decimal
+    simulated: Decimal
+    difference: Decimal
+
+
+class SimulationResult(Open):
+    customer_id: str = Field(examples=["acme"])
+    currency: str = Field(examples=["EUR"])
+    periods: list[dict[str, Any]]
+    lines: list[SimulationLine]
+    base_fee: AmountPair
+    minimum: AmountPair
+    total: AmountPair
+
+
+class SimulationResults(Closed):
+    results: list[SimulationResult]
+
+
 # -- operations: which model goes where ------------------------------------------------------
 
 
@@ -535,6 +681,7 @@ class Operation:
 OPERATIONS: dict[tuple[str, str], Operation] = {
     ("post", "/v1/events"): Operation(EventBatch, {200: IngestResult}),
     ("get", "/v1/usage"): Operation(None, {200: UsageSeries}),
+    ("get", "/v1/unpriced-usage"): Operation(None, {200: UnpricedUsageList}),
     ("post", "/v1/quota/check"): Operation(QuotaCheck, {200: QuotaAnswer}),
     ("post", "/v1/reservations"): Operation(
         ReservationRequest, {201: Reservation, 200: Reservation}
@@ -605,5 +752,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("get", "/v1/admin/keys"): Operation(None, {200: ApiKeyList}),
     ("post", "/v1/admin/keys/{key_id}/revoke"): Operation(None, {200: ApiKey}),
     ("get", "/v1/audit-events"): Operation(None, {200: AuditEventList}),
+    ("post", "/v1/simulations"): Operation(SimulationRequest, {202: Simulation}),
+    ("get", "/v1/simulations/{simulation_id}"): Operation(None, {200: Simulation}),
+    ("get", "/v1/simulations/{simulation_id}/results"): Operation(None, {200: SimulationResults}),
     ("get", "/healthz"): Operation(None, {200: Health}),
 }

@@ -10,8 +10,8 @@ from sqlalchemy import Connection, Engine, delete, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from tallyray.actors.alerting import AlertRule
 from tallyray.errors import Conflict, NotFound
+from tallyray.pricing.alert_rules import AlertRule, is_kind
 from tallyray.pricing.events import format_timestamp
 from tallyray.storage import tables as t
 from tallyray.storage.audit import AuditEntry, write_audit
@@ -116,7 +116,10 @@ class AlertStore:
 def _rule(row: Any) -> AlertRule:
     from decimal import Decimal
 
-    return AlertRule(row.id, row.kind, Decimal(row.threshold), row.meter, row.name, "customer")
+    kind = row.kind
+    if not is_kind(kind):  # only rules the one parser accepted are ever stored
+        raise ValueError(f"alert rule {row.id!r} has an unknown kind {kind!r}")
+    return AlertRule(row.id, kind, Decimal(row.threshold), row.meter, row.name, "customer")
 
 
 def write_messages(conn: Connection, messages: Sequence[Mapping[str, Any]]) -> None:

@@ -211,7 +211,7 @@ BAD_CASES: list[tuple[str, Callable[[Doc], object], str, str]] = [
         lambda d: plan(d).update(base_fees="10.00"),
         "plans[0].base_fees",
         "unknown field (known: alerts, base_fee, charges, currency, description, "
-        "entitlements, interval, key, limits, minimum, name)",
+        "entitlements, interval, key, limits, minimum, name, unpriced)",
     ),
     (
         "unknown-charge-field",

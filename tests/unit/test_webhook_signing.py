@@ -114,6 +114,7 @@ def test_event_types() -> None:
         "invoice.finalized",
         "invoice.paid",
         "payment.failed",
+        "usage.unpriced",
         "webhook.test",
     )
     assert TEST_EVENT not in SUBSCRIBABLE_TYPES

@@ -7,6 +7,7 @@
 - :mod:`.invoicing` — invoice runs, invoices, credit notes, exchange rates, payments;
 - :mod:`.webhooks` — webhook endpoints and alert rules;
 - :mod:`.portal` — portal sessions and the portal's pages;
+- :mod:`.simulations` — the pricing sandbox (simulations and their reports);
 - :mod:`.operations` — liveness, metrics, API keys and the audit log.
 
 They share :class:`tallyray.serve.api.Api` (found on the application's state) and the small
@@ -23,6 +24,7 @@ from tallyray.serve.routes import (
     plan_versions,
     portal,
     quota,
+    simulations,
     webhooks,
 )
 
@@ -34,6 +36,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     invoicing.router,
     webhooks.router,
     portal.router,
+    simulations.router,
     operations.router,
 )
 """Every route of the API, in the order the document lists them."""

@@ -16,6 +16,8 @@ from tallyray.pricing.events import format_timestamp
 from tallyray.serve.api import api_of
 from tallyray.serve.http import json_response, timestamp_field
 from tallyray.serve.intake import decode_batch
+from tallyray.storage.pages import DEFAULT_LIMIT, PageRequest
+from tallyray.storage.unpriced import UnpricedStore
 from tallyray.storage.usage import WINDOWS, usage_series
 
 __all__ = ["router"]
@@ -84,3 +86,21 @@ async def get_usage(
             "data": series,
         }
     )
+
+
+@router.get("/v1/unpriced-usage", tags=["usage"])
+async def get_unpriced_usage(
+    request: Request,
+    customer_id: str | None = None,
+    limit: int = DEFAULT_LIMIT,
+    starting_after: str | None = None,
+) -> Response:
+    """Usage that no charge of the customer's plan prices, for plans that flag it (the
+    default): per customer, plan version, meter, group and period, newest period first.
+    Written by the shards with each checkpoint (every few seconds)."""
+    api = api_of(request)
+    env = await api.authenticate(request)
+    page = PageRequest.of(limit, starting_after)
+    store = UnpricedStore(api.catalog.engine)
+    found = await run_in_threadpool(store.page, env, customer_id, page)
+    return json_response({"unpriced_usage": found.items, "has_more": found.has_more})

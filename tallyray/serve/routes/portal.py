@@ -40,7 +40,6 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from tallyray.actors.alerting import RULE_KINDS
 from tallyray.errors import (
     InvalidInput,
     NotFound,
@@ -55,6 +54,7 @@ from tallyray.invoicing.documents import format_money, format_quantity, render_h
 from tallyray.portal.charts import bar_chart, chart_data
 from tallyray.portal.forecast import period_forecast
 from tallyray.portal.tokens import ExpiredToken, InvalidToken, PortalKeys, PortalSession
+from tallyray.pricing.alert_rules import RULE_KINDS
 from tallyray.pricing.events import format_timestamp, parse_timestamp
 from tallyray.pricing.money import currency, parse_amount
 from tallyray.pricing.periods import Period, period_of
