@@ -236,10 +236,9 @@ def _utc(day_or_time: str) -> str:
     return f"{day_or_time}T00:00:00Z" if len(day_or_time) == 10 else day_or_time
 
 
-def _invoice_run(args: argparse.Namespace) -> dict[str, Any]:
+def _server(args: argparse.Namespace) -> tuple[str, str]:
+    """The server's URL and the API key to call it with, from the flags or the environment."""
     import os
-
-    from tqdm import tqdm
 
     url = (
         args.url
@@ -249,6 +248,13 @@ def _invoice_run(args: argparse.Namespace) -> dict[str, Any]:
     key = args.key or os.environ.get("TALLYRAY_API_KEY")
     if not key:
         raise InvalidInput("give an API key: --key trk_… or TALLYRAY_API_KEY")
+    return url, key
+
+
+def _invoice_run(args: argparse.Namespace) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    url, key = _server(args)
     if args.resume:
         run = _api(url, key, "POST", f"/v1/invoice-runs/{args.resume}/resume")
     else:
@@ -271,6 +277,47 @@ def _invoice_run(args: argparse.Namespace) -> dict[str, Any]:
     if run["status"] == "failed":
         raise TallyrayError(f"invoice run {run['id']} failed; resume it with --resume {run['id']}")
     return dict(run)
+
+
+def _simulate(args: argparse.Namespace) -> None:
+    """Start a simulation on the server, follow it with a progress bar, print a table."""
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from tallyray.simulation.table import render_table
+
+    url, key = _server(args)
+    plan: Any = args.plan
+    if Path(args.plan).is_file():
+        try:
+            plan = orjson.loads(Path(args.plan).read_bytes())
+        except orjson.JSONDecodeError as error:
+            raise InvalidInput(f"--plan {args.plan}: not JSON: {error}") from None
+    elif args.plan.endswith(".json"):
+        raise InvalidInput(f"--plan {args.plan}: no such file")
+    body: dict[str, Any] = {"plan": plan, "from": _utc(args.start), "to": _utc(args.end)}
+    if args.customers:
+        body["customers"] = [c for c in args.customers.split(",") if c]
+    if args.subscribers_of:
+        body["subscribers_of"] = args.subscribers_of
+    job = _api(url, key, "POST", "/v1/simulations", body)
+    path = f"/v1/simulations/{job['id']}"
+    with tqdm(total=job["progress"]["customers"] or None, unit="customer", desc=job["id"]) as bar:
+        while True:
+            bar.total = job["progress"]["customers"] or bar.total
+            bar.n = job["progress"]["done"]
+            bar.set_postfix(errors=len(job["errors"]))
+            bar.refresh()
+            if job["state"] not in ("pending", "running"):
+                break
+            time.sleep(0.5)
+            job = _api(url, key, "GET", path)
+    if job["state"] == "failed":
+        raise TallyrayError(f"simulation {job['id']} failed: {job['errors'][-1:]}")
+    results = _api(url, key, "GET", f"{path}/results")["results"]
+    print(render_table(job, results, args.top))
+    print(f"CSV: {url.rstrip('/')}{path}/result.csv  report: {url.rstrip('/')}{path}/report.html")
 
 
 def _reconcile(args: argparse.Namespace) -> dict[str, Any]:
@@ -393,6 +440,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--key", help="an API key of the environment (env TALLYRAY_API_KEY)")
     run.set_defaults(run=_invoice_run)
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="replay stored events under a draft plan and compare (against a running server)",
+    )
+    simulate.add_argument(
+        "--plan", required=True, help="a draft plan's JSON file, or key@version of a stored plan"
+    )
+    simulate.add_argument("--from", dest="start", required=True, help="ISO date or time")
+    simulate.add_argument("--to", dest="end", required=True, help="ISO date or time")
+    who = simulate.add_mutually_exclusive_group(required=True)
+    who.add_argument("--customers", help="customer ids, comma-separated")
+    who.add_argument("--subscribers-of", help="every subscriber of this plan key")
+    simulate.add_argument(
+        "--top", type=int, default=20, help="customers shown in the table (biggest changes)"
+    )
+    simulate.add_argument(
+        "--url", help="the server (env TALLYRAY_URL; default http://127.0.0.1:TALLYRAY_PORT)"
+    )
+    simulate.add_argument("--key", help="an API key of the environment (env TALLYRAY_API_KEY)")
+    simulate.set_defaults(run=_simulate)
 
     reconcile = commands.add_parser(
         "reconcile",

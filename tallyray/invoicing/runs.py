@@ -29,17 +29,19 @@ from tallyray.invoicing.builder import (
     build_invoice,
 )
 from tallyray.invoicing.config import InvoicingConfig, parse_invoicing_config
-from tallyray.invoicing.schedule import due_periods
+from tallyray.invoicing.schedule import Covered, due_periods
 from tallyray.invoicing.tax import Party, TaxEngine, build_engine, parse_tax_config
 from tallyray.pricing.config import parse_config
+from tallyray.pricing.meters import Usage
 from tallyray.pricing.money import currency
+from tallyray.pricing.periods import Period
 from tallyray.storage.billing import BillingStore
 from tallyray.storage.catalog import Catalog, CustomerRecord, EnvCatalog
 from tallyray.storage.db import make_engine
 
 log = logging.getLogger("tallyray.invoicing")
 
-__all__ = ["RunSpec", "invoice_chunk", "invoice_chunk_task"]
+__all__ = ["RunSpec", "context", "invoice_chunk", "invoice_chunk_task", "period_input"]
 
 _DAY = 86_400 * 1_000_000
 
@@ -78,7 +80,8 @@ class _Context:
 _contexts: dict[tuple[str, str], tuple[_Context, float]] = {}
 
 
-def _context(spec: RunSpec) -> _Context:
+def context(spec: RunSpec) -> _Context:
+    """The process's parsed config, engines and catalog for ``spec`` (refreshed every 30 s)."""
     key = (spec.database_url or spec.secrets_file or "", spec.env)
     hit = _contexts.get(key)
     if hit is None or time.monotonic() - hit[1] > 30:
@@ -120,7 +123,7 @@ def buyer_block(record: CustomerRecord) -> dict[str, Any]:
 def invoice_chunk(spec: RunSpec, customer_ids: Sequence[str], now: int) -> dict[str, Any]:
     """Build and write the missing invoices of these customers. Returns how many customers
     were done, how many invoices written, and an error per customer that could not be."""
-    ctx = _context(spec)
+    ctx = context(spec)
     env = spec.env
     records = ctx.catalog.customers(env, customer_ids)
     subscriptions = ctx.catalog.subscriptions(env, customer_ids, before=spec.until)
@@ -166,49 +169,23 @@ def _customer_invoices(
 ) -> list[dict[str, Any]]:
     plan_of: Callable[[str, int], Any] = ctx.env.plan
     docs = []
-    cur = currency(record.currency)
     for period, covered in due_periods(subscriptions, plan_of, spec.until):
         if (record.id, period.start) in invoiced:
             continue
         row = closed.get((record.id, period.start))
-        last = covered[-1]
-        rates = []
-        for code in sorted({c.plan.currency.code for c in covered} - {cur.code}):
-            found = ctx.billing.rate(spec.env, code, cur.code, period.end)
-            if found is None:
-                raise LookupError(
-                    f"no exchange rate {code}→{cur.code} on or before the end of the period; "
-                    "add one with POST /v1/exchange-rates"
-                )
-            rates.append(ExchangeRate(code, cur.code, found[0], found[1], found[2]))
-        segments = [
-            Segment(
-                c.plan,
-                c.subscription["plan_version"],
-                c.proration,
-                _discount(c.subscription.get("discount")) if c is last else None,
-            )
-            for c in covered
-        ]
-        decision = ctx.tax.decide(seller_party(ctx.config), buyer_party(record), period.end - 1)
         doc = build_invoice(
-            InvoiceInput(
-                customer=buyer_block(record),
-                seller=ctx.config.seller,
-                locale=record.billing.get("locale") or ctx.config.locale,
-                currency=cur,
-                period=period,
-                segments=segments,
+            period_input(
+                ctx,
+                spec.env,
+                record,
+                period,
+                covered,
                 usage=None
                 if row is None
                 else ctx.env.meters.usage_from_json(row["usage"], period.end),
-                meters=ctx.env.meters.meters,
                 burned={}
                 if row is None
                 else {gid: Decimal(amount) for gid, amount in row["burned"].items()},
-                tax=decision,
-                exchange_rates=rates,
-                rounding=ctx.rounding,
             )
         )
         doc.update(
@@ -219,6 +196,58 @@ def _customer_invoices(
         )
         docs.append(doc)
     return docs
+
+
+def period_input(
+    ctx: _Context,
+    env: str,
+    record: CustomerRecord,
+    period: Period,
+    covered: Sequence[Covered],
+    usage: Usage | None,
+    burned: Mapping[str, Decimal],
+) -> InvoiceInput:
+    """What the invoice builder needs for one customer and period: the segments the
+    subscriptions ``covered`` (the last one's discount applies), the exchange rates from
+    their plans' currencies, the tax decision, and the period's ``usage``.
+
+    Invoice runs pass the usage the shard closed the period with; the pricing sandbox
+    (:mod:`tallyray.simulation`) passes replayed usage and segments under a draft plan."""
+    cur = currency(record.currency)
+    last = covered[-1]
+    rates = []
+    for code in sorted({c.plan.currency.code for c in covered} - {cur.code}):
+        found = ctx.billing.rate(env, code, cur.code, period.end)
+        if found is None:
+            raise LookupError(
+                f"no exchange rate {code}→{cur.code} on or before the end of the period; "
+                "add one with POST /v1/exchange-rates"
+            )
+        rates.append(ExchangeRate(code, cur.code, found[0], found[1], found[2]))
+    segments = [
+        Segment(
+            c.plan,
+            c.subscription["plan_version"],
+            c.proration,
+            _discount(c.subscription.get("discount")) if c is last else None,
+        )
+        for c in covered
+    ]
+    decision = ctx.tax.decide(seller_party(ctx.config), buyer_party(record), period.end - 1)
+    return InvoiceInput(
+        customer=buyer_block(record),
+        seller=ctx.config.seller,
+        locale=record.billing.get("locale") or ctx.config.locale,
+        currency=cur,
+        period=period,
+        segments=segments,
+        usage=usage,
+        meters=ctx.env.meters.meters,
+        burned=burned,
+        tax=decision,
+        exchange_rates=rates,
+        rounding=ctx.rounding,
+    )
 
 
 def _discount(raw: Mapping[str, Any] | None) -> Discount | None:

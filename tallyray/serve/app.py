@@ -38,7 +38,16 @@ from tallyray.serve.http import error_headers
 from tallyray.serve.idempotency import Idempotency
 from tallyray.serve.openapi import DESCRIPTION, contract
 from tallyray.serve.request_context import RequestContext
-from tallyray.serve.routes import catalog, events, invoicing, operations, portal, quota, webhooks
+from tallyray.serve.routes import (
+    catalog,
+    events,
+    invoicing,
+    operations,
+    portal,
+    quota,
+    simulations,
+    webhooks,
+)
 from tallyray.storage.alerts import AlertStore
 from tallyray.storage.audit import AuditLog
 from tallyray.storage.billing import BillingStore
@@ -121,7 +130,7 @@ def build_app(services: Services) -> FastAPI:
     app.add_middleware(QuotaFastPath, api=api)
     _add_error_handlers(app, services)
 
-    for module in (events, quota, catalog, invoicing, operations):
+    for module in (events, quota, catalog, invoicing, simulations, operations):
         app.include_router(module.router)
     contract(app)
     webhooks.include(

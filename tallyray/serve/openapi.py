@@ -50,6 +50,8 @@ MEDIA: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
         {"type": "string", "format": "binary"},
     ),
     ("get", "/v1/invoices/{invoice_id}.html"): ("text/html", {"type": "string"}),
+    ("get", "/v1/simulations/{simulation_id}/result.csv"): ("text/csv", {"type": "string"}),
+    ("get", "/v1/simulations/{simulation_id}/report.html"): ("text/html", {"type": "string"}),
     ("get", "/v1/credit-notes/{note_id}.pdf"): (
         "application/pdf",
         {"type": "string", "format": "binary"},

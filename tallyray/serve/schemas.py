@@ -499,6 +499,110 @@ class Outcome(Open):
     notice)."""
 
 
+# -- the pricing sandbox -----------------------------------------------------------------
+
+
+class SimulationRequest(Closed):
+    """Replay the periods that end in (`from`, `to`] under a plan; either `customers` or
+    `subscribers_of`."""
+
+    plan: dict[str, Any] | str = Field(
+        examples=[
+            "pro@2",
+            {
+                "key": "pro",
+                "name": "Pro (draft)",
+                "currency": "EUR",
+                "interval": "month",
+                "base_fee": "49.00",
+                "minimum": "150.00",
+                "charges": [
+                    {"meter": "input_tokens", "model": "per_unit", "unit_amount": "0.000002"}
+                ],
+            },
+        ]
+    )
+    from_: Moment = Field(alias="from", examples=["2026-10-01T00:00:00Z"])
+    to: Moment = Field(examples=["2026-11-01T00:00:00Z"])
+    customers: list[str] | None = Field(None, max_length=100_000, examples=[["acme", "globex"]])
+    subscribers_of: str | None = Field(None, examples=["pro"])
+
+
+class SimulationProgress(Closed):
+    customers: int = Field(examples=[10000])
+    done: int = Field(examples=[2500])
+
+
+class AmountPair(Closed):
+    actual: Decimal = Field(examples=["120.00"])
+    simulated: Decimal = Field(examples=["104.50"])
+    difference: Decimal = Field(examples=["-15.50"])
+
+
+class Simulation(Open):
+    id: str = Field(examples=["sim_01"])
+    state: Literal["pending", "running", "succeeded", "failed"]
+    plan: str | None = Field(examples=["pro@2"])
+    from_: Moment = Field(alias="from")
+    to: Moment
+    progress: SimulationProgress
+    errors: list[dict[str, Any]] = Field(
+        examples=[[{"customer_id": "initech", "message": "no such customer"}]]
+    )
+    summary: dict[str, Any] | None = Field(
+        examples=[
+            {
+                "currencies": {
+                    "EUR": {
+                        "customers": 2,
+                        "revenue": {
+                            "actual": "240.00",
+                            "simulated": "209.00",
+                            "difference": "-31.00",
+                        },
+                        "pay_more": 0,
+                        "pay_less": 2,
+                        "pay_same": 0,
+                        "percentiles": {
+                            "p5": "-15.50",
+                            "p25": "-15.50",
+                            "p50": "-15.50",
+                            "p75": "-15.50",
+                            "p95": "-15.50",
+                        },
+                        "biggest_increases": [],
+                        "biggest_decreases": [],
+                    }
+                }
+            }
+        ]
+    )
+    created_at: Moment
+    finished_at: Moment | None
+
+
+class SimulationLine(Open):
+    kind: str = Field(examples=["usage"])
+    description: str = Field(examples=["gpt-4o input tokens"])
+    actual: Decimal
+    simulated: Decimal
+    difference: Decimal
+
+
+class SimulationResult(Open):
+    customer_id: str = Field(examples=["acme"])
+    currency: str = Field(examples=["EUR"])
+    periods: list[dict[str, Any]]
+    lines: list[SimulationLine]
+    base_fee: AmountPair
+    minimum: AmountPair
+    total: AmountPair
+
+
+class SimulationResults(Closed):
+    results: list[SimulationResult]
+
+
 # -- operations: which model goes where ------------------------------------------------------
 
 
@@ -584,5 +688,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("get", "/v1/admin/keys"): Operation(None, {200: ApiKeyList}),
     ("post", "/v1/admin/keys/{key_id}/revoke"): Operation(None, {200: ApiKey}),
     ("get", "/v1/audit-events"): Operation(None, {200: AuditEventList}),
+    ("post", "/v1/simulations"): Operation(SimulationRequest, {202: Simulation}),
+    ("get", "/v1/simulations/{simulation_id}"): Operation(None, {200: Simulation}),
+    ("get", "/v1/simulations/{simulation_id}/results"): Operation(None, {200: SimulationResults}),
     ("get", "/healthz"): Operation(None, {200: Health}),
 }

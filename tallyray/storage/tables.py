@@ -500,3 +500,39 @@ unpriced_usage = Table(
     Index("ix_unpriced_usage_env", "env", "period_start", "id"),
     Index("ix_unpriced_usage_customer", "env", "customer_id", "period_start"),
 )
+
+# -- the pricing sandbox ---------------------------------------------------------------------
+
+simulations = Table(
+    "simulations",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("env", String(8), nullable=False),
+    # pending, running, succeeded, failed (``tallyray.simulation.jobs.SimulationState``)
+    Column("state", String(16), nullable=False),
+    # the request as checked: plan definition and reference, range, selection
+    Column("request", Json, nullable=False),
+    Column("customers", Integer, nullable=False),
+    Column("done", Integer, nullable=False),
+    Column("errors", Json, nullable=False),
+    # the summary over every customer, written when the last chunk is done
+    Column("summary", Json),
+    Column("created_at", Micros, nullable=False),
+    Column("finished_at", Micros),
+    Index("ix_simulations_env", "env", "created_at"),
+)
+
+simulation_results = Table(
+    "simulation_results",
+    metadata,
+    Column("simulation_id", String(40), nullable=False),
+    Column("customer_id", String(255), nullable=False),
+    Column("currency", String(3), nullable=False),
+    # decimal text in the customer's currency, rounded to its minor unit
+    Column("actual", Text, nullable=False),
+    Column("simulated", Text, nullable=False),
+    Column("difference", Text, nullable=False),
+    # the per-line comparison, periods and where "actual" came from
+    Column("detail", Json, nullable=False),
+    PrimaryKeyConstraint("simulation_id", "customer_id"),
+)

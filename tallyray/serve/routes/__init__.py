@@ -6,6 +6,7 @@
 - :mod:`.invoicing` — invoice runs, invoices, credit notes, exchange rates, payments;
 - :mod:`.webhooks` — webhook endpoints and alert rules;
 - :mod:`.portal` — portal sessions and the portal's pages;
+- :mod:`.simulations` — the pricing sandbox (simulations and their reports);
 - :mod:`.operations` — liveness, metrics, API keys and the audit log.
 
 They share :class:`tallyray.serve.api.Api` (found on the application's state) and the small
@@ -14,7 +15,16 @@ helpers of :mod:`tallyray.serve.http`; :func:`tallyray.serve.app.build_app` comp
 
 from fastapi import APIRouter
 
-from tallyray.serve.routes import catalog, events, invoicing, operations, portal, quota, webhooks
+from tallyray.serve.routes import (
+    catalog,
+    events,
+    invoicing,
+    operations,
+    portal,
+    quota,
+    simulations,
+    webhooks,
+)
 
 ROUTERS: tuple[APIRouter, ...] = (
     events.router,
@@ -23,6 +33,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     invoicing.router,
     webhooks.router,
     portal.router,
+    simulations.router,
     operations.router,
 )
 """Every route of the API, in the order the document lists them."""
