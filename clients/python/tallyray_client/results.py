@@ -73,8 +73,8 @@ class QuotaCheck:
     ``on_unreachable`` policy, not Tallyray's.
 
     ``refusal`` says what refused it (``credit``, ``credit_limit``, ``spend_cap``,
-    ``unit_limit``, ``entitlement``; ``None`` when allowed or from an older server), with the
-    unit ``limit`` or the ``feature`` when one of those did."""
+    ``unit_limit``, ``entitlement``, ``unpriced``; ``None`` when allowed or from an older
+    server), with the unit ``limit`` or the ``feature`` when one of those did."""
 
     allowed: bool
     cost: Decimal

@@ -28,7 +28,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, assert_never
 from urllib.parse import parse_qs
 
 import jinja2
@@ -54,7 +54,7 @@ from tallyray.invoicing.documents import format_money, format_quantity, render_h
 from tallyray.portal.charts import bar_chart, chart_data
 from tallyray.portal.forecast import period_forecast
 from tallyray.portal.tokens import ExpiredToken, InvalidToken, PortalKeys, PortalSession
-from tallyray.pricing.alert_rules import RULE_KINDS
+from tallyray.pricing.alert_rules import RULE_KINDS, is_kind
 from tallyray.pricing.events import format_timestamp, parse_timestamp
 from tallyray.pricing.money import currency, parse_amount
 from tallyray.pricing.periods import Period, period_of
@@ -876,16 +876,20 @@ def _rule_row(rule: Mapping[str, Any], v: _Visit) -> dict[str, Any]:
     kind = rule["kind"]
     threshold = Decimal(str(rule["threshold"]))
     fmt = v.fmt
-    if kind == "balance_below":
-        what = f"Available balance below {fmt.money(threshold)}"
-    elif kind == "spend_above":
-        what = f"Period spend above {fmt.money(threshold)}"
-    elif kind == "usage_above":
-        what = f"{rule.get('meter')} usage above {fmt.quantity(threshold)}"
-    elif kind == "credits_used_percent":
-        what = f"Credits used at {fmt.percent(threshold / 100, exact=True)}"
-    else:
+    if not is_kind(kind):  # every rule shown went through the one parser; say what it says
         what = str(rule.get("description", kind))
+    else:
+        match kind:
+            case "balance_below":
+                what = f"Available balance below {fmt.money(threshold)}"
+            case "spend_above":
+                what = f"Period spend above {fmt.money(threshold)}"
+            case "usage_above":
+                what = f"{rule.get('meter')} usage above {fmt.quantity(threshold)}"
+            case "credits_used_percent":
+                what = f"Credits used at {fmt.percent(threshold / 100, exact=True)}"
+            case _:
+                assert_never(kind)
     return {
         "id": rule["id"],
         "name": rule.get("name"),
