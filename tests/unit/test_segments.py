@@ -158,6 +158,7 @@ def test_a_restart_keeps_the_segments() -> None:
     back = CustomerAccount.restore(stored, after_change(), METERS, AFTER)
     assert back.spend == acct.spend == {NOV: D("3.00")}  # 1.00 + 2.00
     assert back.segments(NOV) == acct.segments(NOV)
+    assert {seg: u.end for seg, u in back.parts[NOV].items()} == {NOV: SWITCH, SWITCH: DEC}
     # a checkpoint taken before the change: its usage is the first segment's
     early = CustomerAccount(before_change(), METERS)
     early.apply([tokens(100, NOW)], NOW)
@@ -177,3 +178,65 @@ def test_closing_a_cut_period_hands_its_segments_over() -> None:
     assert [s.to_json()["costs"] for s in closed.segments] == [["1.00", "0"], ["6.00", "0"]]
     acct.drop_periods([NOV])
     assert acct.parts == {} and acct.part_costs == {}
+
+
+# --- the invoice: each segment's usage under its own plan -----------------------------------
+
+
+def test_the_invoice_prices_each_segment_under_its_plan() -> None:
+    """November (30 days) cut on the 15th: 14 days of Halves (no base fee), 16 of Pro."""
+    from test_invoice_builder import _CONFIG as BUILDER
+    from test_invoice_builder import NO_TAX, NOV, usage_of
+
+    from tallyray.invoicing.builder import InvoiceInput, Segment, UsageSegment, build_invoice
+    from tallyray.pricing.money import currency
+    from tallyray.pricing.periods import Proration
+
+    cut = T("2026-11-15T00:00:00Z")
+    halves, pro = BUILDER.plan("halves"), BUILDER.plan("pro")
+    first = usage_of(BUILDER, units={"a": 101})
+    second = usage_of(BUILDER, gpt4o=2_000_000, mini=12_000_000, requests=1_500)
+    whole = first.plus(second)
+    doc = build_invoice(
+        InvoiceInput(
+            customer={"id": "acme"},
+            seller={"name": "Tallyray GmbH"},
+            locale="en",
+            currency=currency("EUR"),
+            period=NOV,
+            segments=[Segment(halves, 1, Proration(14, 30)), Segment(pro, 2, Proration(16, 30))],
+            usage=whole,
+            meters=BUILDER.meters.meters,
+            burned={},
+            tax=NO_TAX,
+            usage_segments=[
+                UsageSegment(halves, 1, NOV.start, cut, first),
+                UsageSegment(pro, 2, cut, NOV.end, second),
+            ],
+        )
+    )
+    assert [s["plan"] + str(s["version"]) for s in doc["segments"]] == ["halves1", "pro2"]
+    lines = [(line["kind"], line["description"], line["amount"]) for line in doc["lines"]]
+    assert lines == [
+        ("base_fee", "Pro base fee", "26.13"),  # 49.00 × 16/30 = 26.133…
+        ("usage", "units (sku=a) (Halves v1)", "0.51"),  # 101 × 0.005 = 0.505, half up
+        ("usage", "units (sku=b) (Halves v1)", "0.00"),
+        ("usage", "units (sku=c) (Halves v1)", "0.00"),
+        ("usage", "input_tokens (model=gpt-4o) (Pro v2)", "5.00"),  # 2,000,000 × 0.0000025
+        # 1,000,000 free, 9,000,000 × 0.000002 = 18.00, 2,000,000 × 0.0000015 + 5.00 = 8.00
+        ("usage", "gpt-4o-mini input tokens (Pro v2)", "26.00"),
+        ("usage", "API requests (per 1,000) (Pro v2)", "4.00"),  # 1,500 requests: 2 packages
+    ]
+    # minimum 100 × 16/30 = 53.33 < 61.64 charged: no true-up
+    assert doc["subtotal"] == "61.64"
+    assert all(line.get("segment") for line in doc["lines"] if line["kind"] == "usage")
+
+
+def test_a_gauge_in_a_cut_period_holds_to_the_end_of_its_segment() -> None:
+    """A segment's usage ends where the segment does, so a ``weighted_sum`` reading before
+    the change is held until the change, not to the period's end."""
+    acct = CustomerAccount(after_change(), METERS)
+    acct.apply([tokens(100, NOW), tokens(100, AFTER)], AFTER)
+    ends = {seg: usage.end for seg, usage in acct.parts[NOV].items()}
+    assert ends == {NOV: SWITCH, SWITCH: DEC}
+    assert acct.periods[NOV].end == DEC
