@@ -330,8 +330,9 @@ class Subscription(Open):
 
 class SubscriptionRecord(Subscription):
     end: Moment | None
-    status: Literal["active", "ending", "ended"] = Field(
-        description="`ending`: cancelled, running until `end`"
+    status: Literal["scheduled", "active", "ending", "ended"] = Field(
+        description="`scheduled`: starts in the future (a plan migration at period end); "
+        "`ending`: cancelled, running until `end`"
     )
     created_at: Moment
 

@@ -643,10 +643,14 @@ def _current_subscription() -> ColumnElement[bool]:
     return and_(s.c.env == c.c.env, s.c.customer_id == c.c.id, or_(s.c.end.is_(None), ~followed))
 
 
-SubscriptionStatus = Literal["active", "ending", "ended"]
+SubscriptionStatus = Literal["scheduled", "active", "ending", "ended"]
 
 
-def subscription_status(end: int | None, now: int) -> SubscriptionStatus:
+def subscription_status(start: int, end: int | None, now: int) -> SubscriptionStatus:
+    """``scheduled`` until it starts (a migration at period end writes such a row),
+    ``ending`` once cancelled, until its end."""
+    if start > now:
+        return "scheduled"
     if end is None:
         return "active"
     return "ending" if end > now else "ended"
@@ -662,7 +666,7 @@ def subscription_json(row: Any, now: int) -> dict[str, Any]:
         "plan_version": row.plan_version,
         "start": format_timestamp(row.start),
         "end": None if row.end is None else format_timestamp(row.end),
-        "status": subscription_status(row.end, now),
+        "status": subscription_status(row.start, row.end, now),
         "anchor": "calendar" if anchor in (None, "calendar") else "anniversary",
         "discount": row.discount,
         "created_at": format_timestamp(row.created_at),

@@ -227,7 +227,7 @@ async def test_migrate_at_period_end_schedules_the_switch(inv: Invoicing) -> Non
         (s["plan_version"], s["start"], s["end"], s["status"]) for s in subs["subscriptions"]
     ] == [
         (1, OCT_1, DEC_1, "ending"),
-        (2, DEC_1, None, "active"),
+        (2, DEC_1, None, "scheduled"),
     ]
     # November stays under version 1: 1,000 × 0.001 = 1.00
     r = await c.post("/v1/events", json=[call(customer, "2026-11-30T23:57:00Z", 1000, 0)])

@@ -198,6 +198,28 @@ async def test_a_stored_plan_by_key_and_version_and_the_csv_and_html_report(
     assert first in html and "41.50" in html and "417.00" in html  # 2 × 208.50
 
 
+async def test_a_stored_draft_is_simulated_by_key_and_version_before_anyone_can_subscribe(
+    inv: Invoicing,
+) -> None:
+    customer = await _customer(inv, "pro")  # on pro version 1
+    draft = await _pro()
+    cheaper_tier(draft)
+    r = await inv.client.post("/v1/plans", json={**draft, "draft": True})
+    assert r.status_code == 201, r.text
+    version = r.json()["version"]
+    assert r.json()["status"] == "draft"
+
+    job, (result,) = await simulate(inv, {"plan": f"pro@{version}", "customers": [customer]})
+    assert job["state"] == "succeeded", job
+    assert result["total"] == {"actual": ACTUAL, "simulated": "172.50", "difference": "-36.00"}
+
+    # the draft prices simulations only: a new subscriber still gets the published version
+    newcomer = await _customer(inv, "pro")
+    r = await inv.client.get("/v1/subscriptions", params={"customer_id": newcomer})
+    assert r.status_code == 200, r.text
+    assert [s["plan_version"] for s in r.json()["subscriptions"]] == [version - 1]
+
+
 async def test_a_customer_without_a_period_in_the_range_is_reported_not_simulated(
     inv: Invoicing,
 ) -> None:

@@ -565,7 +565,7 @@ def test_usage_type_is_unchanged_for_plain_meters() -> None:
 def test_tallyray_price_gives_the_invoice_amounts(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The October of tests/integration/test_ai_charge_models.py, offline: the same lines."""
+    """The October of tests/integration/test_ai_charge_models_api.py, offline: the same lines."""
     config = tmp_path / "tallyray.json"
     config.write_text(json.dumps(CONFIG.raw), encoding="utf-8")
 
