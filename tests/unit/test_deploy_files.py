@@ -1,0 +1,280 @@
+"""The deployment files (Dockerfile, docker-compose.yml, deploy/kuberay/) against the code
+they start. No Docker daemon or Kubernetes runs here: these tests check what can be checked
+without one — the files parse; every ``tallyray`` command and flag they (and
+docs/deploy.md) use is one the CLI's own parser accepts; every ``TALLYRAY_*`` variable they
+set is one the server reads, secrets only through files or Kubernetes Secrets; the Serve config
+is one Ray accepts and names code that exists. tests/e2e/test_container_command.py runs the
+container's command line itself."""
+
+from __future__ import annotations
+
+import importlib
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+from deploy_files import (
+    COMPOSE,
+    DEPLOY_DOC,
+    DOCKERFILE,
+    RAYSERVICE,
+    REPO,
+    SECRET_VARIABLES,
+    compose,
+    container_argv,
+    dockerfile_env,
+    dockerfile_instructions,
+    exec_form,
+    pod_specs,
+    rayservice,
+    runtime_stage,
+    stages,
+    tallyray_commands,
+    the,
+)
+
+from tallyray.cli import build_parser
+from tallyray.cluster.settings import Settings
+
+# --- the Dockerfile ----------------------------------------------------------------------
+
+
+def test_the_dockerfile_builds_the_wheel_in_one_stage_and_runs_it_in_another() -> None:
+    all_stages = stages(dockerfile_instructions(DOCKERFILE.read_text(encoding="utf-8")))
+    names = [the(s, "FROM").split()[-1] for s in all_stages]
+    assert names == ["build", "runtime"]
+    build, runtime = all_stages
+    assert any(k == "RUN" and "pip wheel" in rest for k, rest in build)
+    installs = [rest for k, rest in runtime if k == "RUN" and "pip install" in rest]
+    # the runtime stage installs the build stage's wheels, offline, and copies no sources
+    assert len(installs) == 1 and "from=build" in installs[0] and "--no-index" in installs[0]
+    assert not [rest for k, rest in runtime if k in ("COPY", "ADD")]
+
+
+def test_the_container_runs_as_a_user_that_is_not_root() -> None:
+    user = the(runtime_stage(), "USER").split(":")[0]
+    assert user not in ("root", "0", "")
+
+
+def test_the_container_runs_tallyray_serve_as_the_cli_defines_it() -> None:
+    argv = container_argv()
+    assert argv == ["tallyray", "serve"]
+    args = build_parser().parse_args(argv[1:])
+    assert args.command == "serve"
+
+
+def test_the_healthcheck_asks_the_health_route_on_the_servers_port() -> None:
+    healthcheck = the(runtime_stage(), "HEALTHCHECK")
+    options, _, command = healthcheck.partition(" CMD ")
+    assert "--interval=" in options and "--start-period=" in options
+    argv = exec_form(command)
+    assert argv[0] == "python" and "/healthz" in argv[-1] and "TALLYRAY_PORT" in argv[-1]
+    assert str(dockerfile_env(runtime_stage())["TALLYRAY_PORT"]) in the(runtime_stage(), "EXPOSE")
+
+
+def test_the_image_sets_only_settings_the_server_reads_and_no_secret() -> None:
+    env = dockerfile_env(runtime_stage())
+    ours = {name for name in env if name.startswith("TALLYRAY_")}
+    assert ours == {"TALLYRAY_HOST", "TALLYRAY_PORT"}
+    assert ours <= set(Settings.ENV)
+    assert env["TALLYRAY_HOST"] == "0.0.0.0"  # reachable from outside the container
+    settings = Settings.load(**{Settings.ENV[n]: type_of(n)(env[n]) for n in ours})
+    assert (settings.host, settings.port) == ("0.0.0.0", 8000)
+
+
+def type_of(variable: str) -> type:
+    kind = {f: t for f, t in Settings.__annotations__.items()}[Settings.ENV[variable]]
+    return int if kind == "int" else str
+
+
+# --- docker-compose.yml ------------------------------------------------------------------
+
+
+def test_compose_runs_tallyray_from_this_image_beside_postgres_15() -> None:
+    services = compose()["services"]
+    assert set(services) == {"postgres", "tallyray"}
+    db, app = services["postgres"], services["tallyray"]
+    assert db["image"] == "postgres:15"
+    assert db["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    assert [v.split(":")[1] for v in db["volumes"]] == ["/var/lib/postgresql/data"]
+    assert db["volumes"][0].split(":")[0] in compose()["volumes"]
+    assert app["build"] == "."
+    assert app["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert "command" not in app and "entrypoint" not in app  # the image's `tallyray serve`
+    assert app["shm_size"]  # Ray's object store
+
+
+def test_compose_publishes_the_port_the_server_listens_on() -> None:
+    app = compose()["services"]["tallyray"]
+    port = dockerfile_env(runtime_stage())["TALLYRAY_PORT"]
+    assert [p.split(":")[-1] for p in app["ports"]] == [port]
+    assert "TALLYRAY_PORT" not in app["environment"]
+
+
+def test_compose_hands_every_secret_over_as_a_file() -> None:
+    doc = compose()
+    for name, service in doc["services"].items():
+        env = service.get("environment", {})
+        for variable, value in env.items():
+            assert variable not in SECRET_VARIABLES, f"{name}: {variable} in plain environment"
+            if variable.endswith("_FILE"):
+                secret = value.removeprefix("/run/secrets/")
+                assert secret in service["secrets"] and secret in doc["secrets"], variable
+    app_env = doc["services"]["tallyray"]["environment"]
+    assert {"TALLYRAY_DATABASE_URL_FILE", "TALLYRAY_ADMIN_KEY_FILE"} <= set(app_env)
+
+
+def test_compose_sets_only_settings_the_server_reads() -> None:
+    for variable in compose()["services"]["tallyray"]["environment"]:
+        assert variable in Settings.ENV or variable.removesuffix("_FILE") in SECRET_VARIABLES
+
+
+def test_the_files_compose_mounts_exist() -> None:
+    for volume in compose()["services"]["tallyray"]["volumes"]:
+        source = volume.split(":")[0]
+        assert (REPO / source).is_file(), source
+
+
+# --- deploy/kuberay/rayservice.yaml ------------------------------------------------------
+
+# The fields of ray.io/v1 used here, as KubeRay's API types define them
+# (ray-operator/apis/ray/v1/rayservice_types.go and raycluster_types.go, KubeRay 1.3).
+RAYSERVICE_SPEC = {
+    "serveConfigV2",
+    "rayClusterConfig",
+    "serveService",
+    "upgradeStrategy",
+    "excludeHeadPodFromServeSvc",
+}
+RAYCLUSTER_SPEC = {
+    "rayVersion",
+    "headGroupSpec",
+    "workerGroupSpecs",
+    "gcsFaultToleranceOptions",
+    "enableInTreeAutoscaling",
+    "autoscalerOptions",
+    "headServiceAnnotations",
+    "suspend",
+}
+HEAD_GROUP = {"serviceType", "headService", "enableIngress", "rayStartParams", "template"}
+WORKER_GROUP = {
+    "groupName",
+    "replicas",
+    "minReplicas",
+    "maxReplicas",
+    "numOfHosts",
+    "rayStartParams",
+    "template",
+    "scaleStrategy",
+}
+GCS_FT = {"redisAddress", "redisPassword", "redisUsername", "externalStorageNamespace"}
+
+
+def test_the_rayservice_uses_fields_of_the_ray_io_v1_crd() -> None:
+    doc = rayservice()
+    assert (doc["apiVersion"], doc["kind"]) == ("ray.io/v1", "RayService")
+    spec = doc["spec"]
+    assert set(spec) <= RAYSERVICE_SPEC
+    assert spec["upgradeStrategy"] == {"type": "None"}  # no second cluster on the database
+    cluster = spec["rayClusterConfig"]
+    assert set(cluster) <= RAYCLUSTER_SPEC
+    assert set(cluster["headGroupSpec"]) <= HEAD_GROUP
+    assert [set(g) <= WORKER_GROUP for g in cluster["workerGroupSpecs"]] == [True]
+    for params in [cluster["headGroupSpec"]["rayStartParams"]] + [
+        g["rayStartParams"] for g in cluster["workerGroupSpecs"]
+    ]:
+        assert all(isinstance(v, str) for v in params.values())  # map[string]string
+
+
+def test_the_head_is_fault_tolerant_with_an_external_redis_whose_password_is_a_secret() -> None:
+    ft = rayservice()["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]
+    assert set(ft) <= GCS_FT
+    assert ft["redisAddress"]
+    assert set(ft["redisPassword"]) == {"valueFrom"}
+    assert set(ft["redisPassword"]["valueFrom"]["secretKeyRef"]) == {"name", "key"}
+
+
+def test_the_ray_version_is_the_one_tallyray_runs_on() -> None:
+    import ray
+
+    assert rayservice()["spec"]["rayClusterConfig"]["rayVersion"] == ray.__version__
+
+
+def test_the_serve_config_is_one_ray_accepts_and_deploys_tallyrays_ingress() -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    from tallyray.cluster import rayservice as module
+    from tallyray.cluster.deployment import Ingress
+
+    config = yaml.safe_load(rayservice()["spec"]["serveConfigV2"])
+    schema = ServeDeploySchema.model_validate(config)
+    [application] = schema.applications
+    assert application.import_path == module.IMPORT_PATH
+    path, _, name = module.IMPORT_PATH.partition(":")
+    assert callable(getattr(importlib.import_module(path), name))
+    assert [d.name for d in application.deployments] == [Ingress.name]
+
+
+def test_every_pod_reads_the_settings_it_needs_and_its_secrets_from_kubernetes_secrets() -> None:
+    for pod in pod_specs():
+        [container] = pod["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        assert set(env) <= set(Settings.ENV)
+        assert {"TALLYRAY_DATABASE_URL", "TALLYRAY_ADMIN_KEY", "TALLYRAY_SHARDS"} <= set(env)
+        for name in SECRET_VARIABLES & set(env):
+            assert "value" not in env[name]
+            assert set(env[name]["valueFrom"]["secretKeyRef"]) == {"name", "key"}
+        plain = {n: e["value"] for n, e in env.items() if "value" in e}
+        settings = Settings.load(
+            **{Settings.ENV[n]: type_of(n)(v) for n, v in plain.items() if n != "TALLYRAY_SHARDS"}
+        )
+        assert settings.host == "0.0.0.0"
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+
+
+def test_the_service_exposes_the_port_the_api_listens_on() -> None:
+    service = rayservice()["spec"]["serveService"]
+    [port] = service["spec"]["ports"]
+    for pod in pod_specs():
+        [container] = pod["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert str(port["targetPort"]) == env["TALLYRAY_PORT"]
+        assert port["targetPort"] in [p["containerPort"] for p in container["ports"]]
+
+
+def test_as_many_api_replicas_as_worker_pods_one_each() -> None:
+    spec = rayservice()["spec"]
+    [deployment] = yaml.safe_load(spec["serveConfigV2"])["applications"][0]["deployments"]
+    [workers] = spec["rayClusterConfig"]["workerGroupSpecs"]
+    assert deployment["max_replicas_per_node"] == 1
+    assert deployment["num_replicas"] == workers["replicas"] == workers["maxReplicas"]
+    # the head runs no replica, so it is kept out of the Service
+    assert spec["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    assert spec["excludeHeadPodFromServeSvc"] is True
+
+
+# --- every tallyray command the files and the page show ------------------------------------
+
+
+@pytest.mark.parametrize("path", [DOCKERFILE, COMPOSE, RAYSERVICE, DEPLOY_DOC], ids=str)
+def test_every_tallyray_command_shown_is_one_the_cli_accepts(path: Path) -> None:
+    parser = build_parser()
+    for command in tallyray_commands(
+        path.read_text(encoding="utf-8"), markdown=path.suffix == ".md"
+    ):
+        argv = [a for a in shlex.split(command) if not a.startswith("…")]
+        try:
+            parser.parse_args(argv)
+        except SystemExit as error:
+            raise AssertionError(f"{path.name}: `tallyray {command}` is refused") from error
+
+
+def test_the_command_finder_finds_commands() -> None:
+    text = 'run `tallyray migrate --database-url x`\n  "$(tallyray keys new-admin-key | jq)"'
+    assert tallyray_commands(text) == ["migrate --database-url x", "keys new-admin-key"]
+    page = "the tallyray image\n```\ndocker compose run --rm tallyray migrate\n```\n"
+    assert tallyray_commands(page, markdown=True) == ["migrate"]
