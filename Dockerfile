@@ -24,7 +24,8 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels tallyray
-RUN useradd --uid 10001 --user-group --create-home --home-dir /var/lib/tallyray tallyray
+RUN groupadd --gid 10001 tallyray \
+    && useradd --uid 10001 --gid 10001 --create-home --home-dir /var/lib/tallyray tallyray
 USER 10001:10001
 WORKDIR /var/lib/tallyray
 # Listen on every interface of the container (the server's default is loopback only); the
