@@ -236,14 +236,6 @@ class Simulations:
             if work is not None and not work.done():
                 work.cancel()
 
-    async def stop(self, sim_id: str) -> None:
-        """Stop driving a job as a process that stops would: its task ends where it is and
-        nothing more is written (the chunks under way may still land). Tests."""
-        task = self._jobs.get(sim_id)
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
     async def wait(self, sim_id: str) -> None:
         """Wait for a simulation this process drives (tests)."""
         task = self._jobs.get(sim_id)
