@@ -181,26 +181,27 @@ async def bench_e2e(url: str, customers: int, per_customer: int, parallelism: in
     draft["charges"][0]["unit_amount"] = "0.000002"  # gpt-4o input 20% cheaper
     catalog = prepare_store(settings)
     sims = SimulationStore(catalog.engine)
-    sim_id = sims.create("test", {"from": "2026-10-01", "to": "2026-11-01"}, customers, 0)
+    ids = [f"c{i:05d}" for i in range(customers)]
+    chunks = [ids[i : i + CHUNK_SIZE] for i in range(0, len(ids), CHUNK_SIZE)]
+    sim_id = sims.create("test", {"from": "2026-10-01", "to": "2026-11-01"}, chunks, 0, "bench")
     spec = SimulationSpec(
         run=RunSpec(database_url=url, env="test", run_id=None, until=PERIOD_END,
                     finalize=False, invoicing={"seller": SELLER}, tax=TAX),
         simulation_id=sim_id, plan=draft, plan_version=0, start=PERIOD_START, end=PERIOD_END,
     )  # fmt: skip
-    ids = [f"c{i:05d}" for i in range(customers)]
-    chunks = [ids[i : i + CHUNK_SIZE] for i in range(0, len(ids), CHUNK_SIZE)]
     start_ray(settings, num_cpus=2)
     remote = simulate_chunk_task()
     try:
-        await remote.remote(spec, chunks[0][:1])  # a warm worker, as in a running server
+        # a warm worker, as in a running server (a chunk the job has not: nothing stored)
+        await remote.remote(spec, len(chunks), chunks[0][:1])
         gate = asyncio.Semaphore(parallelism)
 
-        async def one(chunk: list[str]) -> None:
+        async def one(seq: int, chunk: list[str]) -> None:
             async with gate:
-                await remote.remote(spec, chunk)
+                await remote.remote(spec, seq, chunk)
 
         started = time.perf_counter()
-        await asyncio.gather(*(one(c) for c in chunks))
+        await asyncio.gather(*(one(seq, c) for seq, c in enumerate(chunks)))
         results = sims.results(sim_id)
         summary = summarize(results)
         elapsed = time.perf_counter() - started

@@ -280,14 +280,51 @@ def _invoice_run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _simulate(args: argparse.Namespace) -> None:
-    """Start a simulation on the server, follow it with a progress bar, print a table."""
-    from pathlib import Path
-
+    """Start (or resume) a simulation on the server, follow it with a progress bar, print a
+    table."""
     from tqdm import tqdm
 
     from tallyray.simulation.table import render_table
 
     url, key = _server(args)
+    if args.resume:
+        job = _api(url, key, "POST", f"/v1/simulations/{args.resume}/resume")
+    else:
+        job = _api(url, key, "POST", "/v1/simulations", _simulation_body(args))
+    path = f"/v1/simulations/{job['id']}"
+    with tqdm(total=job["progress"]["customers"] or None, unit="customer", desc=job["id"]) as bar:
+        while True:
+            bar.total = job["progress"]["customers"] or bar.total
+            bar.n = job["progress"]["done"]
+            bar.set_postfix(errors=len(job["errors"]))
+            bar.refresh()
+            if job["state"] not in ("pending", "running"):
+                break
+            time.sleep(0.5)
+            job = _api(url, key, "GET", path)
+    if job["state"] in ("failed", "interrupted"):
+        why = (
+            f"failed: {job['errors'][-1:]}"
+            if job["state"] == "failed"
+            else "was interrupted: the server process driving it stopped"
+        )
+        raise TallyrayError(
+            f"simulation {job['id']} {why}; finish it with: tallyray simulate --resume {job['id']}"
+        )
+    results = _api(url, key, "GET", f"{path}/results")["results"]
+    print(render_table(job, results, args.top))
+    print(f"CSV: {url.rstrip('/')}{path}/result.csv  report: {url.rstrip('/')}{path}/report.html")
+
+
+def _simulation_body(args: argparse.Namespace) -> dict[str, Any]:
+    """``POST /v1/simulations``'s body from the flags."""
+    from pathlib import Path
+
+    if not (args.plan and args.start and args.end and (args.customers or args.subscribers_of)):
+        raise InvalidInput(
+            "give --plan, --from, --to and --customers or --subscribers-of "
+            "(or --resume SIM_ID to finish a simulation)"
+        )
     plan: Any = args.plan
     if Path(args.plan).is_file():
         try:
@@ -301,23 +338,7 @@ def _simulate(args: argparse.Namespace) -> None:
         body["customers"] = [c for c in args.customers.split(",") if c]
     if args.subscribers_of:
         body["subscribers_of"] = args.subscribers_of
-    job = _api(url, key, "POST", "/v1/simulations", body)
-    path = f"/v1/simulations/{job['id']}"
-    with tqdm(total=job["progress"]["customers"] or None, unit="customer", desc=job["id"]) as bar:
-        while True:
-            bar.total = job["progress"]["customers"] or bar.total
-            bar.n = job["progress"]["done"]
-            bar.set_postfix(errors=len(job["errors"]))
-            bar.refresh()
-            if job["state"] not in ("pending", "running"):
-                break
-            time.sleep(0.5)
-            job = _api(url, key, "GET", path)
-    if job["state"] == "failed":
-        raise TallyrayError(f"simulation {job['id']} failed: {job['errors'][-1:]}")
-    results = _api(url, key, "GET", f"{path}/results")["results"]
-    print(render_table(job, results, args.top))
-    print(f"CSV: {url.rstrip('/')}{path}/result.csv  report: {url.rstrip('/')}{path}/report.html")
+    return body
 
 
 def _reconcile(args: argparse.Namespace) -> dict[str, Any]:
@@ -446,11 +467,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="replay stored events under a draft plan and compare (against a running server)",
     )
     simulate.add_argument(
-        "--plan", required=True, help="a draft plan's JSON file, or key@version of a stored plan"
+        "--plan", help="a draft plan's JSON file, or key@version of a stored plan"
     )
-    simulate.add_argument("--from", dest="start", required=True, help="ISO date or time")
-    simulate.add_argument("--to", dest="end", required=True, help="ISO date or time")
-    who = simulate.add_mutually_exclusive_group(required=True)
+    simulate.add_argument("--from", dest="start", help="ISO date or time")
+    simulate.add_argument("--to", dest="end", help="ISO date or time")
+    simulate.add_argument(
+        "--resume",
+        metavar="SIM_ID",
+        help="finish a simulation that was interrupted or failed (instead of --plan …)",
+    )
+    who = simulate.add_mutually_exclusive_group()
     who.add_argument("--customers", help="customer ids, comma-separated")
     who.add_argument("--subscribers-of", help="every subscriber of this plan key")
     simulate.add_argument(

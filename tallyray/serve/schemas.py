@@ -602,8 +602,13 @@ class AmountPair(Closed):
 
 
 class Simulation(Open):
+    """A simulation job. `interrupted`: the process driving it stopped reporting (see
+    `heartbeat_at`); `POST /v1/simulations/{id}/resume` finishes it."""
+
     id: str = Field(examples=["sim_01"])
-    state: Literal["pending", "running", "succeeded", "failed"]
+    state: Literal["pending", "running", "interrupted", "succeeded", "failed"] = Field(
+        examples=["running", "interrupted"]
+    )
     plan: str | None = Field(examples=["pro@2"])
     from_: Moment = Field(alias="from")
     to: Moment
@@ -641,6 +646,11 @@ class Simulation(Open):
     )
     created_at: Moment
     finished_at: Moment | None
+    heartbeat_at: Moment | None = Field(
+        None,
+        description="when the process driving the job last reported",
+        examples=["2026-11-20T10:00:10Z"],
+    )
 
 
 class SimulationLine(Open):
@@ -755,6 +765,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("get", "/v1/audit-events"): Operation(None, {200: AuditEventList}),
     ("post", "/v1/simulations"): Operation(SimulationRequest, {202: Simulation}),
     ("get", "/v1/simulations/{simulation_id}"): Operation(None, {200: Simulation}),
+    ("post", "/v1/simulations/{simulation_id}/resume"): Operation(None, {202: Simulation}),
     ("get", "/v1/simulations/{simulation_id}/results"): Operation(None, {200: SimulationResults}),
     ("get", "/healthz"): Operation(None, {200: Health}),
 }

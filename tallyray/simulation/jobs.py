@@ -5,7 +5,8 @@ event log of the range as columns, replays the events once into each billing per
 (:mod:`tallyray.simulation.replay`), builds each period's invoice under the draft plan with
 the invoice builder's own input (:func:`tallyray.invoicing.runs.period_input`), compares it
 with the actual one (:mod:`tallyray.simulation.compare`) and writes the results and its
-progress in one transaction. A chunk run twice replaces its rows: Ray may retry it.
+progress in one transaction, and marks the chunk done there: a chunk run twice (Ray may
+retry it; a resumed job's old driver may still finish it) is stored once.
 
 "Actual" is the customer's stored invoice for the period when there is one (not voided);
 otherwise what the invoice run would build for it now: the usage the shard closed the
@@ -50,7 +51,9 @@ __all__ = [
     "simulate_chunk_task",
 ]
 
-SimulationState = Literal["pending", "running", "succeeded", "failed"]
+SimulationState = Literal["pending", "running", "interrupted", "succeeded", "failed"]
+"""A job's state as the API shows it. ``interrupted`` is never stored: it is ``pending`` or
+``running`` with a driver that stopped beating (:mod:`tallyray.storage.leases`)."""
 
 CHUNK_SIZE = 500
 """Customers per Ray task."""
@@ -221,9 +224,10 @@ def _buckets(
     return out
 
 
-def simulate_chunk(spec: SimulationSpec, customer_ids: Sequence[str]) -> dict[str, Any]:
-    """Simulate these customers and store their results; returns how many were done and an
-    error per customer that could not be."""
+def simulate_chunk(spec: SimulationSpec, seq: int, customer_ids: Sequence[str]) -> dict[str, Any]:
+    """Simulate chunk ``seq`` (these customers) and store its results; returns how many were
+    done, an error per customer that could not be, and whether this run stored them (not
+    when the chunk was stored before: a retry)."""
     ctx = context(spec.run)
     env = spec.run.env
     store = SimulationStore(ctx.catalog.engine)
@@ -313,20 +317,20 @@ def simulate_chunk(spec: SimulationSpec, customer_ids: Sequence[str]) -> dict[st
         except (TallyrayError, LookupError, ValueError) as error:
             log.warning("simulation %s: customer %s: %s", spec.simulation_id, customer, error)
             errors.append({"customer_id": customer, "message": str(error)})
-    store.add_results(spec.simulation_id, results, len(customer_ids), errors)
-    return {"done": len(customer_ids), "errors": errors}
+    written = store.add_results(spec.simulation_id, seq, results, len(customer_ids), errors)
+    return {"done": len(customer_ids), "errors": errors, "stored": written}
 
 
-def _chunk_task(spec: SimulationSpec, customer_ids: list[str]) -> dict[str, Any]:
+def _chunk_task(spec: SimulationSpec, seq: int, customer_ids: list[str]) -> dict[str, Any]:
     from tallyray.logs import configure_logging
 
     configure_logging()
-    return simulate_chunk(spec, customer_ids)
+    return simulate_chunk(spec, seq, customer_ids)
 
 
 def simulate_chunk_task() -> Any:
     """The Ray remote function for one chunk (made on first use: importing this module must
-    not need Ray). Retried by Ray if its worker dies: a chunk replaces its own rows."""
+    not need Ray). Retried by Ray if its worker dies: a chunk is stored once."""
     import ray
 
     global _remote

@@ -513,7 +513,8 @@ simulations = Table(
     metadata,
     Column("id", String(40), primary_key=True),
     Column("env", String(8), nullable=False),
-    # pending, running, succeeded, failed (``tallyray.simulation.jobs.SimulationState``)
+    # pending, running, succeeded, failed (``tallyray.simulation.jobs.SimulationState``;
+    # ``interrupted`` is never stored: it is a live state whose driver stopped beating)
     Column("state", String(16), nullable=False),
     # the request as checked: plan definition and reference, range, selection
     Column("request", Json, nullable=False),
@@ -524,7 +525,23 @@ simulations = Table(
     Column("summary", Json),
     Column("created_at", Micros, nullable=False),
     Column("finished_at", Micros),
+    # the process driving the job and when it last said so (``storage.leases``)
+    Column("driver", String(120)),
+    Column("heartbeat_at", Micros),
     Index("ix_simulations_env", "env", "created_at"),
+)
+
+# A simulation's customers, cut into chunks when the job is made; a chunk is ``done`` in the
+# transaction that stores its results, so a resumed job runs only the others, and a chunk
+# run twice (a Ray retry, a driver that lost the job) counts once.
+simulation_chunks = Table(
+    "simulation_chunks",
+    metadata,
+    Column("simulation_id", String(40), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("customers", Json, nullable=False),
+    Column("done", Boolean, nullable=False),
+    PrimaryKeyConstraint("simulation_id", "seq"),
 )
 
 simulation_results = Table(

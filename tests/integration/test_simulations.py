@@ -19,8 +19,14 @@ import anyio
 import anyio.from_thread
 import pytest
 import test_invoicing
+from suite_clock import CLOCK
 from support import unique
 from test_invoicing import NOV_1, OCT_1, Invoicing, amounts
+
+from tallyray.errors import Conflict
+from tallyray.simulation.jobs import simulate_chunk
+from tallyray.simulation.service import Simulations
+from tallyray.storage.leases import DRIVER_TIMEOUT_SECONDS
 
 pytestmark = pytest.mark.anyio
 
@@ -103,19 +109,28 @@ async def simulate(inv: Invoicing, body: dict[str, Any]) -> tuple[dict[str, Any]
     assert r.status_code == 202, r.text
     job = r.json()
     assert job["state"] in ("pending", "running")
-    await simulations_of_app(inv).wait(job["id"])
-    r = await inv.client.get(f"/v1/simulations/{job['id']}")
+    return await until_done(inv, job["id"])
+
+
+def simulations_of_app(inv: Invoicing) -> Simulations:
+    """The app's simulations service (the one the routes made; made here if no route has
+    yet)."""
+    state = inv.client._transport.app.state  # type: ignore[attr-defined]
+    if getattr(state, "simulations", None) is None:
+        state.simulations = Simulations(inv.billing)
+    found: Simulations = state.simulations
+    return found
+
+
+async def until_done(inv: Invoicing, job_id: str) -> tuple[dict[str, Any], list[Any]]:
+    """Wait for the job wherever it is driven in this test, and read it and its results."""
+    await simulations_of_app(inv).wait(job_id)
+    r = await inv.client.get(f"/v1/simulations/{job_id}")
     assert r.status_code == 200, r.text
     job = r.json()
-    r = await inv.client.get(f"/v1/simulations/{job['id']}/results")
+    r = await inv.client.get(f"/v1/simulations/{job_id}/results")
     assert r.status_code == 200, r.text
     return job, list(r.json()["results"])
-
-
-def simulations_of_app(inv: Invoicing) -> Any:
-    """The app's simulations service (the one the routes made)."""
-    app = inv.client._transport.app  # type: ignore[attr-defined]
-    return app.state.simulations
 
 
 @pytest.mark.parametrize(("change", "total", "difference"), DRAFTS)
@@ -312,8 +327,142 @@ async def test_the_cli_follows_the_job_and_prints_a_table(
     table = [line.split() for line in out.splitlines() if line.startswith(customer)]
     assert table == [[customer, "EUR", ACTUAL, "172.50", "-36.00", "-17.27%"]]
 
+    # --resume follows a job by its id (this one succeeded: answered as it is)
+    (sim_id,) = {word.split("/")[-2] for word in out.split() if word.endswith("/result.csv")}
+    code = await anyio.to_thread.run_sync(cli.main, ["simulate", "--resume", sim_id, "--key", "k"])
+    resumed = capsys.readouterr().out
+    assert code == 0, resumed
+    assert [line.split() for line in resumed.splitlines() if line.startswith(customer)] == table
+
     code = await anyio.to_thread.run_sync(
         cli.main, [*args[:2], str(tmp_path / "missing.json"), *args[3:]]
     )
     assert code == 2
     assert "no such file" in capsys.readouterr().err
+
+
+# -- a job whose driver stopped --------------------------------------------------------------
+
+GONE = DRIVER_TIMEOUT_SECONDS + 1
+"""Seconds before now that a gone driver last reported: just past the limit."""
+
+
+def replica(inv: Invoicing, name: str, *, silent_for: int = 0) -> Simulations:
+    """Another API process on the same store, cutting jobs into chunks of one customer. Its
+    clock runs ``silent_for`` seconds behind the suite's: what it writes is as old as the
+    last word of a driver that went silent that long ago."""
+    return Simulations(
+        inv.billing,
+        chunk_size=1,
+        clock=lambda: CLOCK() - silent_for * 1_000_000,
+        driver=f"replica-{name}",
+    )
+
+
+async def sandbox_customers(inv: Invoicing) -> dict[str, Any]:
+    """Two customers on pro and one without a period (an error): three chunks of one."""
+    first = await _customer(inv, "pro")
+    second = await _customer(inv, "pro")
+    lonely = unique("cust")
+    r = await inv.client.post("/v1/customers", json={"id": lonely, "currency": "EUR"})
+    assert r.status_code == 201, r.text
+    draft = await _pro()
+    cheaper_tier(draft)
+    return {"plan": draft, "customers": [first, lonely, second]}
+
+
+def comparable(job: dict[str, Any]) -> dict[str, Any]:
+    """What a job's answer says about its work (not its id or times)."""
+    return {k: job[k] for k in ("state", "progress", "errors", "summary")}
+
+
+@pytest.mark.parametrize("stopped", ["interrupted", "failed"])
+async def test_a_job_whose_driver_stopped_says_so_and_resumes_to_the_same_result(
+    inv: Invoicing, stopped: str
+) -> None:
+    body = await sandbox_customers(inv)
+    expected, expected_results = await simulate(inv, body)  # one driver, never stopped
+    assert expected["state"] == "succeeded", expected
+    assert [r["total"]["difference"] for r in expected_results] == ["-36.00", "-36.00"]
+
+    # The state a driver leaves behind when it stops after its first chunk (which Ray ran
+    # twice): either silently (its process went away), or saying it failed.
+    gone = replica(inv, "a", silent_for=GONE if stopped == "interrupted" else 0)
+    spec = await gone.create("test", {"from": OCT_1, "to": NOV_1, **body})
+    sim_id = spec.simulation_id
+    assert gone.store.beat(sim_id, gone.driver, gone.now(), state="running")
+    first_chunk = body["customers"][:1]
+    assert simulate_chunk(spec, 0, first_chunk)["stored"] is True
+    assert simulate_chunk(spec, 0, first_chunk)["stored"] is False  # the retry stores nothing
+    if stopped == "failed":
+        assert gone.store.fail(sim_id, gone.driver, "simulation failed: boom", gone.now())
+
+    r = await inv.client.get(f"/v1/simulations/{sim_id}")
+    assert r.status_code == 200, r.text
+    job = r.json()
+    assert job["state"] == stopped, job
+    assert job["progress"] == {"customers": 3, "done": 1}
+
+    r = await inv.client.post(f"/v1/simulations/{sim_id}/resume")
+    assert r.status_code == 202, r.text
+    assert r.json()["state"] in ("running", "succeeded")
+    job, results = await until_done(inv, sim_id)
+    assert comparable(job) == comparable(expected)
+    assert results == expected_results
+
+    # resuming a job that succeeded answers it as it is
+    r = await inv.client.post(f"/v1/simulations/{sim_id}/resume")
+    assert r.status_code == 202, r.text
+    assert comparable(r.json()) == comparable(expected)
+
+
+async def test_two_replicas_resuming_at_once_drive_the_job_once(inv: Invoicing) -> None:
+    body = await sandbox_customers(inv)
+    expected, expected_results = await simulate(inv, body)
+    # A replica stored the job, then went away before it ran any chunk.
+    gone = replica(inv, "a", silent_for=GONE)
+    sim_id = (await gone.create("test", {"from": OCT_1, "to": NOV_1, **body})).simulation_id
+    r = await inv.client.get(f"/v1/simulations/{sim_id}")
+    assert r.json()["state"] == "interrupted", r.text
+
+    here = simulations_of_app(inv)
+    there = replica(inv, "b")
+    answers: dict[str, Any] = {}
+
+    async def resume(name: str, sims: Simulations) -> None:
+        try:
+            answers[name] = (await sims.resume("test", sim_id))["state"]
+        except Conflict as error:
+            answers[name] = error.message
+
+    async with anyio.create_task_group() as both:
+        both.start_soon(resume, "here", here)
+        both.start_soon(resume, "there", there)
+    drivers = [name for name, sims in (("here", here), ("there", there)) if sim_id in sims._jobs]
+    assert len(drivers) == 1, answers
+    (loser,) = {"here", "there"} - set(drivers)
+    # the loser saw the winner's claim: running, or already done
+    assert answers[loser] == "succeeded" or "is running" in answers[loser], answers
+
+    await here.wait(sim_id)
+    await there.wait(sim_id)
+    job, results = await until_done(inv, sim_id)
+    assert comparable(job) == comparable(expected)
+    assert results == expected_results
+
+
+async def test_resuming_a_running_job_is_a_409_and_an_unknown_one_a_404(inv: Invoicing) -> None:
+    body = await sandbox_customers(inv)
+    alive = replica(inv, "a")  # drives the job and reported just now
+    sim_id = (await alive.create("test", {"from": OCT_1, "to": NOV_1, **body})).simulation_id
+    assert alive.store.beat(sim_id, alive.driver, alive.now(), state="running")
+
+    r = await inv.client.get(f"/v1/simulations/{sim_id}")
+    assert r.json()["state"] == "running", r.text
+    r = await inv.client.post(f"/v1/simulations/{sim_id}/resume")
+    assert r.status_code == 409, r.text
+    assert "is running" in r.json()["error"]["message"]
+    assert sim_id not in simulations_of_app(inv)._jobs
+
+    r = await inv.client.post("/v1/simulations/sim_nope/resume")
+    assert r.status_code == 404, r.text

@@ -41,26 +41,37 @@ async def post_simulation(request: Request) -> Response:
 
 @router.get("/v1/simulations/{simulation_id}")
 async def get_simulation(simulation_id: str, request: Request) -> Response:
-    """The job's state, progress, errors and (once it has succeeded) its summary."""
+    """The job's state, progress, errors and (once it has succeeded) its summary. A job whose
+    driving process stopped reporting is `interrupted`: resume it."""
     env = await api_of(request).authenticate(request)
-    store = simulations_of(request).store
-    return json_response(await run_in_threadpool(store.get, env, simulation_id))
+    return json_response(await simulations_of(request).get(env, simulation_id))
+
+
+@router.post("/v1/simulations/{simulation_id}/resume", status_code=202)
+async def resume_simulation(simulation_id: str, request: Request) -> Response:
+    """Finish an `interrupted` or `failed` job from this process: the customers already
+    simulated are kept, the others are simulated. A `succeeded` job is answered as it is; a
+    job still running is a 409."""
+    env = await api_of(request).authenticate(request)
+    return json_response(await simulations_of(request).resume(env, simulation_id), 202)
 
 
 @router.get("/v1/simulations/{simulation_id}/results")
 async def get_simulation_results(simulation_id: str, request: Request) -> Response:
     """Every customer's comparison, line by line."""
     env = await api_of(request).authenticate(request)
-    store = simulations_of(request).store
-    await run_in_threadpool(store.get, env, simulation_id)  # 404 if not ours
+    sims = simulations_of(request)
+    store = sims.store
+    await sims.get(env, simulation_id)  # 404 if not ours
     return json_response({"results": await run_in_threadpool(store.results, simulation_id)})
 
 
 @router.get("/v1/simulations/{simulation_id}/result.csv")
 async def get_simulation_csv(simulation_id: str, request: Request) -> Response:
     env = await api_of(request).authenticate(request)
-    store = simulations_of(request).store
-    await run_in_threadpool(store.get, env, simulation_id)
+    sims = simulations_of(request)
+    store = sims.store
+    await sims.get(env, simulation_id)
     results = await run_in_threadpool(store.results, simulation_id)
     return Response(
         render_csv(results),
@@ -72,7 +83,8 @@ async def get_simulation_csv(simulation_id: str, request: Request) -> Response:
 @router.get("/v1/simulations/{simulation_id}/report.html")
 async def get_simulation_report(simulation_id: str, request: Request) -> Response:
     env = await api_of(request).authenticate(request)
-    store = simulations_of(request).store
-    simulation = await run_in_threadpool(store.get, env, simulation_id)
+    sims = simulations_of(request)
+    store = sims.store
+    simulation = await sims.get(env, simulation_id)
     results = await run_in_threadpool(store.results, simulation_id)
     return HTMLResponse(render_html(simulation, results))
