@@ -39,7 +39,13 @@ def test_the_containers_command_serves_answers_its_healthcheck_and_stops_cleanly
         (tmp_path / name).write_text(value + "\n", encoding="utf-8")  # as `echo` would
         secret_files[name] = str(tmp_path / name)
     port = free_port()
-    container_env = {**compose_environment(secret_files, {}), "TALLYRAY_PORT": str(port)}
+    # Two differences from the container: a free port, and loopback rather than every
+    # interface (this machine serves nothing beyond itself).
+    container_env = {
+        **compose_environment(secret_files, {}),
+        "TALLYRAY_PORT": str(port),
+        "TALLYRAY_HOST": "127.0.0.1",
+    }
     # The host's environment without its Tallyray settings, as a container has its own.
     env = {k: v for k, v in os.environ.items() if not k.startswith("TALLYRAY_")}
     env.update(container_env)
@@ -66,8 +72,7 @@ def test_the_containers_command_serves_answers_its_healthcheck_and_stops_cleanly
                 assert process.poll() is None, log_path.read_text()[-3000:]
                 assert time.monotonic() < deadline, log_path.read_text()[-3000:]
                 time.sleep(0.5)
-            # listening on every interface (TALLYRAY_HOST=0.0.0.0), asked on loopback only
-            assert f"serving on http://0.0.0.0:{port}" in log_path.read_text()
+            assert f"serving on http://127.0.0.1:{port}" in log_path.read_text()
             health = httpx.get(f"{base}/healthz", timeout=10)
             assert health.status_code == 200 and health.json()["status"] == "ok"
             assert health.json()["shards"] == int(container_env["TALLYRAY_SHARDS"])

@@ -11,11 +11,13 @@ KubeRay's to set up, not Tallyray's)."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 from deploy_files import rayservice
@@ -27,9 +29,9 @@ ADMIN_KEY = "trk_admin_" + uuid.uuid4().hex
 
 
 @pytest.fixture
-def pod_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    """The pod spec's environment, its Secrets filled in, set in this process before Ray
-    starts so that every Ray process has it (as every container of the pod does)."""
+def pod_environment(tmp_path: Path) -> dict[str, str]:
+    """The pod spec's environment, its Secrets filled in: what every Ray process of the pod
+    has (the child process that starts Ray passes it on to them)."""
     [container] = rayservice()["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"][
         "containers"
     ]
@@ -44,43 +46,33 @@ def pod_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
         else:
             ref = entry["valueFrom"]["secretKeyRef"]
             env[entry["name"]] = secrets[(ref["name"], ref["key"])]
-    env.update({"TALLYRAY_PORT": str(free_port()), "TALLYRAY_SHARDS": "2"})
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    yield env
+    # loopback, not every interface, on this machine; a free port; 2 shards
+    env.update({"TALLYRAY_HOST": "127.0.0.1", "TALLYRAY_PORT": str(free_port())})
+    env["TALLYRAY_SHARDS"] = "2"
+    return env
 
 
 def test_the_rayservice_app_deploys_from_its_serve_config_and_answers(
-    pod_environment: dict[str, str],
+    pod_environment: dict[str, str], tmp_path: Path
 ) -> None:
-    import ray
-    from ray import serve
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
-
-    from tallyray.cluster import Settings, start_ray
-
     config = yaml.safe_load(rayservice()["spec"]["serveConfigV2"])
     for deployment in config["applications"][0]["deployments"]:
         deployment["num_replicas"] = 1  # one node here, at most one replica a node
     config["http_options"] = {"host": "127.0.0.1", "port": free_port()}
-    schema = ServeDeploySchema.model_validate(config)
-    start_ray(Settings.load())
-    try:
-        serve.start(
-            http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location
-        )
-        _get_global_client().deploy_apps(schema, _blocking=True)
-        base = f"http://127.0.0.1:{pod_environment['TALLYRAY_PORT']}"
-        health = httpx.get(f"{base}/healthz", timeout=10)
-        assert health.status_code == 200, health.text
-        assert health.json()["shards"] == 2
-        keys = httpx.get(
-            f"{base}/v1/admin/keys", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10
-        )
-        assert keys.status_code == 200, keys.text  # the admin key the builder seeded
-        shards = [ray.get_actor(f"shard-{i}", namespace="tallyray") for i in range(2)]
-        assert len(shards) == 2
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    # A process of its own: the suite's Ray (integration tests) must not be the one used,
+    # nor be shut down by this test.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TALLYRAY_")}
+    env.update(pod_environment)
+    child = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("rayservice_child.py")),
+         json.dumps(config), ADMIN_KEY],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert child.returncode == 0, child.stderr[-3000:]
+    answered = json.loads(child.stdout.strip().splitlines()[-1])
+    assert answered == {
+        "health": 200,
+        "health_shards": 2,
+        "keys": 200,  # the admin key the builder seeded
+        "shard_actors": 2,
+    }
