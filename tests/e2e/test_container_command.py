@@ -1,11 +1,11 @@
 """The container's command line, run here: the image's ENTRYPOINT + CMD (`tallyray serve`)
 with the environment the Dockerfile and docker-compose.yml give it — secrets read from files,
 as Docker mounts them under /run/secrets/ — the database a temporary SQLite file instead of
-the compose file's PostgreSQL, and a free port instead of 8000 (the one other difference, as
-this machine is shared). The Dockerfile's HEALTHCHECK command must pass while it serves and
-fail once it has stopped; the stop signal (SIGTERM, what `docker stop` sends) must end it
-cleanly. No Docker is involved: what the image adds (the wheel, the user) is checked in
-tests/unit/test_deploy_files.py."""
+the compose file's PostgreSQL, a free port instead of 8000, and 127.0.0.1 instead of 0.0.0.0
+(this machine is shared and serves nothing beyond itself). The Dockerfile's HEALTHCHECK
+command must pass while it serves and fail once it has stopped; the stop signal (SIGTERM,
+what `docker stop` sends) must end it cleanly. No Docker is involved: what the image adds
+(the wheel, the user) is checked in tests/unit/test_deploy_files.py."""
 
 from __future__ import annotations
 
