@@ -18,6 +18,7 @@ from tallyray.actors.limits import (
 from tallyray.clock import Clock, clock_for, offset_to
 from tallyray.credentials import database_url, read_secret
 from tallyray.errors import InvalidInput
+from tallyray.invoicing.scheduler import RunSchedule, parse_schedule
 from tallyray.pricing.events import parse_timestamp
 from tallyray.storage.db import DEFAULT_DATABASE_URL, normalize_url
 
@@ -63,6 +64,11 @@ class Settings:
     """Let webhooks go to loopback, private, link-local and other non-public addresses
     (tests, on-premise receivers); off, they are refused (:mod:`tallyray.alerts.egress`)."""
     dunning_seconds: float = 300.0
+    invoice_schedule: str = "live,test"
+    """The environments whose invoice runs start themselves (``"off"``: none); see
+    :mod:`tallyray.invoicing.scheduler`."""
+    invoice_run_at: str = "02:00"
+    """The time of day (UTC, HH:MM) at which scheduled invoice runs start."""
     """How often the server collects payments that are due (the dunning schedule)."""
     commit_gather_ms: float = 50.0
     """Under load, how long a shard's commit of events may wait for more (0: never)."""
@@ -140,6 +146,8 @@ class Settings:
         "TALLYRAY_ADYEN_TEST_HMAC_KEY": "adyen_test_hmac_key",
         "TALLYRAY_ADYEN_TEST_API_BASE": "adyen_test_api_base",
         "TALLYRAY_DUNNING_SECONDS": "dunning_seconds",
+        "TALLYRAY_INVOICE_SCHEDULE": "invoice_schedule",
+        "TALLYRAY_INVOICE_RUN_AT": "invoice_run_at",
         "TALLYRAY_WEBHOOK_RETRY_DELAYS": "webhook_retry_delays",
         "TALLYRAY_WEBHOOK_ALLOW_PRIVATE": "webhook_allow_private",
         "TALLYRAY_ACCESS_LOG": "access_log",
@@ -196,6 +204,7 @@ class Settings:
         for variable, name in cls.ENV.items():
             if name.startswith("max_") and getattr(settings, name) < 1:
                 raise ValueError(f"{variable} must be at least 1")
+        settings.run_schedule  # noqa: B018 — a bad schedule stops the start, with its reason
         config = settings.config_path
         return cls(
             **{
@@ -239,6 +248,11 @@ class Settings:
     def clock(self) -> Clock:
         """This deployment's clock (:mod:`tallyray.clock`)."""
         return clock_for(self.clock_offset_us)
+
+    @property
+    def run_schedule(self) -> RunSchedule:
+        """When invoice runs start themselves (:mod:`tallyray.invoicing.scheduler`)."""
+        return parse_schedule(self.invoice_schedule, self.invoice_run_at)
 
     @property
     def limits(self) -> Limits:

@@ -98,6 +98,25 @@ class Billing:
         if audit is not None:
             audit = replace(audit, summary={**options, "until": format_timestamp(until)})
         run_id = await run_in_threadpool(self.store.create_run, env, until, options, now, audit)
+        assert run_id is not None  # only a scheduled run's INSERT can lose its slot
+        return await self._begin(env, run_id, until, finalize)
+
+    async def start_scheduled_run(self, env: str, slot: int) -> dict[str, Any] | None:
+        """Start the run of schedule slot ``slot`` (:mod:`tallyray.invoicing.scheduler`):
+        the periods that ended by ``slot`` less the grace window, finalized as the config
+        says. ``None`` when another process (a replica, or this one before a restart) has
+        the slot already."""
+        until = slot - self.grace_seconds * _US
+        finalize = self.config.auto_finalize
+        options = {"force": False, "finalize": finalize, "scheduled": True}
+        run_id = await run_in_threadpool(
+            lambda: self.store.create_run(env, until, options, self.clock(), scheduled_for=slot)
+        )
+        if run_id is None:
+            return None
+        return await self._begin(env, run_id, until, finalize)
+
+    async def _begin(self, env: str, run_id: str, until: int, finalize: bool) -> dict[str, Any]:
         set_aside = await self._close(env, until)
         await self._launch(env, run_id, until, finalize, set_aside)
         return await run_in_threadpool(self.store.run, env, run_id)

@@ -24,6 +24,7 @@ from tallyray.actors.account import QuotaAnswer, unpriced_message
 from tallyray.actors.limits import Limits
 from tallyray.clock import Clock, system_clock
 from tallyray.errors import EventError, InvalidInput, NotFound, Problem
+from tallyray.invoicing.scheduler import RunSchedule
 from tallyray.invoicing.service import Billing
 from tallyray.metrics import Metrics
 from tallyray.pricing.events import Event, is_identifier
@@ -77,6 +78,9 @@ class Services:
     alerts: AlertRules | None = None
     """Alert rules (built by :func:`build_app` when not given)."""
     dunning_seconds: float | None = None
+    run_schedule: RunSchedule | None = None
+    """Start invoice runs by themselves (:mod:`tallyray.invoicing.scheduler`); ``None``:
+    only on request."""
     """Collect due payments every so often while the app runs (``None``: only on request)."""
     rate_limit: RateLimit = RateLimit(2000, 4000)
     """Requests a second per API key, and the burst it may send at once (per replica)."""

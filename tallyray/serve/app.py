@@ -28,6 +28,7 @@ from tallyray.errors import (
     StoreUnavailable,
     TallyrayError,
 )
+from tallyray.invoicing.scheduler import InvoiceScheduler
 from tallyray.invoicing.service import Billing
 from tallyray.serve.alert_rules import AlertRules
 from tallyray.serve.api import Api, Caches, Services
@@ -106,6 +107,9 @@ def build_app(services: Services) -> FastAPI:
             tasks.append(
                 asyncio.create_task(_collect_forever(services.billing, services.dunning_seconds))
             )
+        if services.run_schedule is not None and services.billing is not None:
+            scheduler = InvoiceScheduler(services.billing, services.run_schedule)
+            tasks.append(asyncio.create_task(scheduler.run_forever()))
         yield
         for task in tasks:
             task.cancel()

@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, and_, insert, select, update
+from sqlalchemy import Connection, Engine, and_, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from tallyray.errors import Conflict, NotFound
@@ -189,25 +189,54 @@ class BillingStore:
         options: Mapping[str, Any],
         now: int,
         audit: AuditEntry | None = None,
-    ) -> str:
+        scheduled_for: int | None = None,
+    ) -> str | None:
+        """Store a new run; its id. With ``scheduled_for`` (a schedule slot), ``None`` when
+        a run for that slot exists already: the row is the slot's claim, and the unique
+        index on (env, scheduled_for) lets exactly one INSERT have it."""
         run_id = new_id("run")
-        with self.engine.begin() as conn:
-            write_audit(conn, audit and replace(audit, object_id=run_id))
-            conn.execute(
-                insert(t.invoice_runs).values(
-                    id=run_id,
-                    env=env,
-                    until=until,
-                    status="pending",
-                    options=dict(options),
-                    customers=0,
-                    done=0,
-                    invoices=0,
-                    errors=[],
-                    created_at=now,
+        try:
+            with self.engine.begin() as conn:
+                write_audit(conn, audit and replace(audit, object_id=run_id))
+                conn.execute(
+                    insert(t.invoice_runs).values(
+                        id=run_id,
+                        env=env,
+                        until=until,
+                        status="pending",
+                        options=dict(options),
+                        customers=0,
+                        done=0,
+                        invoices=0,
+                        errors=[],
+                        created_at=now,
+                        scheduled_for=scheduled_for,
+                    )
                 )
-            )
+        except IntegrityError:
+            if scheduled_for is None:
+                raise
+            return None
         return run_id
+
+    def scheduled_run(self, env: str, slot: int) -> str | None:
+        """The id of the run that schedule slot ``slot`` started, if one did."""
+        r = t.invoice_runs
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                select(r.c.id).where(r.c.env == env, r.c.scheduled_for == slot)
+            ).scalar()
+        return None if found is None else str(found)
+
+    def covered_until(self, env: str) -> int:
+        """How far the environment's runs reach: the latest ``until`` of a run that did not
+        fail (started by hand or by the schedule); 0 when there is none."""
+        r = t.invoice_runs
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                select(func.max(r.c.until)).where(r.c.env == env, r.c.status != "failed")
+            ).scalar()
+        return 0 if found is None else int(found)
 
     def update_run(self, run_id: str, audit: AuditEntry | None = None, **values: Any) -> None:
         with self.engine.begin() as conn:
@@ -906,4 +935,5 @@ def _run_json(row: Any) -> dict[str, Any]:
         "options": row.options,
         "created_at": format_timestamp(row.created_at),
         "finished_at": None if row.finished_at is None else format_timestamp(row.finished_at),
+        "scheduled_for": None if row.scheduled_for is None else format_timestamp(row.scheduled_for),
     }

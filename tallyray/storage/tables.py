@@ -274,7 +274,10 @@ invoice_runs = Table(
     Column("errors", Json, nullable=False),
     Column("created_at", Micros, nullable=False),
     Column("finished_at", Micros),
+    # the schedule slot that started the run (tallyray.invoicing.scheduler); NULL by hand
+    Column("scheduled_for", Micros),
     Index("ix_invoice_runs_env", "env", "created_at"),
+    Index("ux_invoice_runs_scheduled", "env", "scheduled_for", unique=True),
 )
 
 invoices = Table(
