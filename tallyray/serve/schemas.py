@@ -397,6 +397,8 @@ class InvoiceRun(Open):
     status: str
     until: Moment
     created_at: Moment
+    scheduled_for: Moment | None = None
+    """The schedule slot that started the run; ``null`` for a run started by hand."""
 
 
 class InvoiceRunList(Closed):
