@@ -14,6 +14,10 @@ run cluster-wide is the store, not the loop:
    (env, scheduled_for) lets exactly one replica's INSERT succeed; the others, and this
    replica after a restart, see step 1.
 
+While the slot's run goes on, every replica keeps an eye on it: a run whose driver stopped
+(``interrupted``, :mod:`tallyray.storage.leases`) is taken over by one of them
+(:meth:`~tallyray.invoicing.service.Billing.resume_run`, one conditional UPDATE).
+
 A slot missed while the server was down is not made up one by one: the latest slot's run
 covers every period that ended by its ``until``. A run is idempotent (a period is invoiced
 once), so a run started by hand at the same moment as the scheduled one bills nothing twice.
@@ -30,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 
+from tallyray.errors import Conflict
 from tallyray.invoicing.schedule import due_periods
 from tallyray.pricing.events import format_timestamp
 
@@ -50,7 +55,7 @@ log = logging.getLogger("tallyray.invoicing")
 ENVIRONMENTS = ("live", "test")
 CHECK_SECONDS = 60.0
 """How often each replica looks whether a slot is due (a slot it has dealt with costs no
-query until the next one)."""
+query until the next one; while the slot's run goes on, one query a look)."""
 
 _US = 1_000_000
 _DAY = 86_400 * _US
@@ -120,11 +125,12 @@ class InvoiceScheduler:
         for env in self.schedule.envs:
             if self._settled.get(env) == slot:
                 continue
-            run = await self._slot(env, slot)
-            self._settled[env] = slot
+            run, dealt_with = await self._slot(env, slot)
+            if dealt_with:
+                self._settled[env] = slot
             if run is not None:
                 log.info(
-                    "scheduled invoice run %s (%s) for the slot at %s",
+                    "invoice run %s (%s) driven here for the slot at %s",
                     run["id"],
                     env,
                     format_timestamp(slot),
@@ -132,14 +138,17 @@ class InvoiceScheduler:
                 started.append(run)
         return started
 
-    async def _slot(self, env: str, slot: int) -> dict[str, Any] | None:
+    async def _slot(self, env: str, slot: int) -> tuple[dict[str, Any] | None, bool]:
+        """The run this look started or took over, if any; and whether the slot is dealt
+        with for good (nothing was due, or its run ended)."""
         billing = self.billing
-        if await run_in_threadpool(billing.store.scheduled_run, env, slot) is not None:
-            return None
+        taken = await run_in_threadpool(billing.store.scheduled_run, env, slot)
+        if taken is not None:
+            return await self._watch(env, taken)
         until = slot - billing.grace_seconds * _US
         after = await run_in_threadpool(billing.store.covered_until, env)
         if after >= until:
-            return None
+            return None, True
 
         def due() -> bool:
             subscriptions = billing.catalog.subscriptions(env, None, until)
@@ -147,8 +156,21 @@ class InvoiceScheduler:
             return any_period_due(subscriptions, plans.plan, after, until)
 
         if not await run_in_threadpool(due):
-            return None
-        return await billing.start_scheduled_run(env, slot)
+            return None, True
+        # None: another replica's INSERT won the slot; watch its run from the next look.
+        return await billing.start_scheduled_run(env, slot), False
+
+    async def _watch(self, env: str, run_id: str) -> tuple[dict[str, Any] | None, bool]:
+        """The slot's run, started before: ended, leave it; its driver stopped
+        (``interrupted``), take it over — of several replicas, one claim wins."""
+        billing = self.billing
+        run = await run_in_threadpool(billing.store.run, env, run_id, billing.clock())
+        if run["status"] != "interrupted":
+            return None, run["status"] not in ("pending", "running")
+        try:
+            return await billing.resume_run(env, run_id), False
+        except Conflict:
+            return None, False  # another replica took it over first
 
     async def run_forever(self, seconds: float = CHECK_SECONDS) -> None:
         """Look every ``seconds`` whether a slot is due, as long as the app runs."""

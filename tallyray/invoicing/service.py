@@ -41,12 +41,17 @@ from tallyray.pricing.money import currency, parse_amount, round_amount
 from tallyray.storage.audit import AuditEntry
 from tallyray.storage.billing import BillingStore
 from tallyray.storage.catalog import Catalog, CustomerRecord
+from tallyray.storage.leases import HEARTBEAT_SECONDS, process_driver
 
 __all__ = ["Billing"]
 
 log = logging.getLogger("tallyray.invoicing")
 
 _US = 1_000_000
+
+
+class _Lost(Exception):
+    """The run was taken over by another driver (or ended) while this one drove it."""
 
 
 @dataclass
@@ -67,6 +72,8 @@ class Billing:
     secrets_file: str | None = None
     """With a secrets file, invoice-run tasks read the database URL from it, not from their
     arguments (:mod:`tallyray.credentials`)."""
+    driver: str = field(default_factory=process_driver)
+    """This process's name on the runs it drives (:mod:`tallyray.storage.leases`)."""
     config: InvoicingConfig = field(init=False)
     _runs: dict[str, asyncio.Task[None]] = field(default_factory=dict, init=False)
 
@@ -97,7 +104,9 @@ class Billing:
         options = {"force": force, "finalize": finalize}
         if audit is not None:
             audit = replace(audit, summary={**options, "until": format_timestamp(until)})
-        run_id = await run_in_threadpool(self.store.create_run, env, until, options, now, audit)
+        run_id = await run_in_threadpool(
+            lambda: self.store.create_run(env, until, options, now, audit, driver=self.driver)
+        )
         assert run_id is not None  # only a scheduled run's INSERT can lose its slot
         return await self._begin(env, run_id, until, finalize)
 
@@ -110,7 +119,9 @@ class Billing:
         finalize = self.config.auto_finalize
         options = {"force": False, "finalize": finalize, "scheduled": True}
         run_id = await run_in_threadpool(
-            lambda: self.store.create_run(env, until, options, self.clock(), scheduled_for=slot)
+            lambda: self.store.create_run(
+                env, until, options, self.clock(), scheduled_for=slot, driver=self.driver
+            )
         )
         if run_id is None:
             return None
@@ -119,26 +130,35 @@ class Billing:
     async def _begin(self, env: str, run_id: str, until: int, finalize: bool) -> dict[str, Any]:
         set_aside = await self._close(env, until)
         await self._launch(env, run_id, until, finalize, set_aside)
-        return await run_in_threadpool(self.store.run, env, run_id)
+        return await run_in_threadpool(self.store.run, env, run_id, self.clock())
 
     async def resume_run(
         self, env: str, run_id: str, audit: AuditEntry | None = None
     ) -> dict[str, Any]:
-        run = await run_in_threadpool(self.store.run, env, run_id)
-        task = self._runs.get(run_id)
-        if task is not None and not task.done():
-            raise Conflict(f"invoice run {run_id} is still running")
+        """Take over a run that failed, ended with errors, or whose driver stopped
+        (``interrupted``), and drive it from this process: only what is missing is
+        invoiced. Of two resumes at once, one drives it and the other is a
+        :class:`Conflict`; so is a run whose driver still beats."""
+        run = await run_in_threadpool(self.store.run, env, run_id, self.clock())
         if run["status"] == "succeeded":
             return run
+        if not await run_in_threadpool(
+            self.store.claim_run, env, run_id, self.driver, self.clock()
+        ):
+            run = await run_in_threadpool(self.store.run, env, run_id, self.clock())
+            if run["status"] == "succeeded":
+                return run
+            raise Conflict(
+                f"invoice run {run_id} is still running (its driver reports); follow it "
+                f"with GET /v1/invoice-runs/{run_id}"
+            )
         until = _micros(run["until"])
-        await run_in_threadpool(
-            lambda: self.store.update_run(run_id, audit, done=0, finished_at=None)
-        )
+        await run_in_threadpool(lambda: self.store.update_run(run_id, audit, status="running"))
         set_aside = await self._close(env, until)
         await self._launch(
             env, run_id, until, bool(run["options"].get("finalize", True)), set_aside
         )
-        return await run_in_threadpool(self.store.run, env, run_id)
+        return await run_in_threadpool(self.store.run, env, run_id, self.clock())
 
     async def _close(self, env: str, until: int) -> set[str]:
         """Close the periods on every shard; returns the customers whose accounts are set
@@ -152,9 +172,12 @@ class Billing:
         customers = sorted(
             (await run_in_threadpool(self.catalog.subscriptions, env, None, until)).keys()
         )
-        await run_in_threadpool(
-            self.store.update_run, run_id, status="running", customers=len(customers)
-        )
+        if not await run_in_threadpool(
+            lambda: self.store.beat_run(
+                run_id, self.driver, self.clock(), status="running", customers=len(customers)
+            )
+        ):
+            raise Conflict(f"invoice run {run_id} was taken over by another process")
         left_out = [c for c in customers if c in set_aside]
         if left_out:
             customers = [c for c in customers if c not in set_aside]
@@ -193,35 +216,63 @@ class Billing:
     async def _drive(self, spec: RunSpec, chunks: Sequence[list[str]], left_out: int = 0) -> None:
         """Run the chunks as Ray tasks, ``parallelism`` at a time, then collect payment for
         what was finalized."""
-        assert spec.run_id is not None
+        run_id = spec.run_id
+        assert run_id is not None
         remote = invoice_chunk_task()
         gate = asyncio.Semaphore(self.parallelism)
+
+        async def beat(**values: Any) -> None:
+            """Say this process still drives the run; :class:`_Lost` when it no longer does."""
+            if not await run_in_threadpool(
+                lambda: self.store.beat_run(run_id, self.driver, self.clock(), **values)
+            ):
+                raise _Lost(run_id)
 
         async def one(chunk: list[str]) -> dict[str, Any]:
             async with gate:
                 result: dict[str, Any] = await remote.remote(spec, chunk, self.clock())
-                return result
+            await beat()
+            return result
 
+        async def keep_beating() -> None:
+            while True:
+                await asyncio.sleep(HEARTBEAT_SECONDS)
+                await beat()
+
+        beating = asyncio.get_running_loop().create_task(keep_beating())
+        work: asyncio.Future[list[dict[str, Any]]] | None = None
         try:
-            results = await asyncio.gather(*(one(c) for c in chunks))
+            work = asyncio.gather(*(one(c) for c in chunks))
+            either: list[asyncio.Future[Any]] = [work, beating]
+            done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if beating in done:
+                beating.result()  # raises what stopped it (_Lost)
+            results = await work
             errors = left_out + sum(len(r["errors"]) for r in results)
             status = "succeeded" if not errors else "completed_with_errors"
-            await run_in_threadpool(
-                self.store.update_run, spec.run_id, status=status, finished_at=self.clock()
-            )
+            await beat(status=status, finished_at=self.clock())
+        except _Lost:
+            log.warning("invoice run %s: another process took it over; this one stops", run_id)
+            return
         except Exception as error:  # noqa: BLE001 — the run's status must say it failed
-            log.error("invoice run %s failed: %s", spec.run_id, error)
+            log.error("invoice run %s failed: %s", run_id, error)
             await run_in_threadpool(
                 self.store.run_progress,
-                spec.run_id,
+                run_id,
                 0,
                 0,
                 [{"customer_id": None, "message": f"run failed: {error}; resume it"}],
             )
             await run_in_threadpool(
-                self.store.update_run, spec.run_id, status="failed", finished_at=self.clock()
+                lambda: self.store.beat_run(
+                    run_id, self.driver, self.clock(), status="failed", finished_at=self.clock()
+                )
             )
             return
+        finally:
+            beating.cancel()
+            if work is not None and not work.done():
+                work.cancel()
         if spec.finalize:
             try:
                 await self.collect_due(spec.env)

@@ -31,6 +31,7 @@ from tallyray.storage.alerts import write_messages
 from tallyray.storage.audit import AuditEntry, write_audit
 from tallyray.storage.catalog import new_id
 from tallyray.storage.eventlog import customer_events
+from tallyray.storage.leases import beat, claim, process_driver, shown_state
 from tallyray.storage.pages import FIRST_PAGE, Page, PageRequest, read_page
 
 __all__ = ["INVOICE_STATES", "BillingStore", "Rate"]
@@ -40,6 +41,12 @@ INVOICE_STATES = ("draft", "finalized", "paid", "void", "uncollectible")
 
 Rate = tuple[Decimal, str, int]
 """(rate, source, as_of)."""
+
+
+RUN_LIVE = ("pending", "running")
+"""A run in these states has a driver (:mod:`tallyray.storage.leases`): shown
+``interrupted`` when it stopped beating."""
+RUN_RESUMABLE = ("failed", "completed_with_errors")
 
 
 class BillingStore:
@@ -190,10 +197,12 @@ class BillingStore:
         now: int,
         audit: AuditEntry | None = None,
         scheduled_for: int | None = None,
+        driver: str | None = None,
     ) -> str | None:
-        """Store a new run; its id. With ``scheduled_for`` (a schedule slot), ``None`` when
-        a run for that slot exists already: the row is the slot's claim, and the unique
-        index on (env, scheduled_for) lets exactly one INSERT have it."""
+        """Store a new run, ``pending`` and driven by ``driver`` (this process by default);
+        its id. With ``scheduled_for`` (a schedule slot), ``None`` when a run for that slot
+        exists already: the row is the slot's claim, and the unique index on
+        (env, scheduled_for) lets exactly one INSERT have it."""
         run_id = new_id("run")
         try:
             with self.engine.begin() as conn:
@@ -211,6 +220,8 @@ class BillingStore:
                         errors=[],
                         created_at=now,
                         scheduled_for=scheduled_for,
+                        driver=driver or process_driver(),
+                        heartbeat_at=now,
                     )
                 )
         except IntegrityError:
@@ -243,6 +254,35 @@ class BillingStore:
             write_audit(conn, audit)
             conn.execute(update(t.invoice_runs).where(t.invoice_runs.c.id == run_id).values(values))
 
+    def beat_run(self, run_id: str, driver: str, now: int, **values: Any) -> bool:
+        """The driver's heartbeat on a live run (and ``values``, e.g. its final status);
+        ``False`` when ``driver`` no longer drives it (another took it over, or it ended)."""
+        r = t.invoice_runs
+        with self.engine.begin() as conn:
+            return beat(
+                conn, r, run_id, driver, now, state=r.c.status, live=RUN_LIVE, values=values
+            )
+
+    def claim_run(self, env: str, run_id: str, driver: str, now: int) -> bool:
+        """Take over a run that failed, ended with errors, or lost its driver, for
+        ``driver``: one conditional UPDATE, so of two claims at once one wins."""
+        r = t.invoice_runs
+        with self.engine.begin() as conn:
+            found = conn.execute(select(r.c.id).where(r.c.id == run_id, r.c.env == env)).first()
+            if found is None:
+                raise NotFound(f"no invoice run {run_id!r}")
+            return claim(
+                conn,
+                r,
+                run_id,
+                driver,
+                now,
+                state=r.c.status,
+                live=RUN_LIVE,
+                resumable=RUN_RESUMABLE,
+                values={"status": "running", "done": 0, "finished_at": None},
+            )
+
     def run_progress(
         self, run_id: str, done: int, invoices: int, errors: Sequence[Mapping[str, Any]]
     ) -> None:
@@ -260,21 +300,23 @@ class BillingStore:
                 )
             )
 
-    def run(self, env: str, run_id: str) -> dict[str, Any]:
+    def run(self, env: str, run_id: str, now: int | None = None) -> dict[str, Any]:
+        """The run as the API shows it: ``interrupted`` rather than ``running`` when its
+        driver stopped beating by ``now`` (as stored, without ``now``)."""
         r = t.invoice_runs
         with self.engine.connect() as conn:
             row = conn.execute(select(r).where(r.c.env == env, r.c.id == run_id)).first()
         if row is None:
             raise NotFound(f"no invoice run {run_id!r}")
-        return _run_json(row)
+        return _run_json(row, now)
 
-    def runs(self, env: str, page: PageRequest) -> Page[dict[str, Any]]:
+    def runs(self, env: str, page: PageRequest, now: int | None = None) -> Page[dict[str, Any]]:
         """A page of the environment's invoice runs, newest first."""
         r = t.invoice_runs
         order = [(r.c.created_at, True), (r.c.id, True)]
         with self.engine.connect() as conn:
             found = read_page(conn, select(r).where(r.c.env == env), order, r.c.id, page, "run")
-        return Page([_run_json(row) for row in found.items], found.has_more)
+        return Page([_run_json(row, now) for row in found.items], found.has_more)
 
     # -- invoices ------------------------------------------------------------------------
 
@@ -923,10 +965,11 @@ def _record_periods(
         conn.execute(insert(bp), fresh)
 
 
-def _run_json(row: Any) -> dict[str, Any]:
+def _run_json(row: Any, now: int | None = None) -> dict[str, Any]:
+    status = row.status if now is None else shown_state(row.status, RUN_LIVE, row.heartbeat_at, now)
     return {
         "id": row.id,
-        "status": row.status,
+        "status": status,
         "until": format_timestamp(row.until),
         "customers": row.customers,
         "done": row.done,

@@ -276,6 +276,9 @@ invoice_runs = Table(
     Column("finished_at", Micros),
     # the schedule slot that started the run (tallyray.invoicing.scheduler); NULL by hand
     Column("scheduled_for", Micros),
+    # who drives the run and when it last said so (tallyray.storage.leases)
+    Column("driver", String(120)),
+    Column("heartbeat_at", Micros),
     Index("ix_invoice_runs_env", "env", "created_at"),
     Index("ux_invoice_runs_scheduled", "env", "scheduled_for", unique=True),
 )

@@ -30,6 +30,7 @@ from support import (
 
 from tallyray.actors.shard import ShardActor
 from tallyray.cluster import Settings, prepare_store
+from tallyray.errors import Conflict
 from tallyray.invoicing.scheduler import InvoiceScheduler, RunSchedule, parse_schedule
 from tallyray.invoicing.service import Billing
 from tallyray.pricing.events import format_timestamp, parse_timestamp
@@ -278,3 +279,82 @@ async def test_turned_off_for_an_environment_nothing_starts_there(
     assert await replicas.invoices(customer) == []
     assert format_timestamp(replicas.clock()) == "2027-01-04T02:00:00Z"
     assert replicas.a.store.covered_until("live") == 0  # nothing to bill there either
+
+
+# -- a run whose driving process stopped ----------------------------------------------------
+
+GONE = "replica-gone:1:dead"
+"""The driver name of a process that stopped."""
+
+
+def left_running(replicas: Replicas, moment: str, slot: int | None = None) -> str:
+    """The state a replica leaves behind when it stops while driving a run: the run's row,
+    ``running``, its last heartbeat at ``moment`` (through the store's own code)."""
+    replicas.clock.set(moment)
+    store, now = replicas.a.store, replicas.clock()
+    until = parse_timestamp("2026-11-01T00:00:00Z")
+    run_id = store.create_run(
+        "test", until, {"force": False, "finalize": True}, now, scheduled_for=slot, driver=GONE
+    )
+    assert run_id is not None
+    assert store.beat_run(run_id, GONE, now, status="running", customers=1)
+    return run_id
+
+
+async def test_a_run_whose_driver_stopped_shows_interrupted_and_one_resume_takes_it(
+    replicas: Replicas,
+) -> None:
+    customer = await replicas.customer()
+    run_id = left_running(replicas, "2026-11-04T09:00:00Z")
+
+    # Within the driver timeout (60 s) the run is running, and resuming it is a 409.
+    replicas.clock.set("2026-11-04T09:01:00Z")
+    r = await replicas.client.get(f"/v1/invoice-runs/{run_id}")
+    assert r.json()["status"] == "running", r.text
+    r = await replicas.client.post(f"/v1/invoice-runs/{run_id}/resume")
+    assert r.status_code == 409, r.text
+    assert "still running" in r.json()["error"]["message"]
+
+    # Past it, the run never says running again.
+    replicas.clock.set("2026-11-04T09:01:01Z")
+    r = await replicas.client.get(f"/v1/invoice-runs/{run_id}")
+    assert r.json()["status"] == "interrupted", r.text
+    assert [run["status"] for run in await replicas.runs()] == ["interrupted"]
+
+    # Two replicas resume it at once: one drives it, the other is told it runs.
+    async def by_b() -> int:
+        try:
+            await replicas.b.resume_run("test", run_id)
+        except Conflict:
+            return 409
+        return 202
+
+    answers = await asyncio.gather(
+        replicas.client.post(f"/v1/invoice-runs/{run_id}/resume"), by_b()
+    )
+    codes = sorted([answers[0].status_code, answers[1]])
+    assert codes == [202, 409], answers[0].text
+    for billing in (replicas.a, replicas.b):
+        await billing.wait(run_id)
+    r = await replicas.client.get(f"/v1/invoice-runs/{run_id}")
+    assert (r.json()["status"], r.json()["invoices"]) == ("succeeded", 1), r.text
+    assert len(await replicas.invoices(customer)) == 1
+    # The driver that stopped, were it only slow, learns the run is no longer its own.
+    assert not replicas.a.store.beat_run(run_id, GONE, replicas.clock())
+
+
+async def test_a_scheduled_run_whose_replica_stopped_is_taken_over_by_one_other(
+    replicas: Replicas,
+) -> None:
+    customer = await replicas.customer()
+    slot = parse_timestamp("2026-11-04T02:00:00Z")
+    run_id = left_running(replicas, "2026-11-04T02:00:00Z", slot)
+    a, b = replicas.scheduler(replicas.a), replicas.scheduler(replicas.b)
+
+    assert await replicas.at("2026-11-04T02:01:00Z", a, b) == []  # its driver may be alive
+    taken = await replicas.at("2026-11-04T02:01:01Z", a, b)
+    assert {run["id"] for run in taken} == {run_id}
+    assert summary(taken[0]) == ("succeeded", "2026-11-01T00:00:00Z", "2026-11-04T02:00:00Z", 1)
+    assert await replicas.at("2026-11-04T03:00:00Z", a, b) == []
+    assert len(await replicas.runs()) == 1
+    assert len(await replicas.invoices(customer)) == 1

@@ -85,7 +85,8 @@ async def get_invoice_runs(
     api = api_of(request)
     store = api.billing.store
     env = await api.authenticate(request)
-    found = await run_in_threadpool(store.runs, env, PageRequest.of(limit, starting_after))
+    page = PageRequest.of(limit, starting_after)
+    found = await run_in_threadpool(store.runs, env, page, api.billing.clock())
     return json_response({"runs": found.items, "has_more": found.has_more})
 
 
@@ -94,12 +95,13 @@ async def get_invoice_run(run_id: str, request: Request) -> Response:
     api = api_of(request)
     store = api.billing.store
     env = await api.authenticate(request)
-    return json_response(await run_in_threadpool(store.run, env, run_id))
+    return json_response(await run_in_threadpool(store.run, env, run_id, api.billing.clock()))
 
 
 @router.post("/v1/invoice-runs/{run_id}/resume", tags=["invoicing"], status_code=202)
 async def resume_invoice_run(run_id: str, request: Request) -> Response:
-    """Finish a run that crashed or failed: only what is missing is invoiced."""
+    """Finish a run that failed, ended with errors, or is `interrupted` (its driving process
+    stopped): only what is missing is invoiced. `409` while its driver still reports."""
     api = api_of(request)
     billing = api.billing
     env = await api.authenticate(request)

@@ -9,6 +9,10 @@ The server starts an invoice run by itself once a day at a set time
 instant it was due); a unique index on (env, scheduled_for) makes the row its own claim: of
 several replicas, or a restarted one, exactly one INSERT for a slot succeeds. Runs started
 by hand leave it NULL (NULLs never collide).
+
+Like a simulation (0012), a run now records its driver and heartbeat: a run whose driving
+process stopped shows ``interrupted``, and ``/resume`` takes it over with one conditional
+UPDATE. Runs stored before have neither, so one left ``running`` shows ``interrupted``.
 """
 
 from collections.abc import Sequence
@@ -25,6 +29,8 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("invoice_runs") as batch_op:
         batch_op.add_column(sa.Column("scheduled_for", sa.BigInteger()))
+        batch_op.add_column(sa.Column("driver", sa.String(120)))
+        batch_op.add_column(sa.Column("heartbeat_at", sa.BigInteger()))
     op.create_index(
         "ux_invoice_runs_scheduled", "invoice_runs", ["env", "scheduled_for"], unique=True
     )
@@ -33,4 +39,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ux_invoice_runs_scheduled", table_name="invoice_runs")
     with op.batch_alter_table("invoice_runs") as batch_op:
+        batch_op.drop_column("heartbeat_at")
+        batch_op.drop_column("driver")
         batch_op.drop_column("scheduled_for")
