@@ -155,22 +155,16 @@ def _events_export(args: argparse.Namespace) -> dict[str, Any]:
     return {"rows": done.rows, "days": list(done.days), "out": str(Path(args.out).resolve())}
 
 
-def _events_retention(args: argparse.Namespace) -> dict[str, Any]:
+def _events_maintain(args: argparse.Namespace) -> dict[str, Any]:
     from tallyray.cluster import prepare_store
     from tallyray.cluster.wiring import maintain_event_log
 
     settings = _settings(args)
-    if settings.event_retention_days is None:
-        raise InvalidInput(
-            "TALLYRAY_EVENT_RETENTION_DAYS is not set: every event is kept, nothing to remove"
-        )
     engine = prepare_store(settings).engine
     try:
-        result = maintain_event_log(settings, engine)
+        return maintain_event_log(settings, engine)
     finally:
         engine.dispose()
-    assert result is not None
-    return result.to_json()
 
 
 def _key_store(args: argparse.Namespace) -> Any:
@@ -467,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     store_flags(migrate)
     migrate.set_defaults(run=_migrate)
 
-    events = commands.add_parser("events", help="the event log: export, retention")
+    events = commands.add_parser("events", help="the event log: export, partitions, retention")
     event_commands = events.add_subparsers(dest="events_command", required=True, metavar="ACTION")
     export = event_commands.add_parser(
         "export", help="write the events of [--from, --to) as Parquet, one directory per day"
@@ -477,13 +471,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="directory (date=YYYY-MM-DD/ under it)")
     store_flags(export)
     export.set_defaults(run=_events_export)
-    retention = event_commands.add_parser(
-        "retention",
-        help="remove events past the retention horizon now (TALLYRAY_EVENT_RETENTION_DAYS), "
-        "exporting them first to TALLYRAY_EVENT_EXPORT_DIR when set",
+    maintain = event_commands.add_parser(
+        "maintain",
+        help="what the server does hourly: create this and next month's partitions, and remove "
+        "events past the retention horizon (TALLYRAY_EVENT_RETENTION_DAYS), exported first to "
+        "TALLYRAY_EVENT_EXPORT_DIR when set",
     )
-    store_flags(retention)
-    retention.set_defaults(run=_events_retention)
+    store_flags(maintain)
+    maintain.set_defaults(run=_events_maintain)
 
     keys = commands.add_parser("keys", help="manage API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")

@@ -89,29 +89,32 @@ def prepare_store(settings: Settings) -> Catalog:
     return catalog
 
 
-def maintain_event_log(settings: Settings, engine: Engine) -> RetentionResult | None:
-    """The event log's housekeeping, at start and every :data:`EVENT_LOG_MAINTENANCE_SECONDS`:
-    this month's and the next month's partitions exist (PostgreSQL), and, with
-    ``TALLYRAY_EVENT_RETENTION_DAYS`` set, events past the retention horizon are exported
-    (with ``TALLYRAY_EVENT_EXPORT_DIR``) and removed."""
+def maintain_event_log(settings: Settings, engine: Engine) -> dict[str, Any]:
+    """The event log's housekeeping, at start and every :data:`EVENT_LOG_MAINTENANCE_SECONDS`
+    (``tallyray events maintain`` runs it once): this month's and the next month's partitions
+    exist (PostgreSQL), and, with ``TALLYRAY_EVENT_RETENTION_DAYS`` set, events past the
+    retention horizon are exported (with ``TALLYRAY_EVENT_EXPORT_DIR``) and removed."""
     now = settings.clock()
     created = ensure_partitions(engine, now)
     if created:
         log.info("event log partitions created: %s", ", ".join(created))
-    if settings.event_retention_days is None:
-        return None
-    result = apply_retention(
-        engine,
-        now,
-        settings.event_retention_days,
-        settings.grace_seconds,
-        settings.event_export_dir,
-    )
-    if result.refused:
-        log.warning("event retention waits: %s", result.refused)
-    elif result.removed:
-        log.info("event retention", extra=result.to_json())
-    return result
+    retention: RetentionResult | None = None
+    if settings.event_retention_days is not None:
+        retention = apply_retention(
+            engine,
+            now,
+            settings.event_retention_days,
+            settings.grace_seconds,
+            settings.event_export_dir,
+        )
+        if retention.refused:
+            log.warning("event retention waits: %s", retention.refused)
+        elif retention.removed:
+            log.info("event retention", extra=retention.to_json())
+    return {
+        "partitions_created": created,
+        "retention": None if retention is None else retention.to_json(),
+    }
 
 
 def read_config(path: str) -> tuple[dict[str, Any], list[tuple[CustomerRecord, str | None]]]:
