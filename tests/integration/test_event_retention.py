@@ -448,3 +448,29 @@ def test_the_export_command_writes_days_and_refuses_a_bound_inside_a_day(
     assert [r[3] for r in read_back(out)] == ["g1", "e4"]
     assert main([*base, "--from", "2026-11-01T12:00:00Z", "--to", "2026-12-01"]) == EXIT_BAD_INPUT
     assert "--from" in capsys.readouterr().err
+
+
+def test_events_maintain_creates_the_months_ahead_and_applies_retention(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tallyray.cli import EXIT_OK, main
+
+    ensure_partitions(engine, at("2026-08-01"))
+    checkpoint(engine, fill(engine))
+    monkeypatch.setenv("TALLYRAY_CLOCK_START", "2026-11-20T10:00:00Z")
+    monkeypatch.setenv("TALLYRAY_EVENT_RETENTION_DAYS", "30")
+    url = engine.url.render_as_string(hide_password=False)
+    assert main(["events", "maintain", "--database-url", url]) == EXIT_OK
+    done = orjson.loads(capsys.readouterr().out)
+    postgres = engine.dialect.name == "postgresql"
+    with engine.connect() as conn:  # created at its start (as the server's), Aug/Sep dropped
+        names = [p.name for p in partitions(conn)]
+    assert names == (["events_y2026m11", "events_y2026m12"] if postgres else [])
+    # now − 30 d = Oct 21; the dedup window's Oct 16 binds; the cut is Oct 1
+    assert done["retention"]["rule"] == "dedup window"
+    assert done["retention"]["cut"] == at("2026-10-01T00:00:00Z")
+    assert done["retention"]["removed"] == 3
+    assert done["retention"]["dropped"] == (
+        ["events_y2026m08", "events_y2026m09"] if postgres else []
+    )
+    assert event_ids(engine) == ["e3", "e4", "e5", "g1"]
