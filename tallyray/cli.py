@@ -125,6 +125,48 @@ def _migrate(args: argparse.Namespace) -> dict[str, Any]:
     return {"ok": True, "database": redact(settings.database_url)}
 
 
+def _midnight(value: str, flag: str) -> int:
+    """A ``--from``/``--to`` bound: a date, or a timestamp at midnight UTC (exports replace
+    whole days, so a bound inside a day would replace that day with part of it)."""
+    from tallyray.pricing.events import parse_timestamp
+
+    try:
+        ts = parse_timestamp(value if "T" in value else f"{value}T00:00:00Z")
+    except ValueError as error:
+        raise InvalidInput(f"{flag} {value!r}: {error}") from None
+    if ts % (86_400 * 1_000_000):
+        raise InvalidInput(f"{flag} {value!r}: give a date (YYYY-MM-DD); exports are whole days")
+    return ts
+
+
+def _events_export(args: argparse.Namespace) -> dict[str, Any]:
+    from tallyray.storage.db import make_engine
+    from tallyray.storage.export import export_events
+
+    start, end = _midnight(args.start, "--from"), _midnight(args.end, "--to")
+    if end <= start:
+        raise InvalidInput("--to must be after --from (it is exclusive)")
+    settings = _settings(args)
+    engine = make_engine(settings.database_url)
+    try:
+        done = export_events(engine, start, end, Path(args.out))
+    finally:
+        engine.dispose()
+    return {"rows": done.rows, "days": list(done.days), "out": str(Path(args.out).resolve())}
+
+
+def _events_maintain(args: argparse.Namespace) -> dict[str, Any]:
+    from tallyray.cluster import prepare_store
+    from tallyray.cluster.wiring import maintain_event_log
+
+    settings = _settings(args)
+    engine = prepare_store(settings).engine
+    try:
+        return maintain_event_log(settings, engine)
+    finally:
+        engine.dispose()
+
+
 def _key_store(args: argparse.Namespace) -> Any:
     from tallyray.cluster import prepare_store
     from tallyray.storage.keys import KeyStore
@@ -418,6 +460,25 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="apply the database migrations")
     store_flags(migrate)
     migrate.set_defaults(run=_migrate)
+
+    events = commands.add_parser("events", help="the event log: export, partitions, retention")
+    event_commands = events.add_subparsers(dest="events_command", required=True, metavar="ACTION")
+    export = event_commands.add_parser(
+        "export", help="write the events of [--from, --to) as Parquet, one directory per day"
+    )
+    export.add_argument("--from", dest="start", required=True, help="first day (YYYY-MM-DD)")
+    export.add_argument("--to", dest="end", required=True, help="day after the last (exclusive)")
+    export.add_argument("--out", required=True, help="directory (date=YYYY-MM-DD/ under it)")
+    store_flags(export)
+    export.set_defaults(run=_events_export)
+    maintain = event_commands.add_parser(
+        "maintain",
+        help="what the server does hourly: create this and next month's partitions, and remove "
+        "events past the retention horizon (TALLYRAY_EVENT_RETENTION_DAYS), exported first to "
+        "TALLYRAY_EVENT_EXPORT_DIR when set",
+    )
+    store_flags(maintain)
+    maintain.set_defaults(run=_events_maintain)
 
     keys = commands.add_parser("keys", help="manage API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")

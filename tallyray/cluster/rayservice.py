@@ -20,7 +20,12 @@ from typing import Any, cast
 
 from tallyray.cluster.providers import check_payment_settings
 from tallyray.cluster.settings import Settings
-from tallyray.cluster.wiring import prepare_store, start_shards, start_webhook_deliverer
+from tallyray.cluster.wiring import (
+    maintain_event_log,
+    prepare_store,
+    start_shards,
+    start_webhook_deliverer,
+)
 
 __all__ = ["IMPORT_PATH", "app"]
 
@@ -35,7 +40,10 @@ def app(args: dict[str, Any] | None = None) -> Any:
 
     settings = Settings.load()
     check_payment_settings(settings)  # as `tallyray serve`: a test key must not go live
-    prepare_store(settings)
+    catalog = prepare_store(settings)
+    # Partitions of this month and the next, retention once; nothing here runs hourly as
+    # `tallyray serve` does: schedule `tallyray events maintain` (docs/server.md).
+    maintain_event_log(settings, catalog.engine)
     start_shards(settings)
     start_webhook_deliverer(settings)
     return cast(Any, Ingress).options(num_replicas=settings.replicas).bind(settings.shared())

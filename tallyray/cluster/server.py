@@ -16,6 +16,8 @@ from tallyray.access import ADMIN, generate_key
 from tallyray.cluster.providers import check_payment_settings
 from tallyray.cluster.settings import Settings
 from tallyray.cluster.wiring import (
+    EVENT_LOG_MAINTENANCE_SECONDS,
+    maintain_event_log,
     prepare_store,
     share_secrets,
     start_ingress,
@@ -116,7 +118,8 @@ def run_server(settings: Settings, demo: bool = False) -> None:
     if demo and not settings.admin_key:
         settings = Settings(**{**settings.to_dict(), "admin_key": generate_key(ADMIN)})
     ensure_port_free(settings.host, settings.port)
-    prepare_store(settings)
+    catalog = prepare_store(settings)
+    maintain_event_log(settings, catalog.engine)
     given_file = settings.secrets_file
     settings = share_secrets(settings)  # the processes started below read them from there
     start_ray(settings)
@@ -144,8 +147,14 @@ def run_server(settings: Settings, demo: bool = False) -> None:
             _demo(settings, base)
         else:
             print(f"Tallyray is serving on {base}", flush=True)
+        last_maintenance = time.monotonic()
         while not stopping.wait(0.5):
-            pass
+            if time.monotonic() - last_maintenance >= EVENT_LOG_MAINTENANCE_SECONDS:
+                last_maintenance = time.monotonic()
+                try:
+                    maintain_event_log(settings, catalog.engine)
+                except Exception:  # the server keeps serving; the next round tries again
+                    log.exception("event log maintenance failed")
     finally:
         stop(settings)
         if settings.secrets_file and settings.secrets_file != given_file:

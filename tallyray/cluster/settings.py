@@ -95,6 +95,14 @@ class Settings:
     max_groups_per_meter: int = MAX_GROUPS_PER_METER
     max_unique_values: int = MAX_UNIQUE_VALUES
     """Caps on one customer's state (:mod:`tallyray.actors.limits`)."""
+    event_retention_days: int | None = None
+    """Events older than this many days may be removed from the log (whole months: PostgreSQL
+    drops monthly partitions, SQLite deletes rows), never those an open or uninvoiced period,
+    late events or the dedup window still need (:mod:`tallyray.storage.retention`). ``None``
+    keeps every event."""
+    event_export_dir: str | None = None
+    """Where retention writes the events it removes, as Parquet by day, before it removes
+    them (``None``: removed without an export)."""
     secrets_file: str | None = None
     """Where this deployment's processes find the secrets their environment lacks
     (:mod:`tallyray.credentials`); ``tallyray serve`` writes one for its own machine."""
@@ -163,6 +171,8 @@ class Settings:
         "TALLYRAY_MAX_GROUPS_PER_METER": "max_groups_per_meter",
         "TALLYRAY_MAX_UNIQUE_VALUES": "max_unique_values",
         "TALLYRAY_SECRETS_FILE": "secrets_file",
+        "TALLYRAY_EVENT_RETENTION_DAYS": "event_retention_days",
+        "TALLYRAY_EVENT_EXPORT_DIR": "event_export_dir",
     }
 
     @classmethod
@@ -174,7 +184,7 @@ class Settings:
             if raw is None or raw == "":
                 continue
             kind = types[name]
-            if kind == "int":
+            if kind in ("int", "int | None"):
                 values[name] = int(raw)
             elif kind == "float":
                 values[name] = float(raw)
@@ -200,6 +210,11 @@ class Settings:
                 "TALLYRAY_ADMIN_KEY must look like a generated admin key: trk_admin_ followed "
                 "by at least 32 letters, digits, '-' or '_'. Make one with "
                 "`tallyray keys new-admin-key`."
+            )
+        if settings.event_retention_days is not None and settings.event_retention_days < 1:
+            raise ValueError(
+                "TALLYRAY_EVENT_RETENTION_DAYS must be at least 1 (leave it unset to keep "
+                "every event)"
             )
         for variable, name in cls.ENV.items():
             if name.startswith("max_") and getattr(settings, name) < 1:

@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import ray
 from ray import serve
+from sqlalchemy import Engine
 
 from tallyray.access import ENVIRONMENTS
 from tallyray.actors.shard import ShardActor
@@ -31,8 +32,13 @@ from tallyray.storage.catalog import (
 )
 from tallyray.storage.db import make_engine, migrate
 from tallyray.storage.keys import KeyStore
+from tallyray.storage.partitions import ensure_partitions
+from tallyray.storage.retention import RetentionResult, apply_retention
 
 log = logging.getLogger("tallyray.cluster")
+
+EVENT_LOG_MAINTENANCE_SECONDS = 3600.0
+"""How often ``tallyray serve`` checks the event log's partitions and retention."""
 
 APP_NAME = "tallyray"
 
@@ -75,11 +81,40 @@ def prepare_store(settings: Settings) -> Catalog:
     migrate(engine)
     catalog = Catalog(engine)
     now = settings.clock()
+    ensure_partitions(engine, now)
     if settings.admin_key:
         KeyStore(engine).seed_admin(settings.admin_key, now)
     if settings.config_path:
         seed_config(catalog, settings.config_path, now)
     return catalog
+
+
+def maintain_event_log(settings: Settings, engine: Engine) -> dict[str, Any]:
+    """The event log's housekeeping, at start and every :data:`EVENT_LOG_MAINTENANCE_SECONDS`
+    (``tallyray events maintain`` runs it once): this month's and the next month's partitions
+    exist (PostgreSQL), and, with ``TALLYRAY_EVENT_RETENTION_DAYS`` set, events past the
+    retention horizon are exported (with ``TALLYRAY_EVENT_EXPORT_DIR``) and removed."""
+    now = settings.clock()
+    created = ensure_partitions(engine, now)
+    if created:
+        log.info("event log partitions created: %s", ", ".join(created))
+    retention: RetentionResult | None = None
+    if settings.event_retention_days is not None:
+        retention = apply_retention(
+            engine,
+            now,
+            settings.event_retention_days,
+            settings.grace_seconds,
+            settings.event_export_dir,
+        )
+        if retention.refused:
+            log.warning("event retention waits: %s", retention.refused)
+        elif retention.removed:
+            log.info("event retention", extra=retention.to_json())
+    return {
+        "partitions_created": created,
+        "retention": None if retention is None else retention.to_json(),
+    }
 
 
 def read_config(path: str) -> tuple[dict[str, Any], list[tuple[CustomerRecord, str | None]]]:

@@ -4,9 +4,9 @@ One :class:`ShardStore` per shard actor. :meth:`ShardStore.commit` is the group 
 request that reached the shard since the last commit is written in one transaction, and
 nothing is acknowledged before that transaction has committed.
 
-Duplicates are found by the database, not by memory: the unique index on
-``(env, customer_id, event_id)`` holds across restarts and shards, and an insert that hits it
-does nothing.
+Duplicates are found by the database, not by memory: the ``event_ids`` ledger's primary key
+``(env, customer_id, event_id)`` holds across restarts, shards, monthly partitions and
+retention, and an event whose id it already holds is not inserted.
 """
 
 from __future__ import annotations
@@ -39,11 +39,19 @@ _PG_COPY = (
     "received_at) FROM STDIN"
 )
 _PG_INSERT = """
-WITH fresh AS (
-    INSERT INTO events (env, shard, customer_id, event_id, type, ts, properties, received_at)
-    SELECT env, shard, customer_id, event_id, type, ts, properties, received_at
-    FROM incoming_events ORDER BY env, customer_id, ordinal
+WITH firsts AS (
+    SELECT DISTINCT ON (env, customer_id, event_id) *
+    FROM incoming_events ORDER BY env, customer_id, event_id, ordinal
+), new_ids AS (
+    INSERT INTO event_ids (env, customer_id, event_id, received_at)
+    SELECT env, customer_id, event_id, received_at FROM firsts
     ON CONFLICT (env, customer_id, event_id) DO NOTHING
+    RETURNING env, customer_id, event_id
+), fresh AS (
+    INSERT INTO events (env, shard, customer_id, event_id, type, ts, properties, received_at)
+    SELECT f.env, f.shard, f.customer_id, f.event_id, f.type, f.ts, f.properties, f.received_at
+    FROM firsts f JOIN new_ids n USING (env, customer_id, event_id)
+    ORDER BY f.env, f.customer_id, f.ordinal
     RETURNING seq, env, shard, customer_id, event_id, ts
 ), chunks AS (
     INSERT INTO event_chunks (env, customer_id, shard, first_seq, last_seq, ts_min, ts_max, events)
@@ -65,12 +73,14 @@ class CommitResult:
 # One customer's events through its chunks. PostgreSQL's planner, left to itself, reads the
 # customer's entire history through the idempotency index (its prefix is the customer) or
 # scans the log; the LATERAL subquery with ORDER BY seq and LIMIT makes each chunk a range
-# scan of the primary key, and the customer filter is applied to what those ranges hold.
+# scan of the primary key, and the customer filter is applied to what those ranges hold. The
+# chunk's time span lets PostgreSQL skip the monthly partitions it cannot meet.
 _PG_CUSTOMER_EVENTS = """
 SELECT e.seq, e.env, e.customer_id, e.event_id, e.type, e.ts, e.properties
 FROM event_chunks c CROSS JOIN LATERAL (
     SELECT * FROM events x
     WHERE x.seq >= c.first_seq AND x.seq <= c.last_seq
+      AND x.ts >= c.ts_min AND x.ts <= c.ts_max
     ORDER BY x.seq LIMIT c.last_seq - c.first_seq + 1
 ) e
 WHERE c.env = :env AND c.customer_id = :customer AND c.ts_max >= :start AND c.ts_min < :end
@@ -221,7 +231,7 @@ class ShardStore:
             where = " OR ".join(["(env = ? AND customer_id = ? AND event_id = ?)"] * len(chunk))
             params = [part for key in chunk for part in key]
             for found in raw.execute(
-                f"SELECT env, customer_id, event_id FROM events WHERE {where}", params
+                f"SELECT env, customer_id, event_id FROM event_ids WHERE {where}", params
             ):
                 fresh.pop(tuple(found), None)
         if not fresh:
@@ -239,6 +249,10 @@ class ShardStore:
         last = raw.execute("SELECT last_insert_rowid()").fetchone()[0]
         first = last - len(keys) + 1
         cursor.close()
+        raw.executemany(
+            "INSERT INTO event_ids (env, customer_id, event_id, received_at) VALUES (?, ?, ?, ?)",
+            [(*key, at) for key in keys],
+        )
         seqs = {key: first + n for n, key in enumerate(keys)}
         chunks = []
         for (env, customer), group in order.items():
@@ -354,8 +368,9 @@ class ShardStore:
         self, env: str, customer_id: str, event_ids: Sequence[str], at: int
     ) -> int:
         """How many of these events the commit made at ``at`` stored (every event a commit
-        stores carries its time as ``received_at``)."""
-        e = t.events
+        stores carries its time as ``received_at``, and so does its id in ``event_ids``,
+        which is found through its primary key on every store)."""
+        e = t.event_ids
         if not event_ids:
             return 0
         with self.engine.connect() as conn:
@@ -446,8 +461,9 @@ def _columns(grant: Mapping[str, Any]) -> dict[str, Any]:
 def stored_events(
     engine: Engine, env: str, keys: Sequence[tuple[str, str]]
 ) -> set[tuple[str, str]]:
-    """Which of these (customer, event id) the event log holds."""
-    e = t.events
+    """Which of these (customer, event id) the event log has ever stored (the ``event_ids``
+    ledger: also those retention has since removed)."""
+    e = t.event_ids
     found: set[tuple[str, str]] = set()
     by_customer: dict[str, list[str]] = {}
     for customer, event_id in keys:

@@ -144,11 +144,28 @@ events = Table(
     Column("ts", Micros, nullable=False),
     Column("properties", Text, nullable=False),
     Column("received_at", Micros, nullable=False),
-    # Idempotency: one event per customer and id, for as long as events are kept (≥ 35 days).
+    # Idempotency is event_ids' (below). SQLite keeps this older constraint too; on
+    # PostgreSQL the table is partitioned by month on ts (migration 0013, storage/partitions.py)
+    # and its primary key is (seq, ts), as a partitioned table's keys must hold the ts.
     UniqueConstraint("env", "customer_id", "event_id", name="uq_events_idempotency"),
     # No (shard, seq) index: replay walks the primary key from the checkpoint's position
     # and skips other shards' rows. No (customer, ts) index either: reading one customer's
     # events goes through event_chunks. Every index costs ingest throughput.
+)
+
+event_ids = Table(
+    "event_ids",
+    metadata,
+    # Every event id ever stored, per customer: how a retried event is recognised as a
+    # duplicate whatever its age. Not partitioned, and retention never deletes from it (a
+    # partitioned table's unique key would have to hold ts; see migration 0013).
+    Column("env", String(8), nullable=False),
+    Column("customer_id", String(255), nullable=False),
+    Column("event_id", String(255), nullable=False),
+    # The time of the commit that stored it (its events row's received_at): what a retried
+    # settle counts by, without searching every partition.
+    Column("received_at", Micros, nullable=False),
+    PrimaryKeyConstraint("env", "customer_id", "event_id"),
 )
 
 event_chunks = Table(

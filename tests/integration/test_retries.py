@@ -131,6 +131,11 @@ async def test_a_retry_of_events_stored_long_ago_is_answered_as_duplicates(
                 received_at=old,
             )
         )
+        conn.execute(  # ids are recognised through the ledger (migration 0013)
+            t.event_ids.insert().values(
+                env="test", customer_id=customer, event_id=stored["id"], received_at=old
+            )
+        )
     fresh = {"id": unique("e"), "customer_id": customer, **CALL}
     r = await client.post("/v1/events", json=[stored, fresh])
     assert r.status_code == 200, r.text
