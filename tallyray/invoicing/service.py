@@ -28,6 +28,7 @@ from tallyray.errors import (
 )
 from tallyray.invoicing.config import InvoicingConfig, parse_invoicing_config
 from tallyray.invoicing.dunning import next_attempt
+from tallyray.invoicing.payment_methods import SavedMethods
 from tallyray.invoicing.payments import (
     PaymentProvider,
     PaymentProviders,
@@ -35,6 +36,7 @@ from tallyray.invoicing.payments import (
     ProviderEvent,
 )
 from tallyray.invoicing.payments.matching import amount_mismatch
+from tallyray.invoicing.recharge import AutoRecharges
 from tallyray.invoicing.runs import RunSpec, invoice_chunk_task
 from tallyray.pricing.events import format_timestamp
 from tallyray.pricing.money import currency, parse_amount, round_amount
@@ -42,6 +44,8 @@ from tallyray.storage.audit import AuditEntry
 from tallyray.storage.billing import BillingStore
 from tallyray.storage.catalog import Catalog, CustomerRecord
 from tallyray.storage.leases import HEARTBEAT_SECONDS, process_driver
+from tallyray.storage.payment_methods import PaymentMethodStore
+from tallyray.storage.recharges import RechargeStore
 
 __all__ = ["Billing"]
 
@@ -75,10 +79,16 @@ class Billing:
     driver: str = field(default_factory=process_driver)
     """This process's name on the runs it drives (:mod:`tallyray.storage.leases`)."""
     config: InvoicingConfig = field(init=False)
+    methods: SavedMethods = field(init=False)
+    recharges: AutoRecharges = field(init=False)
+    """Auto-recharge: settings, and the sweep that charges each crossing once."""
+    """Saved payment methods: cards saved on the providers' own pages."""
     _runs: dict[str, asyncio.Task[None]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.config = parse_invoicing_config(self.invoicing_raw)
+        self.methods = SavedMethods(self, PaymentMethodStore(self.store.engine))
+        self.recharges = AutoRecharges(self, RechargeStore(self.store.engine))
 
     # -- invoice runs --------------------------------------------------------------------
 
@@ -536,7 +546,11 @@ class Billing:
             self.providers.parse_webhook, name, headers, body, system_clock()
         )
         ours: list[ProviderEvent] = []
+        saved: list[ProviderEvent] = []
         for event in events:
+            if event.kind == "method.saved":
+                saved.append(event)
+                continue
             if event.kind == "ignored" or event.invoice_id is None:
                 continue
             found = await run_in_threadpool(self.store.invoice_env, event.invoice_id)
@@ -557,6 +571,8 @@ class Billing:
                 )
             ours.append(event)
         fresh = 0
+        for event in saved:  # saving is idempotent: every delivery may finish the job
+            fresh += await self.methods.on_event(env, name, event)
         for event in ours:
             assert event.invoice_id is not None
             first = await run_in_threadpool(

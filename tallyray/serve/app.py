@@ -44,6 +44,7 @@ from tallyray.serve.routes import (
     events,
     invoicing,
     operations,
+    payment_methods,
     plan_versions,
     portal,
     quota,
@@ -107,6 +108,9 @@ def build_app(services: Services) -> FastAPI:
             tasks.append(
                 asyncio.create_task(_collect_forever(services.billing, services.dunning_seconds))
             )
+        if services.recharge_seconds and services.billing is not None:
+            recharges = services.billing.recharges
+            tasks.append(asyncio.create_task(recharges.run_forever(services.recharge_seconds)))
         if services.run_schedule is not None and services.billing is not None:
             scheduler = InvoiceScheduler(services.billing, services.run_schedule)
             tasks.append(asyncio.create_task(scheduler.run_forever()))
@@ -135,7 +139,16 @@ def build_app(services: Services) -> FastAPI:
     app.add_middleware(QuotaFastPath, api=api)
     _add_error_handlers(app, services)
 
-    for module in (events, quota, catalog, plan_versions, invoicing, simulations, operations):
+    for module in (
+        events,
+        quota,
+        catalog,
+        plan_versions,
+        invoicing,
+        payment_methods,
+        simulations,
+        operations,
+    ):
         app.include_router(module.router)
     contract(app)
     webhooks.include(
