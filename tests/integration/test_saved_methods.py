@@ -7,14 +7,21 @@ and removed. The official SDKs talk to the fakes; nothing leaves 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import ray
 import stripe
+import uvicorn
 from fakes import LocalServer, WebhookInbox
 from fakes.adyen_server import FakeAdyen
 from fakes.stripe_server import FakeStripe
@@ -49,6 +56,7 @@ class Shop:
     stripe: FakeStripe
     adyen: FakeAdyen
     forwarded: dict[int, int]
+    app: Any
 
     async def customer(self, provider: str, **fields: Any) -> str:
         customer = unique("cust")
@@ -152,7 +160,7 @@ async def shop(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Asyn
                 headers={"Authorization": f"Bearer {key}"},
                 timeout=60,
             ) as client:
-                yield Shop(client, billing, fake_stripe, fake_adyen, {})
+                yield Shop(client, billing, fake_stripe, fake_adyen, {}, app)
         finally:
             billing.providers.close()
             ray.kill(shard, no_restart=True)
@@ -274,3 +282,88 @@ async def test_a_setup_that_cannot_start_says_why(
     r = await shop.client.post(f"/v1/customers/{customer}/payment-methods/setup", json=body)
     assert r.status_code == status, r.text
     assert says in r.text
+
+
+# -- the portal's Payment page, in Chromium ----------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@contextlib.contextmanager
+def served(app: Any) -> Iterator[str]:
+    """The app on 127.0.0.1 (a free port), from a thread, for the browser."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def browse(portal: str, steps: Callable[[Any], None]) -> None:
+    """Run ``steps`` on a Chromium page with JavaScript off (the portal needs none)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True
+        )
+        try:
+            context = chromium.new_context(java_script_enabled=False, locale="en-US")
+            page = context.new_page()
+            page.goto(portal)
+            steps(page)
+        finally:
+            chromium.close()
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.exists() and not os.environ.get("TALLYRAY_REQUIRE_BROWSER"),
+    reason="Debian's Chromium is not installed at /usr/bin/chromium",
+)
+async def test_the_portal_saves_a_card_on_stripes_page_and_sets_auto_recharge(shop: Shop) -> None:
+    customer = await shop.customer("stripe", name="Acme AI")
+    r = await shop.client.post("/v1/portal-sessions", json={"customer_id": customer})
+    assert r.status_code == 201, r.text
+    with served(shop.app) as site:
+        portal = f"{site}{r.json()['url']}"
+
+        def add_a_card(page: Any) -> None:
+            page.get_by_role("link", name="Payment").click()
+            assert page.locator("#no-cards").is_visible()
+            page.get_by_role("button", name="Add a card").click()
+            page.wait_for_url(f"{shop.stripe.url}/pay/*")  # Stripe's own page
+            page.get_by_label("Card number").fill("4242 4242 4242 4242")
+            page.get_by_role("button", name="Save card").click()
+            page.wait_for_url(f"{portal}/payment?done=card-pending")
+            assert page.get_by_text("once the payment provider confirms it").is_visible()
+
+        await asyncio.to_thread(browse, portal, add_a_card)
+        await shop.forward(shop.stripe, "stripe", 2)  # setup_intent.succeeded: saved
+
+        def see_it_and_turn_on_auto_recharge(page: Any) -> None:
+            page.goto(f"{portal}/payment")
+            assert page.locator("#saved-cards").inner_text().count("Visa ending 4242") == 1
+            page.get_by_label("Recharge automatically").check()
+            page.get_by_label("When the available balance falls below (EUR)").fill("5")
+            page.get_by_label("Add this much credit (EUR)").fill("20")
+            page.get_by_label("At most this much a month (EUR)").fill("10")
+            page.get_by_role("button", name="Save auto-recharge").click()
+            assert page.get_by_text("must be at least the amount").first.is_visible()
+            page.get_by_label("At most this much a month (EUR)").fill("60")
+            page.get_by_role("button", name="Save auto-recharge").click()
+            page.wait_for_url(f"{portal}/payment?done=recharge-saved")
+            assert "€20.00 is charged to your card" in page.locator("#recharge-state").inner_text()
+
+        await asyncio.to_thread(browse, portal, see_it_and_turn_on_auto_recharge)
+    settings = (await shop.client.get(f"/v1/customers/{customer}/auto-recharge")).json()
+    assert (settings["enabled"], settings["threshold"], settings["amount"]) == (True, "5", "20")
+    assert settings["monthly_cap"] == "60"
