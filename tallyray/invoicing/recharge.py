@@ -90,9 +90,7 @@ class AutoRecharges:
     store: RechargeStore
 
     def __post_init__(self) -> None:
-        hooks = getattr(getattr(self.billing, "purchases", None), "on_paid", None)
-        if isinstance(hooks, list):
-            hooks.append(self.on_paid)
+        self.billing.purchases.on_paid.append(self.on_paid)
 
     # -- settings ------------------------------------------------------------------------
 
@@ -207,8 +205,8 @@ class AutoRecharges:
             purchase_id = str(row["purchase_id"])
             amount = Decimal(row["amount"])
         try:
-            purchase, result = await self._purchases().start_recharge(
-                env, customer, amount, purchase_id=purchase_id, attempt=1
+            purchase, result = await self.billing.purchases.start_recharge(
+                env, customer, amount, purchase_id=purchase_id, attempt=1, resume=True
             )
         except TallyrayError as error:
             # Nothing known to be charged: the same attempt (same purchase, same key) later.
@@ -240,18 +238,11 @@ class AutoRecharges:
                 self.store.set_status_from, row["id"], ("charging",), now, status="pending"
             )
 
-    def _purchases(self) -> Any:
-        """The credit purchases core (:mod:`tallyray.invoicing.purchases`)."""
-        found = getattr(self.billing, "purchases", None)
-        if found is None:
-            raise Conflict("auto-recharge needs the credit purchases core, not in this build")
-        return found
-
     async def _settle_pending(self, row: Mapping[str, Any]) -> None:
         """A charged crossing waits for the provider's webhook; look whether it came (the
         ``on_paid`` hook usually says so first) or the payment failed since."""
         purchase = await run_in_threadpool(
-            self._purchases().store.get, row["env"], row["purchase_id"]
+            self.billing.purchases.store.get, row["env"], row["purchase_id"]
         )
         now = self.billing.clock()
         if purchase["status"] == "paid":

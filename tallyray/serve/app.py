@@ -1,7 +1,7 @@
 """The HTTP API v1 (FastAPI): the application, composed of the route modules in
 :mod:`tallyray.serve.routes` — events; quota checks and reservations; meters, plans,
-customers, subscriptions and credits; invoicing; webhooks and alerts; the portal; operations
-and administration.
+customers, subscriptions and credits; top-ups; invoicing; webhooks and alerts; the portal;
+operations and administration.
 
 Here: the middleware (request ids, the body limit, ``Idempotency-Key``), the one JSON error
 shape, the background tasks of a replica, and the routes' shared :class:`~tallyray.serve.api.Api`.
@@ -49,6 +49,7 @@ from tallyray.serve.routes import (
     portal,
     quota,
     simulations,
+    top_ups,
     webhooks,
 )
 from tallyray.storage.alerts import AlertStore
@@ -143,9 +144,10 @@ def build_app(services: Services) -> FastAPI:
         events,
         quota,
         catalog,
+        top_ups,
+        payment_methods,
         plan_versions,
         invoicing,
-        payment_methods,
         simulations,
         operations,
     ):
