@@ -1,13 +1,20 @@
-"""Saved payment methods end to end, on each store: the API starts the provider's own page,
-the customer saves a card there (the local Stripe and Adyen fakes, driven over HTTP as a
-browser would), the provider's signed webhook saves it in Tallyray, and it can be replaced
-and removed. The official SDKs talk to the fakes; nothing leaves 127.0.0.1.
+"""Saved payment methods and auto-recharge end to end, on each store.
+
+Saved methods: the API starts the provider's own page, the customer saves a card there (the
+local Stripe and Adyen fakes, driven over HTTP as a browser would, and in Chromium through the
+portal), the provider's signed webhook saves it in Tallyray, and it can be replaced and removed.
+
+Auto-recharge: a stream of events crosses a prepaid customer's threshold, the shard writes the
+crossing, sweeps (two "replicas" at once) charge the saved card off session through the credit
+purchases core, and the fake's signed webhook books the credit. The official SDKs talk to the
+fakes; nothing leaves 127.0.0.1. One store, shard and pair of fakes per module.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import threading
@@ -31,13 +38,18 @@ from support import POSTGRES_URL, Server, create_postgres_database, drop_postgre
 from tallyray.actors.shard import ShardActor
 from tallyray.cluster import Settings, prepare_store
 from tallyray.invoicing.payments import AdyenProvider, StripeProvider
+from tallyray.invoicing.purchases import grant_id_of
+from tallyray.invoicing.recharge import AutoRecharges
 from tallyray.invoicing.service import Billing
+from tallyray.pricing.recharge_rules import purchase_id_of
 from tallyray.serve.api import Services
 from tallyray.serve.app import build_app
 from tallyray.serve.intake import IntakeRules
 from tallyray.serve.shards import NAMESPACE, ShardRouter
+from tallyray.storage.alerts import AlertStore
 from tallyray.storage.billing import BillingStore
 from tallyray.storage.keys import KeyStore
+from tallyray.storage.recharges import RechargeStore
 
 pytestmark = pytest.mark.anyio
 
@@ -49,6 +61,16 @@ ADYEN_HMAC = "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056"
 BACK = "https://shop.example/billing"
 
 
+class ProjectClock:
+    """The suite's clock, which a test can move on (auto-recharge's retries are hours apart)."""
+
+    def __init__(self) -> None:
+        self.ahead = 0
+
+    def __call__(self) -> int:
+        return CLOCK() + self.ahead
+
+
 @dataclass
 class Shop:
     client: httpx.AsyncClient
@@ -57,6 +79,8 @@ class Shop:
     adyen: FakeAdyen
     forwarded: dict[int, int]
     app: Any
+    shard: Any
+    clock: ProjectClock
 
     async def customer(self, provider: str, **fields: Any) -> str:
         customer = unique("cust")
@@ -129,12 +153,13 @@ async def shop(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Asyn
     )
     await shard.ready.remote()
     router = ShardRouter(1, lambda i: shard)
+    clock = ProjectClock()
     billing = Billing(
         catalog=catalog,
         store=BillingStore(catalog.engine),
         database_url=url,
         router=router,
-        clock=CLOCK,
+        clock=clock,
     )
     with (
         WebhookInbox() as inbox,
@@ -160,7 +185,7 @@ async def shop(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Asyn
                 headers={"Authorization": f"Bearer {key}"},
                 timeout=60,
             ) as client:
-                yield Shop(client, billing, fake_stripe, fake_adyen, {}, app)
+                yield Shop(client, billing, fake_stripe, fake_adyen, {}, app, shard, clock)
         finally:
             billing.providers.close()
             ray.kill(shard, no_restart=True)
@@ -340,6 +365,7 @@ async def test_the_portal_saves_a_card_on_stripes_page_and_sets_auto_recharge(sh
             page.get_by_role("link", name="Payment").click()
             assert page.locator("#no-cards").is_visible()
             page.get_by_role("button", name="Add a card").click()
+            page.get_by_role("link", name="Continue to Stripe to enter your card").click()
             page.wait_for_url(f"{shop.stripe.url}/pay/*")  # Stripe's own page
             page.get_by_label("Card number").fill("4242 4242 4242 4242")
             page.get_by_role("button", name="Save card").click()
@@ -351,7 +377,9 @@ async def test_the_portal_saves_a_card_on_stripes_page_and_sets_auto_recharge(sh
 
         def see_it_and_turn_on_auto_recharge(page: Any) -> None:
             page.goto(f"{portal}/payment")
-            assert page.locator("#saved-cards").inner_text().count("Visa ending 4242") == 1
+            assert page.locator("#saved-cards tbody th").all_inner_texts() == [
+                "Visa ending 4242 (used for payments)"
+            ]
             page.get_by_label("Recharge automatically").check()
             page.get_by_label("When the available balance falls below (EUR)").fill("5")
             page.get_by_label("Add this much credit (EUR)").fill("20")
@@ -367,3 +395,220 @@ async def test_the_portal_saves_a_card_on_stripes_page_and_sets_auto_recharge(sh
     settings = (await shop.client.get(f"/v1/customers/{customer}/auto-recharge")).json()
     assert (settings["enabled"], settings["threshold"], settings["amount"]) == (True, "5", "20")
     assert settings["monthly_cap"] == "60"
+
+
+# -- auto-recharge -------------------------------------------------------------------------------
+
+HOUR = 3600 * 1_000_000
+
+
+def gpt4o(customer: str, n: int) -> list[dict[str, Any]]:
+    """``n`` calls of 1,000,000 input tokens: 2.50 each (and the first one of the period
+    opens a 2.00 package of requests)."""
+    return [
+        {
+            "id": unique("evt"),
+            "customer_id": customer,
+            "type": "llm.completion",
+            "properties": {"model": "gpt-4o", "input_tokens": 1_000_000, "output_tokens": 0},
+        }
+        for _ in range(n)
+    ]
+
+
+async def recharging(shop: Shop, card: str = "pm_card_visa", cap: str = "120") -> str:
+    """A prepaid customer with 10.00 of credit and a saved card, recharging 50.00 below 5.00."""
+    customer = await shop.customer(
+        "stripe", billing_mode="prepaid", payment_method=card, name="Acme AI"
+    )
+    r = await shop.client.post("/v1/subscriptions", json={"customer_id": customer, "plan": "pro"})
+    assert r.status_code == 201, r.text
+    r = await shop.client.post(f"/v1/customers/{customer}/credits", json={"amount": "10.00"})
+    assert r.status_code == 201, r.text
+    r = await shop.client.put(
+        f"/v1/customers/{customer}/auto-recharge",
+        json={"enabled": True, "threshold": "5", "amount": "50", "monthly_cap": cap},
+    )
+    assert r.status_code == 200, r.text
+    return customer
+
+
+async def crossings_of(shop: Shop, customer: str, count: int) -> list[dict[str, Any]]:
+    """The customer's crossings, once the shard has written ``count`` of them."""
+    store = shop.billing.recharges.store
+    for _ in range(300):
+        found = await asyncio.to_thread(store.crossings, "test", customer)
+        if len(found) >= count:
+            assert len(found) == count, found
+            return sorted(found, key=lambda c: c["crossing"])
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the shard wrote {len(found)} of {count} crossings")
+
+
+async def replicas_sweep(shop: Shop) -> None:
+    """Two replicas sweep at once (each its own AutoRecharges over the same store)."""
+    other = AutoRecharges(shop.billing, RechargeStore(shop.billing.store.engine))
+    await asyncio.gather(shop.billing.recharges.sweep(), other.sweep())
+    shop.billing.purchases.on_paid.remove(other.on_paid)
+
+
+async def deliver(shop: Shop, customer: str, count: int) -> None:
+    """Hand the app Stripe's webhooks about the customer's recharges (``count`` of them, once
+    they are sent), as Stripe would deliver them."""
+    ours = {i["id"] for i in charges_of(shop, customer)}
+    for _ in range(100):
+        sent = [
+            d
+            for d in shop.stripe.webhooks
+            if json.loads(d.body)["data"]["object"].get("id") in ours
+        ]
+        if len(sent) >= count:
+            break
+        await asyncio.sleep(0.1)
+    assert len(sent) == count, len(sent)
+    for delivery in sent:
+        r = await shop.client.post(
+            "/v1/providers/stripe/webhook",
+            content=delivery.body,
+            headers={"Stripe-Signature": delivery.headers["Stripe-Signature"]},
+        )
+        assert r.status_code == 200, r.text
+
+
+def charges_of(shop: Shop, customer: str) -> list[dict[str, Any]]:
+    """The PaymentIntents Stripe made for the customer's recharges (every attempt's purchase
+    id is derived from its crossing and attempt number)."""
+    ours = {
+        purchase_id_of(c["id"], attempt)
+        for c in shop.billing.recharges.store.crossings("test", customer)
+        for attempt in range(1, 6)
+    }
+    return [
+        i
+        for i in shop.stripe.payment_intents.values()
+        if i["metadata"].get("tallyray_purchase_id") in ours
+    ]
+
+
+async def grants(shop: Shop, customer: str) -> dict[str, str]:
+    r = await shop.client.get(f"/v1/customers/{customer}/balance")
+    assert r.status_code == 200, r.text
+    return {g["id"]: g["amount"] for g in r.json()["grants"]}
+
+
+def messages(shop: Shop, customer: str) -> list[tuple[str, Any]]:
+    found = AlertStore(shop.billing.store.engine).messages("test", "recharge.", 500)
+    return sorted(
+        (m["type"], m["data"].get("final"))
+        for m in found
+        if m["data"].get("customer_id") == customer
+    )
+
+
+async def test_8_producers_crossing_the_threshold_recharge_exactly_once(shop: Shop) -> None:
+    customer = await recharging(shop)
+    # 8 producers, 2 calls each: 2.00 + 16 × 2.50 = 42.00 spent, 10 − 42 = −32 available.
+    answers = await asyncio.gather(
+        *(shop.client.post("/v1/events", json=gpt4o(customer, 2)) for _ in range(8))
+    )
+    assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
+    (crossing,) = await crossings_of(shop, customer, 1)
+    await replicas_sweep(shop)
+    await replicas_sweep(shop)  # again: nothing more to charge
+
+    (charge,) = charges_of(shop, customer)
+    assert (charge["amount"], charge["status"]) == (5000, "succeeded")  # 50.00 EUR
+    (crossing,) = await crossings_of(shop, customer, 1)
+    assert charge["metadata"] == {"tallyray_purchase_id": crossing["purchase_id"]}
+    assert grant_id_of(crossing["purchase_id"]) not in await grants(shop, customer)
+    # The credit arrives with the signed webhook, once however often it is delivered.
+    await deliver(shop, customer, 1)
+    await deliver(shop, customer, 1)
+    assert (await grants(shop, customer))[grant_id_of(crossing["purchase_id"])] == "50.00"
+    (crossing,) = await crossings_of(shop, customer, 1)
+    assert crossing["status"] == "succeeded"
+    assert messages(shop, customer) == [("recharge.succeeded", None)]
+    # −32 + 50 = 18 ≥ 5: re-armed by the grant, and no second crossing came of it.
+    await replicas_sweep(shop)
+    assert len(charges_of(shop, customer)) == 1
+
+
+async def test_a_shard_killed_after_the_crossing_charges_once_after_recovery(
+    shop: Shop,
+) -> None:
+    customer = await recharging(shop)
+    r = await shop.client.post("/v1/events", json=gpt4o(customer, 4))  # 2 + 10: −2 available
+    assert r.status_code == 200, r.text
+    ray.kill(shop.shard, no_restart=False)  # before anything was charged; Ray restarts it
+    for _ in range(600):  # as the durability tests wait for a restarted shard
+        try:
+            await shop.shard.ready.remote()
+            break
+        except ray.exceptions.RayActorError:
+            await asyncio.sleep(0.1)
+    for _ in range(600):  # until the restarted shard has recovered and answers
+        r = await shop.client.get(f"/v1/customers/{customer}/balance")
+        if r.status_code == 200:
+            break
+        await asyncio.sleep(0.1)
+    assert r.status_code == 200, r.text
+    await crossings_of(shop, customer, 1)
+    await replicas_sweep(shop)
+    await deliver(shop, customer, 1)
+    assert len(charges_of(shop, customer)) == 1
+    (crossing,) = await crossings_of(shop, customer, 1)
+    assert (await grants(shop, customer))[grant_id_of(crossing["purchase_id"])] == "50.00"
+    await replicas_sweep(shop)
+    assert len(charges_of(shop, customer)) == 1
+    (crossing,) = await crossings_of(shop, customer, 1)  # and the replay wrote no other
+
+
+async def test_the_monthly_cap_skips_a_recharge_that_would_pass_it(shop: Shop) -> None:
+    customer = await recharging(shop, cap="60")
+    r = await shop.client.post("/v1/events", json=gpt4o(customer, 4))  # 10 − 12 = −2
+    assert r.status_code == 200, r.text
+    await crossings_of(shop, customer, 1)
+    await replicas_sweep(shop)
+    await deliver(shop, customer, 1)  # booked: −2 + 50 = 48, re-armed
+    r = await shop.client.post("/v1/events", json=gpt4o(customer, 18))  # 48 − 45 = 3 < 5
+    assert r.status_code == 200, r.text
+    await crossings_of(shop, customer, 2)
+    await replicas_sweep(shop)
+    first, second = await crossings_of(shop, customer, 2)
+    # 50 this month + 50 > 60: the second crossing charges nothing.
+    assert (first["status"], second["status"]) == ("succeeded", "capped")
+    assert len(charges_of(shop, customer)) == 1
+    assert messages(shop, customer) == [("recharge.capped", None), ("recharge.succeeded", None)]
+
+
+async def test_a_declined_card_is_retried_then_auto_recharge_is_turned_off(shop: Shop) -> None:
+    customer = await recharging(shop, card="pm_card_chargeDeclined")
+    r = await shop.client.post("/v1/events", json=gpt4o(customer, 4))
+    assert r.status_code == 200, r.text
+    (crossing,) = await crossings_of(shop, customer, 1)
+    started = shop.clock.ahead
+    try:
+        # Attempts now, +1 h, +6 h, +24 h (each a new purchase), then it is turned off.
+        for attempt, wait in ((1, 0), (2, 1), (3, 6), (4, 24)):
+            shop.clock.ahead += wait * HOUR
+            await replicas_sweep(shop)
+            await replicas_sweep(shop)  # nothing is due twice
+            assert len(charges_of(shop, customer)) == attempt
+            (crossing,) = await crossings_of(shop, customer, 1)
+        await deliver(shop, customer, 4)  # the four payment_intent.payment_failed
+    finally:
+        shop.clock.ahead = started
+    assert crossing["status"] == "failed"
+    settings = (await shop.client.get(f"/v1/customers/{customer}/auto-recharge")).json()
+    assert settings["enabled"] is False
+    assert "turned off after 4 declined attempts" in settings["disabled_reason"]
+    assert messages(shop, customer) == [
+        ("recharge.disabled", None),
+        ("recharge.failed", False),
+        ("recharge.failed", False),
+        ("recharge.failed", False),
+        ("recharge.failed", True),
+    ]
+    assert await grants(shop, customer) == {
+        g: a for g, a in (await grants(shop, customer)).items() if a == "10.00"
+    }

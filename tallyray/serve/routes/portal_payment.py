@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 from tallyray.errors import Conflict, InvalidInput, NotFound
 from tallyray.invoicing.recharge import AutoRecharges
@@ -48,6 +49,7 @@ async def _payment_page(
     status: int = 200,
     errors: Mapping[str, str] | None = None,
     entered: Mapping[str, str] | None = None,
+    continue_to: str | None = None,
 ) -> Response:
     methods, recharges = _services(request)
     cards = await methods.list(v.env, v.customer_id)
@@ -78,6 +80,7 @@ async def _payment_page(
         recharge={"state": state, "disabled_reason": settings["disabled_reason"]},
         entered={**shown, **(entered or {})},
         errors=dict(errors or {}),
+        continue_to=continue_to,
     )
     done = request.query_params.get("done", "")
     if done in NOTICES:
@@ -123,7 +126,27 @@ async def _to_provider(request: Request, token: str, replaces: str | None) -> Re
             )
         except Conflict as error:
             return await _payment_page(request, v, 409, {"form": error.message})
-        return _see(str(setup["url"]))
+        # Not a redirect to the provider: the portal's CSP keeps forms on its own origin
+        # (form-action 'self'), so the customer follows a link from our page instead.
+        return _see(f"{v.base}/payment/setups/{setup['id']}")
+
+    return await _guarded(request, make)
+
+
+@router.get("/portal/{token}/payment/setups/{setup_id}", include_in_schema=False)
+async def get_setup(token: str, setup_id: str, request: Request) -> Response:
+    """The way to the provider's page for a setup just started."""
+    p = _pages(request)
+
+    async def make() -> Response:
+        v = await p.visit(request, token)
+        methods, _ = _services(request)
+        setup = await run_in_threadpool(methods.store.setup, setup_id)
+        if setup is None or (setup["env"], setup["customer_id"]) != (v.env, v.customer_id):
+            raise NotFound(f"no setup {setup_id!r}")
+        if setup["completed_at"] is not None or not setup["url"]:
+            return _see(f"{v.base}/payment")
+        return await _payment_page(request, v, continue_to=str(setup["url"]))
 
     return await _guarded(request, make)
 
