@@ -44,7 +44,11 @@ APP_NAME = "tallyray"
 
 
 def start_ray(settings: Settings, num_cpus: int | None = None) -> None:
-    """Start a local Ray (on loopback, on a port Ray picks) or join ``settings.ray_address``."""
+    """Start a local Ray (on loopback, on a port Ray picks) or join ``settings.ray_address``.
+
+    Local means a Ray of its own (``address="local"``): without an address, ``ray.init``
+    joins a cluster another process started on the machine when it finds one (Ray's
+    ``/tmp/ray/ray_current_cluster``), and then refuses ``num_cpus``."""
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {
@@ -57,7 +61,12 @@ def start_ray(settings: Settings, num_cpus: int | None = None) -> None:
         ray.init(address=settings.ray_address, **kwargs)
     else:
         _stay_on_loopback()
-        ray.init(num_cpus=num_cpus or os.cpu_count(), _node_ip_address="127.0.0.1", **kwargs)
+        ray.init(
+            address="local",
+            num_cpus=num_cpus or os.cpu_count(),
+            _node_ip_address="127.0.0.1",
+            **kwargs,
+        )
 
 
 def _stay_on_loopback() -> None:
