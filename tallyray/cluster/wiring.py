@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from tallyray.access import ENVIRONMENTS
 from tallyray.actors.shard import ShardActor
 from tallyray.alerts.deliverer import start_webhooks
+from tallyray.cluster.placement import ingress_options, shard_options
 from tallyray.cluster.settings import Settings
 from tallyray.credentials import write_secrets_file
 from tallyray.errors import ConfigError, InvalidInput, Problem
@@ -44,11 +45,7 @@ APP_NAME = "tallyray"
 
 
 def start_ray(settings: Settings, num_cpus: int | None = None) -> None:
-    """Start a local Ray (on loopback, on a port Ray picks) or join ``settings.ray_address``.
-
-    Local means a Ray of its own (``address="local"``): without an address, ``ray.init``
-    joins a cluster another process started on the machine when it finds one (Ray's
-    ``/tmp/ray/ray_current_cluster``), and then refuses ``num_cpus``."""
+    """Start a local Ray (on loopback, on a port Ray picks) or join ``settings.ray_address``."""
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {
@@ -61,6 +58,8 @@ def start_ray(settings: Settings, num_cpus: int | None = None) -> None:
         ray.init(address=settings.ray_address, **kwargs)
     else:
         _stay_on_loopback()
+        # "local": a Ray of our own, even where another cluster was started on this machine
+        # (without it, ray.init() joins the last one ``ray start`` recorded in /tmp/ray)
         ray.init(
             address="local",
             num_cpus=num_cpus or os.cpu_count(),
@@ -215,8 +214,8 @@ def start_shards(settings: Settings) -> list[Any]:
             lifetime="detached",
             max_restarts=-1,
             max_task_retries=0,
-            num_cpus=0,
             get_if_exists=True,
+            **shard_options(settings),
         ).remote(
             i,
             settings.shards,
@@ -227,6 +226,7 @@ def start_shards(settings: Settings) -> list[Any]:
             settings.clock_offset_us,
             settings.limits,
             settings.secrets_file,
+            settings.line_options,
         )
         for i in range(settings.shards)
     ]
@@ -252,7 +252,7 @@ def start_ingress(settings: Settings) -> None:
     # No Serve proxy: each replica serves the API port itself (tallyray.serve.listener).
     serve.start(proxy_location="Disabled")
     shared = settings.shared()  # no secrets: Serve keeps its arguments in Ray's control store
-    app = cast(Any, Ingress).options(num_replicas=settings.replicas).bind(shared)
+    app = cast(Any, Ingress).options(**ingress_options(settings)).bind(shared)
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
 
 
