@@ -191,7 +191,7 @@ def _role(pid: int, ours: set[int], database: str | None) -> str:
         name = proc.name()
         cmdline = " ".join(proc.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return "gone"
+        return "OTHER: exited before it was named"  # ours live on: Ray keeps its workers
     if pid == os.getpid():
         return "bench: scheduler, run driver, payment collection (this process)"
     if pid in ours:
