@@ -54,7 +54,7 @@ from tallyray.actors.account import (
 )
 from tallyray.actors.alerting import AlertRule
 from tallyray.actors.limits import Limits
-from tallyray.actors.shard_line import Endpoint, ShardLineServer
+from tallyray.actors.shard_line import Endpoint, LineOptions, ShardLineServer
 from tallyray.clock import Clock, clock_for, system_clock
 from tallyray.credentials import database_url as resolve_database_url
 from tallyray.errors import (
@@ -1484,8 +1484,10 @@ class ShardActor:
         clock_offset_us: int = 0,
         limits: Limits | None = None,
         secrets_file: str | None = None,
+        line: LineOptions | None = None,
     ) -> None:
         configure_logging()
+        self.line_options = line or LineOptions()
         self.core = ShardCore(
             shard,
             shard_count,
@@ -1530,8 +1532,10 @@ class ShardActor:
         checks, ingest and its admission, the calls that are safe to repeat."""
         if self._line is None:
             import ray  # the actor runs under Ray; the module stays importable without it
+            from ray.util import get_node_ip_address
 
             node = ray.get_runtime_context().get_node_id()
+            options = self.line_options
             self._line = ShardLineServer(
                 node,
                 {
@@ -1539,6 +1543,9 @@ class ShardActor:
                     "ingest": self.core.ingest,
                     "admit": self.core.admit,
                 },
+                # the address Ray reports for this node: where other nodes reach it
+                host=get_node_ip_address() if options.remote else None,  # type: ignore[no-untyped-call]
+                tls=options.tls,
             )
         return await self._line.endpoint()
 
