@@ -75,10 +75,10 @@ def test_every_acknowledged_event_is_counted_once(outcome: dict[str, object]) ->
 
 def test_every_shard_serves_again_from_a_surviving_node(outcome: dict[str, object]) -> None:
     assert outcome["killed_node_still_used"] is False
-    assert outcome["shards_alive_on"]  # every shard answered where it runs now
     assert outcome["every_shard_answers"] is True
     # the shards that were on the killed node were unavailable for a while, then answered
     # again: the prober saw them fail, and the child waited for a second without failures
     assert set(outcome["shard_last_failure_s"]) >= {  # type: ignore[call-overload]
-        str(i) for i in outcome["shards_on_killed_node"]  # type: ignore[attr-defined]
+        str(i)
+        for i in outcome["shards_on_killed_node"]  # type: ignore[attr-defined]
     }

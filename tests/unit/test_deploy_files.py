@@ -348,9 +348,7 @@ def test_the_cronjob_reads_the_database_of_the_rayservice_from_its_secret() -> N
 # --- every tallyray command the files and the page show ------------------------------------
 
 
-@pytest.mark.parametrize(
-    "path", [DOCKERFILE, COMPOSE, RAYSERVICE, CRONJOB, DEPLOY_DOC], ids=str
-)
+@pytest.mark.parametrize("path", [DOCKERFILE, COMPOSE, RAYSERVICE, CRONJOB, DEPLOY_DOC], ids=str)
 def test_every_tallyray_command_shown_is_one_the_cli_accepts(path: Path) -> None:
     parser = build_parser()
     for command in tallyray_commands(
