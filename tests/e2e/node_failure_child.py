@@ -83,6 +83,20 @@ def node_of(handle: Any) -> str:
     )
 
 
+def process_times(_self: Any) -> dict[str, float]:
+    """Run in an actor: when its process started (epoch seconds) and the CPU it has used."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    with open("/proc/self/stat") as f:
+        started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
+    times = os.times()
+    return {
+        "started_at": time.time() - (uptime - started_ticks / ticks),
+        "cpu_s": times.user + times.system,
+    }
+
+
 def until_ok(
     client: httpx.Client, method: str, path: str, body: Any = None, deadline_s: float = 120
 ) -> httpx.Response:
@@ -309,7 +323,13 @@ def main(database_url: str, per_producer: int) -> dict[str, Any]:
             time.sleep(0.05)
         acknowledged_at_kill = stream.acknowledged
         killed_at = time.monotonic()
+        print(f"killing {victim.node_id} at {time.time():.3f}", file=sys.stderr, flush=True)
         deployed.cluster.remove_node(victim, allow_graceful=False)  # SIGKILL: a machine lost
+        declared_dead = None
+        while declared_dead is None and time.monotonic() - killed_at < 120:
+            if not any(n["Alive"] for n in ray.nodes() if n["NodeID"] == victim.node_id):
+                declared_dead = round(time.monotonic() - killed_at, 2)
+            time.sleep(0.2)
         stream.join()
         # until every shard has answered for a whole second
         while time.monotonic() - killed_at < 180:
@@ -321,6 +341,14 @@ def main(database_url: str, per_producer: int) -> dict[str, Any]:
         prober.thread.join()
         recovered = {i: round(t - killed_at, 2) for i, t in prober.last_failure.items()}
         after = [node_of(h) for h in handles]
+        killed_wall = time.time() - (time.monotonic() - killed_at)
+        restarted = {}
+        for i in on_victim:  # the new processes: when they started, what their start cost
+            t = ray.get(handles[i].__ray_call__.remote(process_times), timeout=30)
+            restarted[i] = {
+                "process_started_s": round(t["started_at"] - killed_wall, 2),
+                "cpu_s": round(t["cpu_s"], 2),
+            }
         answering = [
             deployed.client.get(f"/v1/customers/{probe}/balance").status_code == 200
             for probe in deployed.probes.values()
@@ -345,6 +373,10 @@ def main(database_url: str, per_producer: int) -> dict[str, Any]:
             "killed_node_still_used": victim.node_id in after,
             # seconds from the kill to each probe's last failed answer (absent: never failed)
             "shard_last_failure_s": recovered,
+            "node_declared_dead_s": declared_dead,  # when the GCS marked the node dead
+            # each restarted shard: its process's start after the kill, and its CPU time
+            # since (imports, recovery, and serving the rest of the stream)
+            "restarted_shards": restarted,
             "recovery_s": max(recovered.values(), default=0.0),
             "stream_last_failure_s": (
                 round(max(stream.failures) - killed_at, 2) if stream.failures else None
