@@ -11,11 +11,10 @@ Producers behave as the API asks of them: a batch answered with anything but ``2
 ``503`` while a shard restarts, a refused connection while the killed node's replica's
 listener is gone) is sent again with the same event ids until it is acknowledged.
 
-Where the shards run: on the worker nodes, which offer the custom resource
-``TALLYRAY_SHARD_RESOURCE`` names, when this Tallyray has that setting (docs/deploy.md,
-"Placement"); without it, ``start_shards`` runs in a task on a worker node, whose raylet
-places them. The node killed is the worker holding the most shards: a worker, not the head,
-whose loss is the GCS's (docs/deploy.md, "The head's fault tolerance").
+Where the shards run: on the two worker nodes, which offer the custom resource
+``TALLYRAY_SHARD_RESOURCE`` names (docs/deploy.md, "Placement"). The node killed is the
+worker holding the most shards: a worker, not the head, whose loss is the GCS's
+(docs/deploy.md, "Node failures").
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,6 @@ import httpx  # noqa: E402
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
 from tallyray.access import ADMIN, generate_key  # noqa: E402
 from tallyray.actors.routing import shard_of  # noqa: E402
@@ -62,8 +60,6 @@ BATCH = 20
 CUSTOMERS = 12
 CPUS_PER_NODE = 2
 SHARD_RESOURCE = "tallyray_shard"
-#: Whether this Tallyray places shards by a custom resource (TALLYRAY_SHARD_RESOURCE).
-PLACES_BY_RESOURCE = "shard_resource" in {f.name for f in fields(Settings)}
 
 
 def free_port() -> int:
@@ -253,7 +249,7 @@ def deploy(database_url: str) -> Deployed:
             config_path=str(ROOT / "examples/llm-api/tallyray.json"),
             checkpoint_seconds=2.0,
             clock_start=TEST_NOW,
-            **({"shard_resource": SHARD_RESOURCE} if PLACES_BY_RESOURCE else {}),
+            shard_resource=SHARD_RESOURCE,
         )
         catalog = prepare_store(settings)
         settings = share_secrets(settings)
@@ -261,12 +257,7 @@ def deploy(database_url: str) -> Deployed:
     except BaseException:
         cluster.shutdown()
         raise
-    if PLACES_BY_RESOURCE:
-        start_shards(settings)
-    else:
-        pinned = NodeAffinitySchedulingStrategy(workers[0].node_id, soft=False)
-        remote = ray.remote(num_cpus=0)(lambda s: len(start_shards(s)))
-        ray.get(remote.options(scheduling_strategy=pinned).remote(settings))
+    start_shards(settings)
     start_webhook_deliverer(settings)
     start_ingress(settings)
     base = f"http://127.0.0.1:{port}"
@@ -357,7 +348,6 @@ def main(database_url: str, per_producer: int) -> dict[str, Any]:
         label = deployed.label
         return {
             "nodes": 3,
-            "placed_by_resource": PLACES_BY_RESOURCE,
             "shards": SHARDS,
             "shards_by_node_before": {label(n): before.count(n) for n in sorted(set(before))},
             "shards_by_node_after": {label(n): after.count(n) for n in sorted(set(after))},
