@@ -35,7 +35,6 @@ from tallyray.errors import Conflict, InvalidInput, Problem
 from tallyray.invoicing.payments.base import (
     CheckoutRequest,
     HostedCheckout,
-    PaymentProvider,
     PaymentRequest,
     PaymentResult,
     ProviderEvent,
@@ -152,45 +151,36 @@ class CreditPurchases:
         *,
         purchase_id: str | None = None,
         attempt: int = 1,
-        resume: bool = False,
     ) -> tuple[dict[str, Any], PaymentResult | None]:
         """Charge the customer's saved payment method off session for ``amount`` of credit.
 
         The purchase row (kind ``recharge``) is written *before* the provider is asked, so a
         caller that passes the same ``purchase_id`` again (a retry after a crash, another
-        replica) finds it and charges nothing twice: an existing purchase is returned as it is,
-        with no result. ``attempt`` makes the provider's idempotency key
-        (``<purchase id>:<attempt>``). A synchronous decline marks the purchase ``failed``;
-        success or pending leaves it ``pending`` until the signed webhook books it. Raises
-        :class:`~tallyray.errors.ProviderUnavailable` when the provider cannot be reached
-        (the purchase stays pending; retry with the same ``purchase_id`` and ``attempt``).
-
-        ``resume``: the caller holds the only claim on this purchase (auto-recharge's crossing,
-        :mod:`tallyray.invoicing.recharge`) and the process that wrote it may have stopped
-        between writing it and hearing the provider: an existing purchase still ``pending``
-        without a provider reference is sent again, with the *same* idempotency key, so the
-        provider answers with the first payment if there was one and makes it otherwise.
+        replica) finds it and charges nothing twice: an existing purchase the provider has
+        answered for this ``attempt`` is returned as it is, with no result. ``attempt`` makes
+        the provider's idempotency key (``<purchase id>:<attempt>``): the same attempt asked
+        again after an outage is sent again and charged once; a later attempt (after a
+        decline) charges again. A synchronous decline marks the purchase ``failed``; success or
+        pending leaves it ``pending`` until the signed webhook books it (a ``failed`` one can
+        still be paid). Raises :class:`~tallyray.errors.ProviderUnavailable` when the provider
+        cannot be reached (the purchase stays pending; retry with the same ``purchase_id`` and
+        ``attempt``).
         """
         record = await run_in_threadpool(self.billing.catalog.customer, env, customer_id)
         value, code = self.checked_amount(record, amount, None, limits=False)
         name = str(record.billing.get("payment_provider") or "manual")
-        provider = self.billing.provider(env, name)
+        self.billing.provider(env, name)  # 409 before the row when env has no such provider
         purchase_id = purchase_id or new_id("pur")
         if not purchase_id.startswith("pur_"):
             raise InvalidInput(
                 "a purchase id starts with 'pur_'", [Problem("purchase_id", purchase_id)]
             )
         now = self.billing.clock()
-        existing = await run_in_threadpool(self.store.env_of, purchase_id)
-        if existing is not None:
-            found = await run_in_threadpool(self.store.get, env, purchase_id)
-            unheard = found["status"] == "pending" and found["provider_reference"] is None
-            if not (resume and unheard and found["kind"] == "recharge"):
-                return found, None
-            value, code = Decimal(found["amount"]), str(found["currency"])
-            return await self._collect_recharge(
-                env, record, provider, found["id"], value, code, attempt
-            )
+        if await run_in_threadpool(self.store.env_of, purchase_id) is not None:
+            existing = await run_in_threadpool(self.store.get, env, purchase_id)
+            if not _charge_again(existing, attempt):
+                return existing, None
+            return await self._charge(env, record, existing, attempt)
         try:
             await run_in_threadpool(
                 self.store.add,
@@ -209,21 +199,17 @@ class CreditPurchases:
             )
         except Conflict:  # another process wrote it first
             return await run_in_threadpool(self.store.get, env, purchase_id), None
-        return await self._collect_recharge(
-            env, record, provider, purchase_id, value, code, attempt
-        )
+        purchase = await run_in_threadpool(self.store.get, env, purchase_id)
+        return await self._charge(env, record, purchase, attempt)
 
-    async def _collect_recharge(
-        self,
-        env: str,
-        record: CustomerRecord,
-        provider: PaymentProvider,
-        purchase_id: str,
-        value: Decimal,
-        code: str,
-        attempt: int,
-    ) -> tuple[dict[str, Any], PaymentResult]:
-        """Ask the provider to charge a written recharge purchase, and note its answer."""
+    async def _charge(
+        self, env: str, record: CustomerRecord, purchase: Mapping[str, Any], attempt: int
+    ) -> tuple[dict[str, Any], PaymentResult | None]:
+        """One off-session attempt for a recharge purchase; the provider's idempotency key
+        (``<purchase id>:<attempt>``) makes asking twice for one attempt charge once."""
+        purchase_id = purchase["id"]
+        value, code = Decimal(purchase["amount"]), purchase["currency"]
+        provider = self.billing.provider(env, purchase["provider"])
         request = PaymentRequest(
             invoice_id=purchase_id,
             invoice_number="",
@@ -254,7 +240,7 @@ class CreditPurchases:
                 env,
                 purchase_id,
                 result.reference,
-                result.to_json(),
+                {**result.to_json(), "attempt": attempt},
                 self.billing.clock(),
             )
         if result.status == "failed":
@@ -263,7 +249,11 @@ class CreditPurchases:
                 env,
                 purchase_id,
                 "failed",
-                {"code": result.failure_code, "message": result.failure_message},
+                {
+                    "code": result.failure_code,
+                    "message": result.failure_message,
+                    "attempt": attempt,
+                },
                 self.billing.clock(),
             )
         return await run_in_threadpool(self.store.get, env, purchase_id), result
@@ -432,6 +422,22 @@ class CreditPurchases:
             new_id("rct"),
             now,
         )
+
+
+def _charge_again(purchase: Mapping[str, Any], attempt: int) -> bool:
+    """Whether ``start_recharge`` should ask the provider for ``attempt`` of an existing
+    recharge: never once paid or canceled; when the provider has not answered yet (an
+    outage: the same attempt again, safe under its idempotency key); or for a later attempt
+    than the last answered one (a retry after a decline)."""
+    if purchase["kind"] != "recharge" or purchase["status"] in ("paid", "canceled"):
+        return False
+    answered = max(
+        int((purchase.get("checkout") or {}).get("attempt", 0)),
+        int((purchase.get("failure") or {}).get("attempt", 0)),
+    )
+    if purchase["provider_reference"] is None and purchase["status"] == "pending":
+        return attempt >= max(answered, 1)
+    return attempt > answered
 
 
 def purchase_json(purchase: Mapping[str, Any]) -> dict[str, Any]:

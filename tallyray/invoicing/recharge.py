@@ -206,7 +206,7 @@ class AutoRecharges:
             amount = Decimal(row["amount"])
         try:
             purchase, result = await self.billing.purchases.start_recharge(
-                env, customer, amount, purchase_id=purchase_id, attempt=1, resume=True
+                env, customer, amount, purchase_id=purchase_id, attempt=1
             )
         except TallyrayError as error:
             # Nothing known to be charged: the same attempt (same purchase, same key) later.
