@@ -490,25 +490,36 @@ def memory_ids(customers: int, round_: int) -> list[str]:
 
 def copy_customers(target: _server.Target, round_: int, count: int) -> None:
     """``count`` customers of the test environment named by :func:`memory_ids`, each a copy
-    of the first load customer with its subscription."""
+    of the first load customer with its subscription (every column as the table has it)."""
     assert target.database
     first = target.customers[0]
-    name = f"'mem{round_}-' || lpad(i::text, 7, '0')"
     series = f"generate_series(0, {count - 1}) AS i"
-    _server._psql(
-        f"INSERT INTO customers SELECT env, {name}, name, email, currency, country, vat_id, "
-        "address, billing_mode, overdraft, credit_limit, spend_cap, created_at, billing "
-        f"FROM customers, {series} WHERE env = 'test' AND id = '{first}'",
-        database=target.database,
-        timeout=600,
-    )
-    _server._psql(
-        f"INSERT INTO subscriptions SELECT 'sub_mem{round_}_' || i, env, {name}, plan_key, "
-        'plan_version, start, "end", created_at, anchor, discount '
-        f"FROM subscriptions, {series} WHERE env = 'test' AND customer_id = '{first}'",
-        database=target.database,
-        timeout=600,
-    )
+    name = f"'mem{round_}-' || lpad(i::text, 7, '0')"
+    copies = {
+        "customers": ("id", name, f"id = '{first}'"),
+        "subscriptions": ("customer_id", name, f"customer_id = '{first}'"),
+    }
+    for table, (column, value, where) in copies.items():
+        columns = _server._psql(
+            "SELECT string_agg(quote_ident(column_name), ',' ORDER BY ordinal_position) "
+            f"FROM information_schema.columns WHERE table_name = '{table}' "
+            "AND table_schema = 'public'",
+            database=target.database,
+        ).split(",")
+        chosen = [
+            value
+            if c == column
+            else f"'sub_mem{round_}_' || i"
+            if (table, c) == ("subscriptions", "id")
+            else c
+            for c in columns
+        ]
+        _server._psql(
+            f"INSERT INTO {table} ({','.join(columns)}) SELECT {','.join(chosen)} "
+            f"FROM {table}, {series} WHERE env = 'test' AND {where}",
+            database=target.database,
+            timeout=600,
+        )
 
 
 def write_config(args: argparse.Namespace, path: Path) -> list[str]:
