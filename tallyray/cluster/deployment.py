@@ -38,7 +38,7 @@ class Ingress:
         clock = settings.clock
         engine = make_engine(settings.database_url)
         catalog = Catalog(engine)
-        router = ShardRouter(settings.shards)
+        router = ShardRouter(settings.shards, line_options=settings.line_options)
         config = billing_config(settings.config_path)
         billing = Billing(
             catalog=catalog,
