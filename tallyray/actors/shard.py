@@ -893,6 +893,8 @@ class ShardCore:
         accounts are set aside (``set_aside``): their periods are not written yet, so an
         invoice run must leave them out until they are repaired (their shard writes them on
         the restart that brings them back)."""
+        if self.resharding:  # before the cutoff moves: nothing of the close may happen
+            raise Resharding.now()
         self.cutoffs[env] = max(self.cutoffs.get(env, 0), cutoff)
         cutoff = self.cutoffs[env]
         # Let every commit queued before the cutoff moved land in memory first.
