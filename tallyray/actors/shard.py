@@ -503,9 +503,15 @@ class ShardCore:
         account only what its checkpoint does not hold already."""
         groups: dict[tuple[int, str, str], list[Event]] = defaultdict(list)
         stored_at, aside = self._stored_at, self.quarantined
+        owned: dict[AccountKey, bool] = {}
         for row in rows:
             key = (row.env, row.customer_id)
             if key in aside or row.seq <= stored_at.get(key, 0):
+                continue
+            mine = owned.get(key)
+            if mine is None:
+                mine = owned[key] = shard_of(*key, self.shard_count) == self.shard
+            if not mine:  # written by this shard number before a reshard moved the customer
                 continue
             try:
                 properties = orjson.loads(row.properties)

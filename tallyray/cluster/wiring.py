@@ -58,7 +58,14 @@ def start_ray(settings: Settings, num_cpus: int | None = None) -> None:
         ray.init(address=settings.ray_address, **kwargs)
     else:
         _stay_on_loopback()
-        ray.init(num_cpus=num_cpus or os.cpu_count(), _node_ip_address="127.0.0.1", **kwargs)
+        # "local": a new Ray of our own, never the cluster another `ray start` on this box
+        # left in /tmp/ray/ray_current_cluster (address=None would join that one).
+        ray.init(
+            address="local",
+            num_cpus=num_cpus or os.cpu_count(),
+            _node_ip_address="127.0.0.1",
+            **kwargs,
+        )
 
 
 def _stay_on_loopback() -> None:
