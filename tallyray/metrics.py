@@ -107,6 +107,25 @@ class _UnpricedEvents(Collector):
         yield family
 
 
+class _ShardCalls(Collector):
+    """``tallyray_shard_calls_total``: this replica's hot calls to the shards, by way."""
+
+    def __init__(self) -> None:
+        self.counts: Mapping[str, int] = {}
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "tallyray_shard_calls",
+            "Quota checks, ingest and admission calls to the shards by this replica, by way: "
+            "over the line of a shard on this node (line-local), of a shard on another node "
+            "(line-remote), or as a Ray call (ray)",
+            labels=["way"],
+        )
+        for way in ("line-local", "line-remote", "ray"):
+            family.add_metric([way], self.counts.get(way, 0))
+        yield family
+
+
 class Metrics:
     """The ingress's metrics registry. Shards report theirs through :meth:`absorb_shards`."""
 
@@ -164,11 +183,17 @@ class Metrics:
             ["shard"],
             registry=r,
         )
+        self._shard_calls = _ShardCalls()
+        r.register(self._shard_calls)
         self.store_unavailable = Counter(
             "tallyray_store_unavailable",
             "Requests answered 503 (store or shard unavailable)",
             registry=r,
         )
+
+    def absorb_shard_calls(self, counts: Mapping[str, int]) -> None:
+        """The router's counts of hot calls by way (:attr:`ShardRouter.calls`)."""
+        self._shard_calls.counts = dict(counts)
 
     def absorb_shards(self, statuses: Iterable[Mapping[str, Any]]) -> None:
         for status in statuses:

@@ -55,7 +55,7 @@ from tallyray.actors.account import (
 from tallyray.actors.alerting import AlertRule
 from tallyray.actors.limits import Limits
 from tallyray.actors.routing import shard_of
-from tallyray.actors.shard_line import Endpoint, ShardLineServer
+from tallyray.actors.shard_line import Endpoint, LineOptions, ShardLineServer
 from tallyray.clock import Clock, clock_for, system_clock
 from tallyray.credentials import database_url as resolve_database_url
 from tallyray.errors import (
@@ -726,7 +726,7 @@ class ShardCore:
             self.stats.commit_seconds.observe(self._last_commit - started)
             self.stats.batch_sizes.observe(len(events))
             try:
-                self._apply_commit(batch, result.inserted, at)
+                self._apply_commit(batch, result.inserted, at, result.skipped_grants)
             except Exception as error:  # noqa: BLE001 — the commit is durable: answer it
                 # Each account's part is guarded on its own (see _apply_commit); this is the
                 # last line, so that the committer itself never dies.
@@ -738,7 +738,11 @@ class ShardCore:
                     p.future.set_result(p)
 
     def _apply_commit(
-        self, batch: list[_Pending], inserted: dict[tuple[str, str, str], int], at: int
+        self,
+        batch: list[_Pending],
+        inserted: dict[tuple[str, str, str], int],
+        at: int,
+        skipped_grants: set[str] | frozenset[str] = frozenset(),
     ) -> None:
         """Apply a commit in memory: each account's new events in one go, then the grants
         (the order replay applies them in: grants are booked after the commit's events),
@@ -771,7 +775,10 @@ class ShardCore:
                 self._apply(env, customer, events, at, alerts=False)
         for p in batch:
             for grant in p.grants:
-                self._add_grant_row(grant)
+                if grant["id"] in skipped_grants:  # it pays a purchase paid before
+                    p.result = {"skipped": 1}
+                else:
+                    self._add_grant_row(grant)
         for key in fresh:
             account = self.accounts.get(key)
             if account is None:
@@ -1346,7 +1353,10 @@ class ShardCore:
     ) -> dict[str, Any] | None:
         """Book a credit grant. A grant whose id the account already has (a retried request
         with the same idempotency key) is not booked again: its stored terms are returned
-        (``None`` when it was booked now)."""
+        (``None`` when it was booked now). A grant that pays a credit purchase
+        (``grant["purchase"]``) is booked only with the purchase's move to ``paid``, in the
+        same transaction (:func:`tallyray.storage.purchases.mark_paid`): when the purchase
+        was paid already, nothing is booked and a non-``None`` answer says so."""
         account = self.account(env, customer_id)
         if grant["currency"] != account.profile.currency:
             raise Conflict(
@@ -1362,14 +1372,24 @@ class ShardCore:
                 "expires_at": known.expires_at,
                 "created_at": known.created_at,
             }
+        if grant["id"] in self._booking and grant.get("purchase") is not None:
+            # Two deliveries of one purchase's webhook at once: the second waits for the
+            # first (the store books the purchase once whatever happens).
+            for _ in range(500):
+                await asyncio.sleep(0.01)
+                if grant["id"] not in self._booking:
+                    break
+            return {"booked_by": "another delivery"}
         if grant["id"] in self._booking:
             raise Conflict("a grant with this Idempotency-Key is being booked; retry shortly")
         self._booking.add(grant["id"])
         try:
             loop = asyncio.get_running_loop()
-            await self._submit(_Pending(loop.create_future(), env, grants=[grant]))
+            done = await self._submit(_Pending(loop.create_future(), env, grants=[grant]))
         finally:
             self._booking.discard(grant["id"])
+        if done.result.get("skipped"):
+            return {"booked_by": "an earlier delivery"}
         return None
 
     def balance(self, env: str, customer_id: str) -> dict[str, Any]:
@@ -1516,8 +1536,10 @@ class ShardActor:
         clock_offset_us: int = 0,
         limits: Limits | None = None,
         secrets_file: str | None = None,
+        line: LineOptions | None = None,
     ) -> None:
         configure_logging()
+        self.line_options = line or LineOptions()
         self.core = ShardCore(
             shard,
             shard_count,
@@ -1562,8 +1584,10 @@ class ShardActor:
         checks, ingest and its admission, the calls that are safe to repeat."""
         if self._line is None:
             import ray  # the actor runs under Ray; the module stays importable without it
+            from ray.util import get_node_ip_address
 
             node = ray.get_runtime_context().get_node_id()
+            options = self.line_options
             self._line = ShardLineServer(
                 node,
                 {
@@ -1571,6 +1595,9 @@ class ShardActor:
                     "ingest": self.core.ingest,
                     "admit": self.core.admit,
                 },
+                # the address Ray reports for this node: where other nodes reach it
+                host=get_node_ip_address() if options.remote else None,  # type: ignore[no-untyped-call]
+                tls=options.tls,
             )
         return await self._line.endpoint()
 

@@ -4,21 +4,26 @@ A Ray actor call costs both sides far more CPU than answering a quota check does
 shard, ~3 % of the samples were our code; the rest was Ray's worker), so the hot calls —
 quota checks and ingest, both safe to repeat — take a shorter way. Each shard listens on a
 Unix socket of its own node (in a directory only its user may enter; loopback TCP where
-there are no Unix sockets); an ingress replica on the same node asks the shard for
-``(node, path or host and port, token)`` once, over Ray, and from then on writes calls to
-the socket and reads the replies back.
+there are no Unix sockets) and, for replicas on other nodes, on TCP at the address Ray
+reports for its node (:class:`LineOptions`; TLS with :class:`LineTLS`). An ingress replica
+asks the shard for ``(node, path, host and port, token)`` once, over Ray, and from then on
+writes calls to the socket — the Unix one on the same node, TCP from another — and reads
+the replies back.
 
 The server runs on the shard actor's own event loop, where a Ray call to the same method
 would run: a quota check is answered inline, between other requests, and sees the account as
 the last group commit left it; an ingest is a task that answers once its group commit is
-durable, exactly like the actor method. Anything unusual — another node, a refused
-connection, a closed socket (the shard restarted) — and the ingress makes the Ray call
+durable, exactly like the actor method. Anything unusual — a shard on another node without
+a TCP line, a refused connection, a closed socket (the shard restarted) — and the ingress
+makes the Ray call
 instead, which knows how to wait for a restarting shard. Repeating a call whose reply was
 lost is safe: checks are reads, and the event log counts each event id once.
 
 Frames are a 4-byte big-endian length and a payload. The first frame a client sends is the
 token, compared in constant time; only then are payloads (pickles, which carry Decimals,
-answers and Tallyray's errors as they are) read from it.
+answers and Tallyray's errors as they are) read from it. Between nodes the token crosses the
+network: in the clear unless TLS is on, like Ray's own traffic, which trusts its network
+(docs/deploy.md, "The shard line between nodes").
 """
 
 from __future__ import annotations
@@ -32,13 +37,14 @@ import pickle
 import secrets
 import shutil
 import socket
+import ssl
 import struct
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Endpoint", "LineDown", "ShardLine", "ShardLineServer"]
+__all__ = ["Endpoint", "LineDown", "LineOptions", "LineTLS", "ShardLine", "ShardLineServer"]
 
 log = logging.getLogger("tallyray.shard_line")
 
@@ -48,15 +54,55 @@ HOST = "127.0.0.1"
 
 
 @dataclass(frozen=True, slots=True)
+class LineTLS:
+    """TLS for the lines between nodes: every shard serves ``cert`` (with ``key``), and every
+    replica accepts a shard's certificate only if ``ca`` (default: ``cert`` itself, a
+    self-signed one shared by the cluster) signed it. Host names are not checked: shards
+    move between nodes, so one certificate serves them all; the token still authenticates
+    the replica. The files must be at these paths on every node."""
+
+    cert: str
+    key: str
+    ca: str | None = None
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.cert, self.key)
+        return context
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(self.ca or self.cert)
+        return context
+
+
+@dataclass(frozen=True, slots=True)
+class LineOptions:
+    """How shards offer their lines and replicas use them (``TALLYRAY_SHARD_LINE_*``)."""
+
+    remote: bool = True
+    """Shards also listen on TCP at their node's address, for replicas on other nodes."""
+    tls: LineTLS | None = None
+    """TLS on those TCP lines; a replica with TLS set uses no line without it."""
+
+
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     node: str
-    """The Ray node the shard runs on: only a replica on the same node may use the line."""
+    """The Ray node the shard runs on: a replica on it uses ``path``, others ``host:port``."""
     host: str
     port: int
+    """0: no TCP line (a replica on another node calls over Ray)."""
     token: bytes
     path: str | None = None
-    """A Unix socket to use instead of ``host:port``: on one machine it costs both ends far
+    """A Unix socket for replicas on the same node: on one machine it costs both ends far
     less per call than loopback TCP (no TCP/IP stack), and only this user can reach it."""
+    tls: bool = False
+    """The TCP line wants TLS (:class:`LineTLS`)."""
 
 
 class LineDown(ConnectionError):
@@ -87,32 +133,49 @@ class ShardLineServer:
     run as tasks and answer when done)."""
 
     def __init__(
-        self, node: str, methods: Mapping[str, Callable[..., Any]], unix: bool = True
+        self,
+        node: str,
+        methods: Mapping[str, Callable[..., Any]],
+        unix: bool = True,
+        host: str | None = None,
+        tls: LineTLS | None = None,
     ) -> None:
         self.node = node
         self.unix = unix
         """Listen on a Unix socket (else on loopback TCP)."""
+        self.host = host
+        """Also listen on TCP at this address (the node's), for other nodes' replicas."""
+        self.tls = tls
         self._dir: str | None = None
         self._path: str | None = None
         self._methods = dict(methods)
         self._token = secrets.token_bytes(32)
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
+        self._port = 0
+        self._tcp_host = HOST
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def endpoint(self) -> Endpoint:
         """Start listening (once) and say where: a Unix socket in a directory of its own that
-        only this user may enter, or loopback TCP where there are no Unix sockets."""
-        if self._server is None:
+        only this user may enter (loopback TCP where there are no Unix sockets), and TCP at
+        ``host`` when given."""
+        if not self._servers:
+            tcp_host = self.host
             if self.unix and hasattr(socket, "AF_UNIX"):
                 self._dir = tempfile.mkdtemp(prefix="tallyray-line-")  # mode 0700
                 self._path = os.path.join(self._dir, "line.sock")
-                self._server = await asyncio.start_unix_server(self._serve, self._path)
-            else:
-                self._server = await asyncio.start_server(self._serve, HOST, 0)
-        if self._path is not None:
-            return Endpoint(self.node, HOST, 0, self._token, self._path)
-        port = self._server.sockets[0].getsockname()[1]
-        return Endpoint(self.node, HOST, port, self._token)
+                self._servers.append(await asyncio.start_unix_server(self._serve, self._path))
+            elif tcp_host is None:
+                tcp_host = HOST
+            if tcp_host is not None:
+                context = None if self.tls is None else self.tls.server_context()
+                server = await asyncio.start_server(self._serve, tcp_host, 0, ssl=context)
+                self._servers.append(server)
+                self._tcp_host = tcp_host
+                self._port = server.sockets[0].getsockname()[1]
+        return Endpoint(
+            self.node, self._tcp_host, self._port, self._token, self._path, self.tls is not None
+        )
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -152,9 +215,9 @@ class ShardLineServer:
             writer.write(reply)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        for server in self._servers:
+            server.close()
+        self._servers = []
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = self._path = None
@@ -173,14 +236,32 @@ class ShardLine:
         self._listener = self._loop.create_task(self._listen())
 
     @classmethod
-    async def open(cls, endpoint: Endpoint, timeout: float = 1.0) -> ShardLine:
+    async def open(
+        cls,
+        endpoint: Endpoint,
+        timeout: float = 1.0,
+        *,
+        local: bool = True,
+        tls: LineTLS | None = None,
+    ) -> ShardLine:
+        """Connect: to the Unix socket when ``local`` (the shard is on this node) and it has
+        one, else over TCP — with TLS when the shard wants it or this end has it set (the
+        token is not sent in the clear to a shard that does not speak TLS then)."""
+        if local and endpoint.path is not None:
+            connect: Any = asyncio.open_unix_connection(endpoint.path)
+        elif endpoint.port == 0:
+            raise LineDown("the shard has no line for other nodes")
+        elif endpoint.tls or tls is not None:
+            if tls is None or not endpoint.tls:
+                raise LineDown("TLS is set on one end of the shard line only")
+            connect = asyncio.open_connection(
+                endpoint.host, endpoint.port, ssl=tls.client_context()
+            )
+        else:
+            connect = asyncio.open_connection(endpoint.host, endpoint.port)
         try:
-            if endpoint.path is not None:
-                connect = asyncio.open_unix_connection(endpoint.path)
-            else:
-                connect = asyncio.open_connection(endpoint.host, endpoint.port)
             reader, writer = await asyncio.wait_for(connect, timeout)
-        except (TimeoutError, OSError) as error:
+        except (TimeoutError, OSError) as error:  # ssl.SSLError is an OSError
             raise LineDown(f"cannot reach the shard's line: {error}") from None
         writer.write(_frame(endpoint.token))
         return cls(reader, writer)

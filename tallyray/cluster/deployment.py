@@ -42,7 +42,11 @@ class Ingress:
         clock = settings.clock
         engine = make_engine(settings.database_url)
         catalog = Catalog(engine)
-        router = ShardRouter(settings.shard_count, layout=layout_reader(engine))
+        router = ShardRouter(
+            settings.shard_count,
+            line_options=settings.line_options,
+            layout=layout_reader(engine),
+        )
         router.relayout()  # the stored count: a reshard may have run since the start
         config = billing_config(settings.config_path)
         billing = Billing(

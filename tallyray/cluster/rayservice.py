@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+from tallyray.cluster.placement import ingress_options
 from tallyray.cluster.providers import check_payment_settings
 from tallyray.cluster.settings import Settings
 from tallyray.cluster.wiring import (
@@ -48,4 +49,4 @@ def app(args: dict[str, Any] | None = None) -> Any:
     maintain_event_log(settings, catalog.engine)
     start_shards(settings)
     start_webhook_deliverer(settings)
-    return cast(Any, Ingress).options(num_replicas=settings.replicas).bind(settings.shared())
+    return cast(Any, Ingress).options(**ingress_options(settings)).bind(settings.shared())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -15,6 +16,7 @@ from tallyray.actors.limits import (
     MAX_UNIQUE_VALUES,
     Limits,
 )
+from tallyray.actors.shard_line import LineOptions, LineTLS
 from tallyray.clock import Clock, clock_for, offset_to
 from tallyray.credentials import database_url, read_secret
 from tallyray.errors import InvalidInput
@@ -109,6 +111,25 @@ class Settings:
     secrets_file: str | None = None
     """Where this deployment's processes find the secrets their environment lacks
     (:mod:`tallyray.credentials`); ``tallyray serve`` writes one for its own machine."""
+    shard_resource: str | None = None
+    """Shards run only on nodes that declare this custom Ray resource (each takes
+    :data:`~tallyray.cluster.placement.RESOURCE_SHARE` of it); ``None``: on any node. Either
+    way they are spread over those nodes (docs/deploy.md, "Placement")."""
+    ingress_resource: str | None = None
+    """Ingress replicas (the nodes that serve HTTP) run only on nodes that declare this
+    custom Ray resource; ``None``: on any node."""
+    replicas_per_node: int = 0
+    """Ingress replicas on each node that may serve HTTP (the nodes alive at start); 0: the
+    number of replicas is ``replicas``, wherever Serve puts them."""
+    shard_line_remote: bool = True
+    """Shards offer their line on TCP at their node's address, so that replicas on other
+    nodes skip the Ray call too (:mod:`tallyray.actors.shard_line`)."""
+    shard_line_tls_cert: str | None = None
+    """TLS on the shard line between nodes: the certificate (PEM) every shard serves..."""
+    shard_line_tls_key: str | None = None
+    """... its private key (PEM) ..."""
+    shard_line_tls_ca: str | None = None
+    """... and the CA replicas check it against (default: the certificate itself)."""
 
     #: The fields that are secrets: they reach other processes only through the environment
     #: or a secrets file, never as arguments (:meth:`shared`).
@@ -176,6 +197,13 @@ class Settings:
         "TALLYRAY_SECRETS_FILE": "secrets_file",
         "TALLYRAY_EVENT_RETENTION_DAYS": "event_retention_days",
         "TALLYRAY_EVENT_EXPORT_DIR": "event_export_dir",
+        "TALLYRAY_SHARD_RESOURCE": "shard_resource",
+        "TALLYRAY_INGRESS_RESOURCE": "ingress_resource",
+        "TALLYRAY_REPLICAS_PER_NODE": "replicas_per_node",
+        "TALLYRAY_SHARD_LINE_REMOTE": "shard_line_remote",
+        "TALLYRAY_SHARD_LINE_TLS_CERT": "shard_line_tls_cert",
+        "TALLYRAY_SHARD_LINE_TLS_KEY": "shard_line_tls_key",
+        "TALLYRAY_SHARD_LINE_TLS_CA": "shard_line_tls_ca",
     }
 
     @classmethod
@@ -222,6 +250,9 @@ class Settings:
         for variable, name in cls.ENV.items():
             if name.startswith("max_") and getattr(settings, name) < 1:
                 raise ValueError(f"{variable} must be at least 1")
+        if settings.replicas_per_node < 0:
+            raise ValueError("TALLYRAY_REPLICAS_PER_NODE must be 0 (not used) or more")
+        settings.line_options  # noqa: B018 — unreadable TLS files stop the start, with why
         settings.run_schedule  # noqa: B018 — a bad schedule stops the start, with its reason
         config = settings.config_path
         return cls(
@@ -278,6 +309,29 @@ class Settings:
     def run_schedule(self) -> RunSchedule:
         """When invoice runs start themselves (:mod:`tallyray.invoicing.scheduler`)."""
         return parse_schedule(self.invoice_schedule, self.invoice_run_at)
+
+    @property
+    def line_options(self) -> LineOptions:
+        """How shards offer their lines and replicas use them; raises ``ValueError`` naming
+        the setting when the TLS files are incomplete or unreadable."""
+        cert, key, ca = self.shard_line_tls_cert, self.shard_line_tls_key, self.shard_line_tls_ca
+        if not (cert or key or ca):
+            return LineOptions(remote=self.shard_line_remote)
+        if not (cert and key):
+            raise ValueError(
+                "TLS on the shard line needs both TALLYRAY_SHARD_LINE_TLS_CERT and "
+                "TALLYRAY_SHARD_LINE_TLS_KEY (and optionally TALLYRAY_SHARD_LINE_TLS_CA)"
+            )
+        tls = LineTLS(cert, key, ca)
+        try:
+            tls.server_context()
+            tls.client_context()
+        except (OSError, ssl.SSLError) as error:
+            raise ValueError(
+                "TALLYRAY_SHARD_LINE_TLS_CERT/KEY/CA: cannot load the certificate, key or CA "
+                f"({error}); they must be PEM files readable on every node"
+            ) from None
+        return LineOptions(remote=self.shard_line_remote, tls=tls)
 
     @property
     def limits(self) -> Limits:

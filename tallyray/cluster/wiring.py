@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from tallyray.access import ENVIRONMENTS
 from tallyray.actors.shard import ShardActor
 from tallyray.alerts.deliverer import start_webhooks
+from tallyray.cluster.placement import ingress_options, shard_options
 from tallyray.cluster.settings import Settings
 from tallyray.credentials import write_secrets_file
 from tallyray.errors import ConfigError, InvalidInput, Problem
@@ -58,8 +59,8 @@ def start_ray(settings: Settings, num_cpus: int | None = None) -> None:
         ray.init(address=settings.ray_address, **kwargs)
     else:
         _stay_on_loopback()
-        # "local": a new Ray of our own, never the cluster another `ray start` on this box
-        # left in /tmp/ray/ray_current_cluster (address=None would join that one).
+        # "local": a Ray of our own, even where another cluster was started on this machine
+        # (without it, ray.init() joins the last one ``ray start`` recorded in /tmp/ray)
         ray.init(
             address="local",
             num_cpus=num_cpus or os.cpu_count(),
@@ -221,8 +222,8 @@ def start_shards(settings: Settings) -> list[Any]:
             lifetime="detached",
             max_restarts=-1,
             max_task_retries=0,
-            num_cpus=0,
             get_if_exists=True,
+            **shard_options(settings),
         ).remote(
             i,
             settings.shard_count,
@@ -233,6 +234,7 @@ def start_shards(settings: Settings) -> list[Any]:
             settings.clock_offset_us,
             settings.limits,
             settings.secrets_file,
+            settings.line_options,
         )
         for i in range(settings.shard_count)
     ]
@@ -299,7 +301,7 @@ def start_ingress(settings: Settings) -> None:
     # No Serve proxy: each replica serves the API port itself (tallyray.serve.listener).
     serve.start(proxy_location="Disabled")
     shared = settings.shared()  # no secrets: Serve keeps its arguments in Ray's control store
-    app = cast(Any, Ingress).options(num_replicas=settings.replicas).bind(shared)
+    app = cast(Any, Ingress).options(**ingress_options(settings)).bind(shared)
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
 
 

@@ -7,7 +7,8 @@
                                           "city": "Berlin", "country": "DE"}},
   "number_prefix": "INV-", "credit_note_prefix": "CN-", "entity": "default",
   "locale": "en", "payment_terms_days": 14, "auto_finalize": true,
-  "late_events": "reject", "dunning": {"retry_days": [3, 5, 7]}, "chunk_size": 500
+  "late_events": "reject", "dunning": {"retry_days": [3, 5, 7]}, "chunk_size": 500,
+  "top_ups": {"minimum": "5.00", "maximum": "5000.00", "receipt_prefix": "RCT-"}
 }
 ```
 
@@ -23,6 +24,7 @@ from typing import Any
 from babel import Locale, UnknownLocaleError
 
 from tallyray.errors import ConfigError, Problem
+from tallyray.invoicing.purchase_rules import TopUpRules, parse_top_up_rules
 from tallyray.invoicing.tax.config import country_problem
 
 __all__ = ["LATE_EVENT_POLICIES", "InvoicingConfig", "parse_invoicing_config"]
@@ -43,6 +45,7 @@ _FIELDS = frozenset(
         "late_events",
         "dunning",
         "chunk_size",
+        "top_ups",
     }
 )
 _SELLER_FIELDS = frozenset({"name", "email", "vat_id", "country", "address"})
@@ -65,6 +68,8 @@ class InvoicingConfig:
     """Days after each failed payment attempt to try again; then uncollectible."""
     chunk_size: int = 500
     """Customers per invoice-run task."""
+    top_ups: TopUpRules = field(default_factory=TopUpRules)
+    """Credit purchases: amount limits, receipt numbers (:mod:`.purchase_rules`)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,6 +83,7 @@ class InvoicingConfig:
             "late_events": self.late_events,
             "dunning": {"retry_days": list(self.retry_days)},
             "chunk_size": self.chunk_size,
+            "top_ups": self.top_ups.to_json(),
         }
 
 
@@ -162,6 +168,7 @@ def parse_invoicing_config(raw: Any, where: str = "invoicing") -> InvoicingConfi
                 bad("dunning.retry_days", "must be a list of whole numbers of days (1 to 365)")
             else:
                 values["retry_days"] = tuple(days)
+    values["top_ups"] = parse_top_up_rules(raw.get("top_ups"), f"{where}.top_ups", problems)
     if problems:
         raise ConfigError.of(problems)
     return InvoicingConfig(**values)

@@ -35,6 +35,7 @@ from tallyray.invoicing.payments import (
     ProviderEvent,
 )
 from tallyray.invoicing.payments.matching import amount_mismatch
+from tallyray.invoicing.purchases import CreditPurchases
 from tallyray.invoicing.runs import RunSpec, invoice_chunk_task
 from tallyray.pricing.events import format_timestamp
 from tallyray.pricing.money import currency, parse_amount, round_amount
@@ -42,6 +43,7 @@ from tallyray.storage.audit import AuditEntry
 from tallyray.storage.billing import BillingStore
 from tallyray.storage.catalog import Catalog, CustomerRecord
 from tallyray.storage.leases import HEARTBEAT_SECONDS, process_driver
+from tallyray.storage.purchases import PurchaseStore
 
 __all__ = ["Billing"]
 
@@ -75,10 +77,13 @@ class Billing:
     driver: str = field(default_factory=process_driver)
     """This process's name on the runs it drives (:mod:`tallyray.storage.leases`)."""
     config: InvoicingConfig = field(init=False)
+    purchases: CreditPurchases = field(init=False)
+    """Top-ups and recharges: prepaid credit bought through the providers."""
     _runs: dict[str, asyncio.Task[None]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.config = parse_invoicing_config(self.invoicing_raw)
+        self.purchases = CreditPurchases(self, PurchaseStore(self.store.engine))
 
     # -- invoice runs --------------------------------------------------------------------
 
@@ -535,9 +540,25 @@ class Billing:
         env, events = await run_in_threadpool(
             self.providers.parse_webhook, name, headers, body, system_clock()
         )
+        bought: list[ProviderEvent] = []
         ours: list[ProviderEvent] = []
         for event in events:
-            if event.kind == "ignored" or event.invoice_id is None:
+            if event.kind != "ignored" and event.purchase_id is not None:
+                found = await run_in_threadpool(self.purchases.store.env_of, event.purchase_id)
+                if found is None:
+                    log.warning("%s webhook for unknown purchase %s", name, event.purchase_id)
+                elif found != env:
+                    raise WebhookRefused(
+                        f"{name} event {event.event_id} is signed for the {env} environment "
+                        f"but names purchase {event.purchase_id}, which is not a {env} "
+                        "purchase: refused"
+                    )
+                else:
+                    bought.append(event)
+                continue
+            if event.kind not in ("payment.succeeded", "payment.failed"):
+                continue
+            if event.invoice_id is None:
                 continue
             found = await run_in_threadpool(self.store.invoice_env, event.invoice_id)
             if found is None:
@@ -557,6 +578,19 @@ class Billing:
                 )
             ours.append(event)
         fresh = 0
+        for event in bought:
+            # Every delivery is processed (booking is idempotent): one that stopped half way
+            # must be finishable by the provider's retry. The ledger only counts new ones.
+            await self.purchases.on_event(env, name, event)
+            fresh += await run_in_threadpool(
+                self.store.first_time,
+                name,
+                event.event_id,
+                env,
+                event.kind,
+                event.purchase_id,
+                self.clock(),
+            )
         for event in ours:
             assert event.invoice_id is not None
             first = await run_in_threadpool(

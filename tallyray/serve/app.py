@@ -1,7 +1,7 @@
 """The HTTP API v1 (FastAPI): the application, composed of the route modules in
 :mod:`tallyray.serve.routes` — events; quota checks and reservations; meters, plans,
-customers, subscriptions and credits; invoicing; webhooks and alerts; the portal; operations
-and administration.
+customers, subscriptions and credits; top-ups; invoicing; webhooks and alerts; the portal;
+operations and administration.
 
 Here: the middleware (request ids, the body limit, ``Idempotency-Key``), the one JSON error
 shape, the background tasks of a replica, and the routes' shared :class:`~tallyray.serve.api.Api`.
@@ -48,6 +48,7 @@ from tallyray.serve.routes import (
     portal,
     quota,
     simulations,
+    top_ups,
     webhooks,
 )
 from tallyray.storage.alerts import AlertStore
@@ -135,7 +136,16 @@ def build_app(services: Services) -> FastAPI:
     app.add_middleware(QuotaFastPath, api=api)
     _add_error_handlers(app, services)
 
-    for module in (events, quota, catalog, plan_versions, invoicing, simulations, operations):
+    for module in (
+        events,
+        quota,
+        catalog,
+        top_ups,
+        plan_versions,
+        invoicing,
+        simulations,
+        operations,
+    ):
         app.include_router(module.router)
     contract(app)
     webhooks.include(

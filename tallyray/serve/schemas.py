@@ -362,6 +362,40 @@ class CreditGrant(Open):
     amount: Decimal
 
 
+class TopUpRequest(Closed):
+    amount: Decimal = Field(examples=["50.00"])
+    currency: str | None = Field(None, description="The customer's currency (the default)")
+    return_url: str | None = Field(
+        None,
+        description="Where the provider sends the customer back (`?top_up=<id>&result=…` is "
+        "added); coming back books nothing",
+    )
+
+
+class TopUp(Open):
+    id: str = Field(examples=["pur_3f9a0c..."])
+    object: Literal["top_up", "recharge"]
+    customer_id: str
+    status: Literal["pending", "paid", "failed", "canceled"]
+    amount: Decimal
+    currency: str
+    provider: str = Field(examples=["stripe"])
+    provider_reference: str | None = Field(
+        None, description="The Checkout Session or Adyen session id"
+    )
+    checkout_url: str | None = Field(None, description="The provider's hosted payment page")
+    session_data: str | None = Field(None, description="Adyen's sessionData, for a Drop-in")
+    grant_id: str | None = Field(None, description="The credit grant, once paid")
+    receipt: dict[str, Any] | None = Field(None, description="The receipt, once paid")
+    created_at: Moment
+    paid_at: Moment | None = None
+
+
+class TopUpList(Closed):
+    top_ups: list[TopUp]
+    has_more: bool
+
+
 class LimitStanding(UnitLimitUse):
     held: Decimal = Field(examples=["2000"])
     remaining: Decimal = Field(examples=["998000"])
@@ -740,6 +774,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         CreditGrantRequest, {201: CreditGrant, 200: CreditGrant}
     ),
     ("get", "/v1/customers/{customer_id}/balance"): Operation(None, {200: Balance}),
+    ("post", "/v1/customers/{customer_id}/top-ups"): Operation(TopUpRequest, {201: TopUp}),
+    ("get", "/v1/customers/{customer_id}/top-ups"): Operation(None, {200: TopUpList}),
+    ("get", "/v1/top-ups/{top_up_id}"): Operation(None, {200: TopUp}),
     ("post", "/v1/invoice-runs"): Operation(
         InvoiceRunRequest, {202: InvoiceRun}, request_required=False
     ),

@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from tallyray.actors.routing import shard_of
-from tallyray.actors.shard_line import LineDown, ShardLine
+from tallyray.actors.shard_line import LineDown, LineOptions, ShardLine
 from tallyray.errors import NotOwner, StoreUnavailable, TallyrayError
 
 __all__ = ["NAMESPACE", "ShardRouter", "shard_name"]
@@ -54,6 +55,10 @@ LINE_RETRY_SECONDS = 1.0
 #: A shard on another node has no line for us; ask again this often (it may move).
 OTHER_NODE_SECONDS = 60.0
 
+Way = Literal["line-local", "line-remote", "ray"]
+"""How a hot call went: over the line of a shard on this node, of one on another node, or
+as a Ray call."""
+
 #: Calls that go over a shard's line when there is one (see :mod:`tallyray.actors.shard_line`).
 LINE_METHODS = frozenset({"check_many", "ingest", "admit"})
 
@@ -77,6 +82,7 @@ class ShardRouter:
         lookup: Callable[[int], Any] = _lookup,
         node: Callable[[], str] = _this_node,
         lines: bool = True,
+        line_options: LineOptions | None = None,
         layout: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         self.count = count
@@ -95,9 +101,17 @@ class ShardRouter:
         self._lines: dict[int, ShardLine] = {}
         self._line_next_try: dict[int, float] = {}
         """After a failed try to open a shard's line, when to try again (monotonic)."""
+        self.line_options = line_options or LineOptions()
+        """Whether lines to shards on other nodes are used, and their TLS."""
         self._line_locks: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Lock]] = {}
-        self.line_calls = 0
+        self._line_ways: dict[int, Way] = {}
+        self.calls: Counter[str] = Counter()
+        """Hot calls (:data:`LINE_METHODS`) answered, by way (``tallyray_shard_calls_total``)."""
+
+    @property
+    def line_calls(self) -> int:
         """Calls answered over a shard line (the rest went over Ray)."""
+        return self.calls["line-local"] + self.calls["line-remote"]
 
     def index(self, env: str, customer_id: str) -> int:
         return shard_of(env, customer_id, self.count)
@@ -133,17 +147,21 @@ class ShardRouter:
             raise
 
     async def _call(self, index: int, method: str, *args: Any, idempotent: bool = False) -> Any:
-        if method in LINE_METHODS and self.lines:
+        if method not in LINE_METHODS:
+            return await self._ray_call(index, method, *args, idempotent=idempotent)
+        if self.lines:
             line = await self._line(index)
             if line is not None:
                 try:
                     answer = await line.call(method, *args)
-                    self.line_calls += 1
+                    self.calls[self._line_ways[index]] += 1
                     return answer
                 except LineDown as error:
                     log.info("shard %d line down, calling over Ray: %s", index, error)
                     self._lines.pop(index, None)
-        return await self._ray_call(index, method, *args, idempotent=idempotent)
+        answer = await self._ray_call(index, method, *args, idempotent=idempotent)
+        self.calls["ray"] += 1
+        return answer
 
     async def _ray_call(self, index: int, method: str, *args: Any, idempotent: bool = False) -> Any:
         # A call that meets a shard Ray has just restarted fails with "may or may not have
@@ -229,10 +247,14 @@ class ShardRouter:
                 return None
             try:
                 endpoint = await self._ray_call(index, "line_endpoint")
-                if endpoint.node != self._node():  # its loopback is not ours: ask again later
+                local = endpoint.node == self._node()
+                if not local and not (self.line_options.remote and endpoint.port):
+                    # no line between our nodes: ask again later (the shard may move)
                     self._line_next_try[index] = time.monotonic() + OTHER_NODE_SECONDS
                     return None
-                line = self._lines[index] = await ShardLine.open(endpoint)
+                line = await ShardLine.open(endpoint, local=local, tls=self.line_options.tls)
+                self._lines[index] = line
+                self._line_ways[index] = "line-local" if local else "line-remote"
             except Exception as error:  # noqa: BLE001 — no line is no loss: calls go over Ray
                 log.info("shard %d has no line now: %s", index, error)
                 self._line_next_try[index] = time.monotonic() + LINE_RETRY_SECONDS

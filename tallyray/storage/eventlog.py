@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from tallyray.storage import tables as t
 from tallyray.storage.alerts import write_messages
 from tallyray.storage.audit import write_audit
+from tallyray.storage.purchases import mark_paid
 
 __all__ = ["CommitResult", "EventRow", "ShardStore", "customer_events"]
 
@@ -68,6 +69,8 @@ class CommitResult:
     """(env, customer_id, event_id) → seq, for the events that were new."""
     position: int = 0
     """The shard's log position after this commit."""
+    skipped_grants: set[str] = field(default_factory=set)
+    """Grants left out: they pay a purchase that was paid (or canceled) already."""
 
 
 # One customer's events through its chunks. PostgreSQL's planner, left to itself, reads the
@@ -165,14 +168,16 @@ class ShardStore:
                 if result.inserted:
                     result.position = max(position, max(result.inserted.values()))
             if grants:
-                conn.execute(
-                    insert(t.credit_grants),
-                    [
-                        {**_columns(g), "shard": self.shard, "position": result.position}
-                        for g in grants
-                    ],
-                )
-                for g in grants:  # the audit entry of a grant made through the API
+                booked = [g for g in grants if self._purchase_paid(conn, g, at, result)]
+                if booked:
+                    conn.execute(
+                        insert(t.credit_grants),
+                        [
+                            {**_columns(g), "shard": self.shard, "position": result.position}
+                            for g in booked
+                        ],
+                    )
+                for g in booked:  # the audit entry of a grant made through the API
                     write_audit(conn, g.get("audit"))
             if new_holds:
                 conn.execute(insert(t.holds), [{**h, "shard": self.shard} for h in new_holds])
@@ -183,6 +188,24 @@ class ShardStore:
                     .values(status=status, finished_at=at)
                 )
         return result
+
+    @staticmethod
+    def _purchase_paid(
+        conn: Connection, grant: Mapping[str, Any], at: int, result: CommitResult
+    ) -> bool:
+        """Whether ``grant`` is booked: always, unless it pays a credit purchase that is no
+        longer payable (paid already, canceled), which is then left out of this commit
+        (:attr:`CommitResult.skipped_grants`). The purchase moves to ``paid`` in this
+        transaction, so a purchase books exactly one grant, whoever delivers it how often."""
+        purchase = grant.get("purchase")
+        if purchase is None:
+            return True
+        if mark_paid(
+            conn, grant["env"], purchase["id"], grant["id"], purchase.get("reference"), at
+        ):
+            return True
+        result.skipped_grants.add(grant["id"])
+        return False
 
     def _insert_events(
         self, conn: Connection, events: Sequence[EventRow], at: int
@@ -454,7 +477,7 @@ class ShardStore:
 
 def _columns(grant: Mapping[str, Any]) -> dict[str, Any]:
     """A grant's row: the grant without what travels beside it (its audit entry)."""
-    return {k: v for k, v in grant.items() if k != "audit"}
+    return {k: v for k, v in grant.items() if k not in ("audit", "purchase")}
 
 
 def stored_events(

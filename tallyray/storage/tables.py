@@ -395,6 +395,37 @@ provider_events = Table(
     PrimaryKeyConstraint("provider", "event_id"),
 )
 
+credit_purchases = Table(
+    "credit_purchases",
+    metadata,
+    # Prepaid credit bought through a payment provider: a top-up (the customer on the
+    # provider's hosted page) or a recharge (a saved payment method, off session). The grant is
+    # booked by the customer's shard in the transaction that moves the status to ``paid``
+    # (storage.purchases.mark_paid), so a purchase books at most one grant.
+    Column("id", String(40), primary_key=True),
+    Column("env", String(8), nullable=False),
+    Column("customer_id", String(255), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("amount", String(50), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("provider", String(16), nullable=False),
+    # The provider's object for this purchase: a Checkout Session, an Adyen session, a
+    # PaymentIntent or a pspReference. Unique: one provider object pays one purchase.
+    Column("provider_reference", String(255), unique=True),
+    # What the provider's success webhook named (the PaymentIntent, the pspReference).
+    Column("payment_reference", String(255)),
+    Column("checkout", Json),
+    Column("failure", Json),
+    Column("grant_id", String(40)),
+    Column("document_id", String(40)),
+    Column("document", Json),
+    Column("created_at", Micros, nullable=False),
+    Column("updated_at", Micros, nullable=False),
+    Column("paid_at", Micros),
+    Index("ix_credit_purchases_customer", "env", "customer_id", "id"),
+)
+
 # -- alerts and webhooks -----------------------------------------------------------------------
 
 alert_rules = Table(

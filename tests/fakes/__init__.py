@@ -148,6 +148,17 @@ class LocalServer:
                 raise TimeoutError(f"{len(self._deliveries)} of {count} webhooks delivered")
             return self._deliveries[:count]
 
+    def wait_for_matching(
+        self, match: Callable[[Delivery], bool], count: int, timeout: float = 5.0
+    ) -> list[Delivery]:
+        """The webhook deliveries ``match`` accepts, once there are at least ``count``."""
+        with self._changed:
+            if not self._changed.wait_for(
+                lambda: sum(1 for d in self._deliveries if match(d)) >= count, timeout
+            ):
+                raise TimeoutError(f"fewer than {count} matching webhooks delivered")
+            return [d for d in self._deliveries if match(d)]
+
     # -- for subclasses --------------------------------------------------------------------
 
     def respond(self, request: Received) -> Reply:

@@ -1,4 +1,12 @@
-"""A local Adyen Checkout: ``POST /v<N>/payments`` in Adyen's wire format.
+"""A local Adyen Checkout: ``POST /v<N>/payments`` and ``POST /v<N>/sessions`` in Adyen's
+wire format.
+
+``/sessions`` with ``mode: hosted`` answers with the session's ``id``, ``sessionData`` and
+``url``, a hosted page served here (``GET /checkoutshopper/{id}``): a form with the card
+number and holder name. Adyen's test conventions decide: holder name ``DECLINED`` is refused,
+any known test card (:data:`TEST_CARDS`) otherwise authorised. Either way an HMAC-signed
+``AUTHORISATION`` notification (``merchantReference`` = the session's ``reference``) is sent;
+an authorised payment redirects to ``returnUrl`` with ``sessionId`` and ``sessionResult``.
 
 Requests need the ``X-API-Key`` header and this fake's merchant account; ``Idempotency-Key``
 replays the first answer. The outcome comes from ``paymentMethod.storedPaymentMethodId``
@@ -17,16 +25,25 @@ import base64
 import copy
 import hashlib
 import hmac
+import html
 import json
 import re
 import secrets
 import threading
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from . import LocalServer, Received, Reply
 
-__all__ = ["OUTCOMES", "FakeAdyen", "notification_item", "sign_adyen_item", "signed_notification"]
+__all__ = [
+    "OUTCOMES",
+    "TEST_CARDS",
+    "FakeAdyen",
+    "notification_item",
+    "sign_adyen_item",
+    "signed_notification",
+]
 
 #: storedPaymentMethodId → (resultCode, refusalReason, refusalReasonCode).
 OUTCOMES: dict[str, tuple[str, str | None, str | None]] = {
@@ -36,6 +53,8 @@ OUTCOMES: dict[str, tuple[str, str | None, str | None]] = {
     "pending": ("Pending", None, None),
     "received": ("Received", None, None),
 }
+#: Adyen's test card numbers this fake's hosted page takes.
+TEST_CARDS = frozenset({"4111111145551142", "5555444433331111", "4988438843884305"})
 SIGNED_FIELDS = (
     "pspReference",
     "originalReference",
@@ -123,13 +142,23 @@ class FakeAdyen(LocalServer):
         self.live = live
         self._state = threading.Lock()
         self._replies: dict[str, tuple[Any, Reply]] = {}
+        self._sessions: dict[str, dict[str, Any]] = {}
 
     def outage(self, status: int) -> Reply:
         return _error(status, "905", "Payment details are not supported", "internal")
 
+    @property
+    def sessions(self) -> dict[str, dict[str, Any]]:
+        with self._state:
+            return copy.deepcopy(self._sessions)
+
     def respond(self, request: Received) -> Reply:
+        if request.path.startswith("/checkoutshopper/"):  # the shopper's page: no API key
+            return self._hosted_page(request)
         if request.headers.get("x-api-key") != self.api_key:
             return _error(401, "000", "HTTP Status Response - Unauthorized", "security")
+        if request.method == "POST" and re.fullmatch(r"/v\d+/sessions", request.path):
+            return self._idempotent(request, self._session)
         if request.method != "POST" or not re.fullmatch(r"/v\d+/payments", request.path):
             return _error(404, "000", f"Not found: {request.method} {request.path}", "validation")
         try:
@@ -141,6 +170,16 @@ class FakeAdyen(LocalServer):
                 "Structure of PaymentRequest contains the following unknown fields",
                 "validation",
             )
+        return self._idempotent(request, self._payment, body)
+
+    def _idempotent(
+        self, request: Received, make: Any, body: dict[str, Any] | None = None
+    ) -> Reply:
+        if body is None:
+            try:
+                body = json.loads(request.body)
+            except ValueError:
+                return _error(400, "702", "Unable to parse the request body", "validation")
         key = request.headers.get("idempotency-key")
         if key is not None:
             with self._state:
@@ -151,11 +190,70 @@ class FakeAdyen(LocalServer):
                         422, "704", "request already processed or in progress", "validation"
                     )
                 return earlier[1]
-        reply = self._payment(body)
+        reply: Reply = make(body)
         if key is not None and reply.status < 500:
             with self._state:
                 self._replies.setdefault(key, (body, reply))
         return reply
+
+    # -- sessions and the hosted page ------------------------------------------------------
+
+    def _session(self, body: dict[str, Any]) -> Reply:
+        if body.get("merchantAccount") != self.merchant_account:
+            return _error(403, "901", "Invalid Merchant Account", "security")
+        for required in ("amount", "reference", "returnUrl"):
+            if required not in body:
+                return _error(
+                    422, "100", f"Required field '{required}' is not provided.", "validation"
+                )
+        amount = body["amount"]
+        if not isinstance(amount.get("value"), int) or amount["value"] <= 0:
+            return _error(422, "137", "Invalid amount specified", "validation")
+        session_id = "CS" + secrets.token_hex(10).upper()
+        session = {
+            "id": session_id,
+            "amount": amount,
+            "reference": body["reference"],
+            "returnUrl": body["returnUrl"],
+            "merchantAccount": self.merchant_account,
+            "mode": body.get("mode", "embedded"),
+            "shopperReference": body.get("shopperReference"),
+            "expiresAt": "2099-01-01T00:00:00+00:00",
+            "sessionData": "Ab02b4c0!" + base64.b64encode(secrets.token_bytes(24)).decode(),
+            "status": "active",
+        }
+        if session["mode"] == "hosted":
+            session["url"] = f"{self.url}/checkoutshopper/{session_id}"
+        with self._state:
+            self._sessions[session_id] = session
+        return Reply.of_json(201, {k: v for k, v in session.items() if k != "status"})
+
+    def _hosted_page(self, request: Received) -> Reply:
+        match = re.fullmatch(r"/checkoutshopper/(CS\w+)", request.path)
+        with self._state:
+            session = copy.deepcopy(self._sessions.get(match.group(1))) if match else None
+        if session is None:
+            return Reply(404, b"<h1>Not found</h1>", {"Content-Type": "text/html"})
+        if session["status"] != "active":
+            return _html(200, "<h1>This payment session is completed</h1>")
+        if request.method == "GET":
+            return _html(200, _payment_form(session, None))
+        form = dict(parse_qsl(request.body.decode(), keep_blank_values=True))
+        number = form.get("card_number", "").replace(" ", "")
+        if number not in TEST_CARDS:
+            return _html(200, _payment_form(session, "Incorrect card number"))
+        psp = "".join(secrets.choice("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789") for _ in range(16))
+        refused = form.get("holder_name", "").strip().upper() == "DECLINED"
+        body = {"reference": session["reference"], "amount": session["amount"]}
+        self._notify(body, psp, not refused, "Refused" if refused else "")
+        if refused:
+            return _html(200, _payment_form(session, "Refused"))
+        with self._state:
+            self._sessions[session["id"]]["status"] = "completed"
+        joiner = "&" if "?" in session["returnUrl"] else "?"
+        query = urlencode({"sessionId": session["id"], "sessionResult": "X" + psp})
+        location = f"{session['returnUrl']}{joiner}{query}"
+        return Reply(303, b"", {"Location": location})
 
     def _payment(self, body: dict[str, Any]) -> Reply:
         if body.get("merchantAccount") != self.merchant_account:
@@ -203,3 +301,23 @@ class FakeAdyen(LocalServer):
         )
         payload = signed_notification([item], self.hmac_key, self.live)
         self.send_webhook(self.webhook_url, {"Content-Type": "application/json"}, payload)
+
+
+def _html(status: int, body: str) -> Reply:
+    return Reply(status, body.encode(), {"Content-Type": "text/html; charset=utf-8"})
+
+
+def _payment_form(session: dict[str, Any], error: str | None) -> str:
+    amount = session["amount"]
+    problem = f'<p role="alert" id="card-error">{html.escape(error)}</p>' if error else ""
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        "<title>Pay · Adyen test</title></head><body>"
+        f"<h1>Pay {amount['value']} {html.escape(amount['currency'])} (minor units)</h1>{problem}"
+        f'<form method="post" action="/checkoutshopper/{session["id"]}">'
+        '<label for="card_number">Card number</label>'
+        '<input id="card_number" name="card_number" autocomplete="off">'
+        '<label for="holder_name">Name on card</label>'
+        '<input id="holder_name" name="holder_name">'
+        '<button type="submit">Pay</button></form></body></html>'
+    )

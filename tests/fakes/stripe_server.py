@@ -4,6 +4,14 @@
 - ``POST /v1/payment_intents`` (form-encoded, nested ``metadata[...]``; ``confirm=true``
   decides the outcome from Stripe's test payment methods, see :data:`DECLINES`) and
   ``GET /v1/payment_intents/{id}``
+- ``POST /v1/checkout/sessions`` (``mode=payment``, one ``line_items`` entry with
+  ``price_data``) and ``GET /v1/checkout/sessions/{id}``; the session's ``url`` is a hosted
+  page served here, ``GET /pay/{id}``: a form with a card number field. Stripe's test cards
+  decide (:data:`TEST_CARDS`): a paying card completes the session, sends signed
+  ``payment_intent.succeeded`` and ``checkout.session.completed`` events and redirects to the
+  ``success_url``; a declining one sends ``payment_intent.payment_failed`` and shows the page
+  again with the decline; "Cancel" goes to the ``cancel_url``. :meth:`FakeStripe.expire`
+  expires an open session (``checkout.session.expired``).
 
 Every request needs ``Authorization: Bearer <api_key>``, and, as at Stripe, the key decides the
 mode: with a live key (``sk_live_``, ``rk_live_``) every object and event says ``livemode: true``,
@@ -22,6 +30,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import hmac
+import html
 import json
 import re
 import secrets
@@ -33,7 +42,7 @@ from urllib.parse import parse_qsl
 
 from . import LocalServer, Received, Reply
 
-__all__ = ["DECLINES", "FakeStripe", "sign_stripe_payload"]
+__all__ = ["DECLINES", "TEST_CARDS", "FakeStripe", "sign_stripe_payload"]
 
 #: Stripe test payment methods that decline: (code, decline_code, message).
 DECLINES = {
@@ -46,6 +55,13 @@ DECLINES = {
     "pm_card_chargeDeclinedExpiredCard": ("expired_card", None, "Your card has expired."),
 }
 SUCCEEDS = frozenset({"pm_card_visa", "pm_card_mastercard"})
+#: Card numbers typed on the hosted page → the test payment method they stand for.
+TEST_CARDS = {
+    "4242424242424242": "pm_card_visa",
+    "5555555555554444": "pm_card_mastercard",
+    "4000000000000002": "pm_card_chargeDeclined",
+    "4000000000009995": "pm_card_chargeDeclinedInsufficientFunds",
+}
 REQUIRES_ACTION = frozenset({"pm_card_authenticationRequired"})
 THREE_DECIMAL = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
 API_VERSION = "2025-01-27.acacia"
@@ -99,6 +115,7 @@ class FakeStripe(LocalServer):
         self._state = threading.Lock()
         self._customers: dict[str, dict[str, Any]] = {}
         self._intents: dict[str, dict[str, Any]] = {}
+        self._sessions: dict[str, dict[str, Any]] = {}
         self._replies: dict[str, tuple[str, str, dict[str, Any], Reply]] = {}
 
     @property
@@ -111,6 +128,11 @@ class FakeStripe(LocalServer):
         with self._state:
             return copy.deepcopy(self._intents)
 
+    @property
+    def checkout_sessions(self) -> dict[str, dict[str, Any]]:
+        with self._state:
+            return copy.deepcopy(self._sessions)
+
     def outage(self, status: int) -> Reply:
         if status == 429:
             return _error(429, "invalid_request_error", "Too many requests.", code="rate_limit")
@@ -119,6 +141,8 @@ class FakeStripe(LocalServer):
     # -- routing ---------------------------------------------------------------------------
 
     def respond(self, request: Received) -> Reply:
+        if request.path.startswith("/pay/"):  # the hosted page: the customer's, no API key
+            return self._hosted_page(request)
         reply = self._authorized(request) or self._route(request)
         return Reply(
             reply.status,
@@ -145,7 +169,11 @@ class FakeStripe(LocalServer):
 
     def _route(self, request: Received) -> Reply:
         method, path = request.method, request.path
-        if method == "POST" and path in {"/v1/customers", "/v1/payment_intents"}:
+        if method == "POST" and path in {
+            "/v1/customers",
+            "/v1/payment_intents",
+            "/v1/checkout/sessions",
+        }:
             params = decode_form(request.body)
             key = request.headers.get("idempotency-key")
             if key is None:
@@ -170,14 +198,22 @@ class FakeStripe(LocalServer):
                 self._replies.setdefault(key, (method, path, params, reply))
             return reply
         if method == "GET" and (
-            match := re.fullmatch(r"/v1/(customers|payment_intents)/([\w]+)", path)
+            match := re.fullmatch(
+                r"/v1/(customers|payment_intents|checkout/sessions)/([\w]+)", path
+            )
         ):
             kind, object_id = match.groups()
             with self._state:
-                store = self._customers if kind == "customers" else self._intents
+                store = {
+                    "customers": self._customers,
+                    "payment_intents": self._intents,
+                    "checkout/sessions": self._sessions,
+                }[kind]
                 found = copy.deepcopy(store.get(object_id))
             if found is None:
-                noun = "customer" if kind == "customers" else "payment_intent"
+                noun = {"customers": "customer", "payment_intents": "payment_intent"}.get(
+                    kind, "checkout.session"
+                )
                 return _error(
                     404,
                     "invalid_request_error",
@@ -196,7 +232,130 @@ class FakeStripe(LocalServer):
     def _create(self, request: Received, params: dict[str, Any]) -> Reply:
         if request.path == "/v1/customers":
             return self._create_customer(params)
+        if request.path == "/v1/checkout/sessions":
+            return self._create_checkout_session(params)
         return self._create_payment_intent(request, params)
+
+    # -- checkout sessions and their hosted page ------------------------------------------
+
+    def _create_checkout_session(self, params: dict[str, Any]) -> Reply:
+        def invalid(param: str, message: str) -> Reply:
+            return _error(400, "invalid_request_error", message, param=param)
+
+        if params.get("mode") != "payment":
+            return invalid("mode", "This fake supports mode=payment only.")
+        for required in ("success_url", "cancel_url"):
+            if not str(params.get(required, "")).startswith(("http://", "https://")):
+                return invalid(required, f"Not a valid URL: {params.get(required)!r}")
+        items = params.get("line_items") or {}
+        item = items.get("0") if isinstance(items, dict) else None
+        price = (item or {}).get("price_data") or {}
+        amount, currency = str(price.get("unit_amount", "")), str(price.get("currency", ""))
+        if not amount.isdigit() or int(amount) <= 0:
+            return invalid("line_items[0][price_data][unit_amount]", "Invalid positive integer")
+        if not currency or currency != currency.lower():
+            return invalid("line_items[0][price_data][currency]", f"Invalid currency: {currency}.")
+        session_id = f"cs_{'live' if self.livemode else 'test'}_{secrets.token_hex(12)}"
+        quantity = int(item.get("quantity", "1")) if item else 1
+        session: dict[str, Any] = {
+            "id": session_id,
+            "object": "checkout.session",
+            "mode": "payment",
+            "status": "open",
+            "payment_status": "unpaid",
+            "amount_subtotal": int(amount) * quantity,
+            "amount_total": int(amount) * quantity,
+            "currency": currency,
+            "customer": params.get("customer"),
+            "customer_email": params.get("customer_email"),
+            "client_reference_id": params.get("client_reference_id"),
+            "metadata": params.get("metadata", {}),
+            "payment_intent": None,
+            "success_url": params["success_url"],
+            "cancel_url": params["cancel_url"],
+            "url": f"{self.url}/pay/{session_id}",
+            "livemode": self.livemode,
+            "created": int(self._clock()),
+            "expires_at": int(self._clock()) + 86_400,
+            "_intent_metadata": (params.get("payment_intent_data") or {}).get("metadata", {}),
+            "_product": ((price.get("product_data") or {}).get("name")) or "",
+        }
+        with self._state:
+            self._sessions[session_id] = session
+        return Reply.of_json(200, _public(session))
+
+    def expire(self, session_id: str) -> None:
+        """Expire an open session, as Stripe does after 24 hours: a signed
+        ``checkout.session.expired`` event."""
+        with self._state:
+            session = self._sessions[session_id]
+            assert session["status"] == "open", session["status"]
+            session["status"] = "expired"
+            public = _public(session)
+        self._send_event("checkout.session.expired", public, None)
+
+    def _hosted_page(self, request: Received) -> Reply:
+        match = re.fullmatch(r"/pay/(cs_\w+)", request.path)
+        with self._state:
+            session = copy.deepcopy(self._sessions.get(match.group(1))) if match else None
+        if session is None:
+            return Reply(404, b"<h1>Not found</h1>", {"Content-Type": "text/html"})
+        if session["status"] != "open":
+            return _html(200, f"<h1>This checkout session is {session['status']}</h1>")
+        if request.method == "GET":
+            return _html(200, _payment_form(session, None))
+        form = dict(parse_qsl(request.body.decode(), keep_blank_values=True))
+        if form.get("action") == "cancel":
+            return Reply(303, b"", {"Location": session["cancel_url"]})
+        number = form.get("card_number", "").replace(" ", "")
+        method = TEST_CARDS.get(number)
+        if method is None:
+            return _html(200, _payment_form(session, "Your card number is invalid."))
+        intent = self._session_intent(session, method)
+        if intent["status"] != "succeeded":
+            error = intent["last_payment_error"] or {}
+            return _html(200, _payment_form(session, str(error.get("message", "Declined."))))
+        with self._state:
+            stored = self._sessions[session["id"]]
+            stored.update(status="complete", payment_status="paid", payment_intent=intent["id"])
+            public = _public(stored)
+        self._send_event("checkout.session.completed", public, None)
+        return Reply(303, b"", {"Location": session["success_url"]})
+
+    def _session_intent(self, session: dict[str, Any], method: str) -> dict[str, Any]:
+        """A PaymentIntent for the session, confirmed with ``method``; its events sent."""
+        intent: dict[str, Any] = {
+            "id": (intent_id := session.get("payment_intent") or _id("pi")),
+            "object": "payment_intent",
+            "amount": session["amount_total"],
+            "amount_received": 0,
+            "currency": session["currency"],
+            "customer": session.get("customer"),
+            "payment_method": method,
+            "description": session["_product"],
+            "metadata": dict(session["_intent_metadata"]),
+            "created": int(self._clock()),
+            "last_payment_error": None,
+            "livemode": self.livemode,
+            "status": "requires_payment_method",
+        }
+        if method in SUCCEEDS:
+            intent.update(status="succeeded", amount_received=intent["amount"])
+            event_type = "payment_intent.succeeded"
+        else:
+            code, decline_code, message = DECLINES[method]
+            intent["last_payment_error"] = {
+                "type": "card_error",
+                "code": code,
+                "decline_code": decline_code,
+                "message": message,
+            }
+            event_type = "payment_intent.payment_failed"
+        with self._state:
+            self._intents[intent_id] = copy.deepcopy(intent)
+            self._sessions[session["id"]]["payment_intent"] = intent_id
+        self._send_event(event_type, intent, None)
+        return intent
 
     # -- customers -------------------------------------------------------------------------
 
@@ -324,6 +483,11 @@ class FakeStripe(LocalServer):
     # -- webhooks --------------------------------------------------------------------------
 
     def _notify(self, event_type: str, intent: dict[str, Any], request: Received) -> None:
+        self._send_event(event_type, intent, request.headers.get("idempotency-key"))
+
+    def _send_event(
+        self, event_type: str, obj: dict[str, Any], idempotency_key: str | None
+    ) -> None:
         if self.webhook_url is None or self.webhook_secret is None:
             return
         now = int(self._clock())
@@ -332,13 +496,10 @@ class FakeStripe(LocalServer):
             "object": "event",
             "api_version": API_VERSION,
             "created": now,
-            "data": {"object": intent},
+            "data": {"object": obj},
             "livemode": self.livemode,
             "pending_webhooks": 1,
-            "request": {
-                "id": _id("req"),
-                "idempotency_key": request.headers.get("idempotency-key"),
-            },
+            "request": {"id": _id("req"), "idempotency_key": idempotency_key},
             "type": event_type,
         }
         body = json.dumps(event).encode()
@@ -352,3 +513,34 @@ class FakeStripe(LocalServer):
 
 def _id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def _public(session: dict[str, Any]) -> dict[str, Any]:
+    """A session as the API shows it (without this fake's own bookkeeping)."""
+    return {k: v for k, v in session.items() if not k.startswith("_")}
+
+
+def _html(status: int, body: str) -> Reply:
+    return Reply(status, body.encode(), {"Content-Type": "text/html; charset=utf-8"})
+
+
+def _payment_form(session: dict[str, Any], error: str | None) -> str:
+    """The hosted page: what is paid, a card number, Pay and Cancel."""
+    amount = session["amount_total"]
+    currency = session["currency"].upper()
+    digits = (
+        0 if currency.lower() in {"jpy", "krw"} else 3 if currency.lower() in THREE_DECIMAL else 2
+    )
+    shown = f"{amount / 10**digits:.{digits}f} {currency}"
+    problem = f'<p role="alert" id="card-error">{html.escape(error)}</p>' if error else ""
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        "<title>Pay · Stripe test mode</title></head><body>"
+        f"<h1>Pay {html.escape(shown)}</h1><p>{html.escape(session['_product'])}</p>{problem}"
+        f'<form method="post" action="/pay/{session["id"]}">'
+        '<label for="card_number">Card number</label>'
+        '<input id="card_number" name="card_number" autocomplete="off">'
+        '<button type="submit" name="action" value="pay">Pay</button>'
+        '<button type="submit" name="action" value="cancel">Cancel</button>'
+        "</form></body></html>"
+    )

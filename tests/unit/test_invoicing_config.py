@@ -3,12 +3,14 @@ field, and each problem reported at its JSON path."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from tallyray.errors import ConfigError, InvalidInput
 from tallyray.invoicing.config import LATE_EVENT_POLICIES, InvoicingConfig, parse_invoicing_config
+from tallyray.invoicing.purchase_rules import TopUpRules
 
 Doc = dict[str, Any]
 
@@ -37,6 +39,13 @@ FULL: Doc = {
     "late_events": "book_to_open_period",
     "dunning": {"retry_days": [1, 2, 4, 8]},
     "chunk_size": 250,
+    "top_ups": {
+        "minimum": "10.00",
+        "maximum": "2000.00",
+        "currencies": {"JPY": {"minimum": "1000", "maximum": "300000"}},
+        "receipt_prefix": "ACME-R-",
+        "priority": 0,
+    },
 }
 
 
@@ -71,6 +80,13 @@ def test_defaults(raw: Doc | None) -> None:
         "late_events": "reject",
         "dunning": {"retry_days": [3, 5, 7]},
         "chunk_size": 500,
+        "top_ups": {
+            "minimum": "5",
+            "maximum": "10000",
+            "currencies": {},
+            "receipt_prefix": "RCT-",
+            "priority": 1,
+        },
     }
 
 
@@ -87,6 +103,13 @@ def test_every_field_set() -> None:
         late_events="book_to_open_period",
         retry_days=(1, 2, 4, 8),
         chunk_size=250,
+        top_ups=TopUpRules(
+            minimum=Decimal("10.00"),
+            maximum=Decimal("2000.00"),
+            currencies={"JPY": (Decimal(1000), Decimal(300000))},
+            receipt_prefix="ACME-R-",
+            priority=0,
+        ),
     )
     # to_json gives back a block that parses to the same config
     assert config.to_json() == FULL

@@ -6,7 +6,7 @@ import asyncio
 from collections import Counter
 from typing import Any
 
-from tallyray.actors.shard_line import ShardLineServer
+from tallyray.actors.shard_line import LineOptions, ShardLineServer
 from tallyray.serve.shards import ShardRouter
 
 
@@ -18,8 +18,8 @@ class FakeShard:
     """Stands in for a Ray actor handle: ``handle.method.remote(*args)`` is awaitable, and
     every Ray call is counted."""
 
-    def __init__(self, node: str) -> None:
-        self.server = ShardLineServer(node, {"ingest": ingest})
+    def __init__(self, node: str, host: str | None = None) -> None:
+        self.server = ShardLineServer(node, {"ingest": ingest}, host=host)
         self.ray_calls: Counter[str] = Counter()
 
     def __getattr__(self, method: str) -> Any:
@@ -52,7 +52,7 @@ def test_a_shard_on_this_node_is_called_over_its_line() -> None:
     asyncio.run(main())
 
 
-def test_a_shard_on_another_node_is_called_over_ray_and_not_asked_again_and_again() -> None:
+def test_a_shard_on_another_node_without_a_tcp_line_is_called_over_ray_not_asked_often() -> None:
     async def main() -> None:
         shard = FakeShard("node-a")
         router = ShardRouter(1, lookup=lambda i: shard, node=lambda: "node-b")
@@ -95,5 +95,33 @@ def test_other_calls_always_go_over_ray() -> None:
         await router.call(0, "balance", "test", [])
         assert shard.ray_calls == {"balance": 1}
         assert router.line_calls == 0
+
+    asyncio.run(main())
+
+
+def test_a_shard_on_another_node_is_called_over_its_tcp_line() -> None:
+    async def main() -> None:
+        shard = FakeShard("node-a", host="127.0.0.1")
+        router = ShardRouter(1, lookup=lambda i: shard, node=lambda: "node-b")
+        for _ in range(5):
+            await router.call(0, "ingest", "test", [1])
+        assert router.calls == {"line-remote": 5}
+        assert shard.ray_calls == {"line_endpoint": 1}
+        await shard.server.close()
+
+    asyncio.run(main())
+
+
+def test_with_remote_lines_off_other_nodes_are_called_over_ray() -> None:
+    async def main() -> None:
+        shard = FakeShard("node-a", host="127.0.0.1")
+        router = ShardRouter(
+            1, lookup=lambda i: shard, node=lambda: "node-b", line_options=LineOptions(False)
+        )
+        for _ in range(3):
+            await router.call(0, "ingest", "test", [1])
+        assert router.calls == {"ray": 3}
+        assert shard.ray_calls == {"line_endpoint": 1, "ingest": 3}
+        await shard.server.close()
 
     asyncio.run(main())

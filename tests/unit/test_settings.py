@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+from line_certs import self_signed
 
 from tallyray.actors.limits import Limits
+from tallyray.actors.shard_line import LineOptions, LineTLS
+from tallyray.cluster.placement import RESOURCE_SHARE, ingress_options, shard_options
 from tallyray.cluster.settings import Settings
 
 
@@ -133,3 +137,26 @@ def test_a_process_without_its_database_url_refuses_to_start(
     monkeypatch.delenv("TALLYRAY_SECRETS_FILE", raising=False)
     with pytest.raises(RuntimeError, match="no database URL"):
         Settings.from_shared(Settings().shared())
+
+
+def test_tls_on_the_shard_line_needs_a_readable_certificate_and_key(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    tls = Settings.load(shard_line_tls_cert=str(cert), shard_line_tls_key=str(key)).line_options
+    assert tls == LineOptions(remote=True, tls=LineTLS(str(cert), str(key)))
+    with pytest.raises(ValueError, match="needs both TALLYRAY_SHARD_LINE_TLS_CERT"):
+        Settings.load(shard_line_tls_cert=str(cert))
+    with pytest.raises(ValueError, match="cannot load the certificate"):
+        Settings.load(shard_line_tls_cert=str(cert), shard_line_tls_key=str(tmp_path / "none"))
+    assert Settings.load(shard_line_remote=False).line_options == LineOptions(remote=False)
+
+
+def test_placement_options() -> None:
+    plain = Settings.load(replicas=2)
+    assert shard_options(plain) == {"num_cpus": 0, "scheduling_strategy": "SPREAD", "resources": {}}
+    assert ingress_options(plain) == {"num_replicas": 2}
+    narrowed = Settings.load(shard_resource="tallyray_shard", ingress_resource="tallyray_ingress")
+    assert shard_options(narrowed)["resources"] == {"tallyray_shard": RESOURCE_SHARE}
+    assert ingress_options(narrowed) == {
+        "num_replicas": 1,
+        "ray_actor_options": {"resources": {"tallyray_ingress": RESOURCE_SHARE}},
+    }

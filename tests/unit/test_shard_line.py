@@ -8,9 +8,10 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from line_certs import self_signed
 
 from tallyray.actors.account import QuotaAnswer
-from tallyray.actors.shard_line import LineDown, ShardLine, ShardLineServer
+from tallyray.actors.shard_line import LineDown, LineTLS, ShardLine, ShardLineServer
 from tallyray.errors import EventError, NotFound, Problem, StoreUnavailable
 
 
@@ -128,6 +129,70 @@ def test_calls_in_flight_when_the_shard_goes_away_are_told_to_go_another_way() -
         assert not line.up
         with pytest.raises(LineDown):  # and it stays down: the router opens a new one
             await line.call("check_many", [("test", "acme", [])])
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_a_line_over_tcp_answers_the_same_as_over_the_unix_socket() -> None:
+    async def main() -> None:
+        server = ShardLineServer("node-a", METHODS, host="127.0.0.1")
+        endpoint = await server.endpoint()
+        assert endpoint.path is not None and endpoint.port > 0 and not endpoint.tls
+        over_tcp = await ShardLine.open(endpoint, local=False)  # from another node
+        over_unix = await ShardLine.open(endpoint, local=True)
+        for line in (over_tcp, over_unix):
+            assert await line.call("ingest", "test", ["a"]) == {"ingested": 1, "duplicates": 0}
+            line.close()
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_without_a_tcp_line_another_node_gets_none() -> None:
+    async def main() -> None:
+        server = ShardLineServer("node-a", METHODS)  # a Unix socket only
+        with pytest.raises(LineDown, match="no line for other nodes"):
+            await ShardLine.open(await server.endpoint(), local=False)
+        await server.close()
+
+    asyncio.run(main())
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, LineTLS]:
+    """The cluster's certificate, and another one no shard serves."""
+    workdir = tmp_path_factory.mktemp("certs")
+    cert, key = self_signed(workdir, "cluster")
+    other, other_key = self_signed(workdir, "other")
+    return {"cluster": LineTLS(str(cert), str(key)), "other": LineTLS(str(other), str(other_key))}
+
+
+@pytest.mark.parametrize(
+    ("server_tls", "client_tls", "answered"),
+    [
+        ("cluster", "cluster", True),
+        ("cluster", None, False),  # a shard that wants TLS gets no plain connection
+        (None, "cluster", False),  # nor does a replica with TLS send its token in the clear
+        ("cluster", "other", False),  # a certificate the replica's CA did not sign
+    ],
+)
+def test_tls_on_the_line_between_nodes(
+    certs: dict[str, LineTLS], server_tls: str | None, client_tls: str | None, answered: bool
+) -> None:
+    async def main() -> None:
+        server = ShardLineServer(
+            "node-a", METHODS, host="127.0.0.1", tls=certs[server_tls] if server_tls else None
+        )
+        endpoint = await server.endpoint()
+        tls = certs[client_tls] if client_tls else None
+        if answered:
+            line = await ShardLine.open(endpoint, local=False, tls=tls)
+            assert await line.call("ingest", "test", ["a"]) == {"ingested": 1, "duplicates": 0}
+            line.close()
+        else:
+            with pytest.raises(LineDown):
+                await ShardLine.open(endpoint, local=False, tls=tls)
         await server.close()
 
     asyncio.run(main())

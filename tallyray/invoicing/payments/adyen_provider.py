@@ -43,9 +43,12 @@ from Adyen.services.checkout import PaymentsApi
 from tallyray.errors import ConfigError, Problem, ProviderUnavailable, SignatureError
 from tallyray.invoicing.payments.base import (
     AmountRules,
+    CheckoutRequest,
+    CheckoutSession,
     PaymentRequest,
     PaymentResult,
     ProviderEvent,
+    is_purchase_id,
 )
 from tallyray.invoicing.payments.endpoints import is_local, is_under, override_problem
 
@@ -209,10 +212,7 @@ class AdyenProvider:
             "paymentMethod": {"type": "scheme", "storedPaymentMethodId": request.payment_method},
             "shopperInteraction": "ContAuth",
             "recurringProcessingModel": "UnscheduledCardOnFile",
-            "metadata": {
-                "tallyray_invoice_id": request.invoice_id,
-                "invoice_number": request.invoice_number,
-            },
+            "metadata": request.metadata(),
         }
         if request.customer_email:
             body["shopperEmail"] = request.customer_email
@@ -224,6 +224,48 @@ class AdyenProvider:
             raise ProviderUnavailable(f"cannot reach Adyen: {e}") from e
         answer = result.message if isinstance(result.message, dict) else {}
         return self._result(answer, shopper, value)
+
+    # -- hosted checkout (credit purchases) ------------------------------------------------
+
+    def start_checkout(self, request: CheckoutRequest) -> CheckoutSession:
+        """An Adyen Checkout session (``POST /sessions``, ``mode: hosted``) for one credit
+        purchase: its ``reference`` is the purchase id, which the HMAC-signed notification
+        carries back as ``merchantReference``. The answer has both the hosted page's ``url``
+        and the ``sessionData`` a Drop-in would take."""
+        value = ADYEN_AMOUNTS.provider_units(request.amount, request.currency)
+        shopper = request.provider_customer_id or request.customer_id
+        body: dict[str, Any] = {
+            "amount": {"value": value, "currency": request.currency},
+            "reference": request.purchase_id,
+            "merchantAccount": self._merchant_account,
+            "returnUrl": request.success_url,
+            "shopperReference": shopper,
+            "mode": "hosted",
+            "metadata": {"tallyray_purchase_id": request.purchase_id},
+            "lineItems": [
+                {"quantity": 1, "amountIncludingTax": value, "description": request.description}
+            ],
+        }
+        if request.customer_email:
+            body["shopperEmail"] = request.customer_email
+        try:
+            result = self._payments.sessions(body, idempotency_key=request.idempotency_key)
+        except Adyen.AdyenError as e:
+            raise _unavailable(e, self._live) from e
+        except OSError as e:
+            raise ProviderUnavailable(f"cannot reach Adyen: {e}") from e
+        answer = result.message if isinstance(result.message, dict) else {}
+        session_id = answer.get("id")
+        if not session_id:
+            raise ProviderUnavailable("Adyen answered /sessions without a session id")
+        return CheckoutSession(
+            provider=self.name,
+            reference=str(session_id),
+            url=str(answer["url"]) if answer.get("url") else None,
+            session_data=str(answer["sessionData"]) if answer.get("sessionData") else None,
+            amount_minor=value,
+            provider_customer_id=shopper,
+        )
 
     def _result(self, answer: dict[str, Any], shopper: str, value: int) -> PaymentResult:
         code = str(answer.get("resultCode", ""))
@@ -299,14 +341,16 @@ def _event(item: dict[str, Any], livemode: bool | None) -> ProviderEvent:
         kind = "payment.failed"
     else:
         kind = "ignored"
-    reference = item.get("merchantReference")
+    reference = str(item.get("merchantReference") or "") or None
+    purchase = is_purchase_id(reference)  # the signed merchantReference says which it is
     amount, currency_code = _amount(item.get("amount"))
     return ProviderEvent(
         provider="adyen",
         event_id=f"{psp}:{code}:{success}",
         kind=kind,
         livemode=livemode,
-        invoice_id=str(reference) if reference else None,
+        purchase_id=reference if purchase else None,
+        invoice_id=None if purchase else reference,
         reference=psp or None,
         failure_message=str(item.get("reason") or "refused") if kind == "payment.failed" else None,
         amount=amount,

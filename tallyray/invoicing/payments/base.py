@@ -22,6 +22,11 @@ from tallyray.pricing.money import PRICING_CONTEXT, currency
 
 __all__ = [
     "EVENT_KINDS",
+    "PURCHASE_PREFIX",
+    "CheckoutRequest",
+    "CheckoutSession",
+    "HostedCheckout",
+    "is_purchase_id",
     "PAYMENT_STATUSES",
     "AmountRules",
     "PaymentProvider",
@@ -34,8 +39,17 @@ __all__ = [
 #: What :meth:`PaymentProvider.collect` can report.
 PAYMENT_STATUSES = frozenset({"succeeded", "pending", "failed"})
 
-#: What a webhook event can mean to invoicing.
-EVENT_KINDS = frozenset({"payment.succeeded", "payment.failed", "ignored"})
+#: What a webhook event can mean to invoicing. ``payment.canceled``: a hosted checkout that
+#: expired or was abandoned (only credit purchases have one).
+EVENT_KINDS = frozenset({"payment.succeeded", "payment.failed", "payment.canceled", "ignored"})
+
+#: Every credit purchase id starts so (``pur_…``): a webhook's reference names either an
+#: invoice or a purchase, and Adyen's signed ``merchantReference`` carries just the id.
+PURCHASE_PREFIX = "pur_"
+
+
+def is_purchase_id(reference: str | None) -> bool:
+    return reference is not None and reference.startswith(PURCHASE_PREFIX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +72,67 @@ class PaymentRequest:
     #: :class:`~tallyray.errors.ProviderUnavailable` with the *same* attempt.
     attempt: int
     description: str
+    #: Set for an off-session credit purchase (a recharge, see
+    #: :mod:`tallyray.invoicing.purchases`): the provider's metadata and reference then name
+    #: the purchase, whose id is also ``invoice_id`` (the idempotency key's stem).
+    purchase_id: str | None = None
 
     @property
     def idempotency_key(self) -> str:
         return f"{self.invoice_id}:{self.attempt}"
+
+    def metadata(self) -> dict[str, str]:
+        """What the provider keeps on the payment to say whose it is."""
+        if self.purchase_id is not None:
+            return {"tallyray_purchase_id": self.purchase_id}
+        return {"tallyray_invoice_id": self.invoice_id, "invoice_number": self.invoice_number}
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutRequest:
+    """A credit purchase the customer pays on the provider's hosted page."""
+
+    purchase_id: str
+    #: What the customer pays, in ``currency``, already rounded to its minor unit.
+    amount: Decimal
+    currency: str
+    customer_id: str
+    customer_email: str | None
+    customer_name: str | None
+    provider_customer_id: str | None
+    description: str
+    #: Where the provider sends the customer back after paying / after giving up. Coming
+    #: back proves nothing: only the signed webhook books the credit.
+    success_url: str
+    cancel_url: str
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.purchase_id}:checkout"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutSession:
+    """The provider's hosted page for one purchase."""
+
+    provider: str
+    #: The provider's object: a Checkout Session id (``cs_…``), an Adyen session id.
+    reference: str
+    #: The hosted page to send the customer to.
+    url: str | None
+    #: Adyen's ``sessionData``, for a Drop-in on the merchant's own page instead.
+    session_data: str | None
+    amount_minor: int
+    provider_customer_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "reference": self.reference,
+            "url": self.url,
+            "session_data": self.session_data,
+            "amount_minor": self.amount_minor,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +188,8 @@ class ProviderEvent:
     amount: Decimal | None = None
     #: The ISO 4217 code of ``amount``, upper case, as the provider sent it.
     currency: str | None = None
+    #: The credit purchase the event is about (``pur_…``), instead of an invoice.
+    purchase_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in EVENT_KINDS:
@@ -133,7 +206,19 @@ class ProviderEvent:
             "failure_message": self.failure_message,
             "amount": None if self.amount is None else format(self.amount, "f"),
             "currency": self.currency,
+            "purchase_id": self.purchase_id,
         }
+
+
+class HostedCheckout(Protocol):
+    """A provider whose hosted payment page can sell credit (Stripe, Adyen)."""
+
+    name: str
+
+    def start_checkout(self, request: CheckoutRequest) -> CheckoutSession:
+        """Create the hosted page for ``request``, once per ``request.idempotency_key``.
+        Raises :class:`~tallyray.errors.ProviderUnavailable` like ``collect``."""
+        ...
 
 
 class PaymentProvider(Protocol):

@@ -37,6 +37,8 @@ import stripe
 from tallyray.errors import ConfigError, Problem, ProviderUnavailable, SignatureError
 from tallyray.invoicing.payments.base import (
     AmountRules,
+    CheckoutRequest,
+    CheckoutSession,
     PaymentRequest,
     PaymentResult,
     ProviderEvent,
@@ -73,10 +75,16 @@ STRIPE_AMOUNTS = AmountRules(
 #: PaymentIntent statuses that a later webhook will settle.
 _PENDING = frozenset({"requires_action", "processing", "requires_confirmation", "requires_capture"})
 
-#: Stripe event type → our event kind; every other type is ``"ignored"``.
+#: Stripe event type → our event kind; every other type is ``"ignored"``. A Checkout
+#: Session is ``completed`` when the customer finished the page: paid for a card, or still
+#: ``unpaid`` for a delayed method (SEPA debit), which an ``async_payment_*`` event settles.
 _EVENT_KINDS = {
     "payment_intent.succeeded": "payment.succeeded",
     "payment_intent.payment_failed": "payment.failed",
+    "checkout.session.completed": "payment.succeeded",
+    "checkout.session.async_payment_succeeded": "payment.succeeded",
+    "checkout.session.async_payment_failed": "payment.failed",
+    "checkout.session.expired": "payment.canceled",
 }
 
 #: Invalid-request codes that mean "this payment cannot be made", not "we are misconfigured".
@@ -216,10 +224,7 @@ class StripeProvider:
                     # Server-side confirmation cannot follow a redirect.
                     "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
                     "description": request.description,
-                    "metadata": {
-                        "tallyray_invoice_id": request.invoice_id,
-                        "invoice_number": request.invoice_number,
-                    },
+                    "metadata": request.metadata(),
                 },
                 options={"idempotency_key": request.idempotency_key},
             )
@@ -232,6 +237,52 @@ class StripeProvider:
         except stripe.StripeError as e:
             raise _unavailable(e, self._live) from e
         return self._result(intent, amount_minor)
+
+    # -- hosted checkout (credit purchases) ------------------------------------------------
+
+    def start_checkout(self, request: CheckoutRequest) -> CheckoutSession:
+        """A Checkout Session in ``payment`` mode for one credit purchase. The purchase id is
+        in the session's and its PaymentIntent's metadata, which the signed webhooks carry
+        back; the session id is the purchase's provider reference."""
+        amount_minor = STRIPE_AMOUNTS.provider_units(request.amount, request.currency)
+        params: dict[str, Any] = {
+            "mode": "payment",
+            "line_items": [
+                {
+                    "quantity": 1,
+                    "price_data": {
+                        "currency": request.currency.lower(),
+                        "unit_amount": amount_minor,
+                        "product_data": {"name": request.description},
+                    },
+                }
+            ],
+            "success_url": request.success_url,
+            "cancel_url": request.cancel_url,
+            "client_reference_id": request.purchase_id,
+            "metadata": {"tallyray_purchase_id": request.purchase_id},
+            "payment_intent_data": {"metadata": {"tallyray_purchase_id": request.purchase_id}},
+        }
+        if request.provider_customer_id:
+            params["customer"] = request.provider_customer_id
+        elif request.customer_email:
+            params["customer_email"] = request.customer_email
+        try:
+            session = self._client.v1.checkout.sessions.create(
+                params=params,  # type: ignore[arg-type]  # a plain dict of the documented keys
+                options={"idempotency_key": request.idempotency_key},
+            )
+        except stripe.StripeError as e:
+            raise _unavailable(e, self._live) from e
+        customer = session.customer
+        return CheckoutSession(
+            provider=self.name,
+            reference=str(session.id),
+            url=session.url,
+            session_data=None,
+            amount_minor=amount_minor,
+            provider_customer_id=customer if isinstance(customer, str) else None,
+        )
 
     def _create_customer(self, request: PaymentRequest) -> str:
         params: dict[str, Any] = {"metadata": {"tallyray_customer_id": request.customer_id}}
@@ -329,15 +380,27 @@ class StripeProvider:
             raise SignatureError("a signed body that is not a Stripe event") from None
         kind = _EVENT_KINDS.get(event_type, "ignored")
         metadata = obj.get("metadata") if isinstance(obj, dict) else None
-        invoice_id = metadata.get("tallyray_invoice_id") if isinstance(metadata, dict) else None
-        if not invoice_id:
+        metadata = metadata if isinstance(metadata, dict) else {}
+        invoice_id = metadata.get("tallyray_invoice_id")
+        purchase_id = metadata.get("tallyray_purchase_id")
+        session = event_type.startswith("checkout.session.")
+        if session and invoice_id:
+            kind = "ignored"  # invoices are not paid through Checkout Sessions
+        if not invoice_id and not purchase_id:
             kind = "ignored"  # a payment Tallyray did not start
+        if event_type == "checkout.session.completed" and obj.get("payment_status") != "paid":
+            kind = "ignored"  # a delayed method: an async_payment_* event settles it
         failure = None
         if kind == "payment.failed":
             error = obj.get("last_payment_error")
-            failure = str(error.get("message")) if isinstance(error, dict) else None
+            failure = str(error.get("message")) if isinstance(error, dict) else "the payment failed"
+        elif kind == "payment.canceled":
+            failure = "the checkout page expired before the customer paid"
         livemode = event.get("livemode")
         amount, code = _amount(obj, kind) if isinstance(obj, dict) else (None, None)
+        reference = obj.get("id") if isinstance(obj, dict) else None
+        if session and isinstance(obj.get("payment_intent"), str):
+            reference = obj["payment_intent"]  # the payment, as payment_intent.* names it
         return [
             ProviderEvent(
                 provider=self.name,
@@ -345,10 +408,11 @@ class StripeProvider:
                 kind=kind,
                 livemode=livemode if isinstance(livemode, bool) else None,
                 invoice_id=str(invoice_id) if invoice_id else None,
-                reference=str(obj["id"]) if isinstance(obj, dict) and "id" in obj else None,
+                reference=str(reference) if reference else None,
                 failure_message=failure,
                 amount=amount,
                 currency=code,
+                purchase_id=str(purchase_id) if purchase_id and not invoice_id else None,
             )
         ]
 
@@ -361,6 +425,8 @@ def _amount(intent: dict[str, Any], kind: str) -> tuple[Decimal | None, str | No
     value = _whole(intent.get("amount_received")) if kind == "payment.succeeded" else None
     if value is None:
         value = _whole(intent.get("amount"))
+    if value is None:  # a Checkout Session
+        value = _whole(intent.get("amount_total"))
     if code is None or value is None:
         return None, code
     return STRIPE_AMOUNTS.decimal_amount(value, code), code

@@ -3,6 +3,7 @@
 - :mod:`.events` — ingest, and usage read back from the event log;
 - :mod:`.quota` — quota checks and reservations (the gateway's calls);
 - :mod:`.catalog` — meters, plans, customers, subscriptions, credits, the live balance;
+- :mod:`.top_ups` — customers buying credit on their payment provider's page;
 - :mod:`.plan_versions` — publishing and deleting draft plans, migrating subscribers;
 - :mod:`.invoicing` — invoice runs, invoices, credit notes, exchange rates, payments;
 - :mod:`.webhooks` — webhook endpoints and alert rules;
@@ -25,6 +26,7 @@ from tallyray.serve.routes import (
     portal,
     quota,
     simulations,
+    top_ups,
     webhooks,
 )
 
@@ -32,6 +34,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     events.router,
     quota.router,
     catalog.router,
+    top_ups.router,
     plan_versions.router,
     invoicing.router,
     webhooks.router,

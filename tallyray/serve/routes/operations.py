@@ -56,6 +56,7 @@ async def get_metrics(request: Request) -> Response:
     api = api_of(request)
     with contextlib.suppress(StoreUnavailable):  # a restarting shard: report what we have
         api.metrics.absorb_shards(await api.router.call_all("status"))
+    api.metrics.absorb_shard_calls(api.router.calls)
     return Response(api.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
