@@ -48,6 +48,7 @@ __all__ = [
     "InvoiceScheduler",
     "parse_schedule",
     "slot_at",
+    "until_next_look",
 ]
 
 log = logging.getLogger("tallyray.invoicing")
@@ -59,6 +60,8 @@ query until the next one; while the slot's run goes on, one query a look)."""
 
 _US = 1_000_000
 _DAY = 86_400 * _US
+_PAST_SLOT = 0.01
+"""Seconds after a slot at which its look comes (a timer may fire a little early)."""
 
 
 @dataclass(frozen=True)
@@ -173,10 +176,21 @@ class InvoiceScheduler:
             return None, False  # another replica took it over first
 
     async def run_forever(self, seconds: float = CHECK_SECONDS) -> None:
-        """Look every ``seconds`` whether a slot is due, as long as the app runs."""
+        """Look every ``seconds`` whether a slot is due, as long as the app runs, and at
+        each slot itself (:func:`until_next_look`)."""
         while True:
             try:
                 await self.tick()
             except Exception as error:  # noqa: BLE001 — the next look tries again
                 log.warning("scheduled invoice runs: %s", error)
-            await asyncio.sleep(seconds)
+            now = self.billing.clock()
+            await asyncio.sleep(until_next_look(now, self.schedule.at_seconds, seconds))
+
+
+def until_next_look(now: int, at_seconds: int, seconds: float = CHECK_SECONDS) -> float:
+    """Seconds to sleep before the next look: ``seconds``, or less when the next slot comes
+    sooner, so that a slot's run starts at the slot, not up to a look later. (Clocks run at
+    the real rate, shifted ones too: :mod:`tallyray.clock`.) A hair past the slot, so the
+    look sees it."""
+    to_slot = (slot_at(now, at_seconds) + _DAY - now) / _US
+    return min(seconds, to_slot + _PAST_SLOT)

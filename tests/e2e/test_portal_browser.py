@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fakes.stripe_server import FakeStripe
 from served import tallyray_serve
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -32,9 +33,29 @@ pytestmark = [
 ]
 
 
+STRIPE_TEST_KEY = "sk_test_portal"
+STRIPE_TEST_SECRET = "whsec_portal"
+
+
 @pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with tallyray_serve(tmp_path_factory.mktemp("portal-serve"), ADMIN_KEY) as base:
+def stripe_fake() -> Iterator[FakeStripe]:
+    """A local Stripe in test mode: the server's test-environment credentials point at it
+    (Add credit pays on its hosted page; it posts signed webhooks to the server)."""
+    with FakeStripe(STRIPE_TEST_KEY, webhook_secret=STRIPE_TEST_SECRET) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory: pytest.TempPathFactory, stripe_fake: FakeStripe) -> Iterator[str]:
+    test_mode_stripe = {
+        "TALLYRAY_STRIPE_TEST_API_KEY": STRIPE_TEST_KEY,
+        "TALLYRAY_STRIPE_TEST_WEBHOOK_SECRET": STRIPE_TEST_SECRET,
+        "TALLYRAY_STRIPE_TEST_API_BASE": stripe_fake.url,
+    }
+    with tallyray_serve(
+        tmp_path_factory.mktemp("portal-serve"), ADMIN_KEY, test_mode_stripe
+    ) as base:
+        stripe_fake.webhook_url = f"{base}/v1/providers/stripe/webhook"
         yield base
 
 
@@ -296,3 +317,61 @@ def test_the_overview_shows_the_plan_limits(page: Any, limited: str) -> None:
         "models.gpt-4o: not included"
     ]
     shot(page, "plan-limits")
+
+
+@pytest.fixture(scope="module")
+def buyer(base_url: str) -> Iterator[tuple[str, httpx.Client]]:
+    """A customer who pays through Stripe (test mode), its portal link, and an API client."""
+    with httpx.Client(base_url=base_url, timeout=30) as http:
+        r = http.post(
+            "/v1/admin/keys", json={"env": "test"}, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+        )
+        http.headers["Authorization"] = f"Bearer {r.json()['key']}"
+        customer = {
+            "id": "globex",
+            "name": "Globex",
+            "currency": "EUR",
+            "locale": "en",
+            "country": "DE",
+            "payment_provider": "stripe",
+        }
+        assert http.post("/v1/customers", json=customer).status_code == 201
+        r = http.post("/v1/portal-sessions", json={"customer_id": "globex"})
+        assert r.status_code == 201, r.text
+        yield f"{base_url}{r.json()['url']}", http
+
+
+def test_add_credit_on_the_providers_page_and_see_it_after_the_webhook(
+    page: Any, buyer: tuple[str, httpx.Client], stripe_fake: FakeStripe
+) -> None:
+    url, http = buyer
+    page.goto(url)
+    assert page.locator("#credits-remaining").inner_text() == "€0.00"
+    page.get_by_role("link", name="Add credit").click()
+    page.wait_for_url(f"{url}/credit")
+    page.get_by_label("Amount in EUR").fill("25")
+    page.get_by_role("button", name="Continue").click()
+    shot(page, "add-credit")
+    page.get_by_role("link", name="Continue to payment").click()
+
+    # Stripe's hosted page (the local fake); the provider confirms only later.
+    stripe_fake.hold_webhooks()
+    assert page.get_by_role("heading", name="Pay 25.00 EUR").is_visible()
+    page.get_by_label("Card number").fill("4242 4242 4242 4242")
+    page.get_by_role("button", name="Pay").click()
+    page.wait_for_url(f"{url}/credit/returned?*")
+    returned = page.url
+    assert "waiting for the payment provider to confirm" in page.inner_text("#top-up-status")
+    page.goto(url)
+    assert page.locator("#credits-remaining").inner_text() == "€0.00"  # coming back is no proof
+
+    stripe_fake.release_webhooks()  # the signed webhooks reach the server
+    deliveries = stripe_fake.wait_for_webhooks(2, timeout=30)
+    assert [d.status for d in deliveries] == [200, 200]
+    page.goto(returned)
+    assert "€25.00 was added to your credit" in page.inner_text("#top-up-status")
+    shot(page, "credit-added")
+    page.goto(url)
+    assert page.locator("#credits-remaining").inner_text() == "€25.00"
+    (top_up,) = http.get("/v1/customers/globex/top-ups").json()["top_ups"]
+    assert (top_up["status"], top_up["receipt"]["number"]) == ("paid", "RCT-000001")

@@ -77,6 +77,7 @@ class LocalServer:
         self._deliveries: list[Delivery] = []
         self._changed = threading.Condition(self._lock)
         self._outbox: queue.Queue[tuple[str, dict[str, str], bytes] | None] = queue.Queue()
+        self._held: list[tuple[str, dict[str, str], bytes]] | None = None
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self._dispatch))
         self._httpd.daemon_threads = True
         self._serving: threading.Thread | None = None
@@ -169,8 +170,26 @@ class LocalServer:
         return Reply.of_json(status, {"error": "outage"})
 
     def send_webhook(self, url: str, headers: dict[str, str], body: bytes) -> None:
-        """Post ``body`` to ``url`` soon, from the sender thread (never inside a request)."""
+        """Post ``body`` to ``url`` soon, from the sender thread (never inside a request);
+        held back while :meth:`hold_webhooks` is in force."""
+        with self._lock:
+            if self._held is not None:
+                self._held.append((url, headers, body))
+                return
         self._outbox.put((url, headers, body))
+
+    def hold_webhooks(self) -> None:
+        """Keep webhooks back until :meth:`release_webhooks` (a provider that is slow to
+        notify): what a customer sees between coming back and the confirmation."""
+        with self._lock:
+            self._held = [] if self._held is None else self._held
+
+    def release_webhooks(self) -> None:
+        """Send the webhooks held back, in order, and stop holding them."""
+        with self._lock:
+            held, self._held = self._held or [], None
+        for job in held:
+            self._outbox.put(job)
 
     # -- plumbing --------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import psycopg
 import ray
 
 from tallyray.actors.limits import Limits
-from tallyray.clock import Clock
+from tallyray.clock import Clock, ShiftedClock
 from tallyray.cluster import Settings
 from tallyray.serve.app import Services
 from tallyray.serve.shards import NAMESPACE, shard_name
@@ -214,6 +214,79 @@ async def own_shard(
     finally:
         for handle in handles:
             ray.kill(handle, no_restart=True)
+        catalog.engine.dispose()
+        if store == "postgres" and POSTGRES_URL is not None:
+            drop_postgres_database(POSTGRES_URL, url)
+
+
+@dataclass
+class BillingStage:
+    """A fresh store and one shard of a test's own, for the invoicing tests: closing a
+    period is for good, so tests that close one must not share an environment. The tests
+    build their own :class:`~tallyray.invoicing.service.Billing` on it (seller, tax, clock
+    are theirs) and serve it with :meth:`app`."""
+
+    url: str
+    catalog: Catalog
+    router: Any
+    """A :class:`~tallyray.serve.shards.ShardRouter` over the one shard."""
+    grace_seconds: int
+    clock: ShiftedClock
+    """The app's and the shard's clock; a test's billing may run on another."""
+
+    def app(self, billing: Any) -> Any:
+        """The real app over this store and shard, with ``billing``."""
+        from tallyray.serve.app import build_app
+        from tallyray.serve.intake import IntakeRules
+
+        return build_app(
+            Services(
+                catalog=self.catalog,
+                router=self.router,
+                rules=IntakeRules(grace_seconds=self.grace_seconds),
+                cache_seconds=0.2,
+                billing=billing,
+                clock=self.clock,
+            )
+        )
+
+    def client(self, app: Any, env: str = "test") -> httpx.AsyncClient:
+        """A client of ``app`` with a new key of ``env``."""
+        _, key = KeyStore(self.catalog.engine).create(env, self.clock())
+        return httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://tallyray.test",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=120,
+        )
+
+
+@contextlib.asynccontextmanager
+async def billing_stage(
+    store: str, tmp_path: Path, config_path: str, grace_seconds: int, clock: ShiftedClock
+) -> AsyncIterator[BillingStage]:
+    """A fresh database on ``store`` (sqlite or postgres) with ``config_path`` loaded and one
+    shard that accepts events ``grace_seconds`` late, on ``clock``; all gone afterwards."""
+    from tallyray.actors.shard import ShardActor
+    from tallyray.cluster import prepare_store
+    from tallyray.serve.shards import ShardRouter
+
+    if store == "postgres":
+        assert POSTGRES_URL is not None
+        url = create_postgres_database(POSTGRES_URL)
+    else:
+        url = f"sqlite:///{tmp_path}/billing.db"
+    catalog = prepare_store(Settings.load(database_url=url, shards=1, config_path=config_path))
+    shard = (
+        ray.remote(ShardActor)
+        .options(name=unique("billing-shard"), namespace=NAMESPACE, max_restarts=-1)
+        .remote(0, 1, url, 0.5, grace_seconds, 0.0, clock.offset_us)
+    )
+    try:
+        await shard.ready.remote()
+        yield BillingStage(url, catalog, ShardRouter(1, lambda i: shard), grace_seconds, clock)
+    finally:
+        ray.kill(shard, no_restart=True)
         catalog.engine.dispose()
         if store == "postgres" and POSTGRES_URL is not None:
             drop_postgres_database(POSTGRES_URL, url)

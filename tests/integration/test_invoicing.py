@@ -18,32 +18,22 @@ from typing import Any
 import httpx
 import pypdf
 import pytest
-import ray
 from fakes import WebhookInbox
 from fakes.adyen_server import FakeAdyen, notification_item, signed_notification
 from fakes.stripe_server import FakeStripe
 from suite_clock import CLOCK
-from support import (
-    POSTGRES_URL,
-    Server,
-    create_postgres_database,
-    drop_postgres_database,
-    unique,
-)
+from support import Server, billing_stage, unique
 
-from tallyray.actors.shard import ShardActor
 from tallyray.clock import Clock, ShiftedClock, offset_to
-from tallyray.cluster import Settings, prepare_store
 from tallyray.invoicing.payments import AdyenProvider, PaymentProviders, StripeProvider
 from tallyray.invoicing.service import Billing
 from tallyray.pricing.events import parse_timestamp
 from tallyray.serve.api import Services
 from tallyray.serve.app import build_app
 from tallyray.serve.intake import IntakeRules
-from tallyray.serve.shards import NAMESPACE, ShardRouter
+from tallyray.serve.shards import ShardRouter
 from tallyray.storage.billing import BillingStore
 from tallyray.storage.catalog import Catalog
-from tallyray.storage.keys import KeyStore
 
 pytestmark = pytest.mark.anyio
 
@@ -122,48 +112,14 @@ async def inv(
     test's ``inv`` parameter says (``indirect=True``)."""
     start = getattr(request, "param", None)
     clock = CLOCK if start is None else ShiftedClock(offset_to(parse_timestamp(start)))
-    if server.store == "postgres":
-        assert POSTGRES_URL is not None
-        url = create_postgres_database(POSTGRES_URL)
-    else:
-        url = f"sqlite:///{tmp_path}/billing.db"
-    settings = Settings.load(database_url=url, shards=1, config_path=server.settings.config_path)
-    catalog = prepare_store(settings)
-    shard = (
-        ray.remote(ShardActor)
-        .options(name=unique("billing-shard"), namespace=NAMESPACE, max_restarts=-1)
-        .remote(0, 1, url, 0.5, GRACE, 0.0, clock.offset_us)
-    )
-    await shard.ready.remote()
-    router = ShardRouter(1, lambda i: shard)
-    billing = make_billing(catalog, router, url, clock)
-    services = Services(
-        catalog=catalog,
-        router=router,
-        rules=IntakeRules(grace_seconds=GRACE),
-        cache_seconds=0.2,
-        billing=billing,
-        clock=clock,
-    )
-    app = build_app(services)
-
-    def client_for(env: str) -> httpx.AsyncClient:
-        _, key = KeyStore(catalog.engine).create(env, clock())
-        return httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://tallyray.test",
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=120,
-        )
-
-    try:
-        async with client_for("test") as client, client_for("live") as live:
+    assert server.settings.config_path is not None
+    async with billing_stage(
+        server.store, tmp_path, server.settings.config_path, GRACE, clock
+    ) as stage:
+        billing = make_billing(stage.catalog, stage.router, stage.url, clock)
+        app = stage.app(billing)
+        async with stage.client(app, "test") as client, stage.client(app, "live") as live:
             yield Invoicing(client, billing, "INV-", live)
-    finally:
-        ray.kill(shard, no_restart=True)
-        catalog.engine.dispose()
-        if server.store == "postgres" and POSTGRES_URL is not None:
-            drop_postgres_database(POSTGRES_URL, url)
 
 
 async def october_customer(inv: Invoicing, *, credits: str | None = None, **fields: Any) -> str:

@@ -18,29 +18,15 @@ from typing import Any
 
 import httpx
 import pytest
-import ray
 from suite_clock import CLOCK
-from support import (
-    POSTGRES_URL,
-    Server,
-    create_postgres_database,
-    drop_postgres_database,
-    unique,
-)
+from support import Server, billing_stage, unique
 
-from tallyray.actors.shard import ShardActor
-from tallyray.cluster import Settings, prepare_store
 from tallyray.errors import Conflict
 from tallyray.invoicing.scheduler import InvoiceScheduler, RunSchedule, parse_schedule
 from tallyray.invoicing.service import Billing
 from tallyray.pricing.events import format_timestamp, parse_timestamp
-from tallyray.serve.api import Services
-from tallyray.serve.app import build_app
-from tallyray.serve.intake import IntakeRules
-from tallyray.serve.shards import NAMESPACE, ShardRouter
 from tallyray.storage.billing import BillingStore
 from tallyray.storage.catalog import Catalog
-from tallyray.storage.keys import KeyStore
 
 pytestmark = pytest.mark.anyio
 
@@ -112,66 +98,30 @@ class Replicas:
 @pytest.fixture
 async def replicas(server: Server, tmp_path: Path) -> AsyncIterator[Replicas]:
     """A fresh store and shard per test (closing a period is for good), two billings on it."""
-    if server.store == "postgres":
-        assert POSTGRES_URL is not None
-        url = create_postgres_database(POSTGRES_URL)
-    else:
-        url = f"sqlite:///{tmp_path}/schedule.db"
     # The example config's pricing, without its customers: only the test's are billed.
     assert server.settings.config_path is not None
     config = json.loads(Path(server.settings.config_path).read_text())
     config.pop("customers", None)
     (tmp_path / "tallyray.json").write_text(json.dumps(config))
-    settings = Settings.load(
-        database_url=url, shards=1, config_path=str(tmp_path / "tallyray.json")
-    )
-    catalog = prepare_store(settings)
-    shard = (
-        ray.remote(ShardActor)
-        .options(name=unique("schedule-shard"), namespace=NAMESPACE, max_restarts=-1)
-        .remote(0, 1, url, 0.5, GRACE, 0.0, CLOCK.offset_us)
-    )
-    await shard.ready.remote()
-    router = ShardRouter(1, lambda i: shard)
     clock = StillClock("2026-11-01T00:00:00Z")
+    async with billing_stage(
+        server.store, tmp_path, str(tmp_path / "tallyray.json"), GRACE, CLOCK
+    ) as stage:
 
-    def billing() -> Billing:
-        return Billing(
-            catalog=catalog,
-            store=BillingStore(catalog.engine),
-            database_url=url,
-            router=router,
-            invoicing_raw={"seller": {"name": "Tallyray Demo GmbH", "country": "DE"}},
-            grace_seconds=GRACE,
-            clock=clock,
-        )
+        def billing() -> Billing:
+            return Billing(
+                catalog=stage.catalog,
+                store=BillingStore(stage.catalog.engine),
+                database_url=stage.url,
+                router=stage.router,
+                invoicing_raw={"seller": {"name": "Tallyray Demo GmbH", "country": "DE"}},
+                grace_seconds=GRACE,
+                clock=clock,
+            )
 
-    a = billing()
-    app = build_app(
-        Services(
-            catalog=catalog,
-            router=router,
-            rules=IntakeRules(grace_seconds=GRACE),
-            cache_seconds=0.2,
-            billing=a,
-            clock=CLOCK,
-        )
-    )
-    _, key = KeyStore(catalog.engine).create("test", CLOCK())
-    client = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://tallyray.test",
-        headers={"Authorization": f"Bearer {key}"},
-        timeout=120,
-    )
-    try:
-        async with client:
-            yield Replicas(client, clock, catalog, a, billing())
-    finally:
-        ray.kill(shard, no_restart=True)
-        catalog.engine.dispose()
-        if server.store == "postgres" and POSTGRES_URL is not None:
-            drop_postgres_database(POSTGRES_URL, url)
+        a = billing()
+        async with stage.client(stage.app(a)) as client:
+            yield Replicas(client, clock, stage.catalog, a, billing())
 
 
 def summary(run: dict[str, Any]) -> tuple[str, str, str | None, int]:

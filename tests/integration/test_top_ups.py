@@ -431,3 +431,52 @@ async def test_an_off_session_recharge_books_once_and_is_not_charged_twice(
     assert result is not None and result.status == "failed"
     assert purchase["status"] == "failed"
     assert await credits(client, declined) == 0
+
+
+# -- the portal's "Add credit" page ---------------------------------------------------------
+
+
+async def test_the_portal_add_credit_page_books_only_after_the_webhook(
+    shop: Shop, client: httpx.AsyncClient
+) -> None:
+    buyer = await customer(client, "stripe", locale="de_DE")
+    r = await client.post("/v1/portal-sessions", json={"customer_id": buyer})
+    assert r.status_code == 201, r.text
+    portal = r.json()["url"]
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=shop.app), base_url="http://tallyray.test"
+    ) as web:
+        page = await web.get(f"{portal}/credit")
+        assert page.status_code == 200
+        assert "From 5,00\xa0€ to 500,00\xa0€" in page.text
+        # typed in the customer's locale; outside the limits: the page again, with the reason
+        r = await web.post(f"{portal}/credit", data={"amount": "4,50"})
+        assert r.status_code == 422
+        assert "A top-up must be from 5.00 to 500.00 EUR" in r.text
+        r = await web.post(f"{portal}/credit", data={"amount": "12,50"})
+        assert r.status_code == 303
+        top_up_page = r.headers["location"]
+        page = await web.get(top_up_page)
+        assert 'id="continue-to-payment"' in page.text
+        top_up_id = top_up_page.rsplit("/", 1)[1]
+        top_up = (await client.get(f"/v1/top-ups/{top_up_id}")).json()
+        assert (top_up["amount"], top_up["status"]) == ("12.50", "pending")
+        assert f'href="{top_up["checkout_url"]}"' in page.text
+
+        shop.stripe.hold_webhooks()  # the provider is slow to confirm
+        try:
+            answer = pay_on_hosted_page(top_up["checkout_url"], card_number="4242424242424242")
+            back = urlsplit(answer.headers["location"])
+            assert back.path == f"{portal}/credit/returned"
+            page = await web.get(f"{back.path}?{back.query}")
+            assert "We are waiting for the payment provider to confirm" in page.text
+            assert await credits(client, buyer) == 0
+        finally:
+            shop.stripe.release_webhooks()
+        for hook in deliveries_for(shop.stripe, top_up_id, 2):
+            assert (await deliver(client, "stripe", hook)).status_code == 200
+        page = await web.get(f"{back.path}?{back.query}")
+        assert "was added to your credit" in page.text
+        assert await credits(client, buyer) == Decimal("12.50")
+        overview = await web.get(portal)
+        assert "12,50\xa0€" in overview.text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tallyray.cluster import Settings
-from tallyray.invoicing.scheduler import RunSchedule, parse_schedule, slot_at
+from tallyray.invoicing.scheduler import RunSchedule, parse_schedule, slot_at, until_next_look
 from tallyray.pricing.events import format_timestamp, parse_timestamp
 
 
@@ -23,6 +23,21 @@ from tallyray.pricing.events import format_timestamp, parse_timestamp
 def test_the_slot_is_the_latest_time_of_day_at_or_before_now(now: str, at: str, slot: str) -> None:
     schedule = parse_schedule("live", at)
     assert format_timestamp(slot_at(parse_timestamp(now), schedule.at_seconds)) == slot
+
+
+@pytest.mark.parametrize(
+    ("now", "at", "sleep"),
+    [
+        ("2026-11-04T01:00:00Z", "02:00", 60.0),  # the slot is far: a look a minute
+        ("2026-11-04T01:59:30Z", "02:00", 30.01),  # the next look is at the slot, a hair past
+        ("2026-11-04T01:59:59.990000Z", "02:00", 0.02),
+        ("2026-11-04T02:00:00Z", "02:00", 60.0),  # at the slot: tomorrow's is far
+        ("2026-12-31T23:59:50Z", "00:00", 10.01),  # across a year end
+    ],
+)
+def test_a_replica_looks_once_a_minute_and_at_the_slot(now: str, at: str, sleep: float) -> None:
+    schedule = parse_schedule("live", at)
+    assert until_next_look(parse_timestamp(now), schedule.at_seconds, 60.0) == pytest.approx(sleep)
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,11 @@ Pages (all under ``/portal/{token}``, HTML, no script):
   ``group_by``;
 - ``/invoices`` and ``/invoices/{id}.html`` / ``.pdf``: the customer's own invoices;
 - ``/alerts``: alert rules; ``POST …/alerts`` adds one, ``POST …/alerts/{id}/delete``
-  removes one.
+  removes one;
+- ``/credit``: "Add credit": ``POST …/credit`` starts a top-up and shows
+  ``/credit/{top_up_id}``, the link to the provider's hosted page; the provider sends the
+  customer back there, and it shows the top-up's status (the credit is booked by the
+  provider's webhook, never by coming back).
 
 Forms post, then redirect to a page (POST-redirect-GET); a form that does not validate
 re-renders its page with each message next to its field (422). A missing, tampered or expired
@@ -66,6 +70,7 @@ from tallyray.storage.audit import Actor, AuditEntry, AuditLog
 from tallyray.storage.billing import BillingStore
 from tallyray.storage.catalog import CustomerRecord, EnvCatalog
 from tallyray.storage.db import DatabaseUnavailable
+from tallyray.storage.pages import PageRequest
 from tallyray.storage.usage import usage_series
 
 __all__ = ["DEFAULT_TTL_SECONDS", "MAX_TTL_SECONDS", "include", "router"]
@@ -288,6 +293,7 @@ class _Visit:
                 ("usage", "Usage", f"{self.base}/usage"),
                 ("invoices", "Invoices", f"{self.base}/invoices"),
                 ("alerts", "Alerts", f"{self.base}/alerts"),
+                ("credit", "Add credit", f"{self.base}/credit"),
             ],
             "notice": notice,
             **values,
@@ -518,6 +524,46 @@ class _Pages:
             example_amount=v.fmt.example_amount(),
         )
         return _page("alerts.html", status, **context)
+
+    async def credit(
+        self,
+        request: Request,
+        v: _Visit,
+        top_up_id: str | None = None,
+        status: int = 200,
+        errors: Mapping[str, str] | None = None,
+        entered: Mapping[str, str] | None = None,
+    ) -> Response:
+        """The "Add credit" page; with ``top_up_id``, that top-up's status first."""
+        purchases = self.services.billing.purchases if self.services.billing else None
+        if purchases is None:  # pragma: no cover - build_app always wires billing
+            raise NotFound("no billing")
+        fmt = v.fmt
+        shown = None
+        if top_up_id is not None:
+            found = await run_in_threadpool(purchases.store.get, v.env, top_up_id)
+            if found["customer_id"] != v.customer_id or found["kind"] != "top_up":
+                raise NotFound("not this customer's top-up")
+            shown = _top_up_row(found, fmt)
+        recent = await run_in_threadpool(
+            purchases.store.of_customer, v.env, v.customer_id, PageRequest(5), "top_up"
+        )
+        provider = str(v.record.billing.get("payment_provider") or "manual")
+        low, high = purchases.billing.config.top_ups.limits(fmt.currency)
+        context = v.context(
+            "credit",
+            request,
+            top_up=shown,
+            returned=request.query_params.get("result") == "paid",
+            can_buy=provider in _CHECKOUT_PROVIDERS,
+            provider_name=_CHECKOUT_PROVIDERS.get(provider, provider),
+            minimum=fmt.money(low),
+            maximum=fmt.money(high),
+            recent=[_top_up_row(t, fmt) for t in recent.items],
+            errors=dict(errors or {}),
+            entered={"amount": "", **(entered or {})},
+        )
+        return _page("credit.html", status, **context)
 
 
 router = APIRouter()
@@ -798,7 +844,120 @@ async def post_alert_delete(token: str, rule_id: str, request: Request) -> Respo
     return await _guarded(request, make)
 
 
+# -- add credit ----------------------------------------------------------------------
+
+
+@router.get("/portal/{token}/credit", include_in_schema=False)
+async def get_credit(token: str, request: Request) -> Response:
+    p = _pages(request)
+
+    async def make() -> Response:
+        return await p.credit(request, await p.visit(request, token))
+
+    return await _guarded(request, make)
+
+
+@router.get("/portal/{token}/credit/returned", include_in_schema=False)
+async def get_credit_returned(token: str, request: Request) -> Response:
+    """Where the provider sends the customer back: ``?top_up=<id>&result=…``."""
+    p = _pages(request)
+
+    async def make() -> Response:
+        v = await p.visit(request, token)
+        top_up_id = request.query_params.get("top_up", "")
+        return await p.credit(request, v, top_up_id or None)
+
+    return await _guarded(request, make)
+
+
+@router.get("/portal/{token}/credit/{top_up_id}", include_in_schema=False)
+async def get_top_up(token: str, top_up_id: str, request: Request) -> Response:
+    p = _pages(request)
+
+    async def make() -> Response:
+        return await p.credit(request, await p.visit(request, token), top_up_id)
+
+    return await _guarded(request, make)
+
+
+@router.post("/portal/{token}/credit", include_in_schema=False)
+async def post_credit(token: str, request: Request) -> Response:
+    """Start a top-up, then show its page with the link to the provider's hosted page (a
+    link, not a redirect: the page's CSP lets forms post only to the portal itself)."""
+    p = _pages(request)
+
+    async def make() -> Response:
+        v = await p.visit(request, token)
+        form = await _form(request)
+        billing = p.services.billing
+        assert billing is not None
+        try:
+            amount = _top_up_amount(form.get("amount", ""), v.fmt)
+            billing.purchases.checked_amount(v.record, amount, None)
+        except InvalidInput as error:
+            errors = {pr.where: _portal_message(pr.message, error.message) for pr in error.problems}
+            return await p.credit(request, v, None, 422, errors or {"amount": error.message}, form)
+        now = p.clock()
+        entry = v.audit(request, "credit_purchase.created", now, {"amount": f"{amount:f}"})
+        back = f"{str(request.base_url).rstrip('/')}{v.base}/credit"
+        # The top-up's own page is where the provider sends the customer back; its id is
+        # only known once made, so the page reads it from the query the provider keeps.
+        purchase = await billing.purchases.start_top_up(
+            v.env, v.customer_id, amount, None, f"{back}/returned", entry
+        )
+        return _see(f"{v.base}/credit/{purchase['id']}")
+
+    return await _guarded(request, make)
+
+
 # --------------------------------------------------------------------------- helpers
+
+
+_CHECKOUT_PROVIDERS = {"stripe": "Stripe", "adyen": "Adyen"}
+_TOP_UP_STATUS = {
+    "pending": "Waiting for payment",
+    "paid": "Paid",
+    "failed": "Payment failed",
+    "canceled": "Canceled",
+}
+
+
+def _top_up_amount(text: str, fmt: _Format) -> Decimal:
+    if not text.strip():
+        raise InvalidInput("enter an amount", [Problem("amount", "Enter an amount.")])
+    try:
+        return _number(text, fmt.babel)
+    except ValueError:
+        raise InvalidInput(
+            "not an amount",
+            [Problem("amount", f"Enter an amount such as {fmt.example_amount()}.")],
+        ) from None
+
+
+def _portal_message(problem: str, whole: str) -> str:
+    """A field message for a person: the API's sentence when it says more than the field's
+    short note (``from 5.00 to 500.00 EUR`` → the whole sentence)."""
+    text = whole if len(whole) > len(problem) else problem
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
+
+
+def _top_up_row(purchase: Mapping[str, Any], fmt: _Format) -> dict[str, Any]:
+    receipt = purchase.get("document") or {}
+    failure = purchase.get("failure") or {}
+    checkout = purchase.get("checkout") or {}
+    return {
+        "id": purchase["id"],
+        "amount": fmt.money(purchase["amount"]),
+        "status": purchase["status"],
+        "status_text": _TOP_UP_STATUS.get(purchase["status"], purchase["status"]),
+        "created": fmt.moment(int(purchase["created_at"])),
+        "receipt": receipt.get("number"),
+        "failure": failure.get("message"),
+        "checkout_url": checkout.get("url")
+        if purchase["status"] in ("pending", "failed")
+        else None,
+        "provider_name": _CHECKOUT_PROVIDERS.get(purchase["provider"], purchase["provider"]),
+    }
 
 
 def _session_request(raw: bytes) -> tuple[str, int]:
