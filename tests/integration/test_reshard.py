@@ -216,7 +216,8 @@ async def balances(api: httpx.AsyncClient, customers: list[str]) -> dict[str, An
 
 
 async def alert_count(deployment: Deployment, customer: str) -> int:
-    await asyncio.sleep(0.6)  # what fired is written with the next commit or checkpoint
+    # What fired is written with the next commit or checkpoint: take one now.
+    await asyncio.gather(*(a.checkpoint.remote() for a in deployment.actors))
     messages = AlertStore(deployment.engine).messages("test", limit=1000)
     return sum(1 for m in messages if m["data"].get("customer_id") == customer)
 
