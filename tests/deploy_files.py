@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
 COMPOSE = REPO / "docker-compose.yml"
 RAYSERVICE = REPO / "deploy" / "kuberay" / "rayservice.yaml"
+CRONJOB = REPO / "deploy" / "kuberay" / "events-maintain.yaml"
 DEPLOY_DOC = REPO / "docs" / "deploy.md"
 
 #: The environment variables that hold secrets (``Settings.SECRETS``).
@@ -98,6 +99,25 @@ def rayservice() -> dict[str, Any]:
     docs = [d for d in yaml.safe_load_all(RAYSERVICE.read_text(encoding="utf-8")) if d is not None]
     assert len(docs) == 1
     return dict(docs[0])
+
+
+def cronjob() -> dict[str, Any]:
+    docs = [d for d in yaml.safe_load_all(CRONJOB.read_text(encoding="utf-8")) if d is not None]
+    assert len(docs) == 1
+    return dict(docs[0])
+
+
+def cronjob_container() -> dict[str, Any]:
+    [container] = cronjob()["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def cronjob_argv() -> list[str]:
+    """What the CronJob's container runs: the image's ENTRYPOINT with the container's
+    ``args`` in place of the image's CMD (Kubernetes' rule; no ``command`` is set)."""
+    container = cronjob_container()
+    assert "command" not in container  # the image's entry point stays
+    return exec_form(the(runtime_stage(), "ENTRYPOINT")) + list(container["args"])
 
 
 def pod_specs() -> list[dict[str, Any]]:

@@ -156,26 +156,31 @@ class CreditPurchases:
 
         The purchase row (kind ``recharge``) is written *before* the provider is asked, so a
         caller that passes the same ``purchase_id`` again (a retry after a crash, another
-        replica) finds it and charges nothing twice: an existing purchase is returned as it is,
-        with no result. ``attempt`` makes the provider's idempotency key
-        (``<purchase id>:<attempt>``). A synchronous decline marks the purchase ``failed``;
-        success or pending leaves it ``pending`` until the signed webhook books it. Raises
-        :class:`~tallyray.errors.ProviderUnavailable` when the provider cannot be reached
-        (the purchase stays pending; retry with the same ``purchase_id`` and ``attempt``).
+        replica) finds it and charges nothing twice: an existing purchase the provider has
+        answered for this ``attempt`` is returned as it is, with no result. ``attempt`` makes
+        the provider's idempotency key (``<purchase id>:<attempt>``): the same attempt asked
+        again after an outage is sent again and charged once; a later attempt (after a
+        decline) charges again. A synchronous decline marks the purchase ``failed``; success or
+        pending leaves it ``pending`` until the signed webhook books it (a ``failed`` one can
+        still be paid). Raises :class:`~tallyray.errors.ProviderUnavailable` when the provider
+        cannot be reached (the purchase stays pending; retry with the same ``purchase_id`` and
+        ``attempt``).
         """
         record = await run_in_threadpool(self.billing.catalog.customer, env, customer_id)
         value, code = self.checked_amount(record, amount, None, limits=False)
         name = str(record.billing.get("payment_provider") or "manual")
-        provider = self.billing.provider(env, name)
+        self.billing.provider(env, name)  # 409 before the row when env has no such provider
         purchase_id = purchase_id or new_id("pur")
         if not purchase_id.startswith("pur_"):
             raise InvalidInput(
                 "a purchase id starts with 'pur_'", [Problem("purchase_id", purchase_id)]
             )
         now = self.billing.clock()
-        existing = await run_in_threadpool(self.store.env_of, purchase_id)
-        if existing is not None:
-            return await run_in_threadpool(self.store.get, env, purchase_id), None
+        if await run_in_threadpool(self.store.env_of, purchase_id) is not None:
+            existing = await run_in_threadpool(self.store.get, env, purchase_id)
+            if not _charge_again(existing, attempt):
+                return existing, None
+            return await self._charge(env, record, existing, attempt)
         try:
             await run_in_threadpool(
                 self.store.add,
@@ -194,6 +199,17 @@ class CreditPurchases:
             )
         except Conflict:  # another process wrote it first
             return await run_in_threadpool(self.store.get, env, purchase_id), None
+        purchase = await run_in_threadpool(self.store.get, env, purchase_id)
+        return await self._charge(env, record, purchase, attempt)
+
+    async def _charge(
+        self, env: str, record: CustomerRecord, purchase: Mapping[str, Any], attempt: int
+    ) -> tuple[dict[str, Any], PaymentResult | None]:
+        """One off-session attempt for a recharge purchase; the provider's idempotency key
+        (``<purchase id>:<attempt>``) makes asking twice for one attempt charge once."""
+        purchase_id = purchase["id"]
+        value, code = Decimal(purchase["amount"]), purchase["currency"]
+        provider = self.billing.provider(env, purchase["provider"])
         request = PaymentRequest(
             invoice_id=purchase_id,
             invoice_number="",
@@ -215,7 +231,7 @@ class CreditPurchases:
                 env,
                 purchase_id,
                 result.reference,
-                result.to_json(),
+                {**result.to_json(), "attempt": attempt},
                 self.billing.clock(),
             )
         if result.status == "failed":
@@ -224,7 +240,11 @@ class CreditPurchases:
                 env,
                 purchase_id,
                 "failed",
-                {"code": result.failure_code, "message": result.failure_message},
+                {
+                    "code": result.failure_code,
+                    "message": result.failure_message,
+                    "attempt": attempt,
+                },
                 self.billing.clock(),
             )
         return await run_in_threadpool(self.store.get, env, purchase_id), result
@@ -393,6 +413,22 @@ class CreditPurchases:
             new_id("rct"),
             now,
         )
+
+
+def _charge_again(purchase: Mapping[str, Any], attempt: int) -> bool:
+    """Whether ``start_recharge`` should ask the provider for ``attempt`` of an existing
+    recharge: never once paid or canceled; when the provider has not answered yet (an
+    outage: the same attempt again, safe under its idempotency key); or for a later attempt
+    than the last answered one (a retry after a decline)."""
+    if purchase["kind"] != "recharge" or purchase["status"] in ("paid", "canceled"):
+        return False
+    answered = max(
+        int((purchase.get("checkout") or {}).get("attempt", 0)),
+        int((purchase.get("failure") or {}).get("attempt", 0)),
+    )
+    if purchase["provider_reference"] is None and purchase["status"] == "pending":
+        return attempt >= max(answered, 1)
+    return attempt > answered
 
 
 def purchase_json(purchase: Mapping[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from support import POSTGRES_URL, Server, create_postgres_database, drop_postgre
 
 from tallyray.actors.shard import ShardActor
 from tallyray.cluster import Settings, prepare_store
+from tallyray.errors import ProviderUnavailable
 from tallyray.invoicing.payments import AdyenProvider, PaymentProviders, StripeProvider
 from tallyray.invoicing.purchases import grant_id_of
 from tallyray.invoicing.service import Billing
@@ -424,6 +425,20 @@ async def test_an_off_session_recharge_books_once_and_is_not_charged_twice(
     assert await credits(client, buyer) == Decimal("30.00")
     paid = purchases.store.get("test", purchase_id)
     assert paid["document"]["lines"][0]["description"] == "Prepaid credit (auto-recharge)"
+
+    # The provider is down for the first call: the purchase waits, and the same attempt asked
+    # again is charged once.
+    later = await customer(client, "stripe", payment_method="pm_card_visa")
+    outage_id = f"pur_{unique('outage').replace('-', '')}"
+    shop.stripe.fail_next(500, times=2)  # the SDK's one network retry, too
+    with pytest.raises(ProviderUnavailable):
+        await purchases.start_recharge("test", later, Decimal("15.00"), purchase_id=outage_id)
+    assert purchases.store.get("test", outage_id)["status"] == "pending"
+    purchase, result = await purchases.start_recharge(
+        "test", later, Decimal("15.00"), purchase_id=outage_id
+    )
+    assert result is not None and result.status == "succeeded"
+    assert purchase["provider_reference"].startswith("pi_")
 
     # A declined card: failed at once, nothing booked.
     declined = await customer(client, "stripe", payment_method="pm_card_chargeDeclined")

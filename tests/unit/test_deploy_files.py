@@ -16,6 +16,7 @@ import pytest
 import yaml
 from deploy_files import (
     COMPOSE,
+    CRONJOB,
     DEPLOY_DOC,
     DOCKERFILE,
     RAYSERVICE,
@@ -23,6 +24,9 @@ from deploy_files import (
     SECRET_VARIABLES,
     compose,
     container_argv,
+    cronjob,
+    cronjob_argv,
+    cronjob_container,
     dockerfile_env,
     dockerfile_instructions,
     exec_form,
@@ -257,10 +261,94 @@ def test_as_many_api_replicas_as_worker_pods_one_each() -> None:
     assert spec["excludeHeadPodFromServeSvc"] is True
 
 
+# --- deploy/kuberay/events-maintain.yaml -----------------------------------------------
+
+# The fields of batch/v1 used here, as Kubernetes' API types define them (k8s.io/api
+# batch/v1 CronJobSpec and JobSpec; `timeZone` is stable since Kubernetes 1.27).
+CRONJOB_SPEC = {
+    "schedule",
+    "timeZone",
+    "startingDeadlineSeconds",
+    "concurrencyPolicy",
+    "suspend",
+    "jobTemplate",
+    "successfulJobsHistoryLimit",
+    "failedJobsHistoryLimit",
+}
+JOB_SPEC = {
+    "parallelism",
+    "completions",
+    "activeDeadlineSeconds",
+    "backoffLimit",
+    "ttlSecondsAfterFinished",
+    "template",
+}
+
+
+def test_the_cronjob_uses_fields_of_batch_v1_and_runs_one_round_at_a_time() -> None:
+    doc = cronjob()
+    assert (doc["apiVersion"], doc["kind"]) == ("batch/v1", "CronJob")
+    spec = doc["spec"]
+    assert set(spec) <= CRONJOB_SPEC
+    assert set(spec["jobTemplate"]["spec"]) <= JOB_SPEC
+    assert spec["concurrencyPolicy"] == "Forbid"  # two rounds must not drop partitions at once
+    pod = spec["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] in ("Never", "OnFailure")
+    # a round ends well before the next one is due
+    assert spec["jobTemplate"]["spec"]["activeDeadlineSeconds"] < 3600
+
+
+def test_the_cronjob_runs_every_hour_as_the_server_does() -> None:
+    from tallyray.cluster.wiring import EVENT_LOG_MAINTENANCE_SECONDS
+
+    minute, hour, day, month, weekday = cronjob()["spec"]["schedule"].split()
+    assert 0 <= int(minute) < 60
+    assert (hour, day, month, weekday) == ("*", "*", "*", "*")
+    assert EVENT_LOG_MAINTENANCE_SECONDS == 3600
+
+
+def test_the_cronjob_runs_tallyray_events_maintain_as_the_cli_defines_it() -> None:
+    from tallyray import cli
+
+    argv = cronjob_argv()
+    assert argv == ["tallyray", "events", "maintain"]
+    args = build_parser().parse_args(argv[1:])
+    assert args.run is cli._events_maintain
+
+
+def test_the_cronjob_runs_the_rayservices_image_as_its_user() -> None:
+    images = {c["image"] for pod in pod_specs() for c in pod["containers"]}
+    assert {cronjob_container()["image"]} == images
+    pod = cronjob()["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    [ray_pod_security] = {json_key(pod["securityContext"]) for pod in pod_specs()}
+    assert json_key(pod["securityContext"]) == ray_pod_security
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def json_key(value: object) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True)
+
+
+def test_the_cronjob_reads_the_database_of_the_rayservice_from_its_secret() -> None:
+    env = {e["name"]: e for e in cronjob_container()["env"]}
+    assert set(env) <= set(Settings.ENV)
+    assert "TALLYRAY_DATABASE_URL" in env
+    for name in SECRET_VARIABLES & set(env):
+        assert "value" not in env[name]
+    # every variable both set has the same value or the same Secret as the RayService's pods
+    for pod in pod_specs():
+        [container] = pod["containers"]
+        ray_env = {e["name"]: e for e in container["env"]}
+        for name in set(env) & set(ray_env):
+            assert env[name] == ray_env[name], name
+
+
 # --- every tallyray command the files and the page show ------------------------------------
 
 
-@pytest.mark.parametrize("path", [DOCKERFILE, COMPOSE, RAYSERVICE, DEPLOY_DOC], ids=str)
+@pytest.mark.parametrize("path", [DOCKERFILE, COMPOSE, RAYSERVICE, CRONJOB, DEPLOY_DOC], ids=str)
 def test_every_tallyray_command_shown_is_one_the_cli_accepts(path: Path) -> None:
     parser = build_parser()
     for command in tallyray_commands(
