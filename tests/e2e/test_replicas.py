@@ -128,13 +128,21 @@ def _wait_gone(pid: int, seconds: float = 10) -> None:
     raise AssertionError(f"process {pid} did not exit")
 
 
-def _healthy(base: str) -> bool:
-    """A fresh connection (so the kernel picks a replica anew) answers /healthz."""
-    try:
-        with httpx.Client(base_url=base, timeout=5) as client:
-            return client.get("/healthz").status_code == 200
-    except httpx.TransportError:
-        return False
+def _healthy(base: str, attempts: int = 2) -> bool:
+    """A fresh connection (so the kernel picks a replica anew) answers /healthz, as a client
+    that retries a reset once sees it.
+
+    A connection the kernel has already queued on a replica that stops before accepting it
+    (Serve may stop a replacement that missed its start-up health check on a loaded box) is
+    reset unless ``net.ipv4.tcp_migrate_req=1`` moves it to a surviving listener; docs/deploy.md
+    recommends that setting. The retry takes a new connection, so it proves the port serves."""
+    for _ in range(attempts):
+        try:
+            with httpx.Client(base_url=base, timeout=5) as client:
+                return client.get("/healthz").status_code == 200
+        except httpx.TransportError:
+            continue
+    return False
 
 
 def _runs(base: str, key: str) -> list[dict[str, Any]]:
