@@ -247,7 +247,7 @@ def _serve(args: argparse.Namespace) -> None:
     run_server(_settings(args), demo=args.demo)
 
 
-def _api(url: str, key: str, method: str, path: str, body: Any = None) -> Any:
+def _api(url: str, key: str, method: str, path: str, body: Any = None, timeout: float = 60) -> Any:
     """One call to the HTTP API (stdlib only: the CLI needs no HTTP client package)."""
     import urllib.error
     import urllib.request
@@ -260,7 +260,7 @@ def _api(url: str, key: str, method: str, path: str, body: Any = None) -> Any:
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return orjson.loads(response.read())
     except urllib.error.HTTPError as error:
         try:
@@ -271,6 +271,40 @@ def _api(url: str, key: str, method: str, path: str, body: Any = None) -> Any:
         raise cls(f"{method} {path}: HTTP {error.code}: {message}") from None
     except urllib.error.URLError as error:
         raise TallyrayError(f"cannot reach the server at {url}: {error.reason}") from None
+
+
+def _reshard(args: argparse.Namespace) -> dict[str, Any]:
+    """Change the shard count: on the running server (``POST /v1/admin/reshard``), or with
+    ``--offline`` on the store directly, with the server stopped."""
+    if args.shards < 1:
+        raise InvalidInput("--shards must be at least 1")
+    if not args.offline:
+        import os
+
+        url = (
+            args.url
+            or os.environ.get("TALLYRAY_URL")
+            or f"http://127.0.0.1:{os.environ.get('TALLYRAY_PORT', '8000')}"
+        )
+        key = args.key or os.environ.get("TALLYRAY_ADMIN_KEY")
+        if not key:
+            raise InvalidInput("give the admin key: --key trk_admin_… or TALLYRAY_ADMIN_KEY")
+        result: dict[str, Any] = _api(
+            url, key, "POST", "/v1/admin/reshard", {"shards": args.shards}, timeout=600
+        )
+        return result
+    from tallyray.cluster.reshard import reshard_offline
+    from tallyray.storage.db import make_engine, migrate
+
+    settings = _settings(argparse.Namespace(database_url=args.database_url))
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    try:
+        return reshard_offline(
+            engine, settings.database_url, args.shards, settings.clock, settings.secrets_file
+        )
+    finally:
+        engine.dispose()
 
 
 def _utc(day_or_time: str) -> str:
@@ -442,7 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="tallyray.json to load (env TALLYRAY_CONFIG)")
     serve.add_argument("--port", type=int, help="HTTP port (env TALLYRAY_PORT; default 8000)")
     serve.add_argument(
-        "--shards", type=int, help="shard actors (env TALLYRAY_SHARDS; default: CPU count)"
+        "--shards",
+        type=int,
+        help="shard actors on the first start (env TALLYRAY_SHARDS; default: CPU count); "
+        "afterwards the database's count (change it with `tallyray reshard`)",
     )
     serve.add_argument(
         "--checkpoint-seconds",
@@ -456,6 +493,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     store_flags(serve)
     serve.set_defaults(run=_serve)
+
+    reshard = commands.add_parser(
+        "reshard",
+        help="change the shard count on existing data",
+        description="Online (default): the running server drains its shards (writes answer "
+        "503 + Retry-After meanwhile), hands the accounts over and starts the new set. "
+        "--offline: with the server stopped, rewrite the store directly.",
+    )
+    reshard.add_argument("--shards", type=int, required=True, help="the new shard count")
+    reshard.add_argument(
+        "--offline", action="store_true", help="the server is stopped: work on the store"
+    )
+    reshard.add_argument("--url", help="the server (env TALLYRAY_URL; default 127.0.0.1:8000)")
+    reshard.add_argument("--key", help="the admin key (env TALLYRAY_ADMIN_KEY)")
+    store_flags(reshard)
+    reshard.set_defaults(run=_reshard)
 
     migrate = commands.add_parser("migrate", help="apply the database migrations")
     store_flags(migrate)

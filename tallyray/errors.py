@@ -16,7 +16,9 @@
     │   ├── SignatureError      a provider webhook whose signature is missing, wrong or stale (400)
     │   └── WebhookRefused      a signed provider webhook for the other environment (400)
     ├── StoreUnavailable        the database cannot be reached: 503 + Retry-After
-    │   └── AccountQuarantined  one account is set aside after an error applying its data (503)
+    │   ├── AccountQuarantined  one account is set aside after an error applying its data (503)
+    │   ├── Resharding          the shard count is being changed: writes wait (503)
+    │   └── NotOwner            a shard asked about a customer another shard owns (503)
     └── ProviderUnavailable     a payment provider cannot be reached or failed on its side (502)
 
 Each error carries a message that tells the caller what to fix and, where there are several
@@ -199,6 +201,31 @@ class AccountQuarantined(StoreUnavailable):
             "request, and nothing of it was stored for this customer: retry later. Data stored "
             "before is kept and counts again once the account is repaired."
         )
+
+
+class Resharding(StoreUnavailable):
+    """The shard count is being changed (``tallyray reshard``): the shards stop taking
+    writes, checkpoint, hand their accounts over and start again as the new set. Nothing of
+    the request was stored; retrying after ``Retry-After`` reaches the new set."""
+
+    type_name = "resharding"
+    retry_after_seconds = 2
+
+    @classmethod
+    def now(cls) -> Resharding:
+        return cls(
+            "the shard count is being changed; nothing of this request was stored. Retry in "
+            "a few seconds."
+        )
+
+
+class NotOwner(StoreUnavailable):
+    """A request reached a shard that does not own its customer: the sender's idea of the
+    shard count is older than the shards' (a reshard just happened). It learns the new
+    count; a retry goes to the right shard."""
+
+    type_name = "resharding"
+    retry_after_seconds = 1
 
 
 class ProviderUnavailable(TallyrayError):

@@ -54,6 +54,7 @@ from tallyray.actors.account import (
 )
 from tallyray.actors.alerting import AlertRule
 from tallyray.actors.limits import Limits
+from tallyray.actors.routing import shard_of
 from tallyray.actors.shard_line import Endpoint, LineOptions, ShardLineServer
 from tallyray.clock import Clock, clock_for, system_clock
 from tallyray.credentials import database_url as resolve_database_url
@@ -62,7 +63,9 @@ from tallyray.errors import (
     Conflict,
     EventError,
     NotFound,
+    NotOwner,
     Problem,
+    Resharding,
     StoreUnavailable,
     TallyrayError,
 )
@@ -206,6 +209,8 @@ class ShardCore:
         self._stored_at: dict[AccountKey, int] = {}
         """While recovering: the log position each account's checkpoint includes."""
         self._recovering = True
+        self.resharding = False
+        """Draining for a reshard: every write is refused with :class:`Resharding`."""
         self.stats = ShardStats()
         self._queue: list[_Pending] = []
         self._committing: list[_Pending] = []
@@ -302,6 +307,12 @@ class ShardCore:
         if not missing:
             return
         self._refuse_set_aside(env, missing)
+        foreign = [c for c in missing if shard_of(env, c, self.shard_count) != self.shard]
+        if foreign:  # the sender's shard count is older than ours (a reshard just happened)
+            raise NotOwner(
+                f"customer {foreign[0]!r} is served by another shard since the shard count "
+                f"became {self.shard_count}; nothing was stored, retry"
+            )
         records = self._records(env, missing)
         rules = self._own_rules(env, missing)
         meters = self.env(env).meters
@@ -506,9 +517,15 @@ class ShardCore:
         account only what its checkpoint does not hold already."""
         groups: dict[tuple[int, str, str], list[Event]] = defaultdict(list)
         stored_at, aside = self._stored_at, self.quarantined
+        owned: dict[AccountKey, bool] = {}
         for row in rows:
             key = (row.env, row.customer_id)
             if key in aside or row.seq <= stored_at.get(key, 0):
+                continue
+            mine = owned.get(key)
+            if mine is None:
+                mine = owned[key] = shard_of(*key, self.shard_count) == self.shard
+            if not mine:  # written by this shard number before a reshard moved the customer
                 continue
             try:
                 properties = orjson.loads(row.properties)
@@ -618,6 +635,8 @@ class ShardCore:
     # -- the group commit ----------------------------------------------------------------
 
     async def _submit(self, pending: _Pending) -> Any:
+        if self.resharding:
+            raise Resharding.now()
         self._ensure_tasks()
         assert self._wake is not None
         self._waiting += len(pending.parsed)
@@ -785,6 +804,32 @@ class ShardCore:
             except Exception as error:
                 self._set_aside(key, "evaluating its alerts", error)
 
+    # -- resharding ----------------------------------------------------------------------
+
+    async def drain(self) -> dict[str, int]:
+        """The first step of a reshard: stop taking writes (:class:`Resharding`, 503), let
+        every commit already queued land, stop the background tasks and checkpoint, so that
+        the store holds everything this shard knows. Reads go on answering until the shard
+        is stopped. Refused (:class:`Conflict`) while an account is set aside: its stored
+        state is behind the log, and only its own shard replays it."""
+        if self.quarantined:
+            raise Conflict(
+                f"shard {self.shard} has {len(self.quarantined)} accounts set aside; repair "
+                "them and restart the shard before changing the shard count"
+            )
+        self.resharding = True
+        while self._queue or self._committing:
+            await asyncio.sleep(0.005)
+        for task in self._tasks:
+            task.cancel()
+        self._tasks, self._wake = [], None
+        saved = await self.checkpoint()
+        return {"shard": self.shard, "position": self.position, "saved": saved}
+
+    def resume(self) -> None:
+        """Take writes again (a reshard that did not go ahead)."""
+        self.resharding = False
+
     # -- checkpoints and hold expiry -----------------------------------------------------
 
     async def _checkpointer(self) -> None:
@@ -875,6 +920,8 @@ class ShardCore:
         accounts are set aside (``set_aside``): their periods are not written yet, so an
         invoice run must leave them out until they are repaired (their shard writes them on
         the restart that brings them back)."""
+        if self.resharding:  # before the cutoff moves: nothing of the close may happen
+            raise Resharding.now()
         self.cutoffs[env] = max(self.cutoffs.get(env, 0), cutoff)
         cutoff = self.cutoffs[env]
         # Let every commit queued before the cutoff moved land in memory first.
@@ -1185,6 +1232,11 @@ class ShardCore:
         this environment never had it."""
         loop = asyncio.get_running_loop()
         row = await loop.run_in_executor(self._db, self.store.hold, hold_id)
+        if row is not None and row["env"] == env and row["shard"] != self.shard:
+            raise NotOwner(
+                f"reservation {hold_id} is served by another shard since the shard count "
+                f"became {self.shard_count}; retry"
+            )
         if row is None or row["env"] != env or row["status"] == "active":
             raise NotFound(f"no reservation {hold_id!r}")
         return row
@@ -1592,6 +1644,12 @@ class ShardActor:
 
     async def checkpoint(self) -> int:
         return await self.core.checkpoint()
+
+    async def drain(self) -> dict[str, int]:
+        return await self.core.drain()
+
+    async def resume(self) -> None:
+        self.core.resume()
 
     async def status(self) -> dict[str, Any]:
         return self.core.status()

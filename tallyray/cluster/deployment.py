@@ -7,13 +7,14 @@ replicas, checks their health (which includes the listener's) and restarts them.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ray import serve
 
 from tallyray.cluster.providers import payment_providers
 from tallyray.cluster.settings import Settings
-from tallyray.cluster.wiring import billing_config
+from tallyray.cluster.wiring import billing_config, reshard_running
 from tallyray.heap import freeze_startup_heap
 from tallyray.invoicing.service import Billing
 from tallyray.logs import configure_logging
@@ -26,6 +27,9 @@ from tallyray.serve.shards import ShardRouter
 from tallyray.storage.billing import BillingStore
 from tallyray.storage.catalog import Catalog
 from tallyray.storage.db import make_engine
+from tallyray.storage.layout import layout_reader
+
+log = logging.getLogger("tallyray.cluster")
 
 
 @serve.deployment(health_check_period_s=5, health_check_timeout_s=10)
@@ -38,7 +42,12 @@ class Ingress:
         clock = settings.clock
         engine = make_engine(settings.database_url)
         catalog = Catalog(engine)
-        router = ShardRouter(settings.shards, line_options=settings.line_options)
+        router = ShardRouter(
+            settings.shard_count,
+            line_options=settings.line_options,
+            layout=layout_reader(engine),
+        )
+        router.relayout()  # the stored count: a reshard may have run since the start
         config = billing_config(settings.config_path)
         billing = Billing(
             catalog=catalog,
@@ -72,6 +81,7 @@ class Ingress:
             public_docs=settings.public_docs,
             webhook_allow_private=settings.webhook_allow_private,
             limits=settings.limits,
+            reshard=lambda count: reshard_running(settings, engine, router, count),
         )
         app = build_app(self.services)
         freeze_startup_heap()
@@ -84,6 +94,12 @@ class Ingress:
         """Serve's periodic probe: a replica whose listener has stopped gets replaced."""
         if not self.listener.alive():
             raise RuntimeError(f"the API listener stopped: {self.listener.failure!r}")
+        router = self.services.router
+        try:
+            if router.epoch != layout_reader(self.services.catalog.engine)()[1]:
+                router.relayout()  # another replica resharded: route by the new count
+        except Exception:  # noqa: BLE001 — the store's health is not the replica's
+            log.warning("could not read the shard layout", exc_info=True)
 
     def __del__(self) -> None:
         listener = getattr(self, "listener", None)

@@ -24,6 +24,7 @@ from tallyray.cluster.settings import Settings
 from tallyray.cluster.wiring import (
     maintain_event_log,
     prepare_store,
+    settle_shards,
     start_shards,
     start_webhook_deliverer,
 )
@@ -42,6 +43,7 @@ def app(args: dict[str, Any] | None = None) -> Any:
     settings = Settings.load()
     check_payment_settings(settings)  # as `tallyray serve`: a test key must not go live
     catalog = prepare_store(settings)
+    settings = settle_shards(settings, catalog.engine)  # the count the database holds
     # Partitions of this month and the next, retention once; nothing here runs hourly as
     # `tallyray serve` does: schedule `tallyray events maintain` (docs/server.md).
     maintain_event_log(settings, catalog.engine)

@@ -19,6 +19,7 @@ from tallyray.cluster.wiring import (
     EVENT_LOG_MAINTENANCE_SECONDS,
     maintain_event_log,
     prepare_store,
+    settle_shards,
     share_secrets,
     start_ingress,
     start_ray,
@@ -119,6 +120,7 @@ def run_server(settings: Settings, demo: bool = False) -> None:
         settings = Settings(**{**settings.to_dict(), "admin_key": generate_key(ADMIN)})
     ensure_port_free(settings.host, settings.port)
     catalog = prepare_store(settings)
+    settings = settle_shards(settings, catalog.engine)
     maintain_event_log(settings, catalog.engine)
     given_file = settings.secrets_file
     settings = share_secrets(settings)  # the processes started below read them from there
@@ -140,7 +142,7 @@ def run_server(settings: Settings, demo: bool = False) -> None:
         log.info(
             "serving on %s with %d shards",
             base,
-            settings.shards,
+            settings.shard_count,
             extra={"database": redact(settings.database_url)},
         )
         if demo:

@@ -32,7 +32,10 @@ def _flag(value: str) -> bool:
 @dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
-    shards: int = os.cpu_count() or 1
+    shards: int | None = None
+    """How many shard actors: the count stored in the database (``None`` until the server
+    has read it, :func:`tallyray.storage.layout.settle_shard_count`); a count given here
+    must match it (``tallyray reshard`` changes it)."""
     port: int = 8000
     host: str = "127.0.0.1"
     admin_key: str | None = None
@@ -235,7 +238,7 @@ class Settings:
             values["clock_offset_us"] = offset_to(_instant(start))
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
-        if settings.shards < 1:
+        if settings.shards is not None and settings.shards < 1:
             raise ValueError("TALLYRAY_SHARDS must be at least 1")
         if settings.admin_key is not None and not _admin_key_shaped(settings.admin_key):
             raise InvalidInput(
@@ -293,6 +296,13 @@ class Settings:
             if name in self.SECRETS and value:
                 out[variable] = str(value)
         return out
+
+    @property
+    def shard_count(self) -> int:
+        """The shard count, once settled from the database (see :attr:`shards`)."""
+        if self.shards is None:
+            raise RuntimeError("the shard count is read from the database before shards start")
+        return self.shards
 
     @property
     def clock(self) -> Clock:

@@ -33,6 +33,7 @@ from tallyray.storage.catalog import (
 )
 from tallyray.storage.db import make_engine, migrate
 from tallyray.storage.keys import KeyStore
+from tallyray.storage.layout import settle_shard_count
 from tallyray.storage.partitions import ensure_partitions
 from tallyray.storage.retention import RetentionResult, apply_retention
 
@@ -95,6 +96,13 @@ def prepare_store(settings: Settings) -> Catalog:
     if settings.config_path:
         seed_config(catalog, settings.config_path, now)
     return catalog
+
+
+def settle_shards(settings: Settings, engine: Engine) -> Settings:
+    """The settings with the shard count the database holds (stored at the first start;
+    a different ``TALLYRAY_SHARDS`` is refused, naming ``tallyray reshard``)."""
+    count = settle_shard_count(engine, settings.shards, settings.clock())
+    return replace(settings, shards=count)
 
 
 def maintain_event_log(settings: Settings, engine: Engine) -> dict[str, Any]:
@@ -218,7 +226,7 @@ def start_shards(settings: Settings) -> list[Any]:
             **shard_options(settings),
         ).remote(
             i,
-            settings.shards,
+            settings.shard_count,
             None,  # the shard reads the database URL as a secret (tallyray.credentials)
             settings.checkpoint_seconds,
             settings.grace_seconds,
@@ -228,10 +236,51 @@ def start_shards(settings: Settings) -> list[Any]:
             settings.secrets_file,
             settings.line_options,
         )
-        for i in range(settings.shards)
+        for i in range(settings.shard_count)
     ]
     ray.get([cast(Any, h).ready.remote() for h in handles])
     return handles
+
+
+def restart_shards(settings: Settings, old: int, new: int) -> list[Any]:
+    """Stop the ``old`` named shard actors and start ``new`` ones (they recover from the
+    checkpoints): the last step of a reshard."""
+    _kill_named([shard_name(i) for i in range(old)])
+    return start_shards(replace(settings, shards=new))
+
+
+async def reshard_running(
+    settings: Settings, engine: Engine, router: Any, count: int
+) -> dict[str, Any]:
+    """Reshard the deployment this ingress replica serves (``POST /v1/admin/reshard``)."""
+    import asyncio
+
+    from tallyray.cluster.reshard import reshard_live
+
+    old = router.count
+    handles = [router.handle(i) for i in range(old)]
+
+    async def restart(new: int) -> list[Any]:
+        return await asyncio.to_thread(restart_shards, settings, old, new)
+
+    return await reshard_live(engine, handles, count, restart, settings.clock())
+
+
+def _kill_named(names: list[str], wait_seconds: float = 30.0) -> None:
+    """Kill these actors for good and wait until their names are free."""
+    import time
+
+    for name in names:
+        with contextlib.suppress(ValueError):
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+    deadline = time.monotonic() + wait_seconds
+    for name in names:
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(name, namespace=NAMESPACE)
+            except ValueError:
+                break
+            time.sleep(0.05)
 
 
 def start_webhook_deliverer(settings: Settings) -> Any:
@@ -270,6 +319,11 @@ def stop(settings: Settings) -> None:
         serve.delete(APP_NAME)
     except Exception as error:  # noqa: BLE001 — removing the shards matters more
         log.warning("serve delete: %s", error)
-    for name in [shard_name(i) for i in range(settings.shards)] + ["webhooks"]:
+    names = [shard_name(i) for i in range(settings.shard_count)]
+    with contextlib.suppress(ValueError):  # a reshard may have made more since the start
+        while True:
+            ray.get_actor(shard_name(len(names)), namespace=NAMESPACE)
+            names.append(shard_name(len(names)))
+    for name in names + ["webhooks"]:
         with contextlib.suppress(ValueError):
             ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)

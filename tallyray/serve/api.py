@@ -40,6 +40,7 @@ from tallyray.storage.audit import AuditLog
 from tallyray.storage.catalog import Catalog, CustomerRecord, EnvCatalog
 from tallyray.storage.eventlog import stored_events
 from tallyray.storage.keys import KeyStore
+from tallyray.storage.layout import hold_owner
 
 __all__ = ["Api", "Authenticate", "Caches", "IncomingEvent", "Services", "api_of"]
 
@@ -101,6 +102,9 @@ class Services:
     """Accept webhook URLs whose host is not public (:mod:`tallyray.alerts.egress`)."""
     limits: Limits = field(default_factory=Limits)
     """Caps on one customer's state (the shards get theirs from the same settings)."""
+    reshard: Callable[[int], Awaitable[dict[str, Any]]] | None = None
+    """Changes the shard count of the running deployment (``POST /v1/admin/reshard``;
+    :func:`tallyray.cluster.reshard.reshard_live`); ``None``: this server cannot."""
 
 
 class Caches:
@@ -344,12 +348,20 @@ class Api:
         self.metrics.quota_check_seconds.observe(time.perf_counter() - started)
         return answer
 
-    def hold_shard(self, hold_id: str) -> int:
-        """The shard a reservation lives on (its id says: ``res_<shard>_…``)."""
+    async def hold_shard(self, env: str, hold_id: str) -> int:
+        """The shard a reservation lives on: its id says (``res_<shard>_…``) until the shard
+        count changes; after a reshard, its customer's shard (read from the store)."""
         parts = hold_id.split("_")
         if len(parts) != 3 or parts[0] != "res" or not parts[1].isdigit():
             raise NotFound(f"no reservation {hold_id!r}")
         index = int(parts[1])
+        if self.router.epoch:
+            customer = await run_in_threadpool(
+                hold_owner, self.services.catalog.engine, env, hold_id
+            )
+            if customer is None:
+                raise NotFound(f"no reservation {hold_id!r}")
+            return self.router.index(env, customer)
         if index >= self.router.count:
             raise NotFound(f"no reservation {hold_id!r}")
         return index

@@ -639,6 +639,25 @@ class Health(Open):
     shards: int
 
 
+class ReshardRequest(Closed):
+    shards: int = Field(ge=1, le=1024, description="the new shard count")
+
+
+class ReshardResult(Open):
+    """What a reshard moved, and how long writes paused (``unchanged``: the count was
+    already that)."""
+
+    from_: int = Field(alias="from")
+    to: int
+    unchanged: bool | None = None
+    accounts: int | None = None
+    accounts_moved: int | None = None
+    holds_moved: int | None = None
+    grants_moved: int | None = None
+    position: int | None = Field(None, description="the log position the new shards start at")
+    pause_seconds: float | None = None
+
+
 class Outcome(Open):
     """An answer whose fields depend on what was done (a run, a payment, a provider's
     notice)."""
@@ -862,6 +881,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("post", "/v1/admin/keys"): Operation(KeyRequest, {201: NewApiKey}),
     ("get", "/v1/admin/keys"): Operation(None, {200: ApiKeyList}),
     ("post", "/v1/admin/keys/{key_id}/revoke"): Operation(None, {200: ApiKey}),
+    ("post", "/v1/admin/reshard"): Operation(ReshardRequest, {200: ReshardResult}),
     ("get", "/v1/audit-events"): Operation(None, {200: AuditEventList}),
     ("post", "/v1/simulations"): Operation(SimulationRequest, {202: Simulation}),
     ("get", "/v1/simulations/{simulation_id}"): Operation(None, {200: Simulation}),

@@ -19,7 +19,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from tallyray.actors.routing import shard_of
 from tallyray.actors.shard_line import LineDown, LineOptions, ShardLine
-from tallyray.errors import StoreUnavailable, TallyrayError
+from tallyray.errors import NotOwner, StoreUnavailable, TallyrayError
 
 __all__ = ["NAMESPACE", "ShardRouter", "shard_name"]
 
@@ -83,8 +83,14 @@ class ShardRouter:
         node: Callable[[], str] = _this_node,
         lines: bool = True,
         line_options: LineOptions | None = None,
+        layout: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         self.count = count
+        self._layout = layout
+        """Reads the stored (shard count, epoch): after a reshard the router learns the new
+        count from it (:meth:`relayout`)."""
+        self.epoch = 0
+        """How many reshards the stored layout had seen when last read (0: none)."""
         self._lookup = lookup
         self._node = node
         self._handles: dict[int, Any] = {}
@@ -113,10 +119,34 @@ class ShardRouter:
     def handle(self, index: int) -> Any:
         found = self._handles.get(index)
         if found is None:
-            found = self._handles[index] = self._lookup(index)
+            try:
+                found = self._handles[index] = self._lookup(index)
+            except ValueError:  # no such actor: the shard set is being changed
+                self.relayout()
+                raise StoreUnavailable(
+                    f"shard {index} is not running (the shard count may be changing); retry shortly"
+                ) from None
         return found
 
+    def relayout(self) -> None:
+        """Read the shard count afresh (a reshard happened) and forget every shard handle
+        and line: the shards behind the names are new."""
+        if self._layout is not None:
+            self.count, self.epoch = self._layout()
+        self._handles.clear()
+        for line in self._lines.values():
+            line.close()
+        self._lines.clear()
+        self._line_next_try.clear()
+
     async def call(self, index: int, method: str, *args: Any, idempotent: bool = False) -> Any:
+        try:
+            return await self._call(index, method, *args, idempotent=idempotent)
+        except NotOwner:
+            self.relayout()
+            raise
+
+    async def _call(self, index: int, method: str, *args: Any, idempotent: bool = False) -> Any:
         if method not in LINE_METHODS:
             return await self._ray_call(index, method, *args, idempotent=idempotent)
         if self.lines:
@@ -150,6 +180,8 @@ class ShardRouter:
             except RayActorError as error:
                 log.warning("shard %d unavailable (%s): %s", index, type(error).__name__, error)
                 self._handles.pop(index, None)  # look it up afresh next time
+                if not isinstance(error, ActorUnavailableError) and self._layout is not None:
+                    self.relayout()  # the actor is gone for good: a reshard may have run
                 if attempt + 1 < attempts and isinstance(error, ActorUnavailableError):
                     await asyncio.sleep(0.05 * (attempt + 1))
                     continue
@@ -187,6 +219,8 @@ class ShardRouter:
                         if not future.done():
                             future.set_exception(error)
                     continue
+                if any(isinstance(answer, NotOwner) for answer in answers):
+                    self.relayout()
                 for (*_, future), answer in zip(batch, answers, strict=True):
                     if future.done():
                         continue

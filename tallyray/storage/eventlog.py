@@ -375,11 +375,10 @@ class ShardStore:
         return [dict(row._mapping) for row in rows]
 
     def hold(self, hold_id: str) -> dict[str, Any] | None:
-        """A hold of this shard, finished or not (a retried settle or release asks)."""
+        """A hold, finished or not (a retried settle or release asks); its ``shard`` says
+        whether it is this shard's."""
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(t.holds).where(t.holds.c.id == hold_id, t.holds.c.shard == self.shard)
-            ).first()
+            row = conn.execute(select(t.holds).where(t.holds.c.id == hold_id)).first()
         return None if row is None else dict(row._mapping)
 
     def stored(self, env: str, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:

@@ -206,6 +206,17 @@ holds = Table(
     Index("ix_holds_shard_status", "shard", "status"),
 )
 
+shard_layout = Table(
+    "shard_layout",
+    metadata,
+    # One row (id 1): how many shards own the data; ``epoch`` counts the reshards
+    # (tallyray.storage.layout).
+    Column("id", Integer, primary_key=True),
+    Column("shard_count", Integer, nullable=False),
+    Column("epoch", Integer, nullable=False),
+    Column("changed_at", Micros, nullable=False),
+)
+
 shard_checkpoints = Table(
     "shard_checkpoints",
     metadata,

@@ -4,12 +4,16 @@ routes) and the audit log.
 - ``POST /v1/admin/keys`` makes a key (its secret is shown once), ``GET /v1/admin/keys``
   lists them (never a secret), ``POST /v1/admin/keys/{id}/revoke`` revokes one: every
   replica refuses it within its key cache's lifetime (2 s by default).
+- ``POST /v1/admin/reshard`` changes the shard count on the running deployment
+  (:mod:`tallyray.cluster.reshard`; ``tallyray reshard`` calls it): writes answer 503
+  ``resharding`` with ``Retry-After`` while it runs.
 - ``GET /v1/audit-events`` reads the audit log of the key's environment (``manage`` scope);
   the admin key reads any environment's (``?env=``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 from fastapi import APIRouter, Request
@@ -18,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tallyray import __version__
 from tallyray.access import ADMIN, ALL_SCOPES, KEY_ENVIRONMENTS, parse_scopes
-from tallyray.errors import InvalidInput, Problem, StoreUnavailable
+from tallyray.errors import Conflict, InvalidInput, Problem, StoreUnavailable
 from tallyray.pricing.money import shown
 from tallyray.serve.api import api_of
 from tallyray.serve.auth import audit_entry
@@ -30,6 +34,13 @@ __all__ = ["router"]
 router = APIRouter()
 
 MAX_KEY_NAME = 200
+
+MAX_SHARDS = 1024
+"""The most shards ``POST /v1/admin/reshard`` makes (each is a Ray actor, ~125 MB)."""
+
+_resharding = asyncio.Lock()
+"""One reshard at a time through this replica (the store refuses a second one whose
+starting count is stale)."""
 
 
 @router.get("/healthz", tags=["operations"])
@@ -96,6 +107,36 @@ async def create_key(request: Request) -> Response:
         lambda: api.keys.create(env, now, name, scopes, expires_at, audit=entry)
     )
     return json_response({**key.to_json(), "key": secret}, 201)
+
+
+@router.post("/v1/admin/reshard", tags=["admin"])
+async def reshard(request: Request) -> Response:
+    """`{"shards": N}` → the shard count becomes N on the running deployment: every shard
+    stops taking writes (503 `resharding` + `Retry-After` meanwhile), checkpoints, hands its
+    accounts over, and the new set starts from the checkpoints. Answers what moved and how
+    long writes paused."""
+    api = api_of(request)
+    env = await api.authenticate(request)
+    doc = await object_body(request, frozenset({"shards"}), frozenset({"shards"}))
+    count = doc["shards"]
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_SHARDS:
+        raise InvalidInput(
+            "the request has problems",
+            [Problem("shards", f"must be a whole number from 1 to {MAX_SHARDS}")],
+        )
+    if api.services.reshard is None:
+        raise Conflict("this server cannot change its shard count while running")
+    if _resharding.locked():
+        raise Conflict("a reshard is running already; wait for it to finish")
+    async with _resharding:
+        api.router.relayout()
+        if count == api.router.count:
+            return json_response({"from": count, "to": count, "unchanged": True})
+        result = await api.services.reshard(count)
+        api.router.relayout()
+    entry = audit_entry(request, env, "shards.resharded", "shards", "", api.clock(), result)
+    await run_in_threadpool(api.audit.write, entry)
+    return json_response(result)
 
 
 @router.get("/v1/admin/keys", tags=["admin"])

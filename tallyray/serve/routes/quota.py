@@ -99,7 +99,7 @@ async def settle(hold_id: str, request: Request) -> Response:
     to retry: a retry answers what the first settle did (`retried: true`)."""
     api = api_of(request)
     env = await api.authenticate(request)
-    index = api.hold_shard(hold_id)
+    index = await api.hold_shard(env, hold_id)
     doc = json_object(await json_body(request), frozenset({"events"}), frozenset({"events"}))
     items = doc["events"]
     if not isinstance(items, list) or len(items) > api.rules.max_events:
@@ -117,7 +117,7 @@ async def release(hold_id: str, request: Request) -> Response:
     """Free a hold without ingesting anything. Safe to retry."""
     api = api_of(request)
     env = await api.authenticate(request)
-    result = await api.router.call(api.hold_shard(hold_id), "release", env, hold_id)
+    result = await api.router.call(await api.hold_shard(env, hold_id), "release", env, hold_id)
     status = "expired" if result["hold"] == "expired" else "released"
     return json_response(
         {
