@@ -235,6 +235,8 @@ class ShardCore:
                 loop.create_task(self._committer()),
                 loop.create_task(self._checkpointer()),
             ]
+            if self.outbox:  # fired while recovering (no loop then): write them now
+                self._wake.set()
 
     def env(self, env: str) -> EnvCatalog:
         found = self.envs.get(env)
@@ -1567,6 +1569,12 @@ class ShardActor:
         )
         self._line: ShardLineServer | None = None
         freeze_startup_heap()
+        import ray  # the actor runs under Ray; the module stays importable without it
+
+        # Start the committer and the checkpointer as soon as the actor serves, not on its
+        # first write: a restarted shard that only gets reads must still write what its
+        # replay fired (alerts, auto-recharge crossings), checkpoint and expire holds.
+        self._started = ray.get_runtime_context().current_actor.ready.remote()
 
     async def ready(self) -> int:
         self.core._ensure_tasks()
