@@ -1089,6 +1089,8 @@ class CustomerAccount:
                 continue
             if rules_state.get(rule.id, {}).get("on"):
                 return None
+            if rule.source == "recharge" and state.get("recharge", {}).get("on"):
+                return None  # armed again only by a grant: evaluate until then
             match rule.kind:
                 case "usage_above":
                     return None  # usage is not a question of spend

@@ -7,6 +7,11 @@ the value goes back across the threshold by more than the hysteresis band (5% of
 threshold), so a value hovering at the line does not flap. A period's start resets every rule.
 ``credits.depleted`` fires when the credit left reaches zero.
 
+The auto-recharge trigger (a ``balance_below`` rule of source ``recharge``,
+:mod:`tallyray.pricing.recharge_rules`) is kept apart: its state survives a new period, it
+re-arms exactly at the threshold (no band: a recharge's grant lifts the balance over it) and
+its crossing is a ``recharge.requested`` named by a counter that only grows.
+
 The state is part of the account's checkpoint, and every firing has a deterministic id (rule,
 period, crossing number, direction): a shard replaying its log makes the same firings with
 the same ids, which the outbox stores once.
@@ -20,6 +25,7 @@ from decimal import Decimal
 from typing import Any
 
 from tallyray.pricing.alert_rules import RULE_KINDS, AlertRule, parse_rule, plan_rules
+from tallyray.pricing.recharge_rules import RECHARGE_REQUESTED, crossing_id
 
 __all__ = ["RULE_KINDS", "AlertRule", "Firing", "crossings", "parse_rule", "plan_rules"]
 
@@ -53,12 +59,34 @@ def crossings(
     currency, ...)."""
     fired: list[Firing] = []
     if state.get("period") != period:
+        kept = state.get("recharge")
         state.clear()
         state["period"] = period
+        if kept is not None:
+            state["recharge"] = kept
     rules_state: dict[str, Any] = state.setdefault("rules", {})
     for rule in rules:
         value = values.get(rule.id)
         if value is None:
+            continue
+        if rule.source == "recharge":
+            mine = state.setdefault("recharge", {"on": False, "n": 0})
+            if not mine["on"] and value < rule.threshold:
+                mine["on"], mine["n"] = True, mine["n"] + 1
+                fired.append(
+                    Firing(
+                        crossing_id(key, mine["n"]),
+                        RECHARGE_REQUESTED,
+                        {
+                            **describe,
+                            "crossing": mine["n"],
+                            "threshold": _canonical(rule.threshold),
+                            "available": _canonical(value),
+                        },
+                    )
+                )
+            elif mine["on"] and value >= rule.threshold:
+                mine["on"] = False
             continue
         mine = rules_state.setdefault(rule.id, {"on": False, "n": 0})
         if not mine["on"] and rule.crossed(value):

@@ -78,12 +78,14 @@ from tallyray.pricing.events import Event, format_timestamp
 from tallyray.pricing.meters import MeterSet
 from tallyray.pricing.money import Currency, currency, round_amount
 from tallyray.pricing.periods import covered_until
+from tallyray.pricing.recharge_rules import trigger_rule
 from tallyray.pricing.segments import merge_spans
 from tallyray.storage.alerts import AlertStore
 from tallyray.storage.billing import BillingStore
 from tallyray.storage.catalog import Catalog, CustomerRecord, EnvCatalog
 from tallyray.storage.db import DatabaseUnavailable, make_engine
 from tallyray.storage.eventlog import EventRow, ShardStore
+from tallyray.storage.recharges import RechargeStore
 from tallyray.storage.unpriced import UnpricedStore, record_id
 
 log = logging.getLogger("tallyray.shard")
@@ -181,6 +183,7 @@ class ShardCore:
         self.catalog = Catalog(self.engine)
         self.billing = BillingStore(self.engine)
         self.alert_store = AlertStore(self.engine)
+        self.recharge_store = RechargeStore(self.engine)
         self.unpriced_store = UnpricedStore(self.engine)
         self._flag_rows: set[tuple[AccountKey, int, FlagKey]] = set()
         """Unpriced usage records whose figures moved since they were last written."""
@@ -311,7 +314,7 @@ class ShardCore:
                 f"became {self.shard_count}; nothing was stored, retry"
             )
         records = self._records(env, missing)
-        rules = self.alert_store.rules(env, missing)
+        rules = self._own_rules(env, missing)
         meters = self.env(env).meters
         for customer_id in missing:
             record = records.get(customer_id)
@@ -320,6 +323,17 @@ class ShardCore:
             account = CustomerAccount(self._profile(record), meters)
             account.rules = self._rules(record, rules.get(customer_id, []))
             self.accounts[(env, customer_id)] = account
+
+    def _own_rules(self, env: str, customer_ids: Iterable[str]) -> dict[str, list[AlertRule]]:
+        """The customers' own alert rules, with the trigger of their auto-recharge
+        (:mod:`tallyray.pricing.recharge_rules`) when it is on."""
+        wanted = list(customer_ids)
+        rules = self.alert_store.rules(env, wanted)
+        for customer, settings in self.recharge_store.settings_of(env, wanted).items():
+            trigger = trigger_rule(settings)
+            if trigger is not None:
+                rules.setdefault(customer, []).append(trigger)
+        return rules
 
     def _rules(self, record: CustomerRecord, own: list[AlertRule]) -> tuple[AlertRule, ...]:
         """The customer's own alert rules and its plan's defaults."""
@@ -409,7 +423,7 @@ class ShardCore:
             by_env[env].append(customer)
         for env, customers in by_env.items():
             records = self._records(env, customers)
-            rules = self.alert_store.rules(env, customers)
+            rules = self._own_rules(env, customers)
             for customer in customers:
                 record = records.get(customer)
                 if record is None:
@@ -1413,7 +1427,7 @@ class ShardCore:
         if customer_ids is not None:
             keys = [(env, c) for c in customer_ids if (env, c) in self.accounts]
         records = self._records(env, [k[1] for k in keys])
-        rules = self.alert_store.rules(env, [k[1] for k in keys])
+        rules = self._own_rules(env, [k[1] for k in keys])
         now = self.clock()
         for key, held in self.accounts.items():
             if key[0] == env:

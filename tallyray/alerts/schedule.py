@@ -37,6 +37,10 @@ EVENT_TYPES = (
     "invoice.finalized",
     "invoice.paid",
     "payment.failed",
+    "recharge.succeeded",
+    "recharge.failed",
+    "recharge.capped",
+    "recharge.disabled",
     "usage.unpriced",
     "webhook.test",
 )

@@ -70,6 +70,7 @@ class Ingress:
             default_currency=settings.default_currency,
             billing=billing,
             dunning_seconds=settings.dunning_seconds,
+            recharge_seconds=settings.recharge_seconds or None,
             run_schedule=settings.run_schedule,
             clock=clock,
             rate_limit=RateLimit(settings.rate_limit_per_second, settings.rate_limit_burst),

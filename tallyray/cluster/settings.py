@@ -69,6 +69,9 @@ class Settings:
     """Let webhooks go to loopback, private, link-local and other non-public addresses
     (tests, on-premise receivers); off, they are refused (:mod:`tallyray.alerts.egress`)."""
     dunning_seconds: float = 300.0
+    recharge_seconds: float = 15.0
+    """How often each replica sweeps auto-recharge crossings (:mod:`tallyray.invoicing.recharge`);
+    0 turns the sweep off."""
     invoice_schedule: str = "live,test"
     """The environments whose invoice runs start themselves (``"off"``: none); see
     :mod:`tallyray.invoicing.scheduler`."""
@@ -178,6 +181,7 @@ class Settings:
         "TALLYRAY_ADYEN_TEST_HMAC_KEY": "adyen_test_hmac_key",
         "TALLYRAY_ADYEN_TEST_API_BASE": "adyen_test_api_base",
         "TALLYRAY_DUNNING_SECONDS": "dunning_seconds",
+        "TALLYRAY_RECHARGE_SECONDS": "recharge_seconds",
         "TALLYRAY_INVOICE_SCHEDULE": "invoice_schedule",
         "TALLYRAY_INVOICE_RUN_AT": "invoice_run_at",
         "TALLYRAY_WEBHOOK_RETRY_DELAYS": "webhook_retry_delays",

@@ -225,6 +225,15 @@ class CreditPurchases:
             purchase_id=purchase_id,
         )
         result = await run_in_threadpool(provider.collect, request)
+        known = record.billing.get("provider_customer_id")
+        if result.provider_customer_id and result.provider_customer_id != known:
+            # As for invoices: the next charge must find the same provider customer.
+            await run_in_threadpool(
+                self.billing.catalog.set_billing,
+                env,
+                record.id,
+                {"provider_customer_id": result.provider_customer_id},
+            )
         if result.reference:
             await run_in_threadpool(
                 self.store.set_reference,

@@ -28,6 +28,7 @@ from tallyray.errors import (
 )
 from tallyray.invoicing.config import InvoicingConfig, parse_invoicing_config
 from tallyray.invoicing.dunning import next_attempt
+from tallyray.invoicing.payment_methods import SavedMethods
 from tallyray.invoicing.payments import (
     PaymentProvider,
     PaymentProviders,
@@ -36,6 +37,7 @@ from tallyray.invoicing.payments import (
 )
 from tallyray.invoicing.payments.matching import amount_mismatch
 from tallyray.invoicing.purchases import CreditPurchases
+from tallyray.invoicing.recharge import AutoRecharges
 from tallyray.invoicing.runs import RunSpec, invoice_chunk_task
 from tallyray.pricing.events import format_timestamp
 from tallyray.pricing.money import currency, parse_amount, round_amount
@@ -43,7 +45,9 @@ from tallyray.storage.audit import AuditEntry
 from tallyray.storage.billing import BillingStore
 from tallyray.storage.catalog import Catalog, CustomerRecord
 from tallyray.storage.leases import HEARTBEAT_SECONDS, process_driver
+from tallyray.storage.payment_methods import PaymentMethodStore
 from tallyray.storage.purchases import PurchaseStore
+from tallyray.storage.recharges import RechargeStore
 
 __all__ = ["Billing"]
 
@@ -77,6 +81,10 @@ class Billing:
     driver: str = field(default_factory=process_driver)
     """This process's name on the runs it drives (:mod:`tallyray.storage.leases`)."""
     config: InvoicingConfig = field(init=False)
+    methods: SavedMethods = field(init=False)
+    """Saved payment methods: cards saved on the providers' own pages."""
+    recharges: AutoRecharges = field(init=False)
+    """Auto-recharge: settings, and the sweep that charges each crossing once."""
     purchases: CreditPurchases = field(init=False)
     """Top-ups and recharges: prepaid credit bought through the providers."""
     _runs: dict[str, asyncio.Task[None]] = field(default_factory=dict, init=False)
@@ -84,6 +92,8 @@ class Billing:
     def __post_init__(self) -> None:
         self.config = parse_invoicing_config(self.invoicing_raw)
         self.purchases = CreditPurchases(self, PurchaseStore(self.store.engine))
+        self.methods = SavedMethods(self, PaymentMethodStore(self.store.engine))
+        self.recharges = AutoRecharges(self, RechargeStore(self.store.engine))
 
     # -- invoice runs --------------------------------------------------------------------
 
@@ -542,7 +552,11 @@ class Billing:
         )
         bought: list[ProviderEvent] = []
         ours: list[ProviderEvent] = []
+        saved: list[ProviderEvent] = []
         for event in events:
+            if event.kind == "method.saved":
+                saved.append(event)
+                continue
             if event.kind != "ignored" and event.purchase_id is not None:
                 found = await run_in_threadpool(self.purchases.store.env_of, event.purchase_id)
                 if found is None:
@@ -578,6 +592,8 @@ class Billing:
                 )
             ours.append(event)
         fresh = 0
+        for event in saved:  # saving is idempotent: every delivery may finish the job
+            fresh += await self.methods.on_event(env, name, event)
         for event in bought:
             # Every delivery is processed (booking is idempotent): one that stopped half way
             # must be finishable by the provider's retry. The ledger only counts new ones.

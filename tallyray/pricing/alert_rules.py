@@ -48,8 +48,9 @@ __all__ = [
 
 AlertKind = Literal["balance_below", "spend_above", "usage_above", "credits_used_percent"]
 RULE_KINDS: tuple[AlertKind, ...] = get_args(AlertKind)
-RuleSource = Literal["customer", "plan"]
-"""``customer``: set over the API or in the portal; ``plan``: a plan's default."""
+RuleSource = Literal["customer", "plan", "recharge"]
+"""``customer``: set over the API or in the portal; ``plan``: a plan's default; ``recharge``:
+the trigger of the customer's auto-recharge (:mod:`tallyray.pricing.recharge_rules`)."""
 
 RULE_FIELDS = frozenset({"kind", "threshold", "meter", "name"})
 MAX_NAME = 200

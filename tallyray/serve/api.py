@@ -79,6 +79,8 @@ class Services:
     alerts: AlertRules | None = None
     """Alert rules (built by :func:`build_app` when not given)."""
     dunning_seconds: float | None = None
+    recharge_seconds: float | None = None
+    """Sweep auto-recharge crossings every so often (``None``: only on request)."""
     run_schedule: RunSchedule | None = None
     """Start invoice runs by themselves (:mod:`tallyray.invoicing.scheduler`); ``None``:
     only on request."""

@@ -44,6 +44,7 @@ from tallyray.serve.routes import (
     events,
     invoicing,
     operations,
+    payment_methods,
     plan_versions,
     portal,
     quota,
@@ -108,6 +109,9 @@ def build_app(services: Services) -> FastAPI:
             tasks.append(
                 asyncio.create_task(_collect_forever(services.billing, services.dunning_seconds))
             )
+        if services.recharge_seconds and services.billing is not None:
+            recharges = services.billing.recharges
+            tasks.append(asyncio.create_task(recharges.run_forever(services.recharge_seconds)))
         if services.run_schedule is not None and services.billing is not None:
             scheduler = InvoiceScheduler(services.billing, services.run_schedule)
             tasks.append(asyncio.create_task(scheduler.run_forever()))
@@ -141,6 +145,7 @@ def build_app(services: Services) -> FastAPI:
         quota,
         catalog,
         top_ups,
+        payment_methods,
         plan_versions,
         invoicing,
         simulations,

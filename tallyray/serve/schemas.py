@@ -536,6 +536,53 @@ class AlertRuleList(Open):
     rules: list[AlertRule]
 
 
+# -- saved payment methods and auto-recharge ----------------------------------------------
+
+
+class PaymentMethodSetupRequest(Closed):
+    success_url: str = Field(examples=["https://example.com/billing?saved=1"])
+    cancel_url: str = Field(examples=["https://example.com/billing"])
+    replaces: str | None = Field(None, description="The saved method the new card replaces.")
+
+
+class PaymentMethodSetup(Open):
+    id: str
+    provider: str
+    url: str | None
+
+
+class PaymentMethod(Open):
+    id: str
+    provider: str
+    reference: str
+    brand: str | None
+    last4: str | None
+    exp_month: int | None
+    exp_year: int | None
+    default: bool
+
+
+class PaymentMethodList(Closed):
+    payment_methods: list[PaymentMethod]
+
+
+class AutoRechargeRequest(Closed):
+    enabled: bool = True
+    threshold: str = Field(examples=["10.00"])
+    amount: str = Field(examples=["50.00"])
+    monthly_cap: str = Field(examples=["200.00"])
+
+
+class AutoRecharge(Open):
+    customer_id: str
+    enabled: bool
+    threshold: str | None
+    amount: str | None
+    monthly_cap: str | None
+    currency: str | None
+    disabled_reason: str | None
+
+
 # -- the portal, keys, audit, operations ---------------------------------------------------
 
 
@@ -816,6 +863,20 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("delete", "/v1/customers/{customer_id}/alert-rules/{rule_id}"): Operation(
         None, {200: Outcome}
     ),
+    ("get", "/v1/customers/{customer_id}/payment-methods"): Operation(
+        None, {200: PaymentMethodList}
+    ),
+    ("post", "/v1/customers/{customer_id}/payment-methods/setup"): Operation(
+        PaymentMethodSetupRequest, {201: PaymentMethodSetup}
+    ),
+    ("delete", "/v1/customers/{customer_id}/payment-methods/{method_id}"): Operation(
+        None, {200: PaymentMethod}
+    ),
+    ("get", "/v1/customers/{customer_id}/auto-recharge"): Operation(None, {200: AutoRecharge}),
+    ("put", "/v1/customers/{customer_id}/auto-recharge"): Operation(
+        AutoRechargeRequest, {200: AutoRecharge}
+    ),
+    ("delete", "/v1/customers/{customer_id}/auto-recharge"): Operation(None, {200: AutoRecharge}),
     ("post", "/v1/portal-sessions"): Operation(PortalSessionRequest, {201: PortalSession}),
     ("post", "/v1/admin/keys"): Operation(KeyRequest, {201: NewApiKey}),
     ("get", "/v1/admin/keys"): Operation(None, {200: ApiKeyList}),

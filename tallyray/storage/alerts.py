@@ -124,10 +124,18 @@ def _rule(row: Any) -> AlertRule:
 
 def write_messages(conn: Connection, messages: Sequence[Mapping[str, Any]]) -> None:
     """Store outbox messages (``id``, ``env``, ``type``, ``payload``, ``created_at``) in the
-    caller's transaction; a message whose id is stored already is left as it was."""
+    caller's transaction; a message whose id is stored already is left as it was. An
+    auto-recharge crossing (``recharge.requested``) is not for webhook endpoints: it becomes
+    its row in ``auto_recharges`` (:func:`tallyray.storage.recharges.write_crossings`)."""
     if not messages:
         return
-    rows = [dict(m) for m in messages]
+    from tallyray.pricing.recharge_rules import RECHARGE_REQUESTED
+    from tallyray.storage.recharges import write_crossings
+
+    write_crossings(conn, [m for m in messages if m["type"] == RECHARGE_REQUESTED])
+    rows = [dict(m) for m in messages if m["type"] != RECHARGE_REQUESTED]
+    if not rows:
+        return
     dialect = conn.dialect.name
     if dialect == "postgresql":
         conn.execute(pg_insert(t.outbox).on_conflict_do_nothing(index_elements=["id"]), rows)

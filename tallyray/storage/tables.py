@@ -395,6 +395,94 @@ provider_events = Table(
     PrimaryKeyConstraint("provider", "event_id"),
 )
 
+payment_methods = Table(
+    "payment_methods",
+    metadata,
+    # A card the customer saved through its provider's own page (Stripe SetupIntent, Adyen
+    # tokenization). Tallyray keeps the provider's reference and what a person needs to
+    # recognise the card; never a card number. Saved from the provider's signed webhook only.
+    Column("id", String(40), primary_key=True),
+    Column("env", String(8), nullable=False),
+    Column("customer_id", String(255), nullable=False),
+    Column("provider", String(16), nullable=False),
+    # ``pm_…`` (Stripe), a ``storedPaymentMethodId`` (Adyen).
+    Column("reference", String(255), nullable=False),
+    Column("brand", String(32)),
+    Column("last4", String(4)),
+    Column("exp_month", Integer),
+    Column("exp_year", Integer),
+    # The one the customer's off-session charges use (invoices, auto-recharge).
+    Column("is_default", Boolean, nullable=False, server_default=false()),
+    Column("created_at", Micros, nullable=False),
+    Column("removed_at", Micros),
+    UniqueConstraint("env", "provider", "reference", name="uq_payment_methods_reference"),
+    Index("ix_payment_methods_customer", "env", "customer_id"),
+)
+
+payment_setups = Table(
+    "payment_setups",
+    metadata,
+    # A customer sent to its provider's page to save a card (``set_…``): the signed webhook
+    # names it, and it says whose card it is and which card it replaces. Adyen signs only the
+    # merchantReference, so the customer comes from here, never from the notification.
+    Column("id", String(40), primary_key=True),
+    Column("env", String(8), nullable=False),
+    Column("customer_id", String(255), nullable=False),
+    Column("provider", String(16), nullable=False),
+    Column("provider_reference", String(255)),
+    Column("url", Text),
+    Column("replaces", String(40)),
+    Column("method_id", String(40)),
+    Column("created_at", Micros, nullable=False),
+    Column("completed_at", Micros),
+)
+
+auto_recharge_settings = Table(
+    "auto_recharge_settings",
+    metadata,
+    # One customer's auto-recharge (tallyray.pricing.recharge_rules); amounts as decimal text
+    # in the customer's currency. ``disabled_reason`` says why Tallyray turned it off.
+    Column("env", String(8), nullable=False),
+    Column("customer_id", String(255), nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("threshold", String(50), nullable=False),
+    Column("amount", String(50), nullable=False),
+    Column("monthly_cap", String(50), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("disabled_reason", String(500)),
+    Column("updated_at", Micros, nullable=False),
+    PrimaryKeyConstraint("env", "customer_id"),
+)
+
+auto_recharges = Table(
+    "auto_recharges",
+    metadata,
+    # One row per crossing of the threshold, written by the shard in the transaction that
+    # writes the crossing (tallyray.storage.alerts.write_messages): ``recharge:<env>:<customer>
+    # :<n>``. The unique (env, customer, crossing) makes it the one durable record of the
+    # crossing; every charge of it is a credit purchase named after (id, attempt).
+    Column("id", String(200), primary_key=True),
+    Column("env", String(8), nullable=False),
+    Column("customer_id", String(255), nullable=False),
+    Column("crossing", Integer, nullable=False),
+    # requested, charging, pending (charged, the webhook books it), retry, succeeded,
+    # failed (the last attempt declined), capped, skipped (auto-recharge off by then).
+    Column("status", String(16), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("month", String(7), nullable=False),
+    Column("amount", String(50)),
+    Column("currency", String(3)),
+    Column("purchase_id", String(40)),
+    Column("next_attempt_at", Micros),
+    Column("claimed_until", Micros),
+    Column("failure", Json),
+    Column("created_at", Micros, nullable=False),
+    Column("updated_at", Micros, nullable=False),
+    UniqueConstraint("env", "customer_id", "crossing", name="uq_auto_recharges_crossing"),
+    Index("ix_auto_recharges_due", "status", "next_attempt_at"),
+    Index("ix_auto_recharges_customer", "env", "customer_id", "month"),
+)
+
 credit_purchases = Table(
     "credit_purchases",
     metadata,

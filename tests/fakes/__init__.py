@@ -130,6 +130,12 @@ class LocalServer:
         with self._lock:
             return list(self._received)
 
+    @property
+    def webhooks(self) -> list[Delivery]:
+        """Every webhook delivered so far, oldest first."""
+        with self._lock:
+            return list(self._deliveries)
+
     def fail_next(self, status: int = 500, times: int = 1) -> None:
         """Answer the next ``times`` requests with ``status`` and the provider's error body."""
         with self._lock:

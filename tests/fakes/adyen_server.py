@@ -7,6 +7,10 @@ number and holder name. Adyen's test conventions decide: holder name ``DECLINED`
 any known test card (:data:`TEST_CARDS`) otherwise authorised. Either way an HMAC-signed
 ``AUTHORISATION`` notification (``merchantReference`` = the session's ``reference``) is sent;
 an authorised payment redirects to ``returnUrl`` with ``sessionId`` and ``sessionResult``.
+A session with ``storePaymentMethod: true`` may have a zero amount (a card check); once
+authorised it also stores the card and sends ``RECURRING_CONTRACT`` (its ``pspReference`` the
+stored payment method id, ``additionalData`` with ``cardSummary``, ``expiryDate``,
+``paymentMethodVariant``). ``DELETE /v<N>/storedPaymentMethods/{id}`` forgets a stored card.
 
 Requests need the ``X-API-Key`` header and this fake's merchant account; ``Idempotency-Key``
 replays the first answer. The outcome comes from ``paymentMethod.storedPaymentMethodId``
@@ -143,6 +147,8 @@ class FakeAdyen(LocalServer):
         self._state = threading.Lock()
         self._replies: dict[str, tuple[Any, Reply]] = {}
         self._sessions: dict[str, dict[str, Any]] = {}
+        #: storedPaymentMethodId → (shopperReference, card number) of the cards stored.
+        self.stored_cards: dict[str, tuple[str | None, str]] = {}
 
     def outage(self, status: int) -> Reply:
         return _error(status, "905", "Payment details are not supported", "internal")
@@ -159,6 +165,13 @@ class FakeAdyen(LocalServer):
             return _error(401, "000", "HTTP Status Response - Unauthorized", "security")
         if request.method == "POST" and re.fullmatch(r"/v\d+/sessions", request.path):
             return self._idempotent(request, self._session)
+        stored = re.fullmatch(r"/v\d+/storedPaymentMethods/(\w+)", request.path)
+        if request.method == "DELETE" and stored:
+            with self._state:
+                known = self.stored_cards.pop(stored.group(1), None)
+            if known is None:
+                return _error(404, "000", "Stored payment method not found", "validation")
+            return Reply(204)
         if request.method != "POST" or not re.fullmatch(r"/v\d+/payments", request.path):
             return _error(404, "000", f"Not found: {request.method} {request.path}", "validation")
         try:
@@ -207,7 +220,8 @@ class FakeAdyen(LocalServer):
                     422, "100", f"Required field '{required}' is not provided.", "validation"
                 )
         amount = body["amount"]
-        if not isinstance(amount.get("value"), int) or amount["value"] <= 0:
+        least = 0 if body.get("storePaymentMethod") is True else 1
+        if not isinstance(amount.get("value"), int) or amount["value"] < least:
             return _error(422, "137", "Invalid amount specified", "validation")
         session_id = "CS" + secrets.token_hex(10).upper()
         session = {
@@ -218,6 +232,7 @@ class FakeAdyen(LocalServer):
             "merchantAccount": self.merchant_account,
             "mode": body.get("mode", "embedded"),
             "shopperReference": body.get("shopperReference"),
+            "storePaymentMethod": body.get("storePaymentMethod") is True,
             "expiresAt": "2099-01-01T00:00:00+00:00",
             "sessionData": "Ab02b4c0!" + base64.b64encode(secrets.token_bytes(24)).decode(),
             "status": "active",
@@ -248,12 +263,40 @@ class FakeAdyen(LocalServer):
         self._notify(body, psp, not refused, "Refused" if refused else "")
         if refused:
             return _html(200, _payment_form(session, "Refused"))
+        if session["storePaymentMethod"]:
+            self._store_card(session, psp, number)
         with self._state:
             self._sessions[session["id"]]["status"] = "completed"
         joiner = "&" if "?" in session["returnUrl"] else "?"
         query = urlencode({"sessionId": session["id"], "sessionResult": "X" + psp})
         location = f"{session['returnUrl']}{joiner}{query}"
         return Reply(303, b"", {"Location": location})
+
+    def _store_card(self, session: dict[str, Any], auth_psp: str, number: str) -> None:
+        """Store the card of an authorised tokenizing session and announce it, as Adyen
+        does with ``RECURRING_CONTRACT``."""
+        stored_id = "".join(secrets.choice("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789") for _ in range(16))
+        with self._state:
+            self.stored_cards[stored_id] = (session["shopperReference"], number)
+        if self.webhook_url is None or self.hmac_key is None:
+            return
+        item = notification_item(
+            psp_reference=stored_id,
+            merchant_reference=session["reference"],
+            value=session["amount"]["value"],
+            currency=session["amount"]["currency"],
+            event_code="RECURRING_CONTRACT",
+            merchant_account=self.merchant_account,
+        )
+        item["originalReference"] = auth_psp
+        item["additionalData"] = {
+            "cardSummary": number[-4:],
+            "expiryDate": "3/2030",
+            "paymentMethodVariant": "mc" if number.startswith("5") else "visa",
+            "shopperReference": session["shopperReference"] or "",
+        }
+        payload = signed_notification([item], self.hmac_key, self.live)
+        self.send_webhook(self.webhook_url, {"Content-Type": "application/json"}, payload)
 
     def _payment(self, body: dict[str, Any]) -> Reply:
         if body.get("merchantAccount") != self.merchant_account:

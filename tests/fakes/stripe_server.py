@@ -12,6 +12,12 @@
   ``success_url``; a declining one sends ``payment_intent.payment_failed`` and shows the page
   again with the decline; "Cancel" goes to the ``cancel_url``. :meth:`FakeStripe.expire`
   expires an open session (``checkout.session.expired``).
+- ``mode=setup`` sessions save a card instead: the page's "Save card" with a good test card
+  makes a PaymentMethod (``pm_…``, attached to the session's customer, charged afterwards as
+  the test card it stands for) and a succeeded SetupIntent carrying
+  ``setup_intent_data[metadata]``, sends signed ``setup_intent.succeeded`` and
+  ``checkout.session.completed`` events and redirects to the ``success_url``.
+- ``GET /v1/payment_methods/{id}`` and ``POST /v1/payment_methods/{id}/detach``.
 
 Every request needs ``Authorization: Bearer <api_key>``, and, as at Stripe, the key decides the
 mode: with a live key (``sk_live_``, ``rk_live_``) every object and event says ``livemode: true``,
@@ -116,6 +122,8 @@ class FakeStripe(LocalServer):
         self._customers: dict[str, dict[str, Any]] = {}
         self._intents: dict[str, dict[str, Any]] = {}
         self._sessions: dict[str, dict[str, Any]] = {}
+        self._methods: dict[str, dict[str, Any]] = {}
+        self._setup_intents: dict[str, dict[str, Any]] = {}
         self._replies: dict[str, tuple[str, str, dict[str, Any], Reply]] = {}
 
     @property
@@ -127,6 +135,11 @@ class FakeStripe(LocalServer):
     def payment_intents(self) -> dict[str, dict[str, Any]]:
         with self._state:
             return copy.deepcopy(self._intents)
+
+    @property
+    def payment_methods(self) -> dict[str, dict[str, Any]]:
+        with self._state:
+            return copy.deepcopy(self._methods)
 
     @property
     def checkout_sessions(self) -> dict[str, dict[str, Any]]:
@@ -197,6 +210,8 @@ class FakeStripe(LocalServer):
             with self._state:
                 self._replies.setdefault(key, (method, path, params, reply))
             return reply
+        if match := re.fullmatch(r"/v1/payment_methods/(pm_\w+)(/detach)?", path):
+            return self._payment_method(method, match.group(1), bool(match.group(2)))
         if method == "GET" and (
             match := re.fullmatch(
                 r"/v1/(customers|payment_intents|checkout/sessions)/([\w]+)", path
@@ -242,8 +257,10 @@ class FakeStripe(LocalServer):
         def invalid(param: str, message: str) -> Reply:
             return _error(400, "invalid_request_error", message, param=param)
 
+        if params.get("mode") == "setup":
+            return self._create_setup_session(params)
         if params.get("mode") != "payment":
-            return invalid("mode", "This fake supports mode=payment only.")
+            return invalid("mode", "This fake supports mode=payment and mode=setup only.")
         for required in ("success_url", "cancel_url"):
             if not str(params.get(required, "")).startswith(("http://", "https://")):
                 return invalid(required, f"Not a valid URL: {params.get(required)!r}")
@@ -302,6 +319,8 @@ class FakeStripe(LocalServer):
             return Reply(404, b"<h1>Not found</h1>", {"Content-Type": "text/html"})
         if session["status"] != "open":
             return _html(200, f"<h1>This checkout session is {session['status']}</h1>")
+        if session["mode"] == "setup":
+            return self._setup_page(request, session)
         if request.method == "GET":
             return _html(200, _payment_form(session, None))
         form = dict(parse_qsl(request.body.decode(), keep_blank_values=True))
@@ -357,6 +376,120 @@ class FakeStripe(LocalServer):
         self._send_event(event_type, intent, None)
         return intent
 
+    # -- saving cards (mode=setup) and payment methods -----------------------------------
+
+    def _create_setup_session(self, params: dict[str, Any]) -> Reply:
+        def invalid(param: str, message: str) -> Reply:
+            return _error(400, "invalid_request_error", message, param=param)
+
+        for required in ("success_url", "cancel_url"):
+            if not str(params.get(required, "")).startswith(("http://", "https://")):
+                return invalid(required, f"Not a valid URL: {params.get(required)!r}")
+        currency = str(params.get("currency", ""))
+        if not currency or currency != currency.lower():
+            return invalid("currency", f"Invalid currency: {currency}.")
+        customer = params.get("customer")
+        with self._state:
+            known = customer in self._customers
+        if not known:
+            return invalid("customer", f"No such customer: '{customer}'")
+        session_id = f"cs_{'live' if self.livemode else 'test'}_{secrets.token_hex(12)}"
+        session: dict[str, Any] = {
+            "id": session_id,
+            "object": "checkout.session",
+            "mode": "setup",
+            "status": "open",
+            "payment_status": "no_payment_required",
+            "currency": currency,
+            "customer": customer,
+            "client_reference_id": params.get("client_reference_id"),
+            "metadata": params.get("metadata", {}),
+            "setup_intent": None,
+            "success_url": params["success_url"],
+            "cancel_url": params["cancel_url"],
+            "url": f"{self.url}/pay/{session_id}",
+            "livemode": self.livemode,
+            "created": int(self._clock()),
+            "expires_at": int(self._clock()) + 86_400,
+            "_setup_metadata": (params.get("setup_intent_data") or {}).get("metadata", {}),
+        }
+        with self._state:
+            self._sessions[session_id] = session
+        return Reply.of_json(200, _public(session))
+
+    def _setup_page(self, request: Received, session: dict[str, Any]) -> Reply:
+        if request.method == "GET":
+            return _html(200, _setup_form(session, None))
+        form = dict(parse_qsl(request.body.decode(), keep_blank_values=True))
+        if form.get("action") == "cancel":
+            return Reply(303, b"", {"Location": session["cancel_url"]})
+        number = form.get("card_number", "").replace(" ", "")
+        behaves_as = TEST_CARDS.get(number)
+        if behaves_as is None:
+            return _html(200, _setup_form(session, "Your card number is invalid."))
+        if behaves_as == "pm_card_chargeDeclined":  # declines a setup too
+            return _html(200, _setup_form(session, "Your card was declined."))
+        method = {
+            "id": _id("pm"),
+            "object": "payment_method",
+            "type": "card",
+            "card": {
+                "brand": "mastercard" if number.startswith("5") else "visa",
+                "last4": number[-4:],
+                "exp_month": 12,
+                "exp_year": 2030,
+                "country": "US",
+                "funding": "credit",
+            },
+            "customer": session["customer"],
+            "livemode": self.livemode,
+            "created": int(self._clock()),
+            "_behaves_as": behaves_as,
+        }
+        intent = {
+            "id": _id("seti"),
+            "object": "setup_intent",
+            "status": "succeeded",
+            "usage": "off_session",
+            "customer": session["customer"],
+            "payment_method": method["id"],
+            "metadata": dict(session["_setup_metadata"]),
+            "livemode": self.livemode,
+            "created": int(self._clock()),
+        }
+        with self._state:
+            self._methods[method["id"]] = method
+            self._setup_intents[intent["id"]] = intent
+            stored = self._sessions[session["id"]]
+            stored.update(status="complete", setup_intent=intent["id"])
+            public = _public(stored)
+        self._send_event("setup_intent.succeeded", copy.deepcopy(intent), None)
+        self._send_event("checkout.session.completed", public, None)
+        return Reply(303, b"", {"Location": session["success_url"]})
+
+    def _payment_method(self, method: str, method_id: str, detach: bool) -> Reply:
+        with self._state:
+            found = self._methods.get(method_id)
+            if found is not None and detach and method == "POST":
+                if found["customer"] is None:
+                    return _error(
+                        400,
+                        "invalid_request_error",
+                        "The payment method you provided is not attached to a customer so "
+                        "detachment is impossible.",
+                    )
+                found["customer"] = None
+            shown = None if found is None else _public(found)
+        if shown is None or (method == "POST") != detach:
+            return _error(
+                404,
+                "invalid_request_error",
+                f"No such PaymentMethod: '{method_id}'",
+                code="resource_missing",
+                param="payment_method",
+            )
+        return Reply.of_json(200, shown)
+
     # -- customers -------------------------------------------------------------------------
 
     def _create_customer(self, params: dict[str, Any]) -> Reply:
@@ -377,6 +510,11 @@ class FakeStripe(LocalServer):
     # -- payment intents -------------------------------------------------------------------
 
     def _create_payment_intent(self, request: Received, params: dict[str, Any]) -> Reply:
+        saved = params.get("payment_method")
+        with self._state:
+            card = self._methods.get(str(saved))
+        if card is not None:  # a saved card is charged as the test card it stands for
+            params = {**params, "payment_method": card["_behaves_as"]}
         invalid = self._invalid_payment_intent(params)
         if invalid is not None:
             return invalid
@@ -541,6 +679,22 @@ def _payment_form(session: dict[str, Any], error: str | None) -> str:
         '<label for="card_number">Card number</label>'
         '<input id="card_number" name="card_number" autocomplete="off">'
         '<button type="submit" name="action" value="pay">Pay</button>'
+        '<button type="submit" name="action" value="cancel">Cancel</button>'
+        "</form></body></html>"
+    )
+
+
+def _setup_form(session: dict[str, Any], error: str | None) -> str:
+    """The hosted page of a setup session: a card number, Save card and Cancel."""
+    problem = f'<p role="alert" id="card-error">{html.escape(error)}</p>' if error else ""
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        "<title>Save a card · Stripe test mode</title></head><body>"
+        f"<h1>Save a card for future payments</h1>{problem}"
+        f'<form method="post" action="/pay/{session["id"]}">'
+        '<label for="card_number">Card number</label>'
+        '<input id="card_number" name="card_number" autocomplete="off">'
+        '<button type="submit" name="action" value="save">Save card</button>'
         '<button type="submit" name="action" value="cancel">Cancel</button>'
         "</form></body></html>"
     )

@@ -114,6 +114,10 @@ def test_event_types() -> None:
         "invoice.finalized",
         "invoice.paid",
         "payment.failed",
+        "recharge.succeeded",
+        "recharge.failed",
+        "recharge.capped",
+        "recharge.disabled",
         "usage.unpriced",
         "webhook.test",
     )

@@ -38,7 +38,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import Adyen
-from Adyen.services.checkout import PaymentsApi
+from Adyen.services.checkout import PaymentsApi, RecurringApi
 
 from tallyray.errors import ConfigError, Problem, ProviderUnavailable, SignatureError
 from tallyray.invoicing.payments.base import (
@@ -48,7 +48,11 @@ from tallyray.invoicing.payments.base import (
     PaymentRequest,
     PaymentResult,
     ProviderEvent,
+    SavedMethod,
+    SetupRequest,
+    SetupSession,
     is_purchase_id,
+    is_setup_id,
 )
 from tallyray.invoicing.payments.endpoints import is_local, is_under, override_problem
 
@@ -155,6 +159,8 @@ class AdyenProvider:
             http_timeout=timeout_seconds,
         )
         self._payments = _checkout_payments(client, api_base)
+        self._recurring = RecurringApi(client=client)
+        self._recurring.baseUrl = self._payments.baseUrl  # the same Checkout origin and version
         #: Where payments are sent: the URL the SDK will really call.
         self.endpoint = checkout_endpoint(client, self._payments)
         if api_base:
@@ -267,6 +273,65 @@ class AdyenProvider:
             provider_customer_id=shopper,
         )
 
+    # -- saving a card ---------------------------------------------------------------------
+
+    def start_setup(self, request: SetupRequest) -> SetupSession:
+        """An Adyen Checkout session (``POST /sessions``, ``mode: hosted``) that checks the
+        card with a zero-value authorisation and stores it (``storePaymentMethod``,
+        ``UnscheduledCardOnFile``) for the shopper. Adyen then sends a ``RECURRING_CONTRACT``
+        notification whose signed ``pspReference`` is the stored payment method id and whose
+        signed ``merchantReference`` is our setup id."""
+        currency_code = request.currency
+        shopper = request.provider_customer_id or request.customer_id
+        body: dict[str, Any] = {
+            "amount": {"value": 0, "currency": currency_code},
+            "reference": request.setup_id,
+            "merchantAccount": self._merchant_account,
+            "returnUrl": request.success_url,
+            "shopperReference": shopper,
+            "mode": "hosted",
+            "storePaymentMethod": True,
+            "recurringProcessingModel": "UnscheduledCardOnFile",
+            "shopperInteraction": "Ecommerce",
+            "metadata": {"tallyray_setup_id": request.setup_id},
+        }
+        if request.customer_email:
+            body["shopperEmail"] = request.customer_email
+        try:
+            result = self._payments.sessions(body, idempotency_key=request.idempotency_key)
+        except Adyen.AdyenError as e:
+            raise _unavailable(e, self._live) from e
+        except OSError as e:
+            raise ProviderUnavailable(f"cannot reach Adyen: {e}") from e
+        answer = result.message if isinstance(result.message, dict) else {}
+        session_id = answer.get("id")
+        if not session_id:
+            raise ProviderUnavailable("Adyen answered /sessions without a session id")
+        return SetupSession(
+            provider=self.name,
+            reference=str(session_id),
+            url=str(answer["url"]) if answer.get("url") else None,
+            provider_customer_id=shopper,
+        )
+
+    def describe_method(self, method: SavedMethod) -> SavedMethod:
+        return method  # the notification carried what there is to show
+
+    def forget_method(self, method: SavedMethod) -> None:
+        try:
+            self._recurring.delete_token_for_stored_payment_details(
+                method.reference,
+                query_parameters={
+                    "shopperReference": method.provider_customer_id or "",
+                    "merchantAccount": self._merchant_account,
+                },
+            )
+        except Adyen.AdyenError as e:
+            if getattr(e, "status_code", None) != 404:
+                raise _unavailable(e, self._live) from e
+        except OSError as e:
+            raise ProviderUnavailable(f"cannot reach Adyen: {e}") from e
+
     def _result(self, answer: dict[str, Any], shopper: str, value: int) -> PaymentResult:
         code = str(answer.get("resultCode", ""))
         reference = answer.get("pspReference")
@@ -335,6 +400,8 @@ def _event(item: dict[str, Any], livemode: bool | None) -> ProviderEvent:
     psp = str(item.get("pspReference", ""))
     code = str(item.get("eventCode", ""))
     success = str(item.get("success", "")).lower()
+    if is_setup_id(str(item.get("merchantReference") or "")):
+        return _setup_event(item, livemode, psp, code, success)
     if code == "AUTHORISATION" and success == "true":
         kind = "payment.succeeded"
     elif code == "AUTHORISATION" and success == "false":
@@ -356,6 +423,53 @@ def _event(item: dict[str, Any], livemode: bool | None) -> ProviderEvent:
         amount=amount,
         currency=currency_code,
     )
+
+
+def _setup_event(
+    item: dict[str, Any], livemode: bool | None, psp: str, code: str, success: str
+) -> ProviderEvent:
+    """A notification about a card-saving session. ``RECURRING_CONTRACT`` with success saves
+    the card: its ``pspReference`` *is* the stored payment method id, signed with the
+    ``merchantReference`` (our setup id). Brand, last 4 and expiry come from
+    ``additionalData`` (``paymentMethodVariant`` or the item's ``paymentMethod``,
+    ``cardSummary``, ``expiryDate`` as ``"8/2028"``), which Adyen does not sign: they are shown
+    to the customer, never used to charge. The zero-value ``AUTHORISATION`` is ignored."""
+    setup_id = str(item["merchantReference"])
+    saved = code == "RECURRING_CONTRACT" and success == "true" and bool(psp)
+    additional = item.get("additionalData") or {}
+    month, year = _expiry(additional.get("expiryDate"))
+    summary = additional.get("cardSummary")
+    brand = additional.get("paymentMethodVariant") or item.get("paymentMethod")
+    shopper = additional.get("shopperReference") or additional.get("recurring.shopperReference")
+    return ProviderEvent(
+        provider="adyen",
+        event_id=f"{psp}:{code}:{success}",
+        kind="method.saved" if saved else "ignored",
+        livemode=livemode,
+        invoice_id=None,
+        reference=psp or None,
+        setup_id=setup_id if saved else None,
+        method=SavedMethod(
+            reference=psp,
+            brand=str(brand) if brand else None,
+            last4=str(summary)[-4:] if isinstance(summary, str) and summary.isdigit() else None,
+            exp_month=month,
+            exp_year=year,
+            provider_customer_id=str(shopper) if shopper else None,
+        )
+        if saved
+        else None,
+    )
+
+
+def _expiry(raw: object) -> tuple[int | None, int | None]:
+    """Adyen's ``expiryDate`` (``"8/2028"``) as (month, year)."""
+    if not isinstance(raw, str) or "/" not in raw:
+        return None, None
+    month, _, year = raw.partition("/")
+    if not (month.isdigit() and year.isdigit()):
+        return None, None
+    return int(month), int(year)
 
 
 def _amount(amount: object) -> tuple[Decimal | None, str | None]:

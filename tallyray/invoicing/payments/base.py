@@ -33,15 +33,80 @@ __all__ = [
     "PaymentRequest",
     "PaymentResult",
     "ProviderEvent",
+    "SETUP_PREFIX",
+    "SavedMethod",
+    "SavesMethods",
+    "SetupRequest",
+    "SetupSession",
+    "is_setup_id",
     "to_minor_units",
 ]
 
 #: What :meth:`PaymentProvider.collect` can report.
 PAYMENT_STATUSES = frozenset({"succeeded", "pending", "failed"})
 
+
+#: Every card-saving session starts so (``set_…``): Adyen's signed ``merchantReference``
+#: carries just the id, and it must not be taken for an invoice's.
+SETUP_PREFIX = "set_"
+
+
+def is_setup_id(reference: str | None) -> bool:
+    return reference is not None and reference.startswith(SETUP_PREFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class SetupRequest:
+    """A customer saving a card on the provider's own page; nothing is charged."""
+
+    setup_id: str
+    customer_id: str
+    customer_email: str | None
+    customer_name: str | None
+    provider_customer_id: str | None
+    #: The customer's currency (Stripe's setup mode and Adyen's zero-value check need one).
+    currency: str
+    #: Where the provider sends the customer back. Coming back proves nothing: only the
+    #: signed webhook saves the card.
+    success_url: str
+    cancel_url: str
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.setup_id}:setup"
+
+
+@dataclass(frozen=True, slots=True)
+class SetupSession:
+    """The provider's page for one :class:`SetupRequest`."""
+
+    provider: str
+    #: The provider's object: a Checkout Session id (``cs_…``), an Adyen session id.
+    reference: str
+    url: str | None
+    provider_customer_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SavedMethod:
+    """A saved card as the provider describes it: its reference and what a person needs to
+    recognise it. Nothing else of the card ever reaches Tallyray."""
+
+    reference: str
+    brand: str | None = None
+    last4: str | None = None
+    exp_month: int | None = None
+    exp_year: int | None = None
+    provider_customer_id: str | None = None
+
+
 #: What a webhook event can mean to invoicing. ``payment.canceled``: a hosted checkout that
-#: expired or was abandoned (only credit purchases have one).
-EVENT_KINDS = frozenset({"payment.succeeded", "payment.failed", "payment.canceled", "ignored"})
+#: expired or was abandoned (only credit purchases have one). ``method.saved``: the customer
+#: saved a card on the provider's page (a SetupIntent, an Adyen tokenization), see
+#: :class:`SavedMethod`.
+EVENT_KINDS = frozenset(
+    {"payment.succeeded", "payment.failed", "payment.canceled", "method.saved", "ignored"}
+)
 
 #: Every credit purchase id starts so (``pur_…``): a webhook's reference names either an
 #: invoice or a purchase, and Adyen's signed ``merchantReference`` carries just the id.
@@ -188,6 +253,9 @@ class ProviderEvent:
     amount: Decimal | None = None
     #: The ISO 4217 code of ``amount``, upper case, as the provider sent it.
     currency: str | None = None
+    #: ``method.saved``: the card-saving session (``set_…``) and the card.
+    setup_id: str | None = None
+    method: SavedMethod | None = None
     #: The credit purchase the event is about (``pur_…``), instead of an invoice.
     purchase_id: str | None = None
 
@@ -206,6 +274,8 @@ class ProviderEvent:
             "failure_message": self.failure_message,
             "amount": None if self.amount is None else format(self.amount, "f"),
             "currency": self.currency,
+            "setup_id": self.setup_id,
+            "method": None if self.method is None else self.method.reference,
             "purchase_id": self.purchase_id,
         }
 
@@ -252,6 +322,27 @@ class PaymentProvider(Protocol):
         the time in unix microseconds. Raises :class:`~tallyray.errors.SignatureError` saying
         what is wrong when the signature is missing, wrong or stale.
         """
+        ...
+
+
+class SavesMethods(Protocol):
+    """A provider whose own page can save a card for off-session charges (Stripe, Adyen)."""
+
+    name: str
+
+    def start_setup(self, request: SetupRequest) -> SetupSession:
+        """Create the page for ``request``, once per ``request.idempotency_key``. Raises
+        :class:`~tallyray.errors.ProviderUnavailable` like ``collect``."""
+        ...
+
+    def describe_method(self, method: SavedMethod) -> SavedMethod:
+        """``method`` with its brand, last 4 and expiry filled in (Stripe's webhook names the
+        PaymentMethod only; Adyen's notification carries them already)."""
+        ...
+
+    def forget_method(self, method: SavedMethod) -> None:
+        """Tell the provider the card is no longer to be charged (detach / delete the
+        token). Raises :class:`~tallyray.errors.ProviderUnavailable`."""
         ...
 
 

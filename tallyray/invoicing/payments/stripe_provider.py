@@ -42,6 +42,9 @@ from tallyray.invoicing.payments.base import (
     PaymentRequest,
     PaymentResult,
     ProviderEvent,
+    SavedMethod,
+    SetupRequest,
+    SetupSession,
 )
 from tallyray.invoicing.payments.endpoints import override_problem
 
@@ -284,6 +287,88 @@ class StripeProvider:
             provider_customer_id=customer if isinstance(customer, str) else None,
         )
 
+    # -- saving a card ---------------------------------------------------------------------
+
+    def start_setup(self, request: SetupRequest) -> SetupSession:
+        """A Checkout Session in ``setup`` mode: the customer enters a card on Stripe's page,
+        Stripe makes a SetupIntent for off-session use, and its signed
+        ``setup_intent.succeeded`` event (with our setup id in the metadata) saves it. The
+        Stripe customer is created first when the customer has none (a saved card belongs
+        to one)."""
+        try:
+            customer_id = request.provider_customer_id or self._new_customer(
+                request.customer_id,
+                request.customer_email,
+                request.customer_name,
+                f"{request.setup_id}:customer",
+            )
+            metadata = {
+                "tallyray_setup_id": request.setup_id,
+                "tallyray_customer_id": request.customer_id,
+            }
+            session = self._client.v1.checkout.sessions.create(
+                params={
+                    "mode": "setup",
+                    "currency": request.currency.lower(),
+                    "customer": customer_id,
+                    "success_url": request.success_url,
+                    "cancel_url": request.cancel_url,
+                    "client_reference_id": request.setup_id,
+                    "metadata": metadata,
+                    "setup_intent_data": {"metadata": metadata},
+                },
+                options={"idempotency_key": request.idempotency_key},
+            )
+        except stripe.StripeError as e:
+            raise _unavailable(e, self._live) from e
+        return SetupSession(
+            provider=self.name,
+            reference=str(session.id),
+            url=session.url,
+            provider_customer_id=customer_id,
+        )
+
+    def describe_method(self, method: SavedMethod) -> SavedMethod:
+        try:
+            found = self._client.v1.payment_methods.retrieve(method.reference)
+        except stripe.StripeError as e:
+            raise _unavailable(e, self._live) from e
+        card = found.card
+        customer = found.customer
+        return SavedMethod(
+            reference=method.reference,
+            brand=card.brand if card else found.type,
+            last4=card.last4 if card else None,
+            exp_month=card.exp_month if card else None,
+            exp_year=card.exp_year if card else None,
+            provider_customer_id=(
+                customer if isinstance(customer, str) else method.provider_customer_id
+            ),
+        )
+
+    def forget_method(self, method: SavedMethod) -> None:
+        try:
+            self._client.v1.payment_methods.detach(method.reference)
+        except stripe.InvalidRequestError as e:
+            if e.code != "resource_missing" and "not attached" not in (e.user_message or ""):
+                raise _unavailable(e, self._live) from e
+        except stripe.StripeError as e:
+            raise _unavailable(e, self._live) from e
+
+    def _new_customer(
+        self, customer_id: str, email: str | None, name: str | None, idempotency_key: str
+    ) -> str:
+        params: dict[str, Any] = {"metadata": {"tallyray_customer_id": customer_id}}
+        if email:
+            params["email"] = email
+        if name:
+            params["name"] = name
+        customer = self._client.v1.customers.create(
+            params=params,  # type: ignore[arg-type]  # a plain dict of the documented keys
+            options={"idempotency_key": idempotency_key},
+        )
+        return str(customer.id)
+
     def _create_customer(self, request: PaymentRequest) -> str:
         params: dict[str, Any] = {"metadata": {"tallyray_customer_id": request.customer_id}}
         if request.customer_email:
@@ -378,6 +463,8 @@ class StripeProvider:
             obj = event.get("data", {}).get("object", {})
         except (ValueError, KeyError, TypeError, AttributeError):
             raise SignatureError("a signed body that is not a Stripe event") from None
+        if event_type == "setup_intent.succeeded":
+            return [_saved_method_event(event_id, event, obj)]
         kind = _EVENT_KINDS.get(event_type, "ignored")
         metadata = obj.get("metadata") if isinstance(obj, dict) else None
         metadata = metadata if isinstance(metadata, dict) else {}
@@ -415,6 +502,34 @@ class StripeProvider:
                 purchase_id=str(purchase_id) if purchase_id and not invoice_id else None,
             )
         ]
+
+
+def _saved_method_event(event_id: str, event: dict[str, Any], obj: Any) -> ProviderEvent:
+    """A SetupIntent that succeeded: ``method.saved`` when Tallyray started it (our setup id
+    in its metadata) and it has a payment method, ``ignored`` otherwise."""
+    livemode = event.get("livemode")
+    intent = obj if isinstance(obj, dict) else {}
+    metadata = intent.get("metadata") if isinstance(intent.get("metadata"), dict) else {}
+    setup_id = metadata.get("tallyray_setup_id") if metadata else None
+    method = intent.get("payment_method")
+    method_id = method.get("id") if isinstance(method, dict) else method
+    customer = intent.get("customer")
+    saved = isinstance(setup_id, str) and isinstance(method_id, str)
+    return ProviderEvent(
+        provider="stripe",
+        event_id=event_id,
+        kind="method.saved" if saved else "ignored",
+        livemode=livemode if isinstance(livemode, bool) else None,
+        invoice_id=None,
+        reference=str(intent["id"]) if "id" in intent else None,
+        setup_id=str(setup_id) if saved else None,
+        method=SavedMethod(
+            reference=str(method_id),
+            provider_customer_id=customer if isinstance(customer, str) else None,
+        )
+        if saved
+        else None,
+    )
 
 
 def _amount(intent: dict[str, Any], kind: str) -> tuple[Decimal | None, str | None]:

@@ -7,6 +7,7 @@
 - :mod:`.plan_versions` — publishing and deleting draft plans, migrating subscribers;
 - :mod:`.invoicing` — invoice runs, invoices, credit notes, exchange rates, payments;
 - :mod:`.webhooks` — webhook endpoints and alert rules;
+- :mod:`.payment_methods` — saved payment methods and auto-recharge;
 - :mod:`.portal` — portal sessions and the portal's pages;
 - :mod:`.simulations` — the pricing sandbox (simulations and their reports);
 - :mod:`.operations` — liveness, metrics, API keys and the audit log.
@@ -22,6 +23,7 @@ from tallyray.serve.routes import (
     events,
     invoicing,
     operations,
+    payment_methods,
     plan_versions,
     portal,
     quota,
@@ -38,6 +40,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     plan_versions.router,
     invoicing.router,
     webhooks.router,
+    payment_methods.router,
     portal.router,
     simulations.router,
     operations.router,

@@ -293,6 +293,7 @@ class _Visit:
                 ("usage", "Usage", f"{self.base}/usage"),
                 ("invoices", "Invoices", f"{self.base}/invoices"),
                 ("alerts", "Alerts", f"{self.base}/alerts"),
+                ("payment", "Payment", f"{self.base}/payment"),
                 ("credit", "Add credit", f"{self.base}/credit"),
             ],
             "notice": notice,
@@ -573,8 +574,11 @@ def include(app: FastAPI, services: Services, authenticate: Authenticate) -> Non
     """Serve ``POST /v1/portal-sessions``, the ``/portal/{token}`` pages and the portal's
     stylesheet (``GET /portal/static/portal.css``) on ``app``. ``authenticate`` maps a
     request's API key to its environment and raises what it deserves otherwise."""
+    from tallyray.serve.routes import portal_payment  # its pages build on this module's
+
     app.state.portal = _Pages(services, authenticate)
     app.include_router(router)
+    app.include_router(portal_payment.router)
 
 
 def _pages(request: Request) -> _Pages:
