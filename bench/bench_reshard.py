@@ -212,7 +212,9 @@ async def main(args: argparse.Namespace) -> int:
         for a in actors:
             ray.kill(a, no_restart=True)
         began = time.perf_counter()
-        result = reshard_offline(engine, url, args.from_count, settings.clock)
+        result = await asyncio.to_thread(
+            reshard_offline, engine, url, args.from_count, settings.clock
+        )
         offline = time.perf_counter() - began
         actors, wall, cpu = start(url, args.from_count)
         print(

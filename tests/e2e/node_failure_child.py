@@ -41,6 +41,7 @@ from tallyray.actors.routing import shard_of  # noqa: E402
 from tallyray.cluster import Settings  # noqa: E402
 from tallyray.cluster.wiring import (  # noqa: E402
     prepare_store,
+    settle_shards,
     share_secrets,
     start_ingress,
     start_ray,
@@ -252,6 +253,7 @@ def deploy(database_url: str) -> Deployed:
             shard_resource=SHARD_RESOURCE,
         )
         catalog = prepare_store(settings)
+        settings = settle_shards(settings, catalog.engine)  # as tallyray serve: the count stored
         settings = share_secrets(settings)
         start_ray(settings)
     except BaseException:
