@@ -55,6 +55,8 @@ from sqlalchemy import Engine, func, insert, select, text
 
 from tallyray.actors.routing import shard_of
 from tallyray.cluster import Settings, prepare_store, start_ray, start_shards, stop
+from tallyray.cluster.wiring import share_secrets
+from tallyray.credentials import remove_secrets_file
 from tallyray.invoicing.runs import RunSpec, invoice_chunk
 from tallyray.invoicing.service import Billing
 from tallyray.pricing import Event, parse_timestamp
@@ -495,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         start_ray(Settings(), num_cpus=2)
         try:
             started = time.perf_counter()
+            settings = share_secrets(settings)  # the shards read the database URL as a secret
             start_shards(settings)
             log(f"{args.shards} shards up in {time.perf_counter() - started:.1f}s")
             store = BillingStore(engine)
@@ -549,6 +552,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stop(Settings())
             engine.dispose()
+            if settings.secrets_file:
+                remove_secrets_file(settings.secrets_file)
     return 0 if ok and run["status"] == "succeeded" else 1
 
 
