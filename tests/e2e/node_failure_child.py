@@ -71,13 +71,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def node_of(handle: Any) -> str:
-    return str(
-        ray.get(
-            handle.__ray_call__.remote(lambda _self: ray.get_runtime_context().get_node_id()),
-            timeout=30,
-        )
-    )
+def node_of(handle: Any, seconds: float = 60) -> str:
+    """The node the actor runs on; a shard still restarting after its node died is waited for
+    (Ray answers ``ActorUnavailableError`` meanwhile)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return str(
+                ray.get(
+                    handle.__ray_call__.remote(
+                        lambda _self: ray.get_runtime_context().get_node_id()
+                    ),
+                    timeout=30,
+                )
+            )
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def process_times(_self: Any) -> dict[str, float]:
