@@ -53,6 +53,7 @@ from tallyray.storage.keys import KeyStore  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
+from free_ports import free_port  # noqa: E402
 from suite_clock import TEST_NOW  # noqa: E402
 
 SHARDS = 4
@@ -61,14 +62,6 @@ BATCH = 20
 CUSTOMERS = 12
 CPUS_PER_NODE = 2
 SHARD_RESOURCE = "tallyray_shard"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def node_of(handle: Any, seconds: float = 60) -> str:
