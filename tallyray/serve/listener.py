@@ -69,10 +69,11 @@ def bind_api_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
 def server_config(app: Any, *, access_log: bool = False, lifespan: str = "on") -> uvicorn.Config:
     """uvicorn's settings for serving the API ``app`` (built by
     :func:`tallyray.serve.app.build_app`): its protocol answers quota checks itself
-    (:mod:`tallyray.serve.fastpath`)."""
+    (:mod:`tallyray.serve.fastpath`). Another ASGI app gets uvicorn's own protocol."""
+    api = getattr(getattr(app, "state", None), "api", None)
     return uvicorn.Config(
         app,
-        http=quota_protocol(app.state.api),
+        http=quota_protocol(api) if api is not None else "httptools",
         loop="uvloop",
         lifespan=lifespan,  # type: ignore[arg-type]
         access_log=access_log,
