@@ -20,8 +20,17 @@ instead, which knows how to wait for a restarting shard. Repeating a call whose 
 lost is safe: checks are reads, and the event log counts each event id once.
 
 Frames are a 4-byte big-endian length and a payload. The first frame a client sends is the
-token, compared in constant time; only then are payloads (pickles, which carry Decimals,
-answers and Tallyray's errors as they are) read from it. Between nodes the token crosses the
+token (its bytes), compared in constant time; only then are payloads read from it: a call is
+the pickle of ``(request id, method, args)``, a reply the pickle of ``(request id, ok,
+value)`` — ``value`` what the method returned, or the error it raised (pickles carry
+Decimals, answers and Tallyray's errors as they are). Replies may come in any order (an
+ingest answers after its commit; checks answer at once); the id matches them to calls.
+
+Both ends are :class:`asyncio.Protocol` s with a buffer of their own: each read hands every
+complete frame in it to its handler there and then (no stream reads, no task per frame), and
+the shard writes the replies of the calls it answered inline in that read as one write. The
+replica's end takes a callback per call (:meth:`ShardLine.send`; the router's batches of
+checks use it) or an awaitable (:meth:`ShardLine.call`). Between nodes the token crosses the
 network: in the clear unless TLS is on, like Ray's own traffic, which trusts its network
 (docs/deploy.md, "The shard line between nodes").
 """
@@ -331,6 +340,16 @@ class ShardLine(_Frames):
         self._next = 0
         self._down: BaseException | None = None
         self._loop = asyncio.get_running_loop()
+        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._guard = self._loop.create_task(self._close_with_the_loop())
+
+    async def _close_with_the_loop(self) -> None:
+        """Wait for the line to close, or for its event loop to shut down (which cancels
+        every task): a line left behind by a loop that is gone would leak its socket."""
+        try:
+            await self._closed
+        finally:
+            self._fail(ConnectionError("the shard line was closed"))
 
     @classmethod
     async def open(
@@ -345,14 +364,16 @@ class ShardLine(_Frames):
         one, else over TCP — with TLS when the shard wants it or this end has it set (the
         token is not sent in the clear to a shard that does not speak TLS then)."""
         loop = asyncio.get_running_loop()
-        line = cls()
-        if local and endpoint.path is not None:
-            connect: Any = loop.create_unix_connection(lambda: line, endpoint.path)
-        elif endpoint.port == 0:
+        unix = local and endpoint.path is not None
+        if not unix and endpoint.port == 0:
             raise LineDown("the shard has no line for other nodes")
-        elif endpoint.tls or tls is not None:
-            if tls is None or not endpoint.tls:
-                raise LineDown("TLS is set on one end of the shard line only")
+        if not unix and (endpoint.tls or tls is not None) and (tls is None or not endpoint.tls):
+            raise LineDown("TLS is set on one end of the shard line only")
+        line = cls()
+        if unix:
+            assert endpoint.path is not None
+            connect: Any = loop.create_unix_connection(lambda: line, endpoint.path)
+        elif tls is not None:
             connect = loop.create_connection(
                 lambda: line, endpoint.host, endpoint.port, ssl=tls.client_context()
             )
@@ -361,6 +382,7 @@ class ShardLine(_Frames):
         try:
             await asyncio.wait_for(connect, timeout)
         except (TimeoutError, OSError) as error:  # ssl.SSLError is an OSError
+            line._fail(error)
             raise LineDown(f"cannot reach the shard's line: {error}") from None
         assert line.transport is not None
         line.transport.write(_frame(endpoint.token))
@@ -424,6 +446,8 @@ class ShardLine(_Frames):
     def _fail(self, error: BaseException) -> None:
         if self._down is None:
             self._down = error
+        if not self._closed.done():
+            self._closed.set_result(None)
         waiting, self._waiting = self._waiting, {}
         for answer in waiting.values():
             answer(False, LineDown(f"the shard line broke: {error}"))
