@@ -232,11 +232,15 @@ class ShardRouter:
                     self._lines.pop(index, None)
                 asyncio.get_running_loop().create_task(self._send_checks_slowly(index, batch))
                 return
-            if ok:
-                self.calls[way] += 1
-            elif isinstance(value, NotOwner):
-                self.relayout()
-            self._answer_checks(batch, ok, value)
+            try:
+                if ok:
+                    self.calls[way] += 1
+                elif isinstance(value, NotOwner):
+                    self.relayout()
+                self._answer_checks(batch, ok, value)
+            except Exception as error:  # noqa: BLE001 — the sender must go on
+                log.exception("shard %d: answering checks failed: %s", index, error)
+                self._answer_checks(batch, False, error)
             self._send_checks(index)
 
         line.send("check_many", ([(e, c, ev) for e, c, ev, _ in batch],), answered)
