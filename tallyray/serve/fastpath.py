@@ -184,10 +184,10 @@ class CheckCycle:
             return
         finally:
             request_id.reset(token)
-        if answer is None or self.disconnected:
-            return
-        status, headers, body, close = answer
         flow = self.protocol.flow
+        if answer is None or self.disconnected or self.protocol.transport.is_closing():
+            return  # gone (for an earlier request of a pipeline, only the transport says so)
+        status, headers, body, close = answer
         if flow.write_paused:
             await flow.drain()
             if self.disconnected:
