@@ -20,8 +20,17 @@ instead, which knows how to wait for a restarting shard. Repeating a call whose 
 lost is safe: checks are reads, and the event log counts each event id once.
 
 Frames are a 4-byte big-endian length and a payload. The first frame a client sends is the
-token, compared in constant time; only then are payloads (pickles, which carry Decimals,
-answers and Tallyray's errors as they are) read from it. Between nodes the token crosses the
+token (its bytes), compared in constant time; only then are payloads read from it: a call is
+the pickle of ``(request id, method, args)``, a reply the pickle of ``(request id, ok,
+value)`` — ``value`` what the method returned, or the error it raised (pickles carry
+Decimals, answers and Tallyray's errors as they are). Replies may come in any order (an
+ingest answers after its commit; checks answer at once); the id matches them to calls.
+
+Both ends are :class:`asyncio.Protocol` s with a buffer of their own: each read hands every
+complete frame in it to its handler there and then (no stream reads, no task per frame), and
+the shard writes the replies of the calls it answered inline in that read as one write. The
+replica's end takes a callback per call (:meth:`ShardLine.send`; the router's batches of
+checks use it) or an awaitable (:meth:`ShardLine.call`). Between nodes the token crosses the
 network: in the clear unless TLS is on, like Ray's own traffic, which trusts its network
 (docs/deploy.md, "The shard line between nodes").
 """
@@ -51,6 +60,9 @@ log = logging.getLogger("tallyray.shard_line")
 _LENGTH = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024
 HOST = "127.0.0.1"
+
+_dumps = pickle.dumps
+_loads = pickle.loads
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,19 +125,134 @@ def _frame(payload: bytes) -> bytes:
     return _LENGTH.pack(len(payload)) + payload
 
 
-async def _read_frame(reader: asyncio.StreamReader) -> bytes:
-    (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
-    if length > MAX_FRAME:
-        raise ValueError(f"a frame of {length} bytes is over the limit")
-    return await reader.readexactly(length)
-
-
 def _reply(request_id: int, ok: bool, value: Any) -> bytes:
     try:
-        payload = pickle.dumps((request_id, ok, value), protocol=5)
+        payload = _dumps((request_id, ok, value), 5)
     except Exception as error:  # noqa: BLE001 — an error that does not pickle still answers
-        payload = pickle.dumps((request_id, False, RuntimeError(f"{value!r} ({error})")))
-    return _frame(payload)
+        payload = _dumps((request_id, False, RuntimeError(f"{value!r} ({error})")), 5)
+    return _LENGTH.pack(len(payload)) + payload
+
+
+class _Frames(asyncio.Protocol):
+    """A connection that reads frames out of its own buffer: every complete frame that
+    ``data_received`` brings is handled there and then (:meth:`frame`), however many came
+    in one read, with no task, stream or future between the socket and the handler."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        if buffer:
+            buffer += data
+            data = buffer  # type: ignore[assignment]
+        size, unpack, end, at = len(data), _LENGTH.unpack_from, 0, 0
+        try:
+            while size - at >= 4:
+                (length,) = unpack(data, at)
+                if length > MAX_FRAME:
+                    raise ValueError(f"a frame of {length} bytes is over the limit")
+                end = at + 4 + length
+                if end > size:
+                    break
+                self.frame(data[at + 4 : end])
+                at = end
+                if self.transport is None:
+                    return  # closed by the handler
+        except Exception as error:  # noqa: BLE001 — garbage, or a handler's bug: drop the line
+            self.broken(error)
+            return
+        if buffer:
+            del buffer[:at]
+        elif at < size:
+            buffer += data[at:]
+
+    def frame(self, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def broken(self, error: BaseException) -> None:
+        """The bytes made no sense: close the connection."""
+        self.close()
+
+    def close(self) -> None:
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            transport.close()
+
+
+class _ServerSide(_Frames):
+    """One replica's connection to the shard: the token first, then calls."""
+
+    def __init__(self, server: ShardLineServer) -> None:
+        super().__init__()
+        self._server = server
+        self._authenticated = False
+        self._replies: list[bytes] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._server._connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._server._connections.discard(self)
+
+    def data_received(self, data: bytes) -> None:
+        # Replies to the calls answered inline go out in one write per read.
+        replies: list[bytes] = []
+        self._replies = replies
+        try:
+            super().data_received(data)
+        finally:
+            self._replies = None
+            if replies and self.transport is not None:
+                self.transport.write(b"".join(replies))
+
+    def frame(self, payload: bytes) -> None:
+        server = self._server
+        if not self._authenticated:
+            if not hmac.compare_digest(bytes(payload), server._token):
+                log.warning("shard line: a connection with a wrong token was refused")
+                self.close()
+                return
+            self._authenticated = True
+            return
+        request_id, method, args = _loads(payload)
+        function = server._methods.get(method)
+        if function is None:
+            reply = _reply(request_id, False, LookupError(f"no method {method!r}"))
+        elif method in server._coroutines:
+            task = asyncio.get_running_loop().create_task(
+                self._answer_later(request_id, function(*args))
+            )
+            server._tasks.add(task)
+            task.add_done_callback(server._tasks.discard)
+            return
+        else:
+            try:
+                reply = _reply(request_id, True, function(*args))
+            except Exception as error:  # noqa: BLE001 — the caller gets its error
+                reply = _reply(request_id, False, error)
+        if self._replies is not None:
+            self._replies.append(reply)
+        elif self.transport is not None:
+            self.transport.write(reply)
+
+    async def _answer_later(self, request_id: int, call: Any) -> None:
+        try:
+            reply = _reply(request_id, True, await call)
+        except Exception as error:  # noqa: BLE001 — the caller gets its error
+            reply = _reply(request_id, False, error)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(reply)
+
+    def broken(self, error: BaseException) -> None:
+        log.error("shard line: %s", error)  # a broken line must not take the shard down
+        self.close()
 
 
 class ShardLineServer:
@@ -149,27 +276,34 @@ class ShardLineServer:
         self._dir: str | None = None
         self._path: str | None = None
         self._methods = dict(methods)
+        self._coroutines = frozenset(
+            name
+            for name, function in self._methods.items()
+            if inspect.iscoroutinefunction(function)
+        )
         self._token = secrets.token_bytes(32)
         self._servers: list[asyncio.Server] = []
         self._port = 0
         self._tcp_host = HOST
         self._tasks: set[asyncio.Task[None]] = set()
+        self._connections: set[_ServerSide] = set()
 
     async def endpoint(self) -> Endpoint:
         """Start listening (once) and say where: a Unix socket in a directory of its own that
         only this user may enter (loopback TCP where there are no Unix sockets), and TCP at
         ``host`` when given."""
         if not self._servers:
+            loop = asyncio.get_running_loop()
             tcp_host = self.host
             if self.unix and hasattr(socket, "AF_UNIX"):
                 self._dir = tempfile.mkdtemp(prefix="tallyray-line-")  # mode 0700
                 self._path = os.path.join(self._dir, "line.sock")
-                self._servers.append(await asyncio.start_unix_server(self._serve, self._path))
+                self._servers.append(await loop.create_unix_server(self._connection, self._path))
             elif tcp_host is None:
                 tcp_host = HOST
             if tcp_host is not None:
                 context = None if self.tls is None else self.tls.server_context()
-                server = await asyncio.start_server(self._serve, tcp_host, 0, ssl=context)
+                server = await loop.create_server(self._connection, tcp_host, 0, ssl=context)
                 self._servers.append(server)
                 self._tcp_host = tcp_host
                 self._port = server.sockets[0].getsockname()[1]
@@ -177,63 +311,45 @@ class ShardLineServer:
             self.node, self._tcp_host, self._port, self._token, self._path, self.tls is not None
         )
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            if not hmac.compare_digest(await _read_frame(reader), self._token):
-                log.warning("shard line: a connection with a wrong token was refused")
-                return
-            while True:
-                request_id, method, args = pickle.loads(await _read_frame(reader))
-                function = self._methods.get(method)
-                if function is None:
-                    writer.write(_reply(request_id, False, LookupError(f"no method {method!r}")))
-                elif inspect.iscoroutinefunction(function):
-                    task = asyncio.get_running_loop().create_task(
-                        self._answer_later(writer, request_id, function(*args))
-                    )
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-                else:
-                    try:
-                        writer.write(_reply(request_id, True, function(*args)))
-                    except Exception as error:  # noqa: BLE001 — the caller gets its error
-                        writer.write(_reply(request_id, False, error))
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass  # the ingress went away
-        except Exception as error:  # noqa: BLE001 — a broken line must not take the shard down
-            log.error("shard line: %s", error)
-        finally:
-            writer.close()
+    def _connection(self) -> _ServerSide:
+        return _ServerSide(self)
 
-    @staticmethod
-    async def _answer_later(writer: asyncio.StreamWriter, request_id: int, call: Any) -> None:
-        try:
-            reply = _reply(request_id, True, await call)
-        except Exception as error:  # noqa: BLE001 — the caller gets its error
-            reply = _reply(request_id, False, error)
-        if not writer.is_closing():
-            writer.write(reply)
+    def drop_connections(self) -> None:
+        """Close every replica's connection (as the shard's death would): their calls in
+        flight are told to go the other way."""
+        for connection in list(self._connections):
+            connection.close()
 
     async def close(self) -> None:
+        """Stop listening and close every connection."""
         for server in self._servers:
             server.close()
+        self.drop_connections()
         self._servers = []
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = self._path = None
 
 
-class ShardLine:
+class ShardLine(_Frames):
     """The ingress's end of one shard's line: many calls in flight, each answered by id."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._waiting: dict[int, asyncio.Future[Any]] = {}
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiting: dict[int, Callable[[bool, Any], None]] = {}
         self._next = 0
         self._down: BaseException | None = None
         self._loop = asyncio.get_running_loop()
-        self._listener = self._loop.create_task(self._listen())
+        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._guard = self._loop.create_task(self._close_with_the_loop())
+
+    async def _close_with_the_loop(self) -> None:
+        """Wait for the line to close, or for its event loop to shut down (which cancels
+        every task): a line left behind by a loop that is gone would leak its socket."""
+        try:
+            await self._closed
+        finally:
+            self._fail(ConnectionError("the shard line was closed"))
 
     @classmethod
     async def open(
@@ -247,24 +363,30 @@ class ShardLine:
         """Connect: to the Unix socket when ``local`` (the shard is on this node) and it has
         one, else over TCP — with TLS when the shard wants it or this end has it set (the
         token is not sent in the clear to a shard that does not speak TLS then)."""
-        if local and endpoint.path is not None:
-            connect: Any = asyncio.open_unix_connection(endpoint.path)
-        elif endpoint.port == 0:
+        loop = asyncio.get_running_loop()
+        unix = local and endpoint.path is not None
+        if not unix and endpoint.port == 0:
             raise LineDown("the shard has no line for other nodes")
-        elif endpoint.tls or tls is not None:
-            if tls is None or not endpoint.tls:
-                raise LineDown("TLS is set on one end of the shard line only")
-            connect = asyncio.open_connection(
-                endpoint.host, endpoint.port, ssl=tls.client_context()
+        if not unix and (endpoint.tls or tls is not None) and (tls is None or not endpoint.tls):
+            raise LineDown("TLS is set on one end of the shard line only")
+        line = cls()
+        if unix:
+            assert endpoint.path is not None
+            connect: Any = loop.create_unix_connection(lambda: line, endpoint.path)
+        elif tls is not None:
+            connect = loop.create_connection(
+                lambda: line, endpoint.host, endpoint.port, ssl=tls.client_context()
             )
         else:
-            connect = asyncio.open_connection(endpoint.host, endpoint.port)
+            connect = loop.create_connection(lambda: line, endpoint.host, endpoint.port)
         try:
-            reader, writer = await asyncio.wait_for(connect, timeout)
+            await asyncio.wait_for(connect, timeout)
         except (TimeoutError, OSError) as error:  # ssl.SSLError is an OSError
+            line._fail(error)
             raise LineDown(f"cannot reach the shard's line: {error}") from None
-        writer.write(_frame(endpoint.token))
-        return cls(reader, writer)
+        assert line.transport is not None
+        line.transport.write(_frame(endpoint.token))
+        return line
 
     @property
     def up(self) -> bool:
@@ -275,46 +397,61 @@ class ShardLine:
             here = None
         return self._down is None and here is self._loop
 
+    def send(self, method: str, args: tuple[Any, ...], answer: Callable[[bool, Any], None]) -> None:
+        """Write a call; ``answer(ok, value)`` is called with the shard's reply — ``(True,
+        what it returned)`` or ``(False, the error it raised)`` — or with ``(False,``
+        :class:`LineDown` ``)`` if the line breaks first. Called from the event loop's
+        reading, so it must not block."""
+        if self._down is not None:
+            answer(False, LineDown(str(self._down)))
+            return
+        request_id = self._next
+        self._next = request_id + 1
+        self._waiting[request_id] = answer
+        payload = _dumps((request_id, method, args), 5)
+        try:
+            assert self.transport is not None
+            self.transport.write(_LENGTH.pack(len(payload)) + payload)
+        except (OSError, RuntimeError, AssertionError) as error:
+            self._fail(error)
+
     async def call(self, method: str, *args: Any) -> Any:
         """What the shard's ``method`` returns, or the error it raised; :class:`LineDown` if
         the line broke before the reply came back."""
-        if self._down is not None:
-            raise LineDown(str(self._down))
-        request_id, self._next = self._next, self._next + 1
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting[request_id] = future
-        try:
-            self._writer.write(_frame(pickle.dumps((request_id, method, args), protocol=5)))
-        except (OSError, RuntimeError) as error:
-            self._fail(error)
+        future: asyncio.Future[Any] = self._loop.create_future()
+
+        def answer(ok: bool, value: Any) -> None:
+            if future.done():
+                return
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+        self.send(method, args, answer)
         return await future
 
-    async def _listen(self) -> None:
-        try:
-            while True:
-                request_id, ok, value = pickle.loads(await _read_frame(self._reader))
-                future = self._waiting.pop(request_id, None)
-                if future is None or future.done():
-                    continue
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(value)
-        except asyncio.CancelledError:
-            self._fail(ConnectionError("the shard line was closed"))
-            raise
-        except Exception as error:  # noqa: BLE001 — EOF, reset, garbage: all mean "down"
-            self._fail(error)
+    def frame(self, payload: bytes) -> None:
+        request_id, ok, value = _loads(payload)
+        answer = self._waiting.pop(request_id, None)
+        if answer is not None:
+            answer(ok, value)
+
+    def broken(self, error: BaseException) -> None:
+        self._fail(error)  # garbage from the shard: all calls go the other way
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ConnectionError("the shard closed the line"))
 
     def _fail(self, error: BaseException) -> None:
         if self._down is None:
             self._down = error
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_exception(LineDown(f"the shard line broke: {error}"))
-        self._waiting.clear()
-        self._writer.close()
+        if not self._closed.done():
+            self._closed.set_result(None)
+        waiting, self._waiting = self._waiting, {}
+        for answer in waiting.values():
+            answer(False, LineDown(f"the shard line broke: {error}"))
+        super().close()
 
     def close(self) -> None:
-        self._listener.cancel()
         self._fail(ConnectionError("the shard line was closed"))

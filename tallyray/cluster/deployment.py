@@ -78,6 +78,7 @@ class Ingress:
                 settings.portal_rate_limit_per_second, settings.portal_rate_limit_burst
             ),
             key_cache_seconds=settings.key_cache_seconds,
+            customer_cache_size=settings.customer_cache_size,
             public_docs=settings.public_docs,
             webhook_allow_private=settings.webhook_allow_private,
             limits=settings.limits,

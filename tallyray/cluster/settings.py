@@ -22,6 +22,7 @@ from tallyray.credentials import database_url, read_secret
 from tallyray.errors import InvalidInput
 from tallyray.invoicing.scheduler import RunSchedule, parse_schedule
 from tallyray.pricing.events import parse_timestamp
+from tallyray.serve.api import CUSTOMER_CACHE_SIZE
 from tallyray.storage.db import DEFAULT_DATABASE_URL, normalize_url
 
 
@@ -92,6 +93,9 @@ class Settings:
     key_cache_seconds: float = 2.0
     """How long a replica trusts what it knows of a key: a revoked key is refused everywhere
     within this."""
+    customer_cache_size: int = CUSTOMER_CACHE_SIZE
+    """Customers each replica keeps in its cache at most (:class:`~tallyray.serve.api.Caches`,
+    least recently used first out)."""
     public_docs: bool = True
     """``/docs`` and ``/openapi.json`` answer without a key (``TALLYRAY_PUBLIC_DOCS=0``: not
     at all)."""
@@ -193,6 +197,7 @@ class Settings:
         "TALLYRAY_PORTAL_RATE_LIMIT": "portal_rate_limit_per_second",
         "TALLYRAY_PORTAL_RATE_LIMIT_BURST": "portal_rate_limit_burst",
         "TALLYRAY_KEY_CACHE_SECONDS": "key_cache_seconds",
+        "TALLYRAY_CUSTOMER_CACHE_SIZE": "customer_cache_size",
         "TALLYRAY_PUBLIC_DOCS": "public_docs",
         "TALLYRAY_MAX_HOLDS_PER_CUSTOMER": "max_holds_per_customer",
         "TALLYRAY_MAX_ALERT_RULES_PER_CUSTOMER": "max_alert_rules_per_customer",
@@ -254,6 +259,8 @@ class Settings:
         for variable, name in cls.ENV.items():
             if name.startswith("max_") and getattr(settings, name) < 1:
                 raise ValueError(f"{variable} must be at least 1")
+        if settings.customer_cache_size < 1:
+            raise ValueError("TALLYRAY_CUSTOMER_CACHE_SIZE must be at least 1")
         if settings.replicas_per_node < 0:
             raise ValueError("TALLYRAY_REPLICAS_PER_NODE must be 0 (not used) or more")
         settings.line_options  # noqa: B018 — unreadable TLS files stop the start, with why

@@ -12,6 +12,8 @@ own page, and Tallyray keeps the provider's reference and what a person needs to
 
 Removing a card (:meth:`SavedMethods.remove`) forgets it here first, then asks the provider to
 detach it; a provider that cannot be reached leaves the card unusable by Tallyray anyway.
+Removing the last card turns the customer's auto-recharge off in the same transaction (its
+charges could only decline), audited and announced as ``recharge.disabled``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 
-from tallyray.errors import Conflict, ProviderUnavailable
+from tallyray.errors import Conflict, ProviderUnavailable, TallyrayError
 from tallyray.invoicing.payments.base import (
     ProviderEvent,
     SavedMethod,
@@ -118,9 +120,14 @@ class SavedMethods:
     async def remove(
         self, env: str, customer_id: str, method_id: str, audit: AuditEntry | None = None
     ) -> dict[str, Any]:
-        row = await run_in_threadpool(
+        row, recharge_off = await run_in_threadpool(
             self.store.remove, env, customer_id, method_id, self.billing.clock(), audit
         )
+        if recharge_off:  # the last card: auto-recharge was turned off with it
+            try:
+                await self.billing.recharges.refresh(env, customer_id)
+            except TallyrayError as error:  # the sweep skips it anyway: it is off in the store
+                log.warning("refreshing %s after its last card went: %s", customer_id, error)
         provider = self.billing.providers.get(env, row["provider"]) if row["provider"] else None
         forget = getattr(provider, "forget_method", None)
         if callable(forget):

@@ -21,7 +21,11 @@ How a crossing becomes at most one charge (the argument is in docs/payments.md):
 
 A decline is retried on :data:`~tallyray.pricing.recharge_rules.RETRY_DELAYS` (1 h, 6 h, 24 h
 on the project's clock), each a new purchase; each decline fires ``recharge.failed``, and after
-the last attempt auto-recharge is turned off (``recharge.disabled``).
+the last attempt auto-recharge is turned off (``recharge.disabled``, code ``declined``).
+Removing a customer's last saved payment method turns it off too, in the removal's transaction
+(``recharge.disabled``, code ``no_payment_method``:
+:func:`tallyray.storage.recharges.turn_off_without_method`), and it cannot be turned on again
+without one.
 """
 
 from __future__ import annotations
@@ -35,9 +39,11 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 
-from tallyray.errors import Conflict, TallyrayError
+from tallyray.errors import TallyrayError
 from tallyray.pricing.events import format_timestamp
 from tallyray.pricing.recharge_rules import (
+    DISABLED_DECLINED,
+    RECHARGE_DISABLED,
     after_decline,
     charge_decision,
     parse_settings,
@@ -105,15 +111,11 @@ class AutoRecharges:
     ) -> dict[str, Any]:
         record = await run_in_threadpool(self.billing.catalog.customer, env, customer_id)
         settings = parse_settings(doc, record.currency)
-        if settings.enabled and not record.billing.get("payment_method"):
-            raise Conflict(
-                f"customer {customer_id!r} has no saved payment method to recharge from: save "
-                "a card first (POST /v1/customers/{id}/payment-methods/setup or the portal)"
-            )
+        # Enabling needs a payment method: the store checks it in its transaction (409).
         row = await run_in_threadpool(
             self.store.put_settings, env, customer_id, settings, self.billing.clock(), audit
         )
-        await self._refresh(env, customer_id)
+        await self.refresh(env, customer_id)
         return settings_json(customer_id, row)
 
     async def delete(
@@ -121,10 +123,11 @@ class AutoRecharges:
     ) -> dict[str, Any]:
         await run_in_threadpool(self.billing.catalog.customer, env, customer_id)  # 404
         await run_in_threadpool(self.store.delete_settings, env, customer_id, audit)
-        await self._refresh(env, customer_id)
+        await self.refresh(env, customer_id)
         return settings_json(customer_id, None)
 
-    async def _refresh(self, env: str, customer_id: str) -> None:
+    async def refresh(self, env: str, customer_id: str) -> None:
+        """Have the customer's shard read its settings again (its trigger)."""
         router = self.billing.router
         await router.call(router.index(env, customer_id), "refresh", env, [customer_id])
 
@@ -304,12 +307,12 @@ class AutoRecharges:
         )
         await self._announce(
             env,
-            f"recharge.disabled:{row['id']}",
-            "recharge.disabled",
-            {**describe, "reason": reason},
+            f"{RECHARGE_DISABLED}:{row['id']}",
+            RECHARGE_DISABLED,
+            {**describe, "reason": reason, "code": DISABLED_DECLINED},
             now,
         )
-        await self._refresh(env, row["customer_id"])
+        await self.refresh(env, row["customer_id"])
 
     async def _succeeded(self, env: str, crossing_id: str, now: int) -> None:
         moved = await run_in_threadpool(

@@ -51,9 +51,28 @@ class Period(tuple[int, int]):
         return isinstance(ts, int) and self[0] <= ts < self[1]
 
 
+#: The period :func:`period_of` found last, per (interval, anchor): a shard asks for the
+#: open period on every quota check and every committed batch, and nearly always the same
+#: one. Bounded (cleared when full): anchors are per subscription.
+_LAST: dict[tuple[str, int | None], Period] = {}
+_LAST_MAX = 4096
+
+
 def period_of(ts: int, interval: str, anchor: int | None = None) -> Period:
     """The period of ``interval`` (day, week, month, year) that holds ``ts``: calendar
     periods, or periods repeating from ``anchor`` when one is given."""
+    key = (interval, anchor)
+    last = _LAST.get(key)
+    if last is not None and last[0] <= ts < last[1]:
+        return last
+    period = _period_of(ts, interval, anchor)
+    if len(_LAST) >= _LAST_MAX:
+        _LAST.clear()
+    _LAST[key] = period
+    return period
+
+
+def _period_of(ts: int, interval: str, anchor: int | None) -> Period:
     if anchor is not None:
         return _anchored(ts, interval, anchor)
     moment = _from_us(ts)

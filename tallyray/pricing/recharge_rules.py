@@ -29,6 +29,9 @@ from tallyray.pricing.alert_rules import AlertRule
 from tallyray.pricing.money import currency, parse_amount
 
 __all__ = [
+    "DISABLED_DECLINED",
+    "DISABLED_NO_PAYMENT_METHOD",
+    "RECHARGE_DISABLED",
     "RECHARGE_FIELDS",
     "RECHARGE_RULE_ID",
     "RECHARGE_REQUESTED",
@@ -48,6 +51,13 @@ RECHARGE_RULE_ID = "auto-recharge"
 """The id of the trigger rule among an account's rules (never a stored rule's id)."""
 RECHARGE_REQUESTED = "recharge.requested"
 """What the shard's crossing is written as (into ``auto_recharges``, not the outbox)."""
+RECHARGE_DISABLED = "recharge.disabled"
+"""The webhook event fired when Tallyray turns a customer's auto-recharge off."""
+DISABLED_DECLINED = "declined"
+"""``recharge.disabled``'s ``code`` when the retry policy gave up after the last decline."""
+DISABLED_NO_PAYMENT_METHOD = "no_payment_method"
+"""``recharge.disabled``'s ``code`` when the customer's last saved payment method was removed:
+nothing is left to charge."""
 RECHARGE_FIELDS = frozenset({"enabled", "threshold", "amount", "monthly_cap"})
 _HOUR = 3600 * 1_000_000
 RETRY_DELAYS: tuple[int, ...] = (1 * _HOUR, 6 * _HOUR, 24 * _HOUR)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +42,15 @@ from tallyray.storage.eventlog import stored_events
 from tallyray.storage.keys import KeyStore
 from tallyray.storage.layout import hold_owner
 
-__all__ = ["Api", "Authenticate", "Caches", "IncomingEvent", "Services", "api_of"]
+__all__ = [
+    "CUSTOMER_CACHE_SIZE",
+    "Api",
+    "Authenticate",
+    "Caches",
+    "IncomingEvent",
+    "Services",
+    "api_of",
+]
 
 log = logging.getLogger("tallyray.api")
 
@@ -60,6 +68,11 @@ IncomingEvent = tuple[str, str, str, int, Any]
 """(customer_id, event id, type, ts, properties): an event as the shards take it."""
 
 
+CUSTOMER_CACHE_SIZE = 50_000
+"""Customers one replica's cache holds by default (``TALLYRAY_CUSTOMER_CACHE_SIZE``): about
+1 KB each, so ~55 MB; beyond it the least recently used are loaded again when next needed."""
+
+
 @dataclass
 class Services:
     """Everything the routes need, wired by :mod:`tallyray.cluster`."""
@@ -75,6 +88,8 @@ class Services:
     """Customers are never deleted and writes through this replica refresh its cache at once;
     only a subscription changed through another replica is seen this late (and only the
     late-event window of ingest depends on it)."""
+    customer_cache_size: int = CUSTOMER_CACHE_SIZE
+    """Customers a replica keeps in its cache at most (the least recently used go first)."""
     clock: Clock = system_clock
     billing: Billing | None = None
     """Invoicing; built from the catalog's database with the default config when not
@@ -114,16 +129,19 @@ class Caches:
     """Short-lived copies of the catalog, so the hot paths rarely touch the database.
 
     Writes through this process refresh them at once; writes through another ingress replica
-    are seen within ``cache_seconds``.
+    are seen within ``cache_seconds``. Customers are an LRU of at most
+    ``customer_cache_size``: a replica that sees many customers keeps the recent ones.
     """
 
     def __init__(self, services: Services) -> None:
         self.s = services
         self.envs: dict[str, tuple[EnvCatalog, float]] = {}
-        self._customers: dict[tuple[str, str], tuple[CustomerRecord, float]] = {}
+        self._customers: OrderedDict[tuple[str, str], tuple[CustomerRecord, float]] = OrderedDict()
         self._loading: dict[tuple[str, str], asyncio.Future[Any]] = {}
         self._writes: dict[str, int] = {}
         """Per environment: catalog writes seen, so a load that overlapped one is not kept."""
+        self._customer_writes = 0
+        """Customer writes seen (:meth:`forget_customer`), for the same purpose."""
 
     def _fresh(self, stamp: float) -> bool:
         return time.monotonic() - stamp < self.s.cache_seconds
@@ -150,22 +168,31 @@ class Caches:
         return found  # type: ignore[no-any-return]
 
     async def customers(self, env: str, ids: set[str]) -> dict[str, CustomerRecord]:
-        # Once per event batch, for each of its customers: one clock read per call.
         found: dict[str, CustomerRecord] = {}
         missing = []
-        cached, oldest = self._customers, time.monotonic() - self.s.customer_cache_seconds
+        cached = self._customers
+        now = time.monotonic()
+        ttl = self.s.customer_cache_seconds
         for customer_id in ids:
-            hit = cached.get((env, customer_id))
-            if hit is not None and hit[1] > oldest:
+            key = (env, customer_id)
+            hit = cached.get(key)
+            if hit is not None and now - hit[1] < ttl:
+                cached.move_to_end(key)
                 found[customer_id] = hit[0]
             else:
                 missing.append(customer_id)
         if missing:
+            writes = self._customer_writes
             loaded = await run_in_threadpool(self.s.catalog.customers, env, missing)
+            keep = self._customer_writes == writes  # else one of them may be stale already
             stamp = time.monotonic()
             for customer_id, record in loaded.items():
-                self._customers[(env, customer_id)] = (record, stamp)
                 found[customer_id] = record
+                if keep:
+                    cached[(env, customer_id)] = (record, stamp)
+                    cached.move_to_end((env, customer_id))
+            while len(cached) > self.s.customer_cache_size:
+                cached.popitem(last=False)  # the least recently used
         return found
 
     def forget_env(self, env: str) -> None:
@@ -175,6 +202,7 @@ class Caches:
 
     def forget_customer(self, env: str, customer_id: str) -> None:
         self._customers.pop((env, customer_id), None)
+        self._customer_writes += 1  # a load already running may predate the write
 
 
 def _monthly(_customer_id: str) -> str:

@@ -195,41 +195,86 @@ class ShardRouter:
         """A quota check, sent with the others waiting for the same shard.
 
         Like the shard's group commit: while a call to the shard is in flight, new checks
-        wait, then go together in one call. At low load a check goes alone at once; under
-        load the calls carry more checks each, so the Ray overhead per check falls instead
-        of queueing up.
+        wait, then go together in one call. At low load a check goes alone at once (in the
+        event loop's next turn, with whatever else arrived in this one); under load the
+        calls carry more checks each, so the cost of the hop per check falls instead of
+        queueing up. Over an open line a batch is written, and its answers handed out, by
+        plain callbacks (:meth:`ShardLine.send`): no task per call.
         """
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._checks.setdefault(index, []).append((env, customer_id, events, future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        waiting = self._checks.get(index)
+        if waiting is None:
+            waiting = self._checks[index] = []
+        waiting.append((env, customer_id, events, future))
         if self._sending.get(index, 0) < CHECK_SENDERS:
-            asyncio.get_running_loop().create_task(self._send_checks(index))
+            self._sending[index] = self._sending.get(index, 0) + 1
+            loop.call_soon(self._send_checks, index)
         return await future
 
-    async def _send_checks(self, index: int) -> None:
-        self._sending[index] = self._sending.get(index, 0) + 1
-        try:
-            while self._checks.get(index):
-                batch = self._checks.pop(index)
-                try:
-                    answers = await self.call(
-                        index, "check_many", [(e, c, ev) for e, c, ev, _ in batch]
-                    )
-                except Exception as error:  # noqa: BLE001 — every waiter hears about it
-                    for *_, future in batch:
-                        if not future.done():
-                            future.set_exception(error)
-                    continue
-                if any(isinstance(answer, NotOwner) for answer in answers):
-                    self.relayout()
-                for (*_, future), answer in zip(batch, answers, strict=True):
-                    if future.done():
-                        continue
-                    if isinstance(answer, BaseException):
-                        future.set_exception(answer)
-                    else:
-                        future.set_result(answer)
-        finally:
+    def _send_checks(self, index: int) -> None:
+        """Send what waits for shard ``index`` (this sender's turn), or retire the sender."""
+        batch = self._checks.pop(index, None)
+        if not batch:
             self._sending[index] -= 1
+            return
+        line = self._lines.get(index) if self.lines else None
+        if line is None or not line.up:
+            # No line open now: the awaiting way (opens one, or calls over Ray).
+            asyncio.get_running_loop().create_task(self._send_checks_slowly(index, batch))
+            return
+        way = self._line_ways[index]
+
+        def answered(ok: bool, value: Any) -> None:
+            if not ok and isinstance(value, LineDown):
+                log.info("shard %d line down, calling over Ray: %s", index, value)
+                if self._lines.get(index) is line:
+                    self._lines.pop(index, None)
+                asyncio.get_running_loop().create_task(self._send_checks_slowly(index, batch))
+                return
+            try:
+                if ok:
+                    self.calls[way] += 1
+                elif isinstance(value, NotOwner):
+                    self.relayout()
+                self._answer_checks(batch, ok, value)
+            except Exception as error:  # noqa: BLE001 — the sender must go on
+                log.exception("shard %d: answering checks failed: %s", index, error)
+                self._answer_checks(batch, False, error)
+            self._send_checks(index)
+
+        line.send("check_many", ([(e, c, ev) for e, c, ev, _ in batch],), answered)
+
+    async def _send_checks_slowly(
+        self, index: int, batch: list[tuple[str, str, list[Any], asyncio.Future[Any]]]
+    ) -> None:
+        try:
+            answers = await self.call(index, "check_many", [(e, c, ev) for e, c, ev, _ in batch])
+        except Exception as error:  # noqa: BLE001 — every waiter hears about it
+            self._answer_checks(batch, False, error)
+        else:
+            self._answer_checks(batch, True, answers)
+        self._send_checks(index)
+
+    def _answer_checks(
+        self, batch: list[tuple[str, str, list[Any], asyncio.Future[Any]]], ok: bool, value: Any
+    ) -> None:
+        """Hand each waiting check its answer (``ok``: ``value`` is the list of answers, one
+        per check, each an answer or that check's error), or every one the error ``value``."""
+        if not ok:
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(value)
+            return
+        if any(isinstance(answer, NotOwner) for answer in value):
+            self.relayout()
+        for (*_, future), answer in zip(batch, value, strict=True):
+            if future.done():
+                continue
+            if isinstance(answer, BaseException):
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
 
     async def _line(self, index: int) -> ShardLine | None:
         line = self._lines.get(index)

@@ -5,7 +5,8 @@ keyed by (env, provider, reference): a webhook delivered twice saves one card. T
 saved card becomes the customer's default, and the default's reference is copied into the
 customer's ``billing.payment_method`` in the same transaction, which is what off-session
 charges (invoices, auto-recharge) read. Removing a card forgets it here; the caller asks the
-provider to detach it.
+provider to detach it. Removing the last one turns the customer's auto-recharge off in the same
+transaction.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy import Connection, Engine, and_, insert, select, update
 from tallyray.errors import NotFound
 from tallyray.storage import tables as t
 from tallyray.storage.audit import AuditEntry, write_audit
+from tallyray.storage.recharges import turn_off_without_method
 
 __all__ = ["NewMethod", "PaymentMethodStore", "method_json"]
 
@@ -182,9 +184,12 @@ class PaymentMethodStore:
 
     def remove(
         self, env: str, customer_id: str, method_id: str, now: int, audit: AuditEntry | None = None
-    ) -> dict[str, Any]:
-        """Forget a card; when it was the default, the newest remaining one takes its place
-        (or the customer has none, and off-session charges fail as "no stored method")."""
+    ) -> tuple[dict[str, Any], bool]:
+        """Forget a card; when it was the default, the newest remaining one takes its place.
+        When none is left, the customer has no payment method: its auto-recharge is turned
+        off in this transaction (audited, ``recharge.disabled``), or its charges would only
+        decline. ``(method, auto_recharge_turned_off)``."""
+        turned_off = False
         with self.engine.begin() as conn:
             row = conn.execute(
                 select(_M).where(
@@ -212,10 +217,13 @@ class PaymentMethodStore:
                 ).first()
                 if nxt is None:
                     _merge_billing(conn, env, customer_id, {"payment_method": None})
+                    turned_off = turn_off_without_method(
+                        conn, env, customer_id, now, audit, f"recharge.disabled:{method_id}:{now}"
+                    )
                 else:
                     self._make_default(conn, env, customer_id, nxt.id, None)
             write_audit(conn, audit)
-        return dict(row._mapping)
+        return dict(row._mapping), turned_off
 
     @staticmethod
     def _get(conn: Connection, env: str, method_id: str) -> dict[str, Any]:

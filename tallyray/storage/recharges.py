@@ -6,11 +6,16 @@ checkpoint) that carries the crossing (:func:`write_crossings`, called from
 deterministic id: a shard replaying its log after a crash writes the same crossing again and
 nothing changes. Every move of a row after that is a conditional ``UPDATE`` (a *claim*), so of
 several replicas sweeping at once exactly one charges an attempt.
+
+Settings are enabled only while the customer has a payment method to charge: enabling checks
+it under the customer row's lock (:meth:`RechargeStore.put_settings`), and removing the last
+saved method turns auto-recharge off in its own transaction (:func:`turn_off_without_method`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -18,11 +23,26 @@ from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, sele
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from tallyray.pricing.recharge_rules import RechargeSettings, month_of, settings_from_row
+from tallyray.errors import Conflict
+from tallyray.pricing.recharge_rules import (
+    DISABLED_NO_PAYMENT_METHOD,
+    RECHARGE_DISABLED,
+    RechargeSettings,
+    month_of,
+    settings_from_row,
+)
 from tallyray.storage import tables as t
 from tallyray.storage.audit import AuditEntry, write_audit
 
-__all__ = ["COUNTED", "DUE", "RechargeStore", "write_crossings"]
+__all__ = [
+    "COUNTED",
+    "DUE",
+    "NO_METHOD_REASON",
+    "RechargeStore",
+    "turn_off_in",
+    "turn_off_without_method",
+    "write_crossings",
+]
 
 _R, _A = t.auto_recharge_settings, t.auto_recharges
 
@@ -63,6 +83,80 @@ def write_crossings(conn: Connection, messages: Sequence[Mapping[str, Any]]) -> 
                 conn.execute(insert(_A).values(**row))
 
 
+NO_METHOD_REASON = "turned off: the last saved payment method was removed"
+"""``disabled_reason`` when :func:`turn_off_without_method` turned auto-recharge off."""
+
+
+def turn_off_in(
+    conn: Connection, env: str, customer_id: str, reason: str, now: int
+) -> dict[str, Any] | None:
+    """Turn the customer's auto-recharge off in the caller's transaction; the settings as
+    they were (enabled), or ``None`` when it was not on (nothing is written then)."""
+    key = and_(_R.c.env == env, _R.c.customer_id == customer_id)
+    row = conn.execute(select(_R).where(key, _R.c.enabled.is_(True)).with_for_update()).first()
+    if row is None:
+        return None
+    conn.execute(
+        update(_R).where(key).values(enabled=False, disabled_reason=reason[:500], updated_at=now)
+    )
+    return dict(row._mapping)
+
+
+def turn_off_without_method(
+    conn: Connection,
+    env: str,
+    customer_id: str,
+    now: int,
+    audit: AuditEntry | None,
+    message_id: str,
+) -> bool:
+    """The customer has no payment method left: turn auto-recharge off in the caller's
+    transaction, audited as done by whoever removed the method (``audit``, the removal's
+    entry) and announced as ``recharge.disabled`` (``code`` ``no_payment_method``, outbox id
+    ``message_id``). ``False`` when it was not on."""
+    from tallyray.storage.alerts import write_messages
+
+    was = turn_off_in(conn, env, customer_id, NO_METHOD_REASON, now)
+    if was is None:
+        return False
+    payload = {
+        "customer_id": customer_id,
+        "crossing": None,
+        "amount": was["amount"],
+        "currency": was["currency"],
+        "reason": NO_METHOD_REASON,
+        "code": DISABLED_NO_PAYMENT_METHOD,
+    }
+    if audit is not None:
+        write_audit(
+            conn,
+            replace(
+                audit,
+                action="auto_recharge.disabled",
+                object_type="customer",
+                object_id=customer_id,
+                summary={
+                    "customer_id": customer_id,
+                    "reason": NO_METHOD_REASON,
+                    "code": DISABLED_NO_PAYMENT_METHOD,
+                },
+            ),
+        )
+    write_messages(
+        conn,
+        [
+            {
+                "id": message_id,
+                "env": env,
+                "type": RECHARGE_DISABLED,
+                "payload": payload,
+                "created_at": now,
+            }
+        ],
+    )
+    return True
+
+
 class RechargeStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -95,8 +189,13 @@ class RechargeStore:
         now: int,
         audit: AuditEntry | None = None,
     ) -> dict[str, Any]:
+        """Store the settings; enabling them needs the customer's payment method
+        (``billing.payment_method``), checked under the customer row's lock so that a
+        removal of the last saved card cannot slip in between (:class:`Conflict`)."""
         values = {**settings.to_json(), "disabled_reason": None, "updated_at": now}
         with self.engine.begin() as conn:
+            if settings.enabled:
+                _needs_payment_method(conn, env, customer_id)
             done = conn.execute(
                 update(_R).where(_R.c.env == env, _R.c.customer_id == customer_id).values(**values)
             )
@@ -116,11 +215,7 @@ class RechargeStore:
 
     def turn_off(self, env: str, customer_id: str, reason: str, now: int) -> None:
         with self.engine.begin() as conn:
-            conn.execute(
-                update(_R)
-                .where(_R.c.env == env, _R.c.customer_id == customer_id)
-                .values(enabled=False, disabled_reason=reason[:500], updated_at=now)
-            )
+            turn_off_in(conn, env, customer_id, reason, now)
 
     # -- crossings -----------------------------------------------------------------------
 
@@ -238,3 +333,16 @@ class RechargeStore:
                     select(func.count()).select_from(_A).where(_A.c.env == env)
                 ).scalar_one()
             )
+
+
+def _needs_payment_method(conn: Connection, env: str, customer_id: str) -> None:
+    c = t.customers
+    billing = conn.execute(
+        select(c.c.billing).where(c.c.env == env, c.c.id == customer_id).with_for_update()
+    ).scalar()
+    if not (billing or {}).get("payment_method"):
+        raise Conflict(
+            f"customer {customer_id!r} has no saved payment method to recharge from: add a "
+            "card first (POST /v1/customers/{id}/payment-methods/setup or the portal's "
+            "Payment page), then turn auto-recharge on"
+        )

@@ -286,6 +286,104 @@ async def test_an_adyen_card_is_saved_from_its_recurring_contract(shop: Shop) ->
     assert card["reference"] not in shop.adyen.stored_cards
 
 
+async def save_card(shop: Shop, customer: str, number: str) -> dict[str, Any]:
+    """The customer saves a card on Stripe's page; Stripe's signed webhook saves it here."""
+    started = await setup(shop, customer)
+    fill_in(started["url"], card_number=number, action="save")
+    await shop.forward(shop.stripe, "stripe", 2)
+    return (await shop.methods(customer))[0]  # the newest is the default, listed first
+
+
+def disabled_of(shop: Shop, customer: str) -> list[dict[str, Any]]:
+    """The customer's ``recharge.disabled`` outbox messages."""
+    found = AlertStore(shop.billing.store.engine).messages("test", "recharge.disabled", 500)
+    return [m for m in found if m["data"]["customer_id"] == customer]
+
+
+RECHARGE = {"enabled": True, "threshold": "5", "amount": "50", "monthly_cap": "120"}
+
+
+async def test_removing_the_last_card_turns_auto_recharge_off(shop: Shop) -> None:
+    customer = await shop.customer("stripe", name="Acme AI")
+    visa = await save_card(shop, customer, "4242424242424242")
+    mastercard = await save_card(shop, customer, "5555555555554444")
+    r = await shop.client.put(f"/v1/customers/{customer}/auto-recharge", json=RECHARGE)
+    assert r.status_code == 200, r.text
+
+    # One card of two goes: the other is charged now, and auto-recharge stays on.
+    r = await shop.client.delete(f"/v1/customers/{customer}/payment-methods/{mastercard['id']}")
+    assert r.status_code == 200, r.text
+    settings = (await shop.client.get(f"/v1/customers/{customer}/auto-recharge")).json()
+    assert (settings["enabled"], settings["disabled_reason"]) == (True, None)
+    assert messages(shop, customer) == []
+
+    # The last one goes: nothing is left to charge, so auto-recharge is off with it.
+    r = await shop.client.delete(
+        f"/v1/customers/{customer}/payment-methods/{visa['id']}",
+        headers={"X-Request-Id": "remove-last-card"},
+    )
+    assert r.status_code == 200, r.text
+    settings = (await shop.client.get(f"/v1/customers/{customer}/auto-recharge")).json()
+    assert settings["enabled"] is False
+    assert settings["disabled_reason"] == "turned off: the last saved payment method was removed"
+    kept = (settings["threshold"], settings["amount"], settings["monthly_cap"])
+    assert kept == ("5", "50", "120")  # kept, to turn on again with a new card
+    (disabled,) = disabled_of(shop, customer)
+    assert disabled["data"] == {
+        "customer_id": customer,
+        "crossing": None,
+        "amount": "50",
+        "currency": "EUR",
+        "reason": "turned off: the last saved payment method was removed",
+        "code": "no_payment_method",
+    }
+    r = await shop.client.get("/v1/audit-events", params={"object_id": customer})
+    assert r.status_code == 200, r.text
+    (audited,) = [e for e in r.json()["events"] if e["action"] == "auto_recharge.disabled"]
+    assert audited["request_id"] == "remove-last-card"  # in the removal's transaction
+    assert audited["summary"]["code"] == "no_payment_method"
+
+    # It cannot be turned on again without a card; saving it off is fine.
+    r = await shop.client.put(f"/v1/customers/{customer}/auto-recharge", json=RECHARGE)
+    assert r.status_code == 409, r.text
+    assert "add a card first" in r.json()["error"]["message"]
+    r = await shop.client.put(
+        f"/v1/customers/{customer}/auto-recharge", json={**RECHARGE, "enabled": False}
+    )
+    assert r.status_code == 200, r.text
+    # A new card, and it can be turned on again.
+    await save_card(shop, customer, "4242424242424242")
+    r = await shop.client.put(f"/v1/customers/{customer}/auto-recharge", json=RECHARGE)
+    assert r.status_code == 200, r.text
+    assert r.json()["enabled"] is True
+
+
+async def test_removing_the_last_card_with_auto_recharge_off_announces_nothing(
+    shop: Shop,
+) -> None:
+    customer = await shop.customer("stripe")
+    card = await save_card(shop, customer, "4242424242424242")
+    r = await shop.client.put(
+        f"/v1/customers/{customer}/auto-recharge", json={**RECHARGE, "enabled": False}
+    )
+    assert r.status_code == 200, r.text
+    r = await shop.client.delete(f"/v1/customers/{customer}/payment-methods/{card['id']}")
+    assert r.status_code == 200, r.text
+    settings = (await shop.client.get(f"/v1/customers/{customer}/auto-recharge")).json()
+    assert (settings["enabled"], settings["disabled_reason"]) == (False, None)
+    assert messages(shop, customer) == []
+
+
+async def test_auto_recharge_cannot_be_turned_on_without_a_card(shop: Shop) -> None:
+    customer = await shop.customer("stripe")
+    r = await shop.client.put(f"/v1/customers/{customer}/auto-recharge", json=RECHARGE)
+    assert r.status_code == 409, r.text
+    assert r.json()["error"]["type"] == "conflict"
+    assert "no saved payment method" in r.json()["error"]["message"]
+    settings = (await shop.client.get(f"/v1/customers/{customer}/auto-recharge")).json()
+    assert settings["enabled"] is False and settings["threshold"] is None  # nothing stored
+
+
 @pytest.mark.parametrize(
     ("provider", "body", "status", "says"),
     [
@@ -620,6 +718,8 @@ async def test_a_declined_card_is_retried_then_auto_recharge_is_turned_off(shop:
     settings = (await shop.client.get(f"/v1/customers/{customer}/auto-recharge")).json()
     assert settings["enabled"] is False
     assert "turned off after 4 declined attempts" in settings["disabled_reason"]
+    (disabled,) = disabled_of(shop, customer)
+    assert disabled["data"]["code"] == "declined"
     assert messages(shop, customer) == [
         ("recharge.disabled", None),
         ("recharge.failed", False),

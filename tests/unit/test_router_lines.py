@@ -4,14 +4,40 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from decimal import Decimal
 from typing import Any
 
+import pytest
+
+from tallyray.actors.account import QuotaAnswer
 from tallyray.actors.shard_line import LineOptions, ShardLineServer
+from tallyray.errors import NotFound, NotOwner
 from tallyray.serve.shards import ShardRouter
+
+
+async def ray_answer(value: Any) -> Any:
+    return value
 
 
 async def ingest(env: str, events: list[Any], rebook: bool = False) -> dict[str, int]:
     return {"ingested": len(events), "duplicates": 0}
+
+
+def check_many(checks: list[tuple[str, str, list[Any]]]) -> list[Any]:
+    """Allowed with fewer than 3 events; the customer "ghost" does not exist; "other" is
+    not this shard's (a reshard moved it)."""
+    answers: list[Any] = []
+    for _env, customer, events in checks:
+        if customer == "ghost":
+            answers.append(NotFound("no customer 'ghost'"))
+        elif customer == "other":
+            answers.append(NotOwner("customer 'other' is not on this shard"))
+        else:
+            answers.append(QuotaAnswer(len(events) < 3, Decimal(len(events)), None, None, "EUR"))
+    return answers
+
+
+METHODS = {"ingest": ingest, "check_many": check_many}
 
 
 class FakeShard:
@@ -19,7 +45,7 @@ class FakeShard:
     every Ray call is counted."""
 
     def __init__(self, node: str, host: str | None = None) -> None:
-        self.server = ShardLineServer(node, {"ingest": ingest}, host=host)
+        self.server = ShardLineServer(node, METHODS, host=host)
         self.ray_calls: Counter[str] = Counter()
 
     def __getattr__(self, method: str) -> Any:
@@ -31,6 +57,8 @@ class FakeShard:
                 shard.ray_calls[method] += 1
                 if method == "line_endpoint":
                     return shard.server.endpoint()
+                if method == "check_many":
+                    return ray_answer(check_many(*args))
                 return ingest(*args)
 
         return Method
@@ -72,11 +100,8 @@ def test_when_the_line_breaks_calls_go_over_ray_and_a_new_line_is_tried_later() 
         await router.call(0, "ingest", "test", [1])
         assert router.line_calls == 1
         await shard.server.close()  # the shard went away: its line is closed ...
-        for task in asyncio.all_tasks():
-            if task is not asyncio.current_task() and "_serve" in repr(task.get_coro()):
-                task.cancel()
         await asyncio.sleep(0.05)
-        shard.server = ShardLineServer("node-a", {"ingest": ingest})  # ... and came back
+        shard.server = ShardLineServer("node-a", METHODS)  # ... and came back
         assert await router.call(0, "ingest", "test", [1, 2, 3]) == {
             "ingested": 3,
             "duplicates": 0,
@@ -122,6 +147,71 @@ def test_with_remote_lines_off_other_nodes_are_called_over_ray() -> None:
             await router.call(0, "ingest", "test", [1])
         assert router.calls == {"ray": 3}
         assert shard.ray_calls == {"line_endpoint": 1, "ingest": 3}
+        await shard.server.close()
+
+    asyncio.run(main())
+
+
+def test_checks_go_over_the_line_in_batches_each_answered_for_itself() -> None:
+    async def main() -> None:
+        shard = FakeShard("node-a")
+        router = ShardRouter(1, lookup=lambda i: shard, node=lambda: "node-a")
+        assert (await router.check(0, "test", "acme", [1])).allowed  # opens the line
+        checks = [router.check(0, "test", "acme", [1] * (n % 4)) for n in range(20)]
+        checks.append(router.check(0, "test", "ghost", [1]))
+        answers = await asyncio.gather(*checks, return_exceptions=True)
+        assert [a.allowed for a in answers[:20]] == [n % 4 < 3 for n in range(20)]
+        assert isinstance(answers[20], NotFound)
+        # the first check went alone; the 21 sent in one turn went together
+        assert router.calls == {"line-local": 2}
+        assert shard.ray_calls == {"line_endpoint": 1}
+        await shard.server.close()
+
+    asyncio.run(main())
+
+
+def test_checks_in_flight_when_the_line_breaks_are_sent_again() -> None:
+    async def main() -> None:
+        shard = FakeShard("node-a")
+        crashes = [1]
+
+        def crashing(checks: list[tuple[str, str, list[Any]]]) -> list[Any]:
+            if crashes:  # the first call: the shard dies before it answers
+                crashes.pop()
+                shard.server.drop_connections()
+            return check_many(checks)
+
+        router = ShardRouter(1, lookup=lambda i: shard, node=lambda: "node-a")
+        assert (await router.check(0, "test", "acme", [])).allowed  # the line is open
+        shard.server._methods["check_many"] = crashing
+        answers = await asyncio.gather(
+            router.check(0, "test", "acme", [1]), router.check(0, "test", "acme", [1, 2, 3])
+        )
+        assert [a.allowed for a in answers] == [True, False]
+        assert router.calls == {"line-local": 2}  # the second time over a new line
+        assert shard.ray_calls == {"line_endpoint": 2}
+        router.lines = False  # and over Ray when there are no lines
+        assert not (await router.check(0, "test", "acme", [1, 2, 3])).allowed
+        assert router.calls["ray"] == 1
+        await shard.server.close()
+
+    asyncio.run(main())
+
+
+def test_a_check_for_a_customer_another_shard_owns_relayouts_the_router() -> None:
+    async def main() -> None:
+        shard = FakeShard("node-a")
+        layouts: list[int] = []
+
+        def layout() -> tuple[int, int]:
+            layouts.append(1)
+            return 1, len(layouts)
+
+        router = ShardRouter(1, lookup=lambda i: shard, node=lambda: "node-a", layout=layout)
+        assert (await router.check(0, "test", "acme", [])).allowed
+        with pytest.raises(NotOwner):
+            await router.check(0, "test", "other", [])
+        assert router.epoch == 1  # it read the layout afresh
         await shard.server.close()
 
     asyncio.run(main())

@@ -12,6 +12,7 @@ from tallyray.actors.limits import Limits
 from tallyray.actors.shard_line import LineOptions, LineTLS
 from tallyray.cluster.placement import RESOURCE_SHARE, ingress_options, shard_options
 from tallyray.cluster.settings import Settings
+from tallyray.serve.api import CUSTOMER_CACHE_SIZE
 
 
 @pytest.mark.parametrize(
@@ -55,6 +56,13 @@ def test_shards_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings.load()
 
 
+def test_the_customer_cache_size_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TALLYRAY_CUSTOMER_CACHE_SIZE", raising=False)
+    assert Settings.load().customer_cache_size == CUSTOMER_CACHE_SIZE
+    monkeypatch.setenv("TALLYRAY_CUSTOMER_CACHE_SIZE", "500")
+    assert Settings.load().customer_cache_size == 500
+
+
 def test_the_limits_go_to_shards_and_routes_as_one_value(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TALLYRAY_MAX_GROUPS_PER_METER", "200")
     assert Settings.load().limits == Limits(groups_per_meter=200)
@@ -67,6 +75,7 @@ def test_the_limits_go_to_shards_and_routes_as_one_value(monkeypatch: pytest.Mon
         "TALLYRAY_MAX_ALERT_RULES_PER_CUSTOMER",
         "TALLYRAY_MAX_GROUPS_PER_METER",
         "TALLYRAY_MAX_UNIQUE_VALUES",
+        "TALLYRAY_CUSTOMER_CACHE_SIZE",
     ],
 )
 def test_limits_must_be_positive(monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
