@@ -39,50 +39,43 @@ import io
 import os
 import pstats
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import _server
-from sqlalchemy import Engine, func, insert, select, text
+from _seed import (
+    CONFIG,
+    INSERT_BATCH,
+    PERIOD_END,
+    PERIOD_START,
+    SELLER,
+    TAX,
+    analyze,
+    customer_rows,
+    fresh_store,
+    log,
+    shards_running,
+    subscription_rows,
+)
+from sqlalchemy import Engine, func, insert, select
 
 from tallyray.actors.routing import shard_of
-from tallyray.cluster import Settings, prepare_store, start_ray, start_shards, stop
-from tallyray.cluster.wiring import share_secrets
-from tallyray.credentials import remove_secrets_file
+from tallyray.cluster import Settings, prepare_store
 from tallyray.invoicing.runs import RunSpec, invoice_chunk
 from tallyray.invoicing.service import Billing
-from tallyray.pricing import Event, parse_timestamp
+from tallyray.pricing import Event
 from tallyray.pricing.plans import charge_costs
 from tallyray.serve.shards import ShardRouter
 from tallyray.storage import tables as t
 from tallyray.storage.billing import BillingStore
-from tallyray.storage.catalog import Catalog, EnvCatalog, new_id
+from tallyray.storage.catalog import Catalog, EnvCatalog
 
-CONFIG = "examples/llm-api/tallyray.json"
-PERIOD_START = parse_timestamp("2026-10-01T00:00:00Z")
-PERIOD_END = parse_timestamp("2026-11-01T00:00:00Z")
-SELLER = {
-    "name": "Acme AI GmbH",
-    "email": "billing@acme.example",
-    "vat_id": "DE136695976",
-    "country": "DE",
-    "address": {"line1": "Hauptstr. 1", "postal_code": "10115", "city": "Berlin", "country": "DE"},
-}
-TAX = {"engine": "eu_vat", "seller_country": "DE", "seller_vat_id": "DE136695976"}
 MODELS = ("gpt-4o", "gpt-4o-mini")
-INSERT_BATCH = 2000
-
-
-def log(message: str) -> None:
-    print(f"[setup] {message}", file=sys.stderr, flush=True)
 
 
 def now_us() -> int:
@@ -90,24 +83,6 @@ def now_us() -> int:
 
 
 # -- the store -------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def fresh_store(kind: str) -> Iterator[str]:
-    """A fresh, empty database URL; dropped (or deleted) at the end."""
-    if kind == "postgres":
-        name, url = _server.create_database("tallyray_bench_inv")
-        try:
-            yield url
-        finally:
-            _server.drop_database(name)
-    else:
-        folder = tempfile.mkdtemp(prefix="tallyray-bench-inv-")
-        log(f"SQLite file in {folder}")
-        try:
-            yield f"sqlite:///{folder}/tallyray.db"
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _usage_events(customer_id: str, rng: random.Random) -> list[Event]:
@@ -163,43 +138,10 @@ def seed(engine: Engine, catalog: Catalog, env: str, ids: list[str], shards: int
     now = now_us()
     for i in range(0, len(ids), INSERT_BATCH):
         batch = ids[i : i + INSERT_BATCH]
-        customers = [
-            {
-                "env": env,
-                "id": c,
-                "name": f"Customer {c}",
-                "email": f"{c}@example.com",
-                "currency": "EUR",
-                "country": "DE",
-                "vat_id": None,
-                "address": {"line1": "Teststr. 1", "city": "Berlin", "country": "DE"},
-                "billing_mode": "prepaid",
-                "overdraft": "0",
-                "spend_limit": None,
-                "created_at": now,
-                "billing": {"locale": "de_DE", "payment_provider": "manual"},
-            }
-            for c in batch
-        ]
-        subscriptions = [
-            {
-                "id": new_id("sub"),
-                "env": env,
-                "customer_id": c,
-                "plan_key": "pro",
-                "plan_version": 1,
-                "start": PERIOD_START,
-                "end": None,
-                "created_at": now,
-                "anchor": "calendar",
-                "discount": None,
-            }
-            for c in batch
-        ]
         periods = [_period_row(cat, env, c, shards, rng, now) for c in batch]
         with engine.begin() as conn:
-            conn.execute(insert(t.customers), customers)
-            conn.execute(insert(t.subscriptions), subscriptions)
+            conn.execute(insert(t.customers), customer_rows(env, batch, now, "prepaid"))
+            conn.execute(insert(t.subscriptions), subscription_rows(env, batch, now))
             conn.execute(insert(t.billing_periods), periods)
     with engine.begin() as conn:
         conn.execute(
@@ -376,7 +318,7 @@ def profile_chunk(
     url: str,
     shards: int,
     size: int,
-    analyze: bool,
+    analyzed: bool,
     top: int = 25,
 ) -> None:
     """Seed ``size`` + 1 customers in env "live" and run one chunk of ``size`` in this
@@ -384,9 +326,8 @@ def profile_chunk(
     context: engine, catalog, tax engine)."""
     ids = [f"prof-{n:05d}" for n in range(size + 1)]
     seed(engine, catalog, "live", ids, shards)
-    if analyze:
-        with engine.begin() as conn:
-            conn.execute(text("ANALYZE"))
+    if analyzed:
+        analyze(engine)
     spec = RunSpec(
         database_url=url,
         env="live",
@@ -481,79 +422,75 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--customers, --chunk-size, --parallelism and --shards must be positive")
 
     ids = [f"cust-{n:05d}" for n in range(1, args.customers + 1)]
-    with fresh_store(args.store) as url:
+    with fresh_store(args.store, "tallyray_bench_inv") as url:
         settings = Settings.load(database_url=url, shards=args.shards, config_path=CONFIG)
         catalog = prepare_store(settings)
         engine = catalog.engine
         started = time.perf_counter()
         seed(engine, catalog, "test", ids, args.shards)
         if args.store == "postgres" and args.analyze:
-            # What autovacuum does within a minute or so of a bulk load; without it the
-            # planner still thinks the tables are nearly empty (see --no-analyze).
-            with engine.begin() as conn:
-                conn.execute(text("ANALYZE"))
+            analyze(engine)  # see --no-analyze
         log(f"seeded {len(ids):,} customers in {time.perf_counter() - started:.1f}s")
 
-        start_ray(Settings(), num_cpus=2)
+        started = time.perf_counter()
         try:
-            started = time.perf_counter()
-            settings = share_secrets(settings)  # the shards read the database URL as a secret
-            start_shards(settings)
-            log(f"{args.shards} shards up in {time.perf_counter() - started:.1f}s")
-            store = BillingStore(engine)
-            billing = Billing(
-                catalog=catalog,
-                store=store,
-                database_url=settings.database_url,
-                router=ShardRouter(args.shards),
-                invoicing_raw={"seller": SELLER, "chunk_size": args.chunk_size},
-                tax_raw=TAX,
-                rounding="half_up",
-                grace_seconds=3 * 86_400,
-                clock=now_us,
-                parallelism=args.parallelism,
-            )
-            print(
-                f"Tallyray invoice-run benchmark: {args.customers:,} customers, chunks of "
-                f"{args.chunk_size}, {args.parallelism} at a time, {args.shards} shards, "
-                f"{args.store} store"
-                + (", ANALYZE after seeding" if args.store == "postgres" and args.analyze else "")
-                + f", {os.cpu_count()} cores"
-            )
-            print(f"  {quiet(args.quiet_wait)}")
-            timeline = Timeline()
-            cpu_before = _server.cpu_snapshot()
-            run = asyncio.run(timed_run(billing, store, timeline))
-            cpu_after = _server.cpu_snapshot()
-            wall = report_run(run, timeline, args.customers)
-            database = _server.database_name(url) if args.store == "postgres" else None
-            print("  CPU by process during the run (whole machine):")
-            print(cpu_table(cpu_before, cpu_after, wall, database))
-            verdict = "reached" if wall <= 60 else "NOT reached"
-            print(f"  goal 10,000 customers in <= 60 s: {verdict} ({wall:.1f} s)")
-
-            ok = verify(engine, ids, billing.config.number_prefix)
-            if args.collect_all:
-                attempted, seconds = asyncio.run(collect_all(billing))
-                print("\n== collecting every invoice still due (collect_due until none)")
+            with shards_running(settings) as settings:
+                log(f"{args.shards} shards up in {time.perf_counter() - started:.1f}s")
+                store = BillingStore(engine)
+                billing = Billing(
+                    catalog=catalog,
+                    store=store,
+                    database_url=settings.database_url,
+                    router=ShardRouter(args.shards),
+                    invoicing_raw={"seller": SELLER, "chunk_size": args.chunk_size},
+                    tax_raw=TAX,
+                    rounding="half_up",
+                    grace_seconds=3 * 86_400,
+                    clock=now_us,
+                    parallelism=args.parallelism,
+                )
                 print(
-                    f"  {attempted:,} attempts in {seconds:.2f} s "
-                    f"({attempted / seconds if seconds else 0:,.0f}/s)"
+                    f"Tallyray invoice-run benchmark: {args.customers:,} customers, chunks of "
+                    f"{args.chunk_size}, {args.parallelism} at a time, {args.shards} shards, "
+                    f"{args.store} store"
+                    + (
+                        ", ANALYZE after seeding"
+                        if args.store == "postgres" and args.analyze
+                        else ""
+                    )
+                    + f", {os.cpu_count()} cores"
                 )
-            if args.profile:
-                profile_chunk(
-                    engine,
-                    catalog,
-                    settings.database_url,
-                    args.shards,
-                    args.chunk_size,
-                    args.store == "postgres" and args.analyze,
-                )
+                print(f"  {quiet(args.quiet_wait)}")
+                timeline = Timeline()
+                cpu_before = _server.cpu_snapshot()
+                run = asyncio.run(timed_run(billing, store, timeline))
+                cpu_after = _server.cpu_snapshot()
+                wall = report_run(run, timeline, args.customers)
+                database = _server.database_name(url) if args.store == "postgres" else None
+                print("  CPU by process during the run (whole machine):")
+                print(cpu_table(cpu_before, cpu_after, wall, database))
+                verdict = "reached" if wall <= 60 else "NOT reached"
+                print(f"  goal 10,000 customers in <= 60 s: {verdict} ({wall:.1f} s)")
+
+                ok = verify(engine, ids, billing.config.number_prefix)
+                if args.collect_all:
+                    attempted, seconds = asyncio.run(collect_all(billing))
+                    print("\n== collecting every invoice still due (collect_due until none)")
+                    print(
+                        f"  {attempted:,} attempts in {seconds:.2f} s "
+                        f"({attempted / seconds if seconds else 0:,.0f}/s)"
+                    )
+                if args.profile:
+                    profile_chunk(
+                        engine,
+                        catalog,
+                        settings.database_url,
+                        args.shards,
+                        args.chunk_size,
+                        args.store == "postgres" and args.analyze,
+                    )
         finally:
-            stop(Settings())
             engine.dispose()
-            if settings.secrets_file:
-                remove_secrets_file(settings.secrets_file)
     return 0 if ok and run["status"] == "succeeded" else 1
 
 

@@ -50,22 +50,32 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import _server
 import psutil
-from bench_invoice_run import CONFIG, PERIOD_END, PERIOD_START, SELLER, TAX
+from _seed import (
+    CONFIG,
+    INSERT_BATCH,
+    PERIOD_END,
+    PERIOD_START,
+    SELLER,
+    TAX,
+    analyze,
+    customer_rows,
+    fresh_store,
+    log,
+    shards_running,
+    subscription_rows,
+)
 from bench_simulation import synthetic
-from sqlalchemy import Engine, func, insert, select, text
+from sqlalchemy import Engine, func, insert, select
 
 from tallyray.actors.routing import shard_of
 from tallyray.clock import ShiftedClock, offset_to
-from tallyray.cluster import Settings, prepare_store, start_ray, start_shards, stop
-from tallyray.cluster.wiring import share_secrets
-from tallyray.credentials import remove_secrets_file
+from tallyray.cluster import Settings, prepare_store
 from tallyray.invoicing.scheduler import InvoiceScheduler, RunSchedule
 from tallyray.invoicing.service import Billing
 from tallyray.pricing import parse_timestamp
@@ -73,7 +83,6 @@ from tallyray.pricing.events import format_timestamp
 from tallyray.serve.shards import ShardRouter
 from tallyray.storage import tables as t
 from tallyray.storage.billing import BillingStore
-from tallyray.storage.catalog import new_id
 from tallyray.storage.eventlog import ShardStore
 
 SHARDS_START = "2026-11-04T00:30:00Z"
@@ -81,31 +90,8 @@ SHARDS_START = "2026-11-04T00:30:00Z"
 GRACE_SECONDS = 3 * 86_400
 SLOT_AHEAD = 3.0
 """Seconds between setting the schedule and its slot."""
-INSERT_BATCH = 2000
 COMMIT_BATCH = 20_000
 _US = 1_000_000
-
-
-def log(message: str) -> None:
-    print(f"[setup] {message}", file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def fresh_store(kind: str) -> Iterator[str]:
-    """A fresh, empty database URL; dropped (or deleted) at the end."""
-    if kind == "postgres":
-        name, url = _server.create_database("tallyray_bench_sched")
-        try:
-            yield url
-        finally:
-            _server.drop_database(name)
-    else:
-        folder = tempfile.mkdtemp(prefix="tallyray-bench-sched-")
-        log(f"SQLite file in {folder}")
-        try:
-            yield f"sqlite:///{folder}/tallyray.db"
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
 
 
 def config_without_customers(folder: Path) -> str:
@@ -124,33 +110,8 @@ def seed(engine: Engine, ids: list[str], per_customer: int, shards: int, now: in
     for i in range(0, len(ids), INSERT_BATCH):
         batch = ids[i : i + INSERT_BATCH]
         with engine.begin() as conn:
-            conn.execute(
-                insert(t.customers),
-                [
-                    {
-                        "env": "test", "id": c, "name": f"Customer {c}",
-                        "email": f"{c}@example.com", "currency": "EUR", "country": "DE",
-                        "vat_id": None,
-                        "address": {"line1": "Teststr. 1", "city": "Berlin", "country": "DE"},
-                        "billing_mode": "postpaid", "overdraft": "0", "spend_limit": None,
-                        "created_at": now,
-                        "billing": {"locale": "de_DE", "payment_provider": "manual"},
-                    }
-                    for c in batch
-                ],
-            )  # fmt: skip
-            conn.execute(
-                insert(t.subscriptions),
-                [
-                    {
-                        "id": new_id("sub"), "env": "test", "customer_id": c,
-                        "plan_key": "pro", "plan_version": 1, "start": PERIOD_START,
-                        "end": None, "created_at": now, "anchor": "calendar",
-                        "discount": None,
-                    }
-                    for c in batch
-                ],
-            )  # fmt: skip
+            conn.execute(insert(t.customers), customer_rows("test", batch, now, "postpaid"))
+            conn.execute(insert(t.subscriptions), subscription_rows("test", batch, now))
     rows = synthetic(len(ids) * per_customer, len(ids), seed=11)
     by_shard: dict[int, list[tuple[Any, ...]]] = defaultdict(list)
     for row in rows:
@@ -411,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     offset = offset_to(parse_timestamp(SHARDS_START))
     clock = ShiftedClock(offset)
     folder = Path(tempfile.mkdtemp(prefix="tallyray-bench-sched-config-"))
-    with fresh_store(args.store) as url:
+    with fresh_store(args.store, "tallyray_bench_sched") as url:
         settings = Settings.load(
             database_url=url,
             shards=args.shards,
@@ -425,60 +386,55 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         events = seed(engine, ids, args.events_per_customer, args.shards, clock())
         if args.store == "postgres":
-            with engine.begin() as conn:
-                conn.execute(text("ANALYZE"))  # what autovacuum does soon after a bulk load
+            analyze(engine)
         seconds = time.perf_counter() - started
         log(f"seeded {len(ids):,} customers, {events:,} events in {seconds:.1f} s")
 
-        start_ray(Settings(), num_cpus=2)
+        started = time.perf_counter()
         try:
-            started = time.perf_counter()
-            settings = share_secrets(settings)  # the shards read the database URL as a secret
-            start_shards(settings)
-            log(f"{args.shards} shards recovered October in {time.perf_counter() - started:.1f} s")
-            while closed_shards(engine) < args.shards:
-                time.sleep(0.2)
-            log(f"… and closed it on their own by {time.perf_counter() - started:.1f} s")
-            store = BillingStore(engine)
-            billing = Billing(
-                catalog=catalog,
-                store=store,
-                database_url=settings.database_url,
-                router=ShardRouter(args.shards),
-                invoicing_raw={"seller": SELLER},
-                tax_raw=TAX,
-                rounding="half_up",
-                grace_seconds=GRACE_SECONDS,
-                clock=clock,
-            )
-            print(
-                f"Tallyray scheduled invoice run: {args.customers:,} customers, {events:,} "
-                f"October events, {args.shards} shards, {args.store} store, "
-                f"{os.cpu_count()} cores (shared: other work may run; see OTHER below)"
-            )
-            print(f"  {bench_quiet()}")
-            database = _server.database_name(url) if args.store == "postgres" else None
-            timeline, memory = Timeline(), Memory()
-            before: dict[int, float] = {}
-            run = asyncio.run(scheduled_run(billing, store, engine, timeline, memory, before))
-            after = cpu_times()
-            ours = _ours()
-            roles = {pid: _role(pid, ours, database) for pid in after}
-            cpu: dict[str, float] = defaultdict(float)
-            for pid, seconds in after.items():
-                spent = seconds - before.get(pid, 0.0)
-                if spent > 0:
-                    cpu[roles[pid]] += spent
-            cpu[roles[os.getpid()]] -= memory.cpu_seconds
-            log(f"sampling memory cost this process {memory.cpu_seconds:.2f} cpu-s (taken off)")
-            report(args, run, timeline, cpu, memory, roles)
-            ok = check(engine, run, args.customers)
+            with shards_running(settings) as settings:
+                seconds = time.perf_counter() - started
+                log(f"{args.shards} shards recovered October in {seconds:.1f} s")
+                while closed_shards(engine) < args.shards:
+                    time.sleep(0.2)
+                log(f"… and closed it on their own by {time.perf_counter() - started:.1f} s")
+                store = BillingStore(engine)
+                billing = Billing(
+                    catalog=catalog,
+                    store=store,
+                    database_url=settings.database_url,
+                    router=ShardRouter(args.shards),
+                    invoicing_raw={"seller": SELLER},
+                    tax_raw=TAX,
+                    rounding="half_up",
+                    grace_seconds=GRACE_SECONDS,
+                    clock=clock,
+                )
+                print(
+                    f"Tallyray scheduled invoice run: {args.customers:,} customers, {events:,} "
+                    f"October events, {args.shards} shards, {args.store} store, "
+                    f"{os.cpu_count()} cores (shared: other work may run; see OTHER below)"
+                )
+                print(f"  {bench_quiet()}")
+                database = _server.database_name(url) if args.store == "postgres" else None
+                timeline, memory = Timeline(), Memory()
+                before: dict[int, float] = {}
+                run = asyncio.run(scheduled_run(billing, store, engine, timeline, memory, before))
+                after = cpu_times()
+                ours = _ours()
+                roles = {pid: _role(pid, ours, database) for pid in after}
+                cpu: dict[str, float] = defaultdict(float)
+                for pid, seconds in after.items():
+                    spent = seconds - before.get(pid, 0.0)
+                    if spent > 0:
+                        cpu[roles[pid]] += spent
+                cpu[roles[os.getpid()]] -= memory.cpu_seconds
+                log(f"sampling memory cost this process {memory.cpu_seconds:.2f} cpu-s (taken off)")
+                report(args, run, timeline, cpu, memory, roles)
+                ok = check(engine, run, args.customers)
         finally:
-            stop(Settings())
             engine.dispose()
             shutil.rmtree(folder, ignore_errors=True)
-            if settings.secrets_file:
-                remove_secrets_file(settings.secrets_file)
     return 0 if ok else 1
 
 

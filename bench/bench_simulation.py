@@ -28,14 +28,22 @@ import argparse
 import asyncio
 import io
 import random
-import sys
 import time
 from typing import Any
 
 import numpy as np
 import orjson
 import pyarrow.json as pj
-from bench_invoice_run import CONFIG, PERIOD_END, PERIOD_START, SELLER, TAX, fresh_store
+from _seed import (
+    CONFIG,
+    PERIOD_END,
+    PERIOD_START,
+    SELLER,
+    TAX,
+    fresh_store,
+    log,
+    subscription_rows,
+)
 from sqlalchemy import insert
 
 from tallyray.cluster import Settings, prepare_store, start_ray, stop
@@ -44,16 +52,11 @@ from tallyray.simulation.compare import summarize
 from tallyray.simulation.jobs import CHUNK_SIZE, SimulationSpec, simulate_chunk_task
 from tallyray.simulation.replay import _READ, EventColumns, replay
 from tallyray.storage import tables as t
-from tallyray.storage.catalog import new_id
 from tallyray.storage.eventlog import ShardStore
 from tallyray.storage.simulations import SimulationStore
 
 MODELS = ("gpt-4o", "gpt-4o-mini")
 SPAN = PERIOD_END - PERIOD_START
-
-
-def log(message: str) -> None:
-    print(f"[setup] {message}", file=sys.stderr, flush=True)
 
 
 def synthetic(n: int, customers: int, seed: int = 7) -> list[tuple[str, str, str, int, str]]:
@@ -142,24 +145,7 @@ def seed(url: str, customers: int, per_customer: int) -> Settings:
                 for c in ids
             ],  # fmt: skip
         )
-        conn.execute(
-            insert(t.subscriptions),
-            [
-                {
-                    "id": new_id("sub"),
-                    "env": "test",
-                    "customer_id": c,
-                    "plan_key": "pro",
-                    "plan_version": 1,
-                    "start": PERIOD_START,
-                    "end": None,
-                    "created_at": now,
-                    "anchor": "calendar",
-                    "discount": None,
-                }
-                for c in ids
-            ],  # fmt: skip
-        )
+        conn.execute(insert(t.subscriptions), subscription_rows("test", ids, now))
     store = ShardStore(engine, 0)
     rows = synthetic(customers * per_customer, customers, seed=11)
     rows.sort(key=lambda r: r[0])
@@ -233,7 +219,7 @@ def main() -> None:
     bench_replay(args.events, args.customers)
     if args.skip_e2e:
         return
-    with fresh_store(args.store) as url:
+    with fresh_store(args.store, "tallyray_bench_sim") as url:
         asyncio.run(bench_e2e(url, args.customers, args.events_per_customer, args.parallelism))
 
 

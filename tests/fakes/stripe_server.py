@@ -254,48 +254,54 @@ class FakeStripe(LocalServer):
     # -- checkout sessions and their hosted page ------------------------------------------
 
     def _create_checkout_session(self, params: dict[str, Any]) -> Reply:
-        def invalid(param: str, message: str) -> Reply:
-            return _error(400, "invalid_request_error", message, param=param)
-
-        if params.get("mode") == "setup":
-            return self._create_setup_session(params)
-        if params.get("mode") != "payment":
-            return invalid("mode", "This fake supports mode=payment and mode=setup only.")
+        mode = params.get("mode")
+        if mode not in ("payment", "setup"):
+            return _invalid("mode", "This fake supports mode=payment and mode=setup only.")
         for required in ("success_url", "cancel_url"):
             if not str(params.get(required, "")).startswith(("http://", "https://")):
-                return invalid(required, f"Not a valid URL: {params.get(required)!r}")
+                return _invalid(required, f"Not a valid URL: {params.get(required)!r}")
+        if mode == "setup":
+            return self._create_setup_session(params)
         items = params.get("line_items") or {}
         item = items.get("0") if isinstance(items, dict) else None
         price = (item or {}).get("price_data") or {}
         amount, currency = str(price.get("unit_amount", "")), str(price.get("currency", ""))
         if not amount.isdigit() or int(amount) <= 0:
-            return invalid("line_items[0][price_data][unit_amount]", "Invalid positive integer")
+            return _invalid("line_items[0][price_data][unit_amount]", "Invalid positive integer")
         if not currency or currency != currency.lower():
-            return invalid("line_items[0][price_data][currency]", f"Invalid currency: {currency}.")
-        session_id = f"cs_{'live' if self.livemode else 'test'}_{secrets.token_hex(12)}"
+            return _invalid("line_items[0][price_data][currency]", f"Invalid currency: {currency}.")
         quantity = int(item.get("quantity", "1")) if item else 1
+        return self._new_session(
+            params,
+            currency,
+            payment_status="unpaid",
+            amount_subtotal=int(amount) * quantity,
+            amount_total=int(amount) * quantity,
+            customer_email=params.get("customer_email"),
+            payment_intent=None,
+            _intent_metadata=(params.get("payment_intent_data") or {}).get("metadata", {}),
+            _product=((price.get("product_data") or {}).get("name")) or "",
+        )
+
+    def _new_session(self, params: dict[str, Any], currency: str, **fields: Any) -> Reply:
+        """An open Checkout Session of ``params["mode"]``, with the mode's own ``fields``."""
+        session_id = f"cs_{'live' if self.livemode else 'test'}_{secrets.token_hex(12)}"
         session: dict[str, Any] = {
             "id": session_id,
             "object": "checkout.session",
-            "mode": "payment",
+            "mode": params["mode"],
             "status": "open",
-            "payment_status": "unpaid",
-            "amount_subtotal": int(amount) * quantity,
-            "amount_total": int(amount) * quantity,
             "currency": currency,
             "customer": params.get("customer"),
-            "customer_email": params.get("customer_email"),
             "client_reference_id": params.get("client_reference_id"),
             "metadata": params.get("metadata", {}),
-            "payment_intent": None,
             "success_url": params["success_url"],
             "cancel_url": params["cancel_url"],
             "url": f"{self.url}/pay/{session_id}",
             "livemode": self.livemode,
             "created": int(self._clock()),
             "expires_at": int(self._clock()) + 86_400,
-            "_intent_metadata": (params.get("payment_intent_data") or {}).get("metadata", {}),
-            "_product": ((price.get("product_data") or {}).get("name")) or "",
+            **fields,
         }
         with self._state:
             self._sessions[session_id] = session
@@ -319,21 +325,22 @@ class FakeStripe(LocalServer):
             return Reply(404, b"<h1>Not found</h1>", {"Content-Type": "text/html"})
         if session["status"] != "open":
             return _html(200, f"<h1>This checkout session is {session['status']}</h1>")
-        if session["mode"] == "setup":
-            return self._setup_page(request, session)
+        form = _setup_form if session["mode"] == "setup" else _payment_form
         if request.method == "GET":
-            return _html(200, _payment_form(session, None))
-        form = dict(parse_qsl(request.body.decode(), keep_blank_values=True))
-        if form.get("action") == "cancel":
+            return _html(200, form(session, None))
+        entered = dict(parse_qsl(request.body.decode(), keep_blank_values=True))
+        if entered.get("action") == "cancel":
             return Reply(303, b"", {"Location": session["cancel_url"]})
-        number = form.get("card_number", "").replace(" ", "")
+        number = entered.get("card_number", "").replace(" ", "")
         method = TEST_CARDS.get(number)
         if method is None:
-            return _html(200, _payment_form(session, "Your card number is invalid."))
+            return _html(200, form(session, "Your card number is invalid."))
+        if session["mode"] == "setup":
+            return self._save_card(session, number, method)
         intent = self._session_intent(session, method)
         if intent["status"] != "succeeded":
             error = intent["last_payment_error"] or {}
-            return _html(200, _payment_form(session, str(error.get("message", "Declined."))))
+            return _html(200, form(session, str(error.get("message", "Declined."))))
         with self._state:
             stored = self._sessions[session["id"]]
             stored.update(status="complete", payment_status="paid", payment_intent=intent["id"])
@@ -379,54 +386,24 @@ class FakeStripe(LocalServer):
     # -- saving cards (mode=setup) and payment methods -----------------------------------
 
     def _create_setup_session(self, params: dict[str, Any]) -> Reply:
-        def invalid(param: str, message: str) -> Reply:
-            return _error(400, "invalid_request_error", message, param=param)
-
-        for required in ("success_url", "cancel_url"):
-            if not str(params.get(required, "")).startswith(("http://", "https://")):
-                return invalid(required, f"Not a valid URL: {params.get(required)!r}")
         currency = str(params.get("currency", ""))
         if not currency or currency != currency.lower():
-            return invalid("currency", f"Invalid currency: {currency}.")
+            return _invalid("currency", f"Invalid currency: {currency}.")
         customer = params.get("customer")
         with self._state:
             known = customer in self._customers
         if not known:
-            return invalid("customer", f"No such customer: '{customer}'")
-        session_id = f"cs_{'live' if self.livemode else 'test'}_{secrets.token_hex(12)}"
-        session: dict[str, Any] = {
-            "id": session_id,
-            "object": "checkout.session",
-            "mode": "setup",
-            "status": "open",
-            "payment_status": "no_payment_required",
-            "currency": currency,
-            "customer": customer,
-            "client_reference_id": params.get("client_reference_id"),
-            "metadata": params.get("metadata", {}),
-            "setup_intent": None,
-            "success_url": params["success_url"],
-            "cancel_url": params["cancel_url"],
-            "url": f"{self.url}/pay/{session_id}",
-            "livemode": self.livemode,
-            "created": int(self._clock()),
-            "expires_at": int(self._clock()) + 86_400,
-            "_setup_metadata": (params.get("setup_intent_data") or {}).get("metadata", {}),
-        }
-        with self._state:
-            self._sessions[session_id] = session
-        return Reply.of_json(200, _public(session))
+            return _invalid("customer", f"No such customer: '{customer}'")
+        return self._new_session(
+            params,
+            currency,
+            payment_status="no_payment_required",
+            setup_intent=None,
+            _setup_metadata=(params.get("setup_intent_data") or {}).get("metadata", {}),
+        )
 
-    def _setup_page(self, request: Received, session: dict[str, Any]) -> Reply:
-        if request.method == "GET":
-            return _html(200, _setup_form(session, None))
-        form = dict(parse_qsl(request.body.decode(), keep_blank_values=True))
-        if form.get("action") == "cancel":
-            return Reply(303, b"", {"Location": session["cancel_url"]})
-        number = form.get("card_number", "").replace(" ", "")
-        behaves_as = TEST_CARDS.get(number)
-        if behaves_as is None:
-            return _html(200, _setup_form(session, "Your card number is invalid."))
+    def _save_card(self, session: dict[str, Any], number: str, behaves_as: str) -> Reply:
+        """The setup page's card was entered: a PaymentMethod and a succeeded SetupIntent."""
         if behaves_as == "pm_card_chargeDeclined":  # declines a setup too
             return _html(200, _setup_form(session, "Your card was declined."))
         method = {
@@ -649,6 +626,10 @@ class FakeStripe(LocalServer):
         self.send_webhook(self.webhook_url, headers, body)
 
 
+def _invalid(param: str, message: str) -> Reply:
+    return _error(400, "invalid_request_error", message, param=param)
+
+
 def _id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
 
@@ -670,31 +651,27 @@ def _payment_form(session: dict[str, Any], error: str | None) -> str:
         0 if currency.lower() in {"jpy", "krw"} else 3 if currency.lower() in THREE_DECIMAL else 2
     )
     shown = f"{amount / 10**digits:.{digits}f} {currency}"
-    problem = f'<p role="alert" id="card-error">{html.escape(error)}</p>' if error else ""
-    return (
-        "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        "<title>Pay · Stripe test mode</title></head><body>"
-        f"<h1>Pay {html.escape(shown)}</h1><p>{html.escape(session['_product'])}</p>{problem}"
-        f'<form method="post" action="/pay/{session["id"]}">'
-        '<label for="card_number">Card number</label>'
-        '<input id="card_number" name="card_number" autocomplete="off">'
-        '<button type="submit" name="action" value="pay">Pay</button>'
-        '<button type="submit" name="action" value="cancel">Cancel</button>'
-        "</form></body></html>"
-    )
+    heading = f"<h1>Pay {html.escape(shown)}</h1><p>{html.escape(session['_product'])}</p>"
+    return _card_form(session, error, "Pay", heading, ("pay", "Pay"))
 
 
 def _setup_form(session: dict[str, Any], error: str | None) -> str:
     """The hosted page of a setup session: a card number, Save card and Cancel."""
+    heading = "<h1>Save a card for future payments</h1>"
+    return _card_form(session, error, "Save a card", heading, ("save", "Save card"))
+
+
+def _card_form(
+    session: dict[str, Any], error: str | None, title: str, heading: str, submit: tuple[str, str]
+) -> str:
     problem = f'<p role="alert" id="card-error">{html.escape(error)}</p>' if error else ""
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        "<title>Save a card · Stripe test mode</title></head><body>"
-        f"<h1>Save a card for future payments</h1>{problem}"
+        f"<title>{title} · Stripe test mode</title></head><body>{heading}{problem}"
         f'<form method="post" action="/pay/{session["id"]}">'
         '<label for="card_number">Card number</label>'
         '<input id="card_number" name="card_number" autocomplete="off">'
-        '<button type="submit" name="action" value="save">Save card</button>'
+        f'<button type="submit" name="action" value="{submit[0]}">{submit[1]}</button>'
         '<button type="submit" name="action" value="cancel">Cancel</button>'
         "</form></body></html>"
     )

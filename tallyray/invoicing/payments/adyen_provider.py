@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,12 +45,13 @@ from tallyray.invoicing.payments.base import (
     AmountRules,
     CheckoutRequest,
     CheckoutSession,
+    HostedRequest,
+    HostedSession,
     PaymentRequest,
     PaymentResult,
     ProviderEvent,
     SavedMethod,
     SetupRequest,
-    SetupSession,
     is_purchase_id,
     is_setup_id,
 )
@@ -222,97 +223,107 @@ class AdyenProvider:
         }
         if request.customer_email:
             body["shopperEmail"] = request.customer_email
+        answer = self._checkout_call(self._payments.payments, body, request.idempotency_key)
+        return self._result(answer, shopper, value)
+
+    def _checkout_call(
+        self, call: Callable[..., Any], body: dict[str, Any], idempotency_key: str
+    ) -> dict[str, Any]:
+        """One Checkout API call (``/payments``, ``/sessions``) and Adyen's answer; an error
+        or no answer is :class:`~tallyray.errors.ProviderUnavailable`."""
         try:
-            result = self._payments.payments(body, idempotency_key=request.idempotency_key)
+            result = call(body, idempotency_key=idempotency_key)
         except Adyen.AdyenError as e:
             raise _unavailable(e, self._live) from e
         except OSError as e:  # requests' errors are OSErrors; the SDK does not wrap them
             raise ProviderUnavailable(f"cannot reach Adyen: {e}") from e
-        answer = result.message if isinstance(result.message, dict) else {}
-        return self._result(answer, shopper, value)
+        return result.message if isinstance(result.message, dict) else {}
 
     # -- hosted checkout (credit purchases) ------------------------------------------------
 
     def start_checkout(self, request: CheckoutRequest) -> CheckoutSession:
-        """An Adyen Checkout session (``POST /sessions``, ``mode: hosted``) for one credit
-        purchase: its ``reference`` is the purchase id, which the HMAC-signed notification
-        carries back as ``merchantReference``. The answer has both the hosted page's ``url``
-        and the ``sessionData`` a Drop-in would take."""
+        """An Adyen Checkout session for one credit purchase: its ``reference`` is the
+        purchase id. The answer has both the hosted page's ``url`` and the ``sessionData`` a
+        Drop-in would take."""
         value = ADYEN_AMOUNTS.provider_units(request.amount, request.currency)
-        shopper = request.provider_customer_id or request.customer_id
-        body: dict[str, Any] = {
-            "amount": {"value": value, "currency": request.currency},
-            "reference": request.purchase_id,
-            "merchantAccount": self._merchant_account,
-            "returnUrl": request.success_url,
-            "shopperReference": shopper,
-            "mode": "hosted",
-            "metadata": {"tallyray_purchase_id": request.purchase_id},
-            "lineItems": [
-                {"quantity": 1, "amountIncludingTax": value, "description": request.description}
-            ],
-        }
-        if request.customer_email:
-            body["shopperEmail"] = request.customer_email
-        try:
-            result = self._payments.sessions(body, idempotency_key=request.idempotency_key)
-        except Adyen.AdyenError as e:
-            raise _unavailable(e, self._live) from e
-        except OSError as e:
-            raise ProviderUnavailable(f"cannot reach Adyen: {e}") from e
-        answer = result.message if isinstance(result.message, dict) else {}
-        session_id = answer.get("id")
-        if not session_id:
-            raise ProviderUnavailable("Adyen answered /sessions without a session id")
+        page, answer = self._hosted_session(
+            request,
+            request.purchase_id,
+            value,
+            {
+                "metadata": {"tallyray_purchase_id": request.purchase_id},
+                "lineItems": [
+                    {
+                        "quantity": 1,
+                        "amountIncludingTax": value,
+                        "description": request.description,
+                    }
+                ],
+            },
+        )
         return CheckoutSession(
-            provider=self.name,
-            reference=str(session_id),
-            url=str(answer["url"]) if answer.get("url") else None,
+            provider=page.provider,
+            reference=page.reference,
+            url=page.url,
+            provider_customer_id=page.provider_customer_id,
             session_data=str(answer["sessionData"]) if answer.get("sessionData") else None,
             amount_minor=value,
-            provider_customer_id=shopper,
         )
 
     # -- saving a card ---------------------------------------------------------------------
 
-    def start_setup(self, request: SetupRequest) -> SetupSession:
-        """An Adyen Checkout session (``POST /sessions``, ``mode: hosted``) that checks the
-        card with a zero-value authorisation and stores it (``storePaymentMethod``,
-        ``UnscheduledCardOnFile``) for the shopper. Adyen then sends a ``RECURRING_CONTRACT``
-        notification whose signed ``pspReference`` is the stored payment method id and whose
-        signed ``merchantReference`` is our setup id."""
-        currency_code = request.currency
+    def start_setup(self, request: SetupRequest) -> HostedSession:
+        """An Adyen Checkout session that checks the card with a zero-value authorisation
+        and stores it (``storePaymentMethod``, ``UnscheduledCardOnFile``) for the shopper.
+        Adyen then sends a ``RECURRING_CONTRACT`` notification whose signed ``pspReference``
+        is the stored payment method id and whose signed ``merchantReference`` is our setup
+        id."""
+        page, _ = self._hosted_session(
+            request,
+            request.setup_id,
+            0,
+            {
+                "storePaymentMethod": True,
+                "recurringProcessingModel": "UnscheduledCardOnFile",
+                "shopperInteraction": "Ecommerce",
+                "metadata": {"tallyray_setup_id": request.setup_id},
+            },
+        )
+        return page
+
+    def _hosted_session(
+        self,
+        request: HostedRequest,
+        reference: str,
+        value: int,
+        fields: Mapping[str, Any],
+    ) -> tuple[HostedSession, dict[str, Any]]:
+        """``POST /sessions`` in ``mode: hosted`` for ``value`` minor units: ``reference``
+        (our purchase or setup id) comes back signed as the notification's
+        ``merchantReference``. The page, and Adyen's whole answer."""
         shopper = request.provider_customer_id or request.customer_id
         body: dict[str, Any] = {
-            "amount": {"value": 0, "currency": currency_code},
-            "reference": request.setup_id,
+            "amount": {"value": value, "currency": request.currency},
+            "reference": reference,
             "merchantAccount": self._merchant_account,
             "returnUrl": request.success_url,
             "shopperReference": shopper,
             "mode": "hosted",
-            "storePaymentMethod": True,
-            "recurringProcessingModel": "UnscheduledCardOnFile",
-            "shopperInteraction": "Ecommerce",
-            "metadata": {"tallyray_setup_id": request.setup_id},
+            **fields,
         }
         if request.customer_email:
             body["shopperEmail"] = request.customer_email
-        try:
-            result = self._payments.sessions(body, idempotency_key=request.idempotency_key)
-        except Adyen.AdyenError as e:
-            raise _unavailable(e, self._live) from e
-        except OSError as e:
-            raise ProviderUnavailable(f"cannot reach Adyen: {e}") from e
-        answer = result.message if isinstance(result.message, dict) else {}
+        answer = self._checkout_call(self._payments.sessions, body, request.idempotency_key)
         session_id = answer.get("id")
         if not session_id:
             raise ProviderUnavailable("Adyen answered /sessions without a session id")
-        return SetupSession(
+        page = HostedSession(
             provider=self.name,
             reference=str(session_id),
             url=str(answer["url"]) if answer.get("url") else None,
             provider_customer_id=shopper,
         )
+        return page, answer
 
     def describe_method(self, method: SavedMethod) -> SavedMethod:
         return method  # the notification carried what there is to show

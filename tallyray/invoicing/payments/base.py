@@ -26,6 +26,8 @@ __all__ = [
     "CheckoutRequest",
     "CheckoutSession",
     "HostedCheckout",
+    "HostedRequest",
+    "HostedSession",
     "is_purchase_id",
     "PAYMENT_STATUSES",
     "AmountRules",
@@ -37,7 +39,6 @@ __all__ = [
     "SavedMethod",
     "SavesMethods",
     "SetupRequest",
-    "SetupSession",
     "is_setup_id",
     "to_minor_units",
 ]
@@ -55,36 +56,51 @@ def is_setup_id(reference: str | None) -> bool:
     return reference is not None and reference.startswith(SETUP_PREFIX)
 
 
-@dataclass(frozen=True, slots=True)
-class SetupRequest:
-    """A customer saving a card on the provider's own page; nothing is charged."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostedRequest:
+    """A customer sent to the provider's own page (:class:`SetupRequest`,
+    :class:`CheckoutRequest`): who it is, and where the provider sends it back."""
 
-    setup_id: str
     customer_id: str
     customer_email: str | None
     customer_name: str | None
     provider_customer_id: str | None
-    #: The customer's currency (Stripe's setup mode and Adyen's zero-value check need one).
+    #: The page's currency (Stripe's setup mode and Adyen's zero-value check need one too).
     currency: str
-    #: Where the provider sends the customer back. Coming back proves nothing: only the
-    #: signed webhook saves the card.
+    #: Where the provider sends the customer back when done / after giving up. Coming back
+    #: proves nothing: only the signed webhook saves the card or books the credit.
     success_url: str
     cancel_url: str
+
+    @property
+    def idempotency_key(self) -> str:
+        """The provider makes the page once for this key (each kind of request says which)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetupRequest(HostedRequest):
+    """A customer saving a card on the provider's own page; nothing is charged."""
+
+    setup_id: str
 
     @property
     def idempotency_key(self) -> str:
         return f"{self.setup_id}:setup"
 
 
-@dataclass(frozen=True, slots=True)
-class SetupSession:
-    """The provider's page for one :class:`SetupRequest`."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostedSession:
+    """The provider's own page for one request: for a :class:`SetupRequest` (a card to
+    save), this; for a :class:`CheckoutRequest`, a :class:`CheckoutSession`."""
 
     provider: str
     #: The provider's object: a Checkout Session id (``cs_…``), an Adyen session id.
     reference: str
+    #: The hosted page to send the customer to.
     url: str | None
-    provider_customer_id: str | None
+    #: The provider's customer the page is for (made for it when the customer had none).
+    provider_customer_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,42 +169,27 @@ class PaymentRequest:
         return {"tallyray_invoice_id": self.invoice_id, "invoice_number": self.invoice_number}
 
 
-@dataclass(frozen=True, slots=True)
-class CheckoutRequest:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckoutRequest(HostedRequest):
     """A credit purchase the customer pays on the provider's hosted page."""
 
     purchase_id: str
     #: What the customer pays, in ``currency``, already rounded to its minor unit.
     amount: Decimal
-    currency: str
-    customer_id: str
-    customer_email: str | None
-    customer_name: str | None
-    provider_customer_id: str | None
     description: str
-    #: Where the provider sends the customer back after paying / after giving up. Coming
-    #: back proves nothing: only the signed webhook books the credit.
-    success_url: str
-    cancel_url: str
 
     @property
     def idempotency_key(self) -> str:
         return f"{self.purchase_id}:checkout"
 
 
-@dataclass(frozen=True, slots=True)
-class CheckoutSession:
-    """The provider's hosted page for one purchase."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckoutSession(HostedSession):
+    """The provider's hosted page for one purchase: what it charges, and how to embed it."""
 
-    provider: str
-    #: The provider's object: a Checkout Session id (``cs_…``), an Adyen session id.
-    reference: str
-    #: The hosted page to send the customer to.
-    url: str | None
     #: Adyen's ``sessionData``, for a Drop-in on the merchant's own page instead.
     session_data: str | None
     amount_minor: int
-    provider_customer_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -330,7 +331,7 @@ class SavesMethods(Protocol):
 
     name: str
 
-    def start_setup(self, request: SetupRequest) -> SetupSession:
+    def start_setup(self, request: SetupRequest) -> HostedSession:
         """Create the page for ``request``, once per ``request.idempotency_key``. Raises
         :class:`~tallyray.errors.ProviderUnavailable` like ``collect``."""
         ...

@@ -39,12 +39,12 @@ from tallyray.invoicing.payments.base import (
     AmountRules,
     CheckoutRequest,
     CheckoutSession,
+    HostedSession,
     PaymentRequest,
     PaymentResult,
     ProviderEvent,
     SavedMethod,
     SetupRequest,
-    SetupSession,
 )
 from tallyray.invoicing.payments.endpoints import override_problem
 
@@ -289,7 +289,7 @@ class StripeProvider:
 
     # -- saving a card ---------------------------------------------------------------------
 
-    def start_setup(self, request: SetupRequest) -> SetupSession:
+    def start_setup(self, request: SetupRequest) -> HostedSession:
         """A Checkout Session in ``setup`` mode: the customer enters a card on Stripe's page,
         Stripe makes a SetupIntent for off-session use, and its signed
         ``setup_intent.succeeded`` event (with our setup id in the metadata) saves it. The
@@ -321,7 +321,7 @@ class StripeProvider:
             )
         except stripe.StripeError as e:
             raise _unavailable(e, self._live) from e
-        return SetupSession(
+        return HostedSession(
             provider=self.name,
             reference=str(session.id),
             url=session.url,
