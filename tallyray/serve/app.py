@@ -25,7 +25,6 @@ from tallyray.clock import Clock
 from tallyray.errors import (
     InvalidInput,
     Problem,
-    StoreUnavailable,
     TallyrayError,
 )
 from tallyray.invoicing.scheduler import InvoiceScheduler
@@ -34,8 +33,7 @@ from tallyray.serve.alert_rules import AlertRules
 from tallyray.serve.api import Api, Caches, Services
 from tallyray.serve.auth import Authenticator, KeyCache, RateLimiter
 from tallyray.serve.body_limit import BodyLimit
-from tallyray.serve.fastpath import QuotaFastPath
-from tallyray.serve.http import error_headers
+from tallyray.serve.http import error_headers, store_unavailable
 from tallyray.serve.idempotency import Idempotency
 from tallyray.serve.openapi import DESCRIPTION, contract
 from tallyray.serve.request_context import RequestContext
@@ -136,8 +134,8 @@ def build_app(services: Services) -> FastAPI:
     )
     app.add_middleware(BodyLimit, limit=services.rules.max_body_bytes)
     app.add_middleware(RequestContext)  # every answer carries the request's id
-    # Outermost: quota checks take the short way (it keeps the request id itself).
-    app.add_middleware(QuotaFastPath, api=api)
+    # Most quota checks never reach the app: the HTTP protocol answers them itself
+    # (tallyray.serve.fastpath, installed by tallyray.serve.listener).
     _add_error_handlers(app, services)
 
     for module in (
@@ -178,10 +176,7 @@ def _add_error_handlers(app: FastAPI, services: Services) -> None:
 
     @app.exception_handler(DatabaseUnavailable)
     async def _store_down(request: Request, error: DatabaseUnavailable) -> Response:
-        log.error("database unavailable: %s", error.orig)
-        return await _tallyray_error(
-            request, StoreUnavailable("the database is unavailable; retry shortly")
-        )
+        return await _tallyray_error(request, store_unavailable(error))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, error: RequestValidationError) -> Response:

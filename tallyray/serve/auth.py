@@ -225,8 +225,17 @@ class Authenticator:
         self.clock = clock
 
     async def __call__(self, request: Request) -> str:
-        header = request.headers.get("authorization", "")
-        scheme, _, secret = header.partition(" ")
+        route: Any = request.scope.get("route")
+        path = getattr(route, "path", None) or request.url.path
+        key = await self.admit(request.headers.get("authorization", ""), request.method, path)
+        request.state.principal = key
+        return key.env
+
+    async def admit(self, authorization: str, method: str, path: str) -> ApiKey:
+        """The key an ``Authorization`` header names, if it may call ``method path`` (the
+        route's path template) now; else the error the request deserves. The one rule for
+        the app's routes and for the quota check answered by :mod:`tallyray.serve.fastpath`."""
+        scheme, _, secret = authorization.partition(" ")
         secret = secret.strip()
         if scheme.lower() != "bearer" or not secret:
             raise Unauthorized("send your API key as 'Authorization: Bearer trk_…'")
@@ -243,7 +252,7 @@ class Authenticator:
             raise Unauthorized("this API key was revoked")
         if key.expires_at is not None and now >= key.expires_at:
             raise Unauthorized("this API key has expired")
-        self._check_scope(request, key)
+        self._check_scope(method, path, key)
         wait = self.limiter.take(key.id)
         if wait is not None:
             raise RateLimited(
@@ -252,16 +261,13 @@ class Authenticator:
                 retry_after=wait,
             )
         self.keys.used[key.id] = now
-        request.state.principal = key
-        return key.env
+        return key
 
     @staticmethod
-    def _check_scope(request: Request, key: ApiKey) -> None:
-        route: Any = request.scope.get("route")
-        path = getattr(route, "path", request.url.path)
-        needed = required_scope(request.method, path)
+    def _check_scope(method: str, path: str, key: ApiKey) -> None:
+        needed = required_scope(method, path)
         if key.env == ADMIN:
-            if needed != ADMIN and (request.method, path) not in ADMIN_ALSO:
+            if needed != ADMIN and (method, path) not in ADMIN_ALSO:
                 raise Forbidden(
                     "the admin key only manages API keys (and reads the audit log); use a "
                     "trk_live_ or trk_test_ key"

@@ -1,152 +1,275 @@
-"""``POST /v1/quota/check`` answered in front of the FastAPI app (an ASGI middleware).
+"""``POST /v1/quota/check`` answered by the HTTP protocol itself, below ASGI.
 
 A gateway asks before every model call, so this one path runs a thousand times a second
-while events stream in, and on it the framework cost more than the check: at 1,000 checks/s
-with 20,000 events/s, a py-spy profile of the replica put the route's own work at ~13 % of
-its samples and Starlette's and FastAPI's layers (middleware stack, routing, dependency
-solving, the request and response objects) at about as much again
-(docs/benchmarks.md, "Checks while events stream in"). Here the request takes the short way:
-the same steps as the route — the request id, the body limit, authentication with the key's
-scope and rate limit, :meth:`~tallyray.serve.api.Api.check_quota` — and the same answers and
-error shapes, without the layers between.
+while events stream in, and on it the layers cost more than the check. First the framework
+went (Starlette's and FastAPI's middleware stack, routing and request objects: an ASGI
+middleware answered the check in front of the app); what remained in the replica, ~0.37 ms of
+CPU per check, was mostly uvicorn's ASGI cycle — a scope, a ``RequestResponseCycle`` with its
+``receive`` and ``send`` coroutines, header lists checked by regular expression, two writes
+to the socket — and a Starlette ``Request`` for authentication (docs/benchmarks.md, "Checks
+while events stream in").
 
-Anything unusual goes the long way, through the app and its route: another path or method, a
-query string, or an ``Idempotency-Key`` (whose middleware keeps and replays answers).
+:class:`QuotaProtocol` is uvicorn's ``HttpToolsProtocol`` (the same parser, keep-alive,
+pipelining and flow control) that, when a request's head is ``POST /v1/quota/check`` with no
+query string and no ``Idempotency-Key``, runs a :class:`CheckCycle` in place of the ASGI
+cycle: the same steps as the route, through the same rules —
+
+- the request id: the caller's ``X-Request-Id`` or a new one
+  (:mod:`tallyray.serve.request_context`);
+- a declared ``Content-Length`` over the limit: 413 and the connection closed, a chunked body
+  that passes it: 413 (:func:`~tallyray.serve.body_limit.too_large`);
+- the key, its scope and its rate limit (:meth:`~tallyray.serve.auth.Authenticator.admit`:
+  401 with ``WWW-Authenticate``, 403, 429 with ``Retry-After``), before the body is read;
+- :meth:`~tallyray.serve.api.Api.check_quota` and
+  :func:`~tallyray.serve.routes.quota.quota_json`, the error shapes and headers of
+  :func:`~tallyray.serve.http.error_answer`;
+
+and writes the whole answer in one ``transport.write``. A cycle takes the place of uvicorn's
+in the protocol's bookkeeping (``self.cycle``, the pipeline of requests waiting their turn,
+``connection_lost``, ``shutdown``), so HTTP/1.1's order of answers holds on a connection that
+mixes checks and other requests, and a client that goes away mid-check gets nothing written.
+
+Anything else, checks with a query string or an ``Idempotency-Key`` (whose middleware keeps
+and replays answers) included, takes the ordinary way through the app, whose route answers
+the same.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.utils import get_client_addr
 
-from tallyray.errors import (
-    StoreUnavailable,
-    TallyrayError,
-)
+from tallyray.errors import TallyrayError
 from tallyray.logs import request_id
 from tallyray.serve.api import Api
+from tallyray.serve.auth import Authenticator
 from tallyray.serve.body_limit import too_large
-from tallyray.serve.http import parse_json, send_error
-from tallyray.serve.idempotency import HEADER as IDEMPOTENCY_HEADER
-from tallyray.serve.request_context import REQUEST_ID_HEADER, given_request_id, new_request_id
+from tallyray.serve.http import error_answer, parse_json, store_unavailable
+from tallyray.serve.request_context import REQUEST_ID_HEADER, new_request_id, request_id_of
 from tallyray.serve.routes.quota import quota_json
 from tallyray.storage.db import DatabaseUnavailable
 
-__all__ = ["PATH", "QuotaFastPath"]
+__all__ = ["PATH", "CheckCycle", "QuotaProtocol", "quota_protocol"]
 
 log = logging.getLogger("tallyray.api")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
 PATH = "/v1/quota/check"
-_JSON = (b"content-type", b"application/json")
+_URL = PATH.encode()
+_JSON = [(b"content-type", b"application/json")]
+_INTERNAL_ERROR = (
+    b"content-type: text/plain; charset=utf-8\r\ncontent-length: 21\r\n"
+    b"connection: close\r\n\r\nInternal Server Error"
+)
+
+Headers = list[tuple[bytes, bytes]]
 
 
-@dataclass(frozen=True, slots=True)
-class _Route:
-    """What authentication asks of the matched route: its path (for the key's scope)."""
-
-    path: str
-
-
-_ROUTE = _Route(PATH)
+def quota_protocol(api: Api) -> type[QuotaProtocol]:
+    """The protocol class to give uvicorn (``Config(http=…)``) for a replica's ``api``."""
+    if not isinstance(api.authenticate, Authenticator):
+        raise TypeError("the quota check's fast path needs the app's Authenticator")
+    return type("QuotaProtocol", (QuotaProtocol,), {"api": api, "auth": api.authenticate})
 
 
-class QuotaFastPath:
-    def __init__(self, app: ASGIApp, api: Api) -> None:
-        self.app = app
-        self.api = api
-        self.limit = api.rules.max_body_bytes
+class QuotaProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, answering quota checks itself (see the module)."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    api: Api
+    auth: Authenticator
+
+    def on_headers_complete(self) -> None:
         if (
-            scope["type"] != "http"
-            or scope["path"] != PATH
-            or scope["method"] != "POST"
-            or scope.get("query_string")
+            self.url != _URL
+            or self.parser.get_method() != b"POST"
+            or self.limit_concurrency is not None
+            or self.parser.should_upgrade()
         ):
-            await self.app(scope, receive, send)
+            super().on_headers_complete()
             return
-        declared = None
-        for name, value in scope["headers"]:
-            if name == IDEMPOTENCY_HEADER:
-                await self.app(scope, receive, send)
-                return
+        declared: int | None = None
+        authorization = given = None
+        for name, value in self.headers:
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = None
-        started = time.perf_counter()
-        rid = given_request_id(scope) or new_request_id()
-        scope.setdefault("state", {})["request_id"] = rid
-        rid_header = (REQUEST_ID_HEADER, rid.encode())
-        token = request_id.set(rid)
+            elif name == b"authorization":
+                if authorization is None:
+                    authorization = value
+            elif name == REQUEST_ID_HEADER:
+                if given is None:
+                    given = value
+            elif name == b"idempotency-key":
+                super().on_headers_complete()
+                return
+        http_version = self.parser.get_http_version()
+        cycle = CheckCycle(
+            self,
+            rid=(given is not None and request_id_of(given)) or new_request_id(),
+            authorization=authorization.decode("latin-1") if authorization is not None else "",
+            declared=declared,
+            http_version=http_version,
+            keep_alive=http_version != "1.0" and self.parser.should_keep_alive(),
+            expect_100_continue=self.expect_100_continue,
+        )
+        existing = self.cycle
+        self.cycle = cycle  # type: ignore[assignment]  # the protocol reads it as uvicorn's
+        if existing is None or existing.response_complete:
+            self._start_asgi_task(cycle, self.app)  # type: ignore[arg-type]
+        else:  # pipelined: its turn comes when the answers before it are written
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, self.app))  # type: ignore[arg-type]
+
+
+class CheckCycle:
+    """One quota check on a connection: what uvicorn's ``RequestResponseCycle`` is to the
+    protocol (``body``, ``more_body`` and ``message_event`` filled by the parser's callbacks;
+    ``disconnected``, ``response_complete`` and ``keep_alive`` read by it), without ASGI."""
+
+    __slots__ = (
+        "authorization",
+        "body",
+        "declared",
+        "disconnected",
+        "http_version",
+        "keep_alive",
+        "message_event",
+        "more_body",
+        "protocol",
+        "response_complete",
+        "rid",
+        "waiting_for_100_continue",
+    )
+
+    def __init__(
+        self,
+        protocol: QuotaProtocol,
+        *,
+        rid: str,
+        authorization: str,
+        declared: int | None,
+        http_version: str,
+        keep_alive: bool,
+        expect_100_continue: bool,
+    ) -> None:
+        self.protocol = protocol
+        self.rid = rid
+        self.authorization = authorization
+        self.declared = declared
+        self.http_version = http_version
+        self.keep_alive = keep_alive
+        self.waiting_for_100_continue = expect_100_continue
+        self.body = bytearray()
+        self.more_body = True
+        self.message_event = asyncio.Event()
+        self.disconnected = False
+        self.response_complete = False
+
+    async def run_asgi(self, _app: Any) -> None:
+        """Answer the check (the name is the one uvicorn's protocol starts a cycle by)."""
+        token = request_id.set(self.rid)
         try:
-            if declared is not None and declared > self.limit:
-                error = too_large(self.limit, declared)
-                await self._error(send, error, rid_header, close=True)
-                return
-            try:
-                body = await self._answer(scope, receive, started)
-            except DatabaseUnavailable as error:
-                log.error("database unavailable: %s", error.orig)
-                unavailable = StoreUnavailable("the database is unavailable; retry shortly")
-                await self._error(send, unavailable, rid_header)
-                return
-            except TallyrayError as error:
-                await self._error(send, error, rid_header)
-                return
-            if body is None:  # the client went away
-                return
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [_JSON, (b"content-length", b"%d" % len(body)), rid_header],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            answer = await self._answer()
+        except BaseException as error:  # noqa: BLE001 — as uvicorn does for an app's failure
+            log.error("Exception answering a quota check", exc_info=error)
+            if not self.disconnected:
+                self._finish(STATUS_LINE[500] + _INTERNAL_ERROR, keep_alive=False)
+            return
         finally:
             request_id.reset(token)
+        flow = self.protocol.flow
+        if answer is None or self.disconnected or self.protocol.transport.is_closing():
+            return  # gone (for an earlier request of a pipeline, only the transport says so)
+        status, headers, body, close = answer
+        if flow.write_paused:
+            await flow.drain()
+            if self.disconnected:
+                return
+        self._respond(status, headers, body, close)
 
-    async def _answer(self, scope: Scope, receive: Receive, started: float) -> bytes | None:
-        api = self.api
-        scope["route"] = _ROUTE
-        env = await api.authenticate(Request(scope, receive))
-        chunks = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
+    async def _answer(self) -> tuple[int, Headers, bytes, bool] | None:
+        """Status, headers, body and whether to close; ``None`` when the client left."""
+        started = time.perf_counter()
+        protocol = self.protocol
+        api = protocol.api
+        limit = api.rules.max_body_bytes
+        try:
+            if self.declared is not None and self.declared > limit:
+                return self._error(too_large(limit, self.declared), close=True)
+            key = await protocol.auth.admit(self.authorization, "POST", PATH)
+            raw = await self._read(limit)
+            if raw is None:
                 return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                raise too_large(self.limit)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        answer = await api.check_quota(env, parse_json(raw), started)
-        return orjson.dumps(quota_json(answer))
+            answer = await api.check_quota(key.env, parse_json(raw), started)
+        except DatabaseUnavailable as error:
+            return self._error(store_unavailable(error))
+        except TallyrayError as error:
+            return self._error(error)
+        body = orjson.dumps(quota_json(answer))
+        return 200, [*_JSON, (b"content-length", b"%d" % len(body))], body, False
 
-    async def _error(
-        self,
-        send: Send,
-        error: TallyrayError,
-        rid_header: tuple[bytes, bytes],
-        *,
-        close: bool = False,
-    ) -> None:
-        await send_error(send, error, close=close, extra=[rid_header], metrics=self.api.metrics)
+    def _error(
+        self, error: TallyrayError, *, close: bool = False
+    ) -> tuple[int, Headers, bytes, bool]:
+        status, headers, body = error_answer(error, self.protocol.api.metrics)
+        return status, headers, body, close
+
+    async def _read(self, limit: int) -> bytes | None:
+        """The whole body (most often there already), or ``None`` if the client went away;
+        :class:`~tallyray.errors.PayloadTooLarge` as soon as what came passes ``limit``."""
+        protocol = self.protocol
+        while self.more_body:
+            if len(self.body) > limit:
+                raise too_large(limit)
+            if self.disconnected:
+                return None
+            if self.waiting_for_100_continue and not protocol.transport.is_closing():
+                protocol.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self.waiting_for_100_continue = False
+            protocol.flow.resume_reading()  # the parser pauses it past its high-water mark
+            await self.message_event.wait()
+            self.message_event.clear()
+        if self.disconnected:
+            return None
+        if len(self.body) > limit:
+            raise too_large(limit)
+        return bytes(self.body)
+
+    def _respond(self, status: int, headers: Headers, body: bytes, close: bool) -> None:
+        protocol = self.protocol
+        keep_alive = self.keep_alive and not close
+        lines = [STATUS_LINE[status]]
+        lines += [b"%s: %s\r\n" % pair for pair in protocol.server_state.default_headers]
+        lines += [b"%s: %s\r\n" % pair for pair in headers]
+        lines.append(b"x-request-id: %s\r\n" % self.rid.encode())
+        lines.append(b"\r\n" if keep_alive else b"connection: close\r\n\r\n")
+        lines.append(body)
+        if protocol.access_log:
+            protocol.access_logger.info(
+                '%s - "%s %s HTTP/%s" %d',
+                get_client_addr({"client": protocol.client}),  # type: ignore[arg-type]
+                "POST",
+                PATH,
+                self.http_version,
+                status,
+            )
+        self._finish(b"".join(lines), keep_alive)
+
+    def _finish(self, answer: bytes, keep_alive: bool) -> None:
+        """Write the whole answer at once and end the cycle as uvicorn's does: the connection
+        closed if it is not kept, else the next pipelined request started."""
+        protocol = self.protocol
+        protocol.transport.write(answer)
+        self.response_complete = True
+        self.message_event.set()
+        if not keep_alive:
+            self.keep_alive = False
+            protocol.transport.close()
+        protocol.on_response_complete()

@@ -8,6 +8,7 @@ orjson and hand-written checks (:mod:`tallyray.serve.intake`); everything else c
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
@@ -25,8 +26,12 @@ from tallyray.errors import (
 )
 from tallyray.metrics import Metrics
 from tallyray.pricing.events import MAX_ID_LENGTH, is_identifier, parse_timestamp
+from tallyray.storage.db import DatabaseUnavailable
+
+log = logging.getLogger("tallyray.api")
 
 __all__ = [
+    "error_answer",
     "error_headers",
     "json_body",
     "json_object",
@@ -34,6 +39,7 @@ __all__ = [
     "object_body",
     "parse_json",
     "send_error",
+    "store_unavailable",
     "text_field",
     "timestamp_field",
 ]
@@ -158,6 +164,27 @@ def error_headers(error: TallyrayError, metrics: Metrics | None = None) -> dict[
     return headers
 
 
+def error_answer(
+    error: TallyrayError, metrics: Metrics | None = None
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """An error's answer as status, headers and body (``{"error": …}``), for those that
+    answer below the app: ASGI middleware (:func:`send_error`) and the quota check's fast
+    path (:mod:`tallyray.serve.fastpath`)."""
+    body = orjson.dumps(error.to_json())
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(body)),
+        *((k.lower().encode(), v.encode()) for k, v in error_headers(error, metrics).items()),
+    ]
+    return error.http_status, headers, body
+
+
+def store_unavailable(error: DatabaseUnavailable) -> StoreUnavailable:
+    """What a request that met an unavailable database is answered (and the log line)."""
+    log.error("database unavailable: %s", error.orig)
+    return StoreUnavailable("the database is unavailable; retry shortly")
+
+
 async def send_error(
     send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
     error: TallyrayError,
@@ -169,14 +196,9 @@ async def send_error(
     """Answer ``error`` from ASGI middleware, before any route runs (``close``: tell the
     client the connection ends, when the rest of its body will not be read), with the
     headers its type carries and any ``extra``."""
-    body = orjson.dumps(error.to_json())
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        *((k.lower().encode(), v.encode()) for k, v in error_headers(error, metrics).items()),
-        *extra,
-    ]
+    status, headers, body = error_answer(error, metrics)
+    headers += extra
     if close:
         headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": error.http_status, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -9,7 +9,8 @@ binds the API port with ``SO_REUSEPORT``: the kernel spreads connections over th
 a node, and a restarted replica takes its place without anyone reconfiguring a proxy.
 
 uvicorn runs in a daemon thread with its own event loop, so it is independent of the loop
-Serve gives the replica (which now handles only health checks).
+Serve gives the replica (which now handles only health checks). Its HTTP protocol answers
+``POST /v1/quota/check`` itself, below ASGI (:mod:`tallyray.serve.fastpath`).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import uvicorn
 
 from tallyray.errors import InvalidInput
 from tallyray.logs import route_uvicorn_logs
+from tallyray.serve.fastpath import quota_protocol
 
-__all__ = ["ApiListener", "bind_api_socket", "ensure_port_free"]
+__all__ = ["ApiListener", "bind_api_socket", "ensure_port_free", "server_config"]
 
 log = logging.getLogger("tallyray.listener")
 
@@ -64,6 +66,23 @@ def bind_api_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
     return sock
 
 
+def server_config(app: Any, *, access_log: bool = False, lifespan: str = "on") -> uvicorn.Config:
+    """uvicorn's settings for serving the API ``app`` (built by
+    :func:`tallyray.serve.app.build_app`): its protocol answers quota checks itself
+    (:mod:`tallyray.serve.fastpath`). Another ASGI app gets uvicorn's own protocol."""
+    api = getattr(getattr(app, "state", None), "api", None)
+    return uvicorn.Config(
+        app,
+        http=quota_protocol(api) if api is not None else "httptools",
+        loop="uvloop",
+        lifespan=lifespan,  # type: ignore[arg-type]
+        access_log=access_log,
+        log_config=None,
+        timeout_keep_alive=30,
+        server_header=False,
+    )
+
+
 class ApiListener:
     """uvicorn serving ``app`` on a shared ``host:port``, in a background thread."""
 
@@ -72,18 +91,7 @@ class ApiListener:
         self.port = port
         route_uvicorn_logs(access_log)
         self._socket = bind_api_socket(host, port)
-        self._server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                http="httptools",
-                loop="uvloop",
-                lifespan="on",
-                access_log=access_log,
-                log_config=None,
-                timeout_keep_alive=30,
-                server_header=False,
-            )
-        )
+        self._server = uvicorn.Server(server_config(app, access_log=access_log))
         self._thread = threading.Thread(target=self._run, name="tallyray-api", daemon=True)
         self.failure: BaseException | None = None
 

@@ -22,7 +22,13 @@ from tallyray.errors import InvalidInput
 from tallyray.logs import request_id
 from tallyray.serve.http import send_error
 
-__all__ = ["REQUEST_ID_HEADER", "RequestContext", "given_request_id", "new_request_id"]
+__all__ = [
+    "REQUEST_ID_HEADER",
+    "RequestContext",
+    "given_request_id",
+    "new_request_id",
+    "request_id_of",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -47,12 +53,18 @@ def new_request_id() -> str:
 def given_request_id(scope: Scope) -> str | None:
     for name, value in scope.get("headers", ()):
         if name == REQUEST_ID_HEADER:
-            try:
-                text = value.decode("ascii")
-            except UnicodeDecodeError:
-                return None
-            return text if 0 < len(text) <= MAX_REQUEST_ID and text.isprintable() else None
+            return request_id_of(value)
     return None
+
+
+def request_id_of(value: bytes) -> str | None:
+    """The caller's ``X-Request-Id`` (the header's first value) when we take it: a short
+    printable ASCII string; else ``None``, and the request gets one of ours."""
+    try:
+        text = value.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return text if 0 < len(text) <= MAX_REQUEST_ID and text.isprintable() else None
 
 
 class RequestContext:

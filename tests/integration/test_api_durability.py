@@ -70,6 +70,18 @@ async def post_until_acknowledged(
     raise AssertionError("never acknowledged")
 
 
+async def get_when_served(client: httpx.AsyncClient, path: str, attempts: int = 200) -> Any:
+    """A read right after a restart: the replica may still see the shard restarting (503 with
+    Retry-After, nothing read); a client retries it, as for a write."""
+    for _ in range(attempts):
+        r = await client.get(path)
+        if r.status_code != 503:
+            assert r.status_code == 200, r.text
+            return r.json()
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{path} never answered")
+
+
 async def test_dedup_holds_across_a_restart(client: httpx.AsyncClient, server: Server) -> None:
     customer = await make_customer(client, credits="50.00")
     events = [completion(customer, 1000) for _ in range(20)]
@@ -77,7 +89,7 @@ async def test_dedup_holds_across_a_restart(client: httpx.AsyncClient, server: S
     await restart_shard(shard_of(server, customer))
     r = await post_until_acknowledged(client, events)
     assert r == {"ingested": 0, "duplicates": 20}
-    balance = (await client.get(f"/v1/customers/{customer}/balance")).json()
+    balance = await get_when_served(client, f"/v1/customers/{customer}/balance")
     assert balance["usage"]["requests"]["quantity"] == "20"
     assert balance["usage"]["input_tokens"]["quantity"] == "20000"
 
@@ -99,7 +111,7 @@ async def test_recovery_reproduces_the_live_state(
     await post_until_acknowledged(client, [completion(customer, 9_000_000)])
     before = (await client.get(f"/v1/customers/{customer}/balance")).json()
     await restart_shard(index)
-    after = (await client.get(f"/v1/customers/{customer}/balance")).json()
+    after = await get_when_served(client, f"/v1/customers/{customer}/balance")
     assert after == before
     # 30M input tokens of gpt-4o-mini: 1M free, 9M × 0.00000015 = 1.35,
     # 20M × 0.0000001 + 5 = 7.00; 6 output tokens × 0.0000006 = 0.0000036;
@@ -176,7 +188,7 @@ async def test_a_killed_shard_loses_nothing_and_counts_nothing_twice(
 
     assert acknowledged <= 3000  # an acknowledgement can be lost; a duplicate never counts
     for customer in customers:
-        balance = (await client.get(f"/v1/customers/{customer}/balance")).json()
+        balance = await get_when_served(client, f"/v1/customers/{customer}/balance")
         usage = balance["usage"]
         assert usage["requests"]["quantity"] == str(expected_count[customer]), customer
         assert usage["input_tokens"]["quantity"] == str(expected_tokens[customer]), customer

@@ -52,8 +52,9 @@ def quota_json(answer: QuotaAnswer) -> dict[str, Any]:
 @router.post("/v1/quota/check")
 async def quota_check(request: Request) -> Response:
     """May this customer spend this? Prices the would-be event against the live balance."""
-    # Most checks are answered by tallyray.serve.fastpath in front of the app; this route
-    # answers the same, through the same steps, when a request carries an Idempotency-Key.
+    # Most checks are answered by the HTTP protocol before the app (tallyray.serve.fastpath);
+    # this route answers the same, through the same steps, for the others (an
+    # Idempotency-Key, a query string, an app not served by our listener).
     started = time.perf_counter()
     api = api_of(request)
     env = await api.authenticate(request)
