@@ -349,7 +349,7 @@ class CustomerAccount:
 
     # -- usage ---------------------------------------------------------------------------
 
-    def _batches(self, events: Sequence[Event]) -> list[tuple[int, Sequence[Event], list[int]]]:
+    def _batches(self, events: Sequence[Event]) -> list[tuple[int, Sequence[Event], Sequence[int]]]:
         """The events by billing period: (period start, its events, their indices in
         ``events``). All in the last period seen is the common case, answered without a
         calendar lookup."""
@@ -357,7 +357,7 @@ class CustomerAccount:
             return []
         start, end = self._bounds
         if all(start <= e[3] < end for e in events):
-            return [(start, events, list(range(len(events))))]
+            return [(start, events, range(len(events)))]
         profile = self.profile
         split: dict[int, tuple[list[Event], list[int]]] = defaultdict(lambda: ([], []))
         for index, e in enumerate(events):
@@ -381,8 +381,8 @@ class CustomerAccount:
                 if cuts:
                     deltas.append(self._fold_segments(start, cuts, batch, indices))
                 else:
-                    folded = self.meters.fold(batch, label=_label_from(indices))
-                    deltas.append((start, folded, None))
+                    label = _LABEL if type(indices) is range else _label_from(indices)
+                    deltas.append((start, self.meters.fold(batch, label=label), None))
             except EventError as error:
                 problems += error.problems
         if problems:
@@ -408,7 +408,7 @@ class CustomerAccount:
         return later[0] if later else self._end_of(start)
 
     def _fold_segments(
-        self, start: int, cuts: tuple[int, ...], batch: Sequence[Event], indices: list[int]
+        self, start: int, cuts: tuple[int, ...], batch: Sequence[Event], indices: Sequence[int]
     ) -> tuple[int, Usage, dict[int, Usage]]:
         """A cut period's events folded per segment (by event timestamp), and as a whole."""
         split: dict[int, tuple[list[Event], list[int]]] = {}
@@ -522,23 +522,28 @@ class CustomerAccount:
         plan = self.profile.plan
         if plan is not None and plan.limits:
             self._count_units(plan.limits, events)
-        price_now = bool(self._lowering) and any(
-            not self._lowering.isdisjoint(delta.touched()) for _, delta, _ in deltas
-        )
+        # Each delta's touched meters, worked out once (a commit usually brings one or two
+        # events per account, so this per-call work is most of the cost of an event).
+        touches = [delta.touched() for _, delta, _ in deltas]
+        lowering = self._lowering
+        price_now = bool(lowering) and any(not lowering.isdisjoint(t) for t in touches)
         if price_now:
             self._catch_up()
         priced = self._priced
         if priced is not None and priced.open_meters:
             self._flag(events, deltas, priced)
-        for start, delta, parts in deltas:
+        for (start, delta, parts), touched in zip(deltas, touches, strict=True):
             usage = self.periods.get(start)
             if usage is None:
                 usage = self.periods[start] = self.meters.empty_usage(self._end_of(start))
             usage.merge(delta)
             if parts is not None:
                 self._merge_parts(start, parts)
-            touched = delta.touched()
-            self._unpriced.setdefault(start, set()).update(touched)
+            unpriced = self._unpriced.get(start)
+            if unpriced is None:
+                self._unpriced[start] = set(touched)
+            else:
+                unpriced |= touched
             if self._crowding is not None:  # kept up to date: caps are checked per request
                 self._crowding = _crowding_of(usage, touched, *self._crowding)
             if self._quiet is not None:
@@ -1437,6 +1442,10 @@ class _Tally:
 
 def _label_from(indices: Sequence[int]) -> Callable[[int], str]:
     return lambda i: f"[{indices[i]}]"
+
+
+_LABEL: Callable[[int], str] = "[{}]".format
+"""The label of events that keep their own indices."""
 
 
 def _dec(value: Decimal) -> str:

@@ -770,6 +770,7 @@ class ShardCore:
         part is in the log and counts once it is repaired) and the others go on."""
         fresh: dict[AccountKey, list[Event]] = {}
         everything_new = len(inserted) == sum(len(p.parsed) for p in batch)
+        make = tuple.__new__  # an Event without NamedTuple's Python-level __new__ (per event)
         for p in batch:
             env, new = p.env, 0
             for customer, event_id, etype, ts, props in p.parsed:
@@ -780,7 +781,7 @@ class ShardCore:
                     found = fresh.get(key)
                     if found is None:
                         found = fresh[key] = []
-                    found.append(Event(event_id, customer, etype, ts, props))
+                    found.append(make(Event, (event_id, customer, etype, ts, props)))
                     new += 1
             p.result = {"ingested": new, "duplicates": len(p.parsed) - new}
             self.stats.ingested += new

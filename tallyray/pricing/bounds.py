@@ -49,15 +49,19 @@ class SpendBound:
         """The most that folding ``delta`` into any usage can add to the plan's cost
         (``None``: unknown)."""
         total = ZERO
+        groups = delta.groups
         for key, bound in self.rates.items():
-            states = delta.groups.get(key)
+            states = groups.get(key)
             if not states:
                 continue
             if bound is None:
                 return None
-            rate, constant = bound
-            added = sum(s for s in states.values() if s > 0)
+            added = 0  # a loop, not sum() over a generator: a delta holds a group or two
+            for s in states.values():
+                if s > 0:
+                    added += s
             if added:
+                rate, constant = bound
                 total += rate * added + constant
         return total
 

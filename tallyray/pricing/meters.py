@@ -561,11 +561,21 @@ class Usage:
 
     def merge(self, other: Usage) -> None:
         """Merge ``other`` into this usage (commutative and associative)."""
+        groups = self.groups
         for key, theirs in other.groups.items():
             if not theirs:
                 continue
-            ours = self.groups.setdefault(key, {})
+            ours = groups.get(key)
+            if ours is None:
+                ours = groups[key] = {}
             aggregation = self.aggregations[key]
+            if aggregation == "sum" or aggregation == "count":
+                # The common case, inlined (once per account and meter of every commit).
+                get = ours.get
+                for group, state in theirs.items():
+                    mine = get(group, _MISSING)
+                    ours[group] = state if mine is _MISSING else mine + state
+                continue
             for group, state in theirs.items():
                 mine = ours.get(group, _MISSING)
                 if mine is _MISSING:

@@ -115,11 +115,16 @@ class PricedLookup:
         out: dict[str, list[GroupKey]] = {}
         if not self.open_meters:
             return out
+        known, priced = self._known, self.priced
         for meter in self.open_meters:
             groups = usage.groups.get(meter)
             if not groups:
                 continue
-            found = [g for g in groups if not self.priced(meter, g)]
+            found: list[GroupKey] = []
+            for g in groups:  # the remembered answer first: no call per group
+                seen = known.get((meter, g))
+                if not (priced(meter, g) if seen is None else seen):
+                    found.append(g)
             if found:
                 out[meter] = found
         return out

@@ -61,6 +61,9 @@ Authenticate = Callable[[Request], Awaitable[str]]
 QUOTA_FIELDS = frozenset({"customer_id", "event", "events"})
 QUOTA_REQUIRED = frozenset({"customer_id"})
 
+SHARD_INDEX_SIZE = 100_000
+"""Customers per environment whose shard an ingress replica remembers."""
+
 IncomingEvent = tuple[str, str, str, int, Any]
 """(customer_id, event id, type, ts, properties): an event as the shards take it."""
 
@@ -206,6 +209,24 @@ def _monthly(_customer_id: str) -> str:
     return "month"
 
 
+def _intervals(
+    records: dict[str, CustomerRecord], catalog: EnvCatalog
+) -> Callable[[str], PeriodKey | None]:
+    """How each customer's periods run (for the late-event window); ``None`` for a customer
+    not in ``records``."""
+
+    def interval_of(customer_id: str) -> PeriodKey | None:
+        record = records.get(customer_id)
+        if record is None:
+            return None
+        if record.plan_key is None:
+            return ("month", None)
+        plan = catalog.plans.get((record.plan_key, record.plan_version or 0))
+        return (plan.interval if plan else "month", record.anchor)
+
+    return interval_of
+
+
 @dataclass
 class Api:
     """The routes' view of one replica: its services and the steps routes share."""
@@ -218,6 +239,10 @@ class Api:
     audit: AuditLog
     billing: Billing
     alert_rules: AlertRules
+    _shards_of: dict[tuple[str, int, int], dict[str, int]] = field(
+        default_factory=dict, init=False, repr=False
+    )
+    """Per (environment, shard count, layout epoch): customer → its shard, as worked out."""
 
     @property
     def catalog(self) -> Catalog:
@@ -245,30 +270,19 @@ class Api:
 
     # -- events --------------------------------------------------------------------------
 
-    async def interval_lookup(self, env: str, ids: set[str]) -> Callable[[str], PeriodKey | None]:
-        """How each customer's periods run (for the late-event window), creating unknown
-        customers first when the deployment auto-creates them."""
+    async def customer_records(self, env: str, ids: set[str]) -> dict[str, CustomerRecord]:
+        """The records of the customers ``ids`` that exist, creating unknown ones first when
+        the deployment auto-creates them."""
         services = self.services
-        catalog = await self.caches.env(env)
         records = await self.caches.customers(env, ids)
-        missing = ids - set(records)
+        missing = ids - records.keys()
         if missing and services.auto_create_customers:
             for customer_id in missing:
                 record = CustomerRecord(env, customer_id, services.default_currency)
                 records[customer_id] = await run_in_threadpool(
                     services.catalog.upsert_customer, record, services.clock()
                 )
-
-        def interval_of(customer_id: str) -> PeriodKey | None:
-            record = records.get(customer_id)
-            if record is None:
-                return None
-            if record.plan_key is None:
-                return ("month", None)
-            plan = catalog.plans.get((record.plan_key, record.plan_version or 0))
-            return (plan.interval if plan else "month", record.anchor)
-
-        return interval_of
+        return records
 
     async def validated(self, env: str, items: list[Any], now: int) -> tuple[list[Event], int]:
         """The batch's events to send, and how many of it are old events stored already
@@ -280,14 +294,15 @@ class Api:
         }  # anything else is refused by validate_events, with every other problem
         # Only ids that could be ids reach the store (a NUL there is a 500 on PostgreSQL);
         # the others are refused, with every other problem, by validate_events.
-        interval_of = await self.interval_lookup(env, {c for c in ids if is_identifier(c)})
+        records = await self.customer_records(env, {c for c in ids if is_identifier(c)})
         catalog = await self.caches.env(env)
         too_old: list[tuple[int, Event, str]] = []
         try:
+            interval_of = _intervals(records, catalog)
             events = validate_events(
                 items, now, catalog.meters, interval_of, self.rules, too_old=too_old
             )
-            await self.refuse_unpriced(env, events, catalog)
+            await self.refuse_unpriced(env, events, catalog, records)
             if too_old:
                 keys = [(e[1], e[0]) for _, e, _ in too_old]
                 engine = self.catalog.engine
@@ -300,13 +315,24 @@ class Api:
             raise
         return events, len(too_old)
 
-    async def refuse_unpriced(self, env: str, events: list[Event], catalog: EnvCatalog) -> None:
+    async def refuse_unpriced(
+        self,
+        env: str,
+        events: list[Event],
+        catalog: EnvCatalog,
+        records: dict[str, CustomerRecord] | None = None,
+    ) -> None:
         """:class:`EventError` naming each event with usage that no charge of its customer's
         plan prices, when that plan refuses unpriced usage (``"unpriced": "reject"``), before
         anything is sent: the batch is refused whole. A customer record and a plan's lookup
-        are each looked up once per batch; a batch with no such customer costs no more."""
+        are each looked up once per batch (``records``: the batch's customers, when the
+        caller has them already); a batch with no such customer costs no more."""
         plans: dict[str, Plan] = {}
-        records = await self.caches.customers(env, {e[1] for e in events if is_identifier(e[1])})
+        if records is None:
+            ids = {e[1] for e in events if is_identifier(e[1])}
+            records = await self.caches.customers(env, ids)
+        if not any(plan.unpriced == "reject" for plan in catalog.plans.values()):
+            return
         for customer_id, record in records.items():
             if record.plan_key is None:
                 continue
@@ -331,9 +357,14 @@ class Api:
     async def ingest(self, env: str, events: list[Event]) -> dict[str, int]:
         """Send validated events to their shards; durable once this returns."""
         router = self.router
+        known = self._shard_index(env)
         by_shard: dict[int, list[IncomingEvent]] = defaultdict(list)
         for e in events:
-            by_shard[router.index(env, e[1])].append((e[1], e[0], e[2], e[3], e[4]))
+            customer = e[1]
+            index = known.get(customer)
+            if index is None:
+                index = known[customer] = router.index(env, customer)
+            by_shard[index].append((customer, e[0], e[2], e[3], e[4]))
         # A request that spans shards must never be half written: should a shard find an
         # event for a period that closed after the ingress checked it, it books that event to
         # the open period rather than refusing it while other shards commit theirs.
@@ -344,6 +375,19 @@ class Api:
         self.metrics.events_ingested.labels(env).inc(ingested)
         self.metrics.events_duplicate.labels(env).inc(duplicates)
         return {"ingested": ingested, "duplicates": duplicates}
+
+    def _shard_index(self, env: str) -> dict[str, int]:
+        """Customer → shard in ``env`` under the router's current layout, remembered (a
+        dict look-up per event instead of a hash of the customer id; at most
+        :data:`SHARD_INDEX_SIZE` customers, then it starts afresh)."""
+        router = self.router
+        key = (env, router.count, router.epoch)
+        known = self._shards_of.get(key)
+        if known is None or len(known) > SHARD_INDEX_SIZE:
+            if known is None:  # the layout changed: the old ones are of no use
+                self._shards_of = {k: v for k, v in self._shards_of.items() if k[0] != env}
+            known = self._shards_of[key] = {}
+        return known
 
     async def would_be(
         self, env: str, doc: dict[str, Any], now: int
