@@ -215,6 +215,10 @@ class ShardCore:
         self._queue: list[_Pending] = []
         self._committing: list[_Pending] = []
         """The requests of the commit being written now."""
+        self._sending: list[dict[str, Any]] = []
+        """The outbox messages of the commit being written now: a checkpoint taken meanwhile
+        writes them too, since the states it stores say they fired (and if that commit
+        fails, they would be neither in the store nor in a restarted shard's replay)."""
         self._waiting = 0
         """Events queued or being written, not applied yet (they count towards the caps)."""
         self._headroom: int | None = None
@@ -650,6 +654,7 @@ class ShardCore:
         """A commit was applied (or failed): its events no longer wait."""
         self._waiting -= sum(len(p.parsed) for p in batch)
         self._committing = []
+        self._sending = []
 
     async def _gather(self) -> None:
         """Under load, let a commit of events only wait a moment for more: up to
@@ -702,6 +707,7 @@ class ShardCore:
             messages, self.outbox = self.outbox, []
             if not batch and not messages:
                 continue
+            self._sending = messages
             events = [e for p in batch for e in p.events]
             grants = [g for p in batch for g in p.grants]
             new_holds = [h for p in batch for h in p.new_holds]
@@ -867,7 +873,7 @@ class ShardCore:
                 self._set_aside(key, "taking its checkpoint", error)
         position, now = self.position, self.clock()
         head = min([position, *(aside.floor for aside in self.quarantined.values())])
-        pending = list(self.outbox)
+        pending = [*self._sending, *self.outbox]  # written once: the ids are deterministic
         try:
             await asyncio.get_running_loop().run_in_executor(
                 self._db,
@@ -1542,7 +1548,10 @@ class ShardActor:
     :class:`ShardCore`, which recovers from the checkpoint and the log in its constructor.
     """
 
-    def __init__(
+    # Ray runs an async actor's ``async def __init__`` on the event loop that serves its
+    # methods (Ray Serve's own actors rely on it); type checkers want ``__init__`` to return
+    # None, hence the ignore.
+    async def __init__(  # type: ignore[misc]
         self,
         shard: int,
         shard_count: int,
@@ -1570,12 +1579,12 @@ class ShardActor:
         )
         self._line: ShardLineServer | None = None
         freeze_startup_heap()
-        import ray  # the actor runs under Ray; the module stays importable without it
-
-        # Start the committer and the checkpointer as soon as the actor serves, not on its
-        # first write: a restarted shard that only gets reads must still write what its
-        # replay fired (alerts, auto-recharge crossings), checkpoint and expire holds.
-        self._started = ray.get_runtime_context().current_actor.ready.remote()
+        # Start the committer and the checkpointer now, on the loop that will serve, not on
+        # the first write: a restarted shard that only gets reads must still write what its
+        # replay fired (alerts, auto-recharge crossings), checkpoint and expire holds. (Not
+        # by calling ``ready`` on itself: in a restarted actor Ray fails that call with "the
+        # actor is restarting", since the restart it sees is its own.)
+        self.core._ensure_tasks()
 
     async def ready(self) -> int:
         self.core._ensure_tasks()

@@ -116,6 +116,20 @@ async def make_customer(
 _PID = lambda _actor: __import__("os").getpid()  # noqa: E731 — by value: runs in the actor
 
 
+async def killed_and_back(shard: Any) -> None:
+    """Kill the shard the way a crash would and wait until a new process answers (the kill is
+    asynchronous: the old one may still answer a moment after it), calling nothing on the new
+    one that starts its work (not ``ready``): what a restarted shard does with reads only."""
+    old = await shard.__ray_call__.remote(_PID)
+    ray.kill(shard, no_restart=False)
+    for _ in range(600):
+        with contextlib.suppress(ray.exceptions.RayActorError):
+            if await shard.__ray_call__.remote(_PID) != old:
+                return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the shard did not come back")
+
+
 @dataclass
 class OwnShard:
     """A store and one shard of a test's own, served by the real app: for tests that write

@@ -6,17 +6,21 @@ import asyncio
 import random
 import threading
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import ray
+from suite_clock import CLOCK
 from support import (
     POSTGRES_URL,
     Server,
     create_postgres_database,
     drop_postgres_database,
+    killed_and_back,
     make_customer,
+    own_shard,
     unique,
 )
 
@@ -202,6 +206,26 @@ async def test_a_killed_shard_loses_nothing_and_counts_nothing_twice(
             select(func.count()).where(t.events.c.customer_id.in_(customers))
         ).scalar_one()
     assert stored == 3000
+
+
+async def test_a_restarted_shard_that_only_gets_reads_checkpoints(
+    server: Server, tmp_path: Path
+) -> None:
+    """A restarted shard starts its committer and checkpointer by itself: with only reads
+    after the crash it still checkpoints (and writes what its replay fired)."""
+    async with own_shard(server.store, tmp_path, server.settings.config_path, CLOCK) as own:
+        customer = await make_customer(own.client, plan="starter", currency="USD")
+        await post_until_acknowledged(own.client, [completion(customer, 100)])
+        await killed_and_back(own.shard)
+        for _ in range(600):
+            status = await own.status()
+            if status["checkpoint_age_seconds"] is not None:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"no checkpoint since the restart: {status}")
+        balance = await get_when_served(own.client, f"/v1/customers/{customer}/balance")
+        assert balance["usage"]["input_tokens"]["quantity"] == "100"
 
 
 async def test_concurrent_reservations_never_exceed_the_balance(client: httpx.AsyncClient) -> None:
