@@ -50,7 +50,7 @@ from tallyray.pricing.recharge_rules import (
     purchase_id_of,
     settings_from_row,
 )
-from tallyray.storage.audit import AuditEntry
+from tallyray.storage.audit import Actor, AuditEntry
 from tallyray.storage.recharges import RechargeStore
 
 if TYPE_CHECKING:
@@ -66,6 +66,8 @@ LEASE_SECONDS = 120
 to the next sweep after this (which re-sends the same idempotency key)."""
 RETRY_UNAVAILABLE_SECONDS = 60
 """When the provider cannot be reached: try the same attempt again after this."""
+RECHARGE_ACTOR = Actor("server", "auto-recharge")
+"""Who turned auto-recharge off after the last declined attempt, in the audit log."""
 
 
 def settings_json(customer_id: str, row: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -265,54 +267,49 @@ class AutoRecharges:
     async def _declined(
         self, row: Mapping[str, Any], settings: Any, message: str, now: int
     ) -> None:
+        """Record a decline and its ``recharge.failed`` in one transaction; after the last
+        attempt also turn auto-recharge off (audited as done by the server) and fire
+        ``recharge.disabled``."""
         attempt = int(row["attempt"])
         retry_at = after_decline(attempt, now)
-        env = row["env"]
+        env, customer = row["env"], row["customer_id"]
         describe = {**_describe(row, settings), "attempt": attempt, "failure_message": message}
+        failed = {
+            **describe,
+            "final": retry_at is None,
+            "next_attempt_at": None if retry_at is None else format_timestamp(retry_at),
+        }
+        messages = [
+            _message(env, f"recharge.failed:{row['id']}:{attempt}", "recharge.failed", failed, now)
+        ]
+        failure = {"message": message, "attempt": attempt}
         if retry_at is not None:
-            await run_in_threadpool(
-                self.store.move,
-                row["id"],
-                now,
-                status="retry",
-                attempt=attempt + 1,
-                purchase_id=None,
-                next_attempt_at=retry_at,
-                failure={"message": message, "attempt": attempt},
-            )
-            await self._announce(
-                env,
-                f"recharge.failed:{row['id']}:{attempt}",
-                "recharge.failed",
-                {**describe, "final": False, "next_attempt_at": format_timestamp(retry_at)},
-                now,
-            )
+            values: dict[str, Any] = {
+                "status": "retry",
+                "attempt": attempt + 1,
+                "purchase_id": None,
+                "next_attempt_at": retry_at,
+                "failure": failure,
+            }
+            await run_in_threadpool(self.store.decline, row["id"], now, values, messages)
             return
-        await run_in_threadpool(
-            self.store.move,
-            row["id"],
-            now,
-            status="failed",
-            next_attempt_at=None,
-            failure={"message": message, "attempt": attempt},
-        )
         reason = f"turned off after {attempt} declined attempts: {message}"
-        await run_in_threadpool(self.store.turn_off, env, row["customer_id"], reason, now)
-        await self._announce(
-            env,
-            f"recharge.failed:{row['id']}:{attempt}",
-            "recharge.failed",
-            {**describe, "final": True, "next_attempt_at": None},
-            now,
+        disabled = {**describe, "reason": reason, "code": DISABLED_DECLINED}
+        messages.append(
+            _message(env, f"{RECHARGE_DISABLED}:{row['id']}", RECHARGE_DISABLED, disabled, now)
         )
-        await self._announce(
-            env,
-            f"{RECHARGE_DISABLED}:{row['id']}",
-            RECHARGE_DISABLED,
-            {**describe, "reason": reason, "code": DISABLED_DECLINED},
-            now,
+        turn_off = AuditEntry(
+            env=env,
+            actor=RECHARGE_ACTOR,
+            action="auto_recharge.disabled",
+            object_type="customer",
+            object_id=customer,
+            at=now,
+            summary={"customer_id": customer, "reason": reason, "code": DISABLED_DECLINED},
         )
-        await self.refresh(env, row["customer_id"])
+        values = {"status": "failed", "next_attempt_at": None, "failure": failure}
+        await run_in_threadpool(self.store.decline, row["id"], now, values, messages, turn_off)
+        await self.refresh(env, customer)
 
     async def _succeeded(self, env: str, crossing_id: str, now: int) -> None:
         moved = await run_in_threadpool(
@@ -346,6 +343,13 @@ class AutoRecharges:
         self, env: str, message_id: str, kind: str, payload: Mapping[str, Any], now: int
     ) -> None:
         await run_in_threadpool(self.store.announce, env, message_id, kind, dict(payload), now)
+
+
+def _message(
+    env: str, message_id: str, kind: str, payload: Mapping[str, Any], now: int
+) -> dict[str, Any]:
+    """An outbox message for webhook endpoints (stored once per id)."""
+    return {"id": message_id, "env": env, "type": kind, "payload": dict(payload), "created_at": now}
 
 
 def _describe(row: Mapping[str, Any], settings: Any) -> dict[str, Any]:

@@ -226,9 +226,28 @@ class RechargeStore:
             write_audit(conn, audit)
         return gone.rowcount > 0
 
-    def turn_off(self, env: str, customer_id: str, reason: str, now: int) -> None:
+    def decline(
+        self,
+        crossing_id: str,
+        now: int,
+        values: Mapping[str, Any],
+        messages: Sequence[Mapping[str, Any]],
+        turn_off: AuditEntry | None = None,
+    ) -> None:
+        """A declined attempt, in one transaction: the crossing's move (``values``), its
+        webhook messages (outbox-shaped), and, after the last attempt, auto-recharge turned
+        off (``turn_off``: its audit entry, whose summary's ``reason`` is stored). A process
+        that stops half way leaves none of it: the crossing's claim runs out, and the next
+        sweep finds the same declined purchase and records it again."""
+        from tallyray.storage.alerts import write_messages
+
         with self.engine.begin() as conn:
-            turn_off_in(conn, env, customer_id, reason, now)
+            conn.execute(update(_A).where(_A.c.id == crossing_id).values(updated_at=now, **values))
+            if turn_off is not None:
+                reason = str(turn_off.summary["reason"])
+                turn_off_in(conn, turn_off.env, turn_off.object_id, reason, now)
+                write_audit(conn, turn_off)
+            write_messages(conn, messages)
 
     # -- crossings -----------------------------------------------------------------------
 

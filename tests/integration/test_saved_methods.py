@@ -786,6 +786,10 @@ async def test_a_declined_card_is_retried_then_auto_recharge_is_turned_off(shop:
     assert "turned off after 4 declined attempts" in settings["disabled_reason"]
     (disabled,) = disabled_of(shop, customer)
     assert disabled["data"]["code"] == "declined"
+    r = await shop.client.get("/v1/audit-events", params={"object_id": customer})
+    (audited,) = [e for e in r.json()["events"] if e["action"] == "auto_recharge.disabled"]
+    assert (audited["actor"]["type"], audited["actor"]["id"]) == ("server", "auto-recharge")
+    assert audited["summary"]["code"] == "declined"
     assert messages(shop, customer) == [
         ("recharge.disabled", None),
         ("recharge.failed", False),
