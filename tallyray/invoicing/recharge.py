@@ -128,6 +128,10 @@ class AutoRecharges:
         await self.refresh(env, customer_id)
         return settings_json(customer_id, None)
 
+    async def recent(self, env: str, customer_id: str, limit: int = 5) -> list[dict[str, Any]]:
+        """The customer's latest crossings, newest first: what the portal tells it."""
+        return await run_in_threadpool(self.store.crossings, env, customer_id, limit)
+
     async def refresh(self, env: str, customer_id: str) -> None:
         """Have the customer's shard read its settings again (its trigger)."""
         router = self.billing.router
@@ -180,20 +184,12 @@ class AutoRecharges:
                 )
                 return
             if decision.action == "capped":
-                await run_in_threadpool(
-                    self.store.move,
-                    row["id"],
-                    now,
-                    status="capped",
-                    failure={"message": decision.reason},
+                capped = {**_describe(row, settings), "reason": decision.reason}
+                announced = _message(
+                    env, f"recharge.capped:{row['id']}", "recharge.capped", capped, now
                 )
-                await self._announce(
-                    env,
-                    f"recharge.capped:{row['id']}",
-                    "recharge.capped",
-                    {**_describe(row, settings), "reason": decision.reason},
-                    now,
-                )
+                values = {"status": "capped", "failure": {"message": decision.reason}}
+                await run_in_threadpool(self.store.record, row["id"], now, values, [announced])
                 return
             assert settings is not None
             purchase_id = purchase_id_of(row["id"], int(row["attempt"]))
@@ -291,7 +287,7 @@ class AutoRecharges:
                 "next_attempt_at": retry_at,
                 "failure": failure,
             }
-            await run_in_threadpool(self.store.decline, row["id"], now, values, messages)
+            await run_in_threadpool(self.store.record, row["id"], now, values, messages)
             return
         reason = f"turned off after {attempt} declined attempts: {message}"
         disabled = {**describe, "reason": reason, "code": DISABLED_DECLINED}
@@ -308,28 +304,27 @@ class AutoRecharges:
             summary={"customer_id": customer, "reason": reason, "code": DISABLED_DECLINED},
         )
         values = {"status": "failed", "next_attempt_at": None, "failure": failure}
-        await run_in_threadpool(self.store.decline, row["id"], now, values, messages, turn_off)
+        await run_in_threadpool(self.store.record, row["id"], now, values, messages, turn_off)
         await self.refresh(env, customer)
 
     async def _succeeded(self, env: str, crossing_id: str, now: int) -> None:
-        moved = await run_in_threadpool(
-            self.store.set_status_from,
-            crossing_id,
-            ("requested", "charging", "pending", "retry"),
-            now,
-            status="succeeded",
-            next_attempt_at=None,
-            failure=None,
+        """The crossing succeeded: tell the customer (``recharge.succeeded``), once, in the
+        transaction that records it."""
+        row = await run_in_threadpool(self.store.crossing, crossing_id)
+        told = {**_describe(row, None), "purchase_id": row["purchase_id"]}
+        message = _message(
+            env, f"recharge.succeeded:{crossing_id}", "recharge.succeeded", told, now
         )
-        if moved:
-            row = await run_in_threadpool(self.store.crossing, crossing_id)
-            await self._announce(
-                env,
-                f"recharge.succeeded:{crossing_id}",
-                "recharge.succeeded",
-                {**_describe(row, None), "purchase_id": row["purchase_id"]},
-                now,
-            )
+        values = {"status": "succeeded", "next_attempt_at": None, "failure": None}
+        await run_in_threadpool(
+            self.store.record,
+            crossing_id,
+            now,
+            values,
+            [message],
+            None,
+            ("requested", "charging", "pending", "retry"),
+        )
 
     async def on_paid(self, env: str, purchase: Mapping[str, Any]) -> None:
         """The purchases core booked a purchase: a recharge's crossing succeeded."""
@@ -338,11 +333,6 @@ class AutoRecharges:
         row = await run_in_threadpool(self.store.by_purchase, env, purchase["id"])
         if row is not None:
             await self._succeeded(env, row["id"], self.billing.clock())
-
-    async def _announce(
-        self, env: str, message_id: str, kind: str, payload: Mapping[str, Any], now: int
-    ) -> None:
-        await run_in_threadpool(self.store.announce, env, message_id, kind, dict(payload), now)
 
 
 def _message(

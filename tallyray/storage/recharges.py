@@ -226,28 +226,36 @@ class RechargeStore:
             write_audit(conn, audit)
         return gone.rowcount > 0
 
-    def decline(
+    def record(
         self,
         crossing_id: str,
         now: int,
         values: Mapping[str, Any],
-        messages: Sequence[Mapping[str, Any]],
+        messages: Sequence[Mapping[str, Any]] = (),
         turn_off: AuditEntry | None = None,
-    ) -> None:
-        """A declined attempt, in one transaction: the crossing's move (``values``), its
-        webhook messages (outbox-shaped), and, after the last attempt, auto-recharge turned
-        off (``turn_off``: its audit entry, whose summary's ``reason`` is stored). A process
-        that stops half way leaves none of it: the crossing's claim runs out, and the next
-        sweep finds the same declined purchase and records it again."""
+        only_from: Sequence[str] | None = None,
+    ) -> bool:
+        """Move a crossing (``values``; only from one of ``only_from`` when given: the
+        webhook's booking and a sweep may both learn that a recharge succeeded) together with
+        what it announces (outbox-shaped ``messages``) and, after the last declined attempt,
+        auto-recharge turned off (``turn_off``: its audit entry, whose summary's ``reason`` is
+        stored), in one transaction. A process that stops half way leaves none of it: the
+        crossing's claim runs out and the next sweep finds the same purchase and records it
+        again. ``False`` when the crossing was not in ``only_from`` (nothing is written)."""
         from tallyray.storage.alerts import write_messages
 
+        moving = update(_A).where(_A.c.id == crossing_id)
+        if only_from is not None:
+            moving = moving.where(_A.c.status.in_(only_from))
         with self.engine.begin() as conn:
-            conn.execute(update(_A).where(_A.c.id == crossing_id).values(updated_at=now, **values))
+            if conn.execute(moving.values(updated_at=now, **values)).rowcount != 1:
+                return False
             if turn_off is not None:
                 reason = str(turn_off.summary["reason"])
                 turn_off_in(conn, turn_off.env, turn_off.object_id, reason, now)
                 write_audit(conn, turn_off)
             write_messages(conn, messages)
+        return True
 
     # -- crossings -----------------------------------------------------------------------
 
@@ -327,26 +335,6 @@ class RechargeStore:
         with self.engine.connect() as conn:
             row = conn.execute(select(_A).where(_A.c.id == crossing_id)).one()
         return dict(row._mapping)
-
-    def announce(
-        self, env: str, message_id: str, kind: str, payload: dict[str, Any], now: int
-    ) -> None:
-        """An outbox message for webhook endpoints (stored once per id)."""
-        from tallyray.storage.alerts import write_messages
-
-        with self.engine.begin() as conn:
-            write_messages(
-                conn,
-                [
-                    {
-                        "id": message_id,
-                        "env": env,
-                        "type": kind,
-                        "payload": payload,
-                        "created_at": now,
-                    }
-                ],
-            )
 
     def crossings(self, env: str, customer_id: str, limit: int = 50) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -686,6 +688,16 @@ async def grants(shop: Shop, customer: str) -> dict[str, str]:
     return {g["id"]: g["amount"] for g in r.json()["grants"]}
 
 
+async def told_in_the_portal(shop: Shop, customer: str) -> list[str]:
+    """The customer's Payment page: what happened to each recent auto-recharge."""
+    r = await shop.client.post("/v1/portal-sessions", json={"customer_id": customer})
+    assert r.status_code == 201, r.text
+    page = await shop.client.get(r.json()["url"] + "/payment")
+    assert page.status_code == 200, page.text
+    rows = re.findall(r'<tr class="recharge-[a-z]+">(.*?)</tr>', page.text, re.S)
+    return [html.unescape(re.findall(r"<td[^>]*>(.*?)</td>", row)[-1]) for row in rows]
+
+
 def messages(shop: Shop, customer: str) -> list[tuple[str, Any]]:
     found = AlertStore(shop.billing.store.engine).messages("test", "recharge.", 500)
     return sorted(
@@ -718,6 +730,7 @@ async def test_8_producers_crossing_the_threshold_recharge_exactly_once(shop: Sh
     (crossing,) = await crossings_of(shop, customer, 1)
     assert crossing["status"] == "succeeded"
     assert messages(shop, customer) == [("recharge.succeeded", None)]
+    assert await told_in_the_portal(shop, customer) == ["Added to your credit."]
     # −32 + 50 = 18 ≥ 5: re-armed by the grant, and no second crossing came of it.
     await replicas_sweep(shop)
     assert len(charges_of(shop, customer)) == 1
@@ -759,6 +772,10 @@ async def test_the_monthly_cap_skips_a_recharge_that_would_pass_it(shop: Shop) -
     first, second = await crossings_of(shop, customer, 2)
     # 50 this month + 50 > 60: the second crossing charges nothing.
     assert (first["status"], second["status"]) == ("succeeded", "capped")
+    assert await told_in_the_portal(shop, customer) == [
+        "Not charged: it would have passed your monthly limit.",
+        "Added to your credit.",
+    ]
     assert len(charges_of(shop, customer)) == 1
     assert messages(shop, customer) == [("recharge.capped", None), ("recharge.succeeded", None)]
 
@@ -777,6 +794,11 @@ async def test_a_declined_card_is_retried_then_auto_recharge_is_turned_off(shop:
             await replicas_sweep(shop)  # nothing is due twice
             assert len(charges_of(shop, customer)) == attempt
             (crossing,) = await crossings_of(shop, customer, 1)
+            if attempt == 1:  # the customer is told, and when the next attempt comes
+                (told,) = await told_in_the_portal(shop, customer)
+                declined = "Not charged. Your card was declined. (decline code: generic_decline)"
+                assert told.startswith(f"{declined} We try again at ")
+                assert told.endswith(" UTC.")
         await deliver(shop, customer, 4)  # the four payment_intent.payment_failed
     finally:
         shop.clock.ahead = started
@@ -784,6 +806,10 @@ async def test_a_declined_card_is_retried_then_auto_recharge_is_turned_off(shop:
     settings = (await shop.client.get(f"/v1/customers/{customer}/auto-recharge")).json()
     assert settings["enabled"] is False
     assert "turned off after 4 declined attempts" in settings["disabled_reason"]
+    assert await told_in_the_portal(shop, customer) == [
+        "Not charged. Your card was declined. (decline code: generic_decline) "
+        "Auto-recharge was turned off."
+    ]
     (disabled,) = disabled_of(shop, customer)
     assert disabled["data"]["code"] == "declined"
     r = await shop.client.get("/v1/audit-events", params={"object_id": customer})

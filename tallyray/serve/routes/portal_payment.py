@@ -54,6 +54,7 @@ async def _payment_page(
     methods, recharges = _services(request)
     cards = await methods.list(v.env, v.customer_id)
     settings = await recharges.get(v.env, v.customer_id)
+    recent = await recharges.recent(v.env, v.customer_id)
     provider = str(v.record.billing.get("payment_provider") or "manual")
     if settings["threshold"] is None:
         state = "Auto-recharge is not set up."
@@ -78,6 +79,7 @@ async def _payment_page(
         can_save=provider in ("stripe", "adyen"),
         provider_name={"stripe": "Stripe", "adyen": "Adyen"}.get(provider, provider),
         recharge={"state": state, "disabled_reason": settings["disabled_reason"]},
+        recharges=[_recharge_row(r, settings, v) for r in recent],
         entered={**shown, **(entered or {})},
         errors=dict(errors or {}),
         continue_to=continue_to,
@@ -86,6 +88,38 @@ async def _payment_page(
     if done in NOTICES:
         context["notice"] = NOTICES[done]
     return _page("payment.html", status, **context)
+
+
+def _recharge_row(
+    crossing: Mapping[str, Any], settings: Mapping[str, Any], v: _Visit
+) -> dict[str, str]:
+    """One auto-recharge as the customer is told of it: what happened to the charge."""
+    fmt = v.fmt
+    failure = str((crossing["failure"] or {}).get("message") or "Your card was declined.")
+    failure = failure if failure.endswith((".", ")")) else f"{failure}."
+    status = crossing["status"]
+    if status == "succeeded":
+        text = "Added to your credit."
+    elif status in ("requested", "charging"):
+        text = "Charging your card."
+    elif status == "pending":
+        text = "Charged; the credit appears once the payment provider confirms it."
+    elif status == "retry" and crossing["next_attempt_at"] is not None:
+        when = fmt.moment(int(crossing["next_attempt_at"]))
+        text = f"Not charged. {failure} We try again at {when}."
+    elif status == "failed":
+        text = f"Not charged. {failure} Auto-recharge was turned off."
+    elif status == "capped":
+        text = "Not charged: it would have passed your monthly limit."
+    else:  # skipped
+        text = "Not charged: auto-recharge was off."
+    amount = crossing["amount"] or settings["amount"]
+    return {
+        "when": fmt.moment(int(crossing["created_at"])),
+        "amount": fmt.money(amount) if amount is not None else "",
+        "status": status,
+        "text": text,
+    }
 
 
 def _card_row(card: Mapping[str, Any]) -> dict[str, Any]:
