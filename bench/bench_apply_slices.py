@@ -11,7 +11,8 @@ all submitted before the commit runs, as under load), while a ticker task on the
 wakes every 0.5 ms and records how late it woke. Per ``--slice-ms`` setting
 (``APPLY_SLICE_SECONDS``; ``none``: the whole apply in one go, as before slicing), it prints
 the ticker's lateness p50/p99/max — the longest a check arriving at a bad moment waits for the
-loop — and the process's CPU time per event (slicing must not make ingest dearer).
+loop — and CPU time per event of this process (the shard) and of PostgreSQL's backends (slicing
+must not make ingest dearer; ``--events`` shows what a fuller commit saves).
 
 Everything runs on 127.0.0.1 (PostgreSQL) or a temporary SQLite file.
 """
@@ -33,6 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _seed  # noqa: E402
+import _server  # noqa: E402
 
 from tallyray.actors import shard as shard_module  # noqa: E402
 from tallyray.actors.shard import IncomingEvent, ShardCore  # noqa: E402
@@ -116,10 +118,13 @@ async def run(
         late.clear()
         if stalls is not None:
             stalls.on = True
+        database = url.rsplit("/", 1)[1]
+        before = _server.cpu_snapshot()
         cpu, wall = time.process_time(), time.perf_counter()
         for _ in range(commits):
             await asyncio.gather(*(core.ingest("test", request(100)) for _ in range(events // 100)))
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        postgres = _postgres_seconds(before, _server.cpu_snapshot(), database)
         running = False
         if stalls is not None:
             stalls.on = False
@@ -132,9 +137,20 @@ async def run(
         "p99": late[int(len(late) * 0.99)] * 1000,
         "max": late[-1] * 1000,
         "cpu_us": cpu / (commits * events) * 1e6,
+        "postgres_us": postgres / (commits * events) * 1e6,
         "wall": wall,
-        "commits": core.stats.commits,
     }
+
+
+def _postgres_seconds(before: dict[int, Any], after: dict[int, Any], database: str) -> float:
+    """CPU seconds the PostgreSQL backends of ``database`` spent between two snapshots (0
+    on SQLite)."""
+    spent = 0.0
+    for pid, proc in after.items():
+        if proc.name == "postgres" and f" {database} " in proc.cmdline + " ":
+            earlier = before.get(pid)
+            spent += proc.seconds - (earlier.seconds if earlier else 0.0)
+    return spent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  round {round_ + 1}, slices {label:>8}: loop late p50 {found['p50']:.2f} "
                 f"p99 {found['p99']:.2f} max {found['max']:.2f} ms; "
-                f"CPU {found['cpu_us']:.1f} µs/event; {found['commits']} commits "
-                f"in {found['wall']:.2f} s"
+                f"CPU µs/event: shard {found['cpu_us']:.1f}, PostgreSQL "
+                f"{found['postgres_us']:.1f}; {found['wall']:.2f} s"
             )
             for where, times in stalls.seen.most_common(8) if stalls else []:
                 print(f"      held {times * 5} ms in all at {where}")
