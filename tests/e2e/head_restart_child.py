@@ -1,32 +1,28 @@
-"""The head's GCS killed and restarted under a stream of events, with GCS fault tolerance on
-an external Redis (issue 13, item 4; docs/deploy.md, "The head's fault tolerance").
+"""Run by test_head_restart.py (and bench/bench_head_restart.py) in a process of its own: the
+head's GCS killed and restarted under a stream of events, with GCS fault tolerance on an
+external Redis (issue 13, item 4; docs/deploy.md, "Node failures").
 
-    .venv/bin/python bench/bench_head_restart.py [--redis 127.0.0.1:6379] [--down 10]
-        [--database-url URL] [--per-producer 400]
+    python head_restart_child.py <database URL> <events per producer> <seconds down>
+        <Redis host:port> <key namespace>
 
 A 3-node ``ray.cluster_utils.Cluster`` on 127.0.0.1 whose GCS keeps its tables in Redis
-(``RAY_REDIS_ADDRESS``) under a key namespace of its own (``RAY_external_storage_namespace``,
+(``RAY_REDIS_ADDRESS``) under the key namespace given (``RAY_external_storage_namespace``,
 removed from Redis at the end: nothing else in that Redis is touched); Tallyray on it as in
-tests/e2e/node_failure_child.py. When a third of the stream is acknowledged, the GCS process
-of the head is killed (SIGKILL), left down ``--down`` seconds, and started again on the same
-port; the raylets, the workers, the shards, the replicas and the driver stay. Prints one JSON
-line: what answered while the GCS was down, what works after, and whether every acknowledged
-event is counted once.
+node_failure_child.py, its shards on the two worker nodes. When a third of the stream is
+acknowledged, the GCS process of the head is killed (SIGKILL), left down for the seconds
+given, and started again on the same port; the raylets, the workers, the shards, the replicas
+and the driver stay. Prints one JSON line: what answered while the GCS was down, what works
+after, and whether every acknowledged event is counted once.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
-
-NAMESPACE_PREFIX = "tallyray_bench_"
 
 
 class Echo:
@@ -36,29 +32,20 @@ class Echo:
         return "pong"
 
 
-def main() -> dict[str, Any]:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--redis", default="127.0.0.1:6379")
-    parser.add_argument("--down", type=float, default=10.0)
-    parser.add_argument("--database-url")
-    parser.add_argument("--per-producer", type=int, default=400)
-    args = parser.parse_args()
-    storage_namespace = NAMESPACE_PREFIX + uuid.uuid4().hex[:12]
-    # read by the GCS (and every Ray process) this script starts
-    os.environ["RAY_REDIS_ADDRESS"] = args.redis
-    os.environ["RAY_external_storage_namespace"] = storage_namespace  # noqa: SIM112 — Ray's name
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
+def main(database_url: str, per_producer: int, down: float, redis: str, ns: str) -> dict[str, Any]:
+    # read by the GCS (and every Ray process) this process starts
+    os.environ["RAY_REDIS_ADDRESS"] = redis
+    os.environ["RAY_external_storage_namespace"] = ns  # noqa: SIM112 — Ray's name
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import node_failure_child as harness  # sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
     import ray
     from ray._private.gcs_utils import cleanup_redis_storage
 
-    host, _, port = args.redis.rpartition(":")
-    workdir = Path(tempfile.mkdtemp(prefix="tallyray-head-"))
-    database_url = args.database_url or f"sqlite:///{workdir}/tallyray.db"
+    host, _, port = redis.rpartition(":")
     try:
-        return run(harness, ray, database_url, args.down, args.per_producer, storage_namespace)
+        return run(harness, ray, database_url, down, per_producer, ns)
     finally:
-        cleanup_redis_storage(host, int(port), "", False, storage_namespace)
+        cleanup_redis_storage(host, int(port), "", False, ns)
 
 
 def run(
@@ -127,4 +114,5 @@ def run(
 
 
 if __name__ == "__main__":
-    print(json.dumps(main()), flush=True)
+    url, per, down, redis, ns = sys.argv[1:6]
+    print(json.dumps(main(url, int(per), float(down), redis, ns)), flush=True)
