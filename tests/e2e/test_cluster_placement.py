@@ -13,19 +13,25 @@ One cluster and one `tallyray serve` for the module (cluster_support.py); the no
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pyarrow.dataset as ds
 import pytest
 from cluster_support import RayCluster, ray_cluster, serve_env
 from line_certs import self_signed
 from served import tallyray_serve_process
+from suite_clock import TEST_NOW
 
 from tallyray.actors.routing import shard_of
 
@@ -50,9 +56,14 @@ ONE_MORE = {
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RayCluster, str, str]]:
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The cluster's and the server's files, the server's SQLite database among them."""
+    return tmp_path_factory.mktemp("cluster")
+
+
+@pytest.fixture(scope="module")
+def deployed(workdir: Path) -> Iterator[tuple[RayCluster, str, str]]:
     """The cluster, the server's base URL and a test-environment key."""
-    workdir = tmp_path_factory.mktemp("cluster")
     cert, key = self_signed(workdir)
     with ray_cluster(workdir, NODES) as cluster:
         env = {
@@ -317,6 +328,29 @@ def test_resharding_2_4_3_under_a_stream_spreads_the_new_shards_and_keeps_balanc
             assert (cost, Decimal(available)) == ("0.0025", Decimal("8.00") - n * Decimal("0.0025"))
     # the checks to the new shards went over lines between nodes
     assert remote_calls(base) > before
+
+
+def test_the_log_written_across_the_reshard_exports_each_event_once(
+    deployed: tuple[RayCluster, str, str], workdir: Path, tmp_path: Path
+) -> None:
+    """``tallyray events export`` on the cluster's database, after shards of 2, 4 and 3 wrote
+    to it: each customer's events are in the Parquet files once, as many as its balance
+    counts, readable as a hive-partitioned dataset."""
+    _, base, key = deployed
+    out = tmp_path / "export"
+    command = [sys.executable, "-m", "tallyray.cli", "events", "export", "--from", TEST_NOW[:10]]
+    command += ["--to", "2100-01-01", "--out", str(out)]
+    command += ["--database-url", f"sqlite:///{workdir}/tallyray.db"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = ds.dataset(out, format="parquet", partitioning="hive").to_table().to_pylist()
+    assert json.loads(done.stdout)["rows"] == len(rows)
+    ids = [(r["customer_id"], r["event_id"]) for r in rows if r["env"] == "test"]
+    assert len(ids) == len(set(ids))  # none twice
+    names = [f"{p}{n}" for p in ("c", "r") for n in range(CUSTOMERS)]
+    exported = {name: sum(1 for c, _ in ids if c == name) for name in names}
+    assert exported == {name: int(usage(base, key, name)["requests"]) for name in names}
+    assert exported["r0"] > 0
 
 
 def test_a_worker_node_dies_and_its_shards_come_back_on_the_others(
