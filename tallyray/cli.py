@@ -101,7 +101,7 @@ def _check_config(args: argparse.Namespace) -> dict[str, Any]:
         "ok": True,
         "meters": sorted(config.meters.meters),
         "plans": sorted(config.plans),
-        "customers": sorted(record.id for record, _ in customers),
+        "customers": sorted(record.id for record, *_ in customers),
     }
 
 

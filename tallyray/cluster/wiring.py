@@ -138,15 +138,18 @@ def maintain_event_log(settings: Settings, engine: Engine) -> dict[str, Any]:
     }
 
 
-def read_config(path: str) -> tuple[dict[str, Any], list[tuple[CustomerRecord, str | None]]]:
+def read_config(
+    path: str,
+) -> tuple[dict[str, Any], list[tuple[CustomerRecord, str | None, frozenset[str]]]]:
     """A config file, validated whole: pricing, and the customers it lists (each with the
-    plan to subscribe it to). Raises :class:`ConfigError` naming every problem."""
+    plan to subscribe it to and the fields the file gives). Raises :class:`ConfigError`
+    naming every problem."""
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise InvalidInput(f"cannot read configuration {path!r}: {error}") from None
     pricing = parse_config(raw)
-    customers: list[tuple[CustomerRecord, str | None]] = []
+    customers: list[tuple[CustomerRecord, str | None, frozenset[str]]] = []
     problems: list[Problem] = []
     entries = raw.get("customers", [])
     if not isinstance(entries, list):
@@ -170,7 +173,7 @@ def read_config(path: str) -> tuple[dict[str, Any], list[tuple[CustomerRecord, s
         except InvalidInput as error:
             problems += [Problem(f"{where}.{p.where}", p.message) for p in error.problems]
             continue
-        customers.append((record, plan))
+        customers.append((record, plan, frozenset(entry) - {"plan"}))
     for parse in (parse_invoicing_config, parse_tax_config):
         try:
             parse(raw.get("invoicing" if parse is parse_invoicing_config else "tax"))
@@ -195,15 +198,18 @@ def billing_config(path: str | None) -> dict[str, Any]:
 
 def seed_config(catalog: Catalog, path: str, now: int) -> None:
     """Load the config file's meters, plans and customers into both environments. Meters
-    are immutable, plans get a new version when changed, customers are updated."""
+    are immutable, plans get a new version when changed, customers are updated in the
+    fields the file gives: what was set since over the API, the portal or a provider's
+    webhook (a saved card's ``payment_method``, the customer's own spend cap) is kept across
+    restarts."""
     raw, customers = read_config(path)
     for env in ENVIRONMENTS:
         for meter in raw.get("meters", []):
             catalog.add_meter(env, meter, now)
         for plan in raw.get("plans", []):
             catalog.add_plan(env, plan, now)
-        for record, plan_key in customers:
-            saved = catalog.upsert_customer(replace(record, env=env), now)
+        for record, plan_key, fields in customers:
+            saved = catalog.upsert_customer(replace(record, env=env), now, fields)
             if plan_key is not None and saved.plan_key != plan_key:
                 catalog.subscribe(env, saved.id, plan_key, now, now)
 

@@ -30,6 +30,7 @@ from tallyray.pricing.plans import Plan, per_event_sums
 from tallyray.storage import tables as t
 from tallyray.storage.audit import AuditEntry, write_audit
 from tallyray.storage.pages import Page, PageRequest, read_page
+from tallyray.storage.recharges import METHOD_CLEARED_REASON, when_method_changes
 
 __all__ = [
     "CUSTOMER_FIELDS",
@@ -360,8 +361,12 @@ class Catalog:
         An update changes only ``fields`` (the names the request gave; all when ``None``):
         a field left out keeps its value, so an update by the operator never clears the
         customer's own spend cap, and one from the portal never the operator's limit.
+
+        An update that clears ``payment_method`` turns the customer's auto-recharge off in
+        its transaction, as removing the last saved card does
+        (:func:`~tallyray.storage.recharges.when_method_changes`).
         """
-        values = {
+        values: dict[str, Any] = {
             "name": record.name,
             "email": record.email,
             "currency": record.currency,
@@ -377,7 +382,7 @@ class Catalog:
         key = and_(t.customers.c.env == record.env, t.customers.c.id == record.id)
         with self.engine.begin() as conn:
             existing = conn.execute(
-                select(t.customers.c.currency, t.customers.c.billing).where(key)
+                select(t.customers.c.currency, t.customers.c.billing).where(key).with_for_update()
             ).first()
             if audit is not None:
                 verb = "created" if existing is None else "updated"
@@ -400,6 +405,17 @@ class Catalog:
                 if fields is not None:
                     values = _changed(values, frozenset(fields), existing.billing, record)
                 conn.execute(update(t.customers).where(key).values(**values))
+                if "billing" in values:
+                    when_method_changes(
+                        conn,
+                        record.env,
+                        record.id,
+                        existing.billing,
+                        values["billing"],
+                        now,
+                        audit,
+                        METHOD_CLEARED_REASON,
+                    )
         return self.customer(record.env, record.id)
 
     def set_spend_cap(

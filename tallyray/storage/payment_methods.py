@@ -5,8 +5,10 @@ keyed by (env, provider, reference): a webhook delivered twice saves one card. T
 saved card becomes the customer's default, and the default's reference is copied into the
 customer's ``billing.payment_method`` in the same transaction, which is what off-session
 charges (invoices, auto-recharge) read. Removing a card forgets it here; the caller asks the
-provider to detach it. Removing the last one turns the customer's auto-recharge off in the same
-transaction.
+provider to detach it. Removing the last one leaves the customer without a payment method, so
+its auto-recharge is turned off in the same transaction
+(:func:`tallyray.storage.recharges.when_method_changes`, the rule a customer update that clears
+``payment_method`` follows too).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from sqlalchemy import Connection, Engine, and_, insert, select, update
 from tallyray.errors import NotFound
 from tallyray.storage import tables as t
 from tallyray.storage.audit import AuditEntry, write_audit
-from tallyray.storage.recharges import turn_off_without_method
+from tallyray.storage.recharges import NO_METHOD_REASON, when_method_changes
 
 __all__ = ["NewMethod", "PaymentMethodStore", "method_json"]
 
@@ -216,9 +218,9 @@ class PaymentMethodStore:
                     .limit(1)
                 ).first()
                 if nxt is None:
-                    _merge_billing(conn, env, customer_id, {"payment_method": None})
-                    turned_off = turn_off_without_method(
-                        conn, env, customer_id, now, audit, f"recharge.disabled:{method_id}:{now}"
+                    before, after = _merge_billing(conn, env, customer_id, {"payment_method": None})
+                    turned_off = when_method_changes(
+                        conn, env, customer_id, before, after, now, audit, NO_METHOD_REASON
                     )
                 else:
                     self._make_default(conn, env, customer_id, nxt.id, None)
@@ -244,15 +246,19 @@ class PaymentMethodStore:
         _merge_billing(conn, env, customer_id, values)
 
 
-def _merge_billing(conn: Connection, env: str, customer_id: str, values: Mapping[str, Any]) -> None:
+def _merge_billing(
+    conn: Connection, env: str, customer_id: str, values: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Merge into a customer's ``billing`` in the caller's transaction (a ``None`` value
-    removes the key)."""
+    removes the key); ``(before, after)``."""
     c = t.customers
     key = and_(c.c.env == env, c.c.id == customer_id)
-    current = dict(conn.execute(select(c.c.billing).where(key).with_for_update()).scalar() or {})
+    before = dict(conn.execute(select(c.c.billing).where(key).with_for_update()).scalar() or {})
+    current = dict(before)
     for name, value in values.items():
         if value is None:
             current.pop(name, None)
         else:
             current[name] = value
     conn.execute(update(c).where(key).values(billing=current))
+    return before, current

@@ -8,8 +8,10 @@ nothing changes. Every move of a row after that is a conditional ``UPDATE`` (a *
 several replicas sweeping at once exactly one charges an attempt.
 
 Settings are enabled only while the customer has a payment method to charge: enabling checks
-it under the customer row's lock (:meth:`RechargeStore.put_settings`), and removing the last
-saved method turns auto-recharge off in its own transaction (:func:`turn_off_without_method`).
+it under the customer row's lock (:meth:`RechargeStore.put_settings`), and whatever takes the
+customer's ``billing.payment_method`` away — removing the last saved card, or a customer update
+that clears it — turns auto-recharge off in its own transaction (:func:`when_method_changes`,
+the one home of that rule).
 """
 
 from __future__ import annotations
@@ -37,10 +39,11 @@ from tallyray.storage.audit import AuditEntry, write_audit
 __all__ = [
     "COUNTED",
     "DUE",
+    "METHOD_CLEARED_REASON",
     "NO_METHOD_REASON",
     "RechargeStore",
     "turn_off_in",
-    "turn_off_without_method",
+    "when_method_changes",
     "write_crossings",
 ]
 
@@ -84,7 +87,10 @@ def write_crossings(conn: Connection, messages: Sequence[Mapping[str, Any]]) -> 
 
 
 NO_METHOD_REASON = "turned off: the last saved payment method was removed"
-"""``disabled_reason`` when :func:`turn_off_without_method` turned auto-recharge off."""
+"""``disabled_reason`` when removing the customer's last saved card turned auto-recharge off."""
+METHOD_CLEARED_REASON = "turned off: the customer's payment method was cleared"
+"""``disabled_reason`` when a customer update cleared ``payment_method`` (and so turned
+auto-recharge off)."""
 
 
 def turn_off_in(
@@ -102,21 +108,28 @@ def turn_off_in(
     return dict(row._mapping)
 
 
-def turn_off_without_method(
+def when_method_changes(
     conn: Connection,
     env: str,
     customer_id: str,
+    before: Mapping[str, Any] | None,
+    after: Mapping[str, Any] | None,
     now: int,
     audit: AuditEntry | None,
-    message_id: str,
+    reason: str,
 ) -> bool:
-    """The customer has no payment method left: turn auto-recharge off in the caller's
-    transaction, audited as done by whoever removed the method (``audit``, the removal's
-    entry) and announced as ``recharge.disabled`` (``code`` ``no_payment_method``, outbox id
-    ``message_id``). ``False`` when it was not on."""
+    """The rule, wherever a customer's ``billing`` is written: auto-recharge is on only while
+    the customer has a payment method (``billing.payment_method``) to charge, or its charges
+    could only decline until the retry policy gave up. A write that takes the method away
+    (``before`` had one, ``after`` has none) turns auto-recharge off in the caller's
+    transaction, audited as done by whoever wrote (``audit``, the write's entry) and announced
+    as ``recharge.disabled`` (``code`` ``no_payment_method``). ``True`` when it did; ``False``
+    when the method stays or auto-recharge was not on (nothing is written then)."""
+    if not (before or {}).get("payment_method") or (after or {}).get("payment_method"):
+        return False
     from tallyray.storage.alerts import write_messages
 
-    was = turn_off_in(conn, env, customer_id, NO_METHOD_REASON, now)
+    was = turn_off_in(conn, env, customer_id, reason, now)
     if was is None:
         return False
     payload = {
@@ -124,7 +137,7 @@ def turn_off_without_method(
         "crossing": None,
         "amount": was["amount"],
         "currency": was["currency"],
-        "reason": NO_METHOD_REASON,
+        "reason": reason,
         "code": DISABLED_NO_PAYMENT_METHOD,
     }
     if audit is not None:
@@ -137,7 +150,7 @@ def turn_off_without_method(
                 object_id=customer_id,
                 summary={
                     "customer_id": customer_id,
-                    "reason": NO_METHOD_REASON,
+                    "reason": reason,
                     "code": DISABLED_NO_PAYMENT_METHOD,
                 },
             ),
@@ -146,7 +159,7 @@ def turn_off_without_method(
         conn,
         [
             {
-                "id": message_id,
+                "id": f"{RECHARGE_DISABLED}:{customer_id}:{DISABLED_NO_PAYMENT_METHOD}:{now}",
                 "env": env,
                 "type": RECHARGE_DISABLED,
                 "payload": payload,

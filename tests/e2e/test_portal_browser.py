@@ -7,6 +7,7 @@ saved to ``tests/e2e/artifacts/portal-<page>.png`` (a test artifact, not committ
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fakes.adyen_server import FakeAdyen
 from fakes.stripe_server import FakeStripe
 from served import tallyray_serve
 
@@ -35,6 +37,9 @@ pytestmark = [
 
 STRIPE_TEST_KEY = "sk_test_portal"
 STRIPE_TEST_SECRET = "whsec_portal"
+ADYEN_TEST_KEY = "AQE_test_portal"
+ADYEN_MERCHANT = "TallyrayPortalTest"
+ADYEN_TEST_HMAC = "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056"
 
 
 @pytest.fixture(scope="module")
@@ -46,16 +51,32 @@ def stripe_fake() -> Iterator[FakeStripe]:
 
 
 @pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory, stripe_fake: FakeStripe) -> Iterator[str]:
-    test_mode_stripe = {
+def adyen_fake() -> Iterator[FakeAdyen]:
+    """A local Adyen on its test platform, as :func:`stripe_fake`."""
+    with FakeAdyen(ADYEN_TEST_KEY, ADYEN_MERCHANT, hmac_key=ADYEN_TEST_HMAC) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def base_url(
+    tmp_path_factory: pytest.TempPathFactory, stripe_fake: FakeStripe, adyen_fake: FakeAdyen
+) -> Iterator[str]:
+    """The server with test-mode credentials only, each pointed at its local fake: an
+    operator's way to try the money path without real cards (docs/payments.md)."""
+    test_mode_providers = {
         "TALLYRAY_STRIPE_TEST_API_KEY": STRIPE_TEST_KEY,
         "TALLYRAY_STRIPE_TEST_WEBHOOK_SECRET": STRIPE_TEST_SECRET,
         "TALLYRAY_STRIPE_TEST_API_BASE": stripe_fake.url,
+        "TALLYRAY_ADYEN_TEST_API_KEY": ADYEN_TEST_KEY,
+        "TALLYRAY_ADYEN_TEST_MERCHANT_ACCOUNT": ADYEN_MERCHANT,
+        "TALLYRAY_ADYEN_TEST_HMAC_KEY": ADYEN_TEST_HMAC,
+        "TALLYRAY_ADYEN_TEST_API_BASE": adyen_fake.url,
     }
     with tallyray_serve(
-        tmp_path_factory.mktemp("portal-serve"), ADMIN_KEY, test_mode_stripe
+        tmp_path_factory.mktemp("portal-serve"), ADMIN_KEY, test_mode_providers
     ) as base:
         stripe_fake.webhook_url = f"{base}/v1/providers/stripe/webhook"
+        adyen_fake.webhook_url = f"{base}/v1/providers/adyen/webhook"
         yield base
 
 
@@ -319,26 +340,37 @@ def test_the_overview_shows_the_plan_limits(page: Any, limited: str) -> None:
     shot(page, "plan-limits")
 
 
-@pytest.fixture(scope="module")
-def buyer(base_url: str) -> Iterator[tuple[str, httpx.Client]]:
-    """A customer who pays through Stripe (test mode), its portal link, and an API client."""
+@contextlib.contextmanager
+def portal_of(base_url: str, customer: dict[str, Any]) -> Iterator[tuple[str, httpx.Client]]:
+    """A test-mode customer made over the API, its portal link, and the API client."""
     with httpx.Client(base_url=base_url, timeout=30) as http:
         r = http.post(
             "/v1/admin/keys", json={"env": "test"}, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
         )
         http.headers["Authorization"] = f"Bearer {r.json()['key']}"
-        customer = {
-            "id": "globex",
-            "name": "Globex",
-            "currency": "EUR",
-            "locale": "en",
-            "country": "DE",
-            "payment_provider": "stripe",
-        }
         assert http.post("/v1/customers", json=customer).status_code == 201
-        r = http.post("/v1/portal-sessions", json={"customer_id": "globex"})
+        r = http.post("/v1/portal-sessions", json={"customer_id": customer["id"]})
         assert r.status_code == 201, r.text
         yield f"{base_url}{r.json()['url']}", http
+
+
+def paying(customer_id: str, name: str, provider: str) -> dict[str, Any]:
+    """A German customer billed in EUR who pays through ``provider``."""
+    return {
+        "id": customer_id,
+        "name": name,
+        "currency": "EUR",
+        "locale": "en",
+        "country": "DE",
+        "payment_provider": provider,
+    }
+
+
+@pytest.fixture(scope="module")
+def buyer(base_url: str) -> Iterator[tuple[str, httpx.Client]]:
+    """A customer who pays through Stripe (test mode), its portal link, and an API client."""
+    with portal_of(base_url, paying("globex", "Globex", "stripe")) as found:
+        yield found
 
 
 def test_add_credit_on_the_providers_page_and_see_it_after_the_webhook(
@@ -375,3 +407,77 @@ def test_add_credit_on_the_providers_page_and_see_it_after_the_webhook(
     assert page.locator("#credits-remaining").inner_text() == "€25.00"
     (top_up,) = http.get("/v1/customers/globex/top-ups").json()["top_ups"]
     assert (top_up["status"], top_up["receipt"]["number"]) == ("paid", "RCT-000001")
+
+
+@pytest.fixture(scope="module")
+def adyen_buyer(base_url: str) -> Iterator[tuple[str, httpx.Client]]:
+    """A customer who pays through Adyen (test mode)."""
+    with portal_of(base_url, paying("initech", "Initech", "adyen")) as found:
+        yield found
+
+
+def test_add_credit_on_adyens_page_declined_then_paid_and_booked_by_the_notification(
+    page: Any, adyen_buyer: tuple[str, httpx.Client], adyen_fake: FakeAdyen
+) -> None:
+    url, http = adyen_buyer
+    page.goto(f"{url}/credit")
+    page.get_by_label("Amount in EUR").fill("30")
+    page.get_by_role("button", name="Continue").click()
+    page.get_by_role("link", name="Continue to payment").click()
+
+    # Adyen's hosted page (the local fake): refused first, then authorised.
+    adyen_fake.hold_webhooks()
+    assert page.get_by_role("heading", name="Pay 3000 EUR (minor units)").is_visible()
+    page.get_by_label("Card number").fill("4111 1111 4555 1142")
+    page.get_by_label("Name on card").fill("DECLINED")
+    page.get_by_role("button", name="Pay").click()
+    assert page.locator("#card-error").inner_text() == "Refused"
+    page.get_by_label("Card number").fill("4111 1111 4555 1142")
+    page.get_by_label("Name on card").fill("Ada Lovelace")
+    page.get_by_role("button", name="Pay").click()
+    page.wait_for_url(f"{url}/credit/returned?*")  # Adyen adds sessionId and sessionResult
+    returned = page.url
+    assert "waiting for the payment provider to confirm" in page.inner_text("#top-up-status")
+    (pending,) = http.get("/v1/customers/initech/top-ups").json()["top_ups"]
+    assert pending["status"] == "pending"  # coming back is no proof
+
+    adyen_fake.release_webhooks()  # the refusal, then the authorisation, HMAC-signed
+    deliveries = adyen_fake.wait_for_webhooks(2, timeout=30)
+    assert [d.status for d in deliveries] == [200, 200]
+    page.goto(returned)
+    assert "€30.00 was added to your credit" in page.inner_text("#top-up-status")
+    shot(page, "adyen-credit-added")
+    page.goto(url)
+    assert page.locator("#credits-remaining").inner_text() == "€30.00"
+    (top_up,) = http.get("/v1/customers/initech/top-ups").json()["top_ups"]
+    assert (top_up["status"], top_up["provider"]) == ("paid", "adyen")
+    assert top_up["receipt"]["number"].startswith("RCT-")
+
+
+def test_save_a_card_on_adyens_page_and_see_it_after_the_notification(
+    page: Any, adyen_buyer: tuple[str, httpx.Client], adyen_fake: FakeAdyen
+) -> None:
+    url, http = adyen_buyer
+    seen = len(adyen_fake.webhooks)
+    page.goto(f"{url}/payment")
+    assert page.locator("#no-cards").is_visible()
+    page.get_by_role("button", name="Add a card").click()
+    page.get_by_role("link", name="Continue to Adyen to enter your card").click()
+    page.wait_for_url(f"{adyen_fake.url}/checkoutshopper/*")  # Adyen's own page
+    assert page.get_by_role("heading", name="Pay 0 EUR (minor units)").is_visible()
+    page.get_by_label("Card number").fill("5555 4444 3333 1111")  # Adyen's test Mastercard
+    page.get_by_label("Name on card").fill("Ada Lovelace")
+    page.get_by_role("button", name="Pay").click()
+    page.wait_for_url(f"{url}/payment?done=card-pending*")
+    assert page.get_by_text("once the payment provider confirms it").is_visible()
+
+    # The zero-value AUTHORISATION (ignored) and RECURRING_CONTRACT (saves the card).
+    deliveries = adyen_fake.wait_for_webhooks(seen + 2, timeout=30)[seen:]
+    assert [d.status for d in deliveries] == [200, 200]
+    page.goto(f"{url}/payment")
+    assert page.locator("#saved-cards tbody th").all_inner_texts() == [
+        "Mastercard ending 1111 (used for payments)"
+    ]
+    shot(page, "adyen-card-saved")
+    (card,) = http.get("/v1/customers/initech/payment-methods").json()["payment_methods"]
+    assert (card["provider"], card["last4"], card["default"]) == ("adyen", "1111", True)

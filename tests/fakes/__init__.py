@@ -9,6 +9,10 @@ URL from its own thread, as the real provider would (:meth:`LocalServer.wait_for
 - ``fakes.adyen_server.FakeAdyen``: Checkout ``/payments``, HMAC-signed notifications.
 - :class:`WebhookInbox`: a tiny receiver that records what was posted to it.
 
+``python -m fakes stripe|adyen`` (from ``tests/``) serves one on a port of your choosing, for an
+operator trying the money path against a running server without real cards
+(``docs/payments.md``, "Test mode end to end").
+
 Nothing here imports a provider SDK: signatures are computed from the providers' documented
 schemes, so a test that passes proves the adapter and the fake agree on the documentation.
 """
@@ -70,7 +74,7 @@ class Delivery:
 class LocalServer:
     """A real HTTP server on 127.0.0.1; subclasses answer in :meth:`respond`."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self._lock = threading.Lock()
         self._received: list[Received] = []
         self._outages: list[int] = []
@@ -78,7 +82,7 @@ class LocalServer:
         self._changed = threading.Condition(self._lock)
         self._outbox: queue.Queue[tuple[str, dict[str, str], bytes] | None] = queue.Queue()
         self._held: list[tuple[str, dict[str, str], bytes]] | None = None
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self._dispatch))
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self._dispatch))
         self._httpd.daemon_threads = True
         self._serving: threading.Thread | None = None
         self._sending: threading.Thread | None = None

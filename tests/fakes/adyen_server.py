@@ -137,8 +137,9 @@ class FakeAdyen(LocalServer):
         webhook_url: str | None = None,
         hmac_key: str | None = None,
         live: bool = False,
+        port: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(port)
         self.api_key = api_key
         self.merchant_account = merchant_account
         self.webhook_url = webhook_url

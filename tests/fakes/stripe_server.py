@@ -110,8 +110,9 @@ class FakeStripe(LocalServer):
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
         clock: Callable[[], float] = time.time,
+        port: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(port)
         self.api_key = api_key
         #: Stripe's ``livemode``: the key's mode.
         self.livemode = api_key.startswith(("sk_live_", "rk_live_"))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import stripe
 
@@ -837,3 +840,55 @@ def test_adyen_live_url_prefix_is_the_prefix_alone(prefix: str) -> None:
     with pytest.raises(ConfigError, match="invalid configuration") as raised:
         AdyenProvider(ADYEN_KEY, ADYEN_MERCHANT, ADYEN_HMAC, live=True, live_endpoint_prefix=prefix)
     assert [p.where for p in raised.value.problems] == ["live_endpoint_prefix"]
+
+
+# -- the fakes as an operator runs them --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "request_args", "answer"),
+    [
+        (
+            ["stripe", "--api-key", "sk_test_local", "--webhook-secret", "whsec_local"],
+            ("/v1/customers", {"Authorization": "Bearer sk_test_local"}, None),
+            (200, "cus_"),
+        ),
+        (
+            ["adyen", "--api-key", "AQE_test_local", "--merchant-account", "LocalTest"],
+            (
+                "/v71/sessions",
+                {"X-API-Key": "AQE_test_local"},
+                {
+                    "merchantAccount": "LocalTest",
+                    "amount": {"value": 2500, "currency": "EUR"},
+                    "reference": "pur_local",
+                    "returnUrl": "http://127.0.0.1:8000/back",
+                    "mode": "hosted",
+                },
+            ),
+            (201, "CS"),
+        ),
+    ],
+    ids=["stripe", "adyen"],
+)
+def test_python_m_fakes_serves_a_provider_until_stopped(
+    argv: list[str], request_args: tuple[str, dict[str, str], Any], answer: tuple[int, str]
+) -> None:
+    """``python -m fakes …`` (docs/payments.md, "Test mode end to end") prints its URL and
+    answers in the provider's wire format until it is stopped."""
+    tests = Path(__file__).resolve().parents[1]
+    with subprocess.Popen(
+        [sys.executable, "-m", "fakes", *argv, "--port", "0"],
+        cwd=tests,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as fake:
+        try:
+            assert fake.stdout is not None
+            url = fake.stdout.readline().split(" serving on ")[1].strip()
+            path, headers, body = request_args
+            r = httpx.post(url + path, headers=headers, json=body, timeout=10)
+            assert (r.status_code, r.json()["id"][: len(answer[1])]) == answer, r.text
+        finally:
+            fake.send_signal(signal.SIGTERM)
+        assert fake.wait(timeout=10) == 0

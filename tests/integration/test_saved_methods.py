@@ -44,6 +44,7 @@ from support import (
 
 from tallyray.actors.shard import ShardActor
 from tallyray.cluster import Settings, prepare_store
+from tallyray.cluster.wiring import seed_config
 from tallyray.invoicing.payments import AdyenProvider, StripeProvider
 from tallyray.invoicing.purchases import grant_id_of
 from tallyray.invoicing.recharge import AutoRecharges
@@ -88,6 +89,7 @@ class Shop:
     app: Any
     shard: Any
     clock: ProjectClock
+    config_path: str
 
     async def customer(self, provider: str, **fields: Any) -> str:
         customer = unique("cust")
@@ -151,7 +153,9 @@ async def shop(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Asyn
         url = create_postgres_database(POSTGRES_URL)
     else:
         url = f"sqlite:///{tmp_path_factory.mktemp('methods')}/methods.db"
-    settings = Settings.load(database_url=url, shards=1, config_path=server.settings.config_path)
+    config = server.settings.config_path
+    assert config is not None
+    settings = Settings.load(database_url=url, shards=1, config_path=config)
     catalog = prepare_store(settings)
     shard = (
         ray.remote(ShardActor)
@@ -192,7 +196,7 @@ async def shop(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Asyn
                 headers={"Authorization": f"Bearer {key}"},
                 timeout=60,
             ) as client:
-                yield Shop(client, billing, fake_stripe, fake_adyen, {}, app, shard, clock)
+                yield Shop(client, billing, fake_stripe, fake_adyen, {}, app, shard, clock, config)
         finally:
             billing.providers.close()
             ray.kill(shard, no_restart=True)
@@ -363,6 +367,65 @@ async def test_removing_the_last_card_turns_auto_recharge_off(shop: Shop) -> Non
     r = await shop.client.put(f"/v1/customers/{customer}/auto-recharge", json=RECHARGE)
     assert r.status_code == 200, r.text
     assert r.json()["enabled"] is True
+
+
+async def test_clearing_the_payment_method_by_a_customer_update_turns_auto_recharge_off(
+    shop: Shop,
+) -> None:
+    """The same rule as removing the last card, whichever way the method goes."""
+    customer = await shop.customer("stripe", payment_method="pm_card_visa")
+    r = await shop.client.put(f"/v1/customers/{customer}/auto-recharge", json=RECHARGE)
+    assert r.status_code == 200, r.text
+    mine = {"id": customer, "currency": "EUR"}
+
+    # An update that leaves the method (or sets another) leaves auto-recharge on.
+    for change in ({"name": "Acme AI"}, {"payment_method": "pm_card_mastercard"}):
+        r = await shop.client.post("/v1/customers", json={**mine, **change})
+        assert r.status_code == 201, r.text
+    settings = (await shop.client.get(f"/v1/customers/{customer}/auto-recharge")).json()
+    assert (settings["enabled"], settings["disabled_reason"]) == (True, None)
+
+    r = await shop.client.post(
+        "/v1/customers",
+        json={**mine, "payment_method": None},
+        headers={"X-Request-Id": "clear-the-method"},
+    )
+    assert r.status_code == 201, r.text
+    assert "payment_method" not in r.json()
+    settings = (await shop.client.get(f"/v1/customers/{customer}/auto-recharge")).json()
+    reason = "turned off: the customer's payment method was cleared"
+    assert (settings["enabled"], settings["disabled_reason"]) == (False, reason)
+    (disabled,) = disabled_of(shop, customer)
+    assert (disabled["data"]["code"], disabled["data"]["reason"]) == ("no_payment_method", reason)
+    r = await shop.client.get("/v1/audit-events", params={"object_id": customer})
+    (audited,) = [e for e in r.json()["events"] if e["action"] == "auto_recharge.disabled"]
+    assert audited["request_id"] == "clear-the-method"  # in the update's transaction
+    r = await shop.client.put(f"/v1/customers/{customer}/auto-recharge", json=RECHARGE)
+    assert r.status_code == 409, r.text
+
+
+async def test_a_restart_reloading_the_config_keeps_the_saved_method_and_auto_recharge(
+    shop: Shop, tmp_path: Path
+) -> None:
+    """The config file's customers are updated in the fields the file gives: a restart
+    neither forgets the card saved since nor turns auto-recharge off."""
+    customer = unique("cust")
+    config = json.loads(Path(shop.config_path).read_text(encoding="utf-8"))
+    entry = {"id": customer, "currency": "EUR", "name": "Acme AI", "payment_provider": "stripe"}
+    config["customers"] = [entry]
+    path = tmp_path / "tallyray.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    catalog = shop.billing.catalog
+    await asyncio.to_thread(seed_config, catalog, str(path), CLOCK())  # the first start
+    await save_card(shop, customer, "4242424242424242")
+    r = await shop.client.put(f"/v1/customers/{customer}/auto-recharge", json=RECHARGE)
+    assert r.status_code == 200, r.text
+
+    await asyncio.to_thread(seed_config, catalog, str(path), CLOCK())  # a restart
+    record = await asyncio.to_thread(catalog.customer, "test", customer)
+    assert record.billing["payment_method"].startswith("pm_")
+    settings = (await shop.client.get(f"/v1/customers/{customer}/auto-recharge")).json()
+    assert settings["enabled"] is True
 
 
 async def test_removing_the_last_card_with_auto_recharge_off_announces_nothing(
