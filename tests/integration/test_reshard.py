@@ -22,6 +22,7 @@ import httpx
 import pytest
 import ray
 from conftest import EXAMPLE_CONFIG
+from sqlalchemy import select
 from suite_clock import CLOCK, TEST_NOW
 from support import POSTGRES_URL, create_postgres_database, drop_postgres_database, unique
 
@@ -36,7 +37,12 @@ from tallyray.storage import tables as t
 from tallyray.storage.alerts import AlertStore
 from tallyray.storage.db import make_engine, migrate
 from tallyray.storage.keys import KeyStore
-from tallyray.storage.layout import layout_reader, read_layout, settle_shard_count
+from tallyray.storage.layout import (
+    layout_reader,
+    move_ownership,
+    read_layout,
+    settle_shard_count,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -100,6 +106,43 @@ def test_a_database_from_before_the_stored_count_keeps_its_checkpoints_count(
                     [{"shard": i, "shard_count": 2, "position": 0, "taken_at": 0} for i in (0, 1)],
                 )
             assert settle_shard_count(engine, None, CLOCK()) == 2
+        finally:
+            engine.dispose()
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_the_period_close_records_go_to_every_new_shard_at_the_latest_cutoff(
+    store: str, tmp_path: Path
+) -> None:
+    """Closed periods stay in ``billing_periods``; the cutoff each shard closed periods up
+    to (``period_closes``) is handed to every new shard, at the latest any old one reached:
+    a period one old shard had not closed yet is closed by its customer's new shard."""
+    with fresh_database(store, tmp_path) as url:
+        engine = make_engine(url)
+        migrate(engine)
+        try:
+            assert settle_shard_count(engine, 2, CLOCK()) == 2
+            pc = t.period_closes
+            with engine.begin() as conn:
+                conn.execute(
+                    pc.insert(),
+                    [
+                        {"shard": 0, "env": "live", "cutoff": 200, "closed_at": 1},
+                        {"shard": 1, "env": "live", "cutoff": 100, "closed_at": 1},
+                        {"shard": 1, "env": "test", "cutoff": 50, "closed_at": 1},
+                    ],
+                )
+            move_ownership(engine, 3, lambda env, customer: shard_of(env, customer, 3), 7)
+            with engine.connect() as conn:
+                rows = conn.execute(select(pc.c.shard, pc.c.env, pc.c.cutoff)).all()
+            assert sorted(map(tuple, rows)) == [
+                (0, "live", 200),
+                (0, "test", 50),
+                (1, "live", 200),
+                (1, "test", 50),
+                (2, "live", 200),
+                (2, "test", 50),
+            ]
         finally:
             engine.dispose()
 
