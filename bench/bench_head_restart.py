@@ -1,130 +1,50 @@
 """The head's GCS killed and restarted under a stream of events, with GCS fault tolerance on
-an external Redis (issue 13, item 4; docs/deploy.md, "The head's fault tolerance").
+an external Redis (issue 13, item 4; docs/deploy.md, "Node failures"): runs
+tests/e2e/head_restart_child.py — a 3-node ``ray.cluster_utils.Cluster`` on 127.0.0.1 whose
+GCS keeps its tables in Redis under a key namespace of its own (removed at the end), Tallyray
+with 4 shards on it, four producers over HTTP, the head's GCS process killed with SIGKILL a
+third of the way through, left down ``--down`` seconds and started again — and prints its
+JSON line.
 
     .venv/bin/python bench/bench_head_restart.py [--redis 127.0.0.1:6379] [--down 10]
         [--database-url URL] [--per-producer 400]
 
-A 3-node ``ray.cluster_utils.Cluster`` on 127.0.0.1 whose GCS keeps its tables in Redis
-(``RAY_REDIS_ADDRESS``) under a key namespace of its own (``RAY_external_storage_namespace``,
-removed from Redis at the end: nothing else in that Redis is touched); Tallyray on it as in
-tests/e2e/node_failure_child.py. When a third of the stream is acknowledged, the GCS process
-of the head is killed (SIGKILL), left down ``--down`` seconds, and started again on the same
-port; the raylets, the workers, the shards, the replicas and the driver stay. Prints one JSON
-line: what answered while the GCS was down, what works after, and whether every acknowledged
-event is counted once.
+Without ``--database-url``, a temporary SQLite file.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
-from typing import Any
 
-NAMESPACE_PREFIX = "tallyray_bench_"
-
-
-class Echo:
-    """An actor created after the restart: creating actors works again."""
-
-    def ping(self) -> str:
-        return "pong"
+CHILD = Path(__file__).resolve().parents[1] / "tests" / "e2e" / "head_restart_child.py"
 
 
-def main() -> dict[str, Any]:
+def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--redis", default="127.0.0.1:6379")
     parser.add_argument("--down", type=float, default=10.0)
     parser.add_argument("--database-url")
     parser.add_argument("--per-producer", type=int, default=400)
     args = parser.parse_args()
-    storage_namespace = NAMESPACE_PREFIX + uuid.uuid4().hex[:12]
-    # read by the GCS (and every Ray process) this script starts
-    os.environ["RAY_REDIS_ADDRESS"] = args.redis
-    os.environ["RAY_external_storage_namespace"] = storage_namespace  # noqa: SIM112 — Ray's name
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
-    import node_failure_child as harness  # sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
-    import ray
-    from ray._private.gcs_utils import cleanup_redis_storage
-
-    host, _, port = args.redis.rpartition(":")
-    workdir = Path(tempfile.mkdtemp(prefix="tallyray-head-"))
-    database_url = args.database_url or f"sqlite:///{workdir}/tallyray.db"
-    try:
-        return run(harness, ray, database_url, args.down, args.per_producer, storage_namespace)
-    finally:
-        cleanup_redis_storage(host, int(port), "", False, storage_namespace)
-
-
-def run(
-    harness: Any, ray: Any, database_url: str, down: float, per_producer: int, ns: str
-) -> dict[str, Any]:
-    deployed = harness.deploy(database_url)
-    cluster, client, key, base = deployed.cluster, deployed.client, deployed.key, deployed.base
-    try:
-        stream = harness.Stream(base, key, deployed.customers, per_producer)
-        prober = harness.Prober(base, key, deployed.probes)
-        stream.start()
-        prober.thread.start()
-        while stream.acknowledged < harness.PRODUCERS * per_producer // 3:
-            time.sleep(0.05)
-        at_kill = stream.acknowledged
-        killed_at = time.monotonic()
-        cluster.head_node.kill_gcs_server()
-        health_while_down = []
-        while time.monotonic() - killed_at < down:
-            try:
-                health_while_down.append(client.get("/healthz").status_code)
-            except Exception:  # noqa: BLE001 — a refused connection is an answer here
-                health_while_down.append(0)
-            time.sleep(0.5)
-        acknowledged_while_down = stream.acknowledged - at_kill
-        failures_before_restart = len([t for t in stream.failures if t >= killed_at])
-        cluster.head_node.start_gcs_server()
-        restarted_at = time.monotonic()
-        stream.join()
-        time.sleep(2)
-        prober.stopping.set()
-        prober.thread.join()
-
-        # after the restart: the named shards are found again, a new actor can be created
-        found = [
-            ray.get_actor(harness.shard_name(i), namespace=harness.NAMESPACE)
-            for i in range(harness.SHARDS)
-        ]
-        after_nodes = [harness.node_of(h) for h in found]
-        probe_actor = ray.remote(num_cpus=0)(Echo).remote()
-        created = ray.get(probe_actor.ping.remote(), timeout=60) == "pong"
-        totals_match, mismatches = harness.compare_totals(client, stream)
-        return {
-            "gcs_down_s": down,
-            "storage_namespace": ns,
-            "acknowledged_before_kill": at_kill,
-            "acknowledged_while_gcs_down": acknowledged_while_down,
-            "unacknowledged_attempts_while_down": failures_before_restart,
-            "healthz_while_down": sorted(set(health_while_down)),
-            "events": harness.PRODUCERS * per_producer,
-            "acknowledged": stream.acknowledged,
-            "totals_match": totals_match,
-            "mismatches": mismatches,
-            "stream_last_failure_after_restart_s": (
-                round(max(stream.failures) - restarted_at, 2) if stream.failures else None
-            ),
-            "shard_last_failure_s": {
-                i: round(t - killed_at, 2) for i, t in prober.last_failure.items()
-            },
-            "named_shards_found_after_restart": len(found),
-            "shard_nodes_unchanged": after_nodes == deployed.shard_nodes,
-            "new_actor_after_restart": created,
-        }
-    finally:
-        deployed.stop()
+    namespace = "tallyray_bench_" + uuid.uuid4().hex[:12]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TALLYRAY_", "RAY_"))}
+    with tempfile.TemporaryDirectory(prefix="tallyray-head-") as workdir:
+        url = args.database_url or f"sqlite:///{workdir}/tallyray.db"
+        argv = [url, str(args.per_producer), str(args.down), args.redis, namespace]
+        child = subprocess.run(
+            [sys.executable, str(CHILD), *argv],
+            cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    if child.returncode != 0:
+        sys.exit(child.stderr[-4000:])
+    print(child.stdout.strip().splitlines()[-1], flush=True)
 
 
 if __name__ == "__main__":
-    print(json.dumps(main()), flush=True)
+    main()

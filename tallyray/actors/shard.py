@@ -100,6 +100,12 @@ AccountKey = tuple[str, str]
 GATHER_EVENTS = 4000
 """A commit of events stops waiting for more once it holds this many."""
 
+APPLY_SLICE_SECONDS = 0.001
+"""Applying a commit in memory lets the event loop run other work (quota checks, balance
+reads) after about this much of it: a commit of a few thousand events takes tens of ms to
+apply, and a check arriving meanwhile would otherwise wait for all of it (see
+:meth:`ShardCore._apply_commit`)."""
+
 _STORE_DOWN = (DatabaseUnavailable, StoreUnavailable)
 """Errors of the store, not of an account: while recovering they fail the start (Ray starts
 the shard again), instead of setting accounts aside."""
@@ -225,6 +231,9 @@ class ShardCore:
         """The fewest events any account here could take before a cap may refuse one
         (``None``: work it out again)."""
         self._wake: asyncio.Event | None = None
+        self._apply_guard: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        """Held while a commit is applied in slices, and by a checkpoint while it takes its
+        snapshots (:meth:`applying`)."""
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"shard-{shard}-db")
         self._tasks: list[asyncio.Task[None]] = []
         self.recover()
@@ -241,6 +250,31 @@ class ShardCore:
             ]
             if self.outbox:  # fired while recovering (no loop then): write them now
                 self._wake.set()
+
+    def applying(self) -> asyncio.Lock:
+        """The lock between a commit's apply and a checkpoint's snapshot (one per event
+        loop: a lock belongs to the loop it first waited on).
+
+        A commit is applied in slices (:meth:`_apply_commit`), and between two slices some
+        accounts hold the commit's events while the shard's position does not include it
+        yet. A checkpoint taken there would store those accounts with the old position, and
+        a restart would replay their events a second time; so a checkpoint waits for the
+        apply to end. Everything else may run between slices: each account is whole at any
+        moment (its part of the commit is applied in one go), and what the commit changes
+        is not acknowledged until all of it is applied."""
+        loop = asyncio.get_running_loop()
+        guard = self._apply_guard
+        if guard is None or guard[0] is not loop:
+            guard = self._apply_guard = (loop, asyncio.Lock())
+        return guard[1]
+
+    def close(self) -> None:
+        """Stop the committer and checkpointer, the database thread and the engine (a core
+        driven directly, in tests and benchmarks; an actor's process simply ends)."""
+        for task in self._tasks:
+            task.cancel()
+        self._db.shutdown(wait=True)
+        self.engine.dispose()
 
     def env(self, env: str) -> EnvCatalog:
         found = self.envs.get(env)
@@ -748,7 +782,8 @@ class ShardCore:
             self.stats.commit_seconds.observe(self._last_commit - started)
             self.stats.batch_sizes.observe(len(events))
             try:
-                self._apply_commit(batch, result.inserted, at, result.skipped_grants)
+                async with self.applying():
+                    await self._apply_commit(batch, result.inserted, at, result.skipped_grants)
             except Exception as error:  # noqa: BLE001 — the commit is durable: answer it
                 # Each account's part is guarded on its own (see _apply_commit); this is the
                 # last line, so that the committer itself never dies.
@@ -759,7 +794,7 @@ class ShardCore:
                 if not p.future.done():
                     p.future.set_result(p)
 
-    def _apply_commit(
+    async def _apply_commit(
         self,
         batch: list[_Pending],
         inserted: dict[tuple[str, str, str], int],
@@ -773,7 +808,13 @@ class ShardCore:
 
         The commit is durable before this runs, so every request in it is answered as
         written, also when applying one account's part fails: that account is set aside (its
-        part is in the log and counts once it is repaired) and the others go on."""
+        part is in the log and counts once it is repaired) and the others go on.
+
+        Every :data:`APPLY_SLICE_SECONDS` or so, between two accounts, it lets the event loop
+        answer what waits (quota checks above all: a commit of thousands of events takes
+        tens of ms). The caller holds :meth:`applying`, which keeps checkpoints out of the
+        middle; each account's part is applied whole, and nothing of the commit is answered
+        before all of it is applied."""
         fresh: dict[AccountKey, list[Event]] = {}
         everything_new = len(inserted) == sum(len(p.parsed) for p in batch)
         make = tuple.__new__  # an Event without NamedTuple's Python-level __new__ (per event)
@@ -793,9 +834,14 @@ class ShardCore:
             self.stats.ingested += new
             self.stats.duplicates += len(p.parsed) - new
         aside = self.quarantined
+        clock = time.perf_counter
+        yield_at = clock() + APPLY_SLICE_SECONDS
         for (env, customer), events in fresh.items():
             if (env, customer) not in aside:  # set aside while this commit was written
                 self._apply(env, customer, events, at, alerts=False)
+            if clock() >= yield_at:
+                await asyncio.sleep(0)
+                yield_at = clock() + APPLY_SLICE_SECONDS
         for p in batch:
             for grant in p.grants:
                 if grant["id"] in skipped_grants:  # it pays a purchase paid before
@@ -812,6 +858,9 @@ class ShardCore:
                     self._headroom = min(self._headroom, self._headroom_of(account))
             except Exception as error:
                 self._set_aside(key, "evaluating its alerts", error)
+            if clock() >= yield_at:
+                await asyncio.sleep(0)
+                yield_at = clock() + APPLY_SLICE_SECONDS
 
     # -- resharding ----------------------------------------------------------------------
 
@@ -856,24 +905,28 @@ class ShardCore:
 
         An account whose snapshot fails is set aside and not written (its last stored state
         stays); while any account is set aside, the shard's own position stays at the point
-        its stored state reaches, so a restart replays its data from there."""
-        await self._write_unpriced()  # first: a checkpoint never gets ahead of its records
-        if not self.dirty:
-            self.stats.checkpoint_at = self.clock()
-            return 0
-        keys, self.dirty = self.dirty, set()
-        states: dict[AccountKey, Any] = {}
-        for key in keys:
-            account = self.accounts.get(key)
-            if account is None:
-                continue
-            try:
-                states[key] = account.snapshot()
-            except Exception as error:
-                self._set_aside(key, "taking its checkpoint", error)
-        position, now = self.position, self.clock()
-        head = min([position, *(aside.floor for aside in self.quarantined.values())])
-        pending = [*self._sending, *self.outbox]  # written once: the ids are deterministic
+        its stored state reaches, so a restart replays its data from there.
+
+        The states and the position are taken between two commits' applies, never in the
+        middle of one (:meth:`applying`)."""
+        async with self.applying():
+            await self._write_unpriced()  # first: a checkpoint never gets ahead of its records
+            if not self.dirty:
+                self.stats.checkpoint_at = self.clock()
+                return 0
+            keys, self.dirty = self.dirty, set()
+            states: dict[AccountKey, Any] = {}
+            for key in keys:
+                account = self.accounts.get(key)
+                if account is None:
+                    continue
+                try:
+                    states[key] = account.snapshot()
+                except Exception as error:
+                    self._set_aside(key, "taking its checkpoint", error)
+            position, now = self.position, self.clock()
+            head = min([position, *(aside.floor for aside in self.quarantined.values())])
+            pending = [*self._sending, *self.outbox]  # written once: the ids are deterministic
         try:
             await asyncio.get_running_loop().run_in_executor(
                 self._db,
@@ -895,10 +948,11 @@ class ShardCore:
     async def expire_holds(self) -> int:
         now = self.clock()
         finished: list[tuple[str, str]] = []
-        for account in self.accounts.values():
-            for hold_id in account.expire_holds(now):
-                finished.append((hold_id, "expired"))
-                self.hold_owner.pop(hold_id, None)
+        async with self.applying():  # not between a commit's slices: see refresh_between
+            for account in self.accounts.values():
+                for hold_id in account.expire_holds(now):
+                    finished.append((hold_id, "expired"))
+                    self.hold_owner.pop(hold_id, None)
         if finished:
             loop = asyncio.get_running_loop()
             await self._submit(_Pending(loop.create_future(), "", finished_holds=finished))
@@ -1463,6 +1517,15 @@ class ShardCore:
         if refused is not None:
             raise refused
 
+    async def refresh_between(self, env: str, customer_ids: Sequence[str] | None = None) -> None:
+        """:meth:`refresh` between two commits' applies, never in the middle of one: a new
+        profile re-rates an account and evaluates its alerts, which a commit does for its
+        accounts at its end, after its grants (:meth:`_apply_commit`); keeping the two apart
+        keeps every account's history in the order replay gives it. The same for hold
+        expiry (:meth:`expire_holds`)."""
+        async with self.applying():
+            self.refresh(env, customer_ids)
+
     def status(self) -> dict[str, Any]:
         stats = self.stats
         return {
@@ -1658,7 +1721,7 @@ class ShardActor:
         return self.core.balance(env, customer_id)
 
     async def refresh(self, env: str, customer_ids: list[str] | None = None) -> None:
-        self.core.refresh(env, customer_ids)
+        await self.core.refresh_between(env, customer_ids)
 
     async def checkpoint(self) -> int:
         return await self.core.checkpoint()

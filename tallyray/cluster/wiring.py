@@ -60,10 +60,14 @@ def start_ray(settings: Settings, num_cpus: int | None = None) -> None:
     else:
         _stay_on_loopback()
         # "local": a Ray of our own, even where another cluster was started on this machine
-        # (without it, ray.init() joins the last one ``ray start`` recorded in /tmp/ray)
+        # (without it, ray.init() joins the last one ``ray start`` recorded in /tmp/ray).
+        # Its one node offers the placement resources the settings name (the pods' settings
+        # in one process, as test_rayservice_app does): else no shard or replica would fit.
+        wanted = (settings.shard_resource, settings.ingress_resource)
         ray.init(
             address="local",
             num_cpus=num_cpus or os.cpu_count(),
+            resources={name: 1 for name in wanted if name} or None,
             _node_ip_address="127.0.0.1",
             **kwargs,
         )
@@ -100,7 +104,8 @@ def prepare_store(settings: Settings) -> Catalog:
 
 def settle_shards(settings: Settings, engine: Engine) -> Settings:
     """The settings with the shard count the database holds (stored at the first start;
-    a different ``TALLYRAY_SHARDS`` is refused, naming ``tallyray reshard``)."""
+    a different ``TALLYRAY_SHARDS`` later is logged and not applied: ``tallyray reshard``
+    changes the count)."""
     count = settle_shard_count(engine, settings.shards, settings.clock())
     return replace(settings, shards=count)
 

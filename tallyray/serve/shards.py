@@ -19,7 +19,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from tallyray.actors.routing import shard_of
 from tallyray.actors.shard_line import LineDown, LineOptions, ShardLine
-from tallyray.errors import NotOwner, StoreUnavailable, TallyrayError
+from tallyray.errors import NotOwner, Resharding, StoreUnavailable, TallyrayError
 
 __all__ = ["NAMESPACE", "ShardRouter", "shard_name"]
 
@@ -129,10 +129,16 @@ class ShardRouter:
         return found
 
     def relayout(self) -> None:
-        """Read the shard count afresh (a reshard happened) and forget every shard handle
-        and line: the shards behind the names are new."""
+        """Read the shard count afresh (a reshard happened) and forget every shard handle,
+        and every line once the layout has changed: the shards behind the names are new.
+        While it has not (a reshard starting, a shard not found for a moment), the lines
+        stay: closing one with a call in flight would make that call's answer a guess."""
         if self._layout is not None:
+            before = (self.count, self.epoch)
             self.count, self.epoch = self._layout()
+            if (self.count, self.epoch) == before:
+                self._handles.clear()
+                return
         self._handles.clear()
         for line in self._lines.values():
             line.close()
@@ -149,6 +155,7 @@ class ShardRouter:
     async def _call(self, index: int, method: str, *args: Any, idempotent: bool = False) -> Any:
         if method not in LINE_METHODS:
             return await self._ray_call(index, method, *args, idempotent=idempotent)
+        sent = False
         if self.lines:
             line = await self._line(index)
             if line is not None:
@@ -159,7 +166,19 @@ class ShardRouter:
                 except LineDown as error:
                     log.info("shard %d line down, calling over Ray: %s", index, error)
                     self._lines.pop(index, None)
-        answer = await self._ray_call(index, method, *args, idempotent=idempotent)
+                    sent = True
+        try:
+            answer = await self._ray_call(index, method, *args, idempotent=idempotent)
+        except Resharding:
+            if not sent:
+                raise
+            # the call that went over the line may have been applied before the shard began
+            # to drain: "nothing was stored" would not be known to be true
+            raise StoreUnavailable(
+                "the shard count is being changed, and the connection to the shard broke "
+                "with this request sent: it may have been stored. Retry with the same event "
+                "ids: what was stored counts once."
+            ) from None
         self.calls["ray"] += 1
         return answer
 

@@ -1,8 +1,10 @@
 """How many shards own the data, and moving the data to another count (resharding).
 
 The count lives in the ``shard_layout`` row, written at the first start: the server reads it
-there, not from the CPU count, so a database moved to another box starts as it was. Asking
-for another count (``TALLYRAY_SHARDS``) refuses to start and names ``tallyray reshard``.
+there, not from the CPU count, so a database moved to another box starts as it was.
+``TALLYRAY_SHARDS`` only seeds the first start: a different count asked for later (a deployment
+file not updated after ``tallyray reshard``) starts with the stored count and logs a warning
+naming both; it never reshards by itself.
 
 What a shard owns in the store, and how :func:`move_ownership` hands it to the new set:
 
@@ -31,6 +33,7 @@ customer, not shard, so duplicates stay duplicates across the change.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +43,8 @@ from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, sele
 
 from tallyray.errors import Conflict
 from tallyray.storage import tables as t
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ShardLayout",
@@ -120,7 +125,9 @@ def settle_shard_count(engine: Engine, requested: int | None, now: int) -> int:
     """The shard count to start with: the stored one. On the first start it is stored: the
     count the checkpoints were taken with (a database from before the count was stored),
     else ``requested``, else the CPU count. A ``requested`` count other than the stored one
-    is refused (:class:`Conflict`): changing it moves data, which ``tallyray reshard`` does."""
+    (``TALLYRAY_SHARDS`` left at its old value after a reshard) is not applied: changing the
+    count moves data, which ``tallyray reshard`` does; the stored count is used and a warning
+    says so."""
     with engine.begin() as conn:
         layout = _layout(conn)
         if layout is None:
@@ -131,10 +138,15 @@ def settle_shard_count(engine: Engine, requested: int | None, now: int) -> int:
             )
             layout = ShardLayout(count, 0)
     if requested is not None and requested != layout.count:
-        raise Conflict(
-            f"the database's data is spread over {layout.count} shards, and "
-            f"TALLYRAY_SHARDS (or --shards) asks for {requested}. Leave it unset to start with "
-            f"{layout.count}, or change the count with `tallyray reshard --shards {requested}`."
+        log.warning(
+            "TALLYRAY_SHARDS (or --shards) asks for %d shards, but the database's data is "
+            "spread over %d: starting with %d. The variable only seeds the first start; change "
+            "the count with `tallyray reshard --shards %d`, and set the variable to the "
+            "database's count (or remove it) to silence this.",
+            requested,
+            layout.count,
+            layout.count,
+            requested,
         )
     return layout.count
 

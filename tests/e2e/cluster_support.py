@@ -150,3 +150,15 @@ def serve_env(cluster: RayCluster) -> dict[str, str]:
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         "RAY_TMPDIR": cluster.ray_tmp,
     }
+
+
+def run_json_child(child: Path, args: list[str], cwd: Path, timeout: float = 420) -> Any:
+    """Run a ``*_child.py`` cluster script in a process of its own, without this session's
+    ``TALLYRAY_*`` and ``RAY_*`` settings, and return the JSON its last output line holds."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TALLYRAY_", "RAY_"))}
+    done = subprocess.run(
+        [sys.executable, str(child), *args],
+        env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -14,13 +14,10 @@ otherwise; ``bench/bench_node_failure.py`` runs the same child on either, with m
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cluster_support import run_json_child
 from integration.support import POSTGRES_URL, create_postgres_database, drop_postgres_database
 
 pytestmark = pytest.mark.e2e
@@ -30,13 +27,7 @@ EVENTS_PER_PRODUCER = 300
 
 
 def run_child(database_url: str, cwd: Path) -> dict[str, object]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TALLYRAY_", "RAY_"))}
-    child = subprocess.run(
-        [sys.executable, str(CHILD), database_url, str(EVENTS_PER_PRODUCER)],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=420,
-    )  # fmt: skip
-    assert child.returncode == 0, child.stderr[-4000:]
-    result: dict[str, object] = json.loads(child.stdout.strip().splitlines()[-1])
+    result: dict[str, object] = run_json_child(CHILD, [database_url, str(EVENTS_PER_PRODUCER)], cwd)
     return result
 
 

@@ -8,10 +8,12 @@ the suite runs on."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import orjson
 import pyarrow.dataset as ds
 import pytest
@@ -374,6 +376,39 @@ def test_the_export_reads_back_exactly_with_pyarrow(engine: Engine, tmp_path: Pa
     # Exporting a day again replaces it rather than adding a second copy.
     export_events(engine, at("2026-11-02T00:00:00Z"), at("2026-11-03T00:00:00Z"), out)
     assert len(read_back(out)) == 3
+
+
+def test_duckdb_reads_the_export_as_it_is_written(engine: Engine, tmp_path: Path) -> None:
+    """The export is for other tools: DuckDB reads the folder of days with nothing but its
+    path (the day from the folder names, as a date; timestamps as UTC instants; properties
+    as JSON)."""
+    ensure_partitions(engine, NOW)
+    fill(
+        engine,
+        [
+            event("acme", "x1", "2026-11-02T10:00:00Z", 1),
+            event("acme", "x2", "2026-11-02T23:59:59.999999Z", 2, model="gpt-4o"),
+            event("globex", "x3", "2026-11-03T08:30:00.000123Z", 3),
+        ],
+    )
+    out = tmp_path / "export"
+    export_events(engine, at("2026-11-02T00:00:00Z"), at("2026-11-04T00:00:00Z"), out)
+    rows = duckdb.sql(
+        f"""SELECT date, customer_id, event_id, epoch_us("timestamp"),
+                   CAST(json_extract(properties, '$.tokens') AS INTEGER)
+            FROM read_parquet('{out}/*/*.parquet', hive_partitioning = true)
+            ORDER BY event_id"""
+    ).fetchall()
+    assert rows == [
+        (date(2026, 11, 2), "acme", "x1", at("2026-11-02T10:00:00Z"), 1),
+        (date(2026, 11, 2), "acme", "x2", at("2026-11-02T23:59:59.999999Z"), 2),
+        (date(2026, 11, 3), "globex", "x3", at("2026-11-03T08:30:00.000123Z"), 3),
+    ]
+    per_day = duckdb.sql(
+        f"SELECT date, count(*) FROM read_parquet('{out}/**/*.parquet', hive_partitioning = true)"
+        " GROUP BY date ORDER BY date"
+    ).fetchall()
+    assert per_day == [(date(2026, 11, 2), 2), (date(2026, 11, 3), 1)]
 
 
 def test_retention_exports_before_it_removes(engine: Engine, tmp_path: Path) -> None:

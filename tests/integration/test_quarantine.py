@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from support import (
     unique,
 )
 
+from tallyray.actors import shard as shard_module
 from tallyray.actors.shard import IncomingEvent, ShardCore
 from tallyray.cluster import Settings, prepare_store
 from tallyray.errors import AccountQuarantined
@@ -359,10 +361,7 @@ async def core_on(url: str) -> AsyncIterator[ShardCore]:
     try:
         yield core
     finally:
-        for task in core._tasks:
-            task.cancel()
-        core._db.shutdown(wait=True)
-        core.engine.dispose()
+        core.close()
 
 
 def incoming(customer: str) -> IncomingEvent:
@@ -447,6 +446,74 @@ async def test_a_failing_snapshot_sets_one_account_aside_and_checkpoints_the_oth
         assert not core.quarantined
         assert spent(core, "p") == spent(core, "q") == ("2.007", "2")  # nothing counted twice
         assert spent(core, "r") == ("2.0035", "1")
+
+
+async def test_a_checkpoint_asked_for_while_a_commit_is_applied_waits_for_all_of_it(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit is applied in slices (a quota check must not wait for all of it), and a
+    checkpoint stores the accounts with the log position they include: taken between two
+    slices, it would store the first account's events with the position before the commit,
+    and a restart would count them twice."""
+    monkeypatch.setattr(shard_module, "APPLY_SLICE_SECONDS", 0.0)  # a slice per account
+    async with core_on(store_url) as core:
+        for customer in ("p", "q", "r"):
+            await core.add_grant("test", customer, grant(customer))
+        applied: list[str] = []
+        asked: list[asyncio.Future[int]] = []
+        stored_after: list[int] = []  # how many accounts were applied when it was stored
+        one_account = core._apply
+        save = core.store.save_checkpoint
+
+        def apply_and_ask(env: str, customer: str, *args: Any, **kwargs: Any) -> None:
+            one_account(env, customer, *args, **kwargs)
+            applied.append(customer)
+            if len(applied) == 1:  # p is applied, q and r are not yet
+                asked.append(asyncio.ensure_future(core.checkpoint()))
+
+        def save_and_note(*args: Any) -> None:
+            stored_after.append(len(applied))
+            save(*args)
+
+        core._apply = apply_and_ask  # type: ignore[method-assign]
+        core.store.save_checkpoint = save_and_note  # type: ignore[method-assign]
+        await asyncio.gather(*(core.ingest("test", [incoming(c)]) for c in ("p", "q", "r")))
+        await asyncio.gather(*asked)
+        assert applied == ["p", "q", "r"] and stored_after == [3]
+        assert core.store.load_checkpoint()[0] == core.position
+    async with core_on(store_url) as core:  # a restart: each call counted once
+        assert [spent(core, c) for c in ("p", "q", "r")] == [("2.0035", "1")] * 3
+
+
+async def test_checks_are_answered_between_the_slices_of_a_commit(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A check that arrives while a commit is applied is answered before the apply ends,
+    from each account as it stands: whole, with or without its part of the commit."""
+    monkeypatch.setattr(shard_module, "APPLY_SLICE_SECONDS", 0.0)
+    async with core_on(store_url) as core:
+        for customer in ("p", "q", "r"):
+            await core.add_grant("test", customer, grant(customer))
+        applied: list[str] = []
+        answered: list[tuple[int, str, Decimal]] = []  # (accounts applied, customer, cost)
+        one_account = core._apply
+
+        def check(customer: str) -> None:
+            answer = core.check("test", customer, [incoming(customer)])
+            answered.append((len(applied), customer, answer.cost))
+
+        def apply_and_check(env: str, customer: str, *args: Any, **kwargs: Any) -> None:
+            one_account(env, customer, *args, **kwargs)
+            applied.append(customer)
+            if len(applied) == 1:
+                loop = asyncio.get_running_loop()
+                loop.call_soon(check, "p")  # applied: its second call costs 0.0035
+                loop.call_soon(check, "r")  # not yet: its first call costs 2.0035
+
+        core._apply = apply_and_check  # type: ignore[method-assign]
+        await asyncio.gather(*(core.ingest("test", [incoming(c)]) for c in ("p", "q", "r")))
+        assert answered == [(1, "p", Decimal("0.0035")), (1, "r", Decimal("2.0035"))]
+        assert [spent(core, c) for c in ("p", "q", "r")] == [("2.0035", "1")] * 3
 
 
 def grant(customer: str) -> dict[str, Any]:

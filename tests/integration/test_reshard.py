@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import httpx
 import pytest
 import ray
 from conftest import EXAMPLE_CONFIG
+from sqlalchemy import select
 from suite_clock import CLOCK, TEST_NOW
 from support import POSTGRES_URL, create_postgres_database, drop_postgres_database, unique
 
@@ -29,14 +31,18 @@ from tallyray.actors.shard import ShardActor
 from tallyray.cli import main as cli
 from tallyray.cluster import Settings, prepare_store
 from tallyray.cluster.reshard import reshard_live
-from tallyray.errors import Conflict
 from tallyray.serve.app import Services, build_app
 from tallyray.serve.shards import ShardRouter
 from tallyray.storage import tables as t
 from tallyray.storage.alerts import AlertStore
 from tallyray.storage.db import make_engine, migrate
 from tallyray.storage.keys import KeyStore
-from tallyray.storage.layout import layout_reader, read_layout, settle_shard_count
+from tallyray.storage.layout import (
+    layout_reader,
+    move_ownership,
+    read_layout,
+    settle_shard_count,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -63,17 +69,23 @@ def fresh_database(store: str, tmp_path: Path) -> Any:
 
 @pytest.mark.parametrize("store", STORES)
 def test_the_shard_count_is_stored_at_the_first_start_and_read_after(
-    store: str, tmp_path: Path
+    store: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with fresh_database(store, tmp_path) as url:
         engine = make_engine(url)
         migrate(engine)
         try:
-            assert settle_shard_count(engine, 3, CLOCK()) == 3  # first start: stored
-            assert settle_shard_count(engine, None, CLOCK()) == 3  # another CPU count: read
-            assert settle_shard_count(engine, 3, CLOCK()) == 3
-            with pytest.raises(Conflict, match=r"tallyray reshard --shards 5"):
-                settle_shard_count(engine, 5, CLOCK())
+            with caplog.at_level(logging.WARNING, logger="tallyray.storage.layout"):
+                assert settle_shard_count(engine, 3, CLOCK()) == 3  # first start: stored
+                assert settle_shard_count(engine, None, CLOCK()) == 3  # another CPU count
+                assert settle_shard_count(engine, 3, CLOCK()) == 3
+                assert caplog.messages == []
+                # TALLYRAY_SHARDS left at another count (a deployment file not updated after
+                # a reshard): the stored count, a warning, and no reshard
+                assert settle_shard_count(engine, 5, CLOCK()) == 3
+            [warning] = caplog.messages
+            assert "asks for 5 shards" in warning and "starting with 3" in warning
+            assert "tallyray reshard --shards 5" in warning
             layout = read_layout(engine)
             assert layout is not None and (layout.count, layout.epoch) == (3, 0)
         finally:
@@ -94,6 +106,43 @@ def test_a_database_from_before_the_stored_count_keeps_its_checkpoints_count(
                     [{"shard": i, "shard_count": 2, "position": 0, "taken_at": 0} for i in (0, 1)],
                 )
             assert settle_shard_count(engine, None, CLOCK()) == 2
+        finally:
+            engine.dispose()
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_the_period_close_records_go_to_every_new_shard_at_the_latest_cutoff(
+    store: str, tmp_path: Path
+) -> None:
+    """Closed periods stay in ``billing_periods``; the cutoff each shard closed periods up
+    to (``period_closes``) is handed to every new shard, at the latest any old one reached:
+    a period one old shard had not closed yet is closed by its customer's new shard."""
+    with fresh_database(store, tmp_path) as url:
+        engine = make_engine(url)
+        migrate(engine)
+        try:
+            assert settle_shard_count(engine, 2, CLOCK()) == 2
+            pc = t.period_closes
+            with engine.begin() as conn:
+                conn.execute(
+                    pc.insert(),
+                    [
+                        {"shard": 0, "env": "live", "cutoff": 200, "closed_at": 1},
+                        {"shard": 1, "env": "live", "cutoff": 100, "closed_at": 1},
+                        {"shard": 1, "env": "test", "cutoff": 50, "closed_at": 1},
+                    ],
+                )
+            move_ownership(engine, 3, lambda env, customer: shard_of(env, customer, 3), 7)
+            with engine.connect() as conn:
+                rows = conn.execute(select(pc.c.shard, pc.c.env, pc.c.cutoff)).all()
+            assert sorted(map(tuple, rows)) == [
+                (0, "live", 200),
+                (0, "test", 50),
+                (1, "live", 200),
+                (1, "test", 50),
+                (2, "live", 200),
+                (2, "test", 50),
+            ]
         finally:
             engine.dispose()
 

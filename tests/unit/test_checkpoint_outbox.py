@@ -26,6 +26,7 @@ def test_a_checkpoint_during_a_commit_also_writes_that_commits_messages() -> Non
     sending, queued = message("recharge:test:c:1"), message("alert:test:c:r:0:1:triggered")
     core = SimpleNamespace(
         _write_unpriced=nothing_unpriced,
+        applying=asyncio.Lock,  # no commit being applied
         dirty={("test", "c")},
         accounts={("test", "c"): SimpleNamespace(snapshot=lambda: {"fired": 1})},
         quarantined={},

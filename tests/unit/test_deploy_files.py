@@ -9,6 +9,7 @@ container's command line itself."""
 from __future__ import annotations
 
 import importlib
+import json
 import shlex
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from deploy_files import (
 )
 
 from tallyray.cli import build_parser
+from tallyray.cluster.placement import shard_options
 from tallyray.cluster.settings import Settings
 
 # --- the Dockerfile ----------------------------------------------------------------------
@@ -259,6 +261,36 @@ def test_as_many_api_replicas_as_worker_pods_one_each() -> None:
     # the head runs no replica, so it is kept out of the Service
     assert spec["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
     assert spec["excludeHeadPodFromServeSvc"] is True
+
+
+def ray_start_resources(params: dict[str, str]) -> dict[str, float]:
+    """The custom resources a group's ``rayStartParams`` offer: KubeRay puts the value into
+    ``ray start --resources=<value>`` on a shell command line, which takes off the outer
+    quotes and the backslashes, leaving JSON."""
+    if "resources" not in params:
+        return {}
+    [argument] = shlex.split(params["resources"])
+    return {name: float(n) for name, n in json.loads(argument).items()}
+
+
+def test_the_shards_run_on_the_worker_pods_only_never_on_the_head() -> None:
+    cluster = rayservice()["spec"]["rayClusterConfig"]
+    for pod in pod_specs():
+        [container] = pod["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["TALLYRAY_SHARD_RESOURCE"] == "tallyray_shard"
+        settings = Settings.load(shard_resource=env["TALLYRAY_SHARD_RESOURCE"])
+        [(resource, share)] = shard_options(settings)["resources"].items()
+    assert resource not in ray_start_resources(cluster["headGroupSpec"]["rayStartParams"])
+    for group in cluster["workerGroupSpecs"]:
+        offered = ray_start_resources(group["rayStartParams"])
+        assert offered[resource] >= 4 * share  # the manifest's 4 shards fit on one pod
+
+
+def test_the_shard_count_is_said_to_seed_the_first_start_only() -> None:
+    for text in (COMPOSE.read_text(), RAYSERVICE.read_text()):
+        assert "first start only" in text
+        assert "tallyray reshard" in text
 
 
 # --- deploy/kuberay/events-maintain.yaml -----------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 
 from tallyray.actors.account import QuotaAnswer
 from tallyray.actors.shard_line import LineOptions, ShardLineServer
-from tallyray.errors import NotFound, NotOwner
+from tallyray.errors import NotFound, NotOwner, Resharding, StoreUnavailable
 from tallyray.serve.shards import ShardRouter
 
 
@@ -47,6 +47,8 @@ class FakeShard:
     def __init__(self, node: str, host: str | None = None) -> None:
         self.server = ShardLineServer(node, METHODS, host=host)
         self.ray_calls: Counter[str] = Counter()
+        self.draining = False
+        """Ray calls to ingest are refused as a draining shard refuses them."""
 
     def __getattr__(self, method: str) -> Any:
         shard = self
@@ -59,6 +61,8 @@ class FakeShard:
                     return shard.server.endpoint()
                 if method == "check_many":
                     return ray_answer(check_many(*args))
+                if shard.draining:
+                    raise Resharding.now()
                 return ingest(*args)
 
         return Method
@@ -213,5 +217,52 @@ def test_a_check_for_a_customer_another_shard_owns_relayouts_the_router() -> Non
             await router.check(0, "test", "other", [])
         assert router.epoch == 1  # it read the layout afresh
         await shard.server.close()
+
+    asyncio.run(main())
+
+
+def test_a_relayout_that_finds_the_same_layout_keeps_the_lines() -> None:
+    async def main() -> None:
+        shard = FakeShard("node-a")
+        stored = [(1, 0)]
+        router = ShardRouter(
+            1, lookup=lambda i: shard, node=lambda: "node-a", layout=lambda: stored[-1]
+        )
+        await router.call(0, "ingest", "test", [1])
+        router.relayout()  # a reshard starting: the count and epoch are still the same
+        await router.call(0, "ingest", "test", [1])
+        assert shard.ray_calls == {"line_endpoint": 1}  # the same line
+        stored.append((2, 1))  # the reshard done: the shards behind the names are new
+        router.relayout()
+        await router.call(0, "ingest", "test", [1])
+        assert shard.ray_calls == {"line_endpoint": 2}
+        await shard.server.close()
+
+    asyncio.run(main())
+
+
+def test_a_call_whose_line_broke_is_not_said_to_have_stored_nothing_by_a_draining_shard() -> None:
+    async def main() -> None:
+        arrived = asyncio.Event()
+
+        async def ingest_then_drain(env: str, events: list[Any], rebook: bool = False) -> Any:
+            arrived.set()  # stored, say; then the line breaks before the answer
+            await asyncio.Event().wait()
+
+        shard = FakeShard("node-a")
+        await shard.server.close()
+        shard.server = ShardLineServer("node-a", {**METHODS, "ingest": ingest_then_drain})
+        shard.draining = True
+        router = ShardRouter(1, lookup=lambda i: shard, node=lambda: "node-a")
+        call = asyncio.create_task(router.call(0, "ingest", "test", [1]))
+        await arrived.wait()
+        await shard.server.close()
+        with pytest.raises(StoreUnavailable) as refused:
+            await call
+        assert type(refused.value) is StoreUnavailable  # not Resharding's "nothing stored"
+        assert "it may have been stored" in str(refused.value)
+        # without a line, the draining shard's own answer stands
+        with pytest.raises(Resharding):
+            await ShardRouter(1, lookup=lambda i: shard, lines=False).call(0, "ingest", "t", [1])
 
     asyncio.run(main())
