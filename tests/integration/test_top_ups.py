@@ -448,6 +448,39 @@ async def test_an_off_session_recharge_books_once_and_is_not_charged_twice(
     assert await credits(client, declined) == 0
 
 
+async def test_an_off_session_recharge_through_adyen_books_once_on_its_notification(
+    shop: Shop, client: httpx.AsyncClient
+) -> None:
+    """The recharge core with a card stored at Adyen: ``/payments`` with the stored payment
+    method, ``reference`` = the purchase; the HMAC-signed AUTHORISATION books it, once."""
+    buyer = await customer(client, "adyen", payment_method="STOREDCARD0001")
+    purchases = shop.billing.purchases
+    purchase_id = f"pur_{unique('adyen').replace('-', '')}"
+    purchase, result = await purchases.start_recharge(
+        "test", buyer, Decimal("40.00"), purchase_id=purchase_id
+    )
+    assert result is not None and result.status == "succeeded"
+    assert (purchase["kind"], purchase["status"]) == ("recharge", "pending")
+    (payment,) = [
+        r.json()
+        for r in shop.adyen.received
+        if r.path.endswith("/payments") and r.json()["reference"] == purchase_id
+    ]
+    assert payment["paymentMethod"]["storedPaymentMethodId"] == "STOREDCARD0001"
+    assert payment["amount"] == {"value": 4000, "currency": "EUR"}
+    (hook,) = deliveries_for(shop.adyen, purchase_id, 1)
+    for _ in range(3):
+        assert (await deliver(client, "adyen", hook)).text == "[accepted]"
+    assert await credits(client, buyer) == Decimal("40.00")
+    assert purchases.store.get("test", purchase_id)["status"] == "paid"
+    # A stored card Adyen refuses: failed at once, nothing booked.
+    refused = await customer(client, "adyen", payment_method="refused")
+    purchase, result = await purchases.start_recharge("test", refused, Decimal("40.00"))
+    assert result is not None and result.status == "failed"
+    assert purchase["status"] == "failed"
+    assert await credits(client, refused) == 0
+
+
 # -- the portal's "Add credit" page ---------------------------------------------------------
 
 
