@@ -231,7 +231,7 @@ class ShardCore:
         """The fewest events any account here could take before a cap may refuse one
         (``None``: work it out again)."""
         self._wake: asyncio.Event | None = None
-        self._apply_guard: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        self._locks: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Lock]] = {}
         """Held while a commit is applied in slices, and by a checkpoint while it takes its
         snapshots (:meth:`applying`)."""
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"shard-{shard}-db")
@@ -251,9 +251,17 @@ class ShardCore:
             if self.outbox:  # fired while recovering (no loop then): write them now
                 self._wake.set()
 
+    def _lock(self, name: str) -> asyncio.Lock:
+        """This core's lock ``name`` on the running event loop (a lock belongs to the loop it
+        first waited on, and tests drive one core from several loops)."""
+        loop = asyncio.get_running_loop()
+        found = self._locks.get(name)
+        if found is None or found[0] is not loop:
+            found = self._locks[name] = (loop, asyncio.Lock())
+        return found[1]
+
     def applying(self) -> asyncio.Lock:
-        """The lock between a commit's apply and a checkpoint's snapshot (one per event
-        loop: a lock belongs to the loop it first waited on).
+        """The lock between a commit's apply and a checkpoint's snapshot.
 
         A commit is applied in slices (:meth:`_apply_commit`), and between two slices some
         accounts hold the commit's events while the shard's position does not include it
@@ -262,11 +270,15 @@ class ShardCore:
         apply to end. Everything else may run between slices: each account is whole at any
         moment (its part of the commit is applied in one go), and what the commit changes
         is not acknowledged until all of it is applied."""
-        loop = asyncio.get_running_loop()
-        guard = self._apply_guard
-        if guard is None or guard[0] is not loop:
-            guard = self._apply_guard = (loop, asyncio.Lock())
-        return guard[1]
+        return self._lock("applying")
+
+    def checkpoint_round(self) -> asyncio.Lock:
+        """Held by the checkpointer for each round (periods closed, checkpoint, holds
+        expired), so that :meth:`drain` stops it between rounds, never in one: a checkpoint
+        cancelled while its write waits for the database thread takes the accounts' dirty
+        marks with it, and the drain's own checkpoint would then leave those accounts'
+        latest state unstored — events the hand-over to a new shard set would lose."""
+        return self._lock("checkpoint round")
 
     def close(self) -> None:
         """Stop the committer and checkpointer, the database thread and the engine (a core
@@ -546,6 +558,7 @@ class ShardCore:
         try:
             account = self.account(*key)
             account.add_grant(_grant(row))
+            self.dirty.add(key)  # its ledger (and maybe its alert state) changed: stored next
             self._alerts(row["env"], account, row["created_at"])  # a top-up may recover alerts
         except Exception as error:
             if not self._fails_account(error):
@@ -651,7 +664,7 @@ class ShardCore:
             await asyncio.get_running_loop().run_in_executor(
                 self._db, self.unpriced_store.save, rows, self.clock()
             )
-        except Exception:
+        except BaseException:  # also cancelled, likewise
             self._flag_rows |= pending
             raise
 
@@ -878,8 +891,9 @@ class ShardCore:
         self.resharding = True
         while self._queue or self._committing:
             await asyncio.sleep(0.005)
-        for task in self._tasks:
-            task.cancel()
+        async with self.checkpoint_round():  # a round under way ends first
+            for task in self._tasks:
+                task.cancel()
         self._tasks, self._wake = [], None
         saved = await self.checkpoint()
         return {"shard": self.shard, "position": self.position, "saved": saved}
@@ -893,12 +907,15 @@ class ShardCore:
     async def _checkpointer(self) -> None:
         while True:
             await asyncio.sleep(self.checkpoint_seconds)
-            try:
-                await self.close_due_periods()
-                await self.checkpoint()
-                await self.expire_holds()
-            except Exception as error:  # noqa: BLE001 — try again next round
-                log.error("shard %d: checkpoint failed: %s", self.shard, error)
+            async with self.checkpoint_round():
+                try:
+                    await self.close_due_periods()
+                    await self.checkpoint()
+                    await self.expire_holds()
+                except Resharding:
+                    pass  # draining: the drain takes the last checkpoint
+                except Exception as error:  # noqa: BLE001 — try again next round
+                    log.error("shard %d: checkpoint failed: %s", self.shard, error)
 
     async def checkpoint(self) -> int:
         """Write the dirty accounts and the position they include. Returns how many.
@@ -938,7 +955,7 @@ class ShardCore:
                 pending,
                 head,
             )
-        except Exception:
+        except BaseException:  # also cancelled: the marks must outlive a write that never ran
             self.dirty |= {key for key in keys if key in self.accounts}
             raise
         self._saved_head = head

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import psycopg
 import ray
+from suite_clock import CLOCK
 
 from tallyray.actors.limits import Limits
 from tallyray.clock import Clock, ShiftedClock
@@ -87,6 +88,20 @@ def kill_shards(count: int) -> None:
             except ValueError:
                 break
             time.sleep(0.1)
+
+
+def credit_grant(customer: str, amount: str = "50.00") -> dict[str, Any]:
+    """A credit grant as a shard's ``add_grant`` takes it (EUR, test environment)."""
+    return {
+        "id": unique("grant"),
+        "env": "test",
+        "customer_id": customer,
+        "amount": amount,
+        "currency": "EUR",
+        "priority": 1,
+        "expires_at": None,
+        "created_at": CLOCK(),
+    }
 
 
 def unique(prefix: str) -> str:

@@ -32,6 +32,7 @@ from support import (
     OwnShard,
     Server,
     create_postgres_database,
+    credit_grant,
     drop_postgres_database,
     make_customer,
     own_shard,
@@ -395,7 +396,7 @@ async def test_an_account_failing_in_a_group_commit_leaves_the_others_applied(
 ) -> None:
     async with core_on(store_url) as core:
         for customer in ("p", "q"):
-            await core.add_grant("test", customer, grant(customer))
+            await core.add_grant("test", customer, credit_grant(customer))
             await core.ingest("test", [incoming(customer)])
         core.accounts[("test", "p")].record = broken  # type: ignore[method-assign]
         commits = core.stats.commits
@@ -429,7 +430,7 @@ async def test_a_failing_snapshot_sets_one_account_aside_and_checkpoints_the_oth
 ) -> None:
     async with core_on(store_url) as core:
         for customer in ("p", "q", "r"):
-            await core.add_grant("test", customer, grant(customer))
+            await core.add_grant("test", customer, credit_grant(customer))
             await core.ingest("test", [incoming(customer)])
         core.accounts[("test", "r")].snapshot = broken  # type: ignore[method-assign]
         assert await core.checkpoint() == 2  # p and q
@@ -458,7 +459,7 @@ async def test_a_checkpoint_asked_for_while_a_commit_is_applied_waits_for_all_of
     monkeypatch.setattr(shard_module, "APPLY_SLICE_SECONDS", 0.0)  # a slice per account
     async with core_on(store_url) as core:
         for customer in ("p", "q", "r"):
-            await core.add_grant("test", customer, grant(customer))
+            await core.add_grant("test", customer, credit_grant(customer))
         applied: list[str] = []
         asked: list[asyncio.Future[int]] = []
         stored_after: list[int] = []  # how many accounts were applied when it was stored
@@ -493,7 +494,7 @@ async def test_checks_are_answered_between_the_slices_of_a_commit(
     monkeypatch.setattr(shard_module, "APPLY_SLICE_SECONDS", 0.0)
     async with core_on(store_url) as core:
         for customer in ("p", "q", "r"):
-            await core.add_grant("test", customer, grant(customer))
+            await core.add_grant("test", customer, credit_grant(customer))
         applied: list[str] = []
         answered: list[tuple[int, str, Decimal]] = []  # (accounts applied, customer, cost)
         one_account = core._apply
@@ -514,19 +515,6 @@ async def test_checks_are_answered_between_the_slices_of_a_commit(
         await asyncio.gather(*(core.ingest("test", [incoming(c)]) for c in ("p", "q", "r")))
         assert answered == [(1, "p", Decimal("0.0035")), (1, "r", Decimal("2.0035"))]
         assert [spent(core, c) for c in ("p", "q", "r")] == [("2.0035", "1")] * 3
-
-
-def grant(customer: str) -> dict[str, Any]:
-    return {
-        "id": unique("grant"),
-        "env": "test",
-        "customer_id": customer,
-        "amount": "50.00",
-        "currency": "EUR",
-        "priority": 1,
-        "expires_at": None,
-        "created_at": CLOCK(),
-    }
 
 
 # -- invoicing around an account set aside ----------------------------------------------------
