@@ -32,9 +32,11 @@ ADMIN_KEY = "trk_admin_" + uuid.uuid4().hex
 REPLICA = "ServeReplica:tallyray:Ingress"
 SLOT = "2026-11-04T02:00:00Z"
 """October's slot: its end plus the default 3 days of grace, at TALLYRAY_INVOICE_RUN_AT."""
-LEAD_SECONDS = 60
-"""The server's clock starts this long before the slot (start-up takes 15–30 s on a quiet
-box). The run's test comes first: the others kill replicas, which could be its driver."""
+LEAD_SECONDS = 30
+"""The server's clock starts this long before the slot: start-up takes 15–25 s, so the
+replicas usually wait for it, and the test does not wait out a longer lead (either way is
+tested the same). The run's test comes first: the others kill replicas, which could be its
+driver."""
 CUSTOMERS = ("sched-a", "sched-b", "sched-c")
 ENDED = ("succeeded", "completed_with_errors", "failed")
 """(``interrupted`` is not: another replica takes the run over.)"""
