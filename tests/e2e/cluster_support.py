@@ -20,19 +20,26 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from integration.support import POSTGRES_URL, create_postgres_database, drop_postgres_database
+
 CHILD = Path(__file__).with_name("cluster_child.py")
 SHARD_CLASS = "ShardActor"
 REPLICA_CLASS = "ServeReplica:tallyray:Ingress"
+
+REDIS = os.environ.get("TALLYRAY_TEST_REDIS", "127.0.0.1:6379")
+"""The Redis a test cluster's GCS may keep its tables in (GCS fault tolerance)."""
 
 #: One node: the CPUs it offers (Serve's replicas take one each) and its custom resources.
 Node = dict[str, Any]
@@ -162,3 +169,94 @@ def run_json_child(child: Path, args: list[str], cwd: Path, timeout: float = 420
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def redis_command(*words: str) -> bytes:
+    """One command to the Redis at :data:`REDIS`, its raw answer (RESP)."""
+    host, _, port = REDIS.rpartition(":")
+    request = f"*{len(words)}\r\n" + "".join(f"${len(w)}\r\n{w}\r\n" for w in words)
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        conn.sendall(request.encode())
+        answer = b""
+        while not answer.endswith(b"\r\n"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    return answer
+
+
+def keys_of(namespace: str) -> int:
+    """How many keys of Redis name ``namespace`` (``KEYS``' answer is ``*<count>``...)."""
+    return int(redis_command("KEYS", f"*{namespace}*").split(b"\r\n", 1)[0][1:])
+
+
+def redis_here() -> bool:
+    try:
+        return redis_command("PING") == b"+PONG\r\n"
+    except OSError:
+        return False
+
+
+FAILURES_CHILD = Path(__file__).with_name("node_failure_child.py")
+EVENTS_PER_PRODUCER = 300
+"""Of the stream the node is lost in; the GCS is restarted in one a third as long."""
+GCS_DOWN_SECONDS = 3
+"""How long the head's GCS is left down."""
+
+
+def _run_failures_child(database_url: str, cwd: Path, gcs: list[str]) -> dict[str, object]:
+    argv = [database_url, str(EVENTS_PER_PRODUCER), *gcs]
+    result: dict[str, object] = run_json_child(FAILURES_CHILD, argv, cwd)
+    return result
+
+
+_FAILURES: dict[str, object] = {}
+
+
+def cluster_failures(tmp_path_factory: Any) -> dict[str, object]:
+    """node_failure_child.py's JSON, run once a session (whichever of the two test modules
+    asks first starts it); with a Redis, its ``head_restart`` holds the GCS restart's outcome
+    and ``redis_keys_left`` what was left of its tables.
+
+    One Ray cluster for the two tests of failures on a cluster: a worker node lost
+    (test_node_failure.py), then the head's GCS killed and restarted (test_head_restart.py), one
+    after the other in the same 3-node ``ray.cluster_utils.Cluster``, run by
+    ``node_failure_child.py`` in a process of its own. A cluster's start and Tallyray's
+    deployment on it are what these tests cost most; the second failure meets a cluster that
+    recovered from the first, as a production cluster would.
+
+    The GCS keeps its tables in Redis (``RAY_REDIS_ADDRESS``, 127.0.0.1:6379 unless
+    ``TALLYRAY_TEST_REDIS`` says otherwise) under a key namespace of the run's own, removed
+    afterwards: nothing else in that Redis is touched. Without a Redis there, the node's loss is
+    tested alone and test_head_restart.py is skipped. The database is the suite's PostgreSQL when
+    ``TALLYRAY_TEST_POSTGRES_URL`` is set (CI), a temporary SQLite file otherwise.
+    """
+    if not _FAILURES:
+        _FAILURES.update(_cluster_failures(tmp_path_factory))
+    return _FAILURES
+
+
+def _cluster_failures(tmp_path_factory: Any) -> dict[str, object]:
+    workdir = tmp_path_factory.mktemp("cluster-failures")
+    namespace = "tallyray_test_" + uuid.uuid4().hex[:12]
+    with_redis = redis_here()
+    gcs = [REDIS, namespace, str(GCS_DOWN_SECONDS)] if with_redis else []
+    try:
+        if POSTGRES_URL:
+            url = create_postgres_database(POSTGRES_URL)
+            try:
+                result = _run_failures_child(url, workdir, gcs)
+            finally:
+                drop_postgres_database(POSTGRES_URL, url)
+        else:
+            result = _run_failures_child(f"sqlite:///{workdir}/tallyray.db", workdir, gcs)
+    finally:
+        left = keys_of(namespace) if with_redis else 0
+        if left:  # the child did not get to remove them
+            from ray._private.gcs_utils import cleanup_redis_storage
+
+            host, _, port = REDIS.rpartition(":")
+            cleanup_redis_storage(host, int(port), "", False, namespace)
+    result["redis_keys_left"] = left
+    return result

@@ -5,7 +5,13 @@ node killed in the middle of the stream. Prints one JSON line: what every custom
 balance shows against what was acknowledged, where the shards are afterwards, and how long
 the shards took to serve again. ``bench/bench_node_failure.py`` runs it for figures.
 
-``python node_failure_child.py <database URL> [events per producer]``
+``python node_failure_child.py <database URL> [events per producer]
+[<Redis host:port> <key namespace> <seconds down>]``
+
+With a Redis, the cluster's GCS keeps its tables there (under the key namespace given,
+removed at the end), and once the node's loss is measured, the head's GCS is killed and
+restarted under a second stream (head_restart_child.py's phase, for test_head_restart.py):
+one cluster start for both tests. Its outcome is the JSON's ``head_restart``.
 
 Producers behave as the API asks of them: a batch answered with anything but ``200`` (a
 ``503`` while a shard restarts, a refused connection while the killed node's replica's
@@ -119,8 +125,12 @@ def until_ok(
 class Stream:
     """Producers posting batches, each retried with the same ids until acknowledged."""
 
-    def __init__(self, base: str, key: str, customers: list[str], per_producer: int) -> None:
+    def __init__(
+        self, base: str, key: str, customers: list[str], per_producer: int, prefix: str = ""
+    ) -> None:
         self.base, self.key, self.customers = base, key, customers
+        self.prefix = prefix
+        """Of the event ids: another stream to the same customers has ids of its own."""
         self.per_producer = per_producer
         self.sent: dict[str, list[int]] = {c: [] for c in customers}  # input tokens a customer
         self.acknowledged = 0
@@ -150,7 +160,7 @@ class Stream:
                 tokens = 100 + (producer * 7 + n) % 50
                 batch.append(
                     {
-                        "id": f"evt_{producer}_{n}",
+                        "id": f"evt_{self.prefix}{producer}_{n}",
                         "customer_id": customer,
                         "type": "llm.completion",
                         "properties": {"model": "m", "input_tokens": tokens, "output_tokens": 1},
@@ -288,11 +298,15 @@ def deploy(database_url: str) -> Deployed:
     return Deployed(cluster, workers, base, key, client, customers, probes, shard_nodes)
 
 
-def compare_totals(client: httpx.Client, stream: Stream) -> tuple[bool, dict[str, Any]]:
-    """Each customer's balance against the events acknowledged for it: requests counted and
-    input tokens summed, each event once."""
+def compare_totals(client: httpx.Client, *streams: Stream) -> tuple[bool, dict[str, Any]]:
+    """Each customer's balance against the events the streams had acknowledged for it:
+    requests counted and input tokens summed, each event once."""
     mismatches = {}
-    for customer, tokens in stream.sent.items():
+    sent: dict[str, list[int]] = {}
+    for stream in streams:
+        for customer, tokens in stream.sent.items():
+            sent.setdefault(customer, []).extend(tokens)
+    for customer, tokens in sent.items():
         usage = until_ok(client, "GET", f"/v1/customers/{customer}/balance").json()["usage"]
         found = {
             "requests": usage.get("requests", {}).get("quantity", "0"),
@@ -304,7 +318,26 @@ def compare_totals(client: httpx.Client, stream: Stream) -> tuple[bool, dict[str
     return not mismatches, mismatches
 
 
-def main(database_url: str, per_producer: int) -> dict[str, Any]:
+def main(
+    database_url: str, per_producer: int, gcs: tuple[str, str, float] | None = None
+) -> dict[str, Any]:
+    """The node's loss; with ``gcs`` (Redis host:port, key namespace, seconds down), then the
+    head's GCS restart too."""
+    if gcs is None:
+        return node_failure(database_url, per_producer, None)
+    import head_restart_child
+
+    redis, ns, _ = gcs
+    head_restart_child.use_redis(redis, ns)
+    try:
+        return node_failure(database_url, per_producer, gcs)
+    finally:
+        head_restart_child.remove_tables(redis, ns)
+
+
+def node_failure(
+    database_url: str, per_producer: int, gcs: tuple[str, str, float] | None
+) -> dict[str, Any]:
     deployed = deploy(database_url)
     try:
         handles = [ray.get_actor(shard_name(i), namespace=NAMESPACE) for i in range(SHARDS)]
@@ -352,7 +385,16 @@ def main(database_url: str, per_producer: int) -> dict[str, Any]:
         ]
         totals_match, mismatches = compare_totals(deployed.client, stream)
         label = deployed.label
+        head_restart = None
+        if gcs is not None:
+            import head_restart_child
+
+            harness = sys.modules[__name__]
+            head_restart = head_restart_child.gcs_restart(
+                harness, deployed, gcs[2], per_producer // 3, earlier=(stream,)
+            )
         return {
+            "head_restart": head_restart,
             "nodes": 3,
             "shards": SHARDS,
             "shards_by_node_before": {label(n): before.count(n) for n in sorted(set(before))},
@@ -385,4 +427,5 @@ def main(database_url: str, per_producer: int) -> dict[str, Any]:
 
 if __name__ == "__main__":
     per = int(sys.argv[2]) if len(sys.argv) > 2 else 500
-    print(json.dumps(main(sys.argv[1], per)), flush=True)
+    gcs = (sys.argv[3], sys.argv[4], float(sys.argv[5])) if len(sys.argv) > 5 else None
+    print(json.dumps(main(sys.argv[1], per, gcs)), flush=True)

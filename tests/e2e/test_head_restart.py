@@ -11,82 +11,35 @@ the same port. What docs/deploy.md says survives, shown:
                              again, on the same nodes; a new actor can be created
 
 The GCS keeps its tables in Redis (``RAY_REDIS_ADDRESS``, 127.0.0.1:6379 unless
-``TALLYRAY_TEST_REDIS`` says otherwise) under a key namespace of this test's own, removed
+``TALLYRAY_TEST_REDIS`` says otherwise) under a key namespace of this run's own, removed
 afterwards: nothing else in that Redis is touched. Without a Redis there, the test is
-skipped. The cluster runs in a process of its own (``head_restart_child.py``). The database
-is a temporary SQLite file even where the suite has PostgreSQL: what is tested is Ray's
-control plane, and a PostgreSQL database of its own added ~20 s to the test
-(test_node_failure.py covers a lost node on PostgreSQL).
+skipped. The cluster is test_node_failure.py's (``cluster_failures`` in cluster_support.py, one
+cluster start for both): the GCS is restarted after that test's worker node was lost and its
+shards came back on the other worker; the stream's events are of ids of their own, and the
+totals checked count both streams.
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import uuid
-from pathlib import Path
-
 import pytest
-from cluster_support import run_json_child
+from cluster_support import REDIS, cluster_failures
 
 pytestmark = pytest.mark.e2e
-
-CHILD = Path(__file__).with_name("head_restart_child.py")
-REDIS = os.environ.get("TALLYRAY_TEST_REDIS", "127.0.0.1:6379")
-EVENTS_PER_PRODUCER = 100
-DOWN_SECONDS = 3
-
-
-def redis_command(*words: str) -> bytes:
-    """One command to the Redis at :data:`REDIS`, its raw answer (RESP)."""
-    host, _, port = REDIS.rpartition(":")
-    request = f"*{len(words)}\r\n" + "".join(f"${len(w)}\r\n{w}\r\n" for w in words)
-    with socket.create_connection((host, int(port)), timeout=5) as conn:
-        conn.sendall(request.encode())
-        answer = b""
-        while not answer.endswith(b"\r\n"):
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
-    return answer
-
-
-def keys_of(namespace: str) -> int:
-    """How many keys of Redis name ``namespace`` (``KEYS``' answer is ``*<count>``...)."""
-    return int(redis_command("KEYS", f"*{namespace}*").split(b"\r\n", 1)[0][1:])
-
-
-def run_child(database_url: str, namespace: str, cwd: Path) -> dict[str, object]:
-    argv = [database_url, str(EVENTS_PER_PRODUCER), str(DOWN_SECONDS), REDIS, namespace]
-    result: dict[str, object] = run_json_child(CHILD, argv, cwd)
-    return result
 
 
 @pytest.fixture(scope="module")
 def outcome(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    try:
-        assert redis_command("PING") == b"+PONG\r\n"
-    except OSError as error:
-        pytest.skip(f"no Redis at {REDIS} for the GCS's tables: {error}")
-    workdir = tmp_path_factory.mktemp("head-restart")
-    namespace = "tallyray_test_" + uuid.uuid4().hex[:12]
-    try:
-        result = run_child(f"sqlite:///{workdir}/tallyray.db", namespace, workdir)
-    finally:
-        left = keys_of(namespace)
-        if left:  # the child did not get to remove them
-            from ray._private.gcs_utils import cleanup_redis_storage
-
-            host, _, port = REDIS.rpartition(":")
-            cleanup_redis_storage(host, int(port), "", False, namespace)
+    failures = cluster_failures(tmp_path_factory)
+    result = failures["head_restart"]
+    if result is None:
+        pytest.skip(f"no Redis at {REDIS} for the GCS's tables")
+    assert isinstance(result, dict)
     print(
         f"\nGCS down {result['gcs_down_s']} s after {result['acknowledged_before_kill']} of "
         f"{result['events']} events: {result['acknowledged_while_gcs_down']} acknowledged "
         f"while down, {result['unacknowledged_attempts_while_down']} refused"
     )
-    result["redis_keys_left"] = left
-    return result
+    return {**result, "redis_keys_left": failures["redis_keys_left"]}
 
 
 def test_while_the_gcs_is_down_the_api_answers_and_events_are_acknowledged(

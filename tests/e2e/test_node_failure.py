@@ -7,41 +7,23 @@ from another one, and the time they took is printed (the figures are in
 docs/benchmarks.md; tests never assert timings).
 
 The cluster runs in a process of its own (``node_failure_child.py``): the suite's own Ray must
-not be the one used. One cluster start for the module. The database is the suite's
-PostgreSQL when ``TALLYRAY_TEST_POSTGRES_URL`` is set (CI), a temporary SQLite file
-otherwise; ``bench/bench_node_failure.py`` runs the same child on either, with more events.
+not be the one used. One cluster start for this module and test_head_restart.py
+(``cluster_failures`` in cluster_support.py), the database the suite's PostgreSQL when
+``TALLYRAY_TEST_POSTGRES_URL`` is set (CI), a temporary SQLite file otherwise;
+``bench/bench_node_failure.py`` runs the same child on either, with more events.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from cluster_support import run_json_child
-from integration.support import POSTGRES_URL, create_postgres_database, drop_postgres_database
+from cluster_support import cluster_failures
 
 pytestmark = pytest.mark.e2e
-
-CHILD = Path(__file__).with_name("node_failure_child.py")
-EVENTS_PER_PRODUCER = 300
-
-
-def run_child(database_url: str, cwd: Path) -> dict[str, object]:
-    result: dict[str, object] = run_json_child(CHILD, [database_url, str(EVENTS_PER_PRODUCER)], cwd)
-    return result
 
 
 @pytest.fixture(scope="module")
 def outcome(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    workdir = tmp_path_factory.mktemp("node-failure")
-    if POSTGRES_URL:
-        url = create_postgres_database(POSTGRES_URL)
-        try:
-            result = run_child(url, workdir)
-        finally:
-            drop_postgres_database(POSTGRES_URL, url)
-    else:
-        result = run_child(f"sqlite:///{workdir}/tallyray.db", workdir)
+    result = cluster_failures(tmp_path_factory)
     print(
         f"\nworker node killed with shards {result['shards_on_killed_node']} on it, "
         f"{result['acknowledged_at_kill']} of {result['events']} events acknowledged: "
