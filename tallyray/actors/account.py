@@ -373,6 +373,13 @@ class CustomerAccount:
     def _fold(self, events: Sequence[Event]) -> list[tuple[int, Usage, dict[int, Usage] | None]]:
         """Each period's events folded (and per segment, in a period a plan change cuts), or
         :class:`EventError` naming bad events by their index in ``events``."""
+        if not events:
+            return []
+        start, end = self._bounds
+        if len(self.profile.spans) < 2 and all(start <= e[3] < end for e in events):
+            # The common case — every event in the last period seen, which no plan change
+            # cuts — without the general path's per-call lists and look-ups.
+            return [(start, self.meters.fold(events, label=_LABEL), None)]
         deltas: list[tuple[int, Usage, dict[int, Usage] | None]] = []
         problems: list[Problem] = []
         for start, batch, indices in self._batches(events):
@@ -590,7 +597,9 @@ class CustomerAccount:
     def take_flags(self) -> FlagNews:
         """What was flagged since the last call (and forget it): how many events, the keys
         seen for the first time in their period (announce them), and every key touched."""
-        news, self._flag_news = self._flag_news, FlagNews(0, [], set())
+        news = self._flag_news
+        if news.events or news.new or news.touched:  # else nothing to forget: no new object
+            self._flag_news = FlagNews(0, [], set())
         return news
 
     def flag_row(self, start: int, key: FlagKey) -> dict[str, Any]:

@@ -320,7 +320,11 @@ def _fold_per_event(
             acc[g] = acc.get(g, 0) + amount(Decimal(v))
 
 
-_FOLDS: Mapping[str, Callable[[MeterSpec, Sequence[Event], dict[GroupKey, Any]], None]] = {
+_Fold = Callable[[MeterSpec, Sequence[Event], dict[GroupKey, Any]], None]
+_FoldStep = tuple[MeterSpec, _Fold, tuple[PerEventSum, ...]]
+"""A meter, its aggregation's fold loop, and the per-event sums derived from it."""
+
+_FOLDS: Mapping[str, _Fold] = {
     "sum": _fold_sum,
     "count": _fold_count,
     "max": _fold_max,
@@ -423,6 +427,15 @@ class MeterSet:
             **{k: m.aggregation for k, m in self.meters.items()},
             **{k: "sum" for k in self.per_event},
         }
+        self._steps: dict[str, tuple[_FoldStep, ...]] = {
+            event_type: tuple(
+                (meter, _FOLDS[meter.aggregation], tuple(self._per_meter.get(meter.key, ())))
+                for meter in specs
+            )
+            for event_type, specs in self._by_type.items()
+        }
+        """Per event type, what folding one of its batches takes, looked up once (a commit
+        folds a batch of one or two events per account)."""
 
     def __contains__(self, key: object) -> bool:
         return key in self.meters
@@ -474,19 +487,26 @@ class MeterSet:
         write. Raises :class:`EventError` naming every bad event by ``label(index)``.
         """
         delta = self.empty_usage()
-        by_type: dict[str, list[Event]] = defaultdict(list)
-        for e in events:
-            by_type[e[2]].append(e)
+        groups = delta.groups
+        batches: Iterable[tuple[str, Sequence[Event]]]
+        first = events[0][2] if events else ""
+        if all(e[2] == first for e in events):  # the usual batch: one event type
+            batches = ((first, events),)
+        else:
+            by_type: dict[str, list[Event]] = defaultdict(list)
+            for e in events:
+                by_type[e[2]].append(e)
+            batches = by_type.items()
         try:
-            for event_type, batch in by_type.items():
-                for meter in self._by_type.get(event_type, ()):
+            for event_type, batch in batches:
+                for meter, fold, derived in self._steps.get(event_type, ()):
                     selected = batch
                     if meter.filter:
                         flt = meter.filter
                         selected = [e for e in batch if matches(e[4], flt)]
-                    _FOLDS[meter.aggregation](meter, selected, delta.groups[meter.key])
-                    for derived in self._per_meter.get(meter.key, ()):
-                        _fold_per_event(meter, derived, selected, delta.groups[derived.key])
+                    fold(meter, selected, groups[meter.key])
+                    for each in derived:
+                        _fold_per_event(meter, each, selected, groups[each.key])
         except (_BadValue, KeyError, TypeError) as failure:
             problems = self.diagnose(events, label)
             if not problems:  # the fast loop failed on something the checks do not know
