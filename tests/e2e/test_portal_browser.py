@@ -150,6 +150,14 @@ def page(browser: Any) -> Iterator[Any]:
     assert errors == []
 
 
+def follow(page: Any, control: Any) -> None:
+    """Click a link or a form's button and wait for the page it leads to. Playwright's click
+    does not wait for the navigation it starts, so a check made right after it can still see
+    the page before (a test failed that way in CI)."""
+    with page.expect_navigation():
+        control.click()
+
+
 def shot(page: Any, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"portal-{name}.png"
@@ -207,7 +215,8 @@ def test_usage_charts_and_invoices_render(page: Any, portal_url: str) -> None:
     assert charts.count() == 3  # input_tokens, output_tokens (by model), requests
     assert page.locator("ul.legend li", has_text="gpt-4o-mini").count() == 2
     shot(page, "usage")
-    page.get_by_role("link", name="Invoices").click()
+    follow(page, page.get_by_role("link", name="Invoices"))
+    assert page.url == f"{portal_url}/invoices"
     assert page.get_by_text("You have no invoices yet.").is_visible()
 
 
@@ -252,7 +261,7 @@ def test_the_customer_sets_its_own_cap_and_never_the_operators_limit(
 
     # a cap above the operator's limit is saved, and the limit still applies first
     page.get_by_label("Spend cap per period (EUR)").fill("80")
-    page.get_by_role("button", name="Save spend cap").click()
+    follow(page, page.get_by_role("button", name="Save spend cap"))
     assert "Spend cap saved." in page.content()
     assert "€80.00" in page.inner_text("#spend-cap-current")
     assert "it applies before your cap" in page.inner_text("#credit-limit-current")
@@ -266,9 +275,9 @@ def test_the_customer_sets_its_own_cap_and_never_the_operators_limit(
 
     # a lower cap binds; removing it leaves the operator's limit as it was
     page.get_by_label("Spend cap per period (EUR)").fill("20")
-    page.get_by_role("button", name="Save spend cap").click()
+    follow(page, page.get_by_role("button", name="Save spend cap"))
     assert http.get("/v1/customers/capped/balance").json()["spend_limit"] == "20.00"
-    page.get_by_role("button", name="Remove spend cap").click()
+    follow(page, page.get_by_role("button", name="Remove spend cap"))
     assert "No spend cap is set." in page.inner_text("#spend-cap-current")
     record = http.get("/v1/customers/capped").json()
     assert (record["credit_limit"], record["spend_cap"], record["spend_limit"]) == (
@@ -382,9 +391,9 @@ def test_add_credit_on_the_providers_page_and_see_it_after_the_webhook(
     page.get_by_role("link", name="Add credit").click()
     page.wait_for_url(f"{url}/credit")
     page.get_by_label("Amount in EUR").fill("25")
-    page.get_by_role("button", name="Continue").click()
+    follow(page, page.get_by_role("button", name="Continue"))
     shot(page, "add-credit")
-    page.get_by_role("link", name="Continue to payment").click()
+    follow(page, page.get_by_role("link", name="Continue to payment"))
 
     # Stripe's hosted page (the local fake); the provider confirms only later.
     stripe_fake.hold_webhooks()
@@ -422,8 +431,8 @@ def test_add_credit_on_adyens_page_declined_then_paid_and_booked_by_the_notifica
     url, http = adyen_buyer
     page.goto(f"{url}/credit")
     page.get_by_label("Amount in EUR").fill("30")
-    page.get_by_role("button", name="Continue").click()
-    page.get_by_role("link", name="Continue to payment").click()
+    follow(page, page.get_by_role("button", name="Continue"))
+    follow(page, page.get_by_role("link", name="Continue to payment"))
 
     # Adyen's hosted page (the local fake): refused first, then authorised.
     adyen_fake.hold_webhooks()
