@@ -34,7 +34,7 @@ from tallyray.serve.admission import send_events
 from tallyray.serve.alert_rules import AlertRules
 from tallyray.serve.auth import KeyCache, RateLimit
 from tallyray.serve.http import json_object, text_field
-from tallyray.serve.intake import IntakeRules, PeriodKey, validate_events
+from tallyray.serve.intake import IntakeRules, PeriodKey, decode_batch, validate_events
 from tallyray.serve.shards import ShardRouter
 from tallyray.storage.audit import AuditLog
 from tallyray.storage.catalog import Catalog, CustomerRecord, EnvCatalog
@@ -353,6 +353,19 @@ class Api:
                 problems.append(Problem(f"[{index}]", f"event {event[0]!r}: {message}"))
         if problems:
             raise EventError.of(problems)
+
+    async def ingest_body(self, env: str, body: bytes, content_type: str) -> dict[str, int]:
+        """``POST /v1/events`` once the caller is known: the batch in ``body`` decoded,
+        checked whole and sent (the route and :mod:`tallyray.serve.fastpath` both answer
+        through this). Durable once this returns; old events stored already count as
+        duplicates."""
+        items = decode_batch(body, content_type, self.rules)
+        self.metrics.request_batch_size.observe(len(items))
+        events, stored = await self.validated(env, items, self.clock())
+        if not events:
+            return {"ingested": 0, "duplicates": stored}
+        result = await self.ingest(env, events)
+        return {"ingested": result["ingested"], "duplicates": result["duplicates"] + stored}
 
     async def ingest(self, env: str, events: list[Event]) -> dict[str, int]:
         """Send validated events to their shards; durable once this returns."""

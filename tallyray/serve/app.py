@@ -134,8 +134,8 @@ def build_app(services: Services) -> FastAPI:
     )
     app.add_middleware(BodyLimit, limit=services.rules.max_body_bytes)
     app.add_middleware(RequestContext)  # every answer carries the request's id
-    # Most quota checks never reach the app: the HTTP protocol answers them itself
-    # (tallyray.serve.fastpath, installed by tallyray.serve.listener).
+    # Most quota checks and event batches never reach the app: the HTTP protocol answers them
+    # itself (tallyray.serve.fastpath, installed by tallyray.serve.listener).
     _add_error_handlers(app, services)
 
     for module in (

@@ -234,7 +234,7 @@ class Authenticator:
     async def admit(self, authorization: str, method: str, path: str) -> ApiKey:
         """The key an ``Authorization`` header names, if it may call ``method path`` (the
         route's path template) now; else the error the request deserves. The one rule for
-        the app's routes and for the quota check answered by :mod:`tallyray.serve.fastpath`."""
+        the app's routes and for the hot routes answered by :mod:`tallyray.serve.fastpath`."""
         scheme, _, secret = authorization.partition(" ")
         secret = secret.strip()
         if scheme.lower() != "bearer" or not secret:

@@ -1,18 +1,22 @@
-"""``POST /v1/quota/check`` answered by the HTTP protocol itself, below ASGI.
+"""The two hot routes, ``POST /v1/quota/check`` and ``POST /v1/events``, answered by the
+HTTP protocol itself, below ASGI.
 
-A gateway asks before every model call, so this one path runs a thousand times a second
-while events stream in, and on it the layers cost more than the check. First the framework
-went (Starlette's and FastAPI's middleware stack, routing and request objects: an ASGI
-middleware answered the check in front of the app); what remained in the replica, ~0.37 ms of
-CPU per check, was mostly uvicorn's ASGI cycle — a scope, a ``RequestResponseCycle`` with its
-``receive`` and ``send`` coroutines, header lists checked by regular expression, two writes
-to the socket — and a Starlette ``Request`` for authentication (docs/benchmarks.md, "Checks
-while events stream in").
+A gateway asks before every model call and reports usage in batches after, so these two
+paths run thousands of times a second, and on them the layers cost more than the work. First
+the framework went from the check (Starlette's and FastAPI's middleware stack, routing and
+request objects: an ASGI middleware answered the check in front of the app); what remained in
+the replica, ~0.37 ms of CPU per check, was mostly uvicorn's ASGI cycle — a scope, a
+``RequestResponseCycle`` with its ``receive`` and ``send`` coroutines, header lists checked by
+regular expression, two writes to the socket — and a Starlette ``Request`` for
+authentication. For an event batch the same layers (eleven ASGI middlewares and routers deep)
+took about a third of the replica's time (docs/benchmarks.md, "Checks while events stream
+in").
 
-:class:`QuotaProtocol` is uvicorn's ``HttpToolsProtocol`` (the same parser, keep-alive,
-pipelining and flow control) that, when a request's head is ``POST /v1/quota/check`` with no
-query string and no ``Idempotency-Key``, runs a :class:`CheckCycle` in place of the ASGI
-cycle: the same steps as the route, through the same rules —
+:class:`FastRoutes` is uvicorn's ``HttpToolsProtocol`` (the same parser, keep-alive,
+pipelining and flow control) that, when a request's head is ``POST`` to one of
+:data:`ROUTES` with no query string and no ``Idempotency-Key``, runs that route's
+:class:`FastCycle` in place of the ASGI cycle: the same steps as the app's route, through the
+same rules —
 
 - the request id: the caller's ``X-Request-Id`` or a new one
   (:mod:`tallyray.serve.request_context`);
@@ -20,18 +24,21 @@ cycle: the same steps as the route, through the same rules —
   that passes it: 413 (:func:`~tallyray.serve.body_limit.too_large`);
 - the key, its scope and its rate limit (:meth:`~tallyray.serve.auth.Authenticator.admit`:
   401 with ``WWW-Authenticate``, 403, 429 with ``Retry-After``), before the body is read;
-- :meth:`~tallyray.serve.api.Api.check_quota` and
-  :func:`~tallyray.serve.routes.quota.quota_json`, the error shapes and headers of
+- the route's own work, shared with the app's route: :meth:`~tallyray.serve.api.Api.check_quota`
+  and :func:`~tallyray.serve.routes.quota.quota_json`, or
+  :meth:`~tallyray.serve.api.Api.ingest_body`; the error shapes and headers of
   :func:`~tallyray.serve.http.error_answer`;
 
 and writes the whole answer in one ``transport.write``. A cycle takes the place of uvicorn's
 in the protocol's bookkeeping (``self.cycle``, the pipeline of requests waiting their turn,
 ``connection_lost``, ``shutdown``), so HTTP/1.1's order of answers holds on a connection that
-mixes checks and other requests, and a client that goes away mid-check gets nothing written.
+mixes these and other requests, and a client that goes away gets nothing written (an event
+batch whose body was whole is still stored: its client may retry, and the retry is answered
+as duplicates).
 
-Anything else, checks with a query string or an ``Idempotency-Key`` (whose middleware keeps
-and replays answers) included, takes the ordinary way through the app, whose route answers
-the same.
+Anything else, these paths with a query string or an ``Idempotency-Key`` (whose middleware
+keeps and replays answers) included, takes the ordinary way through the app, whose routes
+answer the same.
 """
 
 from __future__ import annotations
@@ -55,12 +62,10 @@ from tallyray.serve.request_context import REQUEST_ID_HEADER, new_request_id, re
 from tallyray.serve.routes.quota import quota_json
 from tallyray.storage.db import DatabaseUnavailable
 
-__all__ = ["PATH", "CheckCycle", "QuotaProtocol", "quota_protocol"]
+__all__ = ["ROUTES", "CheckCycle", "EventsCycle", "FastCycle", "FastRoutes", "fast_routes"]
 
 log = logging.getLogger("tallyray.api")
 
-PATH = "/v1/quota/check"
-_URL = PATH.encode()
 _JSON = [(b"content-type", b"application/json")]
 _INTERNAL_ERROR = (
     b"content-type: text/plain; charset=utf-8\r\ncontent-length: 21\r\n"
@@ -70,22 +75,23 @@ _INTERNAL_ERROR = (
 Headers = list[tuple[bytes, bytes]]
 
 
-def quota_protocol(api: Api) -> type[QuotaProtocol]:
+def fast_routes(api: Api) -> type[FastRoutes]:
     """The protocol class to give uvicorn (``Config(http=…)``) for a replica's ``api``."""
     if not isinstance(api.authenticate, Authenticator):
-        raise TypeError("the quota check's fast path needs the app's Authenticator")
-    return type("QuotaProtocol", (QuotaProtocol,), {"api": api, "auth": api.authenticate})
+        raise TypeError("the hot routes' fast path needs the app's Authenticator")
+    return type("FastRoutes", (FastRoutes,), {"api": api, "auth": api.authenticate})
 
 
-class QuotaProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, answering quota checks itself (see the module)."""
+class FastRoutes(HttpToolsProtocol):
+    """uvicorn's httptools protocol, answering the hot routes itself (see the module)."""
 
     api: Api
     auth: Authenticator
 
     def on_headers_complete(self) -> None:
+        route = ROUTES.get(self.url)
         if (
-            self.url != _URL
+            route is None
             or self.parser.get_method() != b"POST"
             or self.limit_concurrency is not None
             or self.parser.should_upgrade()
@@ -93,7 +99,7 @@ class QuotaProtocol(HttpToolsProtocol):
             super().on_headers_complete()
             return
         declared: int | None = None
-        authorization = given = None
+        authorization = given = content_type = None
         for name, value in self.headers:
             if name == b"content-length":
                 try:
@@ -106,14 +112,18 @@ class QuotaProtocol(HttpToolsProtocol):
             elif name == REQUEST_ID_HEADER:
                 if given is None:
                     given = value
+            elif name == b"content-type":
+                if content_type is None:
+                    content_type = value
             elif name == b"idempotency-key":
                 super().on_headers_complete()
                 return
         http_version = self.parser.get_http_version()
-        cycle = CheckCycle(
+        cycle = route(
             self,
             rid=(given is not None and request_id_of(given)) or new_request_id(),
             authorization=authorization.decode("latin-1") if authorization is not None else "",
+            content_type=content_type.decode("latin-1") if content_type is not None else "",
             declared=declared,
             http_version=http_version,
             keep_alive=http_version != "1.0" and self.parser.should_keep_alive(),
@@ -128,14 +138,22 @@ class QuotaProtocol(HttpToolsProtocol):
             self.pipeline.appendleft((cycle, self.app))  # type: ignore[arg-type]
 
 
-class CheckCycle:
-    """One quota check on a connection: what uvicorn's ``RequestResponseCycle`` is to the
-    protocol (``body``, ``more_body`` and ``message_event`` filled by the parser's callbacks;
-    ``disconnected``, ``response_complete`` and ``keep_alive`` read by it), without ASGI."""
+class FastCycle:
+    """One request to a hot route on a connection: what uvicorn's ``RequestResponseCycle``
+    is to the protocol (``body``, ``more_body`` and ``message_event`` filled by the parser's
+    callbacks; ``disconnected``, ``response_complete`` and ``keep_alive`` read by it),
+    without ASGI. A route's cycle says its ``path`` and what its answer's body is
+    (:meth:`answer_body`); the rest is shared."""
+
+    path: str
+    """The route's path, for the key's scope and the access log."""
+    what: str
+    """What the route does, for the log line of an unexpected failure."""
 
     __slots__ = (
         "authorization",
         "body",
+        "content_type",
         "declared",
         "disconnected",
         "http_version",
@@ -150,10 +168,11 @@ class CheckCycle:
 
     def __init__(
         self,
-        protocol: QuotaProtocol,
+        protocol: FastRoutes,
         *,
         rid: str,
         authorization: str,
+        content_type: str,
         declared: int | None,
         http_version: str,
         keep_alive: bool,
@@ -162,6 +181,7 @@ class CheckCycle:
         self.protocol = protocol
         self.rid = rid
         self.authorization = authorization
+        self.content_type = content_type
         self.declared = declared
         self.http_version = http_version
         self.keep_alive = keep_alive
@@ -173,12 +193,12 @@ class CheckCycle:
         self.response_complete = False
 
     async def run_asgi(self, _app: Any) -> None:
-        """Answer the check (the name is the one uvicorn's protocol starts a cycle by)."""
+        """Answer the request (the name is the one uvicorn's protocol starts a cycle by)."""
         token = request_id.set(self.rid)
         try:
             answer = await self._answer()
         except BaseException as error:  # noqa: BLE001 — as uvicorn does for an app's failure
-            log.error("Exception answering a quota check", exc_info=error)
+            log.error("Exception answering %s", self.what, exc_info=error)
             if not self.disconnected:
                 self._finish(STATUS_LINE[500] + _INTERNAL_ERROR, keep_alive=False)
             return
@@ -203,17 +223,22 @@ class CheckCycle:
         try:
             if self.declared is not None and self.declared > limit:
                 return self._error(too_large(limit, self.declared), close=True)
-            key = await protocol.auth.admit(self.authorization, "POST", PATH)
+            key = await protocol.auth.admit(self.authorization, "POST", self.path)
             raw = await self._read(limit)
             if raw is None:
                 return None
-            answer = await api.check_quota(key.env, parse_json(raw), started)
+            body = await self.answer_body(api, key.env, raw, started)
         except DatabaseUnavailable as error:
             return self._error(store_unavailable(error))
         except TallyrayError as error:
             return self._error(error)
-        body = orjson.dumps(quota_json(answer))
         return 200, [*_JSON, (b"content-length", b"%d" % len(body))], body, False
+
+    async def answer_body(self, api: Api, env: str, raw: bytes, started: float) -> bytes:
+        """The body of the route's 200 for the request body ``raw`` of a key of ``env``; a
+        :class:`~tallyray.errors.TallyrayError` for any other answer. ``started``: when the
+        request began (``perf_counter``)."""
+        raise NotImplementedError
 
     def _error(
         self, error: TallyrayError, *, close: bool = False
@@ -256,7 +281,7 @@ class CheckCycle:
                 '%s - "%s %s HTTP/%s" %d',
                 get_client_addr({"client": protocol.client}),  # type: ignore[arg-type]
                 "POST",
-                PATH,
+                self.path,
                 self.http_version,
                 status,
             )
@@ -273,3 +298,32 @@ class CheckCycle:
             self.keep_alive = False
             protocol.transport.close()
         protocol.on_response_complete()
+
+
+class CheckCycle(FastCycle):
+    """``POST /v1/quota/check``: the shard's answer for the would-be usage."""
+
+    __slots__ = ()
+    path = "/v1/quota/check"
+    what = "a quota check"
+
+    async def answer_body(self, api: Api, env: str, raw: bytes, started: float) -> bytes:
+        answer = await api.check_quota(env, parse_json(raw), started)
+        return orjson.dumps(quota_json(answer))
+
+
+class EventsCycle(FastCycle):
+    """``POST /v1/events``: the batch stored, or refused whole."""
+
+    __slots__ = ()
+    path = "/v1/events"
+    what = "an event batch"
+
+    async def answer_body(self, api: Api, env: str, raw: bytes, started: float) -> bytes:
+        return orjson.dumps(await api.ingest_body(env, raw, self.content_type))
+
+
+ROUTES: dict[bytes, type[FastCycle]] = {
+    cycle.path.encode(): cycle for cycle in (CheckCycle, EventsCycle)
+}
+"""The routes answered below ASGI, by their exact path (a query string makes another URL)."""

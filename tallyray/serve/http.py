@@ -168,7 +168,7 @@ def error_answer(
     error: TallyrayError, metrics: Metrics | None = None
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """An error's answer as status, headers and body (``{"error": …}``), for those that
-    answer below the app: ASGI middleware (:func:`send_error`) and the quota check's fast
+    answer below the app: ASGI middleware (:func:`send_error`) and the hot routes' fast
     path (:mod:`tallyray.serve.fastpath`)."""
     body = orjson.dumps(error.to_json())
     headers = [

@@ -10,7 +10,8 @@ a node, and a restarted replica takes its place without anyone reconfiguring a p
 
 uvicorn runs in a daemon thread with its own event loop, so it is independent of the loop
 Serve gives the replica (which now handles only health checks). Its HTTP protocol answers
-``POST /v1/quota/check`` itself, below ASGI (:mod:`tallyray.serve.fastpath`).
+``POST /v1/quota/check`` and ``POST /v1/events`` itself, below ASGI
+(:mod:`tallyray.serve.fastpath`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import uvicorn
 
 from tallyray.errors import InvalidInput
 from tallyray.logs import route_uvicorn_logs
-from tallyray.serve.fastpath import quota_protocol
+from tallyray.serve.fastpath import fast_routes
 
 __all__ = ["ApiListener", "bind_api_socket", "ensure_port_free", "server_config"]
 
@@ -68,12 +69,12 @@ def bind_api_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
 
 def server_config(app: Any, *, access_log: bool = False, lifespan: str = "on") -> uvicorn.Config:
     """uvicorn's settings for serving the API ``app`` (built by
-    :func:`tallyray.serve.app.build_app`): its protocol answers quota checks itself
+    :func:`tallyray.serve.app.build_app`): its protocol answers checks and event batches itself
     (:mod:`tallyray.serve.fastpath`). Another ASGI app gets uvicorn's own protocol."""
     api = getattr(getattr(app, "state", None), "api", None)
     return uvicorn.Config(
         app,
-        http=quota_protocol(api) if api is not None else "httptools",
+        http=fast_routes(api) if api is not None else "httptools",
         loop="uvloop",
         lifespan=lifespan,  # type: ignore[arg-type]
         access_log=access_log,

@@ -1,7 +1,7 @@
-"""``POST /v1/quota/check`` is answered by the HTTP protocol itself
+"""``POST /v1/quota/check`` and ``POST /v1/events`` are answered by the HTTP protocol itself
 (:mod:`tallyray.serve.fastpath`); a request with an ``Idempotency-Key`` takes the app's route.
 Both must answer alike: the same bodies, statuses, error shapes and headers — and on one
-connection, checks and other requests keep HTTP/1.1's order.
+connection, these and other requests keep HTTP/1.1's order.
 
 These tests run the app under uvicorn with the replica's own settings
 (:func:`tallyray.serve.listener.server_config`), on the test's event loop, over real TCP.
@@ -22,7 +22,7 @@ import httpx
 import orjson
 import pytest
 import uvicorn
-from support import Server, make_customer
+from support import Server, make_customer, unique
 
 from tallyray.serve.app import build_app
 from tallyray.serve.auth import RateLimit
@@ -32,6 +32,7 @@ from tallyray.storage.keys import KeyStore
 pytestmark = pytest.mark.anyio
 
 PATH = "/v1/quota/check"
+EVENTS = "/v1/events"
 EVENT = {
     "type": "llm.completion",
     "properties": {"model": "gpt-4o", "input_tokens": 100_000, "output_tokens": 0},
@@ -85,13 +86,20 @@ async def live(server: Server, address: tuple[str, int]) -> AsyncIterator[httpx.
 
 
 async def both(
-    client: httpx.AsyncClient, content: bytes, headers: dict[str, str] | None = None
+    client: httpx.AsyncClient,
+    content: bytes,
+    headers: dict[str, str] | None = None,
+    path: str = PATH,
+    routed_content: bytes | None = None,
 ) -> tuple[httpx.Response, httpx.Response]:
-    """The same request the short way and through the route."""
+    """The same request the short way and through the route (``routed_content``: another
+    body for the route, where the same one would be a repeat)."""
     headers = {"Content-Type": "application/json", **(headers or {})}
-    fast = await client.post(PATH, content=content, headers=headers)
+    fast = await client.post(path, content=content, headers=headers)
     routed = await client.post(
-        PATH, content=content, headers={**headers, "Idempotency-Key": uuid.uuid4().hex}
+        path,
+        content=content if routed_content is None else routed_content,
+        headers={**headers, "Idempotency-Key": uuid.uuid4().hex},
     )
     return fast, routed
 
@@ -122,27 +130,50 @@ async def test_a_check_answers_the_same_either_way(
 
 
 @pytest.mark.parametrize(
-    ("content", "status", "kind", "fragment"),
+    ("path", "content", "status", "kind", "fragment"),
     [
-        (b"", 422, "invalid_request", "needs a JSON body"),
-        (b"{nope", 422, "invalid_request", "not valid JSON"),
-        (b"[]", 422, "invalid_request", "must be a JSON object"),
-        (b'{"customer_id": "x", "colour": 1, "event": {}}', 422, "invalid_request", "problems"),
-        (b'{"customer_id": "x"}', 422, "invalid_request", "would-be usage"),
-        (b'{"customer_id": "x\\u0000", "event": {}}', 422, "invalid_request", "NUL"),
-        (orjson.dumps({"customer_id": "nobody-here", "event": EVENT}), 404, "not_found", ""),
+        (PATH, b"", 422, "invalid_request", "needs a JSON body"),
+        (PATH, b"{nope", 422, "invalid_request", "not valid JSON"),
+        (PATH, b"[]", 422, "invalid_request", "must be a JSON object"),
+        (
+            PATH,
+            b'{"customer_id": "x", "colour": 1, "event": {}}',
+            422,
+            "invalid_request",
+            "problems",
+        ),
+        (PATH, b'{"customer_id": "x"}', 422, "invalid_request", "would-be usage"),
+        (PATH, b'{"customer_id": "x\\u0000", "event": {}}', 422, "invalid_request", "NUL"),
+        (PATH, orjson.dumps({"customer_id": "nobody-here", "event": EVENT}), 404, "not_found", ""),
+        (EVENTS, b"", 422, "invalid_request", "not valid JSON"),
+        (EVENTS, b"[{nope", 422, "invalid_request", "not valid JSON"),
+        (EVENTS, b'{"customer_id": "x"}', 422, "invalid_request", "send a JSON array of events"),
+        (EVENTS, b'[{"id": "e1", "customer_id": "x"}]', 422, "invalid_events", "[0]"),
+        (
+            EVENTS,
+            orjson.dumps([{"id": "e1", "customer_id": "nobody-here", "type": "llm.completion"}]),
+            422,
+            "invalid_events",
+            "unknown customer 'nobody-here'",
+        ),
+        (
+            EVENTS,
+            b'[{"id": "e\\u0000", "customer_id": "x", "type": "t"}]',
+            422,
+            "invalid_events",
+            "[0]",
+        ),
     ],
 )
 async def test_errors_answer_the_same_either_way(
-    live: httpx.AsyncClient, content: bytes, status: int, kind: str, fragment: str
+    live: httpx.AsyncClient, path: str, content: bytes, status: int, kind: str, fragment: str
 ) -> None:
-    fast, routed = await both(live, content)
+    fast, routed = await both(live, content, path=path)
     body = same(fast, routed)
     assert fast.status_code == status
     assert set(body) == {"error"}
-    if kind:
-        assert body["error"]["type"] == kind
-    assert fragment in body["error"]["message"]
+    assert body["error"]["type"] == kind
+    assert fragment in orjson.dumps(body["error"]).decode()  # the message or a problem
 
 
 async def test_the_callers_request_id_comes_back(live: httpx.AsyncClient) -> None:
@@ -199,6 +230,73 @@ async def test_a_key_over_its_rate_limit_gets_429_with_retry_after(server: Serve
     assert 1 <= int(answers[3].headers["retry-after"]) <= 100
     assert answers[3].json()["error"]["type"] == "rate_limited"
     assert routed.status_code == 429 and routed.json()["error"]["type"] == "rate_limited"
+
+
+# -- event batches ---------------------------------------------------------------------
+
+
+def batch(customer: str, n: int = 2) -> list[dict[str, Any]]:
+    """``n`` new events of ``customer``: 1,000 gpt-4o input tokens each."""
+    call = {"model": "gpt-4o", "input_tokens": 1000, "output_tokens": 0}
+    return [
+        {"id": unique("ev"), "customer_id": customer, "type": "llm.completion", "properties": call}
+        for _ in range(n)
+    ]
+
+
+async def test_a_batch_is_stored_and_repeated_the_same_either_way(
+    client: httpx.AsyncClient, live: httpx.AsyncClient
+) -> None:
+    customer = await make_customer(client)
+    first, second = batch(customer), batch(customer)
+    fast, routed = await both(
+        live, orjson.dumps(first), path=EVENTS, routed_content=orjson.dumps(second)
+    )
+    assert same(fast, routed) == {"ingested": 2, "duplicates": 0}
+    # the first batch again, both ways: its events are stored, so both are duplicates
+    fast, routed = await both(live, orjson.dumps({"events": first}), path=EVENTS)
+    assert same(fast, routed) == {"ingested": 0, "duplicates": 2}
+    balance = (await client.get(f"/v1/customers/{customer}/balance")).json()
+    # 4 events stored once each: 4 × 1,000 × 0.0000025 + the first package of requests, 2.00
+    assert balance["period_spend_precise"] == "2.01"
+
+
+async def test_a_cloudevents_batch_takes_the_short_way_too(
+    client: httpx.AsyncClient, live: httpx.AsyncClient
+) -> None:
+    customer = await make_customer(client)
+    event = {
+        "specversion": "1.0",
+        "id": unique("ce"),
+        "source": "/gateway",
+        "type": "llm.completion",
+        "subject": customer,
+        "data": {"model": "gpt-4o", "input_tokens": 1000, "output_tokens": 0},
+    }
+    r = await live.post(
+        EVENTS,
+        content=orjson.dumps([event]),
+        headers={"Content-Type": "application/cloudevents-batch+json"},
+    )
+    assert (r.status_code, r.json()) == (200, {"ingested": 1, "duplicates": 0})
+    assert r.headers["x-request-id"].startswith("req_")
+
+
+async def test_a_batch_needs_a_key_with_the_ingest_scope(
+    server: Server, live: httpx.AsyncClient
+) -> None:
+    content = orjson.dumps(batch("nobody-here"))
+    live.headers.pop("Authorization")
+    fast, routed = await both(live, content, path=EVENTS)
+    assert same(fast, routed)["error"]["type"] == "unauthorized"
+    assert fast.headers["www-authenticate"] == "Bearer"
+    _, secret = KeyStore(server.catalog.engine).create(
+        "test", server.clock(), name="reader", scopes=["read"]
+    )
+    live.headers["Authorization"] = f"Bearer {secret}"
+    fast, routed = await both(live, content, path=EVENTS)
+    assert fast.status_code == 403
+    assert "'ingest' scope" in same(fast, routed)["error"]["message"]
 
 
 # -- on the wire: pipelining, chunked bodies, limits, clients that leave -------------------
@@ -303,14 +401,15 @@ async def test_a_chunked_check_body_is_read_whole(
         assert status == 200 and orjson.loads(again) == orjson.loads(answer)
 
 
-async def test_an_oversized_check_is_413(server: Server) -> None:
+@pytest.mark.parametrize("path", [PATH, EVENTS])
+async def test_an_oversized_body_is_413(server: Server, path: str) -> None:
     rules = dataclasses.replace(server.services.rules, max_body_bytes=1000)
     small = dataclasses.replace(server.services, rules=rules)
     key = server.test_key
     async with serving(build_app(small)) as address:
         # declared too large: answered at once, without the body, and the connection closed
         async with Wire.open(address) as wire:
-            head = request("POST", PATH, key).replace(b"Content-Length: 0", b"Content-Length: 5000")
+            head = request("POST", path, key).replace(b"Content-Length: 0", b"Content-Length: 5000")
             await wire.send(head)
             status, headers, body = await wire.answer()
             assert status == 413
@@ -323,7 +422,7 @@ async def test_an_oversized_check_is_413(server: Server) -> None:
             assert await wire.closed()
         # chunked, passing the limit as it comes
         async with Wire.open(address) as wire:
-            head = request("POST", PATH, key, headers={"Transfer-Encoding": "chunked"})
+            head = request("POST", path, key, headers={"Transfer-Encoding": "chunked"})
             await wire.send(head + b"200\r\n" + b" " * 512 + b"\r\n")
             await asyncio.sleep(0.05)
             await wire.send(b"200\r\n" + b" " * 512 + b"\r\n" + b"0\r\n\r\n")
@@ -374,3 +473,54 @@ async def test_a_client_that_leaves_mid_check_gets_nothing_and_harms_nothing(
     r = await live.post(PATH, content=check)
     assert r.status_code == 200 and r.json()["cost"] == "2.25"
     assert not [rec for rec in caplog.records if "quota check" in rec.getMessage()]
+
+
+async def test_batches_and_checks_pipelined_are_answered_in_order(
+    server: Server, client: httpx.AsyncClient, address: tuple[str, int]
+) -> None:
+    customer = await make_customer(client, credits="100.00")
+    events = orjson.dumps(batch(customer, 3))
+    check = orjson.dumps({"customer_id": customer, "event": EVENT})
+    key = server.test_key
+    async with Wire.open(address) as wire:
+        await wire.send(
+            request("POST", EVENTS, key, events, headers={"X-Request-Id": "one"})
+            + request("POST", PATH, key, check, headers={"X-Request-Id": "two"})
+            + request("POST", EVENTS, key, b"[{", headers={"X-Request-Id": "three"})
+            + request("GET", "/v1/meters", key, headers={"X-Request-Id": "four"})
+            + request("POST", EVENTS, key, events, headers={"X-Request-Id": "five"})
+        )
+        answers = [await wire.answer() for _ in range(5)]
+    assert [status for status, _, _ in answers] == [200, 200, 422, 200, 200], answers
+    assert [h["x-request-id"] for _, h, _ in answers] == ["one", "two", "three", "four", "five"]
+    assert orjson.loads(answers[0][2]) == {"ingested": 3, "duplicates": 0}
+    assert orjson.loads(answers[4][2]) == {"ingested": 0, "duplicates": 3}
+
+
+async def test_a_batch_whose_client_left_once_it_was_sent_is_stored_and_its_retry_is_a_repeat(
+    server: Server,
+    client: httpx.AsyncClient,
+    address: tuple[str, int],
+    live: httpx.AsyncClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    customer = await make_customer(client)
+    events = batch(customer, 2)
+    caplog.set_level(logging.ERROR)
+    spend = (await client.get(f"/v1/customers/{customer}/balance")).json()["period_spend_precise"]
+    async with Wire.open(address) as wire:  # gone before the body is whole: nothing stored
+        await wire.send(request("POST", EVENTS, server.test_key, orjson.dumps(events[:1]))[:-5])
+    async with Wire.open(address) as wire:  # gone once the whole batch was sent
+        await wire.send(request("POST", EVENTS, server.test_key, orjson.dumps(events)))
+    # two events at 1,000 × 0.0000025 each + the first package of requests, 2.00
+    for _ in range(200):  # the server stores the batch after its client left
+        balance = (await client.get(f"/v1/customers/{customer}/balance")).json()
+        if balance["period_spend_precise"] != spend:
+            break
+        await asyncio.sleep(0.05)
+    assert balance["period_spend_precise"] == "2.005"
+    r = await live.post(EVENTS, content=orjson.dumps(events))  # the client's retry
+    assert (r.status_code, r.json()) == (200, {"ingested": 0, "duplicates": 2})
+    after = (await client.get(f"/v1/customers/{customer}/balance")).json()
+    assert after["period_spend_precise"] == "2.005"
+    assert not [rec for rec in caplog.records if "event batch" in rec.getMessage()]
