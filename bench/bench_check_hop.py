@@ -34,20 +34,34 @@ NOW = 1_765_000_000_000_000
 CUSTOMERS = 1000
 
 
-def shard(conn: Connection) -> None:
+def live_accounts() -> dict[tuple[str, str], Any]:
+    """``CUSTOMERS`` accounts (env ``test``, ids ``c0``…) on the example's ``pro`` plan, each
+    with a credit grant of a million EUR."""
     from tallyray.actors.account import CustomerAccount, Profile
-    from tallyray.actors.shard_line import ShardLineServer
     from tallyray.pricing import parse_config
     from tallyray.pricing.credits import CreditGrant
-    from tallyray.pricing.events import Event
 
     config = parse_config(json.loads(CONFIG.read_text()))
+    million = Decimal(1_000_000)
     accounts = {}
     for i in range(CUSTOMERS):
         account = CustomerAccount(Profile(f"c{i}", "EUR", config.plan("pro")), config.meters)
-        million = Decimal(1_000_000)
         account.add_grant(CreditGrant("g", million, "EUR", million, created_at=NOW - 10**9))
         accounts[("test", f"c{i}")] = account
+    return accounts
+
+
+def would_be_properties(rng: random.Random) -> dict[str, Any]:
+    """A would-be LLM call's properties, as the benchmarks' gateways ask about."""
+    model = rng.choice(["gpt-4o", "gpt-4o-mini"])
+    return {"model": model, "input_tokens": rng.randint(50, 4000), "output_tokens": 300}
+
+
+def shard(conn: Connection) -> None:
+    from tallyray.actors.shard_line import ShardLineServer
+    from tallyray.pricing.events import Event
+
+    accounts = live_accounts()
 
     def check_many(checks: list[tuple[str, str, list[Any]]]) -> list[Any]:
         return [
@@ -85,9 +99,7 @@ async def replica(conn: Connection, endpoint: Any, checks: int, rate: float) -> 
     rng = random.Random(1)
 
     def would_be(customer: str) -> list[Any]:
-        model = rng.choice(["gpt-4o", "gpt-4o-mini"])
-        props = {"model": model, "input_tokens": rng.randint(50, 4000), "output_tokens": 300}
-        return [(customer, "quote_0", "llm.completion", NOW, props)]
+        return [(customer, "quote_0", "llm.completion", NOW, would_be_properties(rng))]
 
     await router.check(0, "test", "c1", would_be("c1"))  # opens the line
     latencies: list[float] = []

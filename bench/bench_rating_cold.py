@@ -15,43 +15,31 @@ with ``time.thread_time``). Printed: CPU µs per check each way.
 from __future__ import annotations
 
 import argparse
-import json
 import random
+import sys
 import time
-from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
-from tallyray.actors.account import CustomerAccount, Profile
-from tallyray.pricing import parse_config
-from tallyray.pricing.credits import CreditGrant
-from tallyray.pricing.events import Event
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-CONFIG = Path(__file__).resolve().parent.parent / "examples" / "llm-api" / "tallyray.json"
-NOW = 1_765_000_000_000_000
-CUSTOMERS = 1000
+from bench_check_hop import CUSTOMERS, NOW, live_accounts, would_be_properties  # noqa: E402
+
+from tallyray.actors.account import CustomerAccount  # noqa: E402
+from tallyray.pricing.events import Event  # noqa: E402
 
 
 def accounts() -> list[CustomerAccount]:
-    config = parse_config(json.loads(CONFIG.read_text()))
-    made = []
-    million = Decimal(1_000_000)
-    for i in range(CUSTOMERS):
-        account = CustomerAccount(Profile(f"c{i}", "EUR", config.plan("pro")), config.meters)
-        account.add_grant(CreditGrant("g", million, "EUR", million, created_at=NOW - 10**9))
-        props = {"model": "gpt-4o", "input_tokens": 100, "output_tokens": 30}
-        account.apply([Event("e1", f"c{i}", "llm.completion", NOW - 1000, props)], NOW)
-        made.append(account)
+    """The hop benchmark's accounts, each with one event applied (a period under way)."""
+    made = list(live_accounts().values())
+    props = {"model": "gpt-4o", "input_tokens": 100, "output_tokens": 30}
+    for account in made:
+        customer = account.profile.customer_id
+        account.apply([Event("e1", customer, "llm.completion", NOW - 1000, props)], NOW)
     return made
 
 
 def would_be(rng: random.Random, customer: str) -> list[Event]:
-    props: dict[str, Any] = {
-        "model": rng.choice(["gpt-4o", "gpt-4o-mini"]),
-        "input_tokens": rng.randint(50, 4000),
-        "output_tokens": 300,
-    }
-    return [Event("quote_0", customer, "llm.completion", NOW, props)]
+    return [Event("quote_0", customer, "llm.completion", NOW, would_be_properties(rng))]
 
 
 def main() -> None:
