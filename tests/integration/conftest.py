@@ -30,6 +30,7 @@ from tallyray.credentials import remove_secrets_file
 from tallyray.serve.app import Services, build_app
 from tallyray.serve.intake import IntakeRules
 from tallyray.serve.shards import ShardRouter
+from tallyray.storage.catalog import CustomerRecord
 from tallyray.storage.keys import KeyStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,3 +96,26 @@ def server(
 async def client(server: Server) -> AsyncIterator[httpx.AsyncClient]:
     async with server.client() as c:
         yield c
+
+
+@pytest.fixture
+def store_url(server: Server, tmp_path: Path) -> Iterator[str]:
+    """A fresh store of the server's kind with the example config and three customers on
+    ``pro`` (``p``, ``q`` and ``r``, no credit yet), for a :func:`~support.core_on` of a
+    test's own."""
+    if server.store == "postgres":
+        assert POSTGRES_URL is not None
+        url = create_postgres_database(POSTGRES_URL)
+    else:
+        url = f"sqlite:///{tmp_path}/core.db"
+    catalog = prepare_store(
+        Settings.load(database_url=url, config_path=server.settings.config_path)
+    )
+    now = CLOCK()
+    for customer in ("p", "q", "r"):
+        catalog.upsert_customer(CustomerRecord("test", customer, "EUR"), now)
+        catalog.subscribe("test", customer, "pro", now, now)
+    catalog.engine.dispose()
+    yield url
+    if server.store == "postgres" and POSTGRES_URL is not None:
+        drop_postgres_database(POSTGRES_URL, url)

@@ -19,6 +19,7 @@ import ray
 from suite_clock import CLOCK
 
 from tallyray.actors.limits import Limits
+from tallyray.actors.shard import ShardCore
 from tallyray.clock import Clock, ShiftedClock
 from tallyray.cluster import Settings
 from tallyray.serve.app import Services
@@ -184,6 +185,17 @@ class OwnShard:
 
     async def status(self) -> dict[str, Any]:
         return await self.shard.status.remote()  # type: ignore[no-any-return]
+
+
+@contextlib.asynccontextmanager
+async def core_on(url: str) -> AsyncIterator[ShardCore]:
+    """A shard's core on ``url`` (recovering from it), driven directly (no Ray), stopped
+    afterwards."""
+    core = ShardCore(0, 1, url, checkpoint_seconds=3600, clock=CLOCK)
+    try:
+        yield core
+    finally:
+        core.close()
 
 
 @contextlib.asynccontextmanager

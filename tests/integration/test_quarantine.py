@@ -17,8 +17,7 @@ and 100 output tokens: 2,000 × 0.0000025 + 200 × 0.00001 + 2.00 = 2.007 spent,
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -30,12 +29,10 @@ import pytest
 from sqlalchemy import Engine, insert, select, update
 from suite_clock import CLOCK
 from support import (
-    POSTGRES_URL,
     OwnShard,
     Server,
-    create_postgres_database,
+    core_on,
     credit_grant,
-    drop_postgres_database,
     make_customer,
     own_shard,
     unique,
@@ -43,11 +40,9 @@ from support import (
 
 from tallyray.actors import shard as shard_module
 from tallyray.actors.shard import IncomingEvent, ShardCore
-from tallyray.cluster import Settings, prepare_store
 from tallyray.errors import AccountQuarantined
 from tallyray.pricing.events import parse_timestamp
 from tallyray.storage import tables as t
-from tallyray.storage.catalog import CustomerRecord
 from tallyray.storage.db import make_engine
 
 pytestmark = pytest.mark.anyio
@@ -336,38 +331,6 @@ async def test_a_request_spanning_a_set_aside_account_is_refused_before_it_is_wr
 
 
 # -- the group commit and the checkpoint, driven on ShardCore directly (no Ray) ---------------
-
-
-@pytest.fixture
-def store_url(server: Server, tmp_path: Path) -> Iterator[str]:
-    """A fresh store with the example config and three customers on ``pro``, each with 50.00
-    of credit: ``p``, ``q`` and ``r``."""
-    if server.store == "postgres":
-        assert POSTGRES_URL is not None
-        url = create_postgres_database(POSTGRES_URL)
-    else:
-        url = f"sqlite:///{tmp_path}/core.db"
-    catalog = prepare_store(
-        Settings.load(database_url=url, config_path=server.settings.config_path)
-    )
-    now = CLOCK()
-    for customer in ("p", "q", "r"):
-        catalog.upsert_customer(CustomerRecord("test", customer, "EUR"), now)
-        catalog.subscribe("test", customer, "pro", now, now)
-    catalog.engine.dispose()
-    yield url
-    if server.store == "postgres" and POSTGRES_URL is not None:
-        drop_postgres_database(POSTGRES_URL, url)
-
-
-@contextlib.asynccontextmanager
-async def core_on(url: str) -> AsyncIterator[ShardCore]:
-    """A shard's core on ``url`` (recovering from it), stopped afterwards."""
-    core = ShardCore(0, 1, url, checkpoint_seconds=3600, clock=CLOCK)
-    try:
-        yield core
-    finally:
-        core.close()
 
 
 def incoming(customer: str) -> IncomingEvent:
