@@ -133,10 +133,11 @@ class _Pending:
 
     Its future resolves to ``None``, never to the pending: a cycle through the future would
     leave each request's events (~100 per request at 20k events/s) to the cyclic garbage
-    collector, which found ~20,000 such objects in every full collection of a shard and
-    stalled its loop 20–30 ms each time (docs/benchmarks.md, "Garbage collection")."""
+    collector, which found 14,000–24,000 such objects in each full collection of a shard and
+    stalled its loop 19–67 ms each time (docs/benchmarks.md, "Garbage collection on a check's
+    path")."""
 
-    future: asyncio.Future[Any]
+    future: asyncio.Future[None]
     env: str
     events: list[EventRow] = field(default_factory=list)
     parsed: list[IncomingEvent] = field(default_factory=list)

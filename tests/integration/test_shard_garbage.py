@@ -2,10 +2,10 @@
 
 What a request leaves in a cycle is freed only by Python's cyclic collector; at 20,000 events
 a second that was every request's events, and the full collections that freed them stalled a
-shard's loop, quota checks included, for 20–30 ms every two seconds (docs/benchmarks.md,
-"Garbage collection"). So after a warm-up, requests through the group commit — events,
-holds, a settle, a grant — must leave nothing for the collector: everything is freed as soon
-as it is no longer used.
+shard's loop, quota checks included, for 19–67 ms every two seconds (docs/benchmarks.md,
+"Garbage collection on a check's path"). So after a warm-up, requests through the group
+commit — events, holds, a settle, a grant — must leave nothing for the collector: everything
+is freed as soon as it is no longer used.
 """
 
 from __future__ import annotations
