@@ -15,7 +15,9 @@ anywhere shows. Events go ``--batch`` to a POST (100 by default: 20,000 events/s
 requests/s) from a second process, so that the two generators do not share an event loop;
 checks are single requests from this process. Each event has a unique id and no timestamp.
 
-Printed per phase: check latency p50/p90/p99/max (from the schedule, and from the send),
+Printed per phase: check latency p50/p90/p99/max (from the schedule, and from the send);
+the checks over 10 ms and the spells they fall in (checks that waited at the same time: a
+few long spells are stalls or the box queueing for its cores, many lone ones are not);
 achieved rates, errors, event-request latency, and CPU per process kind during the phase
 (from /proc/<pid>/stat: the Serve replica, the shard actors, PostgreSQL, the generators);
 for a phase with checks, CPU per check of the replica and of the shards — with events
@@ -47,6 +49,11 @@ from bench_quota import make_bodies  # noqa: E402
 
 CHECK_PATH = "/v1/quota/check"
 EVENTS_PATH = "/v1/events"
+SLOW_SECONDS = 0.010
+"""A check answered later than this after its scheduled time is slow: the goal's p99 (issue
+12, item 7)."""
+SPELL_GAP_SECONDS = 0.005
+"""A slow check scheduled within this of the previous slow spell's end belongs to it."""
 
 
 @dataclass
@@ -65,6 +72,7 @@ class Stream:
     wall: float = 0.0
     items: int = 0  # events acknowledged as new, or checks not allowed
     cpu: float = 0.0  # the generator's own CPU seconds
+    slow: list[tuple[float, float]] = field(default_factory=list)  # (scheduled, latency), s
 
 
 async def _one(
@@ -82,6 +90,8 @@ async def _one(
         stream.ok += 1
         stream.latencies.append(done - scheduled)
         stream.service.append(done - sent)
+        if done - scheduled > SLOW_SECONDS:
+            stream.slow.append((scheduled, done - scheduled))
         answer = orjson.loads(data)
         if kind == "events":
             stream.items += answer["ingested"]
@@ -296,6 +306,34 @@ def _errors(stream: Stream) -> str:
     return f"{count}" + (f" ({'; '.join(parts)})" if parts else "")
 
 
+def slow_spells(slow: list[tuple[float, float]]) -> list[tuple[float, float, int]]:
+    """The slow checks ``(scheduled, latency)`` grouped into spells ``(start, end, checks)``:
+    a check scheduled while an earlier one was still waiting (or just after,
+    :data:`SPELL_GAP_SECONDS`) joins its spell. Many checks in few long spells is the whole
+    path stalling or queueing for the CPU, not lone slow checks."""
+    spells: list[tuple[float, float, int]] = []
+    for scheduled, latency in sorted(slow):
+        if spells and scheduled <= spells[-1][1] + SPELL_GAP_SECONDS:
+            start, end, count = spells[-1]
+            spells[-1] = (start, max(end, scheduled + latency), count + 1)
+        else:
+            spells.append((scheduled, scheduled + latency, 1))
+    return spells
+
+
+def _slow(stream: Stream, wall: float) -> str:
+    spells = slow_spells(stream.slow)
+    if not spells:
+        return "none"
+    share = 100 * len(stream.slow) / max(stream.ok, 1)
+    covered = sum(end - start for start, end, _ in spells)
+    largest = max(count for _, _, count in spells)
+    return (
+        f"{len(stream.slow):,} ({share:.1f} %) in {len(spells):,} spells covering "
+        f"{covered:.2f} s of {wall:.1f} s (largest: {largest:,} checks)"
+    )
+
+
 def report(result: Result) -> None:
     print(
         f"\n== {result.events_rate:,.0f} events/s + {result.checks_rate:,.0f} checks/s "
@@ -307,6 +345,7 @@ def report(result: Result) -> None:
         print(f"  checks   {_rate(c)}; {c.items:,} not allowed")
         print(f"    latency from schedule  {_server.percentiles(c.latencies)}")
         print(f"    latency from send      {_server.percentiles(c.service)}")
+        print(f"    over {1000 * SLOW_SECONDS:g} ms            {_slow(c, c.wall)}")
         print(f"    errors                 {_errors(c)}")
         for sample in c.samples:
             print(f"      e.g. {sample}")
