@@ -321,7 +321,7 @@ def slow_spells(slow: list[tuple[float, float]]) -> list[tuple[float, float, int
     return spells
 
 
-def _slow(stream: Stream, wall: float) -> str:
+def _slow(stream: Stream) -> str:
     spells = slow_spells(stream.slow)
     if not spells:
         return "none"
@@ -330,7 +330,7 @@ def _slow(stream: Stream, wall: float) -> str:
     largest = max(count for _, _, count in spells)
     return (
         f"{len(stream.slow):,} ({share:.1f} %) in {len(spells):,} spells covering "
-        f"{covered:.2f} s of {wall:.1f} s (largest: {largest:,} checks)"
+        f"{covered:.2f} s of {stream.wall:.1f} s (largest: {largest:,} checks)"
     )
 
 
@@ -345,7 +345,7 @@ def report(result: Result) -> None:
         print(f"  checks   {_rate(c)}; {c.items:,} not allowed")
         print(f"    latency from schedule  {_server.percentiles(c.latencies)}")
         print(f"    latency from send      {_server.percentiles(c.service)}")
-        print(f"    over {1000 * SLOW_SECONDS:g} ms            {_slow(c, c.wall)}")
+        print(f"    over {1000 * SLOW_SECONDS:g} ms            {_slow(c)}")
         print(f"    errors                 {_errors(c)}")
         for sample in c.samples:
             print(f"      e.g. {sample}")
