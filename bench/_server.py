@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -29,9 +30,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import httpx
 
@@ -543,11 +545,152 @@ class RawPool:
         self._idle.clear()
 
 
+class LeanPool:
+    """Open-loop HTTP/1.1 POSTs with the least CPU a Python client spends per request: up to
+    ``size`` keep-alive connections, each an :class:`asyncio.Protocol` (no stream reader, no
+    task per request), requests queued FIFO while every connection is busy, and the answer
+    handed to a callback. For the load generators that share the cores with the server
+    (issue 12, item 7): what they spend is taken from the server. Understands answers with a
+    ``Content-Length`` (every answer Tallyray's hot routes give); any other answer fails the
+    request and closes its connection."""
+
+    def __init__(self, base_url: str, headers: dict[str, str], size: int) -> None:
+        match = re.fullmatch(r"http://([^:/]+):(\d+)", base_url)
+        if not match:
+            raise ValueError(f"lean client needs http://host:port, not {base_url!r}")
+        self.host, self.port = match.group(1), int(match.group(2))
+        self._head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self._prefixes: dict[str, bytes] = {}
+        self._size = size
+        self._open = 0
+        self._idle: list[_LeanConnection] = []
+        self._queue: collections.deque[_LeanRequest] = collections.deque()
+        self._all: set[_LeanConnection] = set()
+        self._loop = asyncio.get_running_loop()
+
+    def send(self, path: str, body: bytes, answered: LeanAnswer, failed: LeanFailure) -> None:
+        """Write the request now on an idle connection, or as soon as one is free;
+        ``answered(status, body, sent_at)`` (``time.perf_counter()`` when it was written:
+        uvloop's ``loop.time()`` counts whole milliseconds) or ``failed(error)`` is called
+        once."""
+        prefix = self._prefixes.get(path)
+        if prefix is None:
+            prefix = self._prefixes[path] = (
+                f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{self._head}"
+                "Content-Type: application/json\r\nContent-Length: "
+            ).encode()
+        request = (prefix + b"%d\r\n\r\n" % len(body) + body, answered, failed)
+        if self._idle:
+            self._idle.pop().write(request)
+            return
+        self._queue.append(request)
+        if self._open < self._size:
+            self._open += 1
+            self._loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        try:
+            _, conn = await self._loop.create_connection(
+                lambda: _LeanConnection(self), self.host, self.port
+            )
+        except OSError as error:
+            self._open -= 1
+            if self._queue:
+                self._queue.popleft()[2](error)
+            return
+        self._all.add(conn)
+        self.free(conn)
+
+    def free(self, conn: _LeanConnection) -> None:
+        """``conn`` finished a request: the next queued one, or idle."""
+        if self._queue:
+            conn.write(self._queue.popleft())
+        else:
+            self._idle.append(conn)
+
+    def lost(self, conn: _LeanConnection) -> None:
+        self._open -= 1
+        self._all.discard(conn)
+        if conn in self._idle:
+            self._idle.remove(conn)
+
+    def close(self) -> None:
+        for conn in list(self._all):
+            if conn.transport is not None:
+                conn.transport.close()
+
+
+LeanAnswer = Callable[[int, bytes, float], None]
+LeanFailure = Callable[[BaseException], None]
+_LeanRequest = tuple[bytes, LeanAnswer, LeanFailure]
+
+
+class _LeanConnection(asyncio.Protocol):
+    def __init__(self, pool: LeanPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.current: _LeanRequest | None = None
+        self.sent_at = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def write(self, request: _LeanRequest) -> None:
+        assert self.transport is not None
+        self.current = request
+        self.sent_at = time.perf_counter()
+        self.transport.write(request[0])
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer + data if self.buffer else data
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            self.buffer = buffer
+            return
+        head = buffer[:end].lower()
+        at = head.find(b"\r\ncontent-length:")
+        if at < 0 or self.current is None:
+            self._fail(ValueError(f"answer without Content-Length: {head[:200]!r}"))
+            return
+        stop = head.find(b"\r\n", at + 17)
+        length = int(head[at + 17 : stop if stop >= 0 else None])
+        if len(buffer) < end + 4 + length:
+            self.buffer = buffer
+            return
+        self.buffer = buffer[end + 4 + length :]
+        request, self.current = self.current, None
+        closing = b"\r\nconnection: close" in head
+        if closing:
+            assert self.transport is not None
+            self.transport.close()
+        else:
+            self.pool.free(self)
+        request[1](int(head[9:12]), buffer[end + 4 : end + 4 + length], self.sent_at)
+
+    def _fail(self, error: BaseException) -> None:
+        request, self.current = self.current, None
+        if self.transport is not None:
+            self.transport.close()
+        if request is not None:
+            request[2](error)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pool.lost(self)
+        request, self.current = self.current, None
+        if request is not None:
+            request[2](exc or ConnectionResetError("the server closed the connection"))
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
 class Poster:
     """POST bytes with either httpx (several AsyncClients, round robin) or :class:`RawPool`."""
 
     def __init__(self, kind: str, base_url: str, key: str, connections: int, clients: int = 1):
-        headers = {"Authorization": f"Bearer {key}"}
+        headers = auth(key)
         self.kind = kind
         clients = max(1, min(clients, connections))
         per = max(1, connections // clients)
