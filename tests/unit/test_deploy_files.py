@@ -42,6 +42,7 @@ from deploy_files import (
 from tallyray.cli import build_parser
 from tallyray.cluster.placement import shard_options
 from tallyray.cluster.settings import Settings
+from tallyray.cluster.wiring import SERVE_CONTROL_LOOP_SECONDS
 
 # --- the Dockerfile ----------------------------------------------------------------------
 
@@ -225,7 +226,7 @@ def test_the_serve_config_is_one_ray_accepts_and_deploys_tallyrays_ingress() -> 
 def test_every_pod_reads_the_settings_it_needs_and_its_secrets_from_kubernetes_secrets() -> None:
     for pod in pod_specs():
         [container] = pod["containers"]
-        env = {e["name"]: e for e in container["env"]}
+        env = {e["name"]: e for e in container["env"] if not e["name"].startswith("RAY_")}
         assert set(env) <= set(Settings.ENV)
         assert {"TALLYRAY_DATABASE_URL", "TALLYRAY_ADMIN_KEY", "TALLYRAY_SHARDS"} <= set(env)
         for name in SECRET_VARIABLES & set(env):
@@ -240,6 +241,13 @@ def test_every_pod_reads_the_settings_it_needs_and_its_secrets_from_kubernetes_s
         mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+
+
+def test_the_pods_run_serve_s_controller_loop_as_tallyray_serve_does() -> None:
+    for pod in pod_specs():
+        [container] = pod["containers"]
+        ray_env = {e["name"]: e["value"] for e in container["env"] if e["name"].startswith("RAY_")}
+        assert ray_env == {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": SERVE_CONTROL_LOOP_SECONDS}
 
 
 def test_the_service_exposes_the_port_the_api_listens_on() -> None:
