@@ -1,13 +1,16 @@
 """What a shard's apply of one commit costs per account it touches (issue 12, item 7).
 
     PYTHONPATH=$PWD .venv/bin/python bench/bench_account_apply.py [--applies 20000]
+        [--events-per-apply 1,2,5,10,50]
 
 With many customers, a group commit brings each account one or two events, so the per-call
 work of applying them (``ShardCore._apply``: ``CustomerAccount.record``, the flags, the
 alerts, the headroom) is paid about once per event. This prepares a SQLite store with 100
 customers on ``pro``, warms one :class:`~tallyray.actors.shard.ShardCore` (no Ray), then
 applies ``--applies`` one-event batches round the accounts and prints the CPU time per
-apply (best of five rounds).
+apply (best of five rounds). With ``--events-per-apply``, it applies the same number of
+events in batches of each size given, and prints the CPU time per event: what an account's
+apply costs once per call against once per event.
 
 Timings on this shared 2-core machine move by ±30 % with the load of other work, so for a
 before/after the instruction count is steadier: run it under valgrind twice, with
@@ -38,7 +41,8 @@ from tallyray.pricing.events import Event  # noqa: E402
 CUSTOMERS = 100
 
 
-async def run(url: str, ids: list[str], applies: int, rounds: int) -> float:
+async def run(url: str, ids: list[str], applies: int, rounds: int, per_apply: int = 1) -> float:
+    """CPU µs per apply of ``per_apply`` events (best of ``rounds``)."""
     clock = clock_for(offset_to(parse_timestamp(bench_apply_slices.NOW)))
     core = ShardCore(0, 1, url, checkpoint_seconds=3600, clock=clock)
     properties = bench_apply_slices.PROPERTIES
@@ -50,7 +54,10 @@ async def run(url: str, ids: list[str], applies: int, rounds: int) -> float:
         best = float("inf")
         for round_ in range(rounds):
             batches = [
-                [Event(f"r{round_}-{i}", ids[i % len(ids)], "llm.completion", at, properties)]
+                [
+                    Event(f"r{round_}-{i}-{j}", ids[i % len(ids)], "llm.completion", at, properties)
+                    for j in range(per_apply)
+                ]
                 for i in range(applies)
             ]
             started = time.process_time()
@@ -66,14 +73,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--applies", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--events-per-apply",
+        default="",
+        help="comma-separated batch sizes: CPU per event for each (e.g. 1,2,5,10,50)",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tallyray-apply-") as folder:
         url = f"sqlite:///{folder}/tallyray.db"
         ids = bench_apply_slices.prepare(url, CUSTOMERS)
-        per_apply = asyncio.run(run(url, ids, args.applies, args.rounds))
-    print(
-        f"{args.applies} one-event applies round {CUSTOMERS} accounts: {per_apply:.2f} µs CPU each"
-    )
+        if not args.events_per_apply:
+            per_apply = asyncio.run(run(url, ids, args.applies, args.rounds))
+            print(
+                f"{args.applies} one-event applies round {CUSTOMERS} accounts: "
+                f"{per_apply:.2f} µs CPU each"
+            )
+            return 0
+        for size in (int(n) for n in args.events_per_apply.split(",")):
+            applies = max(1, args.applies // size)
+            per_apply = asyncio.run(run(url, ids, applies, args.rounds, size))
+            print(
+                f"{applies * size} events in applies of {size} round {CUSTOMERS} accounts: "
+                f"{per_apply / size:.2f} µs CPU per event ({per_apply:.2f} per apply)"
+            )
     return 0
 
 
