@@ -567,6 +567,7 @@ class LeanPool:
         self._queue: collections.deque[_LeanRequest] = collections.deque()
         self._all: set[_LeanConnection] = set()
         self._loop = asyncio.get_running_loop()
+        self._closed = False
 
     def send(self, path: str, body: bytes, answered: LeanAnswer, failed: LeanFailure) -> None:
         """Write the request now on an idle connection, or as soon as one is free;
@@ -584,7 +585,11 @@ class LeanPool:
             self._idle.pop().write(request)
             return
         self._queue.append(request)
-        if self._open < self._size:
+        self._grow()
+
+    def _grow(self) -> None:
+        """Open one more connection for the queued requests, if the pool may."""
+        if self._queue and self._open < self._size and not self._closed:
             self._open += 1
             self._loop.create_task(self._connect())
 
@@ -595,8 +600,9 @@ class LeanPool:
             )
         except OSError as error:
             self._open -= 1
-            if self._queue:
+            if self._queue:  # that request fails; the next one tries again
                 self._queue.popleft()[2](error)
+            self._grow()
             return
         self._all.add(conn)
         self.free(conn)
@@ -609,12 +615,15 @@ class LeanPool:
             self._idle.append(conn)
 
     def lost(self, conn: _LeanConnection) -> None:
+        """``conn`` closed: queued requests get a new connection."""
         self._open -= 1
         self._all.discard(conn)
         if conn in self._idle:
             self._idle.remove(conn)
+        self._grow()
 
     def close(self) -> None:
+        self._closed = True
         for conn in list(self._all):
             if conn.transport is not None:
                 conn.transport.close()
