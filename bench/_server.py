@@ -480,17 +480,22 @@ def bench_target(args: argparse.Namespace, script: str) -> Iterator[Target]:
 # -- a minimal HTTP/1.1 client (--client raw) -------------------------------------------------
 
 
+def _endpoint(base_url: str, headers: dict[str, str]) -> tuple[str, int, str]:
+    """(host, port, the header lines) for the raw clients, which speak plain HTTP/1.1."""
+    match = re.fullmatch(r"http://([^:/]+):(\d+)", base_url)
+    if not match:
+        raise ValueError(f"raw HTTP clients need http://host:port, not {base_url!r}")
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return match.group(1), int(match.group(2)), head
+
+
 class RawPool:
     """Keep-alive HTTP/1.1 POSTs over asyncio streams to one host, with at most ``size``
     connections. Far less CPU per request than httpx, which matters when the load generator
     shares the cores with the server. Understands Content-Length and chunked responses."""
 
     def __init__(self, base_url: str, headers: dict[str, str], size: int) -> None:
-        match = re.fullmatch(r"http://([^:/]+):(\d+)", base_url)
-        if not match:
-            raise ValueError(f"raw client needs http://host:port, not {base_url!r}")
-        self.host, self.port = match.group(1), int(match.group(2))
-        self._head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.host, self.port, self._head = _endpoint(base_url, headers)
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self._slots = asyncio.Semaphore(size)
 
@@ -555,11 +560,7 @@ class LeanPool:
     request and closes its connection."""
 
     def __init__(self, base_url: str, headers: dict[str, str], size: int) -> None:
-        match = re.fullmatch(r"http://([^:/]+):(\d+)", base_url)
-        if not match:
-            raise ValueError(f"lean client needs http://host:port, not {base_url!r}")
-        self.host, self.port = match.group(1), int(match.group(2))
-        self._head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.host, self.port, self._head = _endpoint(base_url, headers)
         self._prefixes: dict[str, bytes] = {}
         self._size = size
         self._open = 0

@@ -48,8 +48,8 @@ SERVE_CONTROL_LOOP_SECONDS = "0.5"
 """How often Serve's controller runs its loop in a Ray that ``tallyray serve`` starts (Serve's
 default is 0.1 s). At 0.1 s the controller and the GCS took ~4.7 % of a core on the 2-core
 box, at 0.5 s ~1.8 % (docs/benchmarks.md, "Leaner generators, a quieter Serve controller");
-replacing a dead replica waits up to 0.4 s longer. The KubeRay manifest sets the same for its
-head."""
+replacing a dead replica waits up to 0.4 s longer. The KubeRay manifest sets the same in its
+pods."""
 
 
 def start_ray(settings: Settings, num_cpus: int | None = None) -> None:
