@@ -36,6 +36,7 @@ request adds must stay within each). A refusal names what refused it (:data:`Ref
 from __future__ import annotations
 
 import copy
+import enum
 from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -262,6 +263,15 @@ class ClosedPeriod:
     last segment's)."""
 
 
+class _Apart(enum.Enum):
+    APART = "apart"
+
+
+_APART = _Apart.APART
+"""What :meth:`CustomerAccount._record` answers for commits that must be recorded one by
+one (nothing recorded)."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Quiet:
     """After an alert evaluation: how much more spend no alert can notice, and until when."""
@@ -301,6 +311,8 @@ class CustomerAccount:
     _cost_bound: SpendBound = SpendBound({})
     _lowering: frozenset[str] = frozenset()
     """Meters whose new usage can lower the plan's cost: their commits are priced at once."""
+    _lowering_types: frozenset[str] = frozenset()
+    """The event types that feed a meter of ``_lowering``."""
     _expiries: tuple[int, tuple[int, ...]] = (0, ())
     """(how many grants, their expiry times sorted): grants are only ever added."""
     _grant_ids: tuple[int, frozenset[str]] = (0, frozenset())
@@ -346,6 +358,7 @@ class CustomerAccount:
             self._lowering = frozenset().union(
                 *(meters_that_can_lower_cost(p, meters) for p in plans)
             )
+        self._lowering_types = self.meters.types_feeding(self._lowering)
 
     # -- usage ---------------------------------------------------------------------------
 
@@ -500,6 +513,53 @@ class CustomerAccount:
             else:
                 usage.merge(delta)
 
+    def record_together(self, commits: Sequence[tuple[int, Sequence[Event]]]) -> bool:
+        """Record several commits' events, ``(commit time, events)`` oldest first, in one
+        go — when that is the same as recording them one by one and evaluating the alerts
+        after each. Returns ``False``, having recorded nothing, when it is not: then record
+        them one by one.
+
+        Most of :meth:`record`'s work is per call, not per event, and with many customers
+        a commit brings an account one or two events: a shard holds an account's commits
+        until something reads it, or a moment later (:mod:`tallyray.actors.unapplied`).
+        In one go they cost what they cost one by one unless a grant expires between the
+        first commit and the last (a commit's events are priced with the grants active at
+        its time), or an event feeds a meter whose usage can lower the cost (such a commit
+        is priced on its own, see :meth:`record`). And the alerts fire alike unless one
+        could cross a threshold over them: the one-by-one evaluations find a crossing at
+        the commit that carries it, with that commit's figures. So they go together only
+        while the account's alerts stay quiet (:meth:`evaluate_alerts`) with the spend
+        bound of all of them, each commit counted as a fold of its own.
+        """
+        if len(commits) < 2:
+            raise ValueError("record_together takes two commits or more")
+        first, last = commits[0][0], commits[-1][0]
+        if self._expiry_within(first, last):
+            return False
+        lowering = self._lowering_types
+        if lowering and any(e[2] in lowering for _, events in commits for e in events):
+            return False
+        events = [e for _, batch in commits for e in batch]
+        return self._record(events, first, last, len(commits)) is not _APART
+
+    def _quiet_through(
+        self, deltas: Sequence[tuple[int, Usage, dict[int, Usage] | None]], folds: int, at: int
+    ) -> bool:
+        """Would every alert evaluation stay quiet (skipped) while ``deltas`` are folded in,
+        in ``folds`` commits up to ``at``?"""
+        if not self.rules and not self.ledger.grants:
+            return True  # nothing to evaluate: see evaluate_alerts
+        quiet = self._quiet
+        if quiet is None or at >= quiet.until or quiet.rules is not self.rules:
+            return False
+        spent = self._spent_since
+        for _, delta, _ in deltas:
+            bound = self._cost_bound.of(delta, folds)
+            if bound is None:
+                return False
+            spent += self._converted(bound)
+        return spent < quiet.headroom
+
     def record(self, events: Sequence[Event], at: int) -> Decimal | None:
         """Fold events committed at ``at`` in, and price them later (the hot path).
 
@@ -517,15 +577,27 @@ class CustomerAccount:
         different ledger than pricing commit by commit — and the ledger must not depend on
         when something read the account (replay reads less often than live traffic).
         """
+        found = self._record(events, at, at, 1)
+        assert found is not _APART
+        return found
+
+    def _record(
+        self, events: Sequence[Event], first: int, at: int, folds: int
+    ) -> Decimal | None | _Apart:
+        """:meth:`record` of the events of ``folds`` commits made from ``first`` to ``at``;
+        several only while the alerts stay quiet over them (else :data:`_APART`, nothing
+        recorded: see :meth:`record_together`)."""
         if not events:
             return None
         window = self._unpriced_window
         if window is not None:
-            low, high = min(window[0], at), max(window[1], at)
+            low, high = min(window[0], first), max(window[1], at)
             if self._expiry_within(low, high):
                 self._catch_up()
         # Fold every period's events before merging any: a bad event leaves no partial write.
         deltas = self._fold(events)
+        if folds > 1 and not self._quiet_through(deltas, folds, at):
+            return _APART
         plan = self.profile.plan
         if plan is not None and plan.limits:
             self._count_units(plan.limits, events)
@@ -554,14 +626,14 @@ class CustomerAccount:
             if self._crowding is not None:  # kept up to date: caps are checked per request
                 self._crowding = _crowding_of(usage, touched, *self._crowding)
             if self._quiet is not None:
-                bound = self._cost_bound.of(delta)
+                bound = self._cost_bound.of(delta, folds)
                 if bound is None:
                     self._quiet = None  # not bounded: the next evaluation prices
                 else:
                     self._spent_since += self._converted(bound)
         window = self._unpriced_window
         self._unpriced_window = (
-            (at, at) if window is None else (min(window[0], at), max(window[1], at))
+            (first, at) if window is None else (min(window[0], first), max(window[1], at))
         )
         return self._catch_up() if price_now else None
 

@@ -45,9 +45,10 @@ class SpendBound:
 
     rates: Mapping[str, tuple[Decimal, Decimal] | None]
 
-    def of(self, delta: Usage) -> Decimal | None:
+    def of(self, delta: Usage, folds: int = 1) -> Decimal | None:
         """The most that folding ``delta`` into any usage can add to the plan's cost
-        (``None``: unknown)."""
+        (``None``: unknown); ``folds``: the most if its events were folded in that many
+        batches, one after the other (each pays a touched meter's constant)."""
         total = ZERO
         groups = delta.groups
         for key, bound in self.rates.items():
@@ -62,7 +63,7 @@ class SpendBound:
                     added += s
             if added:
                 rate, constant = bound
-                total += rate * added + constant
+                total += rate * added + constant * folds
         return total
 
 

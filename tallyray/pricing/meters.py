@@ -457,6 +457,21 @@ class MeterSet:
     def event_types(self) -> frozenset[str]:
         return frozenset(self._by_type)
 
+    def types_feeding(self, keys: Iterable[str]) -> frozenset[str]:
+        """The event types whose events may land in any of the meters ``keys`` (directly,
+        or through a per-event sum of one of their meters)."""
+        wanted = set(keys)
+        if not wanted:
+            return frozenset()
+        return frozenset(
+            event_type
+            for event_type, steps in self._steps.items()
+            if any(
+                meter.key in wanted or any(d.key in wanted for d in derived)
+                for meter, _, derived in steps
+            )
+        )
+
     def footprint(self, event: Event) -> list[tuple[MeterSpec, GroupKey, Any]]:
         """What folding one (valid) event keeps: for each meter that counts it, the group it
         lands in and, for a ``unique_count`` meter, the value it adds (``None`` for the

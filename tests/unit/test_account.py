@@ -22,6 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tallyray.actors.account import CustomerAccount, Hold, Profile, QuotaAnswer
+from tallyray.actors.alerting import AlertRule
 from tallyray.errors import EventError
 from tallyray.pricing import parse_config
 from tallyray.pricing.credits import CreditGrant
@@ -793,6 +794,12 @@ def test_price_is_what_apply_then_costs(events: list[Event], p: Profile) -> None
     assert acct.apply(rest, NOW) == quoted
 
 
+ALERTS = (
+    AlertRule("spend", "spend_above", D("10")),
+    AlertRule("low", "balance_below", D("15")),
+    AlertRule("used", "credits_used_percent", D("25")),
+)
+
 EXPIRING = (
     grant("soon", "3", expires_at=NOW),
     grant("later", "20", priority=2, expires_at=NOW + 2),
@@ -825,6 +832,84 @@ def test_recording_batches_then_reading_equals_applying_each(
         lazy.record(batch, at)
     assert by_value(lazy.snapshot()) == by_value(eager.snapshot())
     assert lazy.balance(NOW + 3) == eager.balance(NOW + 3)
+
+
+def record_held(acct: CustomerAccount, commits: list[tuple[int, list[Event]]]) -> list[Any]:
+    """What a shard does with an account's commits held until it is read (ShardCore._apply):
+    in one go when it can, else one by one with the alerts after each. The firings."""
+    fired: list[Any] = []
+    if len(commits) > 1 and acct.record_together(commits):
+        return acct.evaluate_alerts(commits[-1][0], "test:cust")
+    for at, batch in commits:
+        acct.record(batch, at)
+        fired += acct.evaluate_alerts(at, "test:cust")
+    return fired
+
+
+@given(
+    events=event_lists,
+    cuts=st.lists(st.integers(0, 100), max_size=6),
+    times=st.lists(st.integers(NOW - 2, NOW + 3), min_size=7, max_size=7),
+    reads=st.lists(st.integers(0, 7), max_size=4),
+    p=profiles,
+)
+def test_commits_held_until_a_read_equal_applying_each(
+    events: list[Event], cuts: list[int], times: list[int], reads: list[int], p: Profile
+) -> None:
+    """A shard holds an account's commits until something reads it, then records them in
+    one go when :meth:`record_together` can: with grants expiring between commits, usage
+    that can lower the cost and an alert rule, the account and what fired must be what
+    applying each commit at its own time, and evaluating after it, gives. ``reads``: after
+    which commits something read the account."""
+    batches = split(events, cuts)
+    commits = list(zip(sorted(times)[: len(batches)], batches, strict=True))
+    eager = CustomerAccount(p, METERS)
+    held = CustomerAccount(p, METERS)
+    for acct in (eager, held):
+        for g in EXPIRING:
+            acct.add_grant(g)
+        acct.rules = ALERTS
+        acct.evaluate_alerts(NOW - 3, "test:cust")
+    eager_fired: list[Any] = []
+    held_fired: list[Any] = []
+    waiting: list[tuple[int, list[Event]]] = []
+    for n, (at, batch) in enumerate(commits, start=1):
+        eager.apply(batch, at)
+        eager_fired += eager.evaluate_alerts(at, "test:cust")
+        waiting.append((at, batch))
+        if n in reads:
+            held_fired += record_held(held, waiting)
+            held.balance(at)  # the read prices what waits
+            waiting = []
+    if waiting:
+        held_fired += record_held(held, waiting)
+    assert by_value(held.snapshot()) == by_value(eager.snapshot())
+    assert held.balance(NOW + 3) == eager.balance(NOW + 3)
+    assert held_fired == eager_fired
+
+
+@pytest.mark.parametrize(
+    ("commits", "together", "why"),
+    [
+        ([(NOW - 2, [tokens(1)]), (NOW - 1, [tokens(2)])], True, "no grant expires between"),
+        ([(NOW - 1, [tokens(1)]), (NOW + 1, [tokens(2)])], False, "'soon' expires at NOW"),
+        ([(NOW, [tokens(1)]), (NOW + 1, [tokens(2)])], False, "the alerts' quiet ends at NOW"),
+        ([(NOW - 2, [tokens(1)]), (NOW - 1, [seat("u1")])], False, "seats are volume-priced"),
+        ([(NOW - 2, [tokens(500)]), (NOW - 1, [tokens(2)])], True, "the alerts stay quiet"),
+        ([(NOW - 2, [tokens(5_000)]), (NOW - 1, [tokens(2)])], False, "may deplete the credit"),
+    ],
+)
+def test_which_commits_are_recorded_together(
+    commits: list[tuple[int, list[Event]]], together: bool, why: str
+) -> None:
+    acct = CustomerAccount(profile(), METERS)
+    for g in EXPIRING:
+        acct.add_grant(g)
+    acct.evaluate_alerts(NOW - 3, "test:c")  # quiet: 28.00 of credit, far from a crossing
+    before = acct.snapshot()
+    assert acct.record_together(commits) is together, why
+    if not together:
+        assert acct.snapshot() == before  # nothing recorded
 
 
 def test_a_reduction_is_booked_as_it_was_live_however_the_commits_are_read() -> None:
