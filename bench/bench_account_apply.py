@@ -62,7 +62,7 @@ async def run(url: str, ids: list[str], applies: int, rounds: int, per_apply: in
             ]
             started = time.process_time()
             for batch in batches:
-                core._apply("test", batch[0].customer_id, batch, at)
+                core._apply("test", batch[0].customer_id, [(at, batch)])
             best = min(best, time.process_time() - started)
         return best / applies * 1e6 if applies else 0.0
     finally:

@@ -56,6 +56,13 @@ from tallyray.actors.alerting import AlertRule
 from tallyray.actors.limits import Limits
 from tallyray.actors.routing import shard_of
 from tallyray.actors.shard_line import Endpoint, LineOptions, ShardLineServer
+from tallyray.actors.unapplied import (
+    APPLY_WAIT_SECONDS,
+    SETTLE_EVENTS,
+    AccountKey,
+    Accounts,
+    Commits,
+)
 from tallyray.clock import Clock, clock_for, system_clock
 from tallyray.credentials import database_url as resolve_database_url
 from tallyray.errors import (
@@ -92,9 +99,6 @@ log = logging.getLogger("tallyray.shard")
 
 IncomingEvent = tuple[str, str, str, int, dict[str, Any]]
 """(customer_id, event id, type, ts, properties): what the ingress sends per event."""
-
-AccountKey = tuple[str, str]
-"""(env, customer_id)."""
 
 
 GATHER_EVENTS = 4000
@@ -209,7 +213,11 @@ class ShardCore:
         self._history: dict[AccountKey, list[tuple[int, str, int]]] = {}
         """Per account, its subscriptions that may price open periods: (start, plan key,
         version), oldest first (read with its record, made plan spans by ``_profile``)."""
-        self.accounts: dict[AccountKey, CustomerAccount] = {}
+        self.accounts = Accounts(self._apply_waiting)
+        """Each account applies the commits it has not applied before it is read (see
+        :mod:`tallyray.actors.unapplied`)."""
+        self._settling: asyncio.TimerHandle | None = None
+        """The timer that applies everything waiting (see :data:`APPLY_WAIT_SECONDS`)."""
         self.hold_owner: dict[str, AccountKey] = {}
         self.dirty: set[AccountKey] = set()
         self.quarantined: dict[AccountKey, SetAside] = {}
@@ -289,6 +297,8 @@ class ShardCore:
     def close(self) -> None:
         """Stop the committer and checkpointer, the database thread and the engine (a core
         driven directly, in tests and benchmarks; an actor's process simply ends)."""
+        if self._settling is not None:
+            self._settling.cancel()
         for task in self._tasks:
             task.cancel()
         self._db.shutdown(wait=True)
@@ -596,25 +606,28 @@ class ShardCore:
             )
         for (received_at, env, customer), events in groups.items():
             if (env, customer) not in aside:
-                self._apply(env, customer, events, received_at)
+                self._apply(env, customer, [(received_at, events)])
 
-    def _apply(
-        self, env: str, customer_id: str, events: list[Event], at: int, alerts: bool = True
-    ) -> None:
-        """Fold committed events into their account (setting it aside if that fails)."""
+    def _apply(self, env: str, customer_id: str, commits: Commits, alerts: bool = True) -> None:
+        """Fold committed events into their account (setting it aside if that fails), then
+        evaluate its alerts: ``commits``, its events of one or more commits, oldest first,
+        in one go where :meth:`CustomerAccount.record_together` can, else commit by commit
+        with the alerts after each, as replay applies them."""
         key = (env, customer_id)
+        at = commits[-1][0]
         try:
             account = self.account(env, customer_id)
-            try:
-                account.record(events, at)
-            except EventError as error:
-                # Only possible if the ingress validated against older meters than ours (or
-                # a meter was added after the checkpoint, before a restart): the events are
-                # in the log, so skip the bad ones rather than lose the good, live and on
-                # replay alike.
-                bad = {int(p.where.strip("[]")) for p in error.problems}
-                log.error("shard %d: %d committed events fail their meters", self.shard, len(bad))
-                account.record([e for i, e in enumerate(events) if i not in bad], at)
+            if len(commits) == 1:
+                self._record(account, commits[0][1], at)
+            elif not self._record_together(account, commits):
+                # commit by commit, the alerts after each, as replay applies them
+                for commit_at, events in commits[:-1]:
+                    self._record(account, events, commit_at)
+                    if alerts:
+                        self._after_commit(key, account, commit_at)
+                        if key in self.quarantined:
+                            return
+                self._record(account, commits[-1][1], at)
             self.dirty.add(key)
             self._flags(env, account, at)
         except Exception as error:
@@ -624,6 +637,61 @@ class ShardCore:
             return
         if alerts:
             self._after_commit(key, account, at)
+
+    def _record_together(self, account: CustomerAccount, commits: Commits) -> bool:
+        try:
+            return account.record_together(commits)
+        except EventError:
+            return False  # nothing recorded: one by one, each without its bad events
+
+    def _record(self, account: CustomerAccount, events: list[Event], at: int) -> None:
+        try:
+            account.record(events, at)
+        except EventError as error:
+            # Only possible if the ingress validated against older meters than ours (or a
+            # meter was added after the checkpoint, before a restart): the events are in
+            # the log, so skip the bad ones rather than lose the good, live and on replay
+            # alike.
+            bad = {int(p.where.strip("[]")) for p in error.problems}
+            log.error("shard %d: %d committed events fail their meters", self.shard, len(bad))
+            account.record([e for i, e in enumerate(events) if i not in bad], at)
+
+    def _apply_waiting(self, key: AccountKey, commits: Commits) -> None:
+        """What :class:`Accounts` calls before an account is read: give it its commits."""
+        if key not in self.quarantined:  # set aside meanwhile: the log holds them
+            self._apply(key[0], key[1], commits)
+
+    async def _settle(self) -> None:
+        """Apply every account's waiting commits, letting the event loop answer what waits
+        every :data:`APPLY_SLICE_SECONDS` or so (each account's part whole)."""
+        if self._settling is not None:
+            self._settling.cancel()
+            self._settling = None
+        accounts = self.accounts
+        clock = time.perf_counter
+        yield_at = clock() + APPLY_SLICE_SECONDS
+        while accounts.unapplied:
+            accounts.settle(next(iter(accounts.unapplied)))
+            if clock() >= yield_at:
+                await asyncio.sleep(0)
+                yield_at = clock() + APPLY_SLICE_SECONDS
+
+    def _settle_later(self) -> None:
+        """Apply everything waiting :data:`APPLY_WAIT_SECONDS` from now, unless something
+        else has by then."""
+        if self._settling is None and self.accounts.unapplied:
+            loop = asyncio.get_running_loop()
+            self._settling = loop.call_later(APPLY_WAIT_SECONDS, self._settle_soon)
+
+    def _settle_soon(self) -> None:
+        self._settling = None
+        task = asyncio.get_running_loop().create_task(self._settle_now())
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+
+    async def _settle_now(self) -> None:
+        async with self.applying():  # between commits: a commit's own settle may be running
+            await self._settle()
 
     def _after_commit(self, key: AccountKey, account: CustomerAccount, at: int) -> None:
         """Once an account holds a commit's events (and grants): its alerts, and the shard's
@@ -870,19 +938,31 @@ class ShardCore:
             self.stats.ingested += new
             self.stats.duplicates += len(p.parsed) - new
         aside = self.quarantined
+        accounts = self.accounts
+        if not any(p.grants for p in batch):
+            # Each account gets its events when it is next read, or a moment later: most
+            # of an apply's cost is per call (see tallyray.actors.unapplied).
+            for key, events in fresh.items():
+                if key not in aside:  # set aside while this commit was written
+                    accounts.hold(key, at, events)
+            # They count against the caps while they wait (see room): never half the room.
+            if accounts.events >= min(SETTLE_EVENTS, self._least_headroom() // 2):
+                await self._settle()
+            else:
+                self._settle_later()
+            return
+        # Grants are booked after the events before them (the order replay applies them
+        # in): everything waiting first, then this commit's events, the grants, and the
+        # touched accounts' alerts once.
+        await self._settle()
         clock = time.perf_counter
         yield_at = clock() + APPLY_SLICE_SECONDS
-        # Without grants in the commit, each account's alerts can be evaluated right after
-        # its events (an account's alerts read only its own state): one pass, not two.
-        granting = any(p.grants for p in batch)
         for (env, customer), events in fresh.items():
             if (env, customer) not in aside:  # set aside while this commit was written
-                self._apply(env, customer, events, at, alerts=not granting)
+                self._apply(env, customer, [(at, events)], alerts=False)
             if clock() >= yield_at:
                 await asyncio.sleep(0)
                 yield_at = clock() + APPLY_SLICE_SECONDS
-        if not granting:
-            return
         for p in batch:
             for grant in p.grants:
                 if grant["id"] in skipped_grants:  # it pays a purchase paid before
@@ -949,6 +1029,7 @@ class ShardCore:
         The states and the position are taken between two commits' applies, never in the
         middle of one (:meth:`applying`)."""
         async with self.applying():
+            await self._settle()  # the position includes them: so must the states
             await self._write_unpriced()  # first: a checkpoint never gets ahead of its records
             if not self.dirty:
                 self.stats.checkpoint_at = self.clock()
@@ -1029,6 +1110,7 @@ class ShardCore:
         # Let every commit queued before the cutoff moved land in memory first.
         loop = asyncio.get_running_loop()
         await self._submit(_Pending(loop.create_future(), env))
+        await self._settle()  # what waits may flag usage of the periods closing
         await self._write_unpriced()  # while the periods' accounts still hold them
         rows, dropped = self._due_rows(env, cutoff)
         try:
@@ -1186,7 +1268,8 @@ class ShardCore:
         fresh and enough, sends a request spanning shards without asking first."""
         if self.quarantined:
             return self.position, 0
-        return self.position, max(0, self._least_headroom() - self._waiting)
+        waiting = self._waiting + self.accounts.events
+        return self.position, max(0, self._least_headroom() - waiting)
 
     def _least_headroom(self) -> int:
         """The fewest events any account here could take before a cap may refuse one."""
@@ -1208,7 +1291,7 @@ class ShardCore:
         the whole request (:meth:`room`); nearer, one per account
         (:meth:`CustomerAccount.near_limits`); only accounts near a cap get their events
         looked at."""
-        if len(events) + self._waiting <= self._least_headroom():
+        if len(events) + self._waiting + self.accounts.events <= self._least_headroom():
             return
         near = self._near(env, Counter(e[0] for e in events))
         if near:

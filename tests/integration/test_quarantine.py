@@ -372,9 +372,11 @@ async def test_an_account_failing_in_a_group_commit_leaves_the_others_applied(
             core.ingest("test", [incoming("p")]), core.ingest("test", [incoming("q")])
         )
         assert core.stats.commits == commits + 1  # both requests in one commit
-        # Both are durable, so both are answered as written.
+        # Both are durable, so both are answered as written (the accounts apply them when
+        # next read, or a moment later: here, at once).
         assert [(a["ingested"], a["duplicates"]) for a in answers] == [(1, 0)] * 2
-        assert answers[0]["room"][1] == 0  # an account set aside: spanning requests ask first
+        core.accounts.settle_all()
+        assert core.room()[1] == 0  # an account set aside: spanning requests ask first
         assert spent(core, "q") == ("2.007", "2")
         assert set(core.quarantined) == {("test", "p")}
         assert "ArithmeticError: poisoned for the test" in core.quarantined[("test", "p")].reason
@@ -420,11 +422,12 @@ async def test_a_failing_snapshot_sets_one_account_aside_and_checkpoints_the_oth
 async def test_a_checkpoint_asked_for_while_a_commit_is_applied_waits_for_all_of_it(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A commit is applied in slices (a quota check must not wait for all of it), and a
-    checkpoint stores the accounts with the log position they include: taken between two
-    slices, it would store the first account's events with the position before the commit,
-    and a restart would count them twice."""
+    """Commits are applied to their accounts in slices, a moment after they are answered (a
+    quota check must not wait for all of it), and a checkpoint stores the accounts with the
+    log position they include: taken between two slices with only the first account's
+    events, a restart would count the others' never, or the first's twice."""
     monkeypatch.setattr(shard_module, "APPLY_SLICE_SECONDS", 0.0)  # a slice per account
+    monkeypatch.setattr(shard_module, "APPLY_WAIT_SECONDS", 0.01)
     async with core_on(store_url) as core:
         for customer in ("p", "q", "r"):
             await core.add_grant("test", customer, credit_grant(customer))
@@ -447,6 +450,8 @@ async def test_a_checkpoint_asked_for_while_a_commit_is_applied_waits_for_all_of
         core._apply = apply_and_ask  # type: ignore[method-assign]
         core.store.save_checkpoint = save_and_note  # type: ignore[method-assign]
         await asyncio.gather(*(core.ingest("test", [incoming(c)]) for c in ("p", "q", "r")))
+        while not asked:  # applied a moment later
+            await asyncio.sleep(0.01)
         await asyncio.gather(*asked)
         assert applied == ["p", "q", "r"] and stored_after == [3]
         assert core.store.load_checkpoint()[0] == core.position
@@ -454,12 +459,14 @@ async def test_a_checkpoint_asked_for_while_a_commit_is_applied_waits_for_all_of
         assert [spent(core, c) for c in ("p", "q", "r")] == [("2.0035", "1")] * 3
 
 
-async def test_checks_are_answered_between_the_slices_of_a_commit(
+async def test_checks_are_answered_between_the_slices_of_an_apply_and_see_every_event(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A check that arrives while a commit is applied is answered before the apply ends,
-    from each account as it stands: whole, with or without its part of the commit."""
+    """A check that arrives while commits are applied to their accounts is answered before
+    the apply ends, and sees every event acknowledged: an account not applied yet applies
+    its part first."""
     monkeypatch.setattr(shard_module, "APPLY_SLICE_SECONDS", 0.0)
+    monkeypatch.setattr(shard_module, "APPLY_WAIT_SECONDS", 0.01)
     async with core_on(store_url) as core:
         for customer in ("p", "q", "r"):
             await core.add_grant("test", customer, credit_grant(customer))
@@ -477,11 +484,14 @@ async def test_checks_are_answered_between_the_slices_of_a_commit(
             if len(applied) == 1:
                 loop = asyncio.get_running_loop()
                 loop.call_soon(check, "p")  # applied: its second call costs 0.0035
-                loop.call_soon(check, "r")  # not yet: its first call costs 2.0035
+                loop.call_soon(check, "r")  # applied by the check first: 0.0035 too
 
         core._apply = apply_and_check  # type: ignore[method-assign]
         await asyncio.gather(*(core.ingest("test", [incoming(c)]) for c in ("p", "q", "r")))
-        assert answered == [(1, "p", Decimal("0.0035")), (1, "r", Decimal("2.0035"))]
+        while len(applied) < 3:  # applied a moment later
+            await asyncio.sleep(0.01)
+        assert answered == [(1, "p", Decimal("0.0035")), (2, "r", Decimal("0.0035"))]
+        assert applied[:2] == ["p", "r"]  # r's check applied it, between two slices
         assert [spent(core, c) for c in ("p", "q", "r")] == [("2.0035", "1")] * 3
 
 

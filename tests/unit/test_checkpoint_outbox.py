@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from tallyray.actors.shard import ShardCore
+from tallyray.actors.unapplied import Accounts
 
 
 def message(ident: str) -> dict[str, Any]:
@@ -20,15 +21,18 @@ def message(ident: str) -> dict[str, Any]:
 def test_a_checkpoint_during_a_commit_also_writes_that_commits_messages() -> None:
     saved: list[tuple[Any, ...]] = []
 
-    async def nothing_unpriced() -> None:
+    async def nothing() -> None:
         return None
 
     sending, queued = message("recharge:test:c:1"), message("alert:test:c:r:0:1:triggered")
+    accounts = Accounts(lambda key, commits: None)
+    accounts[("test", "c")] = SimpleNamespace(snapshot=lambda: {"fired": 1})  # type: ignore[assignment]
     core = SimpleNamespace(
-        _write_unpriced=nothing_unpriced,
+        _settle=nothing,  # nothing waits to be applied
+        _write_unpriced=nothing,
         applying=asyncio.Lock,  # no commit being applied
         dirty={("test", "c")},
-        accounts={("test", "c"): SimpleNamespace(snapshot=lambda: {"fired": 1})},
+        accounts=accounts,
         quarantined={},
         stats=SimpleNamespace(checkpoint_at=0),
         clock=lambda: 7,
