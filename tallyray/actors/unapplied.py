@@ -2,10 +2,10 @@
 
 With many customers a group commit brings each account one or two events, and giving them to
 the account (:meth:`CustomerAccount.record`, its flags, alerts and headroom) costs far more
-per call than per event (docs/benchmarks.md, "An account's commits applied together"). So a
-shard does not apply a commit to its accounts at once: :class:`Accounts` keeps, per account,
-the commits it has not applied, and applies them — in one call where
-:meth:`CustomerAccount.records_together` allows — before anything reads that account: a quota
+per call than per event (docs/benchmarks.md, "An account's commits applied when it is
+read"). So a shard does not apply a commit to its accounts at once: :class:`Accounts` keeps,
+per account, the commits it has not applied, and applies them — in one call where
+:meth:`CustomerAccount.record_together` can — before anything reads that account: a quota
 check, a reservation, a balance, a limit, a period's close, a checkpoint's snapshot. The shard
 applies everything waiting a moment later at the latest (:data:`APPLY_WAIT_SECONDS`), so
 alerts fire by then.
