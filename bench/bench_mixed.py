@@ -37,6 +37,7 @@ import os
 import secrets
 import sys
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,6 +214,28 @@ class Result:
     cpu: dict[str, float] = field(default_factory=dict)
     wall: float = 0.0
     quiet: str = ""
+    applies: Counter[str] = field(default_factory=Counter)
+    """The shards' account applies in the phase, by way, and the commits they gave
+    (``commits:<way>``), from ``/metrics``."""
+
+
+def shard_applies(target: _server.Target) -> Counter[str]:
+    """The shards' cumulative ``tallyray_shard_applies_total`` and
+    ``tallyray_shard_applied_commits_total`` by way (the latter as ``commits:<way>``)."""
+    request = urllib.request.Request(target.base_url + "/metrics", headers=_server.auth(target.key))
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        text = answer.read().decode()
+    totals: Counter[str] = Counter()
+    for line in text.splitlines():
+        for metric, prefix in (
+            ("tallyray_shard_applies_total{", ""),
+            ("tallyray_shard_applied_commits_total{", "commits:"),
+        ):
+            if line.startswith(metric):
+                labels, _, value = line.rpartition(" ")
+                way = labels.split('way="', 1)[1].split('"', 1)[0]
+                totals[prefix + way] += int(float(value))
+    return totals
 
 
 def _kind(label: str) -> str:
@@ -292,6 +315,7 @@ def run_phase(
         child.start()
     # CPU from just before the streams start to just after they end
     time.sleep(max(0.0, start_wall - time.time() - 0.05))
+    applies = shard_applies(target)
     before = _server.cpu_snapshot()
     t0 = time.monotonic()
     if checks_rate:
@@ -303,6 +327,7 @@ def run_phase(
         result.cpu["generator: events"] = result.events.cpu
     result.wall = time.monotonic() - t0
     after = _server.cpu_snapshot()
+    result.applies = shard_applies(target) - applies
     me = os.getpid()
     for pid, proc in after.items():
         earlier = before.get(pid)
@@ -367,6 +392,17 @@ def _slow(stream: Stream) -> str:
     )
 
 
+def _applies(applies: Counter[str]) -> str:
+    calls = sum(n for way, n in applies.items() if not way.startswith("commits:"))
+    commits = sum(n for way, n in applies.items() if way.startswith("commits:"))
+    ways = ", ".join(
+        f"{way.replace('_', ' ')} {applies[way]:,} ({applies['commits:' + way]:,} commits)"
+        for way in ("alone", "together", "one_by_one")
+    )
+    each = commits / max(calls, 1)
+    return f"{calls:,} giving {commits:,} account commits ({each:.2f} each): {ways}"
+
+
 def report(result: Result) -> None:
     print(
         f"\n== {result.events_rate:,.0f} events/s + {result.checks_rate:,.0f} checks/s "
@@ -392,6 +428,7 @@ def report(result: Result) -> None:
         print(f"    errors                 {_errors(e)}")
         for sample in e.samples:
             print(f"      e.g. {sample}")
+        print(f"  account applies {_applies(result.applies)}")
     cores = os.cpu_count() or 1
     total = sum(result.cpu.values())
     print("  CPU during the phase:")

@@ -57,20 +57,7 @@ class _ShardHistograms(Collector):
         self.latest: dict[str, Mapping[str, Any]] = {}
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
-        for name, key, bounds, text in (
-            (
-                "tallyray_commit_seconds",
-                "commit_seconds",
-                LATENCY_BUCKETS,
-                "Group commit latency per shard",
-            ),
-            (
-                "tallyray_commit_batch_events",
-                "batch_sizes",
-                BATCH_BUCKETS,
-                "Events per group commit",
-            ),
-        ):
+        for name, key, bounds, text in _SHARD_HISTOGRAMS:
             family = HistogramMetricFamily(name, text, labels=["shard"])
             for shard, status in sorted(self.latest.items()):
                 data = status.get(key)
@@ -105,6 +92,32 @@ class _UnpricedEvents(Collector):
         for env, total in sorted(totals.items()):
             family.add_metric([env], total)
         yield family
+
+
+class _ShardApplies(Collector):
+    """``tallyray_shard_applies_total{shard,way}`` and
+    ``tallyray_shard_applied_commits_total{shard,way}``: accounts given their waiting commits
+    (``tallyray.actors.unapplied``), by way — the only one (alone), several in one call
+    (together), several one by one — and how many commits those were: the more go together,
+    the less a shard's CPU per event."""
+
+    def __init__(self, latest: Mapping[str, Mapping[str, Any]]) -> None:
+        self.latest = latest
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for name, key, text in (
+            ("tallyray_shard_applies", "applies", "Accounts given their waiting commits"),
+            (
+                "tallyray_shard_applied_commits",
+                "applied_commits",
+                "Account commits given by those applies",
+            ),
+        ):
+            family = CounterMetricFamily(name, f"{text}, by way", labels=["shard", "way"])
+            for shard, status in sorted(self.latest.items()):
+                for way, count in sorted((status.get(key) or {}).items()):
+                    family.add_metric([shard, way], count)
+            yield family
 
 
 class _ShardCalls(Collector):
@@ -162,6 +175,7 @@ class Metrics:
         self._shard_histograms = _ShardHistograms()
         r.register(self._shard_histograms)
         r.register(_UnpricedEvents(self._shard_histograms.latest))
+        r.register(_ShardApplies(self._shard_histograms.latest))
         self.checkpoint_age = Gauge(
             "tallyray_checkpoint_age_seconds",
             "Seconds since the shard's last checkpoint",

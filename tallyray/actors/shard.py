@@ -58,9 +58,11 @@ from tallyray.actors.routing import shard_of
 from tallyray.actors.shard_line import Endpoint, LineOptions, ShardLineServer
 from tallyray.actors.unapplied import (
     APPLY_WAIT_SECONDS,
+    APPLY_WAYS,
     SETTLE_EVENTS,
     AccountKey,
     Accounts,
+    ApplyWay,
     Commits,
 )
 from tallyray.clock import Clock, clock_for, system_clock
@@ -163,6 +165,11 @@ class ShardStats:
     unpriced: Counter[str] = field(default_factory=Counter)
     """Per environment: events with usage no charge prices, flagged since the shard started
     (live only: a replay does not count them again)."""
+    applies: Counter[ApplyWay] = field(default_factory=Counter)
+    """Accounts given their waiting commits, by way (:meth:`ShardCore._apply`): how well a
+    shard's applies fold commits together (replay's included)."""
+    applied_commits: Counter[ApplyWay] = field(default_factory=Counter)
+    """The account commits those applies gave, by the same ways."""
 
 
 class ShardCore:
@@ -618,8 +625,12 @@ class ShardCore:
         try:
             account = self.account(env, customer_id)
             if len(commits) == 1:
+                way: ApplyWay = "alone"
                 self._record(account, commits[0][1], at)
-            elif not self._record_together(account, commits):
+            elif self._record_together(account, commits):
+                way = "together"
+            else:
+                way = "one_by_one"
                 # commit by commit, the alerts after each, as replay applies them
                 for commit_at, events in commits[:-1]:
                     self._record(account, events, commit_at)
@@ -628,6 +639,8 @@ class ShardCore:
                         if key in self.quarantined:
                             return
                 self._record(account, commits[-1][1], at)
+            self.stats.applies[way] += 1
+            self.stats.applied_commits[way] += len(commits)
             self.dirty.add(key)
             self._flags(env, account, at)
         except Exception as error:
@@ -1658,6 +1671,8 @@ class ShardCore:
             "ingested": stats.ingested,
             "duplicates": stats.duplicates,
             "unpriced": dict(stats.unpriced),
+            "applies": {way: stats.applies[way] for way in APPLY_WAYS},
+            "applied_commits": {way: stats.applied_commits[way] for way in APPLY_WAYS},
             "commit_seconds": stats.commit_seconds.to_json(),
             "batch_sizes": stats.batch_sizes.to_json(),
             "checkpoint_age_seconds": (self.clock() - stats.checkpoint_at) / 1e6

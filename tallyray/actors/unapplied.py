@@ -18,7 +18,7 @@ log after its checkpoint like any other (a checkpoint applies everything waiting
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 if TYPE_CHECKING:
     from _collections_abc import dict_items, dict_values
@@ -26,7 +26,15 @@ if TYPE_CHECKING:
     from tallyray.actors.account import CustomerAccount
     from tallyray.pricing.events import Event
 
-__all__ = ["APPLY_WAIT_SECONDS", "SETTLE_EVENTS", "Accounts", "AccountKey", "Commits"]
+__all__ = [
+    "APPLY_WAIT_SECONDS",
+    "APPLY_WAYS",
+    "SETTLE_EVENTS",
+    "Accounts",
+    "AccountKey",
+    "ApplyWay",
+    "Commits",
+]
 
 AccountKey = tuple[str, str]
 """(environment, customer id)."""
@@ -34,6 +42,11 @@ AccountKey = tuple[str, str]
 Commits = list[tuple[int, list["Event"]]]
 """An account's commits not applied yet: (commit time, its events for the account), oldest
 first."""
+
+ApplyWay = Literal["alone", "together", "one_by_one"]
+"""How an account was given its waiting commits: the only one there was, several folded in
+one call (``CustomerAccount.record_together``), or several one by one (it refused)."""
+APPLY_WAYS: tuple[ApplyWay, ...] = get_args(ApplyWay)
 
 APPLY_WAIT_SECONDS = 0.2
 """How long committed events may wait for their account to be read before the shard applies

@@ -72,6 +72,20 @@ async def test_events_nobody_reads_are_applied_a_moment_later(store_url: str) ->
         assert ("test", "q") in core.dirty  # applied: the next checkpoint stores it
 
 
+async def test_the_shard_counts_how_its_accounts_were_given_their_commits(
+    store_url: str, patient: None
+) -> None:
+    async with core_on(store_url) as core:
+        await core.ingest("test", calls("p", 1))
+        core.balance("test", "p")  # one commit waited
+        for n in (2, 3, 1):
+            await core.ingest("test", calls("p", n))
+        core.balance("test", "p")  # three commits waited, folded in one call
+        status = core.status()
+        assert status["applies"] == {"alone": 1, "together": 1, "one_by_one": 0}
+        assert status["applied_commits"] == {"alone": 1, "together": 3, "one_by_one": 0}
+
+
 async def test_a_checkpoint_stores_the_waiting_events_once(store_url: str, patient: None) -> None:
     async with core_on(store_url) as core:
         await core.ingest("test", calls("p", 3))

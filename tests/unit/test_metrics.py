@@ -67,3 +67,21 @@ def test_reading_twice_does_not_reset_or_double_the_shards_histograms() -> None:
     assert 'tallyray_commit_seconds_bucket{le="+Inf",shard="0"} 3.0' in first
     metrics.absorb_shards([_status(0, [0.002, 0.004, 0.3, 0.01], [1000, 20, 5])])
     assert _count(metrics.render().decode(), "tallyray_commit_seconds", "0") == 4
+
+
+def test_the_shards_applies_are_counters_by_shard_and_way() -> None:
+    metrics = Metrics()
+    statuses = [
+        {
+            **_status(shard, [], []),
+            "applies": {"alone": 4, "together": 2, "one_by_one": 1},
+            "applied_commits": {"alone": 4, "together": 5, "one_by_one": 3},
+        }
+        for shard in (0, 1)
+    ]
+    metrics.absorb_shards(statuses)
+    text = metrics.render().decode()
+    assert 'tallyray_shard_applies_total{shard="1",way="together"} 2.0' in text
+    assert 'tallyray_shard_applied_commits_total{shard="0",way="one_by_one"} 3.0' in text
+    metrics.absorb_shards([_status(2, [], [])])  # a status without them: nothing breaks
+    assert "tallyray_shard_applies_total" in metrics.render().decode()
