@@ -1213,6 +1213,12 @@ class CustomerAccount:
 
     # -- closing periods -----------------------------------------------------------------
 
+    def has_due(self, cutoff: int) -> bool:
+        """Does an open period end at or before ``cutoff``? (What :meth:`due_periods` would
+        find, without pricing anything.)"""
+        period_of = self.profile.period_of
+        return any(period_of(start).end <= cutoff for start in self.periods)
+
     def due_periods(self, cutoff: int) -> list[ClosedPeriod]:
         """The open periods that ended at or before ``cutoff``, priced, oldest first. They
         stay in memory until :meth:`drop_periods` (once they are written out)."""
