@@ -4,13 +4,17 @@
 
 Writes ``--commits`` commits of ``--events`` events, one event per customer (as a commit
 looks with many customers), to a fresh database with Tallyray's schema, and prints the CPU
-time of the PostgreSQL backend per event, alternating two ways of sending the rows:
+time per event of the PostgreSQL backend and of this process (what the shard's database
+thread spends sending the rows and reading the answer), alternating ways of sending the
+rows and reading the answer:
 
 * ``staging`` — what the shard does (:mod:`tallyray.storage.eventlog`): ``COPY`` into a
   temporary table, then one statement that drops duplicates, inserts the events and writes
   an ``event_chunks`` row per customer;
 * ``unnest`` — the same statement reading the rows from ``unnest`` of array parameters,
-  without the temporary table (an alternative that was measured and not kept).
+  without the temporary table (an alternative that was measured and not kept);
+* ``returning-all`` — the statement before 2026-12-08, which answered a row per stored event
+  for the shard to match back (its answer now is the last seq and the events it skipped).
 
 Everything runs against 127.0.0.1.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,14 +39,20 @@ from tallyray.storage import eventlog  # noqa: E402
 
 TS = 1_792_065_600_000_000  # 2026-10-15T12:00:00Z, in µs
 PROPERTIES = '{"model":"gpt-4o","input_tokens":1000,"output_tokens":100}'
-UNNEST = eventlog._PG_INSERT.replace(
-    "SELECT DISTINCT ON (env, customer_id, event_id) *\n"
-    "    FROM incoming_events ORDER BY env, customer_id, event_id, ordinal",
-    "SELECT DISTINCT ON (env, customer_id, event_id) * FROM unnest(%s::int[], %s::text[], "
-    "%s::int[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::text[], %s::bigint[]) "
-    "AS u(ordinal, env, shard, customer_id, event_id, type, ts, properties, received_at) "
-    "ORDER BY env, customer_id, event_id, ordinal",
+UNNEST = eventlog._PG_INSERT.replace(  # the rows as a CTE of that name, not the table
+    "WITH firsts AS (",
+    "WITH incoming_events AS (SELECT * FROM unnest(%s::int[], %s::text[], %s::int[], "
+    "%s::text[], %s::text[], %s::text[], %s::bigint[], %s::text[], %s::bigint[]) "
+    "AS u(ordinal, env, shard, customer_id, event_id, type, ts, properties, received_at)"
+    "), firsts AS (",
 )
+assert UNNEST != eventlog._PG_INSERT
+# The statement before 2026-12-08: it answered a row per stored event, which the shard
+# matched back to the commit's events.
+RETURNING_ALL = eventlog._PG_INSERT[: eventlog._PG_INSERT.rindex("SELECT NULL::integer")].replace(
+    "RETURNING seq, env, shard, customer_id, ts",
+    "RETURNING seq, env, shard, customer_id, event_id, ts",
+) + ("SELECT seq, env, customer_id, event_id FROM fresh")
 Row = tuple[int, str, int, str, str, str, int, str, int]
 
 
@@ -59,13 +70,31 @@ def staging(conn: psycopg.Connection[Any], batch: list[Row]) -> int:
             for row in batch:
                 copy.write_row(row)
         cursor.execute(eventlog._PG_INSERT)
-        return len(cursor.fetchall())
+        return stored(cursor, len(batch))
 
 
 def unnest(conn: psycopg.Connection[Any], batch: list[Row]) -> int:
     with conn.cursor() as cursor:
         cursor.execute(UNNEST, [list(column) for column in zip(*batch, strict=True)])
-        return len(cursor.fetchall())
+        return stored(cursor, len(batch))
+
+
+def returning_all(conn: psycopg.Connection[Any], batch: list[Row]) -> int:
+    with conn.cursor() as cursor:
+        cursor.execute(eventlog._PG_STAGING)
+        with cursor.copy(eventlog._PG_COPY) as copy:
+            for row in batch:
+                copy.write_row(row)
+        cursor.execute(RETURNING_ALL)
+        inserted = {(env, customer, event_id): seq for seq, env, customer, event_id in cursor}
+        return len(inserted)
+
+
+def stored(cursor: psycopg.Cursor[Any], sent: int) -> int:
+    """How many of ``sent`` events the statement stored, read from its answer as the shard
+    reads it: the new last seq, and a row per event it skipped."""
+    skipped = {ordinal for ordinal, _ in cursor if ordinal is not None}
+    return sent - len(skipped)
 
 
 def backend_seconds(conn: psycopg.Connection[Any]) -> float:
@@ -79,6 +108,7 @@ def backend_seconds(conn: psycopg.Connection[Any]) -> float:
 WAYS: dict[str, Callable[[psycopg.Connection[Any], list[Row]], int]] = {
     "staging": staging,
     "unnest": unnest,
+    "returning-all": returning_all,
 }
 
 
@@ -87,21 +117,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commits", type=int, default=80, help="per way and round")
     parser.add_argument("--events", type=int, default=4000, help="per commit")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--ways", default=",".join(WAYS), help=f"of {', '.join(WAYS)}")
     args = parser.parse_args(argv)
     commit = 0
     for round_ in range(args.rounds):
-        for name, write in WAYS.items():
+        for name in args.ways.split(","):
+            write = WAYS[name]
             with _seed.fresh_store("postgres", "tallyray_bench_log") as url:
                 prepare_store(Settings.load(database_url=url, config_path=_seed.CONFIG))
                 with psycopg.connect(url, autocommit=True) as conn:
-                    before = backend_seconds(conn)
+                    before, mine = backend_seconds(conn), 0.0
                     for _ in range(args.commits):
+                        batch = rows(commit, args.events)
+                        started = time.process_time()
                         with conn.transaction():
-                            assert write(conn, rows(commit, args.events)) == args.events
+                            assert write(conn, batch) == args.events
+                        mine += time.process_time() - started
                         commit += 1
                     spent = backend_seconds(conn) - before
-            per_event = spent / (args.commits * args.events) * 1e6
-            print(f"round {round_ + 1}, {name:>7}: PostgreSQL {per_event:.1f} µs CPU per event")
+            n = args.commits * args.events
+            print(
+                f"round {round_ + 1}, {name:>7}: PostgreSQL {spent / n * 1e6:.1f} µs, "
+                f"this process (the shard's side) {mine / n * 1e6:.1f} µs CPU per event"
+            )
     return 0
 
 

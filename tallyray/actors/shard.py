@@ -898,7 +898,7 @@ class ShardCore:
             self.stats.batch_sizes.observe(len(events))
             try:
                 async with self.applying():
-                    await self._apply_commit(batch, result.inserted, at, result.skipped_grants)
+                    await self._apply_commit(batch, result.skipped, at, result.skipped_grants)
             except Exception as error:  # noqa: BLE001 — the commit is durable: answer it
                 # Each account's part is guarded on its own (see _apply_commit); this is the
                 # last line, so that the committer itself never dies.
@@ -914,7 +914,7 @@ class ShardCore:
     async def _apply_commit(
         self,
         batch: list[_Pending],
-        inserted: dict[tuple[str, str, str], int],
+        skipped: frozenset[int],
         at: int,
         skipped_grants: set[str] | frozenset[str] = frozenset(),
     ) -> None:
@@ -933,20 +933,21 @@ class ShardCore:
         middle; each account's part is applied whole, and nothing of the commit is answered
         before all of it is applied."""
         fresh: dict[AccountKey, list[Event]] = {}
-        everything_new = len(inserted) == sum(len(p.parsed) for p in batch)
         make = tuple.__new__  # an Event without NamedTuple's Python-level __new__ (per event)
+        first = 0  # the place of the request's first event in the commit's list
         for p in batch:
             env, new = p.env, 0
-            for customer, event_id, etype, ts, props in p.parsed:
-                # pop: an id sent twice in one commit (two requests, or one request
-                # repeating it) is new for the first sender only.
-                if everything_new or inserted.pop((env, customer, event_id), None) is not None:
+            for ordinal, (customer, event_id, etype, ts, props) in enumerate(p.parsed, first):
+                # An id sent twice in one commit (two requests, or one request repeating
+                # it) is new for the first sender only: the log skipped the others.
+                if ordinal not in skipped:
                     key = (env, customer)
                     found = fresh.get(key)
                     if found is None:
                         found = fresh[key] = []
                     found.append(make(Event, (event_id, customer, etype, ts, props)))
                     new += 1
+            first += len(p.parsed)
             p.result = {"ingested": new, "duplicates": len(p.parsed) - new}
             self.stats.ingested += new
             self.stats.duplicates += len(p.parsed) - new

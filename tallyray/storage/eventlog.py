@@ -48,25 +48,32 @@ WITH firsts AS (
     SELECT env, customer_id, event_id, received_at FROM firsts
     ON CONFLICT (env, customer_id, event_id) DO NOTHING
     RETURNING env, customer_id, event_id
+), kept AS (
+    SELECT f.* FROM firsts f JOIN new_ids n USING (env, customer_id, event_id)
 ), fresh AS (
     INSERT INTO events (env, shard, customer_id, event_id, type, ts, properties, received_at)
-    SELECT f.env, f.shard, f.customer_id, f.event_id, f.type, f.ts, f.properties, f.received_at
-    FROM firsts f JOIN new_ids n USING (env, customer_id, event_id)
-    ORDER BY f.env, f.customer_id, f.ordinal
-    RETURNING seq, env, shard, customer_id, event_id, ts
+    SELECT env, shard, customer_id, event_id, type, ts, properties, received_at
+    FROM kept ORDER BY env, customer_id, ordinal
+    RETURNING seq, env, shard, customer_id, ts
 ), chunks AS (
     INSERT INTO event_chunks (env, customer_id, shard, first_seq, last_seq, ts_min, ts_max, events)
     SELECT env, customer_id, min(shard), min(seq), max(seq), min(ts), max(ts), count(*)
     FROM fresh GROUP BY env, customer_id
 )
-SELECT seq, env, customer_id, event_id FROM fresh
+SELECT NULL::integer, max(seq) FROM fresh
+UNION ALL
+SELECT ordinal, NULL FROM incoming_events WHERE ordinal NOT IN (SELECT ordinal FROM kept)
 """
+# The answer is one row with the log's new last seq (the ordinal NULL), and one row per
+# event that was not stored (its ordinal): usually none, so a commit of thousands of events
+# does not send them all back to be matched (docs/benchmarks.md, "A commit's answer").
 
 
 @dataclass
 class CommitResult:
-    inserted: dict[tuple[str, str, str], int] = field(default_factory=dict)
-    """(env, customer_id, event_id) → seq, for the events that were new."""
+    skipped: frozenset[int] = frozenset()
+    """The events not stored, by their place in the commit's list: already in the log, or
+    repeating an event before them in this commit (only the first of an id counts)."""
     position: int = 0
     """The shard's log position after this commit."""
     skipped_grants: set[str] = field(default_factory=set)
@@ -164,9 +171,9 @@ class ShardStore:
         with self.engine.begin() as conn:
             write_messages(conn, messages)
             if events:
-                result.inserted = self._insert_events(conn, events, at)
-                if result.inserted:
-                    result.position = max(position, max(result.inserted.values()))
+                last, result.skipped = self._insert_events(conn, events, at)
+                if last is not None:
+                    result.position = max(position, last)
             if grants:
                 booked = [g for g in grants if self._purchase_paid(conn, g, at, result)]
                 if booked:
@@ -209,8 +216,10 @@ class ShardStore:
 
     def _insert_events(
         self, conn: Connection, events: Sequence[EventRow], at: int
-    ) -> dict[tuple[str, str, str], int]:
-        """Insert events, skipping those already stored; returns the new ones' seqs.
+    ) -> tuple[int | None, frozenset[int]]:
+        """Insert events, skipping those already stored (and repeats of an id within
+        ``events``); returns the last seq stored (``None``: none was) and the places in
+        ``events`` of those skipped.
 
         The row-by-row ``INSERT … ON CONFLICT DO NOTHING RETURNING`` measured ~7k rows/s on
         PostgreSQL here, so each backend gets its own bulk path.
@@ -221,7 +230,7 @@ class ShardStore:
 
     def _insert_events_postgres(
         self, conn: Connection, events: Sequence[EventRow], at: int
-    ) -> dict[tuple[str, str, str], int]:
+    ) -> tuple[int | None, frozenset[int]]:
         # COPY into a temporary table, then one statement that inserts them grouped by
         # customer (so each customer's seqs are close together), lets the unique index drop
         # duplicates (also duplicates within the batch), writes a chunk per customer of what
@@ -235,19 +244,26 @@ class ShardStore:
                 for ordinal, (env, customer, event_id, typ, ts, props) in enumerate(events):
                     copy.write_row((ordinal, env, shard, customer, event_id, typ, ts, props, at))
             cursor.execute(_PG_INSERT)
-            return {(env, customer, event_id): seq for seq, env, customer, event_id in cursor}
+            last, skipped = None, []
+            for ordinal, seq in cursor:
+                if ordinal is None:
+                    last = seq
+                else:
+                    skipped.append(ordinal)
+            return last, frozenset(skipped)
 
     def _insert_events_sqlite(
         self, conn: Connection, events: Sequence[EventRow], at: int
-    ) -> dict[tuple[str, str, str], int]:
+    ) -> tuple[int | None, frozenset[int]]:
         # One writer holds SQLite's lock for the whole transaction and a customer's events
         # are only ever written by its own shard, so "which ids exist" cannot change between
         # the look-up and the insert; rowids of one executemany are consecutive.
         raw = conn.connection.driver_connection
         assert raw is not None
-        fresh: dict[tuple[str, str, str], EventRow] = {}
-        for e in events:
-            fresh.setdefault((e[0], e[1], e[2]), e)
+        firsts: dict[tuple[str, str, str], int] = {}
+        for ordinal, e in enumerate(events):
+            firsts.setdefault((e[0], e[1], e[2]), ordinal)
+        fresh = {key: events[ordinal] for key, ordinal in firsts.items()}
         keys = list(fresh)
         for start in range(0, len(keys), 300):
             chunk = keys[start : start + 300]
@@ -257,8 +273,10 @@ class ShardStore:
                 f"SELECT env, customer_id, event_id FROM event_ids WHERE {where}", params
             ):
                 fresh.pop(tuple(found), None)
+        kept = {firsts[key] for key in fresh}
+        skipped = frozenset(i for i in range(len(events)) if i not in kept)
         if not fresh:
-            return {}
+            return None, skipped
         # Grouped by customer, in arrival order within each: each customer's seqs adjoin.
         order: dict[tuple[str, str], list[tuple[str, str, str]]] = {}
         for key in fresh:
@@ -297,7 +315,7 @@ class ShardStore:
             "ts_max, events) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             chunks,
         )
-        return seqs
+        return last, skipped
 
     # -- recovery ------------------------------------------------------------------------
 

@@ -129,3 +129,33 @@ def test_events_logged_before_migration_0005_get_chunks(engine: Engine) -> None:
             for typ in (None, *TYPES):
                 found = _read(engine, customer, start * HOUR, end * HOUR, typ)
                 assert found == _scan(engine, customer, start * HOUR, end * HOUR, typ)
+
+
+def _row(customer: str, event_id: str) -> EventRow:
+    return ("test", customer, event_id, "api.call", HOUR, "{}")
+
+
+@pytest.mark.parametrize(
+    ("commit", "skipped", "stored"),
+    [
+        ([("acme", "new1")], set(), 1),
+        ([("acme", "old")], {0}, 0),  # in the log already
+        ([("acme", "new1"), ("acme", "new1")], {1}, 1),  # repeated: the first counts
+        ([("acme", "old"), ("acme", "new1"), ("globex", "old"), ("acme", "old")], {0, 3}, 2),
+        ([("acme", "new1"), ("acme", "old"), ("acme", "new2"), ("acme", "new1")], {1, 3}, 2),
+    ],
+)
+def test_a_commit_names_the_events_it_did_not_store(
+    engine: Engine, commit: list[tuple[str, str]], skipped: set[int], stored: int
+) -> None:
+    """An event id is per customer: ``globex``'s ``old`` is new, ``acme``'s is not."""
+    migrate(engine)
+    store = ShardStore(engine, 0)
+    first = store.commit([_row("acme", "old")], 0, at=1)
+    assert (first.skipped, first.position) == (set(), 1)
+    result = store.commit([_row(*event) for event in commit], first.position, at=2)
+    assert result.skipped == skipped
+    assert result.position == first.position + stored
+    with engine.connect() as conn:
+        logged = conn.execute(text("SELECT count(*) FROM events")).scalar_one()
+    assert logged == 1 + stored

@@ -168,14 +168,14 @@ def test_a_duplicate_is_recognised_whatever_month_it_claims_and_after_retention(
     store = ShardStore(engine, 0)
     # e2 was logged with a September timestamp; retried with a November one (another partition)
     retried = store.commit([event("acme", "e2", "2026-11-19", 999)], position, at=NOW)
-    assert retried.inserted == {}
+    assert retried.skipped == {0}
     assert store.stored("test", [("acme", "e2"), ("acme", "new")]) == {("acme", "e2")}
     checkpoint(engine, position)
     done = apply_retention(engine, NOW, retention_days=1, grace_seconds=GRACE)
     assert "e2" not in event_ids(engine)  # September is gone...
     assert done.removed == 3
     again = store.commit([event("acme", "e2", "2026-11-19", 999)], position, at=NOW)
-    assert again.inserted == {}  # ...and its id is still known
+    assert again.skipped == {0}  # ...and its id is still known
     assert store.stored("test", [("acme", "e2")]) == {("acme", "e2")}
 
 
@@ -460,8 +460,8 @@ def test_migration_0013_keeps_every_event_and_every_id(tmp_path: Path) -> None:
             store_ = ShardStore(engine, 0)
             retry = store_.commit([event("acme", "b", "2026-11-19", 1)], 3, at=NOW)
             fresh = store_.commit([event("acme", "d", "2026-10-31", 1)], 3, at=NOW)
-            assert retry.inserted == {}
-            assert fresh.inserted == {("test", "acme", "d"): 4}
+            assert (retry.skipped, retry.position) == ({0}, 3)
+            assert (fresh.skipped, fresh.position) == (set(), 4)
         finally:
             engine.dispose()
             if store == "postgres" and POSTGRES_URL is not None:
