@@ -214,9 +214,19 @@ class Result:
     cpu: dict[str, float] = field(default_factory=dict)
     wall: float = 0.0
     quiet: str = ""
+    switches: int = 0
+    """Context switches on the whole machine during the phase (/proc/stat ``ctxt``)."""
     applies: Counter[str] = field(default_factory=Counter)
     """The shards' account applies in the phase, by way, and the commits they gave
     (``commits:<way>``), from ``/metrics``."""
+
+
+def context_switches() -> int:
+    """The machine's context switches since boot."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("ctxt "):
+            return int(line.split()[1])
+    return 0
 
 
 def shard_applies(target: _server.Target) -> Counter[str]:
@@ -317,6 +327,7 @@ def run_phase(
     time.sleep(max(0.0, start_wall - time.time() - 0.05))
     applies = shard_applies(target)
     before = _server.cpu_snapshot()
+    switches = context_switches()
     t0 = time.monotonic()
     if checks_rate:
         result.checks = uvloop.run(_checks(args, target, checks_rate, start_wall))
@@ -326,6 +337,7 @@ def run_phase(
         # gone from /proc by now: the child measured its own CPU over the stream
         result.cpu["generator: events"] = result.events.cpu
     result.wall = time.monotonic() - t0
+    result.switches = context_switches() - switches
     after = _server.cpu_snapshot()
     result.applies = shard_applies(target) - applies
     me = os.getpid()
@@ -442,6 +454,7 @@ def report(result: Result) -> None:
         f"    {'total':<40} {total:6.2f} cpu-s {100 * total / result.wall:6.1f}% of a core "
         f"({100 * total / result.wall / cores:.0f}% of {cores} cores)"
     )
+    print(f"  context switches on the machine: {result.switches / result.wall:,.0f}/s")
     if result.checks is not None and result.checks.ok:
         n = result.checks.ok
         replica = result.cpu.get("replica", 0.0)
