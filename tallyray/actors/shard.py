@@ -1096,6 +1096,7 @@ class ShardCore:
         now = self.clock()
         finished: list[tuple[str, str]] = []
         async with self.applying():  # not between a commit's slices: see refresh_between
+            await self._settle()  # in slices: what waits is applied before, as on replay
             for account in self.accounts.values():
                 for hold_id in account.expire_holds(now):
                     finished.append((hold_id, "expired"))
@@ -1306,11 +1307,14 @@ class ShardCore:
         return self.position, max(0, self._least_headroom() - waiting)
 
     def _least_headroom(self) -> int:
-        """The fewest events any account here could take before a cap may refuse one."""
+        """The fewest events any account here could take before a cap may refuse one, as
+        the accounts stand: events waiting for their account are counted by the callers
+        (:meth:`room`, :meth:`_check_limits`), so none is applied for this (``dict.values``:
+        applying everything waiting in one go would stall the event loop)."""
         if self._headroom is None:
             limits = self.limits
             self._headroom = min(
-                (self._headroom_of(a) for a in self.accounts.values()),
+                (self._headroom_of(a) for a in dict.values(self.accounts)),
                 default=min(limits.groups_per_meter, limits.unique_values),
             )
         return self._headroom

@@ -121,3 +121,38 @@ async def test_a_grant_is_booked_after_the_events_before_it_as_on_replay(
         assert Decimal(live["credits_remaining"]) < 100
     async with core_on(store_url) as restarted:  # no checkpoint: all of it replayed
         assert restarted.balance("test", "q") == live
+
+
+async def test_the_least_headroom_is_worked_out_without_applying_what_waits(
+    store_url: str, patient: None
+) -> None:
+    async with core_on(store_url) as core:
+        await core.ingest("test", calls("q", 1))
+        core.accounts.settle_all()
+        _, room = core.room()
+        await core.ingest("test", calls("q", 7))
+        core._headroom = None  # as after a plan change: worked out afresh
+        assert core.room()[1] == room - 7
+        assert core.accounts.events == 7  # still waiting, and counted
+
+
+async def test_expiring_holds_applies_what_waits_first_in_slices(
+    store_url: str, patient: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shard_module, "APPLY_SLICE_SECONDS", 0.0)  # a slice per account
+    async with core_on(store_url) as core:
+        await core.add_grant("test", "p", credit_grant("p"))
+        answer, _ = await core.reserve("test", "p", unique("hold"), calls("p", 1), 0.001)
+        assert answer.allowed
+        for customer in ("p", "q", "r"):
+            await core.ingest("test", calls(customer, 2))
+        await asyncio.sleep(0.01)  # the hold's time is up
+        expiring = asyncio.create_task(core.expire_holds())
+        waiting = []
+        while not expiring.done():
+            waiting.append(len(core.accounts.unapplied))
+            await asyncio.sleep(0)
+        assert await expiring == 1
+        assert core.accounts.unapplied == {}
+        assert {1, 2} & set(waiting)  # the event loop ran between two accounts' applies
+        assert input_tokens(core, "p") == 2 * 1000
