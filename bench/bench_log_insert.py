@@ -63,12 +63,17 @@ def rows(commit: int, events: int) -> list[Row]:
     ]
 
 
+def _staged(cursor: psycopg.Cursor[Any], batch: list[Row]) -> None:
+    """``COPY`` the rows into the temporary table, as the shard does."""
+    cursor.execute(eventlog._PG_STAGING)
+    with cursor.copy(eventlog._PG_COPY) as copy:
+        for row in batch:
+            copy.write_row(row)
+
+
 def staging(conn: psycopg.Connection[Any], batch: list[Row]) -> int:
     with conn.cursor() as cursor:
-        cursor.execute(eventlog._PG_STAGING)
-        with cursor.copy(eventlog._PG_COPY) as copy:
-            for row in batch:
-                copy.write_row(row)
+        _staged(cursor, batch)
         cursor.execute(eventlog._PG_INSERT)
         return stored(cursor, len(batch))
 
@@ -81,10 +86,7 @@ def unnest(conn: psycopg.Connection[Any], batch: list[Row]) -> int:
 
 def returning_all(conn: psycopg.Connection[Any], batch: list[Row]) -> int:
     with conn.cursor() as cursor:
-        cursor.execute(eventlog._PG_STAGING)
-        with cursor.copy(eventlog._PG_COPY) as copy:
-            for row in batch:
-                copy.write_row(row)
+        _staged(cursor, batch)
         cursor.execute(RETURNING_ALL)
         inserted = {(env, customer, event_id): seq for seq, env, customer, event_id in cursor}
         return len(inserted)
